@@ -1,0 +1,182 @@
+"""Bars: per-symbol event-time bars, built a whole tick batch at a time.
+
+Event-time logic of our own (not Bytewax's EventClock, which busy-loops on replays of old
+data): a tick belongs to the bar ``floor(ts / length)``; a bar closes when its symbol's event
+time reaches its end (the first tick of a later bar) or at end of input. A late tick (older
+than the newest, within ``QT_MAX_BACKWARDS_MS``, accepted by validation) goes into the open bar:
+bars never reopen. Bars exist only for intervals with ticks.
+
+Aggregation is vectorised: segments of equal bar start are reduced with ``np.*.reduceat``; the
+open bar carries over between batches in a few scalars (:class:`OpenBar`).
+
+>>> import numpy as np
+>>> from schemas.ticks import TickBatch
+>>> def batch(ts, px):
+...     n = len(ts); nan = np.full(n, np.nan)
+...     return TickBatch("X", np.array(ts), np.array(px, float), nan, nan,
+...                      np.ones(n), np.zeros(n, np.int8), np.zeros(n, np.int8))
+>>> b = BarBuilder("X", seconds=60)
+>>> closed, idx = b.push(batch([0, 30_000, 61_000], [1.0, 3.0, 2.0]))
+>>> [(x.open, x.high, x.low, x.close, x.tick_count) for x in closed], idx
+([(1.0, 3.0, 1.0, 3.0, 2)], [2])
+>>> [x.close for x in b.flush()]
+[2.0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import astuple, dataclass
+
+import numpy as np
+
+from schemas.bars import Bar
+from schemas.ticks import TickBatch
+from schemas.timeutil import from_ms
+
+
+@dataclass(slots=True)
+class OpenBar:
+    """Running aggregates of the bar that has not closed yet."""
+
+    start_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    tick_count: int
+    sized_pv: float      # sum(price * size) over ticks with a size
+    sized_v: float       # sum(size) over ticks with a size
+    unsized_p: float     # sum(price) over ticks without a size
+    unsized_n: int
+    buy_volume: float
+    sell_volume: float
+    quote_count: int
+    spread_sum: float
+    spread_max: float
+
+    def merge(self, o: OpenBar) -> None:
+        """Fold a later segment of the same bar into this one."""
+        self.high = max(self.high, o.high)
+        self.low = min(self.low, o.low)
+        self.close = o.close
+        self.volume += o.volume
+        self.tick_count += o.tick_count
+        self.sized_pv += o.sized_pv
+        self.sized_v += o.sized_v
+        self.unsized_p += o.unsized_p
+        self.unsized_n += o.unsized_n
+        self.buy_volume += o.buy_volume
+        self.sell_volume += o.sell_volume
+        self.quote_count += o.quote_count
+        self.spread_sum += o.spread_sum
+        self.spread_max = max(self.spread_max, o.spread_max)
+
+    def to_bar(self, symbol: str, seconds: int) -> Bar:
+        if self.sized_v > 0:
+            vwap = self.sized_pv / self.sized_v
+        else:
+            vwap = self.unsized_p / self.unsized_n if self.unsized_n else self.close
+        q = self.quote_count
+        return Bar(
+            symbol=symbol, seconds=seconds, start=from_ms(self.start_ms),
+            end=from_ms(self.start_ms + seconds * 1000), open=self.open, high=self.high,
+            low=self.low, close=self.close, volume=self.volume, tick_count=self.tick_count,
+            vwap=vwap, buy_volume=self.buy_volume, sell_volume=self.sell_volume,
+            quote_count=q, spread_mean=self.spread_sum / q if q else math.nan,
+            spread_max=self.spread_max if q else math.nan,
+        )
+
+
+class BarBuilder:
+    """Builds the bars of one symbol. ``push`` a batch, ``flush`` at end of input."""
+
+    def __init__(self, symbol: str, seconds: int, state: OpenBar | None = None) -> None:
+        if seconds <= 0:
+            raise ValueError(f"bar length must be positive, got {seconds}s")
+        self.symbol = symbol
+        self.seconds = seconds
+        self.bar_ms = seconds * 1000
+        self.open_bar = state
+
+    def push(self, ticks: TickBatch) -> tuple[list[Bar], list[int]]:
+        """Add a batch; return the bars it closed and, for each, the index of the closing tick."""
+        n = len(ticks)
+        if n == 0:
+            return [], []
+        starts = (ticks.ts_ms // self.bar_ms) * self.bar_ms
+        if self.open_bar is not None:
+            starts = np.maximum(starts, self.open_bar.start_ms)
+        starts = np.maximum.accumulate(starts)  # a late tick joins the open bar
+        cut = np.flatnonzero(np.diff(starts)) + 1
+        first = np.concatenate(([0], cut))
+        last = np.concatenate((cut - 1, [n - 1]))
+        segments = _segments(ticks, starts, first, last)
+
+        closed: list[Bar] = []
+        close_at: list[int] = []
+        head = segments[0]
+        if self.open_bar is not None:
+            if self.open_bar.start_ms == head.start_ms:
+                self.open_bar.merge(head)
+                segments[0] = self.open_bar
+            else:
+                closed.append(self.open_bar.to_bar(self.symbol, self.seconds))
+                close_at.append(0)
+        for k in range(len(segments) - 1):
+            closed.append(segments[k].to_bar(self.symbol, self.seconds))
+            close_at.append(int(first[k + 1]))
+        self.open_bar = segments[-1]
+        return closed, close_at
+
+    def flush(self) -> list[Bar]:
+        """Close the open bar (end of input)."""
+        if self.open_bar is None:
+            return []
+        bar = self.open_bar.to_bar(self.symbol, self.seconds)
+        self.open_bar = None
+        return [bar]
+
+    def snapshot(self) -> tuple | None:
+        return None if self.open_bar is None else astuple(self.open_bar)
+
+    @classmethod
+    def restore(cls, symbol: str, seconds: int, state: tuple | None) -> BarBuilder:
+        return cls(symbol, seconds, None if state is None else OpenBar(*state))
+
+
+def _segments(t: TickBatch, starts: np.ndarray, first: np.ndarray,
+              last: np.ndarray) -> list[OpenBar]:
+    price = t.price
+    if t.candle is None:
+        opens = highs = lows = typical = price
+    else:
+        o, h, lo = t.candle
+        is_candle = ~np.isnan(h)
+        opens = np.where(is_candle, o, price)
+        highs = np.where(is_candle, h, price)
+        lows = np.where(is_candle, lo, price)
+        typical = np.where(is_candle, (h + lo + price) / 3.0, price)
+    size = t.size
+    sized = size > 0  # NaN compares False: unknown sizes are "unsized"
+    size0 = np.where(sized, size, 0.0)
+    quoted = np.isfinite(t.bid) & np.isfinite(t.ask)
+    spread = np.where(quoted, t.ask - t.bid, 0.0)
+
+    def add(a: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(a, first)
+
+    cols = zip(
+        starts[first].tolist(), opens[first].tolist(),
+        np.maximum.reduceat(highs, first).tolist(), np.minimum.reduceat(lows, first).tolist(),
+        price[last].tolist(), add(size0).tolist(), (last - first + 1).tolist(),
+        add(np.where(sized, typical * size0, 0.0)).tolist(), add(size0).tolist(),
+        add(np.where(sized, 0.0, typical)).tolist(), add((~sized).astype(np.int64)).tolist(),
+        add(np.where(t.side > 0, size0, 0.0)).tolist(),
+        add(np.where(t.side < 0, size0, 0.0)).tolist(),
+        add(quoted.astype(np.int64)).tolist(), add(spread).tolist(),
+        np.maximum.reduceat(np.where(quoted, spread, -np.inf), first).tolist(),
+        strict=True,
+    )
+    return [OpenBar(*c) for c in cols]

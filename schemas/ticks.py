@@ -1,0 +1,449 @@
+"""Ticks: the pipeline's input events, one row form and two columnar forms.
+
+- :class:`Tick` is one market event (a trade, a quote, or a candle replayed as a tick) and
+  is the Kafka wire format (JSON, keyed by symbol).
+- :class:`TickRows` is a decoded block of input rows, all symbols, straight from a source:
+  typed columns plus the per-row decode errors and a way back to each row's raw text, so a
+  rejected row can be dead-lettered with its original input.
+- :class:`TickBatch` is a validated, per-symbol block: what flows through bars, features
+  and execution. The hot path works on these arrays, never on per-tick Python objects.
+
+Conventions: ``price`` is the trade price, the quote mid ``(bid+ask)/2`` or the candle close;
+unknown floats are NaN; ``side`` is the aggressor (+1 buy, -1 sell, 0 unknown). A candle's
+event time is the last millisecond of its interval (open + length - 1 ms), the first moment
+its close is known, so a replay of candles cannot see a price before it happened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import codec
+from schemas.timeutil import from_ms, to_ms
+
+NAN = math.nan
+TS_MISSING = np.iinfo(np.int64).min
+
+
+class TickOrigin(StrEnum):
+    TRADE = "trade"
+    QUOTE = "quote"
+    CANDLE = "candle"
+
+
+ORIGIN_CODE: dict[TickOrigin, int] = {TickOrigin.TRADE: 0, TickOrigin.QUOTE: 1,
+                                      TickOrigin.CANDLE: 2}
+ORIGIN_BY_CODE: dict[int, TickOrigin] = {v: k for k, v in ORIGIN_CODE.items()}
+
+
+class Aggressor(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+    UNKNOWN = ""
+
+
+SIDE_CODE = {Aggressor.BUY: 1, Aggressor.SELL: -1, Aggressor.UNKNOWN: 0}
+SIDE_BY_CODE = {v: k for k, v in SIDE_CODE.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One market event. ``open/high/low`` are set for candle ticks only."""
+
+    ts: datetime
+    symbol: str
+    origin: TickOrigin
+    price: float
+    bid: float = NAN
+    ask: float = NAN
+    size: float = NAN
+    side: Aggressor = Aggressor.UNKNOWN
+    open: float = NAN
+    high: float = NAN
+    low: float = NAN
+
+    def to_json(self) -> bytes:
+        return codec.dumps(self)
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> Tick:
+        return codec.loads(cls, payload)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input layouts (see ../shared/data/SOURCES.md)
+# ---------------------------------------------------------------------------------------------
+
+LAYOUTS: dict[TickOrigin, tuple[str, ...]] = {
+    TickOrigin.TRADE: ("ts", "symbol", "price", "size", "side"),
+    TickOrigin.QUOTE: ("ts", "symbol", "bid", "ask", "bid_size", "ask_size"),
+    TickOrigin.CANDLE: ("ts", "symbol", "open", "high", "low", "close", "volume"),
+}
+
+
+def layout_of(columns: Sequence[str]) -> TickOrigin:
+    """Identify a file's layout from its header; an unknown header is a clear error."""
+    cols = tuple(c.strip().lower() for c in columns)
+    for origin, layout in LAYOUTS.items():
+        if cols == layout:
+            return origin
+    known = "; ".join(",".join(v) for v in LAYOUTS.values())
+    raise ValueError(f"unrecognised columns {','.join(cols)!r}; expected one of: {known}")
+
+
+@dataclass(slots=True)
+class TickRows:
+    """A decoded block of input rows, in source order, for one input partition.
+
+    Each row knows where it came from (``sources[src[i]]``, row ``row_no[i]``), which makes
+    dead-letter ids deterministic. ``errors`` maps a row index to the reason it could not be
+    decoded; such rows carry placeholder values and must become dead letters.
+    ``extra_dead`` holds input that never became a row at all (a line with the wrong number
+    of fields), as (source, row number, raw text, reason).
+    """
+
+    sources: tuple[str, ...]
+    src: np.ndarray
+    row_no: np.ndarray
+    ts_ms: np.ndarray
+    symbol: np.ndarray
+    origin: np.ndarray
+    price: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+    size: np.ndarray
+    side: np.ndarray
+    candle: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    errors: dict[int, str] = field(default_factory=dict)
+    extra_dead: list[tuple[str, int, str, str]] = field(default_factory=list)
+    raw_batch: pa.RecordBatch | None = None
+    raw_text: list[str] | None = None
+    # Set by the source: which input partition, and this block's sequence number in it.
+    partition: str = ""
+    seq: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+    @property
+    def rows_in(self) -> int:
+        """Input rows this block accounts for: decoded rows plus undecodable lines."""
+        return len(self.ts_ms) + len(self.extra_dead)
+
+    def raw(self, idx: np.ndarray | Sequence[int]) -> list[str]:
+        """Original input text of the given rows (CSV line or JSON message)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if self.raw_text is not None:
+            return [self.raw_text[i] for i in idx]
+        if self.raw_batch is None or len(idx) == 0:
+            return [""] * len(idx)
+        taken = self.raw_batch.take(pa.array(idx))
+        cols = [pc.fill_null(c.cast(pa.string()), "") for c in taken.columns]
+        return pc.binary_join_element_wise(*cols, ",").to_pylist()
+
+    def source_of(self, i: int) -> str:
+        return self.sources[int(self.src[i])]
+
+    @staticmethod
+    def concat(parts: Sequence[TickRows], order: np.ndarray) -> TickRows:
+        """Rows of several blocks, reordered by ``order`` (indices into their concatenation).
+
+        Used by the replay merge; raw text is materialised because the parts' layouts differ.
+        """
+        if len(parts) == 1 and np.array_equal(order, np.arange(len(parts[0]))):
+            return parts[0]
+        sources = tuple(dict.fromkeys(s for p in parts for s in p.sources))
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])[order]
+        src = np.concatenate(
+            [np.array([sources.index(s) for s in p.sources], dtype=np.int16)[p.src]
+             for p in parts])[order]
+        candle = None
+        if any(p.candle is not None for p in parts):
+            candle = tuple(
+                np.concatenate([p.candle[k] if p.candle is not None else np.full(len(p), NAN)
+                                for p in parts])[order]
+                for k in range(3))
+        raw = [t for p in parts for t in p.raw(np.arange(len(p)))]
+        offsets = np.cumsum([0] + [len(p) for p in parts])
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        errors = {int(position[offsets[k] + i]): r
+                  for k, p in enumerate(parts) for i, r in p.errors.items()}
+        return TickRows(
+            sources=sources, src=src, row_no=cat("row_no"), ts_ms=cat("ts_ms"),
+            symbol=cat("symbol"), origin=cat("origin"), price=cat("price"), bid=cat("bid"),
+            ask=cat("ask"), size=cat("size"), side=cat("side"),
+            candle=candle,  # type: ignore[arg-type]
+            errors=errors, extra_dead=[d for p in parts for d in p.extra_dead],
+            raw_text=[raw[i] for i in order],
+        )
+
+    def slice(self, start: int, stop: int) -> TickRows:
+        """Rows ``start:stop`` (used for pacing and the merge); errors are re-indexed."""
+        sl = slice(start, stop)
+        candle = None if self.candle is None else tuple(a[sl] for a in self.candle)
+        return TickRows(
+            sources=self.sources, src=self.src[sl], row_no=self.row_no[sl],
+            ts_ms=self.ts_ms[sl], symbol=self.symbol[sl], origin=self.origin[sl],
+            price=self.price[sl], bid=self.bid[sl], ask=self.ask[sl], size=self.size[sl],
+            side=self.side[sl], candle=candle,  # type: ignore[arg-type]
+            errors={i - start: r for i, r in self.errors.items() if start <= i < stop},
+            extra_dead=self.extra_dead if start == 0 else [],
+            raw_batch=None if self.raw_batch is None else self.raw_batch.slice(
+                start, stop - start),
+            raw_text=None if self.raw_text is None else self.raw_text[sl],
+            partition=self.partition, seq=self.seq,
+        )
+
+
+@dataclass(slots=True)
+class TickBatch:
+    """Validated ticks of one symbol, in event-time order (within the late tolerance)."""
+
+    symbol: str
+    ts_ms: np.ndarray
+    price: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+    size: np.ndarray
+    side: np.ndarray
+    origin: np.ndarray
+    candle: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # open, high, low
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+    def take(self, idx: np.ndarray) -> TickBatch:
+        candle = None if self.candle is None else tuple(a[idx] for a in self.candle)
+        return TickBatch(self.symbol, self.ts_ms[idx], self.price[idx], self.bid[idx],
+                         self.ask[idx], self.size[idx], self.side[idx], self.origin[idx],
+                         candle)  # type: ignore[arg-type]
+
+    def ticks(self) -> Iterator[Tick]:
+        """Row view, for tests and the Kafka producer (not for the hot path)."""
+        for i in range(len(self)):
+            o, h, lo = (NAN, NAN, NAN) if self.candle is None else (
+                float(self.candle[0][i]), float(self.candle[1][i]), float(self.candle[2][i]))
+            yield Tick(
+                ts=from_ms(int(self.ts_ms[i])), symbol=self.symbol,
+                origin=ORIGIN_BY_CODE[int(self.origin[i])], price=float(self.price[i]),
+                bid=float(self.bid[i]), ask=float(self.ask[i]), size=float(self.size[i]),
+                side=SIDE_BY_CODE[int(self.side[i])], open=o, high=h, low=lo,
+            )
+
+    @classmethod
+    def from_ticks(cls, symbol: str, ticks: Sequence[Tick]) -> TickBatch:
+        candle = None
+        if any(t.origin is TickOrigin.CANDLE for t in ticks):
+            candle = tuple(np.array([getattr(t, a) for t in ticks], dtype=np.float64)
+                           for a in ("open", "high", "low"))
+        return cls(
+            symbol=symbol,
+            ts_ms=np.array([to_ms(t.ts) for t in ticks], dtype=np.int64),
+            price=np.array([t.price for t in ticks], dtype=np.float64),
+            bid=np.array([t.bid for t in ticks], dtype=np.float64),
+            ask=np.array([t.ask for t in ticks], dtype=np.float64),
+            size=np.array([t.size for t in ticks], dtype=np.float64),
+            side=np.array([SIDE_CODE[t.side] for t in ticks], dtype=np.int8),
+            origin=np.array([ORIGIN_CODE[t.origin] for t in ticks], dtype=np.int8),
+            candle=candle,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTag:
+    """Provenance of a per-symbol piece of an input block, for ordering across partitions.
+
+    ``seq`` counts, per partition, the blocks that produced at least one piece; ``parts`` is
+    how many per-symbol pieces the block was split into; ``max_ts_ms`` is its newest event
+    time, which becomes the partition's watermark once all its pieces have been seen.
+    """
+
+    partition: str
+    seq: int
+    parts: int
+    max_ts_ms: int
+
+
+@dataclass(slots=True)
+class SymbolTicks:
+    """The keyed stream item after validation: one symbol's valid ticks from one block."""
+
+    tag: BlockTag
+    ticks: TickBatch
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding: Arrow string columns (CSV / Parquet) and JSON messages (Kafka) -> TickRows
+# ---------------------------------------------------------------------------------------------
+
+
+def _floats(col: pa.Array, name: str, errors: dict[int, str], required: bool) -> np.ndarray:
+    """Column -> float64 with NaN for empty; unparseable (or missing required) cells are
+    recorded in ``errors``."""
+    if required and col.null_count:
+        for i in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)):
+            errors.setdefault(int(i), f"missing {name}")
+    if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
+        return pc.fill_null(col.cast(pa.float64()), NAN).to_numpy(zero_copy_only=False)
+    try:
+        out = pc.cast(col, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values = col.to_pylist()
+        arr = np.full(len(values), NAN)
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            try:
+                arr[i] = float(v)
+            except ValueError:
+                errors.setdefault(i, f"unparseable {name}: {v[:40]!r}")
+        return arr
+    return pc.fill_null(out, NAN).to_numpy(zero_copy_only=False)
+
+
+def _timestamps(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
+    """ISO-8601 with a UTC offset (or Arrow timestamps) -> epoch ms; others recorded."""
+    if pa.types.is_timestamp(col.type):
+        if col.type.tz is None:
+            raise ValueError("timestamp column has no time zone; event times must be UTC")
+        ms = pc.cast(col, pa.timestamp("ms", tz="UTC"), safe=False).cast(pa.int64())
+        out = pc.fill_null(ms, TS_MISSING).to_numpy(zero_copy_only=False)
+    else:
+        try:
+            ns = pc.cast(col, pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+            out = pc.fill_null(pc.floor(pc.divide(ns, 1_000_000)).cast(pa.int64()),
+                               TS_MISSING).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out = np.full(len(col), TS_MISSING, dtype=np.int64)
+            for i, v in enumerate(col.to_pylist()):
+                if v is None:
+                    continue
+                try:
+                    dt = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+                except ValueError:
+                    errors.setdefault(i, f"unparseable ts: {v[:40]!r}")
+                    continue
+                if dt.tzinfo is None:
+                    errors.setdefault(i, f"ts without UTC offset: {v[:40]!r}")
+                    continue
+                out[i] = to_ms(dt)
+    for i in np.flatnonzero(out == TS_MISSING):
+        errors.setdefault(int(i), "missing ts")
+    return out
+
+
+def _sides(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
+    codes = np.zeros(len(col), dtype=np.int8)
+    enc = pc.dictionary_encode(pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string()))))
+    for k, name in enumerate(enc.dictionary.to_pylist()):
+        rows = np.flatnonzero(pc.equal(enc.indices, k).to_numpy(zero_copy_only=False))
+        if name in ("buy", "b"):
+            codes[rows] = 1
+        elif name in ("sell", "s"):
+            codes[rows] = -1
+        elif name != "":
+            for i in rows:
+                errors.setdefault(int(i), f"unknown side {name[:20]!r}")
+    return codes
+
+
+def _symbols(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
+    trimmed = pc.utf8_trim_whitespace(col.cast(pa.string()))
+    out = np.asarray(pc.fill_null(trimmed, "").to_numpy(zero_copy_only=False), dtype=object)
+    for i in np.flatnonzero(out == ""):
+        errors.setdefault(int(i), "missing symbol")
+    return out
+
+
+def decode_table(batch: pa.RecordBatch, origin: TickOrigin, source: str, first_row: int,
+                 candle_ms: int) -> TickRows:
+    """Decode one block of a file in a known layout into :class:`TickRows`."""
+    n = batch.num_rows
+    errors: dict[int, str] = {}
+    col = {name.strip().lower(): batch.column(i) for i, name in enumerate(batch.schema.names)}
+    ts = _timestamps(col["ts"], errors)
+    symbol = _symbols(col["symbol"], errors)
+    nan = np.full(n, NAN)
+    candle = None
+    side = np.zeros(n, dtype=np.int8)
+    if origin is TickOrigin.TRADE:
+        price = _floats(col["price"], "price", errors, True)
+        size = _floats(col["size"], "size", errors, False)
+        side = _sides(col["side"], errors)
+        bid = ask = nan
+    elif origin is TickOrigin.QUOTE:
+        bid = _floats(col["bid"], "bid", errors, True)
+        ask = _floats(col["ask"], "ask", errors, True)
+        price = (bid + ask) / 2.0
+        size = nan
+        for name in ("bid_size", "ask_size"):
+            for i in np.flatnonzero(_floats(col[name], name, errors, False) < 0):
+                errors.setdefault(int(i), f"negative {name}")
+    else:
+        candle = tuple(_floats(col[k], k, errors, True) for k in ("open", "high", "low"))
+        price = _floats(col["close"], "close", errors, True)
+        size = _floats(col["volume"], "volume", errors, False)
+        bid = ask = nan
+        ok = ts != TS_MISSING
+        ts = np.where(ok, ts + (candle_ms - 1), ts)
+    return TickRows(
+        sources=(source,), src=np.zeros(n, dtype=np.int16),
+        row_no=np.arange(first_row, first_row + n, dtype=np.int64), ts_ms=ts, symbol=symbol,
+        origin=np.full(n, ORIGIN_CODE[origin], dtype=np.int8), price=price, bid=bid, ask=ask,
+        size=size, side=side, candle=candle, errors=errors, raw_batch=batch,
+    )
+
+
+def decode_messages(values: Sequence[bytes | None], source: str,
+                    row_no: Sequence[int]) -> TickRows:
+    """Decode Kafka JSON tick messages; a bad message becomes a row with an error."""
+    n = len(values)
+    ts = np.full(n, TS_MISSING, dtype=np.int64)
+    symbol = np.full(n, "", dtype=object)
+    origin = np.zeros(n, dtype=np.int8)
+    cols = {k: np.full(n, NAN) for k in ("price", "bid", "ask", "size", "open", "high", "low")}
+    side = np.zeros(n, dtype=np.int8)
+    errors: dict[int, str] = {}
+    raw: list[str] = []
+    any_candle = False
+    for i, value in enumerate(values):
+        text = b"" if value is None else value
+        raw.append(text.decode("utf-8", errors="replace"))
+        try:
+            tick = Tick.from_json(text)
+        except codec.SchemaError as exc:
+            errors[i] = str(exc)[:200]
+            continue
+        ts[i] = to_ms(tick.ts)
+        symbol[i] = tick.symbol.strip()
+        origin[i] = ORIGIN_CODE[tick.origin]
+        side[i] = SIDE_CODE[tick.side]
+        for k, arr in cols.items():
+            arr[i] = getattr(tick, k)
+        if tick.origin is TickOrigin.QUOTE and math.isnan(tick.price):
+            cols["price"][i] = (tick.bid + tick.ask) / 2.0
+        any_candle |= tick.origin is TickOrigin.CANDLE
+        if not symbol[i]:
+            errors[i] = "missing symbol"
+    return TickRows(
+        sources=(source,), src=np.zeros(n, dtype=np.int16),
+        row_no=np.asarray(row_no, dtype=np.int64), ts_ms=ts, symbol=symbol, origin=origin,
+        price=cols["price"], bid=cols["bid"], ask=cols["ask"], size=cols["size"], side=side,
+        candle=(cols["open"], cols["high"], cols["low"]) if any_candle else None,
+        errors=errors, raw_text=raw,
+    )
+
+
+def tick_rows_from_ticks(ticks: Sequence[Tick], source: str = "memory") -> TickRows:
+    """Build :class:`TickRows` from Tick objects (tests, in-process feeds)."""
+    return decode_messages([t.to_json() for t in ticks], source, range(len(ticks)))
