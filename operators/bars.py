@@ -16,7 +16,7 @@ open bar carries over between batches in a few scalars (:class:`OpenBar`).
 ...     return TickBatch("X", np.array(ts), np.array(px, float), nan, nan,
 ...                      np.ones(n), np.zeros(n, np.int8), np.zeros(n, np.int8))
 >>> b = BarBuilder("X", seconds=60)
->>> closed, idx = b.push(batch([0, 30_000, 61_000], [1.0, 3.0, 2.0]))
+>>> closed, idx = b.push_ticks(batch([0, 30_000, 61_000], [1.0, 3.0, 2.0]))
 >>> [(x.open, x.high, x.low, x.close, x.tick_count) for x in closed], idx
 ([(1.0, 3.0, 1.0, 3.0, 2)], [2])
 >>> [x.close for x in b.flush()]
@@ -28,10 +28,14 @@ from __future__ import annotations
 import math
 from dataclasses import astuple, dataclass
 
+import bytewax.operators as op
 import numpy as np
+from bytewax.dataflow import operator
+from bytewax.operators import KeyedStream
 
-from schemas.bars import Bar
-from schemas.ticks import TickBatch
+from operators.stage import stage_builder
+from schemas.bars import Bar, BarStep
+from schemas.ticks import SymbolTicks, TickBatch
 from schemas.timeutil import from_ms
 
 
@@ -90,7 +94,7 @@ class OpenBar:
 
 
 class BarBuilder:
-    """Builds the bars of one symbol. ``push`` a batch, ``flush`` at end of input."""
+    """Builds the bars of one symbol: ``push_ticks`` a batch, ``flush`` at end of input."""
 
     def __init__(self, symbol: str, seconds: int, state: OpenBar | None = None) -> None:
         if seconds <= 0:
@@ -100,7 +104,7 @@ class BarBuilder:
         self.bar_ms = seconds * 1000
         self.open_bar = state
 
-    def push(self, ticks: TickBatch) -> tuple[list[Bar], list[int]]:
+    def push_ticks(self, ticks: TickBatch) -> tuple[list[Bar], list[int]]:
         """Add a batch; return the bars it closed and, for each, the index of the closing tick."""
         n = len(ticks)
         if n == 0:
@@ -138,12 +142,41 @@ class BarBuilder:
         self.open_bar = None
         return [bar]
 
-    def snapshot(self) -> tuple | None:
-        return None if self.open_bar is None else astuple(self.open_bar)
+    # --- as a stage (see operators.stage) --------------------------------------------------
+    def push(self, item: SymbolTicks) -> list[BarStep]:
+        bars, close_at = self.push_ticks(item.ticks)
+        return [BarStep(self.symbol, item.ticks, bars, close_at, item.tag)]
+
+    def finish(self) -> list[BarStep]:
+        bars = self.flush()
+        if not bars:
+            return []
+        empty = _no_ticks(self.symbol)
+        return [BarStep(self.symbol, empty, bars, [0], None)]
+
+    def snapshot(self) -> tuple[str, int, tuple | None]:
+        state = None if self.open_bar is None else astuple(self.open_bar)
+        return self.symbol, self.seconds, state
 
     @classmethod
-    def restore(cls, symbol: str, seconds: int, state: tuple | None) -> BarBuilder:
+    def restore(cls, snapshot: tuple[str, int, tuple | None]) -> BarBuilder:
+        symbol, seconds, state = snapshot
         return cls(symbol, seconds, None if state is None else OpenBar(*state))
+
+
+def _no_ticks(symbol: str) -> TickBatch:
+    e = np.zeros(0)
+    return TickBatch(symbol, np.zeros(0, np.int64), e, e, e, e, np.zeros(0, np.int8),
+                     np.zeros(0, np.int8))
+
+
+@operator
+def build_bars(step_id: str, up: KeyedStream[SymbolTicks], seconds: int) -> KeyedStream[BarStep]:
+    """Per-symbol event-time bars of ``seconds`` length (see the module docstring)."""
+    if seconds <= 0:
+        raise ValueError(f"{step_id}: bar length must be positive, got {seconds}s")
+    return op.stateful("bars", up, stage_builder(
+        lambda item: BarBuilder(item.ticks.symbol, seconds), BarBuilder.restore))
 
 
 def _segments(t: TickBatch, starts: np.ndarray, first: np.ndarray,

@@ -53,8 +53,13 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from schemas.bars import Bar
-from schemas.features import FeatureVector
+import bytewax.operators as op
+from bytewax.dataflow import operator
+from bytewax.operators import KeyedStream
+
+from operators.stage import stage_builder
+from schemas.bars import Bar, BarStep
+from schemas.features import FeatureStep, FeatureVector
 from schemas.timeutil import to_ms
 
 RETURN_HORIZONS = (1, 5, 15, 60)
@@ -73,7 +78,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 _PARAMS = (RETURN_HORIZONS, EWMA_VOL_ALPHA, RSI_PERIOD, ATR_PERIOD, MACD_FAST, MACD_SLOW,
            MACD_SIGNAL, BB_PERIOD, BB_SIGMA, Z_PERIOD)
-FEATURE_SET_VERSION = "fs1-" + hashlib.sha256(repr((FEATURE_NAMES, _PARAMS)).encode()).hexdigest()[:8]
+_DIGEST = hashlib.sha256(repr((FEATURE_NAMES, _PARAMS)).encode()).hexdigest()
+FEATURE_SET_VERSION = f"fs1-{_DIGEST[:8]}"
 
 NAN = math.nan
 DAY_MS = 86_400_000
@@ -181,7 +187,13 @@ class FeatureEngine:
             close=c, values=v, window=window,
         )
 
-    # --- recovery ------------------------------------------------------------------------
+    # --- as a stage (see operators.stage) --------------------------------------------------
+    def push(self, step: BarStep) -> list[FeatureStep]:
+        return [FeatureStep(self.symbol, [self.update(b) for b in step.bars], step.tag)]
+
+    def finish(self) -> list[FeatureStep]:
+        return []
+
     def snapshot(self) -> dict:
         state = dict(vars(self))
         for k, val in state.items():
@@ -209,3 +221,13 @@ def features_for_bars(bars: Iterable[Bar], bar_seconds: int,
             eng = engines[bar.symbol] = FeatureEngine(bar.symbol, bar_seconds, seq_window)
         out.append(eng.update(bar))
     return out
+
+
+@operator
+def compute_features(step_id: str, up: KeyedStream[BarStep], bar_seconds: int,
+                     seq_window: int) -> KeyedStream[FeatureStep]:
+    """Per-symbol features on every closed bar (see the module docstring)."""
+    if seq_window < 2:
+        raise ValueError(f"{step_id}: seq_window must be at least 2, got {seq_window}")
+    return op.stateful("features", up, stage_builder(
+        lambda step: FeatureEngine(step.symbol, bar_seconds, seq_window), FeatureEngine.restore))

@@ -34,8 +34,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import bytewax.operators as op
 import numpy as np
+from bytewax.dataflow import Stream, operator
 
+from operators.stage import stage_builder
 from schemas.dead_letters import DeadLetters, Stage
 from schemas.ticks import ORIGIN_CODE, BlockTag, SymbolTicks, TickBatch, TickOrigin, TickRows
 
@@ -154,12 +157,34 @@ class TickValidator:
             self.blocks += 1
         return Validated(rows.partition, rows.rows_in, batches, dead, tag)
 
-    # --- recovery ------------------------------------------------------------------------
+    # --- as a stage (see operators.stage) --------------------------------------------------
+    def push(self, rows: TickRows) -> list[Validated]:
+        return [self.validate(rows)]
+
+    def finish(self) -> list[Validated]:
+        return []
+
     def snapshot(self) -> tuple[dict[str, int], int]:
         return dict(self.newest_ms), self.blocks
 
-    def restore(self, state: tuple[dict[str, int], int]) -> None:
+    def restored(self, state: tuple[dict[str, int], int]) -> TickValidator:
         self.newest_ms, self.blocks = dict(state[0]), state[1]
+        return self
+
+
+@operator
+def validate_ticks(step_id: str, up: Stream[TickRows], max_backwards_ms: int,
+                   universe: Iterable[str] = ()) -> Stream[Validated]:
+    """Validate decoded input blocks, keyed by input partition (which owns its symbols)."""
+    symbols = frozenset(universe)
+
+    def fresh() -> TickValidator:
+        return TickValidator(max_backwards_ms, symbols)
+
+    keyed = op.key_on("by_partition", up, lambda rows: rows.partition)
+    out = op.stateful("validate", keyed, stage_builder(
+        lambda _: fresh(), lambda state: fresh().restored(state)))
+    return op.key_rm("unkey", out)
 
 
 def _take(rows: TickRows, symbol: str, idx: np.ndarray) -> TickBatch:

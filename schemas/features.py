@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from schemas.ticks import BlockTag
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureVector:
@@ -25,3 +27,12 @@ class FeatureVector:
     close: float
     values: dict[str, float]
     window: tuple[float, ...]
+
+
+@dataclass(slots=True)
+class FeatureStep:
+    """What the feature step emits per bar step: the vectors of the bars it closed."""
+
+    symbol: str
+    vectors: list[FeatureVector]
+    tag: BlockTag | None

@@ -152,6 +152,17 @@ class TickRows:
     def source_of(self, i: int) -> str:
         return self.sources[int(self.src[i])]
 
+    def tick(self, i: int) -> Tick:
+        """Row ``i`` as a :class:`Tick` (for rows without a decode error)."""
+        o, h, lo = (NAN, NAN, NAN) if self.candle is None else (
+            float(self.candle[0][i]), float(self.candle[1][i]), float(self.candle[2][i]))
+        return Tick(
+            ts=from_ms(int(self.ts_ms[i])), symbol=str(self.symbol[i]),
+            origin=ORIGIN_BY_CODE[int(self.origin[i])], price=float(self.price[i]),
+            bid=float(self.bid[i]), ask=float(self.ask[i]), size=float(self.size[i]),
+            side=SIDE_BY_CODE[int(self.side[i])], open=o, high=h, low=lo,
+        )
+
     @staticmethod
     def concat(parts: Sequence[TickRows], order: np.ndarray) -> TickRows:
         """Rows of several blocks, reordered by ``order`` (indices into their concatenation).
@@ -313,7 +324,9 @@ def _floats(col: pa.Array, name: str, errors: dict[int, str], required: bool) ->
 
 def _timestamps(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
     """ISO-8601 with a UTC offset (or Arrow timestamps) -> epoch ms; others recorded."""
-    if pa.types.is_timestamp(col.type):
+    if pa.types.is_integer(col.type):  # epoch milliseconds
+        out = pc.fill_null(col.cast(pa.int64()), TS_MISSING).to_numpy(zero_copy_only=False)
+    elif pa.types.is_timestamp(col.type):
         if col.type.tz is None:
             raise ValueError("timestamp column has no time zone; event times must be UTC")
         ms = pc.cast(col, pa.timestamp("ms", tz="UTC"), safe=False).cast(pa.int64())

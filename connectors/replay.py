@@ -1,0 +1,422 @@
+"""Replay of historical tick files as a Bytewax source.
+
+- Formats: CSV, CSV.gz (any compression Arrow detects) and Parquet, in the trades, quotes or
+  candles layout of ``../shared/data`` (the header decides). One file, a glob, or several.
+- Partitions: files that share a symbol must be merged into one event-time stream (a symbol's
+  trades and quotes, say), so files are grouped by shared symbols and each group is one
+  partition; groups replay in parallel across workers. A single file needs no symbol scan.
+- Order: inside a partition, files are merged by event time (ties keep file order; a row that
+  goes backwards inside its own file stays where it is, for validation to judge).
+- Blocks: Arrow parses a block of bytes at a time; one block becomes one :class:`TickRows`
+  item, so the dataflow handles thousands of rows per item rather than one.
+- Accounting: every line after the header becomes a row or, if Arrow cannot split it into the
+  layout's fields, an ``extra_dead`` entry with its line number and text. Invalid UTF-8 is
+  replaced (U+FFFD), not fatal.
+- Pacing: ``speed`` 0 replays as fast as possible; 1 at real time; N at N times real time.
+- Recovery: the resume state is the block sequence number and, per file, the rows consumed.
+  The flow ends at the end of the data.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import io
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from schemas.ticks import LAYOUTS, TS_MISSING, TickOrigin, TickRows, decode_table, layout_of
+
+NEVER = -(2**62)
+
+
+def expand_paths(spec: str) -> list[Path]:
+    """``a.csv.gz``, ``dir/*.csv.gz`` or a comma-separated list of either -> sorted files."""
+    paths: list[Path] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        matches = sorted(glob.glob(os.path.expanduser(part)))
+        if not matches:
+            raise FileNotFoundError(f"QT_TICKS: no file matches {part!r}")
+        paths.extend(Path(m) for m in matches if Path(m).is_file())
+    if not paths:
+        raise FileNotFoundError(f"QT_TICKS={spec!r} names no files")
+    return list(dict.fromkeys(paths))
+
+
+class _Utf8Repair(io.RawIOBase):
+    """Byte stream whose output is always valid UTF-8 (bad bytes become U+FFFD)."""
+
+    def __init__(self, raw: pa.NativeFile) -> None:
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._raw.read(size if size and size > 0 else 1 << 20)
+        final = not chunk
+        if chunk.isascii() and not self._decoder.getstate()[0]:
+            return chunk
+        return self._decoder.decode(chunk, final=final).encode("utf-8")
+
+    def readinto(self, b: bytearray) -> int:  # pragma: no cover - Arrow calls read()
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def _open_text(path: Path) -> _Utf8Repair:
+    return _Utf8Repair(pa.input_stream(str(path), compression="detect"))
+
+
+def file_layout(path: Path) -> TickOrigin:
+    """The layout of a file, from its header (CSV) or schema (Parquet)."""
+    if _is_parquet(path):
+        return layout_of(pq.ParquetFile(path).schema_arrow.names)
+    with _open_text(path) as stream:
+        header = stream.read(64 * 1024).split(b"\n", 1)[0].decode().strip()
+    if not header:
+        raise ValueError(f"{path}: empty file (no header)")
+    try:
+        return layout_of(header.split(","))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def file_symbols(path: Path) -> set[str]:
+    """Every symbol in a file (one pass over the symbol column only)."""
+    if _is_parquet(path):
+        col = pq.read_table(path, columns=["symbol"]).column("symbol")
+    else:
+        stream = pa.PythonFile(_open_text(path), mode="r")
+        col = pa_csv.read_csv(
+            stream, parse_options=pa_csv.ParseOptions(quote_char=False,
+                                                     invalid_row_handler=lambda _: "skip"),
+            convert_options=pa_csv.ConvertOptions(include_columns=["symbol"],
+                                                  column_types={"symbol": pa.string()}),
+        ).column("symbol")
+    return {s for s in col.unique().to_pylist() if s}
+
+
+def group_by_symbols(paths: Sequence[Path]) -> list[list[Path]]:
+    """Connected components of files that share at least one symbol (union-find)."""
+    if len(paths) == 1:
+        return [list(paths)]
+    parent = list(range(len(paths)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        for sym in file_symbols(path):
+            if sym in owner:
+                parent[find(i)] = find(owner[sym])
+            else:
+                owner[sym] = i
+    groups: dict[int, list[Path]] = {}
+    for i, path in enumerate(paths):
+        groups.setdefault(find(i), []).append(path)
+    return sorted(groups.values(), key=lambda g: [p.name for p in g])
+
+
+# ---------------------------------------------------------------------------------------------
+# One file -> decoded blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class FileBlocks:
+    """Decoded blocks of one file. ``skip_rows``/``skip_bad_through`` resume mid-file."""
+
+    def __init__(self, path: Path, candle_ms: int, block_bytes: int, skip_rows: int = 0,
+                 skip_bad_through: int = 0) -> None:
+        self.path = path
+        self.name = path.name
+        self.origin = file_layout(path)
+        self.candle_ms = candle_ms
+        self._bad: list[tuple[int, str]] = []
+        self._bad_lock = threading.Lock()
+        self._unpassed_bad: set[int] = set()  # reported bad lines not yet numbered past
+        self._next_line = 2  # line 1 is the header
+        self.rows_read = 0
+        self._skip_rows = skip_rows
+        self._skip_bad_through = skip_bad_through
+        self._batches = self._open(block_bytes)
+
+    def _on_invalid(self, row: pa_csv.InvalidRow) -> str:
+        with self._bad_lock:
+            self._bad.append((int(row.number or 0), row.text))
+        return "skip"
+
+    def _open(self, block_bytes: int) -> Iterator[pa.RecordBatch]:
+        if _is_parquet(self.path):
+            rows = max(1024, block_bytes // 64)
+            return pq.ParquetFile(self.path).iter_batches(batch_size=rows)
+        names = LAYOUTS[self.origin]
+        reader = pa_csv.open_csv(
+            pa.PythonFile(_open_text(self.path), mode="r"),
+            read_options=pa_csv.ReadOptions(use_threads=False, block_size=block_bytes,
+                                            skip_rows=1, column_names=list(names)),
+            parse_options=pa_csv.ParseOptions(quote_char=False, ignore_empty_lines=False,
+                                              invalid_row_handler=self._on_invalid),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={c: pa.string() for c in names}, strings_can_be_null=True,
+                null_values=[""]),
+        )
+        return iter(reader)
+
+    def _line_numbers(self, n: int) -> np.ndarray:
+        """Line numbers of the next ``n`` decodable rows, skipping undecodable lines.
+
+        Arrow reports a bad line while parsing ahead, possibly before the batch that would
+        have held it, so reported lines wait in ``_unpassed_bad`` until numbering reaches them.
+        """
+        if _is_parquet(self.path):
+            out = np.arange(self._next_line - 1, self._next_line - 1 + n, dtype=np.int64)
+            self._next_line += n
+            return out
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        lines = np.arange(self._next_line, self._next_line + n, dtype=np.int64)
+        while True:
+            hits = {b for b in self._unpassed_bad if b <= lines[-1]}
+            if not hits:
+                break
+            self._unpassed_bad -= hits
+            keep = lines[~np.isin(lines, list(hits))]
+            more = np.arange(lines[-1] + 1, lines[-1] + 1 + (n - len(keep)), dtype=np.int64)
+            lines = np.concatenate((keep, more))
+        self._next_line = int(lines[-1]) + 1
+        return lines
+
+    def next_block(self) -> TickRows | None:
+        """The next decoded block, or None at end of file."""
+        while True:
+            batch = next(self._batches, None)
+            with self._bad_lock:
+                bad, self._bad = self._bad, []
+            if batch is None and not bad:
+                return None
+            n = 0 if batch is None else batch.num_rows
+            self._unpassed_bad.update(line for line, _ in bad)
+            line_no = self._line_numbers(n)
+            extra = [(self.name, line, text, "not a row of the "
+                      f"{self.origin.value}s layout ({len(text.split(','))} fields)")
+                     for line, text in bad if line > self._skip_bad_through]
+            if batch is None:
+                rows = decode_table(pa.RecordBatch.from_pylist(
+                    [], schema=pa.schema([(c, pa.string()) for c in LAYOUTS[self.origin]])),
+                    self.origin, self.name, 0, self.candle_ms)
+            else:
+                rows = decode_table(batch, self.origin, self.name, 0, self.candle_ms)
+            rows.row_no = line_no
+            rows.extra_dead = extra
+            if self._skip_rows:
+                k = min(self._skip_rows, len(rows))
+                self._skip_rows -= k
+                rows = _with_extra(rows.slice(k, len(rows)), extra)
+            if len(rows) == 0 and not rows.extra_dead:
+                continue
+            return rows
+
+
+def _with_extra(rows: TickRows, extra: list[tuple[str, int, str, str]]) -> TickRows:
+    rows.extra_dead = extra
+    return rows
+
+
+@dataclass
+class _Cursor:
+    """A file being merged: its reader and the rows read but not yet emitted."""
+
+    blocks: FileBlocks
+    pending: TickRows | None = None
+    done: bool = False
+    emitted_rows: int = 0
+    emitted_bad_through: int = 0
+
+    def fill(self) -> None:
+        while not self.done and (self.pending is None or len(self.pending) == 0):
+            extra = [] if self.pending is None else self.pending.extra_dead
+            nxt = self.blocks.next_block()
+            if nxt is None:  # pending may still hold undecodable lines that must go out
+                self.done = True
+                return
+            nxt.extra_dead = extra + nxt.extra_dead
+            self.pending = nxt
+
+    def take(self, k: int) -> TickRows:
+        assert self.pending is not None
+        out = self.pending.slice(0, k)
+        rest = self.pending.slice(k, len(self.pending))
+        rest.extra_dead = []
+        self.pending = rest
+        self.emitted_rows += len(out)
+        for _, line, _, _ in out.extra_dead:
+            self.emitted_bad_through = max(self.emitted_bad_through, line)
+        return out
+
+
+def _order_key(ts: np.ndarray) -> np.ndarray:
+    """Running max of event time (missing times ride with their predecessor)."""
+    return np.maximum.accumulate(np.where(ts == TS_MISSING, NEVER, ts))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytewax source
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayState:
+    """Resume state of one partition."""
+
+    seq: int
+    consumed: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows, bad-through
+
+
+class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
+    def __init__(self, name: str, paths: Sequence[Path], candle_ms: int, block_bytes: int,
+                 speed: float, resume: ReplayState | None) -> None:
+        self.name = name
+        self.seq = 0 if resume is None else resume.seq
+        consumed = {} if resume is None else resume.consumed
+        self.cursors = []
+        for p in paths:
+            rows, bad = consumed.get(p.name, (0, 0))
+            cur = _Cursor(FileBlocks(p, candle_ms, block_bytes, rows, bad))
+            cur.emitted_rows, cur.emitted_bad_through = rows, bad
+            self.cursors.append(cur)
+        self.speed = speed
+        self._ready: TickRows | None = None
+        self._wall0: float | None = None
+        self._event0: int | None = None
+        self._awake: datetime | None = None
+
+    def _merged_block(self) -> TickRows | None:
+        for c in self.cursors:
+            c.fill()
+        live = [c for c in self.cursors if c.pending is not None and
+                (len(c.pending) or c.pending.extra_dead)]
+        if not live:
+            return None
+        if len(live) == 1:
+            c = live[0]
+            return c.take(len(c.pending))  # type: ignore[arg-type]
+        keys = {id(c): _order_key(c.pending.ts_ms) for c in live}  # type: ignore[union-attr]
+        # Everything up to the earliest "last time" of the files is safe to emit in order.
+        ends = [int(keys[id(c)][-1]) for c in live if len(keys[id(c)])]
+        horizon = min(ends) if ends else NEVER
+        parts, part_keys = [], []
+        for order, c in enumerate(live):
+            k = keys[id(c)]
+            n = int(np.searchsorted(k, horizon, side="right")) if len(k) else 0
+            if n or c.pending.extra_dead:  # type: ignore[union-attr]
+                parts.append(c.take(n))
+                part_keys.append((k[:n], order))
+        key = np.concatenate([k for k, _ in part_keys])
+        src = np.concatenate([np.full(len(k), o) for k, o in part_keys])
+        merged = np.lexsort((src, key))
+        return TickRows.concat(parts, merged)
+
+    def next_batch(self) -> list[TickRows]:
+        if self._ready is None:
+            self._ready = self._merged_block()
+            if self._ready is None:
+                raise StopIteration
+        block = self._ready
+        if self.speed > 0 and len(block):
+            block = self._paced(block)
+            if block is None:
+                return []
+        else:
+            self._ready = None
+        block.partition = self.name
+        block.seq = self.seq
+        self.seq += 1
+        return [block]
+
+    def _paced(self, block: TickRows) -> TickRows | None:
+        """The prefix of ``block`` that is due now; the rest waits for its time."""
+        now = time.monotonic()
+        key = _order_key(block.ts_ms)
+        if self._wall0 is None:
+            known = key[key > NEVER]
+            self._wall0, self._event0 = now, int(known[0]) if len(known) else 0
+        due_event = self._event0 + (now - self._wall0) * 1000.0 * self.speed
+        n = int(np.searchsorted(key, due_event, side="right"))
+        if n >= len(block):
+            self._ready, self._awake = None, None
+            return block
+        self._ready = _with_extra(block.slice(n, len(block)), [])
+        wait_s = (int(key[n]) - due_event) / 1000.0 / self.speed
+        self._awake = datetime.now(UTC) + timedelta(seconds=min(max(wait_s, 0.0), 1.0))
+        if n == 0 and not block.extra_dead:
+            return None
+        return block.slice(0, n)
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> ReplayState:
+        return ReplayState(self.seq, {c.blocks.name: (c.emitted_rows, c.emitted_bad_through)
+                                      for c in self.cursors})
+
+
+class ReplaySource(FixedPartitionedSource[TickRows, ReplayState]):
+    """Historical files as a partitioned, resumable, optionally paced source."""
+
+    def __init__(self, paths: Sequence[Path], candle_seconds: int = 60,
+                 block_bytes: int = 1 << 20, speed: float = 0.0) -> None:
+        self.paths = [Path(p) for p in paths]
+        for p in self.paths:
+            file_layout(p)  # fail fast, with the file name, on an unknown layout
+        self.candle_ms = candle_seconds * 1000
+        self.block_bytes = block_bytes
+        self.speed = speed
+        self._groups: dict[str, list[Path]] | None = None
+        self._lock = threading.Lock()
+
+    def groups(self) -> dict[str, list[Path]]:
+        with self._lock:
+            if self._groups is None:
+                self._groups = {"+".join(p.name for p in g): g
+                                for g in group_by_symbols(self.paths)}
+            return self._groups
+
+    def list_parts(self) -> list[str]:
+        return list(self.groups())
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: ReplayState | None) -> ReplayPartition:
+        paths = self.groups().get(for_part)
+        if paths is None:
+            raise ValueError(f"{step_id}: no replay partition {for_part!r} (input files changed "
+                             "since the recovery snapshot?)")
+        return ReplayPartition(for_part, paths, self.candle_ms, self.block_bytes, self.speed,
+                               resume_state)

@@ -1,0 +1,111 @@
+"""Graph-building functions shared by every dataflow.
+
+These functions only wire operators together; the logic lives in ``operators/``. The same
+functions build the graph whether ticks come from files or Kafka, and whether the learning
+graph is fed in-process or from a topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import bytewax.operators as op
+from bytewax.connectors.stdio import StdOutSink
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.operators import KeyedStream
+
+from connectors.clickhouse import ClickHouseSink
+from connectors.kafka import KafkaTickSource, KafkaUrl
+from connectors.replay import ReplaySource, expand_paths
+from operators.bars import build_bars
+from operators.features import compute_features
+from operators.summary import Counts, run_summary
+from operators.validate import Validated, validate_ticks
+from schemas.bars import BarStep
+from schemas.features import FeatureStep
+from schemas.tables import (
+    BARS,
+    DEAD_LETTERS,
+    FEATURES,
+    TableRows,
+    bar_rows,
+    dead_letter_rows,
+    feature_rows,
+)
+from schemas.ticks import TickRows
+from settings import Settings
+
+
+def tick_source(settings: Settings) -> Source[TickRows]:
+    """``QT_TICKS``: kafka://... for a topic, anything else for files."""
+    if settings.ticks.startswith("kafka://"):
+        return KafkaTickSource(KafkaUrl.parse(settings.ticks), settings.kafka_batch_size)
+    return ReplaySource(expand_paths(settings.ticks), settings.candle_seconds,
+                        settings.replay_block_bytes, settings.replay_speed)
+
+
+@dataclass
+class MarketData:
+    """The streams of the market-data half of the live flow."""
+
+    validated: Stream[Validated]
+    bars: KeyedStream[BarStep]
+    features: KeyedStream[FeatureStep]
+
+
+def market_data(flow: Dataflow, settings: Settings,
+                source: Source[TickRows] | None = None) -> MarketData:
+    """source -> validate -> per-symbol bars -> features."""
+    rows = op.input("ticks", flow, source if source is not None else tick_source(settings))
+    validated = validate_ticks("validate", rows, settings.max_backwards_ms, settings.symbols)
+    pieces = op.flat_map("by_symbol", validated, Validated.pieces)
+    bars = build_bars("bars", pieces, settings.bar_seconds)
+    features = compute_features("features", bars, settings.bar_seconds, settings.seq_window)
+    return MarketData(validated, bars, features)
+
+
+def market_data_rows(md: MarketData) -> list[Stream[TableRows]]:
+    """Table blocks of the market-data streams (bars, features, dead letters)."""
+    return [
+        op.filter_map("dead_letter_rows", md.validated,
+                      lambda v: dead_letter_rows(v.dead) if len(v.dead) else None),
+        op.filter_map("bar_rows", op.key_rm("bars_unkeyed", md.bars),
+                      lambda s: bar_rows(s.bars) if s.bars else None),
+        op.filter_map("feature_rows", op.key_rm("features_unkeyed", md.features),
+                      lambda s: feature_rows(s.vectors) if s.vectors else None),
+    ]
+
+
+def market_data_counts(md: MarketData) -> list[Stream[Counts]]:
+    def validated_counts(v: Validated) -> Counts:
+        c = {"rows_in": v.rows_in, "ticks": v.ticks, "dead_letters": len(v.dead)}
+        for stage in v.dead.stage:
+            key = f"dead_letters.{stage.value}"
+            c[key] = c.get(key, 0) + 1
+        return c
+
+    return [
+        op.map("count_validated", md.validated, validated_counts),
+        op.map("count_bars", md.bars, lambda kv: {"bars": len(kv[1].bars)}),
+        op.map("count_features", md.features, lambda kv: {
+            "features": len(kv[1].vectors),
+            "features.warm": sum(1 for v in kv[1].vectors if v.warm)}),
+    ]
+
+
+def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
+          tables: list[str]) -> None:
+    """Write table blocks to ClickHouse (one sink, one partition per table)."""
+    merged = op.merge(f"{flow_step}_merge", *blocks)
+    keyed = op.key_on(f"{flow_step}_by_table", merged, lambda b: b.table)
+    op.output(flow_step, keyed, ClickHouseSink(settings, tables))
+
+
+def print_summary(counts: list[Stream[Counts]], started: float, title: str) -> None:
+    summary = run_summary("summary", op.merge("all_counts", *counts), started)
+    op.output("print_summary", op.map("render", summary, lambda s: s.render(title)),
+              StdOutSink())
+
+
+MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]

@@ -1,0 +1,53 @@
+"""Adapter from a plain per-key Python object to Bytewax's ``StatefulLogic``.
+
+Stage logic in this package is written as small classes that know nothing about Bytewax, so
+they can be tested as plain Python. A stage has ``push(value) -> list`` for each item,
+``finish() -> list`` at end of input, and ``snapshot()`` for recovery. :class:`StageLogic`
+runs one such object per key; the object is created from the key's first item (so it can
+learn its symbol) or restored from a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
+
+from bytewax.operators import StatefulLogic
+
+V = TypeVar("V")
+W = TypeVar("W")
+S = TypeVar("S")
+
+
+class Stage(Protocol[V, W, S]):
+    def push(self, value: V) -> Iterable[W]: ...
+    def finish(self) -> Iterable[W]: ...
+    def snapshot(self) -> S: ...
+
+
+class StageLogic(StatefulLogic[V, W, Any], Generic[V, W, S]):
+    """Runs a :class:`Stage` for one key; never discards it (keys are symbols/partitions)."""
+
+    def __init__(self, create: Callable[[V], Stage], restore: Callable[[S], Stage],
+                 resume: S | None) -> None:
+        self._create = create
+        self._stage: Stage | None = None if resume is None else restore(resume)
+
+    def on_item(self, value: V) -> tuple[Iterable[W], bool]:
+        if self._stage is None:
+            self._stage = self._create(value)
+        return self._stage.push(value), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[W], bool]:
+        if self._stage is None:
+            return (), StatefulLogic.RETAIN
+        return self._stage.finish(), StatefulLogic.RETAIN
+
+    def snapshot(self) -> Any:
+        return None if self._stage is None else self._stage.snapshot()
+
+
+def stage_builder(create: Callable[[V], Stage],
+                  restore: Callable[[Any], Stage]) -> Callable[[Any], StageLogic]:
+    """The ``builder`` argument of ``op.stateful`` for a stage class."""
+    return lambda resume: StageLogic(create, restore, resume)

@@ -1,0 +1,54 @@
+"""Events -> ClickHouse table blocks: the one mapping from event types to table rows.
+
+A :class:`TableRows` is one stream item for the ClickHouse sink: a table name, its column
+names and the data (row tuples, or columns for bulk blocks). Column names are the event's
+field names (see :func:`schemas.codec.row_columns`) and match ``sql/ddl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas import codec
+from schemas.bars import Bar
+from schemas.dead_letters import DeadLetters
+from schemas.features import FeatureVector
+
+BARS = "bars"
+FEATURES = "features"
+DEAD_LETTERS = "dead_letters"
+
+
+@dataclass(slots=True)
+class TableRows:
+    table: str
+    columns: tuple[str, ...]
+    data: list[Any]
+    column_oriented: bool = False
+
+    def __len__(self) -> int:
+        if self.column_oriented:
+            return len(self.data[0]) if self.data else 0
+        return len(self.data)
+
+
+def event_rows(table: str, events: Sequence[Any]) -> TableRows:
+    """Rows of same-typed events whose fields are the table's columns."""
+    if not events:
+        return TableRows(table, (), [])
+    return TableRows(table, codec.row_columns(type(events[0])), [codec.to_row(e) for e in events])
+
+
+def bar_rows(bars: Sequence[Bar]) -> TableRows:
+    return event_rows(BARS, bars)
+
+
+def feature_rows(vectors: Sequence[FeatureVector]) -> TableRows:
+    return event_rows(FEATURES, vectors)
+
+
+def dead_letter_rows(dead: DeadLetters) -> TableRows:
+    cols = dead.columns()
+    return TableRows(DEAD_LETTERS, tuple(cols), list(cols.values()), column_oriented=True)
