@@ -106,6 +106,102 @@ class Settings:
         "QT_SINK_FLUSH_SECONDS", "Longest time a row waits in the sink buffer.", 1.0
     )
 
+    # --- labels, models, ensemble ---------------------------------------------------------
+    registry_path: Path | None = _env(
+        "QT_REGISTRY_DIR", "Model registry directory. Empty: $QT_HOME/registry.", None)
+    label_horizon_bars: int = _env(
+        "QT_LABEL_HORIZON_BARS",
+        "Bars ahead whose return labels a bar (and that the sequence models forecast).", 10)
+    label_vol_mult: float = _env(
+        "QT_LABEL_VOL_MULT",
+        "Label threshold = max(round-trip costs, this x EWMA volatility x sqrt(horizon)).", 1.0)
+    fee_bps: float = _env("QT_FEE_BPS", "Fee per fill, basis points of notional.", 0.5)
+    slippage_bps: float = _env("QT_SLIPPAGE_BPS",
+                               "Slippage per fill, basis points, on top of the quoted side.", 0.5)
+    vote_threshold: float = _env("QT_ENSEMBLE_VOTE_THRESHOLD",
+                                 "Summed model weight a BUY or SELL needs (audit: 0.6).", 0.6)
+    high_vol_threshold: float = _env(
+        "QT_ENSEMBLE_HIGH_VOL",
+        "Daily-scaled EWMA volatility above which a signal needs more confidence (audit: 5%).",
+        0.05)
+    high_vol_min_confidence: float = _env(
+        "QT_ENSEMBLE_HIGH_VOL_MIN_CONFIDENCE",
+        "Confidence a signal needs when volatility is high (audit: 0.70).", 0.70)
+    bootstrap_ticks: str = _env(
+        "QT_BOOTSTRAP_TICKS",
+        "Ticks the first run trains on when the registry is empty. Default: the bundled sample.",
+        str(SAMPLE_TICKS))
+
+    # --- model supervisor (bias window) --------------------------------------------------
+    supervisor_mode: str = _env("QT_MODEL_SUPERVISOR_MODE",
+                                "ENFORCED (block), OBSERVE (record only) or OFF.", "ENFORCED")
+    supervisor_bias_threshold: float = _env(
+        "QT_MODEL_SUPERVISOR_BIAS_THRESHOLD",
+        "A BUY (SELL) is blocked while the BUY (SELL) share of the window exceeds this.", 0.70)
+    supervisor_min_samples: int = _env(
+        "QT_MODEL_SUPERVISOR_MIN_SAMPLES", "Signals in the window before bias is judged.", 20)
+    supervisor_window: int = _env("QT_MODEL_SUPERVISOR_WINDOW",
+                                  "Signals the window keeps (bounded).", 100)
+    supervisor_scope: str = _env("QT_MODEL_SUPERVISOR_SCOPE",
+                                 "global (one window, the audit's) or symbol.", "global")
+
+    # --- RL sizing (PPO) --------------------------------------------------------------------
+    rl_enabled: bool = _env("QT_RL_V3_ENABLED", "Size trades with the PPO policy.", True)
+    rl_shadow_mode: bool = _env(
+        "QT_RL_V3_SHADOW_MODE",
+        "Compute and record the RL decision but trade QT_FIXED_POSITION_USD.", False)
+    rl_training_enabled: bool = _env(
+        "QT_RL_V3_TRAINING_ENABLED",
+        "Act stochastically and update the policy from closed trades.", True)
+    rl_checkpoint_dir: Path | None = _env(
+        "QT_RL_V3_CHECKPOINT_DIR", "PPO checkpoints. Empty: the registry's ppo folder.", None)
+    rl_update_interval: int = _env("QT_RL_V3_UPDATE_INTERVAL",
+                                   "Transitions per PPO update.", 100)
+    rl_max_policy_lag: int = _env(
+        "QT_RL_V3_MAX_POLICY_LAG",
+        "Transitions recorded more than this many policy versions ago are dropped (counted).",
+        2)
+
+    # --- paper execution -----------------------------------------------------------------
+    start_equity: float = _env(
+        "QT_START_EQUITY", "Paper equity, split equally into one sub-account per symbol.",
+        100_000.0)
+    fixed_position_usd: float = _env(
+        "QT_FIXED_POSITION_USD", "Trade size when RL is off or in shadow mode.", 1_000.0)
+    max_holding_seconds: int = _env("QT_MAX_HOLDING_SECONDS",
+                                    "A position is closed after this long (event time).", 3600)
+    exec_latency_ms: int = _env(
+        "QT_EXEC_LATENCY_MS",
+        "A decision made at a bar close fills at the first tick at least this much later.", 0)
+
+    # --- learning -------------------------------------------------------------------------
+    learning: bool = _env("QT_LEARNING",
+                          "Run the learning graph in the live process (embedded mode).", True)
+    trade_events: str = _env(
+        "QT_TRADE_EVENTS",
+        "kafka://host:port/trade-events to publish/consume trade events; empty: in-process.",
+        "")
+    clm_enabled: bool = _env("QT_CLM_ENABLED", "Continuous learning on.", True)
+    clm_retrain_hours: float = _env("QT_CLM_RETRAIN_HOURS",
+                                    "Time trigger period (event time).", 168.0)
+    clm_drift_hours: float = _env("QT_CLM_DRIFT_HOURS", "Drift check period (event time).", 24.0)
+    clm_perf_hours: float = _env("QT_CLM_PERF_HOURS",
+                                 "Performance check period (event time).", 6.0)
+    clm_drift_threshold: float = _env("QT_CLM_DRIFT_THRESHOLD",
+                                      "Drift score (mean PSI) that triggers retraining.", 0.05)
+    clm_shadow_min: int = _env("QT_CLM_SHADOW_MIN",
+                               "Shadow predictions before a challenger is judged.", 100)
+    clm_auto_retrain: bool = _env("QT_CLM_AUTO_RETRAIN", "Triggers start cycles by themselves.",
+                                  True)
+    clm_auto_promote: bool = _env(
+        "QT_CLM_AUTO_PROMOTE", "Promote a challenger that is more than 2% better.", True)
+    clm_promote_margin: float = _env("QT_CLM_PROMOTE_MARGIN",
+                                     "Relative improvement a challenger needs.", 0.02)
+    clm_lookback_days: float = _env("QT_CLM_LOOKBACK_DAYS", "Training window of a cycle.", 90.0)
+    dynamic_weights: bool = _env(
+        "QT_DYNAMIC_WEIGHTS", "Ensemble weights follow recent realised accuracy (bounded).",
+        False)
+
     # ------------------------------------------------------------------------------------------
     @property
     def store_path(self) -> Path:
@@ -113,7 +209,11 @@ class Settings:
 
     @property
     def registry_dir(self) -> Path:
-        return self.home / "registry"
+        return self.registry_path or self.home / "registry"
+
+    @property
+    def ppo_dir(self) -> Path:
+        return self.rl_checkpoint_dir or self.registry_dir / "ppo"
 
     @property
     def recovery_dir(self) -> Path:
@@ -143,6 +243,8 @@ class Settings:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if isinstance(default, tuple):
                 default = ",".join(default)
+            if default is None:
+                default = ""
             rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
         return rows
 

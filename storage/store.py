@@ -110,17 +110,18 @@ _OPEN_LOCK = threading.Lock()
 def open_store(settings: Settings, migrate: bool = True) -> Store:
     """Open (or share) the store that ``settings`` name. Close it when done."""
     url = settings.clickhouse_url.strip()
-    key = url or f"chdb:{Path(settings.store_path).resolve()}"
+    path = Path(settings.store_path).resolve()
+    key = url or f"chdb:{path}#{settings.database}"
     with _OPEN_LOCK:
         store = _OPEN.get(key)
         if store is not None:
             store._refs += 1
             return store
-        others = [k for k in _OPEN if k.startswith("chdb:")]
-        if not url and others:
+        others = {k[5:].rsplit("#", 1)[0] for k in _OPEN if k.startswith("chdb:")}
+        if not url and others - {str(path)}:
             raise RuntimeError(
-                f"this process already has the embedded store {others[0][5:]} open; chDB allows "
-                f"one data path per process, so {settings.store_path} cannot be opened too"
+                f"this process already has the embedded store {others.pop()} open; chDB allows "
+                f"one data path per process, so {path} cannot be opened too"
             )
         store = Store(*_connect(settings, url))
         _OPEN[key] = store
@@ -146,7 +147,8 @@ def _connect(settings: Settings, url: str) -> tuple[Client, str, str]:
     client = clickhouse_connect.get_client(interface="chdb", path=str(path), tz_mode="aware")
     client.command(sql_text("admin/create_database"), parameters={"db": settings.database})
     client.database = settings.database
-    return client, f"chdb:{path}", f"embedded chDB {path} (database {settings.database})"
+    return (client, f"chdb:{path}#{settings.database}",
+            f"embedded chDB {path} (database {settings.database})")
 
 
 def rows_to_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:

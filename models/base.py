@@ -1,0 +1,62 @@
+"""The one interface every signal model implements.
+
+A model maps feature vectors (one per symbol, all at the same kind of bar close) to
+``(action, confidence)`` pairs; :class:`~schemas.signals.Vote` adds its name and version.
+Batch first: the ensemble step calls :meth:`SignalModel.predict` once for all the symbols (and
+bars) that are ready, so per-call overhead is paid once.
+
+Artifacts are native formats only (XGBoost UBJ, LightGBM text, torch state dicts loaded with
+``weights_only=True``, SB3 zip) plus a JSON of hyper-parameters: no pickles.
+
+Threads: Bytewax workers already use the two cores, so every model runs its inference with
+one thread (:func:`cap_threads`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from schemas.features import FeatureVector
+from schemas.signals import Action
+
+MODEL_NAMES = ("xgboost", "lightgbm", "nhits", "patchtst")
+POLICY_NAME = "ppo"
+Prediction = tuple[Action, float]
+
+
+@runtime_checkable
+class SignalModel(Protocol):
+    """A trained model that votes BUY / SELL / HOLD with a confidence in [0, 1]."""
+
+    name: ClassVar[str]
+
+    def predict(self, vectors: Sequence[FeatureVector]) -> list[Prediction]:
+        """One (action, confidence) per vector. May raise; the ensemble turns a raise (or a
+        NaN confidence) into HOLD with confidence 0 and counts it."""
+        ...
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write the model's native artifact files into ``directory``; return their paths."""
+        ...
+
+    @classmethod
+    def load(cls, directory: Path) -> SignalModel:
+        """Rebuild a model saved by :meth:`save` (no pickles)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Hyper-parameters and anything else worth recording in the registry."""
+        ...
+
+
+def cap_threads(n: int = 1) -> None:
+    """Cap BLAS/OpenMP/torch threads so models do not oversubscribe the workers' cores."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

@@ -1,0 +1,66 @@
+"""Shared fixtures.
+
+Real market data comes from ``../shared/data`` beside the repository (or ``QT_TEST_DATA``).
+chDB allows one data path per process, so the whole pytest session shares one embedded
+store directory and every test that writes gets a fresh database in it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from settings import PROJECT_ROOT, Settings
+from storage.store import open_store
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _shared_data() -> Path:
+    candidates = [os.environ.get("QT_TEST_DATA", ""), PROJECT_ROOT.parent / "shared" / "data",
+                  Path("/work/shared/data")]
+    for c in candidates:
+        if c and Path(c, "SOURCES.md").is_file():
+            return Path(c)
+    raise RuntimeError("real market data not found: set QT_TEST_DATA to ../shared/data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _shared_data()
+
+
+@pytest.fixture(scope="session")
+def fxcm_quotes(shared_data: Path) -> Path:
+    return shared_data / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def sample_ticks() -> Path:
+    from settings import SAMPLE_TICKS
+
+    return SAMPLE_TICKS
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one QT_HOME (and so the one chDB path) of this pytest process."""
+    return tmp_path_factory.mktemp("qt_home")
+
+
+@pytest.fixture
+def settings(session_home: Path) -> Settings:
+    """Settings on the session store, with a database of this test's own."""
+    return Settings.from_env({}, home=session_home,
+                             database=f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator:
+    s = open_store(settings)
+    yield s
+    s.close()
