@@ -4,7 +4,7 @@ Events are frozen dataclasses. Their field types drive the conversion:
 
 - ``datetime`` -> ISO-8601 ``...Z`` string in JSON, an aware UTC datetime in a row;
 - ``StrEnum`` -> its value;
-- ``float`` -> a number, with NaN (unknown) as JSON ``null``;
+- ``float`` -> a number, with NaN (unknown) as JSON ``null`` and infinities as strings;
 - ``tuple[...]`` -> a list; ``dict`` -> an object / ClickHouse ``Map``;
 - nested dataclasses -> nested objects (JSON) and are left to the event's own row layout.
 
@@ -55,8 +55,11 @@ def _strip_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _float_out(v: float) -> float | None:
-    return None if v is None or math.isnan(v) else float(v)
+def _float_out(v: float) -> float | str | None:
+    """NaN (unknown) -> null; +-inf -> "inf"/"-inf" (JSON has no infinities); else a number."""
+    if v is None or math.isnan(v):
+        return None
+    return float(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
 def _float_in(v: Any) -> float:

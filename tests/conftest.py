@@ -64,3 +64,32 @@ def store(settings: Settings) -> Iterator:
     s = open_store(settings)
     yield s
     s.close()
+
+
+@pytest.fixture
+def run_market():
+    """Run the live flow's market-data graph over ``QT_TICKS``-style input, in process.
+
+    Returns (bars, feature vectors, validated blocks) as the dataflow emitted them.
+    """
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, run_main
+
+    from dataflows import graphs
+
+    def run(ticks: str, **overrides):
+        s = Settings.from_env({}, ticks=ticks, **overrides)
+        flow = Dataflow("market_test")
+        md = graphs.market_data(flow, s)
+        bars: list = []
+        vectors: list = []
+        validated: list = []
+        op.output("bars_out", op.flat_map("b", md.bars, lambda kv: kv[1].bars), TestingSink(bars))
+        op.output("features_out", op.flat_map("f", md.features, lambda kv: kv[1].vectors),
+                  TestingSink(vectors))
+        op.output("validated_out", md.validated, TestingSink(validated))
+        run_main(flow)
+        return bars, vectors, validated
+
+    return run

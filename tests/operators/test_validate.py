@@ -1,0 +1,200 @@
+"""Validation: every rule, and the accounting property (every row is a tick or a dead letter)."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connectors.replay import ReplaySource
+from operators.validate import TickValidator, validate_ticks
+from schemas.dead_letters import Stage
+from schemas.ticks import Tick, TickOrigin, tick_rows_from_ticks
+from schemas.timeutil import from_ms, iso
+
+T0 = 1_700_000_000_000
+NAN = math.nan
+
+
+def trade(ms: int, price: float, size: float = 1.0, symbol: str = "X") -> Tick:
+    return Tick(from_ms(T0 + ms), symbol, TickOrigin.TRADE, price, size=size)
+
+
+def quote(ms: int, bid: float, ask: float, symbol: str = "X") -> Tick:
+    return Tick(from_ms(T0 + ms), symbol, TickOrigin.QUOTE, (bid + ask) / 2, bid=bid, ask=ask)
+
+
+def candle(ms: int, o: float, h: float, lo: float, c: float) -> Tick:
+    return Tick(from_ms(T0 + ms), "X", TickOrigin.CANDLE, c, size=1.0, open=o, high=h, low=lo)
+
+
+@pytest.mark.parametrize(
+    ("tick", "reason"),
+    [
+        (trade(0, 10.0), None),
+        (trade(0, 0.0), "non-positive price"),
+        (trade(0, -1.0), "non-positive price"),
+        (trade(0, NAN), "non-finite price"),
+        (trade(0, math.inf), "non-finite price"),
+        (trade(0, 10.0, size=-2.0), "negative size"),
+        (trade(0, 10.0, size=0.0), None),  # a zero-size print exists in real data
+        (trade(0, 10.0, size=NAN), None),  # size unknown
+        (quote(0, 1.0, 1.1), None),
+        (quote(0, 1.0, 1.0), None),  # locked, not crossed
+        (quote(0, 1.1, 1.0), "crossed quote (bid > ask)"),
+        (quote(0, -1.0, 1.0), "non-positive price"),
+        (quote(0, NAN, 1.0), "non-finite price"),
+        (candle(0, 10, 12, 9, 11), None),
+        (candle(0, 10, 9, 12, 11), "inconsistent candle"),
+        (candle(0, 13, 12, 9, 11), "inconsistent candle"),
+        (candle(0, 10, 12, 9, 8), "inconsistent candle"),
+    ],
+)
+def test_each_rule(tick: Tick, reason: str | None) -> None:
+    out = TickValidator().validate(tick_rows_from_ticks([tick]))
+    got = [d.reason for d in out.dead]
+    assert got == ([] if reason is None else [reason])
+    assert out.ticks + len(out.dead) == 1
+
+
+def test_unknown_symbol_only_when_a_universe_is_set() -> None:
+    rows = tick_rows_from_ticks([trade(0, 1.0, symbol="A"), trade(0, 1.0, symbol="B")])
+    assert TickValidator().validate(rows).ticks == 2
+    out = TickValidator(universe=frozenset({"A"})).validate(rows)
+    assert list(out.batches) == ["A"]
+    assert [(d.symbol, d.reason, d.stage) for d in out.dead] == [
+        ("B", "unknown symbol", Stage.VALIDATE)]
+
+
+def test_time_going_backwards_beyond_tolerance_across_blocks() -> None:
+    v = TickValidator(max_backwards_ms=500)
+    v.validate(tick_rows_from_ticks([trade(10_000, 1.0)]))
+    out = v.validate(tick_rows_from_ticks([trade(9_600, 1.0), trade(9_000, 1.0),
+                                           trade(10_001, 1.0)]))
+    # 400 ms late is tolerated, 1000 ms is not; the newest time is remembered across blocks
+    assert out.batches["X"].ts_ms.tolist() == [T0 + 9_600, T0 + 10_001]
+    assert [(d.stage, d.reason) for d in out.dead] == [
+        (Stage.ORDER, "time went backwards by 1000 ms")]
+
+
+def test_undecodable_message_keeps_raw_text() -> None:
+    from schemas.ticks import decode_messages
+
+    rows = decode_messages([b'{"ts": "nope"}', b"\xff not json", trade(0, 1.0).to_json()],
+                           "kafka:ticks/0", [7, 8, 9])
+    out = TickValidator().validate(rows)
+    assert out.ticks == 1
+    dead = sorted(out.dead, key=lambda d: d.row)
+    assert [d.id for d in dead] == ["kafka:ticks/0#7", "kafka:ticks/0#8"]
+    assert all(d.stage is Stage.DECODE for d in dead)
+    assert dead[0].raw == '{"ts": "nope"}'
+    assert "not JSON" in dead[1].reason
+
+
+def test_validate_step_in_a_dataflow() -> None:
+    blocks = [tick_rows_from_ticks([trade(0, 1.0), trade(1, -1.0)]),
+              tick_rows_from_ticks([trade(2, 2.0), quote(3, 2.0, 1.0, symbol="Y")])]
+    for i, b in enumerate(blocks):
+        b.partition, b.seq = "p", i
+    out: list = []
+    flow = Dataflow("validate_test")
+    validated = validate_ticks("validate", op.input("in", flow, TestingSource(blocks)), 1000)
+    op.output("out", validated, TestingSink(out))
+    run_main(flow)
+    assert [v.ticks for v in out] == [1, 1]
+    assert [[d.reason for d in v.dead] for v in out] == [
+        ["non-positive price"], ["crossed quote (bid > ask)"]]
+    assert [v.tag.seq for v in out] == [0, 1]  # blocks with ticks are numbered per partition
+
+
+# --- the accounting property over files with hypothesis-generated broken rows --------------
+
+GOOD_ROW = st.builds(
+    lambda ms, px, size, side, sym: f"{iso(from_ms(T0 + ms))},{sym},{px},{size},{side}",
+    st.integers(0, 10_000), st.floats(0.01, 1e5), st.floats(0, 100),
+    st.sampled_from(["buy", "sell", ""]), st.sampled_from(["A:X", "B:Y"]))
+BROKEN_ROW = st.one_of(
+    st.just(""),  # blank line
+    st.text(max_size=30).filter(lambda t: "\n" not in t and "\r" not in t),  # garbage
+    st.just("2024-01-01T00:00:00.000Z,A:X,abc,1,buy"),  # unparseable price
+    st.just("2024-01-01T00:00:00.000Z,A:X,-5,1,buy"),  # negative price
+    st.just("2024-01-01T00:00:00.000Z,A:X,5,-1,buy"),  # negative size
+    st.just("2024-01-01T00:00:00.000Z,A:X,NaN,1,buy"),  # NaN price
+    st.just("2024-01-01T00:00:00.000Z,,5,1,buy"),  # missing symbol
+    st.just("2024-01-01 00:00:00,A:X,5,1,buy"),  # no UTC offset
+    st.just("not-a-time,A:X,5,1,buy"),
+    st.just("2024-01-01T00:00:00.000Z,A:X,5,1,sideways"),
+    st.just("2024-01-01T00:00:00.000Z,A:X,5,1,buy,extra"),  # too many fields
+    st.just('"quoted,A:X,5,1,buy'),
+    st.binary(min_size=1, max_size=12).map(lambda b: b.decode("latin-1")).filter(
+        lambda t: "\n" not in t and "\r" not in t),  # odd bytes, invalid UTF-8
+)
+
+
+def _replay_accounting(path: Path) -> tuple[int, int, list]:
+    src = ReplaySource([path], block_bytes=4096)
+    v = TickValidator(max_backwards_ms=1000)
+    ticks, dead = 0, []
+    for part in src.list_parts():
+        p = src.build_part("t", part, None)
+        try:
+            while True:
+                for rows in p.next_batch():
+                    out = v.validate(rows)
+                    ticks += out.ticks
+                    dead.extend(out.dead)
+        except StopIteration:
+            pass
+    return ticks, len(dead), dead
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(GOOD_ROW, BROKEN_ROW), min_size=1, max_size=300))
+def test_every_row_is_a_tick_or_a_dead_letter(tmp_path: Path, lines: list[str]) -> None:
+    path = tmp_path / "mixed_trades.csv.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"ts,symbol,price,size,side\n")
+        for line in lines:
+            f.write(line.encode("latin-1", errors="replace") + b"\n")
+    ticks, n_dead, dead = _replay_accounting(path)
+    assert ticks + n_dead == len(lines)
+    ids = [d.id for d in dead]
+    assert len(ids) == len(set(ids))  # one dead letter per row, deterministic ids
+    rows = {int(i.rsplit("#", 1)[1]) for i in ids}
+    assert rows <= set(range(2, len(lines) + 2))  # ids are real line numbers of the file
+    for d in dead:  # the dead letter keeps the row it came from
+        if d.reason.startswith("not a row"):
+            assert d.raw == lines[d.row - 2].encode("latin-1", "replace").decode(
+                "utf-8", "replace")
+
+
+def test_real_quotes_file_crossed_quotes_are_dead_letters(shared_data: Path) -> None:
+    path = shared_data / "quotes" / "truefx_USDJPY_2013-01-01_quotes.csv.gz"
+    ticks, n_dead, dead = _replay_accounting(path)
+    assert ticks + n_dead == 1000  # SOURCES.md: 1,000 rows, 1 with bid >= ask
+    assert n_dead <= 1
+    for d in dead:
+        bid, ask = (float(x) for x in d.raw.split(",")[2:4])
+        assert bid > ask and d.reason == "crossed quote (bid > ask)"
+
+
+def test_decode_block_keeps_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    path.write_bytes(b"ts,symbol,bid,ask,bid_size,ask_size\n"
+                     b"2024-01-01T00:00:00.000Z,S,1,2,,\n"
+                     b"\n"
+                     b"2024-01-01T00:00:01.000Z,S,1,2,-3,\n"
+                     b"2024-01-01T00:00:02.000Z,S,1,2\n"
+                     b"2024-01-01T00:00:03.000Z,S,1.5,2,1,1\n")
+    ticks, n_dead, dead = _replay_accounting(path)
+    assert (ticks, n_dead) == (2, 3)
+    assert sorted((d.row, d.reason.split(" (")[0]) for d in dead) == [
+        (3, "missing ts"), (4, "negative bid_size"), (5, "not a row of the quotes layout")]
