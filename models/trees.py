@@ -1,0 +1,369 @@
+"""Gradient-boosted tree classifiers: the ensemble's XGBoost and LightGBM voters.
+
+Both are 3-class classifiers over one feature vector (columns
+:data:`~operators.features.FEATURE_NAMES`, NaN handled natively by the trees; class ids 0 HOLD,
+1 BUY, 2 SELL). They share :class:`TreeParams` and every rule below, so the two votes differ by
+library, not by recipe.
+
+Training rules (why):
+
+- **Native APIs** (``xgboost.train`` / ``lightgbm.train``): the artifact is a plain Booster, and
+  inference uses the fast raw paths (``Booster.inplace_predict``; LightGBM's raw
+  ``Booster.predict``, about 10x faster than its sklearn wrapper).
+- **Class-balanced sample weights** ``w_c = n / (k * n_c)`` over the k classes present: HOLD is
+  80-90% of labels, and unweighted trees learn to say HOLD always. The validation rows are
+  weighted the same way by their own counts, so early stopping watches a class-balanced log loss.
+  A consequence worth knowing: probabilities (and so confidences) are calibrated to a balanced
+  prior, not to the raw HOLD share.
+- **Early stopping** on the validation split, then the model is **cut at the best round**: the
+  trained booster and the saved artifact hold exactly the same trees, so prediction never needs
+  an iteration range and a save -> load round trip predicts bit-identically.
+- **Single thread**, training and inference (Bytewax workers own the cores; see
+  :func:`models.base.cap_threads`), and a fixed seed: same data + same seed -> same model.
+
+Prediction: ``action = ACTION_OF[argmax p]``, ``confidence = max p`` (in [1/3, 1]).
+
+Artifacts (no pickles): ``model.ubj`` (XGBoost UBJSON) or ``model.txt`` (LightGBM text) plus
+``params.json`` (hyper-parameters, seed, feature names, feature-set version, rounds kept,
+class weights, scores). :meth:`load` refuses a ``params.json`` whose feature names differ from
+the running code's :data:`FEATURE_NAMES` (or that a newer format wrote). A different
+``feature_set`` version with the same names still loads: it is recorded in :meth:`describe`
+for the registry to judge.
+
+>>> TreeParams().max_rounds, TreeParams().max_depth
+(300, 4)
+>>> balanced_weights(np.array([0, 0, 0, 1])).tolist()
+[0.6666666666666666, 0.6666666666666666, 0.6666666666666666, 2.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import lightgbm as lgb
+import numpy as np
+import xgboost as xgb
+
+from models.base import Prediction, cap_threads
+from models.dataset import TrainingSet, feature_matrix
+from operators.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from schemas.features import FeatureVector
+from schemas.signals import ACTION_OF
+
+N_CLASSES = 3
+PARAMS_FILE = "params.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TreeParams:
+    """Hyper-parameters shared by both libraries (each maps them to its own names).
+
+    Defaults are small and CPU-friendly: a few hundred shallow trees at most, stopped early.
+
+    - ``max_rounds``: boosting rounds before early stopping (XGBoost ``num_boost_round``,
+      LightGBM ``num_boost_round``).
+    - ``early_stopping_rounds``: rounds without improvement of the validation loss.
+    - ``learning_rate``: shrinkage (``eta``).
+    - ``max_depth``: tree depth; LightGBM also gets ``num_leaves``.
+    - ``num_leaves``: LightGBM leaves per tree (``2**max_depth - 1`` keeps them comparable).
+    - ``min_child_weight``: least summed sample weight in a leaf (XGBoost ``min_child_weight``,
+      LightGBM ``min_sum_hessian_in_leaf``), with ``min_data_in_leaf`` rows for LightGBM.
+    - ``subsample`` / ``colsample``: row and column sampling per tree (seeded).
+    - ``reg_lambda``: L2 penalty on leaf values.
+    - ``balance_classes``: weight samples by inverse class frequency (see the module doc).
+    """
+
+    max_rounds: int = 300
+    early_stopping_rounds: int = 30
+    learning_rate: float = 0.05
+    max_depth: int = 4
+    num_leaves: int = 15
+    min_child_weight: float = 1.0
+    min_data_in_leaf: int = 20
+    subsample: float = 0.8
+    colsample: float = 0.8
+    reg_lambda: float = 1.0
+    balance_classes: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TreeParams:
+        """Rebuild from ``params.json``; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TreeParams fields {unknown}")
+        return cls(**d)
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Per-row weights ``n / (k * n_class)`` over the k classes present (mean weight 1)."""
+    y = np.asarray(y, dtype=np.int64)
+    counts = np.bincount(y, minlength=N_CLASSES).astype(np.float64)
+    present = counts > 0
+    per_class = np.zeros(N_CLASSES)
+    per_class[present] = len(y) / (present.sum() * counts[present])
+    return per_class[y]
+
+
+def _check_split(data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
+    if tuple(data.feature_names) != FEATURE_NAMES:
+        raise ValueError("training set columns differ from operators.features.FEATURE_NAMES")
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError("tree models need non-empty train and validation splits "
+                         f"(got {len(train_idx)} and {len(val_idx)} rows)")
+    if data.X.shape[1] != len(FEATURE_NAMES):
+        raise ValueError(f"X has {data.X.shape[1]} columns, expected {len(FEATURE_NAMES)}")
+
+
+def _weights(y: np.ndarray, params: TreeParams) -> np.ndarray:
+    return balanced_weights(y) if params.balance_classes else np.ones(len(y))
+
+
+class _TreeModel:
+    """What both tree models share: prediction mapping, params.json, load checks."""
+
+    name: ClassVar[str]
+    model_file: ClassVar[str]
+
+    def __init__(self, params: TreeParams, meta: dict[str, Any]) -> None:
+        cap_threads()
+        self.params = params
+        self.meta = meta  # seed, rounds kept, scores, feature set, ... (what params.json holds)
+
+    # --- inference ------------------------------------------------------------------------
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (n, 3), columns HOLD, BUY, SELL."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES):
+            raise ValueError(f"expected an (n, {len(FEATURE_NAMES)}) matrix, got {X.shape}")
+        if len(X) == 0:
+            return np.empty((0, N_CLASSES))
+        return self._raw_proba(X).reshape(len(X), N_CLASSES)
+
+    def predict(self, vectors: Sequence[FeatureVector]) -> list[Prediction]:
+        """One (action, confidence) per vector: argmax class and its probability."""
+        if not vectors:
+            return []
+        proba = self.predict_proba(feature_matrix(vectors))
+        best = proba.argmax(axis=1)
+        conf = proba[np.arange(len(best)), best]
+        return [(ACTION_OF[int(c)], float(p)) for c, p in zip(best, conf, strict=True)]
+
+    def _raw_proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- artifacts ------------------------------------------------------------------------
+    def save(self, directory: Path) -> list[Path]:
+        """Write the native model file and ``params.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model_path = directory / self.model_file
+        self._save_booster(model_path)
+        params_path = directory / PARAMS_FILE
+        params_path.write_text(json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
+        return [model_path, params_path]
+
+    def _save_booster(self, path: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read_params(cls, directory: Path) -> tuple[TreeParams, dict[str, Any]]:
+        """Read and check ``params.json``: right model, same feature columns as this code."""
+        path = Path(directory) / PARAMS_FILE
+        doc = json.loads(path.read_text())
+        if doc.get("model") != cls.name:
+            raise ValueError(f"{path}: saved by model {doc.get('model')!r}, not {cls.name!r}")
+        if doc.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path}: format_version {doc['format_version']} is newer than "
+                             f"this code's {FORMAT_VERSION}")
+        names = tuple(doc.get("feature_names") or ())
+        if names != FEATURE_NAMES:
+            missing = sorted(set(FEATURE_NAMES) - set(names))
+            extra = sorted(set(names) - set(FEATURE_NAMES))
+            detail = (f"missing {missing}, unexpected {extra}" if missing or extra
+                      else "same names in a different order")
+            raise ValueError(
+                f"{path}: the model was trained on different feature columns than "
+                f"operators.features.FEATURE_NAMES ({detail}); retrain it")
+        params = TreeParams.from_dict(doc["params"])
+        meta = {k: v for k, v in doc.items() if k not in ("params", "model", "feature_names")}
+        return params, meta
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``params.json`` records (JSON-safe)."""
+        return {
+            "model": self.name,
+            "format_version": FORMAT_VERSION,
+            "params": self.params.to_dict(),
+            "feature_names": list(FEATURE_NAMES),
+            **self.meta,
+        }
+
+
+def _train_meta(data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray, seed: int,
+                params: TreeParams, rounds: int, best_score: float,
+                library_version: str) -> dict[str, Any]:
+    y_train = data.y[train_idx]
+    per_class = balanced_weights(y_train) if params.balance_classes else np.ones(len(y_train))
+    class_weights = [float(per_class[y_train == c][0]) if np.any(y_train == c) else 0.0
+                     for c in range(N_CLASSES)]
+    return {
+        "seed": int(seed),
+        "feature_set": FEATURE_SET_VERSION,
+        "best_iteration": int(rounds),  # boosting rounds kept, counted from 1
+        "best_val_loss": float(best_score),
+        "class_weights": class_weights,
+        "train_rows": len(train_idx),
+        "val_rows": len(val_idx),
+        "train_class_counts": np.bincount(y_train, minlength=N_CLASSES).tolist(),
+        "library_version": library_version,
+    }
+
+
+class XGBoostModel(_TreeModel):
+    """XGBoost ``multi:softprob`` classifier; inference through ``Booster.inplace_predict``."""
+
+    name: ClassVar[str] = "xgboost"
+    model_file: ClassVar[str] = "model.ubj"
+
+    def __init__(self, booster: xgb.Booster, params: TreeParams, meta: dict[str, Any]) -> None:
+        super().__init__(params, meta)
+        booster.set_param({"nthread": 1})
+        self.booster = booster
+
+    @staticmethod
+    def native_params(params: TreeParams, seed: int) -> dict[str, Any]:
+        return {
+            "objective": "multi:softprob",
+            "num_class": N_CLASSES,
+            "eval_metric": "mlogloss",
+            "tree_method": "hist",
+            "eta": params.learning_rate,
+            "max_depth": params.max_depth,
+            "min_child_weight": params.min_child_weight,
+            "subsample": params.subsample,
+            "colsample_bytree": params.colsample,
+            "lambda": params.reg_lambda,
+            "nthread": 1,
+            "seed": seed,
+            "verbosity": 0,
+        }
+
+    @classmethod
+    def train(cls, data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray,
+              params: TreeParams | None = None, seed: int = 0) -> XGBoostModel:
+        """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only."""
+        params = params or TreeParams()
+        _check_split(data, train_idx, val_idx)
+        cap_threads()
+        names = list(FEATURE_NAMES)
+        y_tr, y_va = data.y[train_idx], data.y[val_idx]
+        dtrain = xgb.DMatrix(data.X[train_idx], label=y_tr, weight=_weights(y_tr, params),
+                             feature_names=names, nthread=1)
+        dval = xgb.DMatrix(data.X[val_idx], label=y_va, weight=_weights(y_va, params),
+                           feature_names=names, nthread=1)
+        booster = xgb.train(cls.native_params(params, seed), dtrain,
+                            num_boost_round=params.max_rounds, evals=[(dval, "val")],
+                            early_stopping_rounds=params.early_stopping_rounds,
+                            verbose_eval=False)
+        rounds = booster.best_iteration + 1  # xgboost counts from 0
+        best_score = booster.best_score
+        # Cut at the optimum and go through the artifact bytes: what is served is what is saved.
+        kept = xgb.Booster(model_file=booster[:rounds].save_raw("ubj"))
+        meta = _train_meta(data, train_idx, val_idx, seed, params, rounds, best_score,
+                           xgb.__version__)
+        return cls(kept, params, meta)
+
+    def _raw_proba(self, X: np.ndarray) -> np.ndarray:
+        out = self.booster.inplace_predict(X, validate_features=False)
+        return np.asarray(out, dtype=np.float64)
+
+    def _save_booster(self, path: Path) -> None:
+        self.booster.save_model(str(path))
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        params, meta = cls._read_params(directory)
+        booster = xgb.Booster(model_file=str(Path(directory) / cls.model_file))
+        return cls(booster, params, meta)
+
+
+class LightGBMModel(_TreeModel):
+    """LightGBM ``multiclass`` classifier; inference through the raw ``Booster.predict``."""
+
+    name: ClassVar[str] = "lightgbm"
+    model_file: ClassVar[str] = "model.txt"
+
+    def __init__(self, booster: lgb.Booster, params: TreeParams, meta: dict[str, Any]) -> None:
+        super().__init__(params, meta)
+        self.booster = booster
+
+    @staticmethod
+    def native_params(params: TreeParams, seed: int) -> dict[str, Any]:
+        return {
+            "objective": "multiclass",
+            "num_class": N_CLASSES,
+            "metric": "multi_logloss",
+            "learning_rate": params.learning_rate,
+            "max_depth": params.max_depth,
+            "num_leaves": params.num_leaves,
+            "min_sum_hessian_in_leaf": params.min_child_weight,
+            "min_data_in_leaf": params.min_data_in_leaf,
+            "bagging_fraction": params.subsample,
+            "bagging_freq": 1 if params.subsample < 1.0 else 0,
+            "feature_fraction": params.colsample,
+            "lambda_l2": params.reg_lambda,
+            "num_threads": 1,
+            "seed": seed,
+            "deterministic": True,
+            "force_col_wise": True,
+            "verbosity": -1,
+        }
+
+    @classmethod
+    def train(cls, data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray,
+              params: TreeParams | None = None, seed: int = 0) -> LightGBMModel:
+        """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only."""
+        params = params or TreeParams()
+        _check_split(data, train_idx, val_idx)
+        cap_threads()
+        native = cls.native_params(params, seed)
+        names = list(FEATURE_NAMES)
+        y_tr, y_va = data.y[train_idx], data.y[val_idx]
+        dtrain = lgb.Dataset(data.X[train_idx], label=y_tr, weight=_weights(y_tr, params),
+                             feature_name=names, params=native, free_raw_data=True)
+        dval = lgb.Dataset(data.X[val_idx], label=y_va, weight=_weights(y_va, params),
+                           reference=dtrain, params=native)
+        booster = lgb.train(native, dtrain, num_boost_round=params.max_rounds,
+                            valid_sets=[dval], valid_names=["val"],
+                            callbacks=[lgb.early_stopping(params.early_stopping_rounds,
+                                                          verbose=False)])
+        rounds = booster.best_iteration if booster.best_iteration > 0 else \
+            booster.current_iteration()
+        best_score = booster.best_score["val"]["multi_logloss"]
+        # Cut at the optimum through the text artifact: what is served is what is saved.
+        kept = lgb.Booster(model_str=booster.model_to_string(num_iteration=rounds))
+        meta = _train_meta(data, train_idx, val_idx, seed, params, rounds, best_score,
+                           lgb.__version__)
+        return cls(kept, params, meta)
+
+    def _raw_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.booster.predict(X, num_iteration=-1, num_threads=1)
+
+    def _save_booster(self, path: Path) -> None:
+        path.write_text(self.booster.model_to_string(num_iteration=-1))
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        params, meta = cls._read_params(directory)
+        booster = lgb.Booster(model_file=str(Path(directory) / cls.model_file))
+        return cls(booster, params, meta)
