@@ -1,0 +1,273 @@
+"""The model registry: versioned artifacts on disk, stages, checksums, and a ClickHouse record.
+
+Layout under ``QT_REGISTRY_DIR`` (default ``$QT_HOME/registry``)::
+
+    <model>/<version>/            immutable once published: native artifact files
+    <model>/<version>/manifest.json   file digests, feature set, data range, metrics, params
+    <model>/stages.json           {version: {stage, promoted_at}} - the stage authority
+
+- **Atomic publish**: files are written into a hidden temporary directory and renamed into
+  place, so a reader never sees a half-written version.
+- **Atomic stage changes**: ``stages.json`` is replaced with ``os.replace``; promoting a version
+  to production retires the previous production version in the same write.
+- **Integrity**: loading recomputes every file's SHA-256 and refuses a mismatch
+  (:class:`IntegrityError`), so a tampered or truncated artifact never runs.
+- **No pickles**: artifacts are native formats (XGBoost UBJ, LightGBM text, torch state dicts
+  loaded with ``weights_only=True``, SB3 zip); the manifest is JSON.
+- Every publish and stage change is also upserted into the ``model_registry`` table.
+
+Readers (the live ensemble step) call :meth:`ModelRegistry.production_version` on every bar;
+it re-reads ``stages.json`` only when its modification time changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from schemas.registry import ModelVersion, Stage
+from schemas.timeutil import iso, parse_iso
+from storage.store import Store
+
+MANIFEST = "manifest.json"
+STAGES = "stages.json"
+
+
+class IntegrityError(RuntimeError):
+    """An artifact's bytes differ from the digest recorded when it was published."""
+
+
+class RegistryError(RuntimeError):
+    """A missing model/version or an impossible stage change."""
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_digest(files: Mapping[str, str]) -> str:
+    """One SHA-256 over the (file name, file digest) pairs, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]}\n".encode())
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if not text else parse_iso(text)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _StagesCache:
+    mtime_ns: int
+    stages: dict[str, dict[str, Any]]
+
+
+class ModelRegistry:
+    """Versioned model store. Thread-safe; several processes may read it."""
+
+    def __init__(self, root: Path, store: Store | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = store
+        self._lock = threading.RLock()
+        self._cache: dict[str, _StagesCache] = {}
+
+    # --- writing ----------------------------------------------------------------------------
+    def publish(self, model: str, write: Callable[[Path], list[Path]], *, stage: Stage,
+                feature_set: str, data_from: datetime | None = None,
+                data_to: datetime | None = None, metrics: Mapping[str, float] | None = None,
+                params: Mapping[str, Any] | None = None) -> ModelVersion:
+        """Write a new version with ``write(directory)`` and give it ``stage``."""
+        model_dir = self.root / model
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".publish-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            write(tmp)
+            files = {p.name: _file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            if not files:
+                raise RegistryError(f"{model}: the writer produced no artifact files")
+            created = _now()
+            with self._lock:
+                version = self._next_version(model)
+                manifest = {
+                    "model": model, "version": version, "files": files,
+                    "sha256": artifact_digest(files), "feature_set": feature_set,
+                    "data_from": iso(data_from) if data_from else None,
+                    "data_to": iso(data_to) if data_to else None,
+                    "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+                    "params": dict(params or {}), "created_at": iso(created),
+                }
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+                os.rename(tmp, model_dir / version)  # atomic: the version appears whole
+                self._set_stage_locked(model, version, stage)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.get(model, version)
+
+    def _next_version(self, model: str) -> str:
+        existing = [int(p.name[1:]) for p in (self.root / model).glob("v[0-9]*")
+                    if p.name[1:].isdigit()]
+        return f"v{max(existing, default=0) + 1:04d}"
+
+    def set_stage(self, model: str, version: str, stage: Stage) -> ModelVersion:
+        """Move a version to ``stage``; a new production version retires the previous one."""
+        with self._lock:
+            self._set_stage_locked(model, version, stage)
+        return self.get(model, version)
+
+    def _set_stage_locked(self, model: str, version: str, stage: Stage) -> None:
+        if not (self.root / model / version / MANIFEST).is_file():
+            raise RegistryError(f"{model} {version}: no such version in {self.root}")
+        stages = dict(self._read_stages(model))
+        now = iso(_now())
+        changed = [version]
+        if stage is Stage.PRODUCTION:
+            for v, entry in stages.items():
+                if v != version and entry["stage"] == Stage.PRODUCTION:
+                    stages[v] = {**entry, "stage": Stage.RETIRED.value}
+                    changed.append(v)
+        entry = dict(stages.get(version, {}))
+        entry["stage"] = stage.value
+        if stage is Stage.PRODUCTION:
+            entry["promoted_at"] = now
+        stages[version] = entry
+        _write_json_atomic(self.root / model / STAGES, stages)
+        self._cache.pop(model, None)
+        if self.store is not None:
+            for v in changed:
+                self._record(self.get(model, v))
+
+    def _record(self, mv: ModelVersion) -> None:
+        assert self.store is not None
+        row = [mv.model, mv.version, mv.stage.value, mv.sha256, mv.feature_set, mv.data_from,
+               mv.data_to, mv.metrics, mv.created_at, mv.promoted_at, _now()]
+        self.store.insert("model_registry", REGISTRY_COLUMNS, [row])
+
+    # --- reading ----------------------------------------------------------------------------
+    def _read_stages(self, model: str) -> dict[str, dict[str, Any]]:
+        path = self.root / model / STAGES
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        cached = self._cache.get(model)
+        if cached is not None and cached.mtime_ns == mtime:
+            return cached.stages
+        stages = json.loads(path.read_text())
+        self._cache[model] = _StagesCache(mtime, stages)
+        return stages
+
+    def manifest(self, model: str, version: str) -> dict[str, Any]:
+        path = self.root / model / version / MANIFEST
+        if not path.is_file():
+            raise RegistryError(f"{model} {version}: no such version in {self.root}")
+        return json.loads(path.read_text())
+
+    def get(self, model: str, version: str) -> ModelVersion:
+        m = self.manifest(model, version)
+        entry = self._read_stages(model).get(version, {"stage": Stage.CANDIDATE.value})
+        return ModelVersion(
+            model=model, version=version, stage=Stage(entry["stage"]), sha256=m["sha256"],
+            feature_set=m["feature_set"], data_from=_dt(m["data_from"]),
+            data_to=_dt(m["data_to"]), metrics=dict(m["metrics"]),
+            created_at=_dt(m["created_at"]), promoted_at=_dt(entry.get("promoted_at")),
+        )
+
+    def versions(self, model: str, stage: Stage | None = None) -> list[ModelVersion]:
+        with self._lock:
+            stages = self._read_stages(model)
+        out = [self.get(model, v) for v in sorted(stages)]
+        return [v for v in out if stage is None or v.stage is stage]
+
+    def production_version(self, model: str) -> str | None:
+        """The production version of ``model`` (cheap: re-reads only after a change)."""
+        with self._lock:
+            for version, entry in self._read_stages(model).items():
+                if entry["stage"] == Stage.PRODUCTION:
+                    return version
+        return None
+
+    def has_production(self, models: tuple[str, ...]) -> bool:
+        return all(self.production_version(m) is not None for m in models)
+
+    def verified_path(self, model: str, version: str) -> Path:
+        """The version's directory, after checking every file against its recorded digest."""
+        m = self.manifest(model, version)
+        directory = self.root / model / version
+        for name, digest in m["files"].items():
+            path = directory / name
+            if not path.is_file():
+                raise IntegrityError(f"{model} {version}: artifact file {name} is missing")
+            actual = _file_sha256(path)
+            if actual != digest:
+                raise IntegrityError(
+                    f"{model} {version}: {name} has SHA-256 {actual[:12]}..., the registry "
+                    f"recorded {digest[:12]}...; refusing to load a modified artifact")
+        extra = {p.name for p in directory.iterdir()} - set(m["files"]) - {MANIFEST}
+        if extra:
+            raise IntegrityError(f"{model} {version}: unexpected files {sorted(extra)}")
+        if artifact_digest(m["files"]) != m["sha256"]:
+            raise IntegrityError(f"{model} {version}: manifest digest does not match its files")
+        return directory
+
+    def load(self, model: str, version: str | None = None) -> Any:
+        """Load a verified version (default: production) with its model class."""
+        version = version or self.production_version(model)
+        if version is None:
+            raise RegistryError(f"{model}: no production version in {self.root}")
+        return loader(model)(self.verified_path(model, version))
+
+
+REGISTRY_COLUMNS = ("model", "version", "stage", "sha256", "feature_set", "data_from",
+                    "data_to", "metrics", "created_at", "promoted_at", "updated_at")
+
+
+def loader(model: str) -> Callable[[Path], Any]:
+    """The ``load(directory)`` of a model name (imports lazily: neuralforecast is slow)."""
+    if model == "xgboost":
+        from models.trees import XGBoostModel
+
+        return XGBoostModel.load
+    if model == "lightgbm":
+        from models.trees import LightGBMModel
+
+        return LightGBMModel.load
+    if model == "nhits":
+        from models.sequence import NHITSModel
+
+        return NHITSModel.load
+    if model == "patchtst":
+        from models.sequence import PatchTSTModel
+
+        return PatchTSTModel.load
+    if model == "ppo":
+        from rl.policy import PolicyRuntime
+
+        return PolicyRuntime.load
+    raise RegistryError(f"unknown model name {model!r}")

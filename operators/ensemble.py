@@ -1,0 +1,256 @@
+"""The ensemble: four models vote, the audit's rules decide.
+
+Semantics (the audit's, kept exactly; see ``../shared/DESIGN.md`` section 2):
+
+- Weights: XGBoost 0.25, LightGBM 0.25, N-HiTS 0.30, PatchTST 0.20. Each model says BUY, SELL
+  or HOLD with a confidence in [0, 1]; a model that raises or returns a NaN/out-of-range
+  confidence votes HOLD with confidence 0 and the failure is counted and logged with its name.
+- ``buy_votes`` / ``sell_votes`` are the summed weights of the BUY / SELL voters. BUY if
+  ``buy > sell and buy >= 0.6``; SELL if ``sell > buy and sell >= 0.6``; else HOLD (a 2-2
+  split is HOLD). With these weights no two models reach 0.6: a trade needs three.
+- Confidence: the weight-averaged confidence of the models that voted for the decided action
+  (0 if none did), times the consensus multiplier, capped at 1: unanimous (every model agrees)
+  x1.2, strong (all but one) x1.1, split (anything less) x0.8.
+- Volatility: when the daily-scaled EWMA volatility (feature ``vol_daily``: one-bar EWMA
+  volatility x sqrt(bars per day), so "5%" means a 5% daily move whatever the bar length)
+  exceeds 5%, a BUY/SELL needs confidence > 0.70, else it becomes HOLD (``vol_blocked``).
+- Warm-up bars (features not warm) get a HOLD signal with consensus ``warmup``; no model is
+  asked. Every bar of every symbol gets exactly one signal.
+
+The step scores all vectors that reach a worker together in one call per model (batched across
+symbols and bars), and re-reads the registry's production versions before each batch, so a
+newly promoted model votes from the next bar on, and every vote records its version.
+
+>>> from schemas.signals import Vote
+>>> cfg = EnsembleConfig()
+>>> votes = [Vote("xgboost", "v1", Action.BUY, 0.8), Vote("lightgbm", "v1", Action.BUY, 0.6),
+...          Vote("nhits", "v1", Action.BUY, 0.7), Vote("patchtst", "v1", Action.SELL, 0.9)]
+>>> d = decide(votes, volatility=0.01, cfg=cfg)
+>>> d.action, d.consensus, round(d.buy_votes, 2), round(d.confidence, 4)
+(<Action.BUY: 'BUY'>, <Consensus.STRONG: 'strong'>, 0.8, 0.77)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import operator
+from bytewax.operators import KeyedStream
+
+from models.base import MODEL_NAMES
+from schemas.features import FeatureStep, FeatureVector
+from schemas.signals import Action, Consensus, Signal, Vote
+
+log = logging.getLogger(__name__)
+
+AUDIT_WEIGHTS: dict[str, float] = {"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30,
+                                   "patchtst": 0.20}
+MULTIPLIER = {Consensus.UNANIMOUS: 1.2, Consensus.STRONG: 1.1, Consensus.SPLIT: 0.8}
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """The audit's constants (defaults) and the two the volatility rule uses."""
+
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(AUDIT_WEIGHTS))
+    vote_threshold: float = 0.6
+    high_vol: float = 0.05
+    high_vol_min_confidence: float = 0.70
+
+    @classmethod
+    def from_settings(cls, s: Any) -> EnsembleConfig:
+        return cls(vote_threshold=s.vote_threshold, high_vol=s.high_vol_threshold,
+                   high_vol_min_confidence=s.high_vol_min_confidence)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    confidence: float
+    consensus: Consensus
+    buy_votes: float
+    sell_votes: float
+    vol_blocked: bool
+
+
+def decide(votes: Sequence[Vote], volatility: float, cfg: EnsembleConfig,
+           weights: Mapping[str, float] | None = None) -> Decision:
+    """Combine votes with the audit's rules (see the module docstring)."""
+    weights = cfg.weights if weights is None else weights
+    buy = sum(weights[v.model] for v in votes if v.action is Action.BUY)
+    sell = sum(weights[v.model] for v in votes if v.action is Action.SELL)
+    eps = 1e-12  # weights are decimals: 0.25 + 0.25 + 0.1 must count as 0.6
+    if buy > sell + eps and buy >= cfg.vote_threshold - eps:
+        action = Action.BUY
+    elif sell > buy + eps and sell >= cfg.vote_threshold - eps:
+        action = Action.SELL
+    else:
+        action = Action.HOLD
+    agree = [v for v in votes if v.action is action]
+    if len(agree) == len(votes):
+        consensus = Consensus.UNANIMOUS
+    elif len(agree) == len(votes) - 1:
+        consensus = Consensus.STRONG
+    else:
+        consensus = Consensus.SPLIT
+    w = sum(weights[v.model] for v in agree)
+    base = sum(weights[v.model] * v.confidence for v in agree) / w if w > 0 else 0.0
+    confidence = min(1.0, base * MULTIPLIER[consensus])
+    blocked = False
+    if (action is not Action.HOLD and volatility > cfg.high_vol
+            and not confidence > cfg.high_vol_min_confidence):
+        action, blocked = Action.HOLD, True
+    return Decision(action, confidence, consensus, buy, sell, blocked)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring with live models
+# ---------------------------------------------------------------------------------------------
+
+Predict = Callable[[Sequence[FeatureVector]], list[tuple[Action, float]]]
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    predict: Predict
+
+
+class ModelSource:
+    """Where the ensemble gets its production models: normally the registry."""
+
+    def current(self) -> list[LoadedModel]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class RegistryModels(ModelSource):
+    """Production models from the registry, reloaded when a new version is promoted."""
+
+    def __init__(self, registry: Any, names: Sequence[str] = MODEL_NAMES) -> None:
+        self.registry = registry
+        self.names = tuple(names)
+        self._loaded: dict[str, LoadedModel] = {}
+
+    def current(self) -> list[LoadedModel]:
+        out = []
+        for name in self.names:
+            version = self.registry.production_version(name)
+            if version is None:
+                raise RuntimeError(f"ensemble: no production version of {name} in the registry")
+            held = self._loaded.get(name)
+            if held is None or held.version != version:
+                model = self.registry.load(name, version)
+                held = self._loaded[name] = LoadedModel(name, version, model.predict)
+                log.info("ensemble: %s %s is now voting", name, version)
+            out.append(held)
+        return out
+
+
+def _vote_problem(action: Any, conf: Any) -> str | None:
+    if not isinstance(action, Action):
+        return f"action {action!r} is not BUY/SELL/HOLD"
+    if not isinstance(conf, float | int) or math.isnan(conf):
+        return f"confidence {conf!r} is not a number"
+    if not 0.0 <= conf <= 1.0:
+        return f"confidence {conf!r} outside [0, 1]"
+    return None
+
+
+@dataclass
+class Scorer:
+    """Scores feature vectors with the current models and decides (plain Python)."""
+
+    models: ModelSource
+    cfg: EnsembleConfig = field(default_factory=EnsembleConfig)
+    failures: Counter = field(default_factory=Counter)
+
+    def votes(self, vectors: Sequence[FeatureVector]) -> list[list[Vote]]:
+        """Per vector, one vote per model; a failing model votes HOLD 0 (counted, logged)."""
+        per_vector: list[list[Vote]] = [[] for _ in vectors]
+        if not vectors:
+            return per_vector
+        for m in self.models.current():
+            try:
+                preds = m.predict(vectors)
+                if len(preds) != len(vectors):
+                    raise ValueError(f"returned {len(preds)} predictions for {len(vectors)}")
+            except Exception as exc:  # a model failure must not stop trading decisions
+                self._failed(m.name, len(vectors), repr(exc))
+                for out in per_vector:
+                    out.append(Vote(m.name, m.version, Action.HOLD, 0.0, True))
+                continue
+            for out, (action, conf) in zip(per_vector, preds, strict=True):
+                problem = _vote_problem(action, conf)
+                if problem is None:
+                    out.append(Vote(m.name, m.version, action, float(conf)))
+                else:
+                    self._failed(m.name, 1, problem)
+                    out.append(Vote(m.name, m.version, Action.HOLD, 0.0, True))
+        return per_vector
+
+    def _failed(self, name: str, n: int, why: str) -> None:
+        self.failures[name] += n
+        if self.failures[name] <= 10 or self.failures[name] % 1000 == 0:
+            log.warning("ensemble: model %s failed (%d so far): %s", name, self.failures[name],
+                        why)
+
+    def score(self, vectors: Sequence[FeatureVector]) -> list[Signal]:
+        warm = [v for v in vectors if v.warm]
+        votes = iter(self.votes(warm))
+        weights = self.cfg.weights
+        out = []
+        for v in vectors:
+            vol = v.values["vol_daily"]
+            if not v.warm:
+                out.append(Signal(v.symbol, v.ts, v.bar_start, Action.HOLD, 0.0,
+                                  Consensus.WARMUP, 0.0, 0.0, vol, False, False, v.feature_set,
+                                  (), ()))
+                continue
+            vs = next(votes)
+            d = decide(vs, vol if vol == vol else 0.0, self.cfg, weights)
+            out.append(Signal(v.symbol, v.ts, v.bar_start, d.action, d.confidence, d.consensus,
+                              d.buy_votes, d.sell_votes, vol, d.vol_blocked, True,
+                              v.feature_set, tuple(vs), tuple(weights[x.model] for x in vs)))
+        return out
+
+
+@dataclass(slots=True)
+class SignalStep:
+    """What the ensemble emits per feature step: each bar's signal with the vector it used."""
+
+    symbol: str
+    scored: list[tuple[Signal, FeatureVector]]
+    tag: Any
+
+
+@operator
+def ensemble(step_id: str, up: KeyedStream[FeatureStep],
+             scorer_for_thread: Callable[[], Scorer]) -> KeyedStream[SignalStep]:
+    """Score every feature step that reaches this worker in one batch per model.
+
+    ``scorer_for_thread`` gives each worker thread its own :class:`Scorer` (its own model
+    instances: no locks on the hot path).
+    """
+    local = threading.local()
+
+    def score_batch(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, SignalStep]]:
+        scorer = getattr(local, "scorer", None)
+        if scorer is None:
+            scorer = local.scorer = scorer_for_thread()
+        vectors = [v for _, step in items for v in step.vectors]
+        try:
+            signals = iter(scorer.score(vectors))
+        except Exception as exc:
+            raise RuntimeError(f"{step_id}: scoring {len(vectors)} vectors failed") from exc
+        return [(key, SignalStep(key, [(next(signals), v) for v in step.vectors], step.tag))
+                for key, step in items]
+
+    return op.flat_map_batch("score", up, score_batch)
