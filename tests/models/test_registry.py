@@ -1,0 +1,84 @@
+"""Registry: round trips, tamper refusal, atomic publish, stage changes, the table record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.dataset import build_training_set, history_from_ticks, time_split
+from models.labels import LabelConfig
+from models.registry import IntegrityError, ModelRegistry, RegistryError
+from models.trees import LightGBMModel, TreeParams, XGBoostModel
+from operators.features import FEATURE_SET_VERSION
+from schemas.registry import Stage
+from settings import Settings
+
+
+@pytest.fixture(scope="module")
+def trained(sample_ticks: Path):
+    s = Settings.from_env({})
+    data = build_training_set(history_from_ticks(str(sample_ticks), s),
+                              LabelConfig.from_settings(s))
+    train, val, test = time_split(data.ts_ms, gap=20)
+    params = TreeParams(max_rounds=40)
+    models = {"xgboost": XGBoostModel.train(data, train, val, params),
+              "lightgbm": LightGBMModel.train(data, train, val, params)}
+    return models, [data.vectors[i] for i in test]
+
+
+@pytest.mark.parametrize("name", ["xgboost", "lightgbm"])
+def test_round_trip_gives_identical_predictions(tmp_path, trained, name) -> None:
+    models, vectors = trained
+    reg = ModelRegistry(tmp_path)
+    mv = reg.publish(name, models[name].save, stage=Stage.PRODUCTION,
+                     feature_set=FEATURE_SET_VERSION, metrics={"macro_f1": 0.4})
+    assert (mv.version, mv.stage) == ("v0001", Stage.PRODUCTION)
+    loaded = reg.load(name)
+    assert loaded.predict(vectors) == models[name].predict(vectors)
+
+
+def test_tampered_artifact_is_refused(tmp_path, trained) -> None:
+    reg = ModelRegistry(tmp_path)
+    mv = reg.publish("xgboost", trained[0]["xgboost"].save, stage=Stage.PRODUCTION,
+                     feature_set=FEATURE_SET_VERSION)
+    artifact = tmp_path / "xgboost" / mv.version / "model.ubj"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    artifact.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"model\.ubj has SHA-256 .* refusing"):
+        reg.load("xgboost")
+    (tmp_path / "xgboost" / mv.version / "extra.pkl").write_bytes(b"x")
+    with pytest.raises(IntegrityError):
+        reg.verified_path("xgboost", mv.version)
+
+
+def test_failed_publish_leaves_no_version(tmp_path) -> None:
+    reg = ModelRegistry(tmp_path)
+
+    def broken_writer(directory: Path) -> list[Path]:
+        (directory / "half.bin").write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        reg.publish("xgboost", broken_writer, stage=Stage.PRODUCTION, feature_set="fs")
+    assert reg.versions("xgboost") == []
+    assert [p.name for p in (tmp_path / "xgboost").iterdir()] == []
+
+
+def test_promotion_retires_the_previous_production_and_is_recorded(tmp_path, trained,
+                                                                    store) -> None:
+    reg = ModelRegistry(tmp_path, store)
+    model = trained[0]["lightgbm"]
+    v1 = reg.publish("lightgbm", model.save, stage=Stage.PRODUCTION, feature_set="fs")
+    v2 = reg.publish("lightgbm", model.save, stage=Stage.SHADOW, feature_set="fs")
+    assert reg.production_version("lightgbm") == v1.version
+    reg.set_stage("lightgbm", v2.version, Stage.PRODUCTION)
+    assert reg.production_version("lightgbm") == v2.version
+    assert reg.get("lightgbm", v1.version).stage is Stage.RETIRED
+    assert reg.get("lightgbm", v2.version).promoted_at is not None
+    rows = {(r["version"], r["stage"]) for r in store.query("queries/model_registry")}
+    assert rows == {(v1.version, "retired"), (v2.version, "production")}
+    with pytest.raises(RegistryError):
+        reg.set_stage("lightgbm", "v0099", Stage.PRODUCTION)
