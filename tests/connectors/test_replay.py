@@ -95,5 +95,5 @@ def test_bad_spec_and_bad_header_are_clear_errors(tmp_path: Path) -> None:
         expand_paths(str(tmp_path / "nothing*.csv"))
     bad = tmp_path / "bad.csv"
     bad.write_text("time,sym,px\n1,2,3\n")
-    with pytest.raises(ValueError, match="bad.csv: unrecognised columns"):
+    with pytest.raises(ValueError, match=r"bad\.csv: unrecognised columns"):
         ReplaySource([bad])

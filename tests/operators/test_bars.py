@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,7 @@ def test_bars_do_not_depend_on_batch_boundaries(gaps: list[int], cuts: list[int]
     pieces = BarBuilder("S", 1)
     got = []
     bounds = [0, *sorted({c for c in cuts if c < len(ts)}), len(ts)]
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         closed, idx = pieces.push_ticks(_batch(ts[a:b], px[a:b], size[a:b]))
         got += closed
         for bar, i in zip(closed, idx, strict=True):  # the closing tick is in a later bar

@@ -1,0 +1,478 @@
+"""Sequence forecasters: the ensemble's N-HiTS and PatchTST voters (neuralforecast, torch).
+
+Both forecast the next ``h`` one-bar log returns of a symbol from its last ``L`` ones and turn
+that forecast into a vote. They share every rule below, so the two votes differ by
+architecture, not by recipe.
+
+Data (why):
+
+- **Series**: per symbol, the one-bar log returns ``r_t = ln(c_t / c_{t-1})`` exactly as the
+  feature step computes them: ``y`` at bar t is ``FeatureVector.window[-1]`` of that bar, so the
+  training series and the serving windows are the same numbers (no second feature code).
+- **Time index**: ``ds`` is the bar ordinal per symbol (``freq=1``). Bars have weekend and
+  no-tick gaps; returns are between consecutive bars that exist, like the feature window.
+- **Units**: the target is the return in basis points, ``y = r * 1e4`` (:data:`TARGET_SCALE`),
+  a fixed transform: raw returns are ~1e-4, too small for default initialisations and learning
+  rates. ``scaler_type="identity"`` (no per-window neuralforecast scaler), so direct inference
+  needs no scaler either. (PatchTST's RevIN normalisation is inside its torch module, so the
+  direct forward applies it too.)
+- **Time split**: :meth:`train` uses only bars that close strictly before ``cut_ms`` (the first
+  validation time): the last forecast target of training is before the cut as well.
+- ``L = len(FeatureVector.window)`` (``QT_SEQ_WINDOW``, 64), ``h = LabelConfig.horizon``
+  (``QT_LABEL_HORIZON_BARS``, 10): the models forecast what the labels judge.
+
+Training is small and CPU-friendly (:class:`NHITSParams`, :class:`PatchTSTParams`): a few
+hundred steps, 32 windows per step (neuralforecast's default 1024 made ``fit`` 7x slower),
+N-HiTS shrunk from its 2.5M default to ~47k parameters, PatchTST ~74k. Quiet (no progress bar,
+logger, checkpoints or model summary), ``accelerator="cpu"``, one thread, seeded and
+deterministic; the process's global RNG and deterministic-algorithms flag are restored after.
+
+Inference never calls ``NeuralForecast.predict()`` (25-300 ms a call): the trained torch module
+is called directly, once for all the vectors of a :meth:`~_SequenceModel.predict` call, under
+``torch.inference_mode()``, single-threaded. Its input is neuralforecast's ``windows_batch``
+dict: ``insample_y`` and ``insample_mask`` of shape (n, L, 1) and no exogenous inputs; the
+output (n, h, 1) goes through ``loss.domain_map`` (identity for point losses); the identity
+scaler's inverse is ``y * 1 + 0``, so nothing else is applied. The tests check this against
+``NeuralForecast.predict()`` on the same windows.
+
+Forecast -> vote, per vector:
+
+- ``R = sum(forecast) / 1e4``: the forecast cumulative log return over the next ``h`` bars;
+- ``thr = label_threshold(vol_ewma, spread_bps, cfg)``: the very threshold the labels use
+  (floored at 1e-12 so that the rule is defined with zero costs and volatility);
+- BUY if ``R > thr``, SELL if ``R < -thr``, else HOLD;
+- confidence: BUY/SELL ``min(1, |R| / (2 thr))`` (0.5 at the threshold, 1 at twice it);
+  HOLD ``max(0, 1 - |R| / thr)`` (1 for a flat forecast, 0 at the threshold). Both are monotone
+  in ``|R| / thr`` and in [0, 1].
+- A window containing NaN (warm-up: fewer than L returns seen) or inf is not forecast: its
+  forecast row is NaN and its vote HOLD with confidence 0. A window of the wrong length raises
+  (the ensemble counts the failure).
+
+Artifacts (no pickles): ``model.pt``, the module's ``state_dict`` (``torch.save``; read back
+with ``torch.load(..., weights_only=True)``), and ``params.json`` with everything needed to
+rebuild the module (neuralforecast class, hyper-parameters, input size, horizon, loss, scaler,
+the bps transform), the label config of the vote rule, the seed, the feature-set version and
+training facts. :meth:`load` refuses another model's directory or a different transform.
+
+``neuralforecast`` takes ~9 s to import, so it is imported lazily (training and loading only).
+
+>>> signal_from_forecast(0.003, 0.002)
+(<Action.BUY: 'BUY'>, 0.75)
+>>> signal_from_forecast(-0.001, 0.002)
+(<Action.HOLD: 'HOLD'>, 0.5)
+>>> NHITSParams().max_steps, PatchTSTParams().hidden_size
+(300, 64)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.base import Prediction, cap_threads
+from models.dataset import History
+from models.labels import LabelConfig, label_threshold
+from operators.features import FEATURE_SET_VERSION
+from schemas.features import FeatureVector
+from schemas.signals import Action
+from schemas.timeutil import to_ms
+
+if TYPE_CHECKING:
+    from neuralforecast import NeuralForecast
+
+TARGET_SCALE = 1e4  # model units are basis points of log return: y = r * 1e4
+TARGET_DOC = "one-bar log return x 1e4 (basis points)"
+MODEL_FILE = "model.pt"
+PARAMS_FILE = "params.json"
+FORMAT_VERSION = 1
+MIN_THRESHOLD = 1e-12
+LOSSES = ("mae", "mse", "huber")
+_QUIET_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric",
+                  "lightning.fabric", "neuralforecast")
+_TRAINER_KWARGS: dict[str, Any] = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "enable_checkpointing": False,
+    "logger": False,
+    "deterministic": True,
+}
+
+
+# --- hyper-parameters -------------------------------------------------------------------------
+def _tuplify(x: Any) -> Any:
+    """JSON lists back to the tuples frozen dataclasses hold (hashable, immutable)."""
+    return tuple(_tuplify(i) for i in x) if isinstance(x, list | tuple) else x
+
+
+def _listify(x: Any) -> Any:
+    """Tuples to lists: what neuralforecast's constructors (and JSON) expect."""
+    return [_listify(i) for i in x] if isinstance(x, list | tuple) else x
+
+
+@dataclass(frozen=True)
+class SeqParams:
+    """Training knobs both forecasters share.
+
+    - ``max_steps``: optimiser steps (tests use ~30, the bootstrap a few hundred).
+    - ``learning_rate``: Adam step size (neuralforecast's optimiser).
+    - ``batch_size``: series per batch (all symbols fit in one).
+    - ``windows_batch_size``: windows sampled per step, the real minibatch (kept small: fast).
+    - ``loss``: ``mae`` (median forecast, robust to the return tails), ``mse`` or ``huber``.
+    """
+
+    max_steps: int = 300
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    windows_batch_size: int = 32
+    loss: str = "mae"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    _TRAIN_FIELDS: ClassVar[tuple[str, ...]] = (
+        "max_steps", "learning_rate", "batch_size", "windows_batch_size", "loss")
+
+    def arch_kwargs(self) -> dict[str, Any]:
+        """The architecture arguments of the neuralforecast class (everything else)."""
+        return {f.name: _listify(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in self._TRAIN_FIELDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return _listify_dict(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        """Rebuild from ``params.json``; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+        return cls(**{k: _tuplify(v) for k, v in d.items()})
+
+
+def _listify_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _listify(v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class NHITSParams(SeqParams):
+    """N-HiTS, shrunk for CPU: three stacks of one block, each an MLP of two 64-unit layers
+    (~47k parameters instead of 2.5M); neuralforecast's pooling and downsampling defaults."""
+
+    mlp_units: tuple[tuple[int, int], ...] = ((64, 64), (64, 64))
+    n_pool_kernel_size: tuple[int, ...] = (2, 2, 1)
+    n_freq_downsample: tuple[int, ...] = (4, 2, 1)
+    dropout_prob_theta: float = 0.0
+
+
+@dataclass(frozen=True)
+class PatchTSTParams(SeqParams):
+    """PatchTST, small: two encoder layers of width 64, 4 heads, patches of 16 bars every 8
+    (~74k parameters); RevIN on (inside the module), neuralforecast's dropouts."""
+
+    hidden_size: int = 64
+    n_heads: int = 4
+    encoder_layers: int = 2
+    linear_hidden_size: int = 128
+    patch_len: int = 16
+    stride: int = 8
+    dropout: float = 0.2
+    fc_dropout: float = 0.2
+    revin: bool = True
+
+
+# --- the vote rule ----------------------------------------------------------------------------
+def signal_from_forecast(cum_return: float, threshold: float) -> Prediction:
+    """Forecast cumulative log return over the horizon + label threshold -> (action, conf)."""
+    if not math.isfinite(cum_return):
+        return Action.HOLD, 0.0
+    thr = max(threshold, MIN_THRESHOLD) if math.isfinite(threshold) else MIN_THRESHOLD
+    size = abs(cum_return)
+    if cum_return > thr:
+        return Action.BUY, min(1.0, size / (2.0 * thr))
+    if cum_return < -thr:
+        return Action.SELL, min(1.0, size / (2.0 * thr))
+    return Action.HOLD, max(0.0, 1.0 - size / thr)
+
+
+# --- training data ----------------------------------------------------------------------------
+def training_frame(history: History, cut_ms: int | None = None) -> pd.DataFrame:
+    """Long frame ``[unique_id, ds, y]`` of every symbol's bps returns before ``cut_ms``.
+
+    ``y`` is ``window[-1] * 1e4`` of each bar (the return the feature step appended at that
+    bar); the first bar of a symbol has none and is skipped. ``ds`` counts bars from 0.
+    """
+    frames = []
+    for symbol in history.symbols:
+        ys = [v.window[-1] for v in history.vectors[symbol]
+              if (cut_ms is None or to_ms(v.ts) < cut_ms) and math.isfinite(v.window[-1])]
+        if ys:
+            y = np.asarray(ys, dtype=np.float64) * TARGET_SCALE
+            frames.append(pd.DataFrame({"unique_id": symbol,
+                                        "ds": np.arange(len(y), dtype=np.int64), "y": y}))
+    if not frames:
+        return pd.DataFrame({"unique_id": pd.Series([], dtype=str),
+                             "ds": pd.Series([], dtype=np.int64),
+                             "y": pd.Series([], dtype=np.float64)})
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- process hygiene around neuralforecast ----------------------------------------------------
+@contextlib.contextmanager
+def _contained() -> Iterator[None]:
+    """Quiet neuralforecast/lightning and undo their global side effects: neuralforecast seeds
+    the global RNGs on construction and Lightning's ``deterministic=True`` flips torch's
+    deterministic-algorithms flag for the whole process."""
+    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    py_state, np_state = random.getstate(), np.random.get_state()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*val_check_steps is greater.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def _loss(name: str) -> torch.nn.Module:
+    from neuralforecast.losses.pytorch import MAE, MSE, HuberLoss
+
+    return {"mae": MAE, "mse": MSE, "huber": HuberLoss}[name]()
+
+
+# --- the models -------------------------------------------------------------------------------
+class _SequenceModel:
+    """What N-HiTS and PatchTST share: training recipe, direct inference, vote, artifacts."""
+
+    name: ClassVar[str]
+    nf_class: ClassVar[str]  # class name in neuralforecast.models
+    params_cls: ClassVar[type[SeqParams]]
+
+    def __init__(self, module: torch.nn.Module, params: SeqParams, cfg: LabelConfig,
+                 input_size: int, meta: dict[str, Any],
+                 nf: NeuralForecast | None = None) -> None:
+        cap_threads()
+        self.module = module.eval()
+        self.params = params
+        self.cfg = cfg
+        self.input_size = int(input_size)
+        self.horizon = int(cfg.horizon)
+        self.meta = meta  # seed, training facts, feature set (what params.json adds)
+        # The fitted NeuralForecast of :meth:`train` (None after :meth:`load`): kept only so
+        # offline code can cross-check the direct forward against ``NeuralForecast.predict``.
+        self.nf = nf
+
+    # --- building and training -----------------------------------------------------------------
+    @classmethod
+    def _build(cls, params: SeqParams, input_size: int, horizon: int,
+               seed: int) -> torch.nn.Module:
+        import neuralforecast.models as nfm
+
+        klass = getattr(nfm, cls.nf_class)
+        return klass(h=horizon, input_size=input_size, loss=_loss(params.loss),
+                     scaler_type="identity", max_steps=params.max_steps,
+                     learning_rate=params.learning_rate, batch_size=params.batch_size,
+                     windows_batch_size=params.windows_batch_size,
+                     val_check_steps=params.max_steps, random_seed=seed,
+                     **params.arch_kwargs(), **_TRAINER_KWARGS)
+
+    @classmethod
+    def train(cls, history: History, cut_ms: int | None, cfg: LabelConfig,
+              params: SeqParams | None = None, seed: int = 0) -> Self:
+        """Fit on every symbol's bars that close before ``cut_ms`` (None: all of them).
+
+        Pass the first validation time as ``cut_ms``, e.g. ``ts_ms[val_idx].min()`` from
+        :func:`models.dataset.time_split` over :func:`models.dataset.build_training_set`, so
+        that nothing at or after the validation split is seen. ``cfg`` gives the horizon and
+        the vote threshold; the input size is the feature window's length.
+        """
+        from neuralforecast import NeuralForecast
+
+        params = params or cls.params_cls()
+        if not isinstance(params, cls.params_cls):
+            raise TypeError(f"{cls.__name__} needs {cls.params_cls.__name__}, "
+                            f"got {type(params).__name__}")
+        input_size = _window_length(history)
+        df = training_frame(history, cut_ms)
+        need = input_size + cfg.horizon
+        lengths = df.groupby("unique_id").size() if len(df) else pd.Series(dtype=int)
+        keep = sorted(str(s) for s, n in lengths.items() if n >= need)
+        if not keep:
+            raise ValueError(f"{cls.name}: no symbol has {need} bars before cut_ms={cut_ms} "
+                             f"(input {input_size} + horizon {cfg.horizon})")
+        df = df[df["unique_id"].isin(keep)].reset_index(drop=True)
+        cap_threads()
+        started = time.perf_counter()
+        with _contained():
+            module = cls._build(params, input_size, cfg.horizon, seed)
+            nf = NeuralForecast(models=[module], freq=1)
+            nf.fit(df=df, val_size=0)
+        fit_seconds = time.perf_counter() - started
+        trained = nf.models[0]
+        last_ts = max(to_ms(v.ts) for s in keep for v in history.vectors[s]
+                      if cut_ms is None or to_ms(v.ts) < cut_ms)
+        meta = {
+            "seed": int(seed),
+            "feature_set": FEATURE_SET_VERSION,
+            "cut_ms": None if cut_ms is None else int(cut_ms),
+            "last_train_ts_ms": int(last_ts),
+            "train_bars": {s: int(lengths[s]) for s in keep},
+            "fit_seconds": round(fit_seconds, 3),
+            "library_version": _nf_version(),
+        }
+        return cls(trained, params, cfg, input_size, meta, nf=nf)
+
+    # --- inference --------------------------------------------------------------------------------
+    def forecast_windows(self, windows: np.ndarray) -> np.ndarray:
+        """(n, L) one-bar log returns -> (n, h) forecast log returns; NaN rows where a window
+        is not all finite. One forward for all the finite rows."""
+        x = np.asarray(windows, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"{self.name}: expected windows of shape (n, {self.input_size}), "
+                             f"got {x.shape}")
+        out = np.full((len(x), self.horizon), np.nan)
+        ok = np.isfinite(x).all(axis=1)
+        if ok.any():
+            cap_threads()
+            y = torch.as_tensor(x[ok] * TARGET_SCALE, dtype=torch.float32).unsqueeze(-1)
+            batch = {"insample_y": y, "insample_mask": torch.ones_like(y),
+                     "futr_exog": None, "hist_exog": None, "stat_exog": None}
+            with torch.inference_mode():
+                y_hat = self.module.loss.domain_map(self.module(batch))
+            out[ok] = y_hat[..., 0].double().numpy() / TARGET_SCALE
+        return out
+
+    def forecast(self, vectors: Sequence[FeatureVector]) -> np.ndarray:
+        """(n, h) forecast one-bar log returns after each vector's bar (NaN rows in warm-up)."""
+        if not vectors:
+            return np.empty((0, self.horizon))
+        lengths = {len(v.window) for v in vectors}
+        if lengths != {self.input_size}:
+            raise ValueError(f"{self.name}: windows of length {sorted(lengths)}, the model "
+                             f"was trained on {self.input_size}")
+        return self.forecast_windows(np.array([v.window for v in vectors], dtype=np.float64))
+
+    def predict(self, vectors: Sequence[FeatureVector]) -> list[Prediction]:
+        """One (action, confidence) per vector by the module docstring's rule."""
+        if not vectors:
+            return []
+        cum = self.forecast(vectors).sum(axis=1)  # NaN rows stay NaN -> HOLD, 0
+        out = []
+        for v, r in zip(vectors, cum, strict=True):
+            thr = label_threshold(v.values["vol_ewma"], v.values["spread_bps"], self.cfg)
+            out.append(signal_from_forecast(float(r), thr))
+        return out
+
+    # --- artifacts --------------------------------------------------------------------------------
+    def n_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.module.parameters()))
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``params.json`` records (JSON-safe)."""
+        return {
+            "model": self.name,
+            "format_version": FORMAT_VERSION,
+            "nf_class": self.nf_class,
+            "params": self.params.to_dict(),
+            "input_size": self.input_size,
+            "horizon": self.horizon,
+            "scaler_type": "identity",
+            "target": TARGET_DOC,
+            "target_scale": TARGET_SCALE,
+            "label_config": dataclasses.asdict(self.cfg),
+            "n_parameters": self.n_parameters(),
+            **self.meta,
+        }
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write ``model.pt`` (state dict) and ``params.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model_path = directory / MODEL_FILE
+        torch.save(self.module.state_dict(), model_path)
+        params_path = directory / PARAMS_FILE
+        params_path.write_text(json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
+        return [model_path, params_path]
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        """Rebuild the module from ``params.json``, then load the state dict (no pickles)."""
+        directory = Path(directory)
+        path = directory / PARAMS_FILE
+        doc = json.loads(path.read_text())
+        if doc.get("model") != cls.name or doc.get("nf_class") != cls.nf_class:
+            raise ValueError(f"{path}: saved by model {doc.get('model')!r}, not {cls.name!r}")
+        if doc.get("target_scale") != TARGET_SCALE or doc.get("scaler_type") != "identity":
+            raise ValueError(f"{path}: target transform {doc.get('target_scale')!r} / "
+                             f"{doc.get('scaler_type')!r} differs from this code's")
+        params = cls.params_cls.from_dict(doc["params"])
+        cfg = LabelConfig(**doc["label_config"])
+        if int(doc["horizon"]) != cfg.horizon:
+            raise ValueError(f"{path}: horizon {doc['horizon']} != label horizon {cfg.horizon}")
+        state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        with _contained():
+            module = cls._build(params, int(doc["input_size"]), cfg.horizon,
+                                int(doc.get("seed", 0)))
+        module.load_state_dict(state)
+        described = {"model", "format_version", "nf_class", "params", "input_size", "horizon",
+                     "scaler_type", "target", "target_scale", "label_config", "n_parameters"}
+        meta = {k: v for k, v in doc.items() if k not in described}
+        return cls(module, params, cfg, int(doc["input_size"]), meta)
+
+
+def _window_length(history: History) -> int:
+    lengths = {len(v.window) for vs in history.vectors.values() for v in vs}
+    if len(lengths) != 1:
+        raise ValueError(f"history has feature windows of lengths {sorted(lengths)}")
+    return lengths.pop()
+
+
+def _nf_version() -> str:
+    import neuralforecast
+
+    return str(neuralforecast.__version__)
+
+
+class NHITSModel(_SequenceModel):
+    """N-HiTS forecaster (neuralforecast ``NHITS``), direct torch inference."""
+
+    name: ClassVar[str] = "nhits"
+    nf_class: ClassVar[str] = "NHITS"
+    params_cls: ClassVar[type[SeqParams]] = NHITSParams
+
+
+class PatchTSTModel(_SequenceModel):
+    """PatchTST forecaster (neuralforecast ``PatchTST``), direct torch inference."""
+
+    name: ClassVar[str] = "patchtst"
+    nf_class: ClassVar[str] = "PatchTST"
+    params_cls: ClassVar[type[SeqParams]] = PatchTSTParams

@@ -1,0 +1,252 @@
+"""N-HiTS and PatchTST voters, trained briefly on the bundled FXCM sample (real quotes, 2 days).
+
+History is replayed once per session through the live flow's own stage code
+(:func:`models.dataset.history_from_ticks`); the validation cut comes from
+:func:`models.dataset.time_split` over the labelled set. Each model trains once per session
+with 30 steps (well under a second each; ``import neuralforecast`` costs ~9 s once). The
+models are barely trained: these tests check plumbing and rules, not forecasting skill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.base import SignalModel
+from models.dataset import History, build_training_set, history_from_ticks, time_split
+from models.labels import LabelConfig, label_threshold
+from models.sequence import (
+    TARGET_SCALE,
+    NHITSModel,
+    NHITSParams,
+    PatchTSTModel,
+    PatchTSTParams,
+    signal_from_forecast,
+    training_frame,
+)
+from operators.features import FEATURE_SET_VERSION
+from schemas.features import FeatureVector
+from schemas.signals import Action
+from schemas.timeutil import to_ms
+from settings import SAMPLE_TICKS, Settings
+
+MODELS = [NHITSModel, PatchTSTModel]
+TEST_STEPS = 30
+Model = NHITSModel | PatchTSTModel
+
+
+def _ids(cls: type) -> str:
+    return cls.name
+
+
+@pytest.fixture(scope="session")
+def seq_data() -> tuple[History, LabelConfig, int]:
+    """(history, label config, validation cut in ms) of the bundled sample."""
+    s = Settings.from_env({})
+    history = history_from_ticks(str(SAMPLE_TICKS), s)
+    cfg = LabelConfig.from_settings(s)
+    data = build_training_set(history, cfg)
+    _, val, _ = time_split(data.ts_ms, gap=cfg.horizon * len(history.symbols))
+    return history, cfg, int(data.ts_ms[val].min())
+
+
+@pytest.fixture(scope="session")
+def seq_trained(seq_data) -> dict[str, Model]:
+    history, cfg, cut = seq_data
+    return {
+        "nhits": NHITSModel.train(history, cut, cfg, NHITSParams(max_steps=TEST_STEPS), seed=0),
+        "patchtst": PatchTSTModel.train(history, cut, cfg,
+                                        PatchTSTParams(max_steps=TEST_STEPS), seed=0),
+    }
+
+
+def _after_cut(history: History, cut: int) -> list[FeatureVector]:
+    """Warm vectors of every symbol from the validation period on."""
+    return [v for s in history.symbols for v in history.vectors[s]
+            if v.warm and to_ms(v.ts) >= cut]
+
+
+def _spread(vectors: list[FeatureVector], n: int) -> list[FeatureVector]:
+    idx = np.linspace(0, len(vectors) - 1, n).round().astype(int)
+    return [vectors[i] for i in idx]
+
+
+def test_training_frame_is_the_feature_window_before_the_cut(seq_data) -> None:
+    """Training series and serving windows are the same numbers, and nothing after the cut."""
+    history, _, cut = seq_data
+    df = training_frame(history, cut)
+    assert list(df.columns) == ["unique_id", "ds", "y"]
+    assert sorted(df["unique_id"].unique()) == history.symbols
+    for symbol in history.symbols:
+        before = [v for v in history.vectors[symbol] if to_ms(v.ts) < cut]
+        after = [v for v in history.vectors[symbol] if to_ms(v.ts) >= cut]
+        assert after, "the cut must leave a validation period"
+        part = df[df["unique_id"] == symbol]
+        # every bar before the cut except the first (it has no return yet)
+        assert len(part) == len(before) - 1
+        assert part["ds"].tolist() == list(range(len(part)))
+        # the last window before the cut is exactly the tail of the training series
+        last = np.asarray(before[-1].window) * TARGET_SCALE
+        np.testing.assert_array_equal(part["y"].to_numpy()[-len(last):], last)
+    full = training_frame(history, None)
+    assert len(full) > len(df)
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_trained_on_data_before_the_cut_only(cls, seq_trained, seq_data) -> None:
+    history, cfg, cut = seq_data
+    model = seq_trained[cls.name]
+    assert isinstance(model, SignalModel)
+    d = model.describe()
+    assert d["last_train_ts_ms"] < cut == d["cut_ms"]
+    assert d["input_size"] == len(history.vectors[history.symbols[0]][0].window) == 64
+    assert d["horizon"] == cfg.horizon
+    assert d["n_parameters"] == sum(p.numel() for p in model.module.parameters())
+    assert 10_000 < d["n_parameters"] < 200_000  # shrunk, not neuralforecast's 2.5M default
+    assert d["params"]["max_steps"] == TEST_STEPS
+    assert d["train_bars"] == {s: int((training_frame(history, cut)["unique_id"] == s).sum())
+                               for s in history.symbols}
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_direct_forward_equals_neuralforecast_predict(cls, seq_trained, seq_data) -> None:
+    """The streaming path (module called directly) gives NeuralForecast.predict()'s numbers."""
+    history, _, cut = seq_data
+    model = seq_trained[cls.name]
+    vectors = _spread(_after_cut(history, cut), 5)
+    frames = [pd.DataFrame({"unique_id": f"w{i}", "ds": np.arange(model.input_size),
+                            "y": np.asarray(v.window) * TARGET_SCALE})
+              for i, v in enumerate(vectors)]
+    expected = model.nf.predict(df=pd.concat(frames, ignore_index=True))
+    got = model.forecast(vectors) * TARGET_SCALE
+    assert got.shape == (len(vectors), model.horizon)
+    for i in range(len(vectors)):
+        rows = expected[expected["unique_id"] == f"w{i}"].sort_values("ds")
+        assert rows["ds"].tolist() == list(range(model.input_size,
+                                                 model.input_size + model.horizon))
+        want = rows[model.nf_class].to_numpy()
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5)
+    # forecasts depend on the window (a broken input mapping tends to give constants)
+    assert np.ptp(got.sum(axis=1)) > 1e-3
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_batch_forecast_equals_row_by_row(cls, seq_trained, seq_data) -> None:
+    history, _, cut = seq_data
+    model = seq_trained[cls.name]
+    vectors = _spread(_after_cut(history, cut), 64)
+    batch = model.forecast(vectors)
+    rows = np.vstack([model.forecast([v]) for v in vectors])
+    assert np.isfinite(batch).all()
+    # float32 kernels may sum in another order for another batch size: a few ulps, no more
+    np.testing.assert_allclose(batch * TARGET_SCALE, rows * TARGET_SCALE, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_save_load_round_trip(cls, seq_trained, seq_data, tmp_path: Path) -> None:
+    history, _, cut = seq_data
+    model = seq_trained[cls.name]
+    paths = model.save(tmp_path)
+    assert sorted(p.name for p in paths) == ["model.pt", "params.json"]
+    doc = json.loads((tmp_path / "params.json").read_text())
+    assert doc["model"] == cls.name and doc["nf_class"] == cls.nf_class
+    assert doc["feature_set"] == FEATURE_SET_VERSION
+    assert doc["target_scale"] == TARGET_SCALE and doc["scaler_type"] == "identity"
+    assert doc["input_size"] == 64 and doc["horizon"] == model.horizon
+
+    loaded = cls.load(tmp_path)
+    assert loaded.nf is None
+    assert loaded.describe() == model.describe()
+    vectors = _spread(_after_cut(history, cut), 64)
+    np.testing.assert_array_equal(loaded.forecast(vectors), model.forecast(vectors))
+    assert loaded.predict(vectors) == model.predict(vectors)
+
+    other = PatchTSTModel if cls is NHITSModel else NHITSModel
+    with pytest.raises(ValueError, match="saved by model"):
+        other.load(tmp_path)
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_votes_follow_the_rule_and_warm_up_holds(cls, seq_trained, seq_data) -> None:
+    history, cfg, _ = seq_data
+    model = seq_trained[cls.name]
+    vectors = history.vectors[history.symbols[1]]
+    preds = model.predict(vectors)
+    cum = model.forecast(vectors).sum(axis=1)
+    assert len(preds) == len(vectors)
+    nan_windows = 0
+    for v, (action, conf), r in zip(vectors, preds, cum, strict=True):
+        assert isinstance(action, Action) and 0.0 <= conf <= 1.0
+        if any(math.isnan(x) for x in v.window):
+            nan_windows += 1
+            assert (action, conf) == (Action.HOLD, 0.0) and math.isnan(r)
+            continue
+        thr = label_threshold(v.values["vol_ewma"], v.values["spread_bps"], cfg)
+        want = Action.BUY if r > thr else Action.SELL if r < -thr else Action.HOLD
+        assert action is want
+        assert conf == signal_from_forecast(float(r), thr)[1]
+    assert nan_windows == model.input_size  # the first bars, before the window is full
+    assert model.predict([]) == [] and model.forecast([]).shape == (0, model.horizon)
+
+    short = dataclasses.replace(vectors[-1], window=vectors[-1].window[1:])
+    with pytest.raises(ValueError, match="windows of length"):
+        model.predict([short])
+
+
+def test_signal_rule() -> None:
+    thr = 0.002
+    assert signal_from_forecast(2 * thr, thr) == (Action.BUY, 1.0)
+    assert signal_from_forecast(10 * thr, thr) == (Action.BUY, 1.0)
+    assert signal_from_forecast(-3 * thr, thr) == (Action.SELL, 1.0)
+    action, conf = signal_from_forecast(-1.5 * thr, thr)
+    assert action is Action.SELL and conf == pytest.approx(0.75)
+    assert signal_from_forecast(0.0, thr) == (Action.HOLD, 1.0)
+    assert signal_from_forecast(thr, thr) == (Action.HOLD, 0.0)  # strict: at thr is not a call
+    action, conf = signal_from_forecast(0.5 * thr, thr)
+    assert action is Action.HOLD and conf == pytest.approx(0.5)
+    assert signal_from_forecast(float("nan"), thr) == (Action.HOLD, 0.0)
+    assert signal_from_forecast(1e-9, 0.0)[0] is Action.BUY  # defined with a zero threshold
+    # monotone: a bigger forecast beyond the threshold never lowers a call's confidence
+    confs = [signal_from_forecast(x * thr, thr)[1] for x in np.linspace(1.01, 3, 50)]
+    assert confs == sorted(confs)
+
+
+def test_same_seed_same_model_other_seed_differs(seq_data) -> None:
+    """Seeded and deterministic, without reseeding the process or flipping torch's flags."""
+    history, cfg, cut = seq_data
+    params = NHITSParams(max_steps=5)
+    flag = torch.are_deterministic_algorithms_enabled()
+    np.random.seed(123)
+    torch.manual_seed(123)
+    expected = (np.random.random(), torch.rand(1).item())
+    np.random.seed(123)
+    torch.manual_seed(123)
+    a = NHITSModel.train(history, cut, cfg, params, seed=3)
+    assert (np.random.random(), torch.rand(1).item()) == expected
+    assert torch.are_deterministic_algorithms_enabled() == flag
+    b = NHITSModel.train(history, cut, cfg, params, seed=3)
+    c = NHITSModel.train(history, cut, cfg, params, seed=4)
+    vectors = _spread(_after_cut(history, cut), 16)
+    np.testing.assert_array_equal(a.forecast(vectors), b.forecast(vectors))
+    assert not np.array_equal(a.forecast(vectors), c.forecast(vectors))
+
+
+def test_params_round_trip_and_validation() -> None:
+    p = NHITSParams(max_steps=7, mlp_units=((32, 32),))
+    assert NHITSParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    q = PatchTSTParams(hidden_size=32, n_heads=2)
+    assert PatchTSTParams.from_dict(json.loads(json.dumps(q.to_dict()))) == q
+    with pytest.raises(ValueError, match="unknown"):
+        NHITSParams.from_dict({"max_steps": 3, "hidden_size": 8})
+    with pytest.raises(ValueError, match="loss"):
+        NHITSParams(loss="quantile")
+    with pytest.raises(TypeError):
+        NHITSModel.train(History(), None, LabelConfig(), PatchTSTParams())
