@@ -60,22 +60,17 @@ class OpenBar:
     spread_sum: float
     spread_max: float
 
-    def merge(self, o: OpenBar) -> None:
-        """Fold a later segment of the same bar into this one."""
-        self.high = max(self.high, o.high)
-        self.low = min(self.low, o.low)
-        self.close = o.close
-        self.volume += o.volume
-        self.tick_count += o.tick_count
-        self.sized_pv += o.sized_pv
-        self.sized_v += o.sized_v
-        self.unsized_p += o.unsized_p
-        self.unsized_n += o.unsized_n
-        self.buy_volume += o.buy_volume
-        self.sell_volume += o.sell_volume
-        self.quote_count += o.quote_count
-        self.spread_sum += o.spread_sum
-        self.spread_max = max(self.spread_max, o.spread_max)
+    def merge(self, later: OpenBar) -> None:
+        """Fold in a later segment of the same bar whose sums already include this one's."""
+        self.high = max(self.high, later.high)
+        self.low = min(self.low, later.low)
+        self.close = later.close
+        self.tick_count += later.tick_count
+        self.unsized_n += later.unsized_n
+        self.quote_count += later.quote_count
+        self.spread_max = max(self.spread_max, later.spread_max)
+        for name in SUM_FIELDS:
+            setattr(self, name, getattr(later, name))
 
     def to_bar(self, symbol: str, seconds: int) -> Bar:
         if self.sized_v > 0:
@@ -91,6 +86,10 @@ class OpenBar:
             quote_count=q, spread_mean=self.spread_sum / q if q else math.nan,
             spread_max=self.spread_max if q else math.nan,
         )
+
+
+SUM_FIELDS = ("volume", "sized_pv", "sized_v", "unsized_p", "buy_volume", "sell_volume",
+              "spread_sum")
 
 
 class BarBuilder:
@@ -116,14 +115,15 @@ class BarBuilder:
         cut = np.flatnonzero(np.diff(starts)) + 1
         first = np.concatenate(([0], cut))
         last = np.concatenate((cut - 1, [n - 1]))
-        segments = _segments(ticks, starts, first, last)
+        carry = self.open_bar
+        continues = carry is not None and carry.start_ms == int(starts[0])
+        segments = _segments(ticks, starts, first, last, carry if continues else None)
 
         closed: list[Bar] = []
         close_at: list[int] = []
-        head = segments[0]
         if self.open_bar is not None:
-            if self.open_bar.start_ms == head.start_ms:
-                self.open_bar.merge(head)
+            if continues:
+                self.open_bar.merge(segments[0])
                 segments[0] = self.open_bar
             else:
                 closed.append(self.open_bar.to_bar(self.symbol, self.seconds))
@@ -179,8 +179,11 @@ def build_bars(step_id: str, up: KeyedStream[SymbolTicks], seconds: int) -> Keye
         lambda item: BarBuilder(item.ticks.symbol, seconds), BarBuilder.restore))
 
 
-def _segments(t: TickBatch, starts: np.ndarray, first: np.ndarray,
-              last: np.ndarray) -> list[OpenBar]:
+def _segments(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.ndarray,
+              carry: OpenBar | None) -> list[OpenBar]:
+    """Aggregates of each run of equal bar start. Sums are sequential (left to right, starting
+    from ``carry``'s sums for the first run), so a bar's values do not depend on how its ticks
+    were split into batches: a file replay and a Kafka feed give bit-identical bars."""
     price = t.price
     if t.candle is None:
         opens = highs = lows = typical = price
@@ -196,20 +199,27 @@ def _segments(t: TickBatch, starts: np.ndarray, first: np.ndarray,
     size0 = np.where(sized, size, 0.0)
     quoted = np.isfinite(t.bid) & np.isfinite(t.ask)
     spread = np.where(quoted, t.ask - t.bid, 0.0)
-
-    def add(a: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(a, first)
-
+    # columns in SUM_FIELDS order
+    terms = np.column_stack((size0, np.where(sized, typical * size0, 0.0), size0,
+                             np.where(sized, 0.0, typical), np.where(t.side > 0, size0, 0.0),
+                             np.where(t.side < 0, size0, 0.0), spread))
+    sums = np.empty((len(first), len(SUM_FIELDS)))
+    for k, (a, b) in enumerate(zip(first.tolist(), (last + 1).tolist(), strict=True)):
+        seg = terms[a:b]
+        if k == 0 and carry is not None:
+            seg = np.vstack((np.array([getattr(carry, f) for f in SUM_FIELDS]), seg))
+        sums[k] = np.cumsum(seg, axis=0)[-1]
+    counts = np.column_stack((last - first + 1, np.add.reduceat((~sized).astype(np.int64), first),
+                              np.add.reduceat(quoted.astype(np.int64), first)))
     cols = zip(
         starts[first].tolist(), opens[first].tolist(),
         np.maximum.reduceat(highs, first).tolist(), np.minimum.reduceat(lows, first).tolist(),
-        price[last].tolist(), add(size0).tolist(), (last - first + 1).tolist(),
-        add(np.where(sized, typical * size0, 0.0)).tolist(), add(size0).tolist(),
-        add(np.where(sized, 0.0, typical)).tolist(), add((~sized).astype(np.int64)).tolist(),
-        add(np.where(t.side > 0, size0, 0.0)).tolist(),
-        add(np.where(t.side < 0, size0, 0.0)).tolist(),
-        add(quoted.astype(np.int64)).tolist(), add(spread).tolist(),
+        price[last].tolist(), counts.tolist(), sums.tolist(),
         np.maximum.reduceat(np.where(quoted, spread, -np.inf), first).tolist(),
         strict=True,
     )
-    return [OpenBar(*c) for c in cols]
+    return [OpenBar(start_ms=st, open=op_, high=hi, low=lo_, close=cl, volume=sm[0],
+                    tick_count=ct[0], sized_pv=sm[1], sized_v=sm[2], unsized_p=sm[3],
+                    unsized_n=ct[1], buy_volume=sm[4], sell_volume=sm[5], quote_count=ct[2],
+                    spread_sum=sm[6], spread_max=mx)
+            for st, op_, hi, lo_, cl, ct, sm, mx in cols]

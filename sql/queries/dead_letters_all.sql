@@ -1,0 +1,3 @@
+SELECT id, source, row, ts, symbol, stage, reason, raw
+FROM dead_letters FINAL
+ORDER BY source, row
