@@ -18,7 +18,9 @@ from bytewax.operators import KeyedStream
 from connectors.clickhouse import ClickHouseSink
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.replay import ReplaySource, expand_paths
+from models.registry import open_registry
 from operators.bars import build_bars
+from operators.ensemble import EnsembleConfig, RegistryModels, Scorer, SignalStep, ensemble
 from operators.features import compute_features
 from operators.summary import Counts, run_summary
 from operators.validate import Validated, validate_ticks
@@ -28,10 +30,12 @@ from schemas.tables import (
     BARS,
     DEAD_LETTERS,
     FEATURES,
+    SIGNALS,
     TableRows,
     bar_rows,
     dead_letter_rows,
     feature_rows,
+    signal_rows,
 )
 from schemas.ticks import TickRows
 from settings import Settings
@@ -94,6 +98,36 @@ def market_data_counts(md: MarketData) -> list[Stream[Counts]]:
     ]
 
 
+def signals(md: MarketData, settings: Settings) -> KeyedStream[SignalStep]:
+    """features -> the four-model ensemble (production models from the registry)."""
+    cfg = EnsembleConfig.from_settings(settings)
+
+    def scorer() -> Scorer:
+        return Scorer(RegistryModels(open_registry(settings)), cfg)
+
+    return ensemble("ensemble", md.features, scorer)
+
+
+def signal_table_rows(steps: KeyedStream[SignalStep]) -> Stream[TableRows]:
+    return op.filter_map("signal_rows", steps, lambda kv: signal_rows(
+        [sig for sig, _ in kv[1].scored]) if kv[1].scored else None)
+
+
+def signal_counts(steps: KeyedStream[SignalStep]) -> Stream[Counts]:
+    def count(kv: tuple[str, SignalStep]) -> Counts:
+        c: Counts = {}
+        for sig, _ in kv[1].scored:
+            c["signals"] = c.get("signals", 0) + 1
+            key = f"signals.{sig.action.value.lower()}"
+            c[key] = c.get(key, 0) + 1
+            for v in sig.votes:
+                if v.failed:
+                    c[f"model_failures.{v.model}"] = c.get(f"model_failures.{v.model}", 0) + 1
+        return c
+
+    return op.map("count_signals", steps, count)
+
+
 def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
           tables: list[str]) -> None:
     """Write table blocks to ClickHouse (one sink, one partition per table)."""
@@ -109,3 +143,4 @@ def print_summary(counts: list[Stream[Counts]], started: float, title: str) -> N
 
 
 MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]
+LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS]

@@ -1,28 +1,54 @@
 """The live dataflow: ``python -m bytewax.run dataflows.live``.
 
 Ticks (files or Kafka, ``QT_TICKS``) -> validation (dead letters) -> per-symbol event-time
-bars -> features -> ClickHouse (embedded chDB by default, ``QT_CLICKHOUSE_URL`` for a server),
-ending with a one-screen summary when the input ends.
+bars -> features -> the four-model ensemble -> ClickHouse (embedded chDB by default,
+``QT_CLICKHOUSE_URL`` for a server), ending with a one-screen summary when the input ends.
+
+When the registry has no production models (a fresh clone), the flow first trains them on
+``QT_BOOTSTRAP_TICKS`` (the bundled sample), saying so.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from bytewax.dataflow import Dataflow
 
 from dataflows import graphs
+from models.base import MODEL_NAMES, POLICY_NAME
+from models.registry import open_registry
 from settings import Settings
+from storage.store import open_store
+
+
+def ensure_models(settings: Settings) -> None:
+    """Bootstrap the registry when it lacks a production version of any model."""
+    registry = open_registry(settings)
+    if registry.has_production((*MODEL_NAMES, POLICY_NAME)):
+        return
+    print(f"model registry {settings.registry_dir} has no production models: bootstrapping "
+          f"on {settings.bootstrap_ticks} first", file=sys.stderr)
+    from models.bootstrap import bootstrap
+
+    store = open_store(settings)
+    try:
+        bootstrap(settings, open_registry(settings, store), out=sys.stderr)
+    finally:
+        store.close()
 
 
 def build_live_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
+    ensure_models(settings)
     started = time.monotonic()
     flow = Dataflow("live")
     md = graphs.market_data(flow, settings)
-    graphs.store("clickhouse", graphs.market_data_rows(md), settings,
-                 graphs.MARKET_DATA_TABLES)
-    graphs.print_summary(graphs.market_data_counts(md), started, "qt live run summary")
+    sig = graphs.signals(md, settings)
+    graphs.store("clickhouse", [*graphs.market_data_rows(md), graphs.signal_table_rows(sig)],
+                 settings, graphs.LIVE_TABLES)
+    graphs.print_summary([*graphs.market_data_counts(md), graphs.signal_counts(sig)], started,
+                         "qt live run summary")
     return flow
 
 

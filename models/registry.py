@@ -89,12 +89,18 @@ class _StagesCache:
 class ModelRegistry:
     """Versioned model store. Thread-safe; several processes may read it."""
 
-    def __init__(self, root: Path, store: Store | None = None) -> None:
+    def __init__(self, root: Path, store: Store | None = None,
+                 model_dirs: Mapping[str, Path] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = store
+        self._dirs = {k: Path(v) for k, v in (model_dirs or {}).items()}
         self._lock = threading.RLock()
         self._cache: dict[str, _StagesCache] = {}
+
+    def model_dir(self, model: str) -> Path:
+        """Where a model's versions live (``QT_RL_V3_CHECKPOINT_DIR`` may move ``ppo``)."""
+        return self._dirs.get(model, self.root / model)
 
     # --- writing ----------------------------------------------------------------------------
     def publish(self, model: str, write: Callable[[Path], list[Path]], *, stage: Stage,
@@ -102,7 +108,7 @@ class ModelRegistry:
                 data_to: datetime | None = None, metrics: Mapping[str, float] | None = None,
                 params: Mapping[str, Any] | None = None) -> ModelVersion:
         """Write a new version with ``write(directory)`` and give it ``stage``."""
-        model_dir = self.root / model
+        model_dir = self.model_dir(model)
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".publish-{uuid.uuid4().hex}"
         tmp.mkdir()
@@ -131,7 +137,7 @@ class ModelRegistry:
         return self.get(model, version)
 
     def _next_version(self, model: str) -> str:
-        existing = [int(p.name[1:]) for p in (self.root / model).glob("v[0-9]*")
+        existing = [int(p.name[1:]) for p in self.model_dir(model).glob("v[0-9]*")
                     if p.name[1:].isdigit()]
         return f"v{max(existing, default=0) + 1:04d}"
 
@@ -142,7 +148,7 @@ class ModelRegistry:
         return self.get(model, version)
 
     def _set_stage_locked(self, model: str, version: str, stage: Stage) -> None:
-        if not (self.root / model / version / MANIFEST).is_file():
+        if not (self.model_dir(model) / version / MANIFEST).is_file():
             raise RegistryError(f"{model} {version}: no such version in {self.root}")
         stages = dict(self._read_stages(model))
         now = iso(_now())
@@ -157,7 +163,7 @@ class ModelRegistry:
         if stage is Stage.PRODUCTION:
             entry["promoted_at"] = now
         stages[version] = entry
-        _write_json_atomic(self.root / model / STAGES, stages)
+        _write_json_atomic(self.model_dir(model) / STAGES, stages)
         self._cache.pop(model, None)
         if self.store is not None:
             for v in changed:
@@ -171,7 +177,7 @@ class ModelRegistry:
 
     # --- reading ----------------------------------------------------------------------------
     def _read_stages(self, model: str) -> dict[str, dict[str, Any]]:
-        path = self.root / model / STAGES
+        path = self.model_dir(model) / STAGES
         try:
             mtime = path.stat().st_mtime_ns
         except FileNotFoundError:
@@ -184,7 +190,7 @@ class ModelRegistry:
         return stages
 
     def manifest(self, model: str, version: str) -> dict[str, Any]:
-        path = self.root / model / version / MANIFEST
+        path = self.model_dir(model) / version / MANIFEST
         if not path.is_file():
             raise RegistryError(f"{model} {version}: no such version in {self.root}")
         return json.loads(path.read_text())
@@ -219,7 +225,7 @@ class ModelRegistry:
     def verified_path(self, model: str, version: str) -> Path:
         """The version's directory, after checking every file against its recorded digest."""
         m = self.manifest(model, version)
-        directory = self.root / model / version
+        directory = self.model_dir(model) / version
         for name, digest in m["files"].items():
             path = directory / name
             if not path.is_file():
@@ -271,3 +277,8 @@ def loader(model: str) -> Callable[[Path], Any]:
 
         return PolicyRuntime.load
     raise RegistryError(f"unknown model name {model!r}")
+
+
+def open_registry(settings: Any, store: Store | None = None) -> ModelRegistry:
+    """The registry ``settings`` name (``QT_REGISTRY_DIR``, ``QT_RL_V3_CHECKPOINT_DIR``)."""
+    return ModelRegistry(settings.registry_dir, store, {"ppo": settings.ppo_dir})

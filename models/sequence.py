@@ -290,6 +290,22 @@ class _SequenceModel:
         # The fitted NeuralForecast of :meth:`train` (None after :meth:`load`): kept only so
         # offline code can cross-check the direct forward against ``NeuralForecast.predict``.
         self.nf = nf
+        self._traced_one: torch.jit.ScriptModule | None = None  # see _forward
+
+    def _forward(self, y: torch.Tensor) -> torch.Tensor:
+        """The module's forward on ``y`` (n, L, 1) in bps -> (n, h, 1) point forecasts.
+
+        One window at a time is the live flow's common case (one symbol closing a bar), and
+        there the Python overhead of ~50 module calls is most of the cost; a TorchScript trace
+        of the same module for a batch of one runs the same operations at about a third of the
+        time (tests check it against ``NeuralForecast.predict()``). Larger batches use the
+        eager module: N-HiTS's trace bakes its batch size into a reshape.
+        """
+        if len(y) == 1:
+            if self._traced_one is None:
+                self._traced_one = _trace_one(self.module, y)
+            return self._traced_one(y)
+        return self.module.loss.domain_map(self.module(_windows_batch(y)))
 
     # --- building and training -----------------------------------------------------------------
     @classmethod
@@ -364,10 +380,8 @@ class _SequenceModel:
         if ok.any():
             cap_threads()
             y = torch.as_tensor(x[ok] * TARGET_SCALE, dtype=torch.float32).unsqueeze(-1)
-            batch = {"insample_y": y, "insample_mask": torch.ones_like(y),
-                     "futr_exog": None, "hist_exog": None, "stat_exog": None}
             with torch.inference_mode():
-                y_hat = self.module.loss.domain_map(self.module(batch))
+                y_hat = self._forward(y)
             out[ok] = y_hat[..., 0].double().numpy() / TARGET_SCALE
         return out
 
@@ -447,6 +461,39 @@ class _SequenceModel:
                      "scaler_type", "target", "target_scale", "label_config", "n_parameters"}
         meta = {k: v for k, v in doc.items() if k not in described}
         return cls(module, params, cfg, int(doc["input_size"]), meta)
+
+
+def _windows_batch(y: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """neuralforecast's input dict for univariate windows without exogenous inputs."""
+    return {"insample_y": y, "insample_mask": torch.ones_like(y), "futr_exog": None,
+            "hist_exog": None, "stat_exog": None}
+
+
+class _PointForecast(torch.nn.Module):
+    """Windows (n, L, 1) -> point forecasts (n, h, 1): the module plus its loss's domain map."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.module.loss.domain_map(self.module(_windows_batch(y)))
+
+
+def _trace_one(module: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """TorchScript trace of the module for one window (Lightning's guard on ``trainer`` is
+    lifted the way its own ``to_torchscript`` does)."""
+    import warnings
+
+    module._jit_is_scripting = True
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_PointForecast(module).eval(), example.clone(),
+                                     check_trace=False)
+            return torch.jit.freeze(traced)
+    finally:
+        module._jit_is_scripting = False
 
 
 def _window_length(history: History) -> int:

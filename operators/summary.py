@@ -32,6 +32,10 @@ LABELS: dict[str, str] = {
     "bars": "bars",
     "features": "feature vectors",
     "features.warm": "  warm",
+    "signals": "signals",
+    "signals.buy": "  BUY",
+    "signals.sell": "  SELL",
+    "signals.hold": "  HOLD",
 }
 
 

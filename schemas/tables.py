@@ -15,10 +15,12 @@ from schemas import codec
 from schemas.bars import Bar
 from schemas.dead_letters import DeadLetters
 from schemas.features import FeatureVector
+from schemas.signals import Signal
 
 BARS = "bars"
 FEATURES = "features"
 DEAD_LETTERS = "dead_letters"
+SIGNALS = "signals"
 
 
 @dataclass(slots=True)
@@ -52,3 +54,19 @@ def feature_rows(vectors: Sequence[FeatureVector]) -> TableRows:
 def dead_letter_rows(dead: DeadLetters) -> TableRows:
     cols = dead.columns()
     return TableRows(DEAD_LETTERS, tuple(cols), list(cols.values()), column_oriented=True)
+
+
+SIGNAL_COLUMNS = ("symbol", "ts", "bar_start", "action", "confidence", "consensus", "buy_votes",
+                  "sell_votes", "volatility", "vol_blocked", "warm", "feature_set", "models",
+                  "versions", "actions", "confidences", "failed", "weights")
+
+
+def signal_rows(signals: Sequence[Signal]) -> TableRows:
+    """Signals with their votes as parallel arrays (see sql/ddl/050_signals.sql)."""
+    return TableRows(SIGNALS, SIGNAL_COLUMNS, [
+        (s.symbol, s.ts, s.bar_start, s.action.value, s.confidence, s.consensus.value,
+         s.buy_votes, s.sell_votes, s.volatility, s.vol_blocked, s.warm, s.feature_set,
+         [v.model for v in s.votes], [v.version for v in s.votes],
+         [v.action.value for v in s.votes], [v.confidence for v in s.votes],
+         [v.failed for v in s.votes], list(s.weights))
+        for s in signals])

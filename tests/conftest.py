@@ -93,3 +93,29 @@ def run_market():
         return bars, vectors, validated
 
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory: pytest.TempPathFactory, sample_ticks: Path) -> Path:
+    """A registry with all five production models, quickly trained on the bundled sample.
+
+    Shared by the session: tests that change stages must work on a copy (``registry_copy``).
+    """
+    from models.bootstrap import BootstrapConfig, bootstrap
+    from models.registry import ModelRegistry
+
+    root = tmp_path_factory.mktemp("registry")
+    s = Settings.from_env({}, registry_path=root)
+    with open(os.devnull, "w") as quiet:
+        bootstrap(s, ModelRegistry(root), ticks=str(sample_ticks),
+                  config=BootstrapConfig.quick(), out=quiet, progress=False)
+    return root
+
+
+@pytest.fixture
+def registry_copy(trained_registry: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "registry"
+    shutil.copytree(trained_registry, target)
+    return target

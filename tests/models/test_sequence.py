@@ -127,6 +127,8 @@ def test_direct_forward_equals_neuralforecast_predict(cls, seq_trained, seq_data
               for i, v in enumerate(vectors)]
     expected = model.nf.predict(df=pd.concat(frames, ignore_index=True))
     got = model.forecast(vectors) * TARGET_SCALE
+    # one window at a time takes the traced fast path: it must agree too
+    one_by_one = np.vstack([model.forecast([v]) for v in vectors]) * TARGET_SCALE
     assert got.shape == (len(vectors), model.horizon)
     for i in range(len(vectors)):
         rows = expected[expected["unique_id"] == f"w{i}"].sort_values("ds")
@@ -134,6 +136,7 @@ def test_direct_forward_equals_neuralforecast_predict(cls, seq_trained, seq_data
                                                  model.input_size + model.horizon))
         want = rows[model.nf_class].to_numpy()
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(one_by_one[i], want, rtol=0, atol=1e-5)
     # forecasts depend on the window (a broken input mapping tends to give constants)
     assert np.ptp(got.sum(axis=1)) > 1e-3
 

@@ -1,0 +1,44 @@
+"""Bootstrap: all five artifacts trained and registered from a real file, metrics printed."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from models.base import MODEL_NAMES, POLICY_NAME
+from models.bootstrap import BootstrapConfig, bootstrap
+from models.registry import ModelRegistry
+from schemas.registry import Stage
+from settings import Settings
+
+BITTREX = "candles/bittrex_10altBTC_1m_2018-01-20.csv.gz"
+
+
+@pytest.mark.slow
+def test_bootstrap_on_ten_symbols_of_candles(shared_data: Path, tmp_path: Path, store) -> None:
+    """The issue's acceptance file: 10 symbols, 10 days of one-minute candles."""
+    reg = ModelRegistry(tmp_path, store)
+    out = io.StringIO()
+    report = bootstrap(Settings.from_env({}), reg, ticks=str(shared_data / BITTREX),
+                       config=BootstrapConfig.quick(), out=out, progress=False)
+    table = out.getvalue()
+    print(table)
+    for name in (*MODEL_NAMES, POLICY_NAME):
+        assert reg.production_version(name) == "v0001", name
+        assert report.versions[name].stage is Stage.PRODUCTION
+        assert name in table
+    for name in ("xgboost", "lightgbm"):  # the trees beat a constant-class guess
+        assert report.metrics[name]["test_macro_f1"] > report.metrics["baseline"]["test_macro_f1"]
+    rows = store.query("queries/model_registry")
+    assert {r["model"] for r in rows} == {*MODEL_NAMES, POLICY_NAME}
+    assert all(r["data_from"] is not None and r["metrics"] for r in rows)
+    assert report.rows["train"] > 80_000
+
+
+def test_registry_of_the_session_has_every_model(trained_registry: Path) -> None:
+    reg = ModelRegistry(trained_registry)
+    assert reg.has_production((*MODEL_NAMES, POLICY_NAME))
+    for name in (*MODEL_NAMES, POLICY_NAME):
+        reg.verified_path(name, reg.production_version(name))
