@@ -2,8 +2,10 @@
 
 Items are ``(table, TableRows)``. Rows are buffered per table and inserted when a table's
 buffer reaches ``batch_rows`` or its oldest row is ``flush_seconds`` old, at every epoch
-snapshot (so nothing that a recovery snapshot counts as done is still only in memory), and at
-close. Bytewax replays the last epoch after a crash, so the same rows may arrive twice: every
+snapshot, and at close. Inserts run on the store's own thread while the worker goes on; a
+snapshot (and close) waits until every insert queued before it is done, so nothing that a
+recovery snapshot counts as done is still only in memory, and an insert error fails the flow.
+Bytewax replays the last epoch after a crash, so the same rows may arrive twice: every
 table is a ReplacingMergeTree on a deterministic key and is read with FINAL.
 
 One partition per table spreads the tables over the workers; in embedded mode all partitions
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
@@ -38,8 +41,10 @@ class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
         self.buffers: dict[str, _TableBuffer] = {}
         self.on_written = on_written
         self.written: dict[str, int] = {}
+        self.pending: list[tuple[str, Future[int]]] = []
 
     def write_batch(self, items: list[TableRows]) -> None:
+        self._reap(wait=False)
         now = time.monotonic()
         for block in items:
             if not len(block):
@@ -62,16 +67,29 @@ class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
                 data = [[v for b in blocks for v in b.data[i]] for i in range(len(columns))]
             else:
                 data = [row for b in blocks for row in b.data]
-            n = self.store.insert(table, columns, data, column_oriented=col_oriented)
+            self.pending.append(
+                (table, self.store.insert_async(table, columns, data, col_oriented)))
+        buf.blocks, buf.rows = [], 0
+
+    def _reap(self, wait: bool) -> None:
+        """Collect finished inserts (all of them when ``wait``); re-raise an insert's error."""
+        still = []
+        for table, fut in self.pending:
+            if not wait and not fut.done():
+                still.append((table, fut))
+                continue
+            n = fut.result()
             self.written[table] = self.written.get(table, 0) + n
             if self.on_written is not None:
                 self.on_written(table, n)
-        buf.blocks, buf.rows = [], 0
+        self.pending = still
 
     def flush(self) -> None:
+        """Insert everything buffered and wait until it is stored."""
         for table, buf in self.buffers.items():
             if buf.rows:
                 self._flush(table, buf)
+        self._reap(wait=True)
 
     def snapshot(self) -> None:
         self.flush()  # at-least-once: everything before this epoch's snapshot is stored

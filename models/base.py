@@ -15,6 +15,7 @@ one thread (:func:`cap_threads`).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -23,6 +24,12 @@ from schemas.features import FeatureVector
 from schemas.signals import Action
 
 MODEL_NAMES = ("xgboost", "lightgbm", "nhits", "patchtst")
+
+# Bytewax runs ``-w N`` workers as threads of one process. Building neuralforecast modules
+# (which seed and flip torch's global state) or tracing them while another thread runs a
+# forward crashed the process (SIGSEGV, seen with ``-w 2``), so every model load, trace and
+# inference in the process holds this lock. Inference is a small part of a worker's time.
+MODEL_LOCK = threading.RLock()
 POLICY_NAME = "ppo"
 Prediction = tuple[Action, float]
 

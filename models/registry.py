@@ -244,10 +244,13 @@ class ModelRegistry:
 
     def load(self, model: str, version: str | None = None) -> Any:
         """Load a verified version (default: production) with its model class."""
+        from models.base import MODEL_LOCK
+
         version = version or self.production_version(model)
         if version is None:
             raise RegistryError(f"{model}: no production version in {self.root}")
-        return loader(model)(self.verified_path(model, version))
+        with MODEL_LOCK:
+            return loader(model)(self.verified_path(model, version))
 
 
 REGISTRY_COLUMNS = ("model", "version", "stage", "sha256", "feature_set", "data_from",

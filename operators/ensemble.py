@@ -44,7 +44,7 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
-from models.base import MODEL_NAMES
+from models.base import MODEL_LOCK, MODEL_NAMES
 from schemas.features import FeatureStep, FeatureVector
 from schemas.signals import Action, Consensus, Signal, Vote
 
@@ -204,7 +204,8 @@ class Scorer:
 
     def score(self, vectors: Sequence[FeatureVector]) -> list[Signal]:
         warm = [v for v in vectors if v.warm]
-        votes = iter(self.votes(warm))
+        with MODEL_LOCK:
+            votes = iter(self.votes(warm))
         weights = self.cfg.weights
         out = []
         for v in vectors:
@@ -233,18 +234,20 @@ class SignalStep:
 
 @operator
 def ensemble(step_id: str, up: KeyedStream[FeatureStep],
-             scorer_for_thread: Callable[[], Scorer]) -> KeyedStream[SignalStep]:
+             make_scorer: Callable[[], Scorer]) -> KeyedStream[SignalStep]:
     """Score every feature step that reaches this worker in one batch per model.
 
-    ``scorer_for_thread`` gives each worker thread its own :class:`Scorer` (its own model
-    instances: no locks on the hot path).
+    One :class:`Scorer` (built on first use by ``make_scorer``) serves all the worker threads
+    of the process; its model calls hold :data:`models.base.MODEL_LOCK`.
     """
-    local = threading.local()
+    shared: list[Scorer] = []
+    lock = threading.Lock()
 
     def score_batch(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, SignalStep]]:
-        scorer = getattr(local, "scorer", None)
-        if scorer is None:
-            scorer = local.scorer = scorer_for_thread()
+        with lock:
+            if not shared:
+                shared.append(make_scorer())
+        scorer = shared[0]
         vectors = [v for _, step in items for v in step.vectors]
         try:
             signals = iter(scorer.score(vectors))

@@ -12,7 +12,8 @@ and reference-counted; the last :meth:`Store.close` releases the engine.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,42 +39,55 @@ def ddl_files() -> list[Path]:
 
 
 class Store:
-    """A connected, migrated store. Thread-safe: calls are serialised by a lock."""
+    """A connected, migrated store.
 
-    def __init__(self, client: Client, key: str, description: str) -> None:
-        self.client = client
-        self.key = key
-        self.description = description
-        self._lock = threading.RLock()
+    Every call to the client runs on one dedicated thread of the store: chDB keeps Python
+    thread state across its calls, and using one connection from several Bytewax worker
+    threads crashed the process (SIGSEGV in chDB's GIL re-acquire, seen with ``-w 2``).
+    Callers block until their call is done, except :meth:`insert_async`, which lets a sink keep
+    processing while rows are written (it waits on the futures before a snapshot).
+    """
+
+    def __init__(self, connect: Callable[[], tuple[Client, str, str]]) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qt-store")
+        self._client, self.key, self.description = self._thread.submit(connect).result()
         self._refs = 1
 
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._thread.submit(fn, *args, **kwargs).result()
+
     # --- writes ----------------------------------------------------------------------------
+    def insert_async(self, table: str, columns: Sequence[str], data: Sequence[Any],
+                     column_oriented: bool = False) -> Future[int]:
+        """Queue an insert on the store's thread; the future gives the row count."""
+        n = len(data[0]) if column_oriented and data else len(data)
+
+        def run() -> int:
+            if n:
+                self._client.insert(table, data, column_names=list(columns),
+                                    column_oriented=column_oriented)
+            return n
+
+        return self._thread.submit(run)
+
     def insert(self, table: str, columns: Sequence[str], data: Sequence[Any],
                column_oriented: bool = False) -> int:
         """Insert rows (or columns) into ``table``; returns the number of rows written."""
-        if not data or (column_oriented and not data[0]):
-            return 0
-        with self._lock:
-            self.client.insert(table, data, column_names=list(columns),
-                               column_oriented=column_oriented)
-        return len(data[0]) if column_oriented else len(data)
+        return self.insert_async(table, columns, data, column_oriented).result()
 
     def execute(self, name: str, **params: Any) -> None:
         """Run one statement from ``sql/<name>.sql``."""
-        with self._lock:
-            self.client.command(sql_text(name), parameters=params or None)
+        self._call(self._client.command, sql_text(name), parameters=params or None)
 
     # --- reads -------------------------------------------------------------------------------
     def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
         """Run ``sql/<name>.sql`` with bound parameters; rows as dicts."""
-        with self._lock:
-            res = self.client.query(sql_text(name), parameters=params or None)
+        res = self._call(self._client.query, sql_text(name), parameters=params or None)
         cols = res.column_names
         return [dict(zip(cols, row, strict=True)) for row in res.result_rows]
 
     def query_df(self, name: str, **params: Any):  # -> pandas.DataFrame
-        with self._lock:
-            return self.client.query_df(sql_text(name), parameters=params or None)
+        return self._call(self._client.query_df, sql_text(name), parameters=params or None)
 
     def scalar(self, name: str, **params: Any) -> Any:
         rows = self.query(name, **params)
@@ -82,16 +96,14 @@ class Store:
     # --- lifecycle -----------------------------------------------------------------------
     def migrate(self) -> None:
         """Apply every DDL file in order (each is idempotent: CREATE ... IF NOT EXISTS)."""
-        with self._lock:
-            for path in ddl_files():
-                self.client.command(path.read_text())
+        for path in ddl_files():
+            self._call(self._client.command, path.read_text())
 
     def truncate(self, tables: Iterable[str]) -> None:
         """Empty tables (tests and benchmarks that want a clean store)."""
-        with self._lock:
-            for table in tables:
-                self.client.command(sql_text("admin/truncate_table"),
-                                    parameters={"table": table})
+        for table in tables:
+            self._call(self._client.command, sql_text("admin/truncate_table"),
+                       parameters={"table": table})
 
     def close(self) -> None:
         with _OPEN_LOCK:
@@ -99,8 +111,8 @@ class Store:
             if self._refs > 0:
                 return
             _OPEN.pop(self.key, None)
-            with self._lock:
-                self.client.close()
+        self._call(self._client.close)
+        self._thread.shutdown(wait=True)
 
 
 _OPEN: dict[str, Store] = {}
@@ -123,7 +135,7 @@ def open_store(settings: Settings, migrate: bool = True) -> Store:
                 f"this process already has the embedded store {others.pop()} open; chDB allows "
                 f"one data path per process, so {path} cannot be opened too"
             )
-        store = Store(*_connect(settings, url))
+        store = Store(lambda: _connect(settings, url))
         _OPEN[key] = store
     if migrate:
         store.migrate()

@@ -119,3 +119,9 @@ def registry_copy(trained_registry: Path, tmp_path: Path) -> Path:
     target = tmp_path / "registry"
     shutil.copytree(trained_registry, target)
     return target
+
+
+@pytest.fixture
+def live_settings(settings: Settings, trained_registry: Path) -> Settings:
+    """Settings for running the live flow: the session store and the trained registry."""
+    return settings.replace(registry_path=trained_registry)

@@ -80,7 +80,7 @@ def _by_stage(dead: list[dict[str, Any]]) -> Counter[str]:
 
 
 def test_kafka_replay_stores_the_same_bars_as_the_file_replay(
-        settings: Settings, shared_data: Path, sample_ticks: Path, topic_url: str,
+        live_settings: Settings, shared_data: Path, sample_ticks: Path, topic_url: str,
         tmp_path: Path) -> None:
     quotes = _quotes_with_broken_lines(sample_ticks, tmp_path / "fxcm_prefix_quotes.csv.gz")
     files = [shared_data / TRADES, quotes]
@@ -94,9 +94,9 @@ def test_kafka_replay_stores_the_same_bars_as_the_file_replay(
     assert stats.raw == len(BROKEN_LINES)
     assert len(stats.per_partition) == 2  # four symbols keyed over two partitions
 
-    from_file = settings.replace(ticks=",".join(str(p) for p in files))
-    from_kafka = settings.replace(ticks=f"{topic_url}?tail=false",
-                                  database=f"{settings.database}_kafka")
+    from_file = live_settings.replace(ticks=",".join(str(p) for p in files))
+    from_kafka = live_settings.replace(ticks=f"{topic_url}?tail=false",
+                                  database=f"{live_settings.database}_kafka")
     _run_live(from_file)
     _run_live(from_kafka)
     file_bars, file_dead = _stored(from_file)
@@ -123,7 +123,7 @@ def test_kafka_replay_stores_the_same_bars_as_the_file_replay(
 
 
 def test_non_tick_messages_become_dead_letters_and_the_flow_keeps_going(
-        settings: Settings, shared_data: Path, topic_url: str, tmp_path: Path,
+        live_settings: Settings, shared_data: Path, topic_url: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     # A real file split in two halves, with bad messages published between them.
     halves = [tmp_path / "first.csv.gz", tmp_path / "second.csv.gz"]
@@ -144,10 +144,10 @@ def test_non_tick_messages_become_dead_letters_and_the_flow_keeps_going(
     assert produce_main([str(halves[1]), topic_url]) == 0
     assert "ticks published" in capsys.readouterr().out
 
-    _run_live(settings.replace(ticks=f"{topic_url}?tail=false"))
-    store = open_store(settings)
+    _run_live(live_settings.replace(ticks=f"{topic_url}?tail=false"))
+    store = open_store(live_settings)
     try:
-        bars = store.query("queries/bars_all", seconds=settings.bar_seconds)
+        bars = store.query("queries/bars_all", seconds=live_settings.bar_seconds)
         dead = store.query("queries/dead_letters_all")
     finally:
         store.close()

@@ -24,8 +24,9 @@ def summary_counts(text: str) -> dict[str, int]:
             for m in re.finditer(r"^\s+([a-z /]+?)\s{2,}([\d,]+)$", text, re.M)}
 
 
-def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks, capsys) -> None:
-    s = settings.replace(ticks=str(sample_ticks))
+def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks, capsys,
+                                                        trained_registry) -> None:
+    s = settings.replace(ticks=str(sample_ticks), registry_path=trained_registry)
     run_main(build_live_flow(s))
     counts = summary_counts(capsys.readouterr().out)
     assert counts["input rows"] == SAMPLE_ROWS
@@ -34,7 +35,8 @@ def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks,
     try:
         stored = store.query("queries/table_counts")[0]
         assert stored == {"bars": counts["bars"], "features": counts["feature vectors"],
-                          "dead_letters": counts["dead letters"]}
+                          "dead_letters": counts["dead letters"],
+                          "signals": counts["signals"]}
         # a second replay of the same input rewrites the same keys: nothing duplicated
         run_main(build_live_flow(s))
         assert store.query("queries/table_counts")[0] == stored
@@ -42,8 +44,9 @@ def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks,
         store.close()
 
 
-def _run_cli(tmp_path: Path, ticks: Path) -> str:
-    env = {**os.environ, "QT_HOME": str(tmp_path / ".qt"), "QT_TICKS": str(ticks)}
+def _run_cli(tmp_path: Path, ticks: Path, registry: Path) -> str:
+    env = {**os.environ, "QT_HOME": str(tmp_path / ".qt"), "QT_TICKS": str(ticks),
+           "QT_REGISTRY_DIR": str(registry)}
     proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.live"],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=600, check=False)
@@ -52,9 +55,11 @@ def _run_cli(tmp_path: Path, ticks: Path) -> str:
 
 
 @pytest.mark.slow
-def test_fxcm_month_through_the_cli(tmp_path: Path, fxcm_quotes: Path) -> None:
-    """The issue's acceptance run: all 2.08M quotes, ticks + dead letters = data rows."""
-    counts = summary_counts(_run_cli(tmp_path, fxcm_quotes))
+def test_fxcm_month_through_the_cli(tmp_path: Path, fxcm_quotes: Path,
+                                    trained_registry: Path) -> None:
+    """The issue's acceptance run: all 2.08M quotes, ticks + dead letters = data rows, and a
+    signal for every bar."""
+    counts = summary_counts(_run_cli(tmp_path, fxcm_quotes, trained_registry))
     assert counts["input rows"] == FXCM_ROWS
     assert counts["ticks"] + counts["dead letters"] == FXCM_ROWS
-    assert counts["bars"] == counts["feature vectors"] > 30_000
+    assert counts["bars"] == counts["feature vectors"] == counts["signals"] > 30_000

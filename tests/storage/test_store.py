@@ -39,7 +39,7 @@ def test_writing_the_same_batch_twice_leaves_one_copy(store) -> None:
         for block in (bar_rows(bars), feature_rows([vec]), dead_letter_rows(dead)):
             store.insert(block.table, block.columns, block.data, block.column_oriented)
     counts = store.query("queries/table_counts")[0]
-    assert counts == {"bars": 5, "features": 1, "dead_letters": 2}
+    assert counts == {"bars": 5, "features": 1, "dead_letters": 2, "signals": 0}
     rows = store.query("queries/bars_for_symbol", symbol="X:Y", seconds=60)
     assert [r["close"] for r in rows] == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert rows[0]["start"] == datetime(2024, 1, 1, tzinfo=UTC)  # aware UTC comes back
