@@ -14,8 +14,9 @@ Semantics (the audit's, kept exactly; see ``../shared/DESIGN.md`` section 2):
 - Volatility: when the daily-scaled EWMA volatility (feature ``vol_daily``: one-bar EWMA
   volatility x sqrt(bars per day), so "5%" means a 5% daily move whatever the bar length)
   exceeds 5%, a BUY/SELL needs confidence > 0.70, else it becomes HOLD (``vol_blocked``).
-- Warm-up bars (features not warm) get a HOLD signal with consensus ``warmup``; no model is
-  asked. Every bar of every symbol gets exactly one signal.
+- Warm-up bars (features not warm) get a HOLD signal with consensus ``warmup``, with the four
+  votes recorded (the sequence models vote HOLD 0 until their window is full). Every bar of
+  every symbol gets exactly one signal.
 
 The step scores all vectors that reach a worker together in one call per model (batched across
 symbols and bars), and re-reads the registry's production versions before each batch, so a
@@ -203,23 +204,24 @@ class Scorer:
                         why)
 
     def score(self, vectors: Sequence[FeatureVector]) -> list[Signal]:
-        warm = [v for v in vectors if v.warm]
+        """One signal per vector, each with every model's vote. A warm-up vector's signal is
+        HOLD (consensus ``warmup``) whatever the votes say: its features are incomplete."""
         with MODEL_LOCK:
-            votes = iter(self.votes(warm))
+            per_vector = self.votes(vectors)
         weights = self.cfg.weights
         out = []
-        for v in vectors:
+        for v, vs in zip(vectors, per_vector, strict=True):
             vol = v.values["vol_daily"]
+            w = tuple(weights[x.model] for x in vs)
             if not v.warm:
                 out.append(Signal(v.symbol, v.ts, v.bar_start, Action.HOLD, 0.0,
                                   Consensus.WARMUP, 0.0, 0.0, vol, False, False, v.feature_set,
-                                  (), ()))
+                                  tuple(vs), w))
                 continue
-            vs = next(votes)
             d = decide(vs, vol if vol == vol else 0.0, self.cfg, weights)
             out.append(Signal(v.symbol, v.ts, v.bar_start, d.action, d.confidence, d.consensus,
                               d.buy_votes, d.sell_votes, vol, d.vol_blocked, True,
-                              v.feature_set, tuple(vs), tuple(weights[x.model] for x in vs)))
+                              v.feature_set, tuple(vs), w))
         return out
 
 

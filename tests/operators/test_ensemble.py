@@ -112,7 +112,7 @@ def test_failing_model_votes_hold_zero_and_is_counted() -> None:
     assert scorer.failures == {"xgboost": 1, "nhits": 1}
 
 
-def test_warmup_bars_get_a_hold_signal_and_no_model_is_asked() -> None:
+def test_warmup_bars_get_a_hold_signal_with_the_votes_recorded() -> None:
     asked = []
 
     def spy(vs):
@@ -124,4 +124,5 @@ def test_warmup_bars_get_a_hold_signal_and_no_model_is_asked() -> None:
     assert [s.consensus for s in sigs] == [Consensus.WARMUP, Consensus.UNANIMOUS,
                                             Consensus.WARMUP]
     assert [s.action for s in sigs] == [H, B, H]
-    assert asked == [1, 1, 1, 1]  # one batched call per model, warm vectors only
+    assert all(len(s.votes) == 4 for s in sigs)
+    assert asked == [3, 3, 3, 3]  # one batched call per model for all the vectors
