@@ -81,11 +81,14 @@ class BootstrapReport:
             for split in ("val", "test"):
                 if f"{split}_macro_f1" not in m:
                     continue
-                lines.append(
-                    f"{name:<10} {version:<8} {split:<5} "
-                    f"{m.get(f'{split}_accuracy', float('nan')):>8.3f} "
-                    f"{m[f'{split}_macro_f1']:>8.3f} {int(m.get(f'{split}_calls', 0)):>6d} "
-                    f"{m.get(f'{split}_call_hit_rate', float('nan')):>8.3f}")
+                def num(key: str, m: dict = m, split: str = split) -> str:
+                    value = m.get(f"{split}_{key}")
+                    return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
+
+                calls = m.get(f"{split}_calls")
+                lines.append(f"{name:<10} {version:<8} {split:<5} {num('accuracy')} "
+                             f"{num('macro_f1')} {'-' if calls is None else int(calls):>6} "
+                             f"{num('call_hit_rate')}")
         ppo = self.metrics.get(POLICY_NAME)
         if ppo:
             lines.append(f"{POLICY_NAME:<10} {self.versions[POLICY_NAME].version:<8} "
