@@ -164,8 +164,12 @@ class Settings:
 
     # --- paper execution -----------------------------------------------------------------
     start_equity: float = _env(
-        "QT_START_EQUITY", "Paper equity, split equally into one sub-account per symbol.",
+        "QT_START_EQUITY",
+        "Paper equity, split equally into one sub-account per symbol: QT_START_EQUITY / N, with "
+        "N the number of QT_SYMBOLS, or QT_SUBACCOUNTS when QT_SYMBOLS is empty.",
         100_000.0)
+    subaccounts: int = _env(
+        "QT_SUBACCOUNTS", "N of the equity split when QT_SYMBOLS does not list the symbols.", 10)
     fixed_position_usd: float = _env(
         "QT_FIXED_POSITION_USD", "Trade size when RL is off or in shadow mode.", 1_000.0)
     max_holding_seconds: int = _env("QT_MAX_HOLDING_SECONDS",
@@ -210,6 +214,11 @@ class Settings:
     @property
     def registry_dir(self) -> Path:
         return self.registry_path or self.home / "registry"
+
+    @property
+    def subaccount_equity(self) -> float:
+        """The starting equity of each symbol's paper sub-account."""
+        return self.start_equity / max(1, len(self.symbols) or self.subaccounts)
 
     @property
     def ppo_dir(self) -> Path:

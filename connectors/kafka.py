@@ -45,9 +45,17 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, tuple[Any, int]]):
         self._name = name
         self._source = f"kafka:{name}"
         self._seq = seq
+        self._ended = False
 
     def next_batch(self) -> list[TickRows]:
-        msgs = self._inner.next_batch()  # StopIteration at the end when not tailing
+        if self._ended:
+            raise StopIteration
+        try:
+            msgs = self._inner.next_batch()
+        except StopIteration:  # the end of the topic when not tailing: say so downstream
+            self._ended = True
+            self._seq += 1
+            return [TickRows.end_of(self._name, self._seq - 1)]
         if not msgs:
             return []
         values: list[bytes | None] = []

@@ -314,6 +314,7 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
             self.cursors.append(cur)
         self.speed = speed
         self._ready: TickRows | None = None
+        self._ended = False
         self._wall0: float | None = None
         self._event0: int | None = None
         self._awake: datetime | None = None
@@ -348,7 +349,11 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
         if self._ready is None:
             self._ready = self._merged_block()
             if self._ready is None:
-                raise StopIteration
+                if self._ended:
+                    raise StopIteration
+                self._ended = True  # one empty final block tells downstream we are done
+                self.seq += 1
+                return [TickRows.end_of(self.name, self.seq - 1)]
         block = self._ready
         if self.speed > 0 and len(block):
             block = self._paced(block)

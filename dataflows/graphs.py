@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import bytewax.operators as op
 from bytewax.connectors.stdio import StdOutSink
 from bytewax.dataflow import Dataflow, Stream
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.operators import KeyedStream
 
 from connectors.clickhouse import ClickHouseSink
@@ -21,23 +21,33 @@ from connectors.replay import ReplaySource, expand_paths
 from models.registry import open_registry
 from operators.bars import build_bars
 from operators.ensemble import EnsembleConfig, RegistryModels, Scorer, SignalStep, ensemble
+from operators.execution import ExecConfig, ExecEvent, execute
 from operators.features import compute_features
-from operators.summary import Counts, run_summary
+from operators.sizing import RegistryPolicy, Sizer, SizingConfig
+from operators.summary import Counts, PnlPoint, run_summary
+from operators.supervisor import SupervisorConfig, supervise
 from operators.validate import Validated, validate_ticks
 from schemas.bars import BarStep
+from schemas.decisions import BarDecision, Progress
 from schemas.features import FeatureStep
 from schemas.tables import (
     BARS,
     DEAD_LETTERS,
     FEATURES,
     SIGNALS,
+    TRADES,
+    VERDICTS,
     TableRows,
     bar_rows,
     dead_letter_rows,
     feature_rows,
     signal_rows,
+    trade_rows,
+    verdict_rows,
 )
 from schemas.ticks import TickRows
+from schemas.timeutil import to_ms
+from schemas.trades import TradeClosed
 from settings import Settings
 
 
@@ -56,17 +66,20 @@ class MarketData:
     validated: Stream[Validated]
     bars: KeyedStream[BarStep]
     features: KeyedStream[FeatureStep]
+    partitions: list[str]
 
 
 def market_data(flow: Dataflow, settings: Settings,
                 source: Source[TickRows] | None = None) -> MarketData:
     """source -> validate -> per-symbol bars -> features."""
-    rows = op.input("ticks", flow, source if source is not None else tick_source(settings))
+    source = source if source is not None else tick_source(settings)
+    partitions = list(source.list_parts()) if isinstance(source, FixedPartitionedSource) else []
+    rows = op.input("ticks", flow, source)
     validated = validate_ticks("validate", rows, settings.max_backwards_ms, settings.symbols)
     pieces = op.flat_map("by_symbol", validated, Validated.pieces)
     bars = build_bars("bars", pieces, settings.bar_seconds)
     features = compute_features("features", bars, settings.bar_seconds, settings.seq_window)
-    return MarketData(validated, bars, features)
+    return MarketData(validated, bars, features, partitions)
 
 
 def market_data_rows(md: MarketData) -> list[Stream[TableRows]]:
@@ -99,13 +112,12 @@ def market_data_counts(md: MarketData) -> list[Stream[Counts]]:
 
 
 def signals(md: MarketData, settings: Settings) -> KeyedStream[SignalStep]:
-    """features -> the four-model ensemble (production models from the registry)."""
-    cfg = EnsembleConfig.from_settings(settings)
-
-    def scorer() -> Scorer:
-        return Scorer(RegistryModels(open_registry(settings)), cfg)
-
-    return ensemble("ensemble", md.features, scorer)
+    """features -> the four-model ensemble (production models from the registry, loaded now
+    so the flow does not pay for imports and loading at its first bar)."""
+    models = RegistryModels(open_registry(settings))
+    models.current()
+    return ensemble("ensemble", md.features,
+                    Scorer(models, EnsembleConfig.from_settings(settings)))
 
 
 def signal_table_rows(steps: KeyedStream[SignalStep]) -> Stream[TableRows]:
@@ -128,6 +140,52 @@ def signal_counts(steps: KeyedStream[SignalStep]) -> Stream[Counts]:
     return op.map("count_signals", steps, count)
 
 
+@dataclass
+class Trading:
+    """The streams of the trading half: per-bar decisions and execution events."""
+
+    decisions: KeyedStream[BarDecision]
+    events: KeyedStream[ExecEvent]
+
+
+def trading(md: MarketData, signal_steps: KeyedStream[SignalStep],
+            settings: Settings) -> Trading:
+    """signals -> bias window -> RL sizing + paper execution (against the bar step's ticks)."""
+    progress = op.map("progress", md.validated, lambda v: Progress(
+        v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final))
+    decisions = supervise("supervisor", signal_steps, progress,
+                          SupervisorConfig.from_settings(settings), md.partitions)
+    exec_inputs = op.merge("execution_inputs", md.bars, decisions)
+    policy = RegistryPolicy(open_registry(settings))
+    policy.current()  # load now, not at the first order
+    events = execute("execution", exec_inputs, ExecConfig.from_settings(settings),
+                     Sizer(SizingConfig.from_settings(settings), policy))
+    return Trading(decisions, events)
+
+
+def trading_rows(tr: Trading) -> list[Stream[TableRows]]:
+    return [
+        op.filter_map("verdict_rows", tr.decisions,
+                      lambda kv: verdict_rows([kv[1].verdict]) if kv[1].verdict else None),
+        op.map("trade_rows", tr.events, lambda kv: trade_rows([kv[1].record])),
+    ]
+
+
+def trading_counts(tr: Trading) -> list[Stream[Counts | PnlPoint]]:
+    def decision_counts(kv: tuple[str, BarDecision]) -> Counts:
+        v = kv[1].verdict
+        return {"signals.blocked": 1} if v is not None and not v.allowed else {}
+
+    def event_counts(kv: tuple[str, ExecEvent]) -> Counts | PnlPoint:
+        e = kv[1].event
+        if isinstance(e, TradeClosed):
+            return PnlPoint(to_ms(e.exit_ts), e.trade_id, e.net_pnl)
+        return {"trades.opened": 1}
+
+    return [op.map("count_decisions", tr.decisions, decision_counts),
+            op.map("count_trades", tr.events, event_counts)]
+
+
 def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
           tables: list[str]) -> None:
     """Write table blocks to ClickHouse (one sink, one partition per table)."""
@@ -136,11 +194,12 @@ def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
     op.output(flow_step, keyed, ClickHouseSink(settings, tables))
 
 
-def print_summary(counts: list[Stream[Counts]], started: float, title: str) -> None:
-    summary = run_summary("summary", op.merge("all_counts", *counts), started)
+def print_summary(counts: list[Stream[Counts | PnlPoint]], started: float, title: str,
+                  start_equity: float = 0.0) -> None:
+    summary = run_summary("summary", op.merge("all_counts", *counts), started, start_equity)
     op.output("print_summary", op.map("render", summary, lambda s: s.render(title)),
               StdOutSink())
 
 
 MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]
-LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS]
+LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES]

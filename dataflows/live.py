@@ -1,8 +1,9 @@
 """The live dataflow: ``python -m bytewax.run dataflows.live``.
 
 Ticks (files or Kafka, ``QT_TICKS``) -> validation (dead letters) -> per-symbol event-time
-bars -> features -> the four-model ensemble -> ClickHouse (embedded chDB by default,
-``QT_CLICKHOUSE_URL`` for a server), ending with a one-screen summary when the input ends.
+bars -> features -> the four-model ensemble -> the bias window -> PPO sizing and paper
+execution -> ClickHouse (embedded chDB by default, ``QT_CLICKHOUSE_URL`` for a server), ending
+with a one-screen summary when the input ends.
 
 When the registry has no production models (a fresh clone), the flow first trains them on
 ``QT_BOOTSTRAP_TICKS`` (the bundled sample), saying so.
@@ -41,14 +42,16 @@ def ensure_models(settings: Settings) -> None:
 def build_live_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
     ensure_models(settings)
-    started = time.monotonic()
     flow = Dataflow("live")
     md = graphs.market_data(flow, settings)
     sig = graphs.signals(md, settings)
-    graphs.store("clickhouse", [*graphs.market_data_rows(md), graphs.signal_table_rows(sig)],
-                 settings, graphs.LIVE_TABLES)
-    graphs.print_summary([*graphs.market_data_counts(md), graphs.signal_counts(sig)], started,
-                         "qt live run summary")
+    tr = graphs.trading(md, sig, settings)
+    graphs.store("clickhouse", [*graphs.market_data_rows(md), graphs.signal_table_rows(sig),
+                                *graphs.trading_rows(tr)], settings, graphs.LIVE_TABLES)
+    started = time.monotonic()  # after the models are loaded: the summary measures streaming
+    graphs.print_summary([*graphs.market_data_counts(md), graphs.signal_counts(sig),
+                          *graphs.trading_counts(tr)], started, "qt live run summary",
+                         settings.start_equity)
     return flow
 
 

@@ -35,6 +35,7 @@ from bytewax.operators import KeyedStream
 
 from operators.stage import stage_builder
 from schemas.bars import Bar, BarStep
+from schemas.decisions import NO_CLOCK
 from schemas.ticks import SymbolTicks, TickBatch
 from schemas.timeutil import from_ms
 
@@ -145,14 +146,15 @@ class BarBuilder:
     # --- as a stage (see operators.stage) --------------------------------------------------
     def push(self, item: SymbolTicks) -> list[BarStep]:
         bars, close_at = self.push_ticks(item.ticks)
-        return [BarStep(self.symbol, item.ticks, bars, close_at, item.tag)]
+        clocks = [item.ticks.clock_at(i) for i in close_at]
+        return [BarStep(self.symbol, item.ticks, bars, close_at, item.tag, clocks)]
 
     def finish(self) -> list[BarStep]:
         bars = self.flush()
         if not bars:
             return []
         empty = _no_ticks(self.symbol)
-        return [BarStep(self.symbol, empty, bars, [0], None)]
+        return [BarStep(self.symbol, empty, bars, [0], None, [NO_CLOCK])]
 
     def snapshot(self) -> tuple[str, int, tuple | None]:
         state = None if self.open_bar is None else astuple(self.open_bar)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -227,35 +226,31 @@ class Scorer:
 
 @dataclass(slots=True)
 class SignalStep:
-    """What the ensemble emits per feature step: each bar's signal with the vector it used."""
+    """What the ensemble emits per feature step: each bar's signal with the vector it used,
+    the feature step's block tag and each bar's decision clock."""
 
     symbol: str
     scored: list[tuple[Signal, FeatureVector]]
     tag: Any
+    clocks: list[int]
 
 
 @operator
 def ensemble(step_id: str, up: KeyedStream[FeatureStep],
-             make_scorer: Callable[[], Scorer]) -> KeyedStream[SignalStep]:
+             scorer: Scorer) -> KeyedStream[SignalStep]:
     """Score every feature step that reaches this worker in one batch per model.
 
-    One :class:`Scorer` (built on first use by ``make_scorer``) serves all the worker threads
-    of the process; its model calls hold :data:`models.base.MODEL_LOCK`.
+    One :class:`Scorer` serves all the worker threads of the process; its model calls hold
+    :data:`models.base.MODEL_LOCK`.
     """
-    shared: list[Scorer] = []
-    lock = threading.Lock()
 
     def score_batch(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, SignalStep]]:
-        with lock:
-            if not shared:
-                shared.append(make_scorer())
-        scorer = shared[0]
         vectors = [v for _, step in items for v in step.vectors]
         try:
             signals = iter(scorer.score(vectors))
         except Exception as exc:
             raise RuntimeError(f"{step_id}: scoring {len(vectors)} vectors failed") from exc
-        return [(key, SignalStep(key, [(next(signals), v) for v in step.vectors], step.tag))
-                for key, step in items]
+        return [(key, SignalStep(key, [(next(signals), v) for v in step.vectors], step.tag,
+                                 step.clocks)) for key, step in items]
 
     return op.flat_map_batch("score", up, score_batch)

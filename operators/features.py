@@ -189,7 +189,8 @@ class FeatureEngine:
 
     # --- as a stage (see operators.stage) --------------------------------------------------
     def push(self, step: BarStep) -> list[FeatureStep]:
-        return [FeatureStep(self.symbol, [self.update(b) for b in step.bars], step.tag)]
+        return [FeatureStep(self.symbol, [self.update(b) for b in step.bars], step.tag,
+                            step.clocks)]
 
     def finish(self) -> list[FeatureStep]:
         return []

@@ -10,6 +10,7 @@ them up and emits one :class:`Summary` at end of input.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,15 @@ from bytewax.dataflow import Stream, operator
 from operators.stage import stage_builder
 
 Counts = dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PnlPoint:
+    """A closed trade's net PnL at its exit time (the summary's equity curve)."""
+
+    exit_ms: int
+    trade_id: str
+    net_pnl: float
 
 # Display order and labels; keys not listed are shown after these, as they are.
 LABELS: dict[str, str] = {
@@ -36,6 +46,9 @@ LABELS: dict[str, str] = {
     "signals.buy": "  BUY",
     "signals.sell": "  SELL",
     "signals.hold": "  HOLD",
+    "signals.blocked": "  blocked by the supervisor",
+    "trades.opened": "trades opened",
+    "trades.closed": "trades closed",
 }
 
 
@@ -43,6 +56,28 @@ LABELS: dict[str, str] = {
 class Summary:
     counts: Counts
     elapsed_s: float
+    pnl: tuple[float, ...] = ()  # closed trades' net PnL in exit-time order
+    start_equity: float = 0.0
+
+    @property
+    def win_rate(self) -> float:
+        return sum(1 for p in self.pnl if p > 0) / len(self.pnl) if self.pnl else math.nan
+
+    @property
+    def net_pnl(self) -> float:
+        return math.fsum(self.pnl)
+
+    @property
+    def max_drawdown(self) -> float:
+        """Largest peak-to-trough fall of the portfolio's realised equity, as a fraction."""
+        equity = peak = self.start_equity
+        worst = 0.0
+        for p in self.pnl:
+            equity += p
+            peak = max(peak, equity)
+            if peak > 0:
+                worst = max(worst, 1.0 - equity / peak)
+        return worst
 
     @property
     def ticks_per_second(self) -> float:
@@ -54,6 +89,11 @@ class Summary:
         width = max(len(LABELS.get(k, k)) for k in keys) if keys else 10
         lines = [f"== {title} " + "=" * max(0, 44 - len(title))]
         lines += [f"  {LABELS.get(k, k):<{width}}  {self.counts[k]:>14,}" for k in keys]
+        if self.pnl or "trades.opened" in self.counts:
+            lines.append(f"  {'trades closed':<{width}}  {len(self.pnl):>14,}")
+            lines.append(f"  {'win rate':<{width}}  {self.win_rate:>14.1%}")
+            lines.append(f"  {'net PnL':<{width}}  {self.net_pnl:>14,.2f}")
+            lines.append(f"  {'max drawdown':<{width}}  {self.max_drawdown:>14.2%}")
         lines.append(f"  {'elapsed':<{width}}  {self.elapsed_s:>12.1f} s")
         lines.append(f"  {'ticks/s':<{width}}  {self.ticks_per_second:>14,.0f}")
         lines.append("=" * 48)
@@ -63,23 +103,32 @@ class Summary:
 @dataclass
 class RunTotals:
     started: float
+    start_equity: float = 0.0
     totals: Counter = field(default_factory=Counter)
+    closes: list[PnlPoint] = field(default_factory=list)
 
-    def push(self, counts: Counts) -> list[Summary]:
-        self.totals.update(counts)
+    def push(self, item: Counts | PnlPoint) -> list[Summary]:
+        if isinstance(item, PnlPoint):
+            self.closes.append(item)
+        else:
+            self.totals.update(item)
         return []
 
     def finish(self) -> list[Summary]:
-        return [Summary(dict(self.totals), time.monotonic() - self.started)]
+        ordered = sorted(self.closes, key=lambda p: (p.exit_ms, p.trade_id))
+        return [Summary(dict(self.totals), time.monotonic() - self.started,
+                        tuple(p.net_pnl for p in ordered), self.start_equity)]
 
-    def snapshot(self) -> Counts:
-        return dict(self.totals)
+    def snapshot(self) -> tuple[Counts, list[PnlPoint]]:
+        return dict(self.totals), list(self.closes)
 
 
 @operator
-def run_summary(step_id: str, counts: Stream[Counts], started: float) -> Stream[Summary]:
+def run_summary(step_id: str, counts: Stream[Counts | PnlPoint], started: float,
+                start_equity: float = 0.0) -> Stream[Summary]:
     """Total the counters of a run; emits one :class:`Summary` at end of input."""
     keyed = op.key_on("one_key", counts, lambda _: "run")
     out = op.stateful("totals", keyed, stage_builder(
-        lambda _: RunTotals(started), lambda state: RunTotals(started, Counter(state))))
+        lambda _: RunTotals(started, start_equity),
+        lambda state: RunTotals(started, start_equity, Counter(state[0]), list(state[1]))))
     return op.key_rm("unkey", out)

@@ -54,7 +54,7 @@ class Validated:
     rows_in: int
     batches: dict[str, TickBatch]
     dead: DeadLetters
-    tag: BlockTag | None = None
+    tag: BlockTag
 
     @property
     def ticks(self) -> int:
@@ -62,8 +62,6 @@ class Validated:
 
     def pieces(self) -> list[tuple[str, SymbolTicks]]:
         """Keyed per-symbol items, in symbol order, each tagged with the block's provenance."""
-        if self.tag is None:
-            return []
         return [(sym, SymbolTicks(self.tag, self.batches[sym])) for sym in sorted(self.batches)]
 
 
@@ -75,6 +73,7 @@ class TickValidator:
     universe: frozenset[str] = frozenset()
     newest_ms: dict[str, int] = field(default_factory=dict)
     blocks: int = 0
+    clock_ms: int = NEVER
 
     def validate(self, rows: TickRows) -> Validated:
         n = len(rows)
@@ -115,7 +114,7 @@ class TickValidator:
                        "inconsistent candle", Stage.VALIDATE)
 
         ok = reason == None  # noqa: E711
-        batches: dict[str, TickBatch] = {}
+        accepted: dict[str, np.ndarray] = {}
         if ok.any():
             good = np.flatnonzero(ok)
             symbols = rows.symbol[good]
@@ -135,7 +134,16 @@ class TickValidator:
                 if len(idx) == 0:
                     continue
                 self.newest_ms[sym] = max(prior, int(ts.max()))
-                batches[sym] = _take(rows, sym, idx)
+                accepted[sym] = idx
+        # the partition clock: running max of the valid ticks' times, in input order
+        valid = np.zeros(n, dtype=bool)
+        for idx in accepted.values():
+            valid[idx] = True
+        times = np.where(valid, rows.ts_ms, NEVER)
+        clock = np.maximum.accumulate(np.concatenate(([self.clock_ms], times)))[1:]
+        if n:
+            self.clock_ms = int(clock[-1])
+        batches = {sym: _take(rows, sym, idx, clock) for sym, idx in accepted.items()}
 
         dead = DeadLetters()
         for src, row, raw, why in rows.extra_dead:
@@ -150,11 +158,8 @@ class TickValidator:
                             rows.ts_ms[idx],
                             rows.symbol[idx].tolist(), at, reason[idx].tolist(), rows.raw(idx))
 
-        tag = None
-        if batches:
-            tag = BlockTag(rows.partition, self.blocks, len(batches),
-                           max(int(b.ts_ms.max()) for b in batches.values()))
-            self.blocks += 1
+        tag = BlockTag(rows.partition, self.blocks, len(batches), self.clock_ms, rows.final)
+        self.blocks += 1
         return Validated(rows.partition, rows.rows_in, batches, dead, tag)
 
     # --- as a stage (see operators.stage) --------------------------------------------------
@@ -164,11 +169,11 @@ class TickValidator:
     def finish(self) -> list[Validated]:
         return []
 
-    def snapshot(self) -> tuple[dict[str, int], int]:
-        return dict(self.newest_ms), self.blocks
+    def snapshot(self) -> tuple[dict[str, int], int, int]:
+        return dict(self.newest_ms), self.blocks, self.clock_ms
 
-    def restored(self, state: tuple[dict[str, int], int]) -> TickValidator:
-        self.newest_ms, self.blocks = dict(state[0]), state[1]
+    def restored(self, state: tuple[dict[str, int], int, int]) -> TickValidator:
+        self.newest_ms, self.blocks, self.clock_ms = dict(state[0]), state[1], state[2]
         return self
 
 
@@ -187,8 +192,8 @@ def validate_ticks(step_id: str, up: Stream[TickRows], max_backwards_ms: int,
     return op.key_rm("unkey", out)
 
 
-def _take(rows: TickRows, symbol: str, idx: np.ndarray) -> TickBatch:
+def _take(rows: TickRows, symbol: str, idx: np.ndarray, clock: np.ndarray) -> TickBatch:
     candle = None if rows.candle is None else tuple(a[idx] for a in rows.candle)
     return TickBatch(symbol, rows.ts_ms[idx], rows.price[idx], rows.bid[idx], rows.ask[idx],
                      rows.size[idx], rows.side[idx], rows.origin[idx],
-                     candle)  # type: ignore[arg-type]
+                     candle, clock[idx])  # type: ignore[arg-type]

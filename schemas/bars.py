@@ -43,6 +43,8 @@ class BarStep:
     ``close_index[k]`` the position in ``ticks`` of the tick that closed ``bars[k]`` (the first
     tick of a later bar; ``len(ticks)`` for bars closed at end of input). Execution uses
     those positions so a decision made at a bar's close applies only to later ticks.
+    ``clocks[k]`` is the partition clock when ``bars[k]`` closed (the decision time; see
+    :class:`~schemas.ticks.TickBatch`), ``NO_CLOCK`` for bars closed at end of input.
     """
 
     symbol: str
@@ -50,3 +52,4 @@ class BarStep:
     bars: list[Bar]
     close_index: list[int]
     tag: BlockTag | None  # None for bars flushed at end of input
+    clocks: list[int]

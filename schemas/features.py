@@ -36,3 +36,4 @@ class FeatureStep:
     symbol: str
     vectors: list[FeatureVector]
     tag: BlockTag | None
+    clocks: list[int]

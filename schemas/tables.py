@@ -14,13 +14,17 @@ from typing import Any
 from schemas import codec
 from schemas.bars import Bar
 from schemas.dead_letters import DeadLetters
+from schemas.decisions import Verdict
 from schemas.features import FeatureVector
 from schemas.signals import Signal
+from schemas.trades import TRADE_COLUMNS, TradeRecord, trade_row
 
 BARS = "bars"
 FEATURES = "features"
 DEAD_LETTERS = "dead_letters"
 SIGNALS = "signals"
+VERDICTS = "supervisor_verdicts"
+TRADES = "trades"
 
 
 @dataclass(slots=True)
@@ -70,3 +74,11 @@ def signal_rows(signals: Sequence[Signal]) -> TableRows:
          [v.action.value for v in s.votes], [v.confidence for v in s.votes],
          [v.failed for v in s.votes], list(s.weights))
         for s in signals])
+
+
+def verdict_rows(verdicts: Sequence[Verdict]) -> TableRows:
+    return event_rows(VERDICTS, verdicts)
+
+
+def trade_rows(records: Sequence[TradeRecord]) -> TableRows:
+    return TableRows(TRADES, TRADE_COLUMNS, [trade_row(r) for r in records])

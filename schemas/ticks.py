@@ -126,12 +126,23 @@ class TickRows:
     extra_dead: list[tuple[str, int, str, str]] = field(default_factory=list)
     raw_batch: pa.RecordBatch | None = None
     raw_text: list[str] | None = None
-    # Set by the source: which input partition, and this block's sequence number in it.
+    # Set by the source: which input partition, this block's sequence number in it, and
+    # whether it is the partition's last block.
     partition: str = ""
     seq: int = 0
+    final: bool = False
 
     def __len__(self) -> int:
         return len(self.ts_ms)
+
+    @classmethod
+    def end_of(cls, partition: str, seq: int) -> TickRows:
+        """The empty last block a source emits when a partition is exhausted."""
+        f, i = np.zeros(0), np.zeros(0, dtype=np.int8)
+        return cls(sources=(), src=np.zeros(0, dtype=np.int16), row_no=np.zeros(0, np.int64),
+                   ts_ms=np.zeros(0, np.int64), symbol=np.zeros(0, dtype=object), origin=i,
+                   price=f, bid=f, ask=f, size=f, side=i, partition=partition, seq=seq,
+                   final=True)
 
     @property
     def rows_in(self) -> int:
@@ -212,13 +223,18 @@ class TickRows:
             raw_batch=None if self.raw_batch is None else self.raw_batch.slice(
                 start, stop - start),
             raw_text=None if self.raw_text is None else self.raw_text[sl],
-            partition=self.partition, seq=self.seq,
+            partition=self.partition, seq=self.seq, final=self.final,
         )
 
 
 @dataclass(slots=True)
 class TickBatch:
-    """Validated ticks of one symbol, in event-time order (within the late tolerance)."""
+    """Validated ticks of one symbol, in event-time order (within the late tolerance).
+
+    ``clock_ms`` is the input partition's clock at each tick (the newest valid event time of
+    any symbol of the partition so far): the time at which a decision triggered by that tick
+    is made, used to order decisions across symbols. None outside a dataflow.
+    """
 
     symbol: str
     ts_ms: np.ndarray
@@ -229,6 +245,7 @@ class TickBatch:
     side: np.ndarray
     origin: np.ndarray
     candle: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # open, high, low
+    clock_ms: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ts_ms)
@@ -237,7 +254,12 @@ class TickBatch:
         candle = None if self.candle is None else tuple(a[idx] for a in self.candle)
         return TickBatch(self.symbol, self.ts_ms[idx], self.price[idx], self.bid[idx],
                          self.ask[idx], self.size[idx], self.side[idx], self.origin[idx],
-                         candle)  # type: ignore[arg-type]
+                         candle,  # type: ignore[arg-type]
+                         None if self.clock_ms is None else self.clock_ms[idx])
+
+    def clock_at(self, i: int) -> int:
+        """The partition clock at tick ``i`` (the tick's own time outside a dataflow)."""
+        return int((self.ts_ms if self.clock_ms is None else self.clock_ms)[i])
 
     def ticks(self) -> Iterator[Tick]:
         """Row view, for tests and the Kafka producer (not for the hot path)."""
@@ -274,15 +296,16 @@ class TickBatch:
 class BlockTag:
     """Provenance of a per-symbol piece of an input block, for ordering across partitions.
 
-    ``seq`` counts, per partition, the blocks that produced at least one piece; ``parts`` is
-    how many per-symbol pieces the block was split into; ``max_ts_ms`` is its newest event
-    time, which becomes the partition's watermark once all its pieces have been seen.
+    ``seq`` numbers the partition's blocks; ``parts`` is how many per-symbol pieces the block
+    was split into (0 when none of its rows were valid ticks); ``clock_ms`` is the partition's
+    clock (newest valid event time) after the block; ``final`` marks its last block.
     """
 
     partition: str
     seq: int
     parts: int
-    max_ts_ms: int
+    clock_ms: int
+    final: bool = False
 
 
 @dataclass(slots=True)
