@@ -1,0 +1,122 @@
+"""The bias window: the audit's own check (seed 7.2.5), modes, bounds, and ordering."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.ensemble import SignalStep
+from operators.supervisor import BiasWindow, OrderedSupervisor, Supervisor, SupervisorConfig
+from schemas.decisions import Progress, SupervisorMode
+from schemas.features import FeatureVector
+from schemas.signals import Action, Consensus, Signal
+from schemas.ticks import BlockTag
+from schemas.timeutil import from_ms
+
+B, S, H = Action.BUY, Action.SELL, Action.HOLD
+
+
+def signal(i: int, action: Action, symbol: str = "X") -> tuple[Signal, FeatureVector]:
+    ts = from_ms((i + 1) * 60_000)
+    sig = Signal(symbol, ts, from_ms(i * 60_000), action, 0.8, Consensus.STRONG, 0.8, 0.0,
+                 0.01, False, True, "fs", (), ())
+    return sig, FeatureVector(symbol, ts, from_ms(i * 60_000), "fs", True, 1.0, {}, ())
+
+
+def run(mode: SupervisorMode, actions: list[Action]) -> list:
+    sup = Supervisor(SupervisorConfig(mode=mode))
+    return [sup.decide("X", i, *signal(i, a)) for i, a in enumerate(actions)]
+
+
+def test_audit_check_biased_signals_are_blocked_after_20_samples_over_70_percent() -> None:
+    """Seed 7.2.5: generate intentionally biased signals, verify blocking at > 70% bias."""
+    actions = [B] * 30  # every signal a BUY: 100% long bias
+    decisions = run(SupervisorMode.ENFORCED, actions)
+    allowed = [d.verdict.allowed for d in decisions]
+    assert allowed[:19] == [True] * 19  # fewer than 20 samples: no judgement yet
+    assert allowed[19:] == [False] * 11  # the 20th BUY sees a 100% BUY window
+    assert all(not d.tradable for d in decisions[19:])
+    v = decisions[19].verdict
+    assert (v.window_size, v.buy_share, v.biased) == (20, 1.0, True)
+    assert v.reason.startswith("blocked: excessive LONG bias")
+
+
+def test_blocking_starts_once_the_share_passes_the_threshold() -> None:
+    # 14 BUY + 6 SELL = 70% BUY at 20 samples: not above 0.70; the next BUY makes 71.4%
+    actions = [B] * 14 + [S] * 6 + [B]
+    decisions = run(SupervisorMode.ENFORCED, actions)
+    assert [d.verdict.allowed for d in decisions] == [True] * 20 + [False]
+    assert decisions[20].verdict.buy_share == pytest.approx(15 / 21)
+    # a SELL is not blocked by a LONG bias
+    more = Supervisor(SupervisorConfig())
+    for i, a in enumerate([B] * 25):
+        more.decide("X", i, *signal(i, a))
+    assert more.decide("X", 99, *signal(99, S)).verdict.allowed
+
+
+def test_observe_records_but_does_not_block_and_off_ignores() -> None:
+    observed = run(SupervisorMode.OBSERVE, [S] * 25)
+    assert all(d.verdict.allowed for d in observed)
+    assert [d.verdict.biased for d in observed] == [False] * 19 + [True] * 6
+    assert observed[-1].verdict.reason.startswith("observed (not blocked): excessive SHORT")
+    off = run(SupervisorMode.OFF, [S] * 25)
+    assert all(d.verdict is None and d.tradable for d in off)
+
+
+def test_hold_signals_are_not_judged() -> None:
+    decisions = run(SupervisorMode.ENFORCED, [H] * 30 + [B])
+    assert all(d.verdict is None for d in decisions[:30])
+    assert decisions[30].verdict.window_size == 1
+
+
+def test_the_window_is_bounded() -> None:
+    w = BiasWindow(size=50, min_samples=20, threshold=0.7)
+    for _ in range(1_000):
+        w.judge(B)
+    assert len(w.actions) == 50
+    for _ in range(40):  # old BUYs fall out: 10 BUY + 40 SELL
+        *_, n = w.judge(S)
+    assert (w.buys, w.sells, n) == (10, 40, 50)
+    biased, _, buy, sell, _ = w.judge(S)  # one more BUY falls out
+    assert biased and (buy, sell) == (pytest.approx(9 / 50), pytest.approx(41 / 50))
+
+
+def _steps(n_blocks: int, symbols: list[str], rng: random.Random) -> list:
+    """Signal steps and progress messages of one partition, as the flow would make them."""
+    items, clock, i = [], 0, 0
+    for seq in range(n_blocks):
+        for sym in symbols:
+            scored, clocks = [], []
+            for _ in range(rng.randint(0, 3)):
+                clock += rng.randint(0, 2) * 60_000
+                scored.append(signal(i, rng.choice([B, S, H]), sym))
+                clocks.append(clock)
+                i += 1
+            items.append(SignalStep(sym, scored, BlockTag("p", seq, len(symbols), clock),
+                                    clocks))
+        items.append(Progress("p", seq, len(symbols), clock, seq == n_blocks - 1))
+    return items
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000))
+def test_verdicts_do_not_depend_on_how_symbols_interleave(seed: int) -> None:
+    """What 1 vs 2 workers changes is the arrival order; the verdicts must not change."""
+    rng = random.Random(seed)
+    items = _steps(8, ["A", "B", "C"], rng)
+    cfg = SupervisorConfig(min_samples=3, threshold=0.5, window=10)
+
+    def verdicts(order: list) -> list:
+        sup = OrderedSupervisor.fresh(cfg, ["p"])
+        out = [d for item in order for d in sup.push(item)] + sup.finish()
+        return [(sym, d.bar_end_ms, d.verdict and (d.verdict.allowed, d.verdict.order))
+                for sym, d in out]
+
+    reference = verdicts(items)
+    shuffled = items[:]
+    rng.shuffle(shuffled)
+    assert verdicts(shuffled) == reference
+    assert len(reference) == sum(len(s.scored) for s in items if isinstance(s, SignalStep))
