@@ -389,8 +389,16 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
         return self._awake
 
     def snapshot(self) -> ReplayState:
-        return ReplayState(self.seq, {c.blocks.name: (c.emitted_rows, c.emitted_bad_through)
-                                      for c in self.cursors})
+        """Rows handed downstream per file: what the cursors gave out, minus what pacing still
+        holds back in ``_ready`` (those rows are re-read after a resume, not lost)."""
+        held: dict[str, int] = {}
+        if self._ready is not None and len(self._ready):
+            names, counts = np.unique(self._ready.src, return_counts=True)
+            held = {self._ready.sources[int(k)]: int(n) for k, n in zip(names, counts,
+                                                                       strict=True)}
+        return ReplayState(self.seq, {
+            c.blocks.name: (c.emitted_rows - held.get(c.blocks.name, 0), c.emitted_bad_through)
+            for c in self.cursors})
 
 
 class ReplaySource(FixedPartitionedSource[TickRows, ReplayState]):

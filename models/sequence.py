@@ -67,6 +67,7 @@ training facts. :meth:`load` refuses another model's directory or a different tr
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -282,6 +283,12 @@ class _SequenceModel:
                  nf: NeuralForecast | None = None) -> None:
         cap_threads()
         self.module = module.eval()
+        # Inference runs in float64 on a copy: float32 results of a batched forward differ in
+        # the last bits with the batch's size and contents, and the batches depend on how the
+        # input was cut into blocks (pacing, a resume after a crash). In float64 those
+        # differences are ~1e-16, far below anything a decision threshold can see, so the
+        # same replay makes the same decisions however it was batched.
+        self._infer = copy.deepcopy(module).double().eval()
         self.params = params
         self.cfg = cfg
         self.input_size = int(input_size)
@@ -303,9 +310,9 @@ class _SequenceModel:
         """
         if len(y) == 1:
             if self._traced_one is None:
-                self._traced_one = _trace_one(self.module, y)
+                self._traced_one = _trace_one(self._infer, y)
             return self._traced_one(y)
-        return self.module.loss.domain_map(self.module(_windows_batch(y)))
+        return self._infer.loss.domain_map(self._infer(_windows_batch(y)))
 
     # --- building and training -----------------------------------------------------------------
     @classmethod
@@ -379,7 +386,7 @@ class _SequenceModel:
         ok = np.isfinite(x).all(axis=1)
         if ok.any():
             cap_threads()
-            y = torch.as_tensor(x[ok] * TARGET_SCALE, dtype=torch.float32).unsqueeze(-1)
+            y = torch.as_tensor(x[ok] * TARGET_SCALE, dtype=torch.float64).unsqueeze(-1)
             with torch.inference_mode():
                 y_hat = self._forward(y)
             out[ok] = y_hat[..., 0].double().numpy() / TARGET_SCALE
