@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 from bytewax.connectors.stdio import StdOutSink
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, Source
@@ -47,8 +48,10 @@ from schemas.tables import (
 )
 from schemas.ticks import TickRows
 from schemas.timeutil import to_ms
-from schemas.trades import TradeClosed
+from schemas.trades import TradeClosed, encode_event
 from settings import Settings
+
+KAFKA_PRODUCER = {"linger.ms": "5", "enable.idempotence": "true"}
 
 
 def tick_source(settings: Settings) -> Source[TickRows]:
@@ -161,6 +164,16 @@ def trading(md: MarketData, signal_steps: KeyedStream[SignalStep],
     events = execute("execution", exec_inputs, ExecConfig.from_settings(settings),
                      Sizer(SizingConfig.from_settings(settings), policy))
     return Trading(decisions, events)
+
+
+def publish_trade_events(tr: Trading, url: str) -> None:
+    """Trade events to a Kafka topic (``QT_TRADE_EVENTS=kafka://host:port/trade-events``),
+    JSON keyed by trade id, for a learning flow in another process."""
+    target = KafkaUrl.parse(url)
+    messages = op.map("trade_event_messages", tr.events, lambda kv: KafkaSinkMessage(
+        kv[1].event.trade_id.encode(), encode_event(kv[1].event)))
+    op.output("trade_events_out", messages,
+              KafkaSink(list(target.brokers), target.topic, add_config=KAFKA_PRODUCER))
 
 
 def trading_rows(tr: Trading) -> list[Stream[TableRows]]:

@@ -46,6 +46,8 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     md = graphs.market_data(flow, settings)
     sig = graphs.signals(md, settings)
     tr = graphs.trading(md, sig, settings)
+    if settings.trade_events.startswith("kafka://"):
+        graphs.publish_trade_events(tr, settings.trade_events)
     graphs.store("clickhouse", [*graphs.market_data_rows(md), graphs.signal_table_rows(sig),
                                 *graphs.trading_rows(tr)], settings, graphs.LIVE_TABLES)
     started = time.monotonic()  # after the models are loaded: the summary measures streaming

@@ -1,17 +1,21 @@
-"""Benchmark: the live flow's market-data path against a bare Bytewax pass-through.
+"""Benchmark: the live flow end to end against a bare Bytewax pass-through.
 
-Both run in the same invocation, each in a fresh child process, over the same file:
+All run in the same invocation, each in a fresh child process, over the same file:
 
 - ``passthrough``: the file's rows, 1,000 per source batch, source -> sink, nothing else; once
   as raw text lines and once as rows split into fields by Python's ``csv`` module (what a
   row-at-a-time flow would carry);
-- ``live``: ``python -m bytewax.run dataflows.live`` (validate, bars, features, ClickHouse
-  writes to a fresh embedded store), reading its own end-of-run summary.
+- ``live``: ``python -m bytewax.run dataflows.live`` (validation, bars, features, the
+  four-model ensemble, the bias window, PPO sizing, paper execution, ClickHouse writes to a
+  fresh embedded store), reading its own end-of-run summary; once per ``--workers`` value.
 
-Rates are rows (ticks) per second of flow time, from the dataflow's build to its end, so the
-interpreter's start-up and imports are excluded from both. Peak memory is the child's max RSS.
+Rates are rows (ticks) per second of flow time, from the moment the dataflow is built (models
+loaded) to its end, so the interpreter's start-up, imports and model loading are excluded from
+both; the live child's whole wall time is printed too. Peak memory is each child's max RSS.
+The models come from ``--registry`` or, by default, a registry bootstrapped on the bundled
+sample in a separate child first (so training memory does not count).
 
-    python bench/bench_ingest.py [--ticks FILE] [--workers N]
+    python bench/bench_live_flow.py [--ticks FILE] [--workers 1 2] [--registry DIR]
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -74,17 +77,22 @@ print(json.dumps({"rows": COUNT[0], "elapsed_s": elapsed, "rows_per_s": COUNT[0]
 '''
 
 
-def child_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def run_child(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a child; return it with its peak RSS in MB (measured with /usr/bin/time)."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, check=False)
+        text = rss.read().strip().splitlines()
+    return proc, (float(text[-1]) / 1024 if text and text[-1].isdigit() else float("nan"))
 
 
-def run_live(ticks: Path, workers: int, extra_env: dict[str, str] | None = None) -> dict:
+def run_live(ticks: Path, workers: int, registry: Path) -> dict:
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "QT_HOME": home, "QT_TICKS": str(ticks), **(extra_env or {})}
+        env = {**os.environ, "QT_HOME": home, "QT_TICKS": str(ticks),
+               "QT_REGISTRY_DIR": str(registry)}
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.live",
-                               "-w", str(workers)], cwd=ROOT, env=env, capture_output=True,
-                              text=True, check=False)
+        proc, rss = run_child([sys.executable, "-m", "bytewax.run", "dataflows.live",
+                               "-w", str(workers)], env)
         wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"live flow failed:\n{proc.stderr[-4000:]}")
@@ -93,7 +101,7 @@ def run_live(ticks: Path, workers: int, extra_env: dict[str, str] | None = None)
     return {"ticks": counts["ticks"], "dead_letters": counts["dead letters"],
             "rows": counts["input rows"], "elapsed_s": counts["elapsed"],
             "ticks_per_s": counts["ticks/s"], "process_wall_s": wall,
-            "peak_rss_mb": child_rss_mb(), "summary": proc.stdout}
+            "peak_rss_mb": rss, "summary": proc.stdout}
 
 
 def run_passthrough(ticks: Path, mode: str) -> dict:
@@ -105,19 +113,31 @@ def run_passthrough(ticks: Path, mode: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ticks", type=Path, default=DEFAULT_TICKS)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1])
+    ap.add_argument("--registry", type=Path, help="trained registry (default: bootstrap one)")
     args = ap.parse_args()
-    live = run_live(args.ticks, args.workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = args.registry
+        if registry is None:
+            registry = Path(tmp) / "registry"
+            env = {**os.environ, "QT_HOME": tmp, "QT_REGISTRY_DIR": str(registry)}
+            subprocess.run([sys.executable, "-m", "cli.bootstrap"], cwd=ROOT, env=env,
+                           check=True, capture_output=True)
+        live = {w: run_live(args.ticks, w, registry) for w in args.workers}
     bare = {mode: run_passthrough(args.ticks, mode) for mode in ("lines", "csv")}
-    print(live.pop("summary"))
-    print(f"live flow (-w {args.workers}): {live['ticks']:,.0f} ticks + "
-          f"{live['dead_letters']:,.0f} dead letters = {live['rows']:,.0f} rows in "
-          f"{live['elapsed_s']:.2f} s -> {live['ticks_per_s']:,.0f} ticks/s "
-          f"(process wall {live['process_wall_s']:.1f} s, peak RSS {live['peak_rss_mb']:.0f} MB)")
+    print(live[args.workers[0]].pop("summary"))
+    for w, run in live.items():
+        run.pop("summary", None)
+        print(f"live flow (-w {w}): {run['ticks']:,.0f} ticks + "
+              f"{run['dead_letters']:,.0f} dead letters = {run['rows']:,.0f} rows in "
+              f"{run['elapsed_s']:.2f} s -> {run['ticks_per_s']:,.0f} ticks/s "
+              f"(process wall {run['process_wall_s']:.1f} s, peak RSS "
+              f"{run['peak_rss_mb']:.0f} MB)")
     for mode, b in bare.items():
+        ratios = ", ".join(f"-w {w}: {run['ticks_per_s'] / b['rows_per_s']:.2f}"
+                           for w, run in live.items())
         print(f"bare pass-through ({mode}): {b['rows']:,} rows in {b['elapsed_s']:.2f} s -> "
-              f"{b['rows_per_s']:,.0f} rows/s; ratio live/pass-through = "
-              f"{live['ticks_per_s'] / b['rows_per_s']:.2f}")
+              f"{b['rows_per_s']:,.0f} rows/s; ratio live/pass-through {ratios}")
 
 
 if __name__ == "__main__":
