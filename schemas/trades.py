@@ -22,7 +22,7 @@ from typing import Any
 from schemas import codec
 from schemas.decisions import SupervisorMode
 from schemas.rl import SizingDecision
-from schemas.signals import Consensus, Vote
+from schemas.signals import Action, Consensus, Vote
 
 
 class Side(StrEnum):
@@ -204,3 +204,49 @@ def trade_row(rec: TradeRecord) -> tuple[Any, ...]:
         nan if c is None else c.pnl_pct, nan if c is None else c.holding_seconds,
         [] if c is None else list(c.exit_state), nan if c is None else c.equity_after,
     )
+
+
+def opened_from_row(row: dict[str, Any]) -> TradeOpened:
+    """The ``trade.opened`` a ``trades`` row was written from (the learning flow's fallback
+    when the opened event is not in its stream). Raises :class:`IncompleteEntryState` when
+    the stored entry state is incomplete."""
+    votes = tuple(
+        Vote(m, v, Action(a), float(c), bool(f)) for m, v, a, c, f in zip(
+            row["vote_models"], row["vote_versions"], row["vote_actions"],
+            row["vote_confidences"], row["vote_failed"], strict=True))
+    rl = SizingDecision(
+        state=tuple(float(x) for x in row["rl_state"]),
+        raw_action=tuple(float(x) for x in row["rl_action"]),
+        log_prob=float(row["rl_log_prob"]), value=float(row["rl_value"]),
+        policy_version=row["policy_version"], position_size_usd=float(row["rl_size_usd"]),
+        tp_pct=float(row["rl_tp_pct"]), sl_pct=float(row["rl_sl_pct"]),
+        degenerate=bool(row["rl_degenerate"]), stochastic=bool(row["rl_stochastic"]))
+    entry = EntryState(
+        features={k: float(v) for k, v in row["features"].items()},
+        feature_set=row["feature_set"], window=tuple(float(x) for x in row["window"]),
+        votes=votes, confidence=float(row["confidence"]),
+        consensus=Consensus(row["consensus"]), volatility=float(row["volatility"]),
+        supervisor=SupervisorAtEntry(SupervisorMode(row["sup_mode"]), float(row["sup_buy_share"]),
+                                     float(row["sup_sell_share"]), int(row["sup_window_size"]),
+                                     row["sup_reason"]),
+        rl=rl, sizing=Sizing(row["sizing"]))
+    return TradeOpened(
+        trade_id=row["trade_id"], symbol=row["symbol"], side=Side(row["side"]),
+        quantity=float(row["quantity"]), entry_ts=row["entry_ts"],
+        entry_price=float(row["entry_price"]), tp_price=float(row["tp_price"]),
+        sl_price=float(row["sl_price"]), size_usd=float(row["size_usd"]),
+        entry_fee=float(row["entry_fee"]), entry=entry)
+
+
+class JoinSource(StrEnum):
+    STREAM = "stream"  # both halves came through the trade-events stream
+    STORE = "store"    # the opened half was read back from the trades table
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedTrade:
+    """A closed trade with the state it was opened in: what the learners consume."""
+
+    opened: TradeOpened
+    closed: TradeClosed
+    source: JoinSource

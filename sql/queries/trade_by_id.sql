@@ -1,0 +1,3 @@
+SELECT *
+FROM trades FINAL
+WHERE trade_id = {trade_id:String}
