@@ -219,6 +219,12 @@ class ModelRegistry:
                     return version
         return None
 
+    def versions_in(self, model: str, stage: Stage) -> list[str]:
+        """Versions of ``model`` in ``stage`` (cheap, like :meth:`production_version`)."""
+        with self._lock:
+            return sorted(v for v, e in self._read_stages(model).items()
+                          if e["stage"] == stage)
+
     def has_production(self, models: tuple[str, ...]) -> bool:
         return all(self.production_version(m) is not None for m in models)
 

@@ -46,6 +46,7 @@ from bytewax.operators import KeyedStream
 
 from models.base import MODEL_LOCK, MODEL_NAMES
 from schemas.features import FeatureStep, FeatureVector
+from schemas.learning import ShadowPrediction
 from schemas.signals import Action, Consensus, Signal, Vote
 
 log = logging.getLogger(__name__)
@@ -130,14 +131,31 @@ class ModelSource:
     def current(self) -> list[LoadedModel]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def shadows(self) -> list[LoadedModel]:
+        return []
+
 
 class RegistryModels(ModelSource):
-    """Production models from the registry, reloaded when a new version is promoted."""
+    """Production models from the registry, reloaded when a new version is promoted; and the
+    shadow (challenger) versions a CLM cycle registered, which vote beside them untraded."""
 
     def __init__(self, registry: Any, names: Sequence[str] = MODEL_NAMES) -> None:
         self.registry = registry
         self.names = tuple(names)
         self._loaded: dict[str, LoadedModel] = {}
+        self._shadows: dict[tuple[str, str], LoadedModel] = {}
+
+    def shadows(self) -> list[LoadedModel]:
+        from schemas.registry import Stage
+
+        wanted = {(n, v) for n in self.names for v in self.registry.versions_in(n, Stage.SHADOW)}
+        for key in set(self._shadows) - wanted:
+            del self._shadows[key]
+        for name, version in sorted(wanted - set(self._shadows)):
+            model = self.registry.load(name, version)
+            self._shadows[(name, version)] = LoadedModel(name, version, model.predict)
+            log.info("ensemble: %s %s votes in shadow", name, version)
+        return [self._shadows[k] for k in sorted(self._shadows)]
 
     def current(self) -> list[LoadedModel]:
         out = []
@@ -171,6 +189,7 @@ class Scorer:
     models: ModelSource
     cfg: EnsembleConfig = field(default_factory=EnsembleConfig)
     failures: Counter = field(default_factory=Counter)
+    dynamic: Any = None  # operators.weights.DynamicWeights when QT_DYNAMIC_WEIGHTS is on
 
     def votes(self, vectors: Sequence[FeatureVector]) -> list[list[Vote]]:
         """Per vector, one vote per model; a failing model votes HOLD 0 (counted, logged)."""
@@ -202,12 +221,32 @@ class Scorer:
             log.warning("ensemble: model %s failed (%d so far): %s", name, self.failures[name],
                         why)
 
+    def shadow(self, vectors: Sequence[FeatureVector]) -> list[ShadowPrediction]:
+        """Challenger votes on the warm vectors (failures vote HOLD 0, flagged)."""
+        warm = [v for v in vectors if v.warm]
+        out: list[ShadowPrediction] = []
+        if not warm:
+            return out
+        with MODEL_LOCK:
+            for m in self.models.shadows():
+                try:
+                    preds = m.predict(warm)
+                except Exception as exc:  # a broken challenger must not stop the flow
+                    self._failed(f"{m.name}@{m.version}", len(warm), repr(exc))
+                    preds = [(Action.HOLD, math.nan)] * len(warm)
+                for v, (action, conf) in zip(warm, preds, strict=True):
+                    bad = _vote_problem(action, conf) is not None
+                    out.append(ShadowPrediction(
+                        m.name, m.version, v.symbol, v.ts, Action.HOLD if bad else action,
+                        0.0 if bad else float(conf), bad))
+        return out
+
     def score(self, vectors: Sequence[FeatureVector]) -> list[Signal]:
         """One signal per vector, each with every model's vote. A warm-up vector's signal is
         HOLD (consensus ``warmup``) whatever the votes say: its features are incomplete."""
         with MODEL_LOCK:
             per_vector = self.votes(vectors)
-        weights = self.cfg.weights
+        weights = self.cfg.weights if self.dynamic is None else self.dynamic.current()
         out = []
         for v, vs in zip(vectors, per_vector, strict=True):
             vol = v.values["vol_daily"]
@@ -227,12 +266,13 @@ class Scorer:
 @dataclass(slots=True)
 class SignalStep:
     """What the ensemble emits per feature step: each bar's signal with the vector it used,
-    the feature step's block tag and each bar's decision clock."""
+    the feature step's block tag, each bar's decision clock, and any shadow votes."""
 
     symbol: str
     scored: list[tuple[Signal, FeatureVector]]
     tag: Any
     clocks: list[int]
+    shadow: list[ShadowPrediction] = field(default_factory=list)
 
 
 @operator
@@ -248,9 +288,13 @@ def ensemble(step_id: str, up: KeyedStream[FeatureStep],
         vectors = [v for _, step in items for v in step.vectors]
         try:
             signals = iter(scorer.score(vectors))
+            shadows = scorer.shadow(vectors)
         except Exception as exc:
             raise RuntimeError(f"{step_id}: scoring {len(vectors)} vectors failed") from exc
-        return [(key, SignalStep(key, [(next(signals), v) for v in step.vectors], step.tag,
-                                 step.clocks)) for key, step in items]
+        out = [(key, SignalStep(key, [(next(signals), v) for v in step.vectors], step.tag,
+                                step.clocks)) for key, step in items]
+        if shadows and out:
+            out[0][1].shadow = shadows
+        return out
 
     return op.flat_map_batch("score", up, score_batch)

@@ -25,6 +25,10 @@ DEAD_LETTERS = "dead_letters"
 SIGNALS = "signals"
 VERDICTS = "supervisor_verdicts"
 TRADES = "trades"
+RL_UPDATES = "rl_updates"
+SHADOW_PREDICTIONS = "shadow_predictions"
+CLM_CYCLES = "clm_cycles"
+TRADE_OUTCOMES = "trade_outcomes"
 
 
 @dataclass(slots=True)
