@@ -185,6 +185,10 @@ class Settings:
         "QT_TRADE_EVENTS",
         "kafka://host:port/trade-events to publish/consume trade events; empty: in-process.",
         "")
+    join_ttl_hours: float = _env(
+        "QT_JOIN_TTL_HOURS",
+        "Event time a trade's half waits for the other before it is a dead letter (keep it "
+        "above QT_MAX_HOLDING_SECONDS).", 24.0)
     clm_enabled: bool = _env("QT_CLM_ENABLED", "Continuous learning on.", True)
     clm_retrain_hours: float = _env("QT_CLM_RETRAIN_HOURS",
                                     "Time trigger period (event time).", 168.0)

@@ -7,6 +7,7 @@ graph is fed in-process or from a topic.
 
 from __future__ import annotations
 
+import atexit
 from dataclasses import dataclass
 
 import bytewax.operators as op
@@ -19,6 +20,7 @@ from bytewax.operators import KeyedStream
 from connectors.clickhouse import ClickHouseSink
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.replay import ReplaySource, expand_paths
+from learning.rl_learner import LearnerConfig, learn_policy, trade_reward
 from models.registry import open_registry
 from operators.bars import build_bars
 from operators.ensemble import EnsembleConfig, RegistryModels, Scorer, SignalStep, ensemble
@@ -27,29 +29,40 @@ from operators.features import compute_features
 from operators.sizing import RegistryPolicy, Sizer, SizingConfig
 from operators.summary import Counts, PnlPoint, run_summary
 from operators.supervisor import SupervisorConfig, supervise
+from operators.trade_join import join_trades
 from operators.validate import Validated, validate_ticks
+from operators.weights import DynamicWeights
 from schemas.bars import BarStep
+from schemas.dead_letters import DeadLetters
 from schemas.decisions import BarDecision, Progress
 from schemas.features import FeatureStep
+from schemas.learning import RLUpdate
 from schemas.tables import (
     BARS,
     DEAD_LETTERS,
     FEATURES,
+    RL_UPDATES,
+    SHADOW_PREDICTIONS,
     SIGNALS,
+    TRADE_OUTCOMES,
     TRADES,
     VERDICTS,
     TableRows,
     bar_rows,
     dead_letter_rows,
+    event_rows,
     feature_rows,
+    outcome_rows,
     signal_rows,
+    trade_outcome,
     trade_rows,
     verdict_rows,
 )
 from schemas.ticks import TickRows
 from schemas.timeutil import to_ms
-from schemas.trades import TradeClosed, encode_event
+from schemas.trades import JoinedTrade, TradeClosed, TradeOpened, encode_event, opened_from_row
 from settings import Settings
+from storage.store import open_store
 
 KAFKA_PRODUCER = {"linger.ms": "5", "enable.idempotence": "true"}
 
@@ -114,18 +127,22 @@ def market_data_counts(md: MarketData) -> list[Stream[Counts]]:
     ]
 
 
-def signals(md: MarketData, settings: Settings) -> KeyedStream[SignalStep]:
+def signals(md: MarketData, settings: Settings,
+            weights: DynamicWeights | None = None) -> KeyedStream[SignalStep]:
     """features -> the four-model ensemble (production models from the registry, loaded now
-    so the flow does not pay for imports and loading at its first bar)."""
+    so the flow does not pay for imports and loading at its first bar; shadow challengers
+    vote beside them)."""
     models = RegistryModels(open_registry(settings))
     models.current()
     return ensemble("ensemble", md.features,
-                    Scorer(models, EnsembleConfig.from_settings(settings)))
+                    Scorer(models, EnsembleConfig.from_settings(settings), dynamic=weights))
 
 
-def signal_table_rows(steps: KeyedStream[SignalStep]) -> Stream[TableRows]:
-    return op.filter_map("signal_rows", steps, lambda kv: signal_rows(
-        [sig for sig, _ in kv[1].scored]) if kv[1].scored else None)
+def signal_table_rows(steps: KeyedStream[SignalStep]) -> list[Stream[TableRows]]:
+    return [op.filter_map("signal_rows", steps, lambda kv: signal_rows(
+                [sig for sig, _ in kv[1].scored]) if kv[1].scored else None),
+            op.filter_map("shadow_rows", steps, lambda kv: event_rows(
+                SHADOW_PREDICTIONS, kv[1].shadow) if kv[1].shadow else None)]
 
 
 def signal_counts(steps: KeyedStream[SignalStep]) -> Stream[Counts]:
@@ -199,6 +216,54 @@ def trading_counts(tr: Trading) -> list[Stream[Counts | PnlPoint]]:
             op.map("count_trades", tr.events, event_counts)]
 
 
+@dataclass
+class Learning:
+    """The streams of the learning graph."""
+
+    joined: Stream[JoinedTrade]
+    updates: Stream[RLUpdate]
+    dead: Stream[DeadLetters]
+
+
+def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings,
+             weights: DynamicWeights | None = None) -> Learning:
+    """trade events -> join with the entry state -> PPO updates (and dynamic weights).
+
+    The same graph whether the events come in-process from the live flow or from Kafka.
+    """
+    store = open_store(settings)  # the join's fallback reads and the registry's records
+    atexit.register(store.close)
+
+    def stored_entry(trade_id: str) -> TradeOpened | None:
+        rows = store.query("queries/trade_by_id", trade_id=trade_id)
+        return opened_from_row(rows[0]) if rows else None
+
+    join = join_trades("trade_join", events, int(settings.join_ttl_hours * 3_600_000),
+                       stored_entry)
+    if weights is not None:
+        op.inspect("dynamic_weights", join.joined,
+                   lambda _step, j: weights.observe_trade(j))
+    updates = learn_policy("rl_learner", join.joined, LearnerConfig.from_settings(settings),
+                           open_registry(settings, store))
+    return Learning(join.joined, updates, join.dead)
+
+
+def learning_rows(ln: Learning, settings: Settings) -> list[Stream[TableRows]]:
+    weights = LearnerConfig.from_settings(settings).weights
+    return [
+        op.map("outcome_rows", ln.joined,
+               lambda j: outcome_rows([trade_outcome(j, trade_reward(j, weights))])),
+        op.map("rl_update_rows", ln.updates, lambda u: event_rows(RL_UPDATES, [u])),
+        op.map("join_dead_letter_rows", ln.dead, dead_letter_rows),
+    ]
+
+
+def learning_counts(ln: Learning) -> list[Stream[Counts]]:
+    return [op.map("count_joined", ln.joined, lambda j: {f"trades.joined.{j.source.value}": 1}),
+            op.map("count_updates", ln.updates, lambda u: {"rl.updates": 1}),
+            op.map("count_join_dead", ln.dead, lambda d: {"dead_letters.join": len(d)})]
+
+
 def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
           tables: list[str]) -> None:
     """Write table blocks to ClickHouse (one sink, one partition per table)."""
@@ -215,4 +280,5 @@ def print_summary(counts: list[Stream[Counts | PnlPoint]], started: float, title
 
 
 MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]
-LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES]
+LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES, SHADOW_PREDICTIONS]
+LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, DEAD_LETTERS]

@@ -285,6 +285,10 @@ def loader(model: str) -> Callable[[Path], Any]:
         from rl.policy import PolicyRuntime
 
         return PolicyRuntime.load
+    if model == "feature_reference":
+        from learning.drift import FeatureReference
+
+        return FeatureReference.load
     raise RegistryError(f"unknown model name {model!r}")
 
 

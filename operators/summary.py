@@ -48,7 +48,13 @@ LABELS: dict[str, str] = {
     "signals.hold": "  HOLD",
     "signals.blocked": "  blocked by the supervisor",
     "trades.opened": "trades opened",
-    "trades.closed": "trades closed",
+    "trades.joined.stream": "trades joined (stream)",
+    "trades.joined.store": "trades joined (store)",
+    "dead_letters.join": "join dead letters",
+    "rl.updates": "RL updates",
+    "clm.cycles": "CLM cycles",
+    "clm.promoted": "  models promoted",
+    "clm.retired": "  models retired",
 }
 
 

@@ -16,8 +16,9 @@ from schemas.bars import Bar
 from schemas.dead_letters import DeadLetters
 from schemas.decisions import Verdict
 from schemas.features import FeatureVector
+from schemas.learning import TradeOutcome
 from schemas.signals import Signal
-from schemas.trades import TRADE_COLUMNS, TradeRecord, trade_row
+from schemas.trades import TRADE_COLUMNS, JoinedTrade, TradeRecord, trade_row
 
 BARS = "bars"
 FEATURES = "features"
@@ -86,3 +87,15 @@ def verdict_rows(verdicts: Sequence[Verdict]) -> TableRows:
 
 def trade_rows(records: Sequence[TradeRecord]) -> TableRows:
     return TableRows(TRADES, TRADE_COLUMNS, [trade_row(r) for r in records])
+
+
+def trade_outcome(j: JoinedTrade, reward: float) -> TradeOutcome:
+    """The ``trade_outcomes`` record of a joined trade and the reward the learner gave it."""
+    o, c = j.opened, j.closed
+    return TradeOutcome(o.trade_id, o.symbol, o.side.value, o.entry_ts, c.exit_ts,
+                        c.exit_reason.value, c.net_pnl, c.pnl_pct, o.entry.sizing.value,
+                        o.entry.rl.policy_version, reward, j.source.value)
+
+
+def outcome_rows(outcomes: Sequence[TradeOutcome]) -> TableRows:
+    return event_rows(TRADE_OUTCOMES, outcomes)

@@ -111,7 +111,10 @@ class Store:
             if self._refs > 0:
                 return
             _OPEN.pop(self.key, None)
-        self._call(self._client.close)
+        try:
+            self._call(self._client.close)
+        except RuntimeError:  # at interpreter exit the executor already refuses work
+            self._client.close()
         self._thread.shutdown(wait=True)
 
 
