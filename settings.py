@@ -206,6 +206,13 @@ class Settings:
     clm_promote_margin: float = _env("QT_CLM_PROMOTE_MARGIN",
                                      "Relative improvement a challenger needs.", 0.02)
     clm_lookback_days: float = _env("QT_CLM_LOOKBACK_DAYS", "Training window of a cycle.", 90.0)
+    clm_blocking: bool = _env(
+        "QT_CLM_BLOCKING",
+        "Wait for a cycle's training in the flow (deterministic replays and tests). Default: "
+        "train in a child process while the flow keeps going.", False)
+    clm_budget: str = _env("QT_CLM_BUDGET",
+                           "Training budget of a cycle: full (tuned, < 60 s on 10 symbols x 10 "
+                           "days) or quick (tests).", "full")
     dynamic_weights: bool = _env(
         "QT_DYNAMIC_WEIGHTS", "Ensemble weights follow recent realised accuracy (bounded).",
         False)
@@ -223,6 +230,11 @@ class Settings:
     def subaccount_equity(self) -> float:
         """The starting equity of each symbol's paper sub-account."""
         return self.start_equity / max(1, len(self.symbols) or self.subaccounts)
+
+    @property
+    def clm_dir(self) -> Path:
+        """Manual retrain requests and cycle work files."""
+        return self.home / "clm"
 
     @property
     def ppo_dir(self) -> Path:
