@@ -20,7 +20,11 @@ from bytewax.operators import KeyedStream
 from connectors.clickhouse import ClickHouseSink
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.replay import ReplaySource, expand_paths
+from learning.clm import ClmConfig, ClockTick, continuous_learning
 from learning.rl_learner import LearnerConfig, learn_policy, trade_reward
+from learning.trainer import CycleConfig, TrainingJob
+from learning.triggers import RetrainRequests
+from models.labels import LabelConfig
 from models.registry import open_registry
 from operators.bars import build_bars
 from operators.ensemble import EnsembleConfig, RegistryModels, Scorer, SignalStep, ensemble
@@ -36,9 +40,10 @@ from schemas.bars import BarStep
 from schemas.dead_letters import DeadLetters
 from schemas.decisions import BarDecision, Progress
 from schemas.features import FeatureStep
-from schemas.learning import RLUpdate
+from schemas.learning import ClmCycle, RLUpdate
 from schemas.tables import (
     BARS,
+    CLM_CYCLES,
     DEAD_LETTERS,
     FEATURES,
     RL_UPDATES,
@@ -223,15 +228,24 @@ class Learning:
     joined: Stream[JoinedTrade]
     updates: Stream[RLUpdate]
     dead: Stream[DeadLetters]
+    cycles: Stream[ClmCycle] | None
+
+
+def clm_clock(md: MarketData) -> Stream[ClockTick]:
+    """Event time for the CLM step: the newest bar close of each feature step."""
+    return op.filter_map("clm_clock", md.features, lambda kv: ClockTick(
+        to_ms(kv[1].vectors[-1].ts)) if kv[1].vectors else None)
 
 
 def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings,
-             weights: DynamicWeights | None = None) -> Learning:
-    """trade events -> join with the entry state -> PPO updates (and dynamic weights).
+             weights: DynamicWeights | None = None,
+             clock: Stream[ClockTick] | None = None) -> Learning:
+    """trade events -> join with the entry state -> PPO updates and CLM (and dynamic weights).
 
-    The same graph whether the events come in-process from the live flow or from Kafka.
+    The same graph whether the events come in-process from the live flow or from Kafka;
+    without a ``clock`` the CLM step's event time is the closed trades' exit times.
     """
-    store = open_store(settings)  # the join's fallback reads and the registry's records
+    store = open_store(settings)  # the join's fallback, CLM's data, the registry's records
     atexit.register(store.close)
 
     def stored_entry(trade_id: str) -> TradeOpened | None:
@@ -243,25 +257,53 @@ def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings,
     if weights is not None:
         op.inspect("dynamic_weights", join.joined,
                    lambda _step, j: weights.observe_trade(j))
+    registry = open_registry(settings, store)
     updates = learn_policy("rl_learner", join.joined, LearnerConfig.from_settings(settings),
-                           open_registry(settings, store))
-    return Learning(join.joined, updates, join.dead)
+                           registry)
+    cycles = None
+    if settings.clm_enabled:
+        trainer = TrainingJob()
+        atexit.register(trainer.shutdown)
+        deps = {"registry": registry, "store": store, "trainer": trainer,
+                "requests": RetrainRequests(settings.clm_dir), "work_dir": settings.clm_dir,
+                "train_config": (CycleConfig.quick() if settings.clm_budget == "quick"
+                                 else CycleConfig())}
+        inputs = join.joined if clock is None else op.merge("clm_inputs", join.joined, clock)
+        cycles = continuous_learning("clm", inputs, ClmConfig.from_settings(settings),
+                                     LabelConfig.from_settings(settings), deps)
+    return Learning(join.joined, updates, join.dead, cycles)
 
 
 def learning_rows(ln: Learning, settings: Settings) -> list[Stream[TableRows]]:
     weights = LearnerConfig.from_settings(settings).weights
-    return [
+    rows = [
         op.map("outcome_rows", ln.joined,
                lambda j: outcome_rows([trade_outcome(j, trade_reward(j, weights))])),
         op.map("rl_update_rows", ln.updates, lambda u: event_rows(RL_UPDATES, [u])),
         op.map("join_dead_letter_rows", ln.dead, dead_letter_rows),
     ]
+    if ln.cycles is not None:
+        rows.append(op.map("clm_cycle_rows", ln.cycles, lambda c: event_rows(CLM_CYCLES, [c])))
+    return rows
 
 
 def learning_counts(ln: Learning) -> list[Stream[Counts]]:
-    return [op.map("count_joined", ln.joined, lambda j: {f"trades.joined.{j.source.value}": 1}),
-            op.map("count_updates", ln.updates, lambda u: {"rl.updates": 1}),
-            op.map("count_join_dead", ln.dead, lambda d: {"dead_letters.join": len(d)})]
+    counts = [
+        op.map("count_joined", ln.joined, lambda j: {f"trades.joined.{j.source.value}": 1}),
+        op.map("count_updates", ln.updates, lambda u: {"rl.updates": 1}),
+        op.map("count_join_dead", ln.dead, lambda d: {"dead_letters.join": len(d)})]
+    if ln.cycles is not None:
+        def cycle_counts(c: ClmCycle) -> Counts:
+            if c.status != "decided":
+                return {}
+            out: Counts = {"clm.cycles": 1}
+            for decision in c.decisions.values():
+                key = "clm.promoted" if decision == "promoted" else "clm.retired"
+                out[key] = out.get(key, 0) + 1
+            return out
+
+        counts.append(op.map("count_cycles", ln.cycles, cycle_counts))
+    return counts
 
 
 def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
@@ -281,4 +323,4 @@ def print_summary(counts: list[Stream[Counts | PnlPoint]], started: float, title
 
 MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]
 LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES, SHADOW_PREDICTIONS]
-LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, DEAD_LETTERS]
+LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES, DEAD_LETTERS]

@@ -61,7 +61,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
         graphs.publish_trade_events(tr, settings.trade_events)
     elif settings.learning:
         events = op.map("trade_events", tr.events, lambda kv: kv[1].event)
-        ln = graphs.learning(events, settings, weights)
+        ln = graphs.learning(events, settings, weights, graphs.clm_clock(md))
         rows += graphs.learning_rows(ln, settings)
         counts += graphs.learning_counts(ln)
         tables += [t for t in graphs.LEARNING_TABLES if t not in tables]

@@ -14,7 +14,9 @@ empty registry) does the whole cycle:
 5. pretrain the PPO sizing policy in :class:`rl.env.SizingEnv` on the history's bars, sized on
    the ensemble's own BUY/SELL signals (topped up with the documented momentum rule when the
    ensemble calls too few trades to learn from);
-6. publish all five to the registry as production, with the training data range and metrics.
+6. publish all five to the registry as production, with the training data range and metrics,
+   and the training features' reference distribution (``feature_reference``, what CLM's drift
+   check compares recent features with).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from learning.drift import MODEL_NAME as REFERENCE
+from learning.drift import FeatureReference
 from models.base import MODEL_NAMES, POLICY_NAME, SignalModel
 from models.dataset import History, TrainingSet, build_training_set, history_from_ticks, time_split
 from models.labels import LabelConfig
@@ -189,6 +193,9 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
                                 "mean_reward": _mean_reward(policy, env)}
 
     data_from, data_to = from_ms(int(data.ts_ms[train].min())), from_ms(cut_ms)
+    registry.publish(REFERENCE, FeatureReference.fit(data.X[train]).save,
+                     stage=Stage.PRODUCTION, feature_set=FEATURE_SET_VERSION,
+                     data_from=data_from, data_to=data_to, params={"trigger": "bootstrap"})
     versions: dict[str, ModelVersion] = {}
     for name, model in [*models.items(), (POLICY_NAME, policy)]:
         versions[name] = registry.publish(
