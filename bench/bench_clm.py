@@ -17,10 +17,12 @@ Two measurements, each in fresh child processes:
   (the two compete for the two cores as they would in production).
 
 The live flow's models come from ``--registry`` or a registry bootstrapped first on the bundled
-sample (``python -m cli.bootstrap`` in a child).
+sample (``python -m cli.bootstrap`` in a child). The flow's own CLM is off in its children
+(``QT_CLM_ENABLED=false``; ``--flow-clm`` leaves it on), so that both rates are the same flow
+and the only training is the bench's.
 
     python bench/bench_clm.py [--train-ticks FILE] [--live-ticks FILE] [--registry DIR]
-                              [--repeat N] [--skip-live]
+                              [--repeat N] [--skip-live] [--flow-clm]
 """
 
 from __future__ import annotations
@@ -148,7 +150,12 @@ def main() -> None:
     ap.add_argument("--registry", type=Path, help="trained registry (default: bootstrap one)")
     ap.add_argument("--repeat", type=int, default=1, help="live runs alone / while training")
     ap.add_argument("--skip-live", action="store_true", help="time the cycle only")
+    ap.add_argument("--flow-clm", action="store_true",
+                    help="leave the live flow's own CLM on (default: QT_CLM_ENABLED=false in "
+                         "its child, so the bench's cycles are the only training)")
     args = ap.parse_args()
+    if not args.flow_clm:
+        os.environ["QT_CLM_ENABLED"] = "false"  # read by the live flow's children
     settings = Settings.from_env({})
     label_cfg = LabelConfig.from_settings(settings)
     config = CycleConfig()

@@ -29,7 +29,7 @@ from models.registry import open_registry
 from operators.bars import build_bars
 from operators.ensemble import EnsembleConfig, RegistryModels, Scorer, SignalStep, ensemble
 from operators.execution import ExecConfig, ExecEvent, execute
-from operators.features import compute_features
+from operators.features import FEATURE_NAMES, compute_features
 from operators.sizing import RegistryPolicy, Sizer, SizingConfig
 from operators.summary import Counts, PnlPoint, run_summary
 from operators.supervisor import SupervisorConfig, supervise
@@ -232,9 +232,17 @@ class Learning:
 
 
 def clm_clock(md: MarketData) -> Stream[ClockTick]:
-    """Event time for the CLM step: the newest bar close of each feature step."""
-    return op.filter_map("clm_clock", md.features, lambda kv: ClockTick(
-        to_ms(kv[1].vectors[-1].ts)) if kv[1].vectors else None)
+    """Event time for the CLM step (the newest bar close of each feature step), with the
+    step's warm feature rows for the drift check."""
+    def tick(kv: tuple[str, FeatureStep]) -> ClockTick | None:
+        vectors = kv[1].vectors
+        if not vectors:
+            return None
+        rows = tuple((to_ms(v.ts), tuple(v.values[n] for n in FEATURE_NAMES))
+                     for v in vectors if v.warm)
+        return ClockTick(to_ms(vectors[-1].ts), rows)
+
+    return op.filter_map("clm_clock", md.features, tick)
 
 
 def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings,

@@ -95,9 +95,11 @@ class ClmConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClockTick:
-    """The flow's event time moved to ``ts_ms`` (from the feature steps or trade events)."""
+    """The flow's event time moved to ``ts_ms``; ``features`` carries the step's warm feature
+    rows (bar close ms, values in FEATURE_NAMES order) for the drift check."""
 
     ts_ms: int
+    features: tuple[tuple[int, tuple[float, ...]], ...] = ()
 
 
 @dataclass
@@ -150,6 +152,9 @@ class ContinuousLearner:
             state.get("trade_rows", ()), maxlen=20_000)
         self.cycle: Cycle | None = state.get("cycle")
         self.cycles: int = state.get("cycles", 0)
+        # the warm feature rows of the last drift period, straight from the stream (the store
+        # may not hold the newest rows yet when a check falls due in a fast replay)
+        self.recent: deque[tuple[int, tuple[float, ...]]] = deque(state.get("recent", ()))
         # a manual request waits here until the store holds enough data to train on
         self.waiting_manual: str | None = state.get("waiting_manual")
         self.retry_ms: int = state.get("retry_ms", 0)
@@ -166,6 +171,10 @@ class ContinuousLearner:
             now = to_ms(item.closed.exit_ts)
         else:
             now = item.ts_ms
+            self.recent.extend(item.features)
+            horizon = max(now, self.now_ms) - self.cfg.triggers.period_ms(Check.DRIFT)
+            while self.recent and self.recent[0][0] <= horizon:
+                self.recent.popleft()
         if now <= self.now_ms:
             return self._progress(self.now_ms) if self.cycle is not None else []
         self.now_ms = now
@@ -249,17 +258,17 @@ class ContinuousLearner:
 
     def drift(self, now: int) -> float | None:
         """Mean PSI of the last drift window's warm features against the production reference;
-        None without a reference or with too few rows to judge."""
+        None without a reference or with too few rows (100) to judge."""
         registry = self.deps["registry"]
         version = registry.production_version(REFERENCE)
         if version is None:
             return None
         ref: FeatureReference = registry.load(REFERENCE, version)
         since = now - self.cfg.triggers.period_ms(Check.DRIFT)
-        vectors = [v for v in self._vectors(since, now) if v.warm]
-        if len(vectors) < 100:
+        rows = [values for ts, values in self.recent if since < ts <= now]
+        if len(rows) < 100:
             return None
-        return ref.drift_score(feature_matrix(vectors))
+        return ref.drift_score(np.array(rows, dtype=np.float64))
 
     def _validation_hit_rate(self) -> float | None:
         registry = self.deps["registry"]
@@ -412,6 +421,7 @@ class ContinuousLearner:
     # --- recovery ------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return {"schedule": self.schedule.snapshot(), "now_ms": self.now_ms,
+                "recent": list(self.recent),
                 "next_eval_ms": self.next_eval_ms, "outcomes": list(self.outcomes),
                 "trade_rows": list(self.trade_rows),
                 "cycle": None if self.cycle is None else replace(self.cycle),

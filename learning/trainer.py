@@ -196,6 +196,11 @@ def concat_rows(data: TrainingSet, train_idx: np.ndarray, cut_ms: int,
             extra.X.shape[1:] != data.X.shape[1:]:
         raise ValueError(f"extra_rows have columns {list(extra.feature_names)}, the training "
                          f"set {list(data.feature_names)}")
+    lengths = {"X": len(extra.X), "y": len(extra.y), "ts_ms": len(extra.ts_ms),
+               "symbols": len(extra.symbols), "forward_return": len(extra.forward_return),
+               "threshold": len(extra.threshold), "vectors": len(extra.vectors)}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"extra_rows fields differ in length: {lengths}")
     keep = np.flatnonzero(np.asarray(extra.ts_ms) < cut_ms)
     held_out = len(extra) - len(keep)
     if len(keep) == 0:

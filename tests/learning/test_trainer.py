@@ -214,6 +214,10 @@ def test_concat_rows_appends_only_rows_before_the_cut(history: History) -> None:
     wrong.feature_names = ("a", "b")
     with pytest.raises(ValueError, match="columns"):
         concat_rows(data, train, cut, wrong)
+    short = data.subset(train[:2])
+    short.vectors = short.vectors[:1]
+    with pytest.raises(ValueError, match="differ in length"):
+        concat_rows(data, train, cut, short)
 
 
 def test_history_before_keeps_the_last_bars_before_the_cut(history: History) -> None:

@@ -1,0 +1,2 @@
+SELECT min(end) AS first_end
+FROM bars FINAL
