@@ -69,7 +69,7 @@ from schemas.trades import JoinedTrade, TradeClosed, TradeOpened, encode_event, 
 from settings import Settings
 from storage.store import open_store
 
-KAFKA_PRODUCER = {"linger.ms": "5", "enable.idempotence": "true"}
+KAFKA_PRODUCER = {"linger.ms": "5"}
 
 
 def tick_source(settings: Settings) -> Source[TickRows]:

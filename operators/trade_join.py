@@ -47,6 +47,7 @@ process starts from at least the clock its restored keys had seen.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,21 +88,38 @@ def dead_letter_source(trade_id: str) -> str:
 
 
 class JoinClock:
-    """The newest event time the step has seen in this process (thread-safe, monotonic)."""
+    """The event time the step judges lateness and TTLs by (thread-safe, monotonic).
 
-    def __init__(self, ms: int = NEVER) -> None:
-        self._ms = ms
+    It follows the newest event time seen in this process, but settles on it only once
+    ``settle_s`` of processing time has passed since it last moved: Bytewax hands a stateful
+    step the events of one activation key by key, not in arrival order, so a replayed topic
+    read in one poll would otherwise judge a symbol's early trades "late" against another
+    symbol's later ones. Events that arrive together are judged against the same clock.
+    """
+
+    def __init__(self, ms: int = NEVER, settle_s: float = 0.0) -> None:
+        self._ms = ms        # the settled clock
+        self._newest = ms    # the newest event time seen
+        self._settle_s = settle_s
+        self._moved = time.monotonic()
         self._lock = threading.Lock()
 
+    def _settle(self) -> None:
+        if self._newest > self._ms and time.monotonic() - self._moved >= self._settle_s:
+            self._ms = self._newest
+            self._moved = time.monotonic()
+
     def advance(self, ms: int) -> int:
-        """Move the clock to ``ms`` if that is newer; returns the clock."""
+        """Note an event at ``ms``; returns the (settled) clock."""
         with self._lock:
-            if ms > self._ms:
-                self._ms = ms
+            if ms > self._newest:
+                self._newest = ms
+            self._settle()
             return self._ms
 
     def now(self) -> int:
         with self._lock:
+            self._settle()
             return self._ms
 
 
@@ -306,7 +324,7 @@ def join_trades(step_id: str, events: Stream[TradeOpened | TradeClosed], ttl_ms:
     if poll <= timedelta(0) or marker_poll <= timedelta(0):
         raise ValueError(f"{step_id}: notification intervals must be positive, got {poll} and "
                          f"{marker_poll}")
-    clock = JoinClock()
+    clock = JoinClock(settle_s=poll.total_seconds())
 
     def checked_lookup(trade_id: str) -> TradeOpened | None:
         try:

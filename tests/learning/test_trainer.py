@@ -178,7 +178,7 @@ def test_child_error_surfaces_from_poll(tmp_path: Path) -> None:
         job.shutdown()
 
 
-def test_one_cycle_at_a_time_and_shutdown_stops_the_child(history: History,
+def test_one_cycle_at_a_time_niced_child_and_shutdown_stops_it(history: History,
                                                           tmp_path: Path) -> None:
     slow = CycleConfig(nhits=NHITSParams(max_steps=100_000),
                                          patchtst=PatchTSTParams(max_steps=100_000))
@@ -192,6 +192,8 @@ def test_one_cycle_at_a_time_and_shutdown_stops_the_child(history: History,
         assert job.running and job.poll() is None
         children = set(multiprocessing.active_children()) - before
         assert len(children) == 1
+        (child,) = children  # runs below the flow's CPU priority
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(19, os.nice(0) + job.niceness)
     finally:
         t0 = time.perf_counter()
         job.shutdown()
