@@ -14,7 +14,9 @@ share the process's one chDB client.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
@@ -32,9 +34,25 @@ class _TableBuffer:
         self.since = 0.0
 
 
+_PARTITIONS: weakref.WeakSet[ClickHousePartition] = weakref.WeakSet()
+_PARTITIONS_LOCK = threading.Lock()
+
+
+def flush_all() -> None:
+    """Store every row this process's sinks hold (a reader that needs the newest rows, like a
+    CLM cycle reading its training data in a fast replay, calls this first)."""
+    with _PARTITIONS_LOCK:
+        partitions = list(_PARTITIONS)
+    for partition in partitions:
+        partition.flush()
+
+
 class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
     def __init__(self, store: Store, batch_rows: int, flush_seconds: float,
                  on_written: Callable[[str, int], None] | None = None) -> None:
+        self._lock = threading.RLock()
+        with _PARTITIONS_LOCK:
+            _PARTITIONS.add(self)
         self.store = store
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
@@ -44,6 +62,10 @@ class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
         self.pending: list[tuple[str, Future[int]]] = []
 
     def write_batch(self, items: list[TableRows]) -> None:
+        with self._lock:
+            self._write(items)
+
+    def _write(self, items: list[TableRows]) -> None:
         self._reap(wait=False)
         now = time.monotonic()
         for block in items:
@@ -86,10 +108,11 @@ class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
 
     def flush(self) -> None:
         """Insert everything buffered and wait until it is stored."""
-        for table, buf in self.buffers.items():
-            if buf.rows:
-                self._flush(table, buf)
-        self._reap(wait=True)
+        with self._lock:
+            for table, buf in self.buffers.items():
+                if buf.rows:
+                    self._flush(table, buf)
+            self._reap(wait=True)
 
     def snapshot(self) -> None:
         self.flush()  # at-least-once: everything before this epoch's snapshot is stored
@@ -99,6 +122,8 @@ class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
         try:
             self.flush()
         finally:
+            with _PARTITIONS_LOCK:
+                _PARTITIONS.discard(self)
             self.store.close()
 
 

@@ -17,7 +17,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.operators import KeyedStream
 
-from connectors.clickhouse import ClickHouseSink
+from connectors.clickhouse import ClickHouseSink, flush_all
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.replay import ReplaySource, expand_paths
 from learning.clm import ClmConfig, ClockTick, continuous_learning
@@ -272,7 +272,7 @@ def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings,
     if settings.clm_enabled:
         trainer = TrainingJob()
         atexit.register(trainer.shutdown)
-        deps = {"registry": registry, "store": store, "trainer": trainer,
+        deps = {"registry": registry, "store": store, "trainer": trainer, "flush": flush_all,
                 "requests": RetrainRequests(settings.clm_dir), "work_dir": settings.clm_dir,
                 "train_config": (CycleConfig.quick() if settings.clm_budget == "quick"
                                  else CycleConfig())}

@@ -280,6 +280,7 @@ class ContinuousLearner:
 
     # --- a cycle ---------------------------------------------------------------------------
     def _vectors(self, since: int, until: int) -> list[FeatureVector]:
+        self.deps.get("flush", lambda: None)()  # the sinks' buffered rows count too
         rows = self.deps["store"].query("queries/features_between",
                                         feature_set=FEATURE_SET_VERSION, since=from_ms(since),
                                         until=from_ms(until))
@@ -404,6 +405,7 @@ class ContinuousLearner:
 
     def compare(self, model: str, version: str, since_ms: int) -> ShadowComparison:
         """Challenger vs production on the shadow bars whose label is realised."""
+        self.deps.get("flush", lambda: None)()
         rows = self.deps["store"].query(
             "queries/shadow_outcomes", model=model, version=version,
             horizon=self.label_cfg.horizon, feature_set=FEATURE_SET_VERSION,

@@ -199,4 +199,4 @@ def test_time_and_drift_triggers_fire_at_the_right_event_times(
         assert b - a >= period - slack, (from_ms(a), from_ms(b))
         if trigger == "drift":  # a fixed grid: start + k x period
             assert ((b - t0) % period) < slack or (period - (b - t0) % period) < slack
-    assert all(c["status"] in ("decided", "shadow") for c in cycles)
+    assert all(c["status"] in ("decided", "shadow") for c in cycles), cycles
