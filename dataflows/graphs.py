@@ -21,7 +21,7 @@ from connectors.clickhouse import ClickHouseSink, flush_all
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.replay import ReplaySource, expand_paths
 from learning.clm import ClmConfig, ClockTick, continuous_learning
-from learning.rl_learner import LearnerConfig, learn_policy, trade_reward
+from learning.rl_learner import LearnerConfig, learn_policy, trade_reward, transition_of
 from learning.trainer import CycleConfig, TrainingJob
 from learning.triggers import RetrainRequests
 from models.labels import LabelConfig
@@ -36,6 +36,7 @@ from operators.supervisor import SupervisorConfig, supervise
 from operators.trade_join import join_trades
 from operators.validate import Validated, validate_ticks
 from operators.weights import DynamicWeights
+from rl.reward import RewardWeights
 from schemas.bars import BarStep
 from schemas.dead_letters import DeadLetters
 from schemas.decisions import BarDecision, Progress
@@ -296,15 +297,23 @@ def learning_rows(ln: Learning, settings: Settings) -> list[Stream[TableRows]]:
 
 
 def learning_counts(ln: Learning) -> list[Stream[Counts]]:
+    def joined_counts(j: JoinedTrade) -> Counts:
+        learnable = transition_of(j, RewardWeights()) is not None
+        return {f"trades.joined.{j.source.value}": 1, "rl.transitions": int(learnable)}
+
     counts = [
-        op.map("count_joined", ln.joined, lambda j: {f"trades.joined.{j.source.value}": 1}),
+        op.map("count_joined", ln.joined, joined_counts),
         op.map("count_updates", ln.updates, lambda u: {"rl.updates": 1}),
         op.map("count_join_dead", ln.dead, lambda d: {"dead_letters.join": len(d)})]
     if ln.cycles is not None:
         def cycle_counts(c: ClmCycle) -> Counts:
+            if c.status in ("training", "failed") and not c.versions:
+                return {"clm.cycles": 1, f"clm.{c.status}_at_start": int(c.status == "failed")}
+            if c.status == "shadow":
+                return {"clm.shadow": 1}
             if c.status != "decided":
                 return {}
-            out: Counts = {"clm.cycles": 1}
+            out: Counts = {"clm.decided": 1}
             for decision in c.decisions.values():
                 key = "clm.promoted" if decision == "promoted" else "clm.retired"
                 out[key] = out.get(key, 0) + 1
@@ -322,9 +331,13 @@ def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
     op.output(flow_step, keyed, ClickHouseSink(settings, tables))
 
 
+LEARNING_SUMMARY = ("rl.transitions", "rl.updates", "clm.cycles", "clm.promoted")
+
+
 def print_summary(counts: list[Stream[Counts | PnlPoint]], started: float, title: str,
-                  start_equity: float = 0.0) -> None:
-    summary = run_summary("summary", op.merge("all_counts", *counts), started, start_equity)
+                  start_equity: float = 0.0, always: tuple[str, ...] = ()) -> None:
+    summary = run_summary("summary", op.merge("all_counts", *counts), started, start_equity,
+                          always)
     op.output("print_summary", op.map("render", summary, lambda s: s.render(title)),
               StdOutSink())
 

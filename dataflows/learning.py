@@ -65,7 +65,8 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     started = time.monotonic()
     counts = [*graphs.learning_counts(ln),
               op.map("count_decode_dead", split.falses, lambda d: {"dead_letters": len(d)})]
-    graphs.print_summary(counts, started, "qt learning run summary")
+    graphs.print_summary(counts, started, "qt learning run summary",
+                         always=graphs.LEARNING_SUMMARY)
     return flow
 
 

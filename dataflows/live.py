@@ -67,7 +67,9 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
         tables += [t for t in graphs.LEARNING_TABLES if t not in tables]
     graphs.store("clickhouse", rows, settings, tables)
     started = time.monotonic()  # after the models are loaded: the summary measures streaming
-    graphs.print_summary(counts, started, "qt live run summary", settings.start_equity)
+    always = graphs.LEARNING_SUMMARY if settings.learning and not settings.trade_events else ()
+    graphs.print_summary(counts, started, "qt live run summary", settings.start_equity,
+                         always)
     return flow
 
 

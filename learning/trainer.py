@@ -7,7 +7,7 @@ Bytewax worker or holds its GIL.
 
 The cycle, with the project's own code (the recipe of :mod:`models.bootstrap`):
 
-1. keep the most recent ``max_rows_per_symbol`` bars per symbol (None: all of them);
+1. keep each symbol's most recent bars, ``max_rows`` in all (an equal share per symbol);
 2. label the warm bars (:func:`~models.dataset.build_training_set`) and split by time
    (:func:`~models.dataset.time_split`): the last ``val_fraction`` of the rows validate, the
    rest train, with a gap of ``horizon x symbols`` rows at the cut so that no label straddles
@@ -17,7 +17,7 @@ The cycle, with the project's own code (the recipe of :mod:`models.bootstrap`):
    are used; later ones are counted and held out, or validation would score rows the trees
    had seen. N-HiTS and PatchTST train on the return series, which those rows do not extend;
 4. train XGBoost and LightGBM (early stopping on validation) and N-HiTS and PatchTST (on the
-   last ``seq_max_bars`` bars per symbol before the cut), save each into
+   last bars before the cut, ``seq_max_bars`` in all), save each into
    ``out_dir/<model>/`` with its own ``save`` (native files + ``params.json``, no pickles);
 5. score each model on the validation split with its own ``predict`` (the serving path) and
    :func:`models.metrics.classification_report` (``val_*`` keys, as the bootstrap records).
@@ -25,12 +25,10 @@ The cycle, with the project's own code (the recipe of :mod:`models.bootstrap`):
 Why the sequence models see only the last bars: neuralforecast builds every window of every
 series on each optimiser step, so a step costs time in proportion to the series' length, not
 to the 32 windows it samples (measured on the Bittrex file: 100 steps of N-HiTS took 5.4 s on
-~9k bars per symbol, 1.3 s on 3k). 4,000 bars per symbol (~2.8 days of minutes, ~40k windows)
-is far more than the ~10k windows 300 steps sample, so a longer series buys nothing but time.
-
-Budget (:class:`CycleConfig` defaults) measured on this 2-core machine with
-``bench/bench_clm.py`` on ``bittrex_10altBTC_1m_2018-01-20.csv.gz`` (10 symbols, ~133k labelled
-bars): see :class:`CycleConfig`.
+~9k bars per symbol, 1.3 s on 3k). 40,000 bars (4,000 per symbol there, ~2.8 days of minutes)
+are far more than the ~10k windows 300 steps sample, so a longer series buys nothing but time.
+Both caps are totals over the symbols, so that a cycle's cost does not grow with the number of
+symbols or the lookback (``QT_CLM_LOOKBACK_DAYS`` is 90 days; the Bittrex file has 10).
 """
 
 from __future__ import annotations
@@ -71,31 +69,35 @@ class CycleConfig:
 
     Defaults, chosen so that a cycle on the Bittrex file (10 symbols x 10 days of minutes,
     ~133k labelled bars) ends well inside the issue's 60 s, child start-up and imports
-    included, even while the live flow uses the other core:
+    included, while the live flow uses the other core:
 
     - ``tree``: learning rate 0.1 (bootstrap 0.05), at most 200 rounds, early stopping after
-      20: the trees stop at ~45-50 rounds in ~1.5 s each, with the validation macro-F1 of the
-      slower recipe (0.325 vs 0.327 for XGBoost).
-    - ``nhits`` / ``patchtst``: 300 optimiser steps of 32 windows (the bootstrap's), affordable
-      because of ``seq_max_bars``.
-    - ``seq_max_bars``: 4,000 most recent bars per symbol before the validation cut for the
-      sequence models (see the module docstring); None: all of them.
-    - ``max_rows_per_symbol``: None (all rows). A cap on the whole history, most recent bars
-      kept, for lookbacks much longer than the Bittrex file; :class:`TrainingJob` applies it
-      before sending the history to the child, so it also cuts the pickling.
+      20. With the bootstrap's 0.05 / 300 / 30 XGBoost took 3.2 s for the same validation
+      macro-F1 (0.327 vs 0.325 on a 70/15 split); here the trees keep ~130-170 rounds and
+      take ~4.5 s each, validation included.
+    - ``nhits`` / ``patchtst``: 300 optimiser steps of 32 windows (the bootstrap's budget),
+      affordable because of ``seq_max_bars`` (~4.5 s and ~6 s of fitting).
+    - ``seq_max_bars``: 40,000: the sequence models train on each symbol's last
+      ``40,000 / symbols`` bars before the validation cut (module docstring); None: all.
+    - ``max_rows``: 150,000: each symbol keeps its last ``150,000 / symbols`` bars (the whole
+      Bittrex file fits), so a 90-day lookback costs what 10 days do. :class:`TrainingJob`
+      cuts before sending the history to the child, which also bounds the pickling.
     - ``val_fraction``: 0.15, the last 15% of the labelled rows (by time) validate.
     - ``min_rows``: 500 labelled rows at least, as the bootstrap requires.
     - ``seed``: 0, every model's seed.
 
-    Measured (``bench/bench_clm.py``, TrainingJob start -> result): see the README of the
-    issue note; about 30 s alone, the share per step printed by the bench.
+    Measured with ``bench/bench_clm.py`` (TrainingJob start -> result, child start-up,
+    imports and the history's IPC included), Bittrex file, quiet machine: 30.5-34.0 s
+    (start-up + IPC ~5 s, labels 0.9, XGBoost 4.7, LightGBM 4.2, N-HiTS 6.4 with the
+    neuralforecast import, PatchTST 10.7 of which ~4 s is its validation forward over 20k
+    windows); 35.5 s while the live flow ran beside it.
     """
 
     tree: TreeParams = field(default_factory=_cycle_tree)
     nhits: NHITSParams = field(default_factory=lambda: NHITSParams(max_steps=300))
     patchtst: PatchTSTParams = field(default_factory=lambda: PatchTSTParams(max_steps=300))
-    seq_max_bars: int | None = 4_000
-    max_rows_per_symbol: int | None = None
+    seq_max_bars: int | None = 40_000
+    max_rows: int | None = 150_000
     val_fraction: float = 0.15
     min_rows: int = 500
     seed: int = 0
@@ -103,7 +105,7 @@ class CycleConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("seq_max_bars", "max_rows_per_symbol"):
+        for name in ("seq_max_bars", "max_rows"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {value}")
@@ -113,13 +115,13 @@ class CycleConfig:
         """Tiny models for tests: seconds, not tens of seconds."""
         return cls(tree=TreeParams(max_rounds=20, early_stopping_rounds=5),
                    nhits=NHITSParams(max_steps=5), patchtst=PatchTSTParams(max_steps=5),
-                   seq_max_bars=1_000, min_rows=200)
+                   seq_max_bars=2_000, min_rows=200)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, for the registry's ``params`` and the ``clm_cycles`` row."""
         return {"tree": self.tree.to_dict(), "nhits": self.nhits.to_dict(),
                 "patchtst": self.patchtst.to_dict(), "seq_max_bars": self.seq_max_bars,
-                "max_rows_per_symbol": self.max_rows_per_symbol,
+                "max_rows": self.max_rows,
                 "val_fraction": self.val_fraction, "min_rows": self.min_rows, "seed": self.seed}
 
 
@@ -164,10 +166,15 @@ class CycleResult:
 
 
 # --- data ---------------------------------------------------------------------------------------
-def recent_history(history: History, max_rows_per_symbol: int | None) -> History:
-    """The last ``max_rows_per_symbol`` bars per symbol, without the bars (training reads only
-    the feature vectors; leaving the bars out cuts the child's pickle by ~15%)."""
-    n = max_rows_per_symbol
+def per_symbol(total: int | None, symbols: int) -> int | None:
+    """A total budget of bars shared equally by ``symbols`` (at least 1 each; None: no cap)."""
+    return None if total is None else max(1, total // max(1, symbols))
+
+
+def recent_history(history: History, max_rows: int | None) -> History:
+    """Each symbol's last ``max_rows / symbols`` vectors, without the bars (training reads
+    only the feature vectors; leaving the bars out cuts the child's pickle by ~15%)."""
+    n = per_symbol(max_rows, len(history.vectors))
     return History(vectors={s: (vs[-n:] if n is not None else vs)
                             for s, vs in history.vectors.items()},
                    rows_in=history.rows_in, ticks=history.ticks,
@@ -244,7 +251,7 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
         if p.exists() and any(p.iterdir()):
             raise FileExistsError(f"{p} already holds files: give each cycle a fresh out_dir")
 
-    history = recent_history(history, config.max_rows_per_symbol)
+    history = recent_history(history, config.max_rows)
     data = build_training_set(history, label_cfg)
     if len(data) < config.min_rows:
         raise ValueError(f"training cycle: {len(data)} labelled rows, at least "
@@ -256,7 +263,8 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
         raise ValueError(f"training cycle: empty split (train {len(train)}, val {len(val)})")
     cut_ms = int(data.ts_ms[val].min())
     fit_data, fit_idx, held_out = concat_rows(data, train, cut_ms, extra_rows)
-    seq_history = history_before(history, cut_ms, config.seq_max_bars)
+    seq_history = history_before(history, cut_ms,
+                                 per_symbol(config.seq_max_bars, len(history.symbols)))
     val_vectors = [data.vectors[i] for i in val]
     seconds = {"prepare": time.perf_counter() - started}
 
@@ -371,7 +379,7 @@ class TrainingJob:
         self._out_dir = Path(out_dir)
         self._started = time.perf_counter()
         self._future = self._executor.submit(
-            train_all, recent_history(history, config.max_rows_per_symbol), extra_rows,
+            train_all, recent_history(history, config.max_rows), extra_rows,
             label_cfg, config, self._out_dir)
         # The initializer runs only after the child's imports (~3 s of CPU): renice it now.
         for proc in list(getattr(self._executor, "_processes", {}).values()):

@@ -51,8 +51,12 @@ LABELS: dict[str, str] = {
     "trades.joined.stream": "trades joined (stream)",
     "trades.joined.store": "trades joined (store)",
     "dead_letters.join": "join dead letters",
+    "rl.transitions": "RL transitions",
     "rl.updates": "RL updates",
-    "clm.cycles": "CLM cycles",
+    "clm.cycles": "CLM cycles started",
+    "clm.failed_at_start": "  without enough data",
+    "clm.shadow": "  shadow-tested",
+    "clm.decided": "  decided",
     "clm.promoted": "  models promoted",
     "clm.retired": "  models retired",
 }
@@ -131,10 +135,11 @@ class RunTotals:
 
 @operator
 def run_summary(step_id: str, counts: Stream[Counts | PnlPoint], started: float,
-                start_equity: float = 0.0) -> Stream[Summary]:
-    """Total the counters of a run; emits one :class:`Summary` at end of input."""
+                start_equity: float = 0.0, always: tuple[str, ...] = ()) -> Stream[Summary]:
+    """Total the counters of a run; emits one :class:`Summary` at end of input. Keys in
+    ``always`` are shown even when nothing counted them (0)."""
     keyed = op.key_on("one_key", counts, lambda _: "run")
     out = op.stateful("totals", keyed, stage_builder(
-        lambda _: RunTotals(started, start_equity),
+        lambda _: RunTotals(started, start_equity, Counter(dict.fromkeys(always, 0))),
         lambda state: RunTotals(started, start_equity, Counter(state[0]), list(state[1]))))
     return op.key_rm("unkey", out)

@@ -123,5 +123,7 @@ def registry_copy(trained_registry: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def live_settings(settings: Settings, trained_registry: Path) -> Settings:
-    """Settings for running the live flow: the session store and the trained registry."""
-    return settings.replace(registry_path=trained_registry)
+    """Settings for running the live flow: the session store and the trained registry, with
+    the learning graph off (it would publish new versions into the shared registry); tests of
+    the learning loop turn it on with a copy of the registry."""
+    return settings.replace(registry_path=trained_registry, learning=False)

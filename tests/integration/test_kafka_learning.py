@@ -32,9 +32,10 @@ def _outcomes(settings) -> list[dict]:
 
 
 def test_embedded_and_kafka_learning_join_the_same_trades(
-        live_settings, kafka_broker: str, sample_ticks: Path, trained_registry: Path,
+        live_settings, kafka_broker: str, sample_ticks: Path, registry_copy: Path,
         tmp_path: Path) -> None:
-    quiet = {"rl_update_interval": 10**9, "clm_enabled": False}
+    quiet = {"rl_update_interval": 10**9, "clm_enabled": False, "learning": True,
+             "registry_path": registry_copy}
     embedded = live_settings.replace(ticks=str(sample_ticks), **quiet)
     run_main(build_live_flow(embedded))
     expected = _outcomes(embedded)
@@ -46,7 +47,7 @@ def test_embedded_and_kafka_learning_join_the_same_trades(
         .result(timeout=30)
     events = f"kafka://{kafka_broker}/{topic}"
     env = {**os.environ, "QT_HOME": str(tmp_path / "live"), "QT_TICKS": str(sample_ticks),
-           "QT_REGISTRY_DIR": str(trained_registry), "QT_TRADE_EVENTS": events,
+           "QT_REGISTRY_DIR": str(registry_copy), "QT_TRADE_EVENTS": events,
            "QT_RL_V3_UPDATE_INTERVAL": str(10**9), "QT_CLM_ENABLED": "false"}
     live = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.live"],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,

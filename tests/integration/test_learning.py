@@ -47,7 +47,7 @@ def test_policy_updates_occur_after_trades_close(live_settings, registry_copy: P
                                                  sample_ticks: Path) -> None:
     """(a): rl_updates rows, the registry's policy advanced, parameters moved, and the trades
     after an update record the new policy version."""
-    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy,
+    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy, learning=True,
                               clm_enabled=False, rl_update_interval=6)
     before = ModelRegistry(registry_copy).production_version("ppo")
     run_main(build_live_flow(s))
@@ -79,7 +79,7 @@ def test_manual_retrain_is_trained_shadowed_and_decided(live_settings, registry_
     """(b): a manual request -> a clm_cycles row, shadow predictions, and a decision per model
     that follows the promotion rule."""
     day1, day2 = _split_sample(sample_ticks, tmp_path)
-    s = live_settings.replace(ticks=str(day1), registry_path=registry_copy,
+    s = live_settings.replace(ticks=str(day1), registry_path=registry_copy, learning=True,
                               rl_update_interval=10**9, clm_blocking=True, clm_budget="quick",
                               clm_shadow_min=200)
     run_main(build_live_flow(s.replace(clm_enabled=False)))  # day 1 fills the store
@@ -115,7 +115,8 @@ def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
         live_settings, registry_copy: Path, sample_ticks: Path) -> None:
     """(b): challengers whose shadow votes are the realised labels (better) or always wrong
     (worse), judged by the CLM step on a real replay's stored bars."""
-    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy, **QUIET)
+    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy,
+                              learning=True, **QUIET)
     run_main(build_live_flow(s))
     registry = ModelRegistry(registry_copy)
     store = open_store(s)
@@ -176,7 +177,7 @@ def test_time_and_drift_triggers_fire_at_the_right_event_times(
     """(c): in a two-day replay, the first cycle starts at the first bar close at or after
     one period past the first event time, and later ones a period after (time) or on the
     drift-check grid (drift)."""
-    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy,
+    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy, learning=True,
                               rl_update_interval=10**9, clm_blocking=True, clm_budget="quick",
                               clm_shadow_min=30, replay_block_bytes=16_384,
                               clm_perf_hours=10_000.0, **overrides)

@@ -26,7 +26,7 @@ def summary_counts(text: str) -> dict[str, int]:
 
 def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks, capsys,
                                                         trained_registry) -> None:
-    s = settings.replace(ticks=str(sample_ticks), registry_path=trained_registry)
+    s = settings.replace(ticks=str(sample_ticks), registry_path=trained_registry, learning=False)
     run_main(build_live_flow(s))
     counts = summary_counts(capsys.readouterr().out)
     assert counts["input rows"] == SAMPLE_ROWS
@@ -46,7 +46,7 @@ def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks,
 
 def _run_cli(tmp_path: Path, ticks: Path, registry: Path) -> str:
     env = {**os.environ, "QT_HOME": str(tmp_path / ".qt"), "QT_TICKS": str(ticks),
-           "QT_REGISTRY_DIR": str(registry)}
+           "QT_REGISTRY_DIR": str(registry), "QT_LEARNING": "false"}
     proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.live"],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=600, check=False)

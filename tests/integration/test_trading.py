@@ -47,7 +47,10 @@ def test_every_trade_of_a_replay_has_its_complete_entry_state(live_settings, sam
 
 
 def _env(home: Path, registry: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(registry), **extra}
+    # learning off: its updates change the policy mid-run (and the shared registry), which is
+    # not what these checks are about
+    return {**os.environ, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(registry),
+            "QT_LEARNING": "false", **extra}
 
 
 def _live(home: Path, registry: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
@@ -79,10 +82,14 @@ def test_same_trades_with_one_and_two_workers(tmp_path: Path, sample_ticks: Path
     assert _query(two, trained_registry, "trades") == trades
     assert (_query(two, trained_registry, "supervisor_blocks")
             == _query(one, trained_registry, "supervisor_blocks"))
-    # and every analytics query answers on the result
+    # and every analytics query answers on the result (the learning ones with no rows: the
+    # learning graph is off here; tests/integration/test_learning.py covers them)
+    learning = {"clm_cycles", "clm_cycles_per_week", "promotions", "rl_updates",
+                "shadow_vs_production"}
     for name in available():
         params = (f"trade_id={trades[0]['trade_id']}",) if name == "why_trade" else ()
-        assert _query(one, trained_registry, name, *params), name
+        rows = _query(one, trained_registry, name, *params)
+        assert rows or name in learning, name
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from learning.trainer import (
     concat_rows,
     copy_writer,
     history_before,
+    recent_history,
     train_all,
 )
 from models.base import MODEL_NAMES
@@ -140,8 +141,8 @@ def test_train_all_reports_rows_and_the_data_range(local_cycle: CycleResult,
     for name in ("xgboost", "lightgbm"):
         doc = json.loads((local_cycle.paths[name] / "params.json").read_text())
         assert doc["train_rows"] == len(train) + EXTRA_EARLY
-    # The sequence models saw at most seq_max_bars per symbol, all before the cut.
-    assert rows["seq_bars"] == 2 * CycleConfig.quick().seq_max_bars
+    # The sequence models saw their budget of bars, shared by the symbols, all before the cut.
+    assert rows["seq_bars"] == CycleConfig.quick().seq_max_bars
     doc = json.loads((local_cycle.paths["nhits"] / "params.json").read_text())
     assert doc["last_train_ts_ms"] < local_cycle.val_from_ms
 
@@ -220,6 +221,14 @@ def test_concat_rows_appends_only_rows_before_the_cut(history: History) -> None:
     short.vectors = short.vectors[:1]
     with pytest.raises(ValueError, match="differ in length"):
         concat_rows(data, train, cut, short)
+
+
+def test_recent_history_shares_the_row_budget_between_symbols(history: History) -> None:
+    recent = recent_history(history, 1_000)
+    assert recent.bars == {}
+    for symbol in history.symbols:
+        assert recent.vectors[symbol] == history.vectors[symbol][-500:]
+    assert recent_history(history, None).vectors == history.vectors
 
 
 def test_history_before_keeps_the_last_bars_before_the_cut(history: History) -> None:

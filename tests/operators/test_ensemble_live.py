@@ -18,7 +18,7 @@ from storage.store import open_store
 
 def test_live_flow_writes_a_signal_for_every_bar_with_four_votes(
         settings, sample_ticks: Path, trained_registry: Path, capsys) -> None:
-    s = settings.replace(ticks=str(sample_ticks), registry_path=trained_registry)
+    s = settings.replace(ticks=str(sample_ticks), registry_path=trained_registry, learning=False)
     run_main(build_live_flow(s))
     assert "signals" in capsys.readouterr().out
     store = open_store(s)
