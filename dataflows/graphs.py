@@ -308,8 +308,8 @@ def learning_counts(ln: Learning) -> list[Stream[Counts]]:
     if ln.cycles is not None:
         def cycle_counts(c: ClmCycle) -> Counts:
             if c.status in ("training", "failed") and not c.versions:
-                return {"clm.cycles": 1, f"clm.{c.status}_at_start": int(c.status == "failed")}
-            if c.status == "shadow":
+                return {"clm.cycles": 1, "clm.failed_at_start": int(c.status == "failed")}
+            if c.status == "shadow" and not c.shadow_metrics:  # entered shadow (not a re-check)
                 return {"clm.shadow": 1}
             if c.status != "decided":
                 return {}
