@@ -17,7 +17,7 @@ its close is known, so a replay of candles cannot see a price before it happened
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -160,8 +160,6 @@ class TickRows:
         cols = [pc.fill_null(c.cast(pa.string()), "") for c in taken.columns]
         return pc.binary_join_element_wise(*cols, ",").to_pylist()
 
-    def source_of(self, i: int) -> str:
-        return self.sources[int(self.src[i])]
 
     def tick(self, i: int) -> Tick:
         """Row ``i`` as a :class:`Tick` (for rows without a decode error)."""
@@ -261,35 +259,8 @@ class TickBatch:
         """The partition clock at tick ``i`` (the tick's own time outside a dataflow)."""
         return int((self.ts_ms if self.clock_ms is None else self.clock_ms)[i])
 
-    def ticks(self) -> Iterator[Tick]:
-        """Row view, for tests and the Kafka producer (not for the hot path)."""
-        for i in range(len(self)):
-            o, h, lo = (NAN, NAN, NAN) if self.candle is None else (
-                float(self.candle[0][i]), float(self.candle[1][i]), float(self.candle[2][i]))
-            yield Tick(
-                ts=from_ms(int(self.ts_ms[i])), symbol=self.symbol,
-                origin=ORIGIN_BY_CODE[int(self.origin[i])], price=float(self.price[i]),
-                bid=float(self.bid[i]), ask=float(self.ask[i]), size=float(self.size[i]),
-                side=SIDE_BY_CODE[int(self.side[i])], open=o, high=h, low=lo,
-            )
 
-    @classmethod
-    def from_ticks(cls, symbol: str, ticks: Sequence[Tick]) -> TickBatch:
-        candle = None
-        if any(t.origin is TickOrigin.CANDLE for t in ticks):
-            candle = tuple(np.array([getattr(t, a) for t in ticks], dtype=np.float64)
-                           for a in ("open", "high", "low"))
-        return cls(
-            symbol=symbol,
-            ts_ms=np.array([to_ms(t.ts) for t in ticks], dtype=np.int64),
-            price=np.array([t.price for t in ticks], dtype=np.float64),
-            bid=np.array([t.bid for t in ticks], dtype=np.float64),
-            ask=np.array([t.ask for t in ticks], dtype=np.float64),
-            size=np.array([t.size for t in ticks], dtype=np.float64),
-            side=np.array([SIDE_CODE[t.side] for t in ticks], dtype=np.int8),
-            origin=np.array([ORIGIN_CODE[t.origin] for t in ticks], dtype=np.int8),
-            candle=candle,  # type: ignore[arg-type]
-        )
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ and reference-counted; the last :meth:`Store.close` releases the engine.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,10 +75,6 @@ class Store:
         """Insert rows (or columns) into ``table``; returns the number of rows written."""
         return self.insert_async(table, columns, data, column_oriented).result()
 
-    def execute(self, name: str, **params: Any) -> None:
-        """Run one statement from ``sql/<name>.sql``."""
-        self._call(self._client.command, sql_text(name), parameters=params or None)
-
     # --- reads -------------------------------------------------------------------------------
     def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
         """Run ``sql/<name>.sql`` with bound parameters; rows as dicts."""
@@ -86,24 +82,11 @@ class Store:
         cols = res.column_names
         return [dict(zip(cols, row, strict=True)) for row in res.result_rows]
 
-    def query_df(self, name: str, **params: Any):  # -> pandas.DataFrame
-        return self._call(self._client.query_df, sql_text(name), parameters=params or None)
-
-    def scalar(self, name: str, **params: Any) -> Any:
-        rows = self.query(name, **params)
-        return next(iter(rows[0].values())) if rows else None
-
     # --- lifecycle -----------------------------------------------------------------------
     def migrate(self) -> None:
         """Apply every DDL file in order (each is idempotent: CREATE ... IF NOT EXISTS)."""
         for path in ddl_files():
             self._call(self._client.command, path.read_text())
-
-    def truncate(self, tables: Iterable[str]) -> None:
-        """Empty tables (tests and benchmarks that want a clean store)."""
-        for table in tables:
-            self._call(self._client.command, sql_text("admin/truncate_table"),
-                       parameters={"table": table})
 
     def close(self) -> None:
         with _OPEN_LOCK:
@@ -164,10 +147,3 @@ def _connect(settings: Settings, url: str) -> tuple[Client, str, str]:
     client.database = settings.database
     return (client, f"chdb:{path}#{settings.database}",
             f"embedded chDB {path} (database {settings.database})")
-
-
-def rows_to_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """Transpose query rows (dicts) to columns."""
-    if not rows:
-        return {}
-    return {k: [r[k] for r in rows] for k in rows[0]}

@@ -1,1 +1,0 @@
-TRUNCATE TABLE IF EXISTS {table:Identifier}
