@@ -38,6 +38,7 @@ import contextlib
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -87,10 +88,10 @@ class CycleConfig:
     - ``seed``: 0, every model's seed.
 
     Measured with ``bench/bench_clm.py`` (TrainingJob start -> result, child start-up,
-    imports and the history's IPC included), Bittrex file, quiet machine: 30.5-34.0 s
-    (start-up + IPC ~5 s, labels 0.9, XGBoost 4.7, LightGBM 4.2, N-HiTS 6.4 with the
-    neuralforecast import, PatchTST 10.7 of which ~4 s is its validation forward over 20k
-    windows); 35.5 s while the live flow ran beside it.
+    imports and the history's IPC included), Bittrex file, quiet machine: 29.7-34.0 s
+    (start-up + IPC 4.4-5 s, labels 0.8, XGBoost 4.6, LightGBM 4.1, N-HiTS 6.7 with the
+    neuralforecast import, PatchTST 9.1-11 of which ~4 s is its validation forward over 20k
+    windows); 34.6-35.5 s while the live flow ran beside it on the other core.
     """
 
     tree: TreeParams = field(default_factory=_cycle_tree)
@@ -318,11 +319,23 @@ class TrainingError(RuntimeError):
     traceback text chained below it)."""
 
 
-def _child_init(priority: int) -> None:
-    """One thread per library in the child (the live flow's workers own the other core), and a
-    lower CPU priority: when the cores are oversubscribed, the hot path wins."""
+def _child_init(priority: int, parent_pid: int) -> None:
+    """One thread per library in the child (the live flow's workers own the other core), a
+    lower CPU priority (when the cores are oversubscribed, the hot path wins), and an exit
+    when the parent dies."""
     _set_priority(0, priority)
     cap_threads()
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="qt-parent-watch",
+                     daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A parent killed with -9 leaves the executor's child blocked on its call queue forever
+    (it holds a copy of the queue's write end, so it never sees EOF) or training for nobody:
+    nothing can collect its result, so it exits."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(3)
 
 
 def _set_priority(pid: int, priority: int) -> None:
@@ -341,10 +354,11 @@ class TrainingJob:
     file; the bars are not sent). Models come back as files in ``out_dir``; the result is a
     small :class:`CycleResult`.
 
-    The child runs ``niceness`` (default 10) steps below the parent's CPU priority: with one
-    core each nothing changes, but when something else wants the cores too (a second worker,
-    the store's threads, another process), the scheduler favours the live flow and the cycle
-    takes longer instead.
+    The child exits by itself within a second when its parent dies (a live flow killed with
+    -9 leaves no training process behind). It runs ``niceness`` (default 10) steps below the
+    parent's CPU priority: with a core each nothing changes, but when more wants the cores (a
+    second worker, another process), the scheduler favours the live flow and the cycle takes
+    longer instead.
 
     ``poll()`` returns None while a cycle runs (or when none was started), the result once,
     or raises :class:`TrainingError` for a failed cycle; either way the job is then free for
@@ -375,7 +389,8 @@ class TrainingJob:
         ctx = multiprocessing.get_context("spawn")
         priority = min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.niceness)
         self._executor = ProcessPoolExecutor(max_workers=1, mp_context=ctx,
-                                             initializer=_child_init, initargs=(priority,))
+                                             initializer=_child_init,
+                                             initargs=(priority, os.getpid()))
         self._out_dir = Path(out_dir)
         self._started = time.perf_counter()
         self._future = self._executor.submit(

@@ -203,6 +203,49 @@ def test_one_cycle_at_a_time_niced_child_and_shutdown_stops_it(history: History,
     assert not any(p.is_alive() for p in children)
 
 
+PARENT = """
+import multiprocessing, sys, time
+from learning.trainer import CycleConfig, TrainingJob
+from models.dataset import History
+from models.labels import LabelConfig
+job = TrainingJob()
+job.start(History(), None, LabelConfig(), CycleConfig(), sys.argv[1])
+print(multiprocessing.active_children()[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie nobody reaps has exited
+
+
+def test_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """A flow killed with -9 must not leave a training process behind."""
+    import signal
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lingered = _alive(child)
+    if lingered:
+        os.kill(child, signal.SIGKILL)
+    assert not lingered
+
+
 def test_concat_rows_appends_only_rows_before_the_cut(history: History) -> None:
     data, train, val = validation_split(history)
     cut = int(data.ts_ms[val].min())
