@@ -8,6 +8,7 @@ graph is fed in-process or from a topic.
 from __future__ import annotations
 
 import atexit
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import bytewax.operators as op
@@ -71,6 +72,21 @@ from settings import Settings
 from storage.store import open_store
 
 KAFKA_PRODUCER = {"linger.ms": "5"}
+
+
+def lazy_flow(build: Callable[[], Dataflow]) -> Callable[[str], Dataflow]:
+    """A module ``__getattr__`` that builds ``flow`` on first access (``bytewax.run`` reads
+    ``module.flow``), so importing a dataflow module has no side effects."""
+    built: list[Dataflow] = []
+
+    def module_getattr(name: str) -> Dataflow:
+        if name != "flow":
+            raise AttributeError(name)
+        if not built:
+            built.append(build())
+        return built[0]
+
+    return module_getattr
 
 
 def tick_source(settings: Settings) -> Source[TickRows]:

@@ -70,14 +70,4 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     return flow
 
 
-_flow: Dataflow | None = None
-
-
-def __getattr__(name: str) -> Dataflow:
-    """``flow`` is built on first access, so importing this module has no side effects."""
-    global _flow
-    if name == "flow":
-        if _flow is None:
-            _flow = build_learning_flow()
-        return _flow
-    raise AttributeError(name)
+__getattr__ = graphs.lazy_flow(build_learning_flow)

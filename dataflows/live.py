@@ -73,14 +73,4 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     return flow
 
 
-_flow: Dataflow | None = None
-
-
-def __getattr__(name: str) -> Dataflow:
-    """``flow`` is built on first access, so importing this module has no side effects."""
-    global _flow
-    if name == "flow":
-        if _flow is None:
-            _flow = build_live_flow()
-        return _flow
-    raise AttributeError(name)
+__getattr__ = graphs.lazy_flow(build_live_flow)
