@@ -59,6 +59,16 @@ class SignalModel(Protocol):
         ...
 
 
+def check_fields(cls: type, d: dict[str, Any]) -> None:
+    """Refuse a ``params.json`` with keys the params dataclass ``cls`` does not know: a typo or
+    a newer format must be an error, not silently dropped."""
+    import dataclasses
+
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+
+
 def cap_threads(n: int = 1) -> None:
     """Cap BLAS/OpenMP/torch threads so models do not oversubscribe the workers' cores."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

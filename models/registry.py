@@ -23,6 +23,7 @@ it re-reads ``stages.json`` only when its modification time changed.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -263,33 +264,24 @@ REGISTRY_COLUMNS = ("model", "version", "stage", "sha256", "feature_set", "data_
                     "data_to", "metrics", "created_at", "promoted_at", "updated_at")
 
 
+# model name -> (module, class) whose ``load(directory)`` rebuilds a version; imported only
+# when needed (neuralforecast takes seconds to import)
+LOADERS: dict[str, tuple[str, str]] = {
+    "xgboost": ("models.trees", "XGBoostModel"),
+    "lightgbm": ("models.trees", "LightGBMModel"),
+    "nhits": ("models.sequence", "NHITSModel"),
+    "patchtst": ("models.sequence", "PatchTSTModel"),
+    "ppo": ("rl.policy", "PolicyRuntime"),
+    "feature_reference": ("learning.drift", "FeatureReference"),
+}
+
+
 def loader(model: str) -> Callable[[Path], Any]:
-    """The ``load(directory)`` of a model name (imports lazily: neuralforecast is slow)."""
-    if model == "xgboost":
-        from models.trees import XGBoostModel
-
-        return XGBoostModel.load
-    if model == "lightgbm":
-        from models.trees import LightGBMModel
-
-        return LightGBMModel.load
-    if model == "nhits":
-        from models.sequence import NHITSModel
-
-        return NHITSModel.load
-    if model == "patchtst":
-        from models.sequence import PatchTSTModel
-
-        return PatchTSTModel.load
-    if model == "ppo":
-        from rl.policy import PolicyRuntime
-
-        return PolicyRuntime.load
-    if model == "feature_reference":
-        from learning.drift import FeatureReference
-
-        return FeatureReference.load
-    raise RegistryError(f"unknown model name {model!r}")
+    """The ``load(directory)`` of a model name."""
+    if model not in LOADERS:
+        raise RegistryError(f"unknown model name {model!r}")
+    module, cls = LOADERS[model]
+    return getattr(importlib.import_module(module), cls).load
 
 
 def open_registry(settings: Any, store: Store | None = None) -> ModelRegistry:

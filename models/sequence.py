@@ -84,7 +84,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.base import Prediction, cap_threads
+from models.base import Prediction, cap_threads, check_fields
 from models.dataset import History
 from models.labels import LabelConfig, label_threshold
 from operators.features import FEATURE_SET_VERSION
@@ -163,10 +163,7 @@ class SeqParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
         """Rebuild from ``params.json``; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+        check_fields(cls, d)
         return cls(**{k: _tuplify(v) for k, v in d.items()})
 
 

@@ -49,7 +49,7 @@ import lightgbm as lgb
 import numpy as np
 import xgboost as xgb
 
-from models.base import Prediction, cap_threads
+from models.base import Prediction, cap_threads, check_fields
 from models.dataset import TrainingSet, feature_matrix
 from operators.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from schemas.features import FeatureVector
@@ -97,10 +97,7 @@ class TreeParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TreeParams:
         """Rebuild from ``params.json``; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TreeParams fields {unknown}")
+        check_fields(cls, d)
         return cls(**d)
 
 
