@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent
-SAMPLE_TICKS = PROJECT_ROOT / "data" / "sample" / "fxcm_EURUSD-NZDUSD_2014-05-06_07_quotes.csv.gz"
+SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
+# The default run is out-of-sample: the models train on the days before the ones replayed.
+SAMPLE_TICKS = SAMPLE_DIR / "fxcm_EURUSD-NZDUSD_2014-05-06_07_quotes.csv.gz"
+SAMPLE_TRAINING_TICKS = SAMPLE_DIR / "fxcm_EURUSD-NZDUSD_2014-05-01_05_quotes.csv.gz"
 
 
 def _env(name: str, doc: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -129,8 +132,9 @@ class Settings:
         "Confidence a signal needs when volatility is high (audit: 0.70).", 0.70)
     bootstrap_ticks: str = _env(
         "QT_BOOTSTRAP_TICKS",
-        "Ticks the first run trains on when the registry is empty. Default: the bundled sample.",
-        str(SAMPLE_TICKS))
+        "Ticks the first run trains on when the registry is empty. Default: the bundled FXCM "
+        "days before the replayed sample (2014-05-01..05), so the default run is out-of-sample.",
+        str(SAMPLE_TRAINING_TICKS))
 
     # --- model supervisor (bias window) --------------------------------------------------
     supervisor_mode: str = _env("QT_MODEL_SUPERVISOR_MODE",
