@@ -202,13 +202,23 @@ class Settings:
     clm_drift_threshold: float = _env("QT_CLM_DRIFT_THRESHOLD",
                                       "Drift score (mean PSI) that triggers retraining.", 0.05)
     clm_shadow_min: int = _env("QT_CLM_SHADOW_MIN",
-                               "Shadow predictions before a challenger is judged.", 100)
+                               "Scored shadow bars before a challenger is first judged.", 100)
+    clm_shadow_max: int = _env(
+        "QT_CLM_SHADOW_MAX",
+        "Scored shadow bars after which a challenger not proven better or worse is retired "
+        "as unproven.", 2000)
     clm_auto_retrain: bool = _env("QT_CLM_AUTO_RETRAIN", "Triggers start cycles by themselves.",
                                   True)
     clm_auto_promote: bool = _env(
         "QT_CLM_AUTO_PROMOTE", "Promote a challenger that is more than 2% better.", True)
-    clm_promote_margin: float = _env("QT_CLM_PROMOTE_MARGIN",
-                                     "Relative improvement a challenger needs.", 0.02)
+    clm_promote_margin: float = _env(
+        "QT_CLM_PROMOTE_MARGIN",
+        "Relative macro-F1 improvement over production a challenger must be proven to have.",
+        0.02)
+    clm_promote_confidence: float = _env(
+        "QT_CLM_PROMOTE_CONFIDENCE",
+        "Confidence at which a challenger must be proven better (or not better) than "
+        "production, on the same bars, allowing for serial correlation.", 0.95)
     clm_lookback_days: float = _env("QT_CLM_LOOKBACK_DAYS", "Training window of a cycle.", 90.0)
     clm_blocking: bool = _env(
         "QT_CLM_BLOCKING",

@@ -47,7 +47,10 @@ def flush_all() -> None:
         partition.flush()
 
 
-class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
+class TableWriter:
+    """Buffered, asynchronous inserts of table blocks (the sink's partitions, and the CLM's
+    feature archive, which must know when its rows are stored)."""
+
     def __init__(self, store: Store, batch_rows: int, flush_seconds: float,
                  on_written: Callable[[str, int], None] | None = None) -> None:
         self._lock = threading.RLock()
@@ -114,10 +117,6 @@ class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
                     self._flush(table, buf)
             self._reap(wait=True)
 
-    def snapshot(self) -> None:
-        self.flush()  # at-least-once: everything before this epoch's snapshot is stored
-        return None
-
     def close(self) -> None:
         try:
             self.flush()
@@ -125,6 +124,14 @@ class ClickHousePartition(StatefulSinkPartition[TableRows, None]):
             with _PARTITIONS_LOCK:
                 _PARTITIONS.discard(self)
             self.store.close()
+
+
+class ClickHousePartition(TableWriter, StatefulSinkPartition[TableRows, None]):
+    """One sink partition: a :class:`TableWriter` that stores everything at each snapshot."""
+
+    def snapshot(self) -> None:
+        self.flush()  # at-least-once: everything before this epoch's snapshot is stored
+        return None
 
 
 class ClickHouseSink(FixedPartitionedSink[TableRows, None]):

@@ -8,8 +8,10 @@ graph is fed in-process or from a topic.
 from __future__ import annotations
 
 import atexit
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
@@ -18,31 +20,31 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.operators import KeyedStream
 
-from connectors.clickhouse import ClickHouseSink, flush_all
+from connectors.clickhouse import ClickHouseSink, TableWriter
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.replay import ReplaySource, expand_paths
-from learning.clm import ClmConfig, ClockTick, continuous_learning
-from learning.rl_learner import LearnerConfig, learn_policy, trade_reward, transition_of
+from learning.clm import ClmConfig, ContinuousLearner
+from learning.cycles import ClmDeps, CycleRunner
+from learning.rl_learner import LearnerConfig, PolicyLearner, learn_policy, transition_of
 from learning.trainer import CycleConfig, TrainingJob
 from learning.triggers import RetrainRequests
 from models.labels import LabelConfig
-from models.registry import open_registry
+from models.registry import ModelRegistry, open_registry
 from operators.bars import build_bars
-from operators.ensemble import EnsembleConfig, RegistryModels, Scorer, SignalStep, ensemble
-from operators.execution import ExecConfig, ExecEvent, execute
-from operators.features import FEATURE_NAMES, compute_features
-from operators.sizing import RegistryPolicy, Sizer, SizingConfig
+from operators.engine import EngineConfig, EngineDeps, EngineOutput, decide_and_trade
+from operators.ensemble import EnsembleConfig, RegistryModels, ScoredStep, Scorer, score_votes
+from operators.features import compute_features
+from operators.sizing import PolicySource
 from operators.summary import Counts, PnlPoint, run_summary
-from operators.supervisor import SupervisorConfig, supervise
 from operators.trade_join import join_trades
 from operators.validate import Validated, validate_ticks
-from operators.weights import DynamicWeights
-from rl.reward import RewardWeights
+from operators.versions import ActiveModels
+from rl.reward import RewardWeights, trade_reward
 from schemas.bars import BarStep
 from schemas.dead_letters import DeadLetters
-from schemas.decisions import BarDecision, Progress
+from schemas.decisions import Progress
 from schemas.features import FeatureStep
-from schemas.learning import ClmCycle, RLUpdate
+from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus, RLUpdate
 from schemas.tables import (
     BARS,
     CLM_CYCLES,
@@ -67,10 +69,18 @@ from schemas.tables import (
 )
 from schemas.ticks import TickRows
 from schemas.timeutil import to_ms
-from schemas.trades import JoinedTrade, TradeClosed, TradeOpened, encode_event, opened_from_row
+from schemas.trades import (
+    JoinedTrade,
+    JoinSource,
+    TradeClosed,
+    TradeOpened,
+    encode_event,
+    opened_from_row,
+)
 from settings import Settings
-from storage.store import open_store
+from storage.store import Store, open_store
 
+log = logging.getLogger(__name__)
 KAFKA_PRODUCER = {"linger.ms": "5"}
 
 
@@ -120,16 +130,19 @@ def market_data(flow: Dataflow, settings: Settings,
     return MarketData(validated, bars, features, partitions)
 
 
-def market_data_rows(md: MarketData) -> list[Stream[TableRows]]:
-    """Table blocks of the market-data streams (bars, features, dead letters)."""
-    return [
+def market_data_rows(md: MarketData, features: bool = True) -> list[Stream[TableRows]]:
+    """Table blocks of the market-data streams (bars, dead letters, and features unless the
+    engine's continuous learner archives them itself)."""
+    rows = [
         op.filter_map("dead_letter_rows", md.validated,
                       lambda v: dead_letter_rows(v.dead) if len(v.dead) else None),
         op.filter_map("bar_rows", op.key_rm("bars_unkeyed", md.bars),
                       lambda s: bar_rows(s.bars) if s.bars else None),
-        op.filter_map("feature_rows", op.key_rm("features_unkeyed", md.features),
-                      lambda s: feature_rows(s.vectors) if s.vectors else None),
     ]
+    if features:
+        rows.append(op.filter_map("feature_rows", op.key_rm("features_unkeyed", md.features),
+                                  lambda s: feature_rows(s.vectors) if s.vectors else None))
+    return rows
 
 
 def market_data_counts(md: MarketData) -> list[Stream[Counts]]:
@@ -149,128 +162,159 @@ def market_data_counts(md: MarketData) -> list[Stream[Counts]]:
     ]
 
 
-def signals(md: MarketData, settings: Settings,
-            weights: DynamicWeights | None = None) -> KeyedStream[SignalStep]:
-    """features -> the four-model ensemble (production models from the registry, loaded now
-    so the flow does not pay for imports and loading at its first bar; shadow challengers
-    vote beside them)."""
+def scoring(md: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
+    """features -> every production and shadow model version's votes (per symbol, parallel;
+    models loaded now so the flow does not pay for imports and loading at its first bar)."""
     models = RegistryModels(open_registry(settings))
     models.current()
-    return ensemble("ensemble", md.features,
-                    Scorer(models, EnsembleConfig.from_settings(settings), dynamic=weights))
+    return score_votes("ensemble", md.features,
+                       Scorer(models, EnsembleConfig.from_settings(settings)))
 
 
-def signal_table_rows(steps: KeyedStream[SignalStep]) -> list[Stream[TableRows]]:
-    return [op.filter_map("signal_rows", steps, lambda kv: signal_rows(
-                [sig for sig, _ in kv[1].scored]) if kv[1].scored else None),
-            op.filter_map("shadow_rows", steps, lambda kv: event_rows(
-                SHADOW_PREDICTIONS, kv[1].shadow) if kv[1].shadow else None)]
+def inline_learning(settings: Settings) -> bool:
+    """The learners run inside the engine: embedded mode with learning on."""
+    return settings.learning and not settings.trade_events.startswith("kafka://")
 
 
-def signal_counts(steps: KeyedStream[SignalStep]) -> Stream[Counts]:
-    def count(kv: tuple[str, SignalStep]) -> Counts:
-        c: Counts = {}
-        for sig, _ in kv[1].scored:
-            c["signals"] = c.get("signals", 0) + 1
-            key = f"signals.{sig.action.value.lower()}"
-            c[key] = c.get(key, 0) + 1
-            for v in sig.votes:
-                if v.failed:
-                    c[f"model_failures.{v.model}"] = c.get(f"model_failures.{v.model}", 0) + 1
-        return c
-
-    return op.map("count_signals", steps, count)
-
-
-@dataclass
-class Trading:
-    """The streams of the trading half: per-bar decisions and execution events."""
-
-    decisions: KeyedStream[BarDecision]
-    events: KeyedStream[ExecEvent]
-
-
-def trading(md: MarketData, signal_steps: KeyedStream[SignalStep],
-            settings: Settings) -> Trading:
-    """signals -> bias window -> RL sizing + paper execution (against the bar step's ticks)."""
+def engine(md: MarketData, scored: KeyedStream[ScoredStep],
+           settings: Settings) -> Stream[EngineOutput]:
+    """scored bars + input progress -> the decision engine (decisions, trades, learning)."""
     progress = op.map("progress", md.validated, lambda v: Progress(
         v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final))
-    decisions = supervise("supervisor", signal_steps, progress,
-                          SupervisorConfig.from_settings(settings), md.partitions)
-    exec_inputs = op.merge("execution_inputs", md.bars, decisions)
-    policy = RegistryPolicy(open_registry(settings))
-    policy.current()  # load now, not at the first order
-    events = execute("execution", exec_inputs, ExecConfig.from_settings(settings),
-                     Sizer(SizingConfig.from_settings(settings), policy))
-    return Trading(decisions, events)
+    store = open_store(settings)  # the registry's records, the CLM's data
+    atexit.register(store.close)
+    registry = open_registry(settings, store)
+    cfg = EngineConfig.from_settings(settings)
+    deps = EngineDeps(registry, md.partitions, dynamic_weights=settings.dynamic_weights)
+    if inline_learning(settings):
+        learner_cfg = LearnerConfig.from_settings(settings)
+        if learner_cfg.enabled:
+            deps.rl = lambda policy, state: PolicyLearner(learner_cfg, registry, policy, state)
+        if settings.clm_enabled:
+            deps.clm = _clm_factory(settings, registry, store)
+    PolicySource(registry).current()  # load now, not at the first order
+    return decide_and_trade("engine", op.key_rm("scored_unkeyed", scored), progress, cfg, deps)
 
 
-def publish_trade_events(tr: Trading, url: str) -> None:
+def _clm_factory(settings: Settings, registry: ModelRegistry,
+                 store: Store) -> Callable[[ActiveModels, Any], ContinuousLearner]:
+    trainer = TrainingJob()
+    atexit.register(trainer.shutdown)
+    cfg = ClmConfig.from_settings(settings)
+    label_cfg = LabelConfig.from_settings(settings)
+    archive = TableWriter(store, settings.sink_batch_rows, settings.sink_flush_seconds)
+    clm_deps = ClmDeps(registry, store, trainer, RetrainRequests(settings.clm_dir),
+                       settings.clm_dir,
+                       CycleConfig.quick() if settings.clm_budget == "quick" else CycleConfig(),
+                       archive)
+
+    def build(models: ActiveModels, state: Any) -> ContinuousLearner:
+        runner = CycleRunner(clm_deps, label_cfg, cfg.lookback_ms,
+                             None if state is None else state["runner"])
+        return ContinuousLearner(cfg, label_cfg, runner, models, state)
+
+    return build
+
+
+def engine_rows(out: Stream[EngineOutput]) -> Stream[TableRows]:
+    """Table blocks of everything the engine decided and learned."""
+    def rows(o: EngineOutput) -> list[TableRows]:
+        blocks = []
+        if o.signals:
+            blocks.append(signal_rows(o.signals))
+        if o.verdicts:
+            blocks.append(verdict_rows(o.verdicts))
+        if o.shadow:
+            blocks.append(event_rows(SHADOW_PREDICTIONS, o.shadow))
+        if o.trades:
+            blocks.append(trade_rows([e.record for e in o.trades]))
+        if o.outcomes:
+            blocks.append(outcome_rows(o.outcomes))
+        if o.updates:
+            blocks.append(event_rows(RL_UPDATES, o.updates))
+        if o.cycles:
+            blocks.append(event_rows(CLM_CYCLES, o.cycles))
+        return blocks
+
+    return op.flat_map("engine_rows", out, rows)
+
+
+def engine_counts(out: Stream[EngineOutput]) -> Stream[Counts | PnlPoint]:
+    """The summary's counters of the engine's outputs, and the closed trades' PnL."""
+    def counts(o: EngineOutput) -> list[Counts | PnlPoint]:
+        c: Counts = dict(o.counts)
+
+        def bump(key: str, n: int = 1) -> None:
+            c[key] = c.get(key, 0) + n
+
+        for sig in o.signals:
+            bump("signals")
+            bump(f"signals.{sig.action.value.lower()}")
+            for v in sig.votes:
+                if v.failed:
+                    bump(f"model_failures.{v.model}")
+        bump("signals.blocked", sum(not v.allowed for v in o.verdicts))
+        pnl: list[Counts | PnlPoint] = []
+        for e in o.trades:
+            ev = e.event
+            if isinstance(ev, TradeClosed):
+                pnl.append(PnlPoint(to_ms(ev.exit_ts), ev.trade_id, ev.net_pnl))
+            else:
+                bump("trades.opened")
+        for outcome in o.outcomes:
+            bump(f"trades.joined.{outcome.joined_from}")
+        for e in o.trades:
+            if isinstance(e.event, TradeClosed) and transition_of(
+                    JoinedTrade(e.record.opened, e.event, JoinSource.STREAM),
+                    RewardWeights()) is not None:
+                bump("rl.transitions")
+        bump("rl.updates", len(o.updates))
+        for cycle in o.cycles:
+            for key, n in cycle_counts(cycle).items():
+                bump(key, n)
+        return [{k: v for k, v in c.items() if v}, *pnl]
+
+    return op.flat_map("engine_counts", out, counts)
+
+
+def cycle_counts(c: ClmCycle) -> Counts:
+    """How a ``clm_cycles`` record moves the summary's CLM counters."""
+    if c.status in (CycleStatus.TRAINING, CycleStatus.FAILED) and not c.versions:
+        return {"clm.cycles": 1, "clm.failed_at_start": int(c.status is CycleStatus.FAILED)}
+    if c.status is CycleStatus.SHADOW and not c.shadow_metrics:  # entered shadow
+        return {"clm.shadow": 1}
+    if c.status is not CycleStatus.DECIDED:
+        return {}
+    out: Counts = {"clm.decided": 1}
+    for decision in c.decisions.values():
+        key = "clm.promoted" if decision == ChallengerDecision.PROMOTED else "clm.retired"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def publish_trade_events(out: Stream[EngineOutput], url: str) -> None:
     """Trade events to a Kafka topic (``QT_TRADE_EVENTS=kafka://host:port/trade-events``),
     JSON keyed by trade id, for a learning flow in another process."""
     target = KafkaUrl.parse(url)
-    messages = op.map("trade_event_messages", tr.events, lambda kv: KafkaSinkMessage(
-        kv[1].event.trade_id.encode(), encode_event(kv[1].event)))
+    messages = op.flat_map("trade_event_messages", out, lambda o: [
+        KafkaSinkMessage(e.event.trade_id.encode(), encode_event(e.event)) for e in o.trades])
     op.output("trade_events_out", messages,
               KafkaSink(list(target.brokers), target.topic, add_config=KAFKA_PRODUCER))
 
 
-def trading_rows(tr: Trading) -> list[Stream[TableRows]]:
-    return [
-        op.filter_map("verdict_rows", tr.decisions,
-                      lambda kv: verdict_rows([kv[1].verdict]) if kv[1].verdict else None),
-        op.map("trade_rows", tr.events, lambda kv: trade_rows([kv[1].record])),
-    ]
-
-
-def trading_counts(tr: Trading) -> list[Stream[Counts | PnlPoint]]:
-    def decision_counts(kv: tuple[str, BarDecision]) -> Counts:
-        v = kv[1].verdict
-        return {"signals.blocked": 1} if v is not None and not v.allowed else {}
-
-    def event_counts(kv: tuple[str, ExecEvent]) -> Counts | PnlPoint:
-        e = kv[1].event
-        if isinstance(e, TradeClosed):
-            return PnlPoint(to_ms(e.exit_ts), e.trade_id, e.net_pnl)
-        return {"trades.opened": 1}
-
-    return [op.map("count_decisions", tr.decisions, decision_counts),
-            op.map("count_trades", tr.events, event_counts)]
-
-
 @dataclass
 class Learning:
-    """The streams of the learning graph."""
+    """The streams of the two-process learning flow (trade events from Kafka)."""
 
     joined: Stream[JoinedTrade]
     updates: Stream[RLUpdate]
     dead: Stream[DeadLetters]
-    cycles: Stream[ClmCycle] | None
 
 
-def clm_clock(md: MarketData) -> Stream[ClockTick]:
-    """Event time for the CLM step (the newest bar close of each feature step), with the
-    step's warm feature rows for the drift check."""
-    def tick(kv: tuple[str, FeatureStep]) -> ClockTick | None:
-        vectors = kv[1].vectors
-        if not vectors:
-            return None
-        rows = tuple((to_ms(v.ts), tuple(v.values[n] for n in FEATURE_NAMES))
-                     for v in vectors if v.warm)
-        return ClockTick(to_ms(vectors[-1].ts), rows)
-
-    return op.filter_map("clm_clock", md.features, tick)
-
-
-def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings,
-             weights: DynamicWeights | None = None,
-             clock: Stream[ClockTick] | None = None) -> Learning:
-    """trade events -> join with the entry state -> PPO updates and CLM (and dynamic weights).
-
-    The same graph whether the events come in-process from the live flow or from Kafka;
-    without a ``clock`` the CLM step's event time is the closed trades' exit times.
-    """
-    store = open_store(settings)  # the join's fallback, CLM's data, the registry's records
+def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings) -> Learning:
+    """trade events -> join with the entry state -> PPO updates (the learning process of the
+    Kafka deployment; the embedded live flow runs the same learner inside its engine)."""
+    store = open_store(settings)  # the join's fallback, the registry's records
     atexit.register(store.close)
 
     def stored_entry(trade_id: str) -> TradeOpened | None:
@@ -279,37 +323,23 @@ def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings,
 
     join = join_trades("trade_join", events, int(settings.join_ttl_hours * 3_600_000),
                        stored_entry)
-    if weights is not None:
-        op.inspect("dynamic_weights", join.joined,
-                   lambda _step, j: weights.observe_trade(j))
     registry = open_registry(settings, store)
     updates = learn_policy("rl_learner", join.joined, LearnerConfig.from_settings(settings),
                            registry)
-    cycles = None
     if settings.clm_enabled:
-        trainer = TrainingJob()
-        atexit.register(trainer.shutdown)
-        deps = {"registry": registry, "store": store, "trainer": trainer, "flush": flush_all,
-                "requests": RetrainRequests(settings.clm_dir), "work_dir": settings.clm_dir,
-                "train_config": (CycleConfig.quick() if settings.clm_budget == "quick"
-                                 else CycleConfig())}
-        inputs = join.joined if clock is None else op.merge("clm_inputs", join.joined, clock)
-        cycles = continuous_learning("clm", inputs, ClmConfig.from_settings(settings),
-                                     LabelConfig.from_settings(settings), deps)
-    return Learning(join.joined, updates, join.dead, cycles)
+        log.warning("dataflows.learning: continuous learning needs every decided bar; it runs "
+                    "in the live flow's engine in embedded mode (QT_CLM_ENABLED ignored here)")
+    return Learning(join.joined, updates, join.dead)
 
 
 def learning_rows(ln: Learning, settings: Settings) -> list[Stream[TableRows]]:
     weights = LearnerConfig.from_settings(settings).weights
-    rows = [
-        op.map("outcome_rows", ln.joined,
-               lambda j: outcome_rows([trade_outcome(j, trade_reward(j, weights))])),
+    return [
+        op.map("outcome_rows", ln.joined, lambda j: outcome_rows(
+            [trade_outcome(j, trade_reward(j.opened, j.closed, weights))])),
         op.map("rl_update_rows", ln.updates, lambda u: event_rows(RL_UPDATES, [u])),
         op.map("join_dead_letter_rows", ln.dead, dead_letter_rows),
     ]
-    if ln.cycles is not None:
-        rows.append(op.map("clm_cycle_rows", ln.cycles, lambda c: event_rows(CLM_CYCLES, [c])))
-    return rows
 
 
 def learning_counts(ln: Learning) -> list[Stream[Counts]]:
@@ -317,26 +347,10 @@ def learning_counts(ln: Learning) -> list[Stream[Counts]]:
         learnable = transition_of(j, RewardWeights()) is not None
         return {f"trades.joined.{j.source.value}": 1, "rl.transitions": int(learnable)}
 
-    counts = [
+    return [
         op.map("count_joined", ln.joined, joined_counts),
         op.map("count_updates", ln.updates, lambda u: {"rl.updates": 1}),
         op.map("count_join_dead", ln.dead, lambda d: {"dead_letters.join": len(d)})]
-    if ln.cycles is not None:
-        def cycle_counts(c: ClmCycle) -> Counts:
-            if c.status in ("training", "failed") and not c.versions:
-                return {"clm.cycles": 1, "clm.failed_at_start": int(c.status == "failed")}
-            if c.status == "shadow" and not c.shadow_metrics:  # entered shadow (not a re-check)
-                return {"clm.shadow": 1}
-            if c.status != "decided":
-                return {}
-            out: Counts = {"clm.decided": 1}
-            for decision in c.decisions.values():
-                key = "clm.promoted" if decision == "promoted" else "clm.retired"
-                out[key] = out.get(key, 0) + 1
-            return out
-
-        counts.append(op.map("count_cycles", ln.cycles, cycle_counts))
-    return counts
 
 
 def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
@@ -359,5 +373,6 @@ def print_summary(counts: list[Stream[Counts | PnlPoint]], started: float, title
 
 
 MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]
-LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES, SHADOW_PREDICTIONS]
-LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES, DEAD_LETTERS]
+LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES, SHADOW_PREDICTIONS,
+               TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES]
+LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, DEAD_LETTERS]

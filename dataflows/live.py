@@ -14,14 +14,11 @@ from __future__ import annotations
 import sys
 import time
 
-import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from dataflows import graphs
 from models.base import MODEL_NAMES, POLICY_NAME
 from models.registry import open_registry
-from operators.ensemble import EnsembleConfig
-from operators.weights import DynamicWeights
 from settings import Settings
 from storage.store import open_store
 
@@ -46,28 +43,19 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
     ensure_models(settings)
     flow = Dataflow("live")
-    weights = (DynamicWeights(EnsembleConfig.from_settings(settings).weights)
-               if settings.dynamic_weights else None)
-    md = graphs.market_data(flow, settings)
-    sig = graphs.signals(md, settings, weights)
-    tr = graphs.trading(md, sig, settings)
-    rows = [*graphs.market_data_rows(md), *graphs.signal_table_rows(sig),
-            *graphs.trading_rows(tr)]
-    counts = [*graphs.market_data_counts(md), graphs.signal_counts(sig),
-              *graphs.trading_counts(tr)]
-    tables = list(graphs.LIVE_TABLES)
+    market = graphs.market_data(flow, settings)
+    scored = graphs.scoring(market, settings)
+    decided = graphs.engine(market, scored, settings)
+    archived = graphs.inline_learning(settings) and settings.clm_enabled
+    rows = [*graphs.market_data_rows(market, features=not archived),
+            graphs.engine_rows(decided)]
+    counts = [*graphs.market_data_counts(market), graphs.engine_counts(decided)]
     if settings.trade_events.startswith("kafka://"):
         # the learning flow runs in its own process: python -m bytewax.run dataflows.learning
-        graphs.publish_trade_events(tr, settings.trade_events)
-    elif settings.learning:
-        events = op.map("trade_events", tr.events, lambda kv: kv[1].event)
-        ln = graphs.learning(events, settings, weights, graphs.clm_clock(md))
-        rows += graphs.learning_rows(ln, settings)
-        counts += graphs.learning_counts(ln)
-        tables += [t for t in graphs.LEARNING_TABLES if t not in tables]
-    graphs.store("clickhouse", rows, settings, tables)
+        graphs.publish_trade_events(decided, settings.trade_events)
+    graphs.store("clickhouse", rows, settings, list(graphs.LIVE_TABLES))
     started = time.monotonic()  # after the models are loaded: the summary measures streaming
-    always = graphs.LEARNING_SUMMARY if settings.learning and not settings.trade_events else ()
+    always = graphs.LEARNING_SUMMARY if graphs.inline_learning(settings) else ()
     graphs.print_summary(counts, started, "qt live run summary", settings.start_equity,
                          always)
     return flow

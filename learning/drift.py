@@ -1,34 +1,6 @@
-"""Feature drift as the Population Stability Index (PSI), per feature, against the training data.
+"""Feature drift as the Population Stability Index (PSI), corrected for sampling noise.
 
-Why PSI: it is cheap, needs no model, and compares whole distributions (not only means), so a
-feature that keeps its mean but changes its spread is still seen. The statistic:
-
-- **Reference** (:meth:`FeatureReference.fit`, on the training matrix): per feature, the
-  interior decile edges of its finite values (``np.quantile`` at 10%, ..., 90%; repeated edges
-  collapse). A constant feature ``c`` gets three bins: below ``c``, ``c``, above ``c``; a
-  feature with no finite value only the NaN bin and one empty finite bin. Bins are right-closed,
-  ``(-inf, e1], (e1, e2], ..., (ek, +inf)``, plus a separate **NaN bin** (a feature that is NaN
-  more or less often than in training is drift too). ``+-inf`` fall in the end bins. The
-  reference keeps each bin's share of the training rows.
-- **PSI** of a recent window: ``sum_i (a_i - e_i) * ln(a_i / e_i)`` over the bins, ``e`` the
-  reference shares and ``a`` the recent ones. **Epsilon smoothing**: every share is floored at
-  ``epsilon`` (1e-4) before the sum, so a bin empty on one side adds a large but finite term
-  (at most about ``ln(1/epsilon)`` = 9.2) instead of infinity; a bin empty on both sides adds 0.
-- **Drift score** (:meth:`FeatureReference.drift_score`): the mean PSI over the *scored*
-  features, compared with ``QT_CLM_DRIFT_THRESHOLD`` (0.05): drift when the score exceeds it.
-  Calendar features (``tod_*``, ``dow_*``) are binned but not scored by default: they are
-  functions of the clock, and a one-day recent window against a 90-day reference would show a
-  day-of-week "drift" at every check.
-
-Sampling noise: two samples of one distribution give ``PSI ~ (bins - 1) * (1/n_ref + 1/n_recent)``
-on average, so the recent window needs a few hundred rows or more before 0.05 means anything
-(24 hours of 1-minute bars is 1440 rows per symbol, noise ~0.006).
-
-The reference is published in the registry as model ``feature_reference`` (one plain JSON file,
-``reference.json``)::
-
-    registry.publish("feature_reference", ref.save, stage=Stage.PRODUCTION,
-                     feature_set=FEATURE_SET_VERSION)
+DOCSTRING PLACEHOLDER
 
 >>> rng = np.random.default_rng(0)
 >>> ref = FeatureReference.fit(rng.normal(size=(5000, 2)), names=("a", "b"), scored=("a", "b"))
@@ -45,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,26 +27,42 @@ from operators.features import FEATURE_NAMES
 
 MODEL_NAME = "feature_reference"
 REFERENCE_FILE = "reference.json"
-FORMAT = "qt-psi-reference/1"
+FORMAT_V1 = "qt-psi-reference/1"
+FORMAT = "qt-psi-reference/2"
 CALENDAR_FEATURES: tuple[str, ...] = ("tod_sin", "tod_cos", "dow_sin", "dow_cos")
 DEFAULT_SCORED: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in CALENDAR_FEATURES)
+
+HOUR_MS = 3_600_000
+CHUNK_MS = 15 * 60_000     # null windows are whole 15-minute chunks of the reference
+GUARD_MS = 24 * HOUR_MS    # a null window's pool leaves out this much event time on each side
+NULL_QUANTILE = 0.95       # the noise level subtracted: this quantile of the null windows
+NULL_WINDOWS = 96          # windows measured per window size
+NULL_MIN_WINDOWS = 8       # a size with fewer valid windows gets no null point
+NULL_STEP = math.sqrt(2)   # ratio between consecutive window sizes of the null table
 
 
 @dataclass(frozen=True)
 class FeatureBins:
-    """One feature's bin edges and reference shares (``len(edges) + 1`` finite bins, then NaN)."""
+    """One feature's bin edges and reference shares (``len(edges) + 1`` finite bins, then NaN).
+
+    ``hourly`` (scored features of a reference fitted with times) holds the reference's bin
+    counts per UTC hour of day, 24 rows of ``len(shares)`` counts: the seasonal expectation.
+    """
 
     name: str
     edges: tuple[float, ...]
     shares: tuple[float, ...]
+    hourly: tuple[tuple[int, ...], ...] = ()
+
+    def index(self, column: np.ndarray) -> np.ndarray:
+        """Bin of every value: right-closed finite bins by ``searchsorted``, NaN last."""
+        idx = np.searchsorted(np.asarray(self.edges, dtype=np.float64), column, side="left")
+        idx[np.isnan(column)] = len(self.edges) + 1
+        return idx
 
     def counts(self, column: np.ndarray) -> np.ndarray:
         """Rows per bin: right-closed finite bins by ``searchsorted``, the NaN bin last."""
-        nan = np.isnan(column)
-        finite_bins = len(self.edges) + 1
-        idx = np.searchsorted(np.asarray(self.edges, dtype=np.float64), column[~nan], side="left")
-        out = np.bincount(idx, minlength=finite_bins).astype(np.float64)
-        return np.append(out, float(nan.sum()))
+        return np.bincount(self.index(column), minlength=len(self.edges) + 2).astype(np.float64)
 
 
 def psi_of_shares(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> float:
@@ -85,20 +73,108 @@ def psi_of_shares(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> f
     >>> round(psi_of_shares(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 1e-4), 2)
     18.42
     """
+    return float(_psi(expected, actual, epsilon))
+
+
+def _psi(expected: np.ndarray, actual: np.ndarray, epsilon: float) -> np.ndarray:
+    """PSI over the last axis (broadcasting), the vectorised form of :func:`psi_of_shares`."""
     e = np.maximum(expected, epsilon)
     a = np.maximum(actual, epsilon)
-    return float(np.sum((a - e) * np.log(a / e)))
+    return np.sum((a - e) * np.log(a / e), axis=-1)
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    """Counts -> shares over the last axis (all-zero rows stay zero)."""
+    total = counts.sum(axis=-1, keepdims=True)
+    return counts / np.maximum(total, 1)
+
+
+@dataclass(frozen=True)
+class NullPoint:
+    """The score of same-size windows of the reference against the rest of it (no drift)."""
+
+    rows: int          # window size, rows
+    windows: int       # windows measured
+    mean: float        # their mean score: the expected score without drift
+    level: float       # their NULL_QUANTILE quantile: the noise level subtracted
+
+
+@dataclass(frozen=True)
+class NullTable:
+    """Null points over window sizes; :meth:`at` interpolates in log(rows), log(score)."""
+
+    points: tuple[NullPoint, ...]
+
+    def at(self, rows: int) -> tuple[float, float]:
+        """``(mean, level)`` for a window of ``rows`` rows.
+
+        Between two sizes: log-log interpolation (the noise falls about like a power of the
+        size). Below the smallest: scaled by ``smallest / rows`` (noise of independent rows,
+        an upper bound for autocorrelated ones). Above the largest: the largest's (noise only
+        falls with size, so this overstates it; the reference is too short to say more).
+        """
+        pts = self.points
+        if rows <= pts[0].rows:
+            f = pts[0].rows / max(rows, 1)
+            return pts[0].mean * f, pts[0].level * f
+        if rows >= pts[-1].rows:
+            return pts[-1].mean, pts[-1].level
+        k = int(np.searchsorted([p.rows for p in pts], rows))
+        lo, hi = pts[k - 1], pts[k]
+        t = (math.log(rows) - math.log(lo.rows)) / (math.log(hi.rows) - math.log(lo.rows))
+
+        def interp(a: float, b: float) -> float:
+            if a <= 0 or b <= 0:
+                return a + t * (b - a)
+            return math.exp(math.log(a) + t * (math.log(b) - math.log(a)))
+
+        return interp(lo.mean, hi.mean), interp(lo.level, hi.level)
+
+
+@dataclass(frozen=True)
+class DriftScore:
+    """One drift check. ``corrected`` is what ``QT_CLM_DRIFT_THRESHOLD`` is compared with.
+
+    ``raw``: mean PSI of the scored features against the pooled reference (the old score).
+    ``score``: the statistic the null was measured for (the seasonal PSI when the check had
+    times and the reference hourly counts, otherwise ``raw``). ``expected``: the mean
+    ``score`` of same-size windows of the reference (no drift). ``null``: their
+    ``NULL_QUANTILE`` quantile. ``corrected = score - null``: drift beyond sampling noise.
+    """
+
+    raw: float
+    score: float
+    expected: float
+    null: float
+    corrected: float
+    rows: int
+    method: str  # "seasonal", "pooled" (empirical nulls) or "iid" (no null: old reference)
+    per_feature: dict[str, float] = field(default_factory=dict)
+
+    def drifted(self, threshold: float) -> bool:
+        """True when the drift beyond sampling noise exceeds ``threshold``."""
+        return self.corrected > threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat record (for logs and the cycle's reason)."""
+        return {"raw": self.raw, "score": self.score, "expected": self.expected,
+                "null": self.null, "corrected": self.corrected, "rows": self.rows,
+                "method": self.method}
 
 
 @dataclass(frozen=True)
 class FeatureReference:
-    """Per-feature decile bins and shares of a training matrix (columns in ``names`` order)."""
+    """Per-feature decile bins and shares of a training matrix (columns in ``names`` order),
+    with, when fitted with times, hourly counts and the null tables of the drift score."""
 
     features: tuple[FeatureBins, ...]
     scored: tuple[str, ...]
     rows: int
     bins: int = 10
     epsilon: float = 1e-4
+    hour_rows: tuple[int, ...] = ()
+    null_pooled: NullTable | None = None
+    null_seasonal: NullTable | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -107,8 +183,15 @@ class FeatureReference:
     @classmethod
     def fit(cls, X: np.ndarray, names: Sequence[str] = FEATURE_NAMES,
             scored: Sequence[str] | None = None, bins: int = 10,
-            epsilon: float = 1e-4) -> FeatureReference:
-        """Bins from ``X`` (rows x ``names``); ``scored`` defaults to all but calendar features."""
+            epsilon: float = 1e-4, ts_ms: np.ndarray | Sequence[int] | None = None,
+            guard_ms: int = GUARD_MS, quantile: float = NULL_QUANTILE) -> FeatureReference:
+        """Bins from ``X`` (rows x ``names``); ``scored`` defaults to all but calendar features.
+
+        ``ts_ms``: each row's bar close time (ms; any row order, all symbols). With it the
+        reference also keeps hourly counts and measures its null tables, which
+        :meth:`drift_check` needs to correct for sampling noise; without it only the
+        independent-rows correction is available.
+        """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(names):
             raise ValueError(f"X has shape {X.shape}, expected (rows, {len(names)})")
@@ -133,49 +216,127 @@ class FeatureReference:
             fb = FeatureBins(name, edges, ())
             shares = fb.counts(col) / len(col)
             features.append(FeatureBins(name, edges, tuple(float(s) for s in shares)))
-        return cls(tuple(features), scored, len(X), bins, epsilon)
+        ref = cls(tuple(features), scored, len(X), bins, epsilon)
+        if ts_ms is None:
+            return ref
+        ts = np.asarray(ts_ms, dtype=np.int64)
+        if ts.shape != (len(X),):
+            raise ValueError(f"ts_ms has shape {ts.shape}, expected ({len(X)},)")
+        return _with_nulls(ref, X, ts, guard_ms, quantile)
 
-    def psi(self, X_recent: np.ndarray) -> dict[str, float]:
-        """PSI of every feature (scored or not) between the reference and ``X_recent``."""
-        X = np.asarray(X_recent, dtype=np.float64)
+    # --- the statistic ---------------------------------------------------------------------
+    def _check_shape(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.features):
             raise ValueError(f"X_recent has shape {X.shape}, expected (rows, "
                              f"{len(self.features)})")
         if len(X) == 0:
             raise ValueError("PSI of an empty window is undefined")
+        return X
+
+    def psi(self, X_recent: np.ndarray) -> dict[str, float]:
+        """PSI of every feature (scored or not) between the reference and ``X_recent``."""
+        X = self._check_shape(X_recent)
         return {f.name: psi_of_shares(np.asarray(f.shares), f.counts(X[:, j]) / len(X),
                                       self.epsilon)
                 for j, f in enumerate(self.features)}
 
     def drift_score(self, X_recent: np.ndarray) -> float:
-        """Mean PSI over the scored features; compare with ``QT_CLM_DRIFT_THRESHOLD``."""
+        """Mean PSI over the scored features: the raw score, sampling noise included."""
         per_feature = self.psi(X_recent)
         if not self.scored:
             return 0.0
         return float(np.mean([per_feature[n] for n in self.scored]))
 
+    def seasonal_psi(self, X_recent: np.ndarray, ts_ms: np.ndarray) -> dict[str, float]:
+        """PSI of each scored feature against the reference's shares at the same hours of day
+        (the hourly shares mixed in the window's own proportions of rows per hour)."""
+        X = self._check_shape(X_recent)
+        if not self.hour_rows:
+            raise ValueError("this reference has no hourly counts (fit it with ts_ms)")
+        hod = _hour_of_day(np.asarray(ts_ms, dtype=np.int64))
+        if hod.shape != (len(X),):
+            raise ValueError(f"ts_ms has shape {hod.shape}, expected ({len(X)},)")
+        weights = np.bincount(hod, minlength=24) / len(X)
+        seen = np.asarray(self.hour_rows) > 0
+        out = {}
+        for j, f in enumerate(self.features):
+            if f.name not in self.scored:
+                continue
+            hourly = _shares(np.asarray(f.hourly, dtype=np.float64))
+            pooled = np.asarray(f.shares)
+            expected = weights[seen] @ hourly[seen] + weights[~seen].sum() * pooled
+            out[f.name] = float(_psi(expected, f.counts(X[:, j]) / len(X), self.epsilon))
+        return out
+
+    def drift_check(self, X_recent: np.ndarray,
+                    ts_ms: np.ndarray | Sequence[int] | None = None) -> DriftScore:
+        """The drift check: raw score, its null for this many rows, and the corrected score.
+
+        ``X_recent``: the recent window's warm rows (all symbols); ``ts_ms``: their bar close
+        times (ms). Compare ``corrected`` (or :meth:`DriftScore.drifted`) with
+        ``QT_CLM_DRIFT_THRESHOLD``.
+        """
+        per_feature = self.psi(X_recent)
+        n = len(X_recent)
+        raw = float(np.mean([per_feature[k] for k in self.scored])) if self.scored else 0.0
+        if not self.scored:
+            return DriftScore(0.0, 0.0, 0.0, 0.0, 0.0, n, "pooled", per_feature)
+        if ts_ms is not None and self.hour_rows and self.null_seasonal is not None:
+            seasonal = self.seasonal_psi(X_recent, np.asarray(ts_ms))
+            score = float(np.mean([seasonal[k] for k in self.scored]))
+            mean, level = self.null_seasonal.at(n)
+            return DriftScore(raw, score, mean, level, score - level, n, "seasonal",
+                              per_feature)
+        if self.null_pooled is not None:
+            mean, level = self.null_pooled.at(n)
+            return DriftScore(raw, raw, mean, level, raw - level, n, "pooled", per_feature)
+        level = iid_expected_psi(self, n)
+        return DriftScore(raw, raw, level, level, raw - level, n, "iid", per_feature)
+
     # --- persistence (plain JSON; a registry artifact) ---------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        def table(t: NullTable | None) -> list[list[float]] | None:
+            return None if t is None else [[p.rows, p.windows, p.mean, p.level]
+                                           for p in t.points]
+
         return {
             "format": FORMAT, "rows": self.rows, "bins": self.bins, "epsilon": self.epsilon,
-            "scored": list(self.scored),
-            "features": [{"name": f.name, "edges": list(f.edges), "shares": list(f.shares)}
+            "scored": list(self.scored), "hour_rows": list(self.hour_rows),
+            "null": {"chunk_ms": CHUNK_MS, "quantile": NULL_QUANTILE,
+                     "pooled": table(self.null_pooled),
+                     "seasonal": table(self.null_seasonal)},
+            "features": [{"name": f.name, "edges": list(f.edges), "shares": list(f.shares),
+                          "hourly": [list(h) for h in f.hourly]}
                          for f in self.features],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureReference:
-        if d.get("format") != FORMAT:
+        if d.get("format") not in (FORMAT, FORMAT_V1):
             raise ValueError(f"not a drift reference: format {d.get('format')!r}, "
-                             f"expected {FORMAT!r}")
+                             f"expected {FORMAT!r} or {FORMAT_V1!r}")
         features = tuple(FeatureBins(f["name"], tuple(float(e) for e in f["edges"]),
-                                     tuple(float(s) for s in f["shares"]))
+                                     tuple(float(s) for s in f["shares"]),
+                                     tuple(tuple(int(c) for c in h) for h in f.get("hourly", ())))
                          for f in d["features"])
         for f in features:
             if len(f.shares) != len(f.edges) + 2 or not math.isclose(sum(f.shares), 1.0):
                 raise ValueError(f"drift reference feature {f.name}: shares do not fit edges")
+            if f.hourly and (len(f.hourly) != 24 or any(len(h) != len(f.shares)
+                                                        for h in f.hourly)):
+                raise ValueError(f"drift reference feature {f.name}: hourly counts do not fit")
+        null = d.get("null") or {}
+
+        def table(rows: list[list[float]] | None) -> NullTable | None:
+            if not rows:
+                return None
+            return NullTable(tuple(NullPoint(int(r[0]), int(r[1]), float(r[2]), float(r[3]))
+                                   for r in rows))
+
         return cls(features, tuple(d["scored"]), int(d["rows"]), int(d["bins"]),
-                   float(d["epsilon"]))
+                   float(d["epsilon"]), tuple(int(h) for h in d.get("hour_rows", ())),
+                   table(null.get("pooled")), table(null.get("seasonal")))
 
     def to_json(self) -> str:
         # allow_nan=False: edges come from finite values, so this is strict JSON
@@ -196,3 +357,124 @@ class FeatureReference:
     @classmethod
     def load(cls, directory: Path) -> FeatureReference:
         return cls.from_json((Path(directory) / REFERENCE_FILE).read_text())
+
+
+def iid_expected_psi(ref: FeatureReference, rows: int) -> float:
+    """Mean over the scored features of ``(bins - 1) * (1/n_ref + 1/n)``: the expected PSI of
+    independent rows without drift (a floor: autocorrelated rows give far more)."""
+    k = [len(f.shares) - 1 - (f.shares[-1] == 0) for f in ref.features if f.name in ref.scored]
+    return float(np.mean([(b - 1) * (1 / ref.rows + 1 / rows) for b in k])) if k else 0.0
+
+
+def _hour_of_day(ts_ms: np.ndarray) -> np.ndarray:
+    return (ts_ms // HOUR_MS % 24).astype(np.int64)
+
+
+def _with_nulls(ref: FeatureReference, X: np.ndarray, ts: np.ndarray, guard_ms: int,
+                quantile: float) -> FeatureReference:
+    """Hourly counts and the null tables of a reference fitted on ``X`` at times ``ts``."""
+    scored_idx = [ref.names.index(n) for n in ref.scored]
+    if not scored_idx:
+        return ref
+    nb = max(len(ref.features[j].shares) for j in scored_idx)
+    S = len(scored_idx)
+    # bin of every (row, scored feature), as one flat index chunk * S * nb + feature * nb + bin
+    chunk_of_row = ts // CHUNK_MS
+    chunk_ids, chunk = np.unique(chunk_of_row, return_inverse=True)
+    M = len(chunk_ids)
+    flat = np.empty((len(X), S), dtype=np.int64)
+    for k, j in enumerate(scored_idx):
+        flat[:, k] = ref.features[j].index(X[:, j]) + k * nb
+    flat += (chunk * S * nb)[:, None]
+    C = np.bincount(flat.ravel(), minlength=M * S * nb).reshape(M, S, nb).astype(np.int64)
+    chunk_hod = _hour_of_day(chunk_ids * CHUNK_MS)
+    hourly = np.zeros((24, S, nb), dtype=np.int64)
+    np.add.at(hourly, chunk_hod, C)
+    hour_rows = tuple(int(r) for r in hourly[:, 0, :].sum(axis=1))
+    features = list(ref.features)
+    for k, j in enumerate(scored_idx):
+        f = features[j]
+        width = len(f.shares)
+        features[j] = FeatureBins(f.name, f.edges, f.shares,
+                                  tuple(tuple(int(c) for c in hourly[h, k, :width])
+                                        for h in range(24)))
+    pooled, seasonal = _null_tables(C, chunk_ids * CHUNK_MS, chunk_hod, hourly, ref.epsilon,
+                                    guard_ms, quantile)
+    return FeatureReference(tuple(features), ref.scored, ref.rows, ref.bins, ref.epsilon,
+                            hour_rows, pooled, seasonal)
+
+
+def _null_tables(C: np.ndarray, start_ms: np.ndarray, hod: np.ndarray, hourly: np.ndarray,
+                 epsilon: float, guard_ms: int, quantile: float
+                 ) -> tuple[NullTable | None, NullTable | None]:
+    """Score same-size windows of the reference against the rest of it, for a grid of sizes.
+
+    A window is a run of consecutive chunks; its pool is the reference without the window and
+    without ``guard_ms`` of event time on either side (a recent window is never surrounded by
+    its reference, and the market state persists for about a day); windows whose pool has
+    fewer rows than they do are skipped.
+    """
+    M = len(C)
+    chunk_rows = C[:, 0, :].sum(axis=1)
+    cum_rows = np.concatenate([[0], np.cumsum(chunk_rows)])
+    total_rows = int(cum_rows[-1])
+    P = np.concatenate([np.zeros((1, *C.shape[1:]), dtype=np.int64), np.cumsum(C, axis=0)])
+    total = P[-1]
+    # per hour of day, prefix counts over that hour's chunks only (24 small prefix arrays)
+    by_hour = [np.flatnonzero(hod == h) for h in range(24)]
+    prefix_h = [np.concatenate([np.zeros((1, *C.shape[1:]), dtype=np.int64),
+                                np.cumsum(C[idx], axis=0)]) for idx in by_hour]
+    end_ms = start_ms + CHUNK_MS
+    smallest = max(int(np.median(chunk_rows)), 1)
+    sizes: list[int] = []
+    size = float(smallest)
+    while size <= total_rows / 2:
+        if not sizes or int(size) > sizes[-1]:
+            sizes.append(int(size))
+        size *= NULL_STEP
+    pooled_pts, seasonal_pts = [], []
+    for n in sizes:
+        last = int(np.searchsorted(cum_rows, total_rows - n, side="right")) - 1
+        if last < 0:
+            continue
+        starts = np.unique(np.linspace(0, last, NULL_WINDOWS).astype(np.int64))
+        ends = np.searchsorted(cum_rows, cum_rows[starts] + n, side="left")
+        ends = np.clip(ends, starts + 1, M)
+        lo = np.minimum(np.searchsorted(end_ms, start_ms[starts] - guard_ms, side="right"),
+                        starts)
+        hi = np.maximum(np.searchsorted(start_ms, end_ms[ends - 1] + guard_ms, side="left"),
+                        ends)
+        win_rows = cum_rows[ends] - cum_rows[starts]
+        pool_rows = total_rows - (cum_rows[hi] - cum_rows[lo])
+        ok = pool_rows >= win_rows
+        if ok.sum() < NULL_MIN_WINDOWS:
+            continue
+        starts, ends, lo, hi, win_rows = starts[ok], ends[ok], lo[ok], hi[ok], win_rows[ok]
+        window = P[ends] - P[starts]                       # (K, S, nb)
+        pool = total - (P[hi] - P[lo])
+        actual = window / win_rows[:, None, None]
+        pooled_score = _psi(_shares(pool), actual, epsilon).mean(axis=-1)
+        # seasonal: pool counts per hour, mixed in the window's own hour proportions
+        pool_h = np.empty((len(starts), 24, *C.shape[1:]), dtype=np.float64)
+        win_w = np.empty((len(starts), 24), dtype=np.float64)
+        for h, idx in enumerate(by_hour):
+            ph = prefix_h[h]
+            a = np.searchsorted(idx, lo)
+            b = np.searchsorted(idx, hi)
+            pool_h[:, h] = hourly[h] - (ph[b] - ph[a])
+            ws, we = np.searchsorted(idx, starts), np.searchsorted(idx, ends)
+            win_w[:, h] = (ph[we] - ph[ws])[:, 0, :].sum(axis=-1)
+        win_w /= win_rows[:, None]
+        seen = pool_h[:, :, 0, :].sum(axis=-1) > 0          # (K, 24)
+        hour_shares = _shares(pool_h)
+        expected = np.einsum("kh,khsb->ksb", win_w * seen, hour_shares) \
+            + (win_w * ~seen).sum(axis=1)[:, None, None] * _shares(pool)
+        seasonal_score = _psi(expected, actual, epsilon).mean(axis=-1)
+        k = len(starts)
+        pooled_pts.append(NullPoint(n, k, float(pooled_score.mean()),
+                                    float(np.quantile(pooled_score, quantile))))
+        seasonal_pts.append(NullPoint(n, k, float(seasonal_score.mean()),
+                                      float(np.quantile(seasonal_score, quantile))))
+    if not pooled_pts:
+        return None, None
+    return NullTable(tuple(pooled_pts)), NullTable(tuple(seasonal_pts))

@@ -1,5 +1,5 @@
 """The CLM training cycle: retrain all four voters from a :class:`~models.dataset.History`,
-off the hot path.
+off the hot path, from scratch and (optionally) warm-started from production.
 
 :func:`train_all` is a pure function (history in, artifact files and figures out) that runs in
 any process; :class:`TrainingJob` runs it in a child process so that a cycle never blocks a
@@ -8,19 +8,45 @@ Bytewax worker or holds its GIL.
 The cycle, with the project's own code (the recipe of :mod:`models.bootstrap`):
 
 1. keep each symbol's most recent bars, ``max_rows`` in all (an equal share per symbol);
-2. label the warm bars (:func:`~models.dataset.build_training_set`) and split by time
-   (:func:`~models.dataset.time_split`): the last ``val_fraction`` of the rows validate, the
-   rest train, with a gap of ``horizon x symbols`` rows at the cut so that no label straddles
-   it. There is no test split: the shadow test beside production is the out-of-sample test;
+2. label the warm bars (:func:`~models.dataset.build_training_set`, which records when each
+   label is known) and split by time into **train | early stopping | validation**
+   (:func:`~models.dataset.purged_split`: the last ``val_fraction`` of the rows validate, the
+   ``es_fraction`` before them stop the trees early, the rest train). Each cut is purged by
+   event time: a row stays in its slice only if its label is known before the next slice
+   starts, less an embargo of ``embargo_bars`` bars (default: the label horizon). So the
+   reported validation is untouched by any training decision, early stopping included. There
+   is no test split: the shadow test beside production is the out-of-sample test;
 3. append ``extra_rows`` (entry features of closed trades labelled by their outcome) to the
-   training rows of the tree models. Only rows whose entry time is before the validation cut
-   are used; later ones are counted and held out, or validation would score rows the trees
-   had seen. N-HiTS and PatchTST train on the return series, which those rows do not extend;
-4. train XGBoost and LightGBM (early stopping on validation) and N-HiTS and PatchTST (on the
-   last bars before the cut, ``seq_max_bars`` in all), save each into
-   ``out_dir/<model>/`` with its own ``save`` (native files + ``params.json``, no pickles);
-5. score each model on the validation split with its own ``predict`` (the serving path) and
+   training rows of the tree models, purged by the trade's **exit** (``label_end_ms``): only
+   trades whose label is known before the early-stopping slice starts, less the embargo, train;
+   later ones are counted and held out. Rows given without ``label_end_ms`` are assumed to exit
+   ``trade_label_ms`` after entry. N-HiTS and PatchTST train on the return series, which those
+   rows do not extend;
+4. train XGBoost and LightGBM (early stopping on the early-stopping slice) and N-HiTS and
+   PatchTST (no training decision is taken on the early-stopping slice, so they train on the
+   last bars before the validation cut less the embargo, ``seq_max_bars`` in all), save each
+   into ``out_dir/<model>/`` with its own ``save`` (native files + ``params.json``, no
+   pickles);
+5. with ``warm_from`` (model -> production artifact directory), also a **warm-started**
+   challenger per model into ``out_dir/<model>.warm/`` (see below);
+6. score every model on the validation slice with its own ``predict`` (the serving path) and
    :func:`models.metrics.classification_report` (``val_*`` keys, as the bootstrap records).
+
+Warm starts. The production model is loaded with its class's ``load`` and trained further on
+the data since it was trained: the rows of the training slice after ``since_ms`` (or after the
+artifact's own ``last_train_ts_ms`` when that is later, or when ``since_ms`` is None). The trees
+continue boosting from production's booster (its trees first, unchanged; new rounds stopped
+early on the same early-stopping slice and cut at the best round, so the saved artifact is what
+is served); N-HiTS and PatchTST fine-tune production's weights with ``warm_seq_step_fraction``
+of the from-scratch steps at ``warm_seq_lr_scale`` x the learning rate, on their bars after
+``since`` (plus one input window of context before it). Fallbacks, recorded in
+``CycleResult.warm``: fewer than ``min_rows`` rows (bars, for the sequence models) since
+production's data end, or no known data end: the most recent ``min_rows`` of the training
+slice instead (production has seen some of them; a few more rounds or steps on them are what
+a warm start can do with little new data). A production artifact that cannot be loaded or does
+not fit the data (feature columns, window, horizon) gives no warm variant, with the reason.
+Validation is the same slice for both variants, so their ``val_*`` figures compare; if
+production's own data reaches into it, the warm figures are optimistic and ``warm`` says so.
 
 Why the sequence models see only the last bars: neuralforecast builds every window of every
 series on each optimiser step, so a step costs time in proportion to the series' length, not
@@ -35,12 +61,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
+import functools
 import multiprocessing
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, replace
@@ -51,13 +79,32 @@ from typing import Any
 import numpy as np
 
 from models.base import MODEL_NAMES, cap_threads
-from models.dataset import History, TrainingSet, build_training_set, time_split
+from models.dataset import (
+    LABEL_END_UNKNOWN,
+    History,
+    TrainingSet,
+    build_training_set,
+    purged_split,
+)
 from models.labels import LabelConfig
 from models.metrics import classification_report, constant_baseline
-from models.sequence import NHITSModel, NHITSParams, PatchTSTModel, PatchTSTParams
+from models.sequence import NHITSModel, NHITSParams, PatchTSTModel, PatchTSTParams, SeqParams
 from models.trees import LightGBMModel, TreeParams, XGBoostModel
 from schemas.signals import CLASS_OF
-from schemas.timeutil import from_ms, to_ms
+from schemas.timeutil import from_ms, iso, to_ms
+
+WARM = ".warm"
+"""Suffix of a warm-started variant's key in :class:`CycleResult` (``"xgboost.warm"``)."""
+
+MODEL_CLASSES: dict[str, Any] = {"xgboost": XGBoostModel, "lightgbm": LightGBMModel,
+                                 "nhits": NHITSModel, "patchtst": PatchTSTModel}
+"""Model name -> class (its ``train``, ``load``), as :data:`models.base.MODEL_NAMES`."""
+SEQUENCE_MODELS = ("nhits", "patchtst")
+
+
+def warm_name(model: str) -> str:
+    """The key of ``model``'s warm-started variant in a :class:`CycleResult`."""
+    return model + WARM
 
 
 def _cycle_tree() -> TreeParams:
@@ -84,7 +131,17 @@ class CycleConfig:
       Bittrex file fits), so a 90-day lookback costs what 10 days do. :class:`TrainingJob`
       cuts before sending the history to the child, which also bounds the pickling.
     - ``val_fraction``: 0.15, the last 15% of the labelled rows (by time) validate.
-    - ``min_rows``: 500 labelled rows at least, as the bootstrap requires.
+    - ``es_fraction``: 0.10, the 10% before them stop the trees early (never reported).
+    - ``embargo_bars``: event time dropped before each cut beyond the label purge, in bars
+      (None: the label horizon; the bar length is read off the feature vectors).
+    - ``trade_label_ms``: when a trade row comes without ``label_end_ms``, its exit is assumed
+      this long after entry (2 h: twice ``QT_MAX_HOLDING_SECONDS``'s default, as the exit fills
+      at a tick after the holding limit).
+    - ``warm_seq_step_fraction`` / ``warm_seq_lr_scale``: a warm N-HiTS/PatchTST fine-tunes
+      with this fraction of ``nhits``/``patchtst``'s steps (0.3) at this multiple of their
+      learning rate (0.5). The warm trees use ``tree`` as it is: early stopping sizes them.
+    - ``min_rows``: 500 labelled rows at least, as the bootstrap requires; also the least new
+      data a warm start uses before it falls back (module docstring).
     - ``seed``: 0, every model's seed.
 
     Measured with ``bench/bench_clm.py`` (TrainingJob start -> result, child start-up,
@@ -100,16 +157,32 @@ class CycleConfig:
     seq_max_bars: int | None = 40_000
     max_rows: int | None = 150_000
     val_fraction: float = 0.15
+    es_fraction: float = 0.10
+    embargo_bars: int | None = None
+    trade_label_ms: int = 2 * 3_600_000
+    warm_seq_step_fraction: float = 0.3
+    warm_seq_lr_scale: float = 0.5
     min_rows: int = 500
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 < self.es_fraction < 1.0 - self.val_fraction:
+            raise ValueError(f"es_fraction must be in (0, 1 - val_fraction), got "
+                             f"{self.es_fraction}")
         for name in ("seq_max_bars", "max_rows"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {value}")
+        if self.embargo_bars is not None and self.embargo_bars < 0:
+            raise ValueError(f"embargo_bars must be None or >= 0, got {self.embargo_bars}")
+        if self.trade_label_ms < 0:
+            raise ValueError(f"trade_label_ms must be >= 0, got {self.trade_label_ms}")
+        if not 0.0 < self.warm_seq_step_fraction <= 1.0 or self.warm_seq_lr_scale <= 0.0:
+            raise ValueError("warm_seq_step_fraction must be in (0, 1] and warm_seq_lr_scale "
+                             f"> 0, got {self.warm_seq_step_fraction}, "
+                             f"{self.warm_seq_lr_scale}")
 
     @classmethod
     def quick(cls) -> CycleConfig:
@@ -122,23 +195,46 @@ class CycleConfig:
         """JSON-safe, for the registry's ``params`` and the ``clm_cycles`` row."""
         return {"tree": self.tree.to_dict(), "nhits": self.nhits.to_dict(),
                 "patchtst": self.patchtst.to_dict(), "seq_max_bars": self.seq_max_bars,
-                "max_rows": self.max_rows,
-                "val_fraction": self.val_fraction, "min_rows": self.min_rows, "seed": self.seed}
+                "max_rows": self.max_rows, "val_fraction": self.val_fraction,
+                "es_fraction": self.es_fraction, "embargo_bars": self.embargo_bars,
+                "trade_label_ms": self.trade_label_ms,
+                "warm_seq_step_fraction": self.warm_seq_step_fraction,
+                "warm_seq_lr_scale": self.warm_seq_lr_scale,
+                "min_rows": self.min_rows, "seed": self.seed}
+
+    def fractions(self) -> tuple[float, float, float]:
+        """Shares of train, early stopping and validation rows (before the purge)."""
+        return (1.0 - self.es_fraction - self.val_fraction, self.es_fraction,
+                self.val_fraction)
 
 
 @dataclass(frozen=True)
 class CycleResult:
-    """What a cycle produced: one artifact directory per model and the figures to record.
+    """What a cycle produced: one artifact directory per model and variant, and the figures.
 
-    - ``paths``: model name -> ``out_dir/<model>`` (load it with the model class's ``load``);
-    - ``metrics``: model name -> ``val_accuracy``, ``val_macro_f1``, ``val_calls``,
+    Keys of ``paths``, ``metrics`` and ``seconds`` are model names (from scratch) and, with
+    ``warm_from``, :func:`warm_name` of them (``"xgboost.warm"``) for the warm variants made.
+
+    - ``paths``: variant -> ``out_dir/<variant>`` (load it with the model class's ``load``);
+    - ``metrics``: variant -> ``val_accuracy``, ``val_macro_f1``, ``val_calls``,
       ``val_call_hit_rate``, ``val_n``; ``baseline`` -> the majority-class ``val_macro_f1``;
     - ``rows``: ``train`` (history rows), ``extra`` (trade rows appended), ``extra_held_out``
-      (trade rows at or after the cut), ``val``, ``symbols``, ``seq_bars`` (bars the sequence
-      models trained on, all symbols);
+      (trade rows whose label ends too late), ``extra_assumed_end`` (trade rows without
+      ``label_end_ms``), ``es``, ``val``, ``purged`` (rows dropped at the cuts), ``symbols``,
+      ``seq_bars`` (bars the sequence models trained on, all symbols);
     - ``train_from_ms`` / ``train_to_ms``: first and last training bar (history rows);
-      ``val_from_ms`` / ``val_to_ms``: the validation window (``val_from_ms`` is the cut);
-    - ``seconds``: ``prepare`` (labels, split), per model (fit + save + validation), ``total``;
+      ``es_from_ms`` / ``es_to_ms``: the early-stopping slice; ``val_from_ms`` /
+      ``val_to_ms``: the validation window (``val_from_ms`` is the cut); ``embargo_ms``;
+    - ``seconds``: ``prepare`` (labels, split), per variant (load + fit + save + validation),
+      ``total``; ``fit_seconds``: per variant, the training alone (a warm variant's includes
+      loading production), the cost to compare between the two variants;
+    - ``warm``: per warm variant asked for, how it was made: ``base`` (production's
+      directory), ``since_ms`` (production's data end used, None if unknown), ``from_ms``
+      (first training time), ``rows`` (rows it trained on; for the sequence models bars,
+      their input context included), ``fallback`` (why not the data since production, or
+      None), ``overlaps_val`` (production's labels reach the validation slice), and per kind
+      ``base_rounds``/``rounds`` or ``steps``/``learning_rate``; ``skipped`` (the reason)
+      when no variant was made;
     - ``pid``: the process that trained; ``wall_seconds``: set by :class:`TrainingJob`, from
       :meth:`TrainingJob.start` to the result (child start-up, imports and IPC included).
     """
@@ -154,6 +250,11 @@ class CycleResult:
     seconds: dict[str, float]
     pid: int
     wall_seconds: float | None = None
+    es_from_ms: int = 0
+    es_to_ms: int = 0
+    embargo_ms: int = 0
+    warm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fit_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def data_from(self) -> datetime:
@@ -161,8 +262,8 @@ class CycleResult:
 
     @property
     def data_to(self) -> datetime:
-        """The validation cut: every training label is known before it (the registry's
-        ``data_to``, as the bootstrap records it)."""
+        """The validation cut: every label a model trained or stopped early on is known
+        before it (the registry's ``data_to``, as the bootstrap records it)."""
         return from_ms(self.val_from_ms)
 
 
@@ -192,12 +293,66 @@ def history_before(history: History, cut_ms: int, max_bars: int | None) -> Histo
     return out
 
 
+def history_between(history: History, from_ms: int, cut_ms: int, context: int,
+                    min_bars: int, max_bars: int | None) -> History:
+    """Per symbol, the vectors closing in ``[from_ms, cut_ms)`` with ``context`` bars before
+    them (the input window of the first new target), at least ``min_bars`` and at most
+    ``max_bars`` (the last ones) where the symbol has them before ``cut_ms``."""
+    out = History()
+    for symbol, vectors in history.vectors.items():
+        def key(v: Any) -> int:
+            return to_ms(v.ts)
+
+        end = bisect.bisect_left(vectors, cut_ms, key=key)
+        first = bisect.bisect_left(vectors, from_ms, key=key, hi=end)
+        start = max(0, min(first - context, end - min_bars))
+        if max_bars is not None:
+            start = max(start, end - max(max_bars, min_bars))
+        out.vectors[symbol] = vectors[start:end]
+    return out
+
+
+def bar_ms(history: History) -> int:
+    """The bar length in ms, read off a feature vector (close - bar start); 0 if empty."""
+    for vectors in history.vectors.values():
+        if vectors:
+            return to_ms(vectors[0].ts) - to_ms(vectors[0].bar_start)
+    return 0
+
+
+def embargo_ms(history: History, label_cfg: LabelConfig, config: CycleConfig) -> int:
+    """``config.embargo_bars`` (None: the label horizon) in ms of this history's bars."""
+    bars = label_cfg.horizon if config.embargo_bars is None else config.embargo_bars
+    return bars * bar_ms(history)
+
+
+def cycle_split(data: TrainingSet, config: CycleConfig,
+                embargo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, early-stopping and validation indices of a cycle: :func:`purged_split` with
+    the config's fractions and ``embargo`` ms (module docstring, step 2)."""
+    train, es, val = purged_split(data.ts_ms, data.label_end_ms, config.fractions(), embargo)
+    return train, es, val
+
+
+def resolve_label_end(extra: TrainingSet, assumed_ms: int) -> tuple[TrainingSet, int]:
+    """``extra`` with every unknown ``label_end_ms`` set to ``ts + assumed_ms``, and how many
+    were unknown (trade rows from callers that do not pass exit times)."""
+    unknown = extra.label_end_ms == LABEL_END_UNKNOWN
+    if not unknown.any():
+        return extra, 0
+    ends = np.where(unknown, np.asarray(extra.ts_ms, dtype=np.int64) + assumed_ms,
+                    extra.label_end_ms)
+    return dataclasses.replace(extra, label_end_ms=ends), int(unknown.sum())
+
+
 def concat_rows(data: TrainingSet, train_idx: np.ndarray, cut_ms: int,
                 extra: TrainingSet | None) -> tuple[TrainingSet, np.ndarray, int]:
-    """``data`` with the ``extra`` rows that start before ``cut_ms`` appended, the training
-    indices extended by them, and how many extra rows were held out (at or after the cut).
+    """``data`` with the ``extra`` rows whose label ends before ``cut_ms`` appended, the
+    training indices extended by them, and how many extra rows were held out (label known at
+    or after the cut, or never: :data:`~models.dataset.LABEL_END_UNKNOWN`).
 
-    Rows of ``data`` keep their indices, so validation indices stay valid.
+    Pass the next slice's start less the embargo as ``cut_ms``. Rows of ``data`` keep their
+    indices, so validation indices stay valid.
     """
     if extra is None or len(extra) == 0:
         return data, train_idx, 0
@@ -207,10 +362,11 @@ def concat_rows(data: TrainingSet, train_idx: np.ndarray, cut_ms: int,
                          f"set {list(data.feature_names)}")
     lengths = {"X": len(extra.X), "y": len(extra.y), "ts_ms": len(extra.ts_ms),
                "symbols": len(extra.symbols), "forward_return": len(extra.forward_return),
-               "threshold": len(extra.threshold), "vectors": len(extra.vectors)}
+               "threshold": len(extra.threshold), "vectors": len(extra.vectors),
+               "label_end_ms": len(extra.label_end_ms)}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"extra_rows fields differ in length: {lengths}")
-    keep = np.flatnonzero(np.asarray(extra.ts_ms) < cut_ms)
+    keep = np.flatnonzero(np.asarray(extra.label_end_ms) < cut_ms)
     held_out = len(extra) - len(keep)
     if len(keep) == 0:
         return data, train_idx, held_out
@@ -224,9 +380,35 @@ def concat_rows(data: TrainingSet, train_idx: np.ndarray, cut_ms: int,
         threshold=np.concatenate([data.threshold, extra.threshold]),
         vectors=[*data.vectors, *extra.vectors],
         feature_names=data.feature_names,
+        label_end_ms=np.concatenate([data.label_end_ms, extra.label_end_ms]),
     )
     idx = np.concatenate([train_idx, np.arange(len(data), len(merged), dtype=train_idx.dtype)])
     return merged, idx, held_out
+
+
+def warm_window(ts_ms: np.ndarray, since_ms: int | None,
+                min_rows: int) -> tuple[int, str | None]:
+    """Where a warm start's data begins: ``(from_ms, fallback)``; rows with
+    ``ts >= from_ms`` train it.
+
+    Normally the rows after ``since_ms`` (production's data end). With fewer than
+    ``min_rows`` of them, or no ``since_ms``, the most recent ``min_rows`` rows (all, if
+    there are fewer), and ``fallback`` says why.
+    """
+    ts = np.sort(np.asarray(ts_ms, dtype=np.int64))
+    if len(ts) == 0:
+        return 0, "no training rows"
+    if since_ms is not None:
+        new = len(ts) - int(np.searchsorted(ts, since_ms, "right"))
+        if new >= min_rows:
+            return int(since_ms) + 1, None
+        why = (f"only {new} rows after production's data end {iso(from_ms(int(since_ms)))} "
+               f"(fewer than min_rows={min_rows})")
+    else:
+        why = "production's data end is unknown"
+    start = int(ts[max(0, len(ts) - min_rows)])
+    kept = len(ts) - int(np.searchsorted(ts, start, "left"))
+    return start, f"{why}: the most recent {kept} rows, from {iso(from_ms(start))}"
 
 
 # --- the cycle ----------------------------------------------------------------------------------
@@ -234,9 +416,56 @@ def _classes(preds: list[tuple[Any, float]]) -> np.ndarray:
     return np.array([CLASS_OF[a] for a, _ in preds], dtype=np.int64)
 
 
+def _base_since(base: Any, since_ms: int | None) -> int | None:
+    """Production's data end: the later of the caller's ``since_ms`` and what the artifact
+    recorded (a model trained further than the caller knows has seen those rows)."""
+    recorded = base.meta.get("last_train_ts_ms")
+    known = [int(t) for t in (since_ms, recorded) if t is not None]
+    return max(known) if known else None
+
+
+def _warm_seq_params(config_params: SeqParams, base: Any, config: CycleConfig) -> SeqParams:
+    """The base's architecture and loss with this cycle's smaller fine-tuning budget."""
+    steps = max(1, round(config_params.max_steps * config.warm_seq_step_fraction))
+    return replace(base.params, max_steps=steps,
+                   learning_rate=config_params.learning_rate * config.warm_seq_lr_scale,
+                   batch_size=config_params.batch_size,
+                   windows_batch_size=config_params.windows_batch_size)
+
+
+@dataclass
+class _Prepared:
+    """A cycle's data once labelled and split (what each model's training reads)."""
+
+    history: History
+    data: TrainingSet
+    fit_data: TrainingSet  # ``data`` with the kept trade rows appended
+    fit_idx: np.ndarray  # training rows of the trees: ``train`` + trade rows
+    train: np.ndarray
+    es: np.ndarray
+    val: np.ndarray
+    embargo: int
+    seq_cut: int  # the sequence models train on bars closing before it
+    seq_cap: int | None  # bars per symbol
+    seq_history: History
+    held_out: int  # trade rows whose label ends too late
+    assumed: int  # trade rows that came without label_end_ms
+
+    @functools.cached_property
+    def bar_ts(self) -> np.ndarray:
+        """Close times of every bar in the window (all symbols, unsorted)."""
+        return np.array([to_ms(v.ts) for vs in self.history.vectors.values() for v in vs],
+                        dtype=np.int64)
+
+
 def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,
-              config: CycleConfig, out_dir: Path) -> CycleResult:
-    """Retrain all four models on ``history`` (+ ``extra_rows``) into ``out_dir/<model>/``.
+              config: CycleConfig, out_dir: Path,
+              warm_from: Mapping[str, Path] | None = None,
+              since_ms: int | None = None) -> CycleResult:
+    """Retrain all four models on ``history`` (+ ``extra_rows``) into ``out_dir/<model>/``;
+    with ``warm_from`` (model -> production artifact directory), also warm-start those
+    models from production on the data after ``since_ms`` (when production's training data
+    ended) into ``out_dir/<model>.warm/`` (module docstring).
 
     Pure: reads its arguments, writes only under ``out_dir`` (each model's directory must not
     exist yet, or be empty, so a result never mixes two cycles' files). Runs with one thread.
@@ -247,59 +476,146 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
     started = time.perf_counter()
     cap_threads()
     out_dir = Path(out_dir)
-    paths = {name: out_dir / name for name in MODEL_NAMES}
-    for p in paths.values():
+    warm_from = {name: Path(p) for name, p in (warm_from or {}).items()}
+    unknown = sorted(set(warm_from) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"warm_from names unknown models {unknown}; known: {MODEL_NAMES}")
+    dirs = {name: out_dir / name for name in MODEL_NAMES}
+    dirs.update({warm_name(name): out_dir / warm_name(name) for name in warm_from})
+    for p in dirs.values():
         if p.exists() and any(p.iterdir()):
             raise FileExistsError(f"{p} already holds files: give each cycle a fresh out_dir")
 
+    c = _prepare(history, extra_rows, label_cfg, config)
+    data, val = c.data, c.val
+    val_vectors = [data.vectors[i] for i in val]
+    seconds = {"prepare": time.perf_counter() - started}
+
+    def score(model: Any) -> dict[str, float]:
+        pred = _classes(model.predict(val_vectors))
+        report = classification_report(data.y[val], pred, data.forward_return[val],
+                                       data.threshold[val])
+        return {f"val_{k}": float(v) for k, v in report.items()}
+
+    trainers = {
+        "xgboost": lambda: XGBoostModel.train(c.fit_data, c.fit_idx, c.es, config.tree,
+                                              config.seed),
+        "lightgbm": lambda: LightGBMModel.train(c.fit_data, c.fit_idx, c.es, config.tree,
+                                                config.seed),
+        "nhits": lambda: NHITSModel.train(c.seq_history, c.seq_cut, label_cfg, config.nhits,
+                                          config.seed),
+        "patchtst": lambda: PatchTSTModel.train(c.seq_history, c.seq_cut, label_cfg,
+                                                config.patchtst, config.seed),
+    }
+    paths: dict[str, Path] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    warm: dict[str, dict[str, Any]] = {}
+    fit_seconds: dict[str, float] = {}
+    for name in MODEL_NAMES:
+        variants = [name] + ([warm_name(name)] if name in warm_from else [])
+        for variant in variants:
+            t0 = time.perf_counter()
+            if variant == name:
+                model = trainers[name]()
+            else:
+                model, warm[variant] = _train_warm(name, warm_from[name], since_ms, c,
+                                                   label_cfg, config)
+                if model is None:
+                    continue
+            fit_seconds[variant] = time.perf_counter() - t0
+            model.save(dirs[variant])
+            paths[variant] = dirs[variant]
+            metrics[variant] = score(model)
+            seconds[variant] = time.perf_counter() - t0
+            del model
+    base_report = constant_baseline(data.y[c.train], data.y[val])
+    metrics["baseline"] = {"val_macro_f1": float(base_report["macro_f1"])}
+    seconds["total"] = time.perf_counter() - started
+    rows = {"train": len(c.train), "extra": len(c.fit_idx) - len(c.train),
+            "extra_held_out": c.held_out, "extra_assumed_end": c.assumed, "es": len(c.es),
+            "val": len(val), "purged": len(data) - len(c.train) - len(c.es) - len(val),
+            "symbols": len(c.history.symbols),
+            "seq_bars": sum(len(v) for v in c.seq_history.vectors.values())}
+    return CycleResult(
+        out_dir=out_dir, paths=paths, metrics=metrics, rows=rows,
+        train_from_ms=int(data.ts_ms[c.train].min()),
+        train_to_ms=int(data.ts_ms[c.train].max()),
+        val_from_ms=int(data.ts_ms[val].min()), val_to_ms=int(data.ts_ms[val].max()),
+        seconds=seconds, pid=os.getpid(), es_from_ms=int(data.ts_ms[c.es].min()),
+        es_to_ms=int(data.ts_ms[c.es].max()), embargo_ms=c.embargo, warm=warm,
+        fit_seconds=fit_seconds)
+
+
+def _prepare(history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,
+             config: CycleConfig) -> _Prepared:
+    """Steps 1-3 of the module docstring: window, labels, purged slices, trade rows."""
     history = recent_history(history, config.max_rows)
     data = build_training_set(history, label_cfg)
     if len(data) < config.min_rows:
         raise ValueError(f"training cycle: {len(data)} labelled rows, at least "
                          f"{config.min_rows} are needed to train and validate")
-    gap = label_cfg.horizon * len(history.symbols)
-    fractions = (1.0 - config.val_fraction, config.val_fraction, 0.0)
-    train, val, _ = time_split(data.ts_ms, fractions, gap=gap)
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"training cycle: empty split (train {len(train)}, val {len(val)})")
-    cut_ms = int(data.ts_ms[val].min())
-    fit_data, fit_idx, held_out = concat_rows(data, train, cut_ms, extra_rows)
-    seq_history = history_before(history, cut_ms,
-                                 per_symbol(config.seq_max_bars, len(history.symbols)))
-    val_vectors = [data.vectors[i] for i in val]
-    seconds = {"prepare": time.perf_counter() - started}
+    embargo = embargo_ms(history, label_cfg, config)
+    train, es, val = cycle_split(data, config, embargo)
+    if len(train) == 0 or len(es) == 0 or len(val) == 0:
+        raise ValueError(f"training cycle: empty split (train {len(train)}, early stopping "
+                         f"{len(es)}, val {len(val)})")
+    assumed = 0
+    if extra_rows is not None and len(extra_rows):
+        extra_rows, assumed = resolve_label_end(extra_rows, config.trade_label_ms)
+    es_cut = int(data.ts_ms[es].min())
+    fit_data, fit_idx, held_out = concat_rows(data, train, es_cut - embargo, extra_rows)
+    seq_cut = int(data.ts_ms[val].min()) - embargo
+    seq_cap = per_symbol(config.seq_max_bars, len(history.symbols))
+    return _Prepared(history, data, fit_data, fit_idx, train, es, val, embargo, seq_cut,
+                     seq_cap, history_before(history, seq_cut, seq_cap), held_out, assumed)
 
-    trainers = {
-        "xgboost": lambda: XGBoostModel.train(fit_data, fit_idx, val, config.tree, config.seed),
-        "lightgbm": lambda: LightGBMModel.train(fit_data, fit_idx, val, config.tree,
-                                                config.seed),
-        "nhits": lambda: NHITSModel.train(seq_history, cut_ms, label_cfg, config.nhits,
-                                          config.seed),
-        "patchtst": lambda: PatchTSTModel.train(seq_history, cut_ms, label_cfg,
-                                                config.patchtst, config.seed),
-    }
-    metrics: dict[str, dict[str, float]] = {}
-    for name in MODEL_NAMES:
-        t0 = time.perf_counter()
-        model = trainers[name]()
-        model.save(paths[name])
-        pred = _classes(model.predict(val_vectors))
-        report = classification_report(data.y[val], pred, data.forward_return[val],
-                                       data.threshold[val])
-        metrics[name] = {f"val_{k}": float(v) for k, v in report.items()}
-        seconds[name] = time.perf_counter() - t0
-        del model
-    base = constant_baseline(data.y[train], data.y[val])
-    metrics["baseline"] = {"val_macro_f1": float(base["macro_f1"])}
-    seconds["total"] = time.perf_counter() - started
-    rows = {"train": len(train), "extra": len(fit_idx) - len(train),
-            "extra_held_out": held_out, "val": len(val), "symbols": len(history.symbols),
-            "seq_bars": sum(len(v) for v in seq_history.vectors.values())}
-    return CycleResult(
-        out_dir=out_dir, paths=paths, metrics=metrics, rows=rows,
-        train_from_ms=int(data.ts_ms[train].min()), train_to_ms=int(data.ts_ms[train].max()),
-        val_from_ms=cut_ms, val_to_ms=int(data.ts_ms[val].max()), seconds=seconds,
-        pid=os.getpid())
+
+def _train_warm(name: str, directory: Path, since_ms: int | None, c: _Prepared,
+                label_cfg: LabelConfig, config: CycleConfig) -> tuple[Any, dict[str, Any]]:
+    """Model ``name`` warm-started from production's artifact in ``directory`` (module
+    docstring), and how (``CycleResult.warm``); None and the reason if it cannot be."""
+    info: dict[str, Any] = {"base": str(directory)}
+    cls = MODEL_CLASSES[name]
+    context = _window_length_of(c.history)
+    try:
+        base = cls.load(directory)
+        if name in SEQUENCE_MODELS and (base.input_size, base.horizon) != \
+                (context, label_cfg.horizon):
+            raise ValueError(f"production has input {base.input_size} / horizon "
+                             f"{base.horizon}, the data {context} / {label_cfg.horizon}")
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        info["skipped"] = f"production model not usable: {type(exc).__name__}: {exc}"
+        return None, info
+    since = _base_since(base, since_ms)
+    info["since_ms"] = since
+    # Production's last labels end a horizon after its data end: inside validation?
+    val_cut = int(c.data.ts_ms[c.val].min())
+    info["overlaps_val"] = since is not None and \
+        since + label_cfg.horizon * bar_ms(c.history) >= val_cut
+    if name in SEQUENCE_MODELS:
+        start, info["fallback"] = warm_window(c.bar_ts[c.bar_ts < c.seq_cut], since,
+                                              config.min_rows)
+        params = _warm_seq_params(getattr(config, name), base, config)
+        warm_history = history_between(c.history, start, c.seq_cut, context,
+                                       context + label_cfg.horizon + 1, c.seq_cap)
+        model = cls.train(warm_history, c.seq_cut, label_cfg, params, config.seed, base=base)
+        info.update(rows=sum(len(v) for v in warm_history.vectors.values()),
+                    steps=params.max_steps, learning_rate=params.learning_rate)
+    else:
+        start, info["fallback"] = warm_window(c.data.ts_ms[c.train], since, config.min_rows)
+        warm_idx = c.fit_idx[c.fit_data.ts_ms[c.fit_idx] >= start]
+        model = cls.train(c.fit_data, warm_idx, c.es, config.tree, config.seed, base=base)
+        info.update(rows=len(warm_idx), base_rounds=base.n_rounds(), rounds=model.n_rounds())
+    info["from_ms"] = int(start)
+    return model, info
+
+
+def _window_length_of(history: History) -> int:
+    """The feature window's length (the sequence models' input size); 0 if empty."""
+    for vectors in history.vectors.values():
+        if vectors:
+            return len(vectors[0].window)
+    return 0
 
 
 def copy_writer(src: Path) -> Callable[[Path], list[Path]]:
@@ -380,8 +696,11 @@ class TrainingJob:
         return self._future is not None and not self._future.done()
 
     def start(self, history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,
-              config: CycleConfig, out_dir: Path) -> None:
-        """Start a cycle and return at once (the child starts and imports in the background)."""
+              config: CycleConfig, out_dir: Path,
+              warm_from: Mapping[str, Path] | None = None,
+              since_ms: int | None = None) -> None:
+        """Start a cycle and return at once (the child starts and imports in the background);
+        the arguments are :func:`train_all`'s."""
         if self._future is not None:
             raise RuntimeError("a training cycle is running or its result was not collected "
                                "with poll(); one cycle at a time")
@@ -395,7 +714,9 @@ class TrainingJob:
         self._started = time.perf_counter()
         self._future = self._executor.submit(
             train_all, recent_history(history, config.max_rows), extra_rows,
-            label_cfg, config, self._out_dir)
+            label_cfg, config, self._out_dir,
+            None if warm_from is None else {k: Path(v) for k, v in warm_from.items()},
+            since_ms)
         # The initializer runs only after the child's imports (~3 s of CPU): renice it now.
         for proc in list(getattr(self._executor, "_processes", {}).values()):
             _set_priority(proc.pid, priority)

@@ -193,9 +193,13 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
                                 "mean_reward": _mean_reward(policy, env)}
 
     data_from, data_to = from_ms(int(data.ts_ms[train].min())), from_ms(cut_ms)
+    # the reference also carries the ensemble's held-out figures: the performance trigger
+    # compares the live ensemble's realised call hit rate with them
     registry.publish(REFERENCE, FeatureReference.fit(data.X[train]).save,
                      stage=Stage.PRODUCTION, feature_set=FEATURE_SET_VERSION,
-                     data_from=data_from, data_to=data_to, params={"trigger": "bootstrap"})
+                     data_from=data_from, data_to=data_to,
+                     metrics={f"ensemble.{k}": v for k, v in metrics["ensemble"].items()},
+                     params={"trigger": "bootstrap"})
     versions: dict[str, ModelVersion] = {}
     for name, model in [*models.items(), (POLICY_NAME, policy)]:
         versions[name] = registry.publish(

@@ -15,6 +15,10 @@ Layout under ``QT_REGISTRY_DIR`` (default ``$QT_HOME/registry``)::
 - **No pickles**: artifacts are native formats (XGBoost UBJ, LightGBM text, torch state dicts
   loaded with ``weights_only=True``, SB3 zip); the manifest is JSON.
 - Every publish and stage change is also upserted into the ``model_registry`` table.
+- **Idempotent publish**: a publish may carry a ``key`` (for example PPO update n of a policy
+  lineage, or a CLM cycle's challenger); publishing the same key again returns the version
+  already published instead of writing another, so a replay after a crash never applies a
+  learning step twice.
 
 Readers (the live ensemble step) call :meth:`ModelRegistry.production_version` on every bar;
 it re-reads ``stages.json`` only when its modification time changed.
@@ -98,6 +102,7 @@ class ModelRegistry:
         self._dirs = {k: Path(v) for k, v in (model_dirs or {}).items()}
         self._lock = threading.RLock()
         self._cache: dict[str, _StagesCache] = {}
+        self._keys: dict[str, dict[str, str]] = {}  # model -> publish key -> version
 
     def model_dir(self, model: str) -> Path:
         """Where a model's versions live (``QT_RL_V3_CHECKPOINT_DIR`` may move ``ppo``)."""
@@ -107,8 +112,21 @@ class ModelRegistry:
     def publish(self, model: str, write: Callable[[Path], list[Path]], *, stage: Stage,
                 feature_set: str, data_from: datetime | None = None,
                 data_to: datetime | None = None, metrics: Mapping[str, float] | None = None,
-                params: Mapping[str, Any] | None = None) -> ModelVersion:
-        """Write a new version with ``write(directory)`` and give it ``stage``."""
+                params: Mapping[str, Any] | None = None,
+                key: str | None = None) -> ModelVersion:
+        """Write a new version with ``write(directory)`` and give it ``stage``.
+
+        With a ``key`` that was published before, nothing is written or changed: the version
+        published under it is returned (module docstring, "idempotent publish").
+        """
+        if key is not None:
+            with self._lock:
+                existing = self.keyed(model).get(key)
+            if existing is not None:
+                mv = self.get(model, existing)
+                if mv.stage is Stage.CANDIDATE:  # a crash came between publish and stage
+                    mv = self.set_stage(model, existing, stage)
+                return mv
         model_dir = self.model_dir(model)
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".publish-{uuid.uuid4().hex}"
@@ -128,14 +146,29 @@ class ModelRegistry:
                     "data_to": iso(data_to) if data_to else None,
                     "metrics": {k: float(v) for k, v in (metrics or {}).items()},
                     "params": dict(params or {}), "created_at": iso(created),
+                    "key": key,
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
                 os.rename(tmp, model_dir / version)  # atomic: the version appears whole
+                if key is not None:
+                    self.keyed(model)[key] = version
                 self._set_stage_locked(model, version, stage)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return self.get(model, version)
+
+    def keyed(self, model: str) -> dict[str, str]:
+        """Publish key -> version of ``model`` (read from the manifests once, then kept)."""
+        known = self._keys.get(model)
+        if known is None:
+            known = {}
+            for path in sorted(self.model_dir(model).glob("v[0-9]*/" + MANIFEST)):
+                key = json.loads(path.read_text()).get("key")
+                if key is not None:
+                    known[key] = path.parent.name
+            self._keys[model] = known
+        return known
 
     def _next_version(self, model: str) -> str:
         existing = [int(p.name[1:]) for p in self.model_dir(model).glob("v[0-9]*")

@@ -6,8 +6,10 @@ Semantics (the audit's, kept exactly; see ``../shared/DESIGN.md`` section 2):
   or HOLD with a confidence in [0, 1]; a model that raises or returns a NaN/out-of-range
   confidence votes HOLD with confidence 0 and the failure is counted and logged with its name.
 - ``buy_votes`` / ``sell_votes`` are the summed weights of the BUY / SELL voters. BUY if
-  ``buy > sell and buy >= 0.6``; SELL if ``sell > buy and sell >= 0.6``; else HOLD (a 2-2
-  split is HOLD). With these weights no two models reach 0.6: a trade needs three.
+  ``buy > sell and buy >= 0.6``; SELL if ``sell > buy and sell >= 0.6``; else HOLD. A 2-2
+  split is HOLD whatever the weights (explicitly, so dynamic weights cannot break it). With
+  these weights no two models reach 0.6: a trade needs three (dynamic weights keep that,
+  :mod:`operators.weights`).
 - Confidence: the weight-averaged confidence of the models that voted for the decided action
   (0 if none did), times the consensus multiplier, capped at 1: unanimous (every model agrees)
   x1.2, strong (all but one) x1.1, split (anything less) x0.8.
@@ -18,9 +20,12 @@ Semantics (the audit's, kept exactly; see ``../shared/DESIGN.md`` section 2):
   votes recorded (the sequence models vote HOLD 0 until their window is full). Every bar of
   every symbol gets exactly one signal.
 
-The step scores all vectors that reach a worker together in one call per model (batched across
-symbols and bars), and re-reads the registry's production versions before each batch, so a
-newly promoted model votes from the next bar on, and every vote records its version.
+Two halves. :func:`score_votes` runs per symbol, in parallel: it scores all vectors that reach
+a worker together in one call per model (batched across symbols and bars) with every version
+the registry holds as production or shadow. The decision engine (:mod:`operators.engine`)
+then takes, bar by bar in event-time order, the votes of the versions *it* holds as
+production (:class:`VoteBook`) and decides with :func:`signal_of`; so a promotion takes effect
+at a defined bar, whatever the workers were doing. Every vote records its version.
 
 >>> from schemas.signals import Vote
 >>> cfg = EnsembleConfig()
@@ -46,7 +51,6 @@ from bytewax.operators import KeyedStream
 
 from models.base import MODEL_LOCK, MODEL_NAMES
 from schemas.features import FeatureStep, FeatureVector
-from schemas.learning import ShadowPrediction
 from schemas.signals import Action, Consensus, Signal, Vote
 
 log = logging.getLogger(__name__)
@@ -88,7 +92,11 @@ def decide(votes: Sequence[Vote], volatility: float, cfg: EnsembleConfig,
     buy = sum(weights[v.model] for v in votes if v.action is Action.BUY)
     sell = sum(weights[v.model] for v in votes if v.action is Action.SELL)
     eps = 1e-12  # weights are decimals: 0.25 + 0.25 + 0.1 must count as 0.6
-    if buy > sell + eps and buy >= cfg.vote_threshold - eps:
+    n_buy = sum(v.action is Action.BUY for v in votes)
+    n_sell = sum(v.action is Action.SELL for v in votes)
+    if n_buy == n_sell:  # a 2-2 (or 1-1) split is HOLD whatever the weights
+        action = Action.HOLD
+    elif buy > sell + eps and buy >= cfg.vote_threshold - eps:
         action = Action.BUY
     elif sell > buy + eps and sell >= cfg.vote_threshold - eps:
         action = Action.SELL
@@ -182,119 +190,157 @@ def _vote_problem(action: Any, conf: Any) -> str | None:
     return None
 
 
+def signal_of(vector: FeatureVector, votes: Sequence[Vote], cfg: EnsembleConfig,
+              weights: Mapping[str, float] | None = None) -> Signal:
+    """The ensemble's signal for one bar from its four votes (``votes`` in
+    :data:`models.base.MODEL_NAMES` order). A warm-up vector's signal is HOLD (consensus
+    ``warmup``) whatever the votes say: its features are incomplete."""
+    weights = cfg.weights if weights is None else weights
+    v = vector
+    vol = v.values["vol_daily"]
+    w = tuple(weights[x.model] for x in votes)
+    if not v.warm:
+        return Signal(v.symbol, v.ts, v.bar_start, Action.HOLD, 0.0, Consensus.WARMUP, 0.0, 0.0,
+                      vol, False, False, v.feature_set, tuple(votes), w)
+    d = decide(votes, vol if vol == vol else 0.0, cfg, weights)
+    return Signal(v.symbol, v.ts, v.bar_start, d.action, d.confidence, d.consensus,
+                  d.buy_votes, d.sell_votes, vol, d.vol_blocked, True, v.feature_set,
+                  tuple(votes), w)
+
+
+def model_votes(m: LoadedModel, vectors: Sequence[FeatureVector],
+                failures: Counter) -> list[Vote]:
+    """``m``'s vote on each vector; a raise, or a bad action or confidence, votes HOLD 0 and
+    is counted in ``failures`` (and logged, sparingly)."""
+
+    def failed(n: int, why: str) -> None:
+        failures[m.name] += n
+        if failures[m.name] <= 10 or failures[m.name] % 1000 == 0:
+            log.warning("ensemble: model %s %s failed (%d so far): %s", m.name, m.version,
+                        failures[m.name], why)
+
+    try:
+        preds = m.predict(vectors)
+        if len(preds) != len(vectors):
+            raise ValueError(f"returned {len(preds)} predictions for {len(vectors)}")
+    except Exception as exc:  # a model failure must not stop trading decisions
+        failed(len(vectors), repr(exc))
+        return [Vote(m.name, m.version, Action.HOLD, 0.0, True)] * len(vectors)
+    out = []
+    for action, conf in preds:
+        problem = _vote_problem(action, conf)
+        if problem is None:
+            out.append(Vote(m.name, m.version, action, float(conf)))
+        else:
+            failed(1, problem)
+            out.append(Vote(m.name, m.version, Action.HOLD, 0.0, True))
+    return out
+
+
 @dataclass
 class Scorer:
-    """Scores feature vectors with the current models and decides (plain Python)."""
+    """Scores feature vectors with the current models (plain Python).
+
+    :meth:`all_votes` is what the live flow's parallel scoring step runs: every vector gets a
+    vote from each production version and each warm vector one from each shadow version.
+    :meth:`score` decides as well (training and benchmarks use it).
+    """
 
     models: ModelSource
     cfg: EnsembleConfig = field(default_factory=EnsembleConfig)
     failures: Counter = field(default_factory=Counter)
-    dynamic: Any = None  # operators.weights.DynamicWeights when QT_DYNAMIC_WEIGHTS is on
 
     def votes(self, vectors: Sequence[FeatureVector]) -> list[list[Vote]]:
-        """Per vector, one vote per model; a failing model votes HOLD 0 (counted, logged)."""
+        """Per vector, one vote per production model (MODEL_NAMES order)."""
         per_vector: list[list[Vote]] = [[] for _ in vectors]
         if not vectors:
             return per_vector
-        for m in self.models.current():
-            try:
-                preds = m.predict(vectors)
-                if len(preds) != len(vectors):
-                    raise ValueError(f"returned {len(preds)} predictions for {len(vectors)}")
-            except Exception as exc:  # a model failure must not stop trading decisions
-                self._failed(m.name, len(vectors), repr(exc))
-                for out in per_vector:
-                    out.append(Vote(m.name, m.version, Action.HOLD, 0.0, True))
-                continue
-            for out, (action, conf) in zip(per_vector, preds, strict=True):
-                problem = _vote_problem(action, conf)
-                if problem is None:
-                    out.append(Vote(m.name, m.version, action, float(conf)))
-                else:
-                    self._failed(m.name, 1, problem)
-                    out.append(Vote(m.name, m.version, Action.HOLD, 0.0, True))
+        with MODEL_LOCK:
+            for m in self.models.current():
+                scored = model_votes(m, vectors, self.failures)
+                for out, vote in zip(per_vector, scored, strict=True):
+                    out.append(vote)
         return per_vector
 
-    def _failed(self, name: str, n: int, why: str) -> None:
-        self.failures[name] += n
-        if self.failures[name] <= 10 or self.failures[name] % 1000 == 0:
-            log.warning("ensemble: model %s failed (%d so far): %s", name, self.failures[name],
-                        why)
-
-    def shadow(self, vectors: Sequence[FeatureVector]) -> list[ShadowPrediction]:
-        """Challenger votes on the warm vectors (failures vote HOLD 0, flagged)."""
-        warm = [v for v in vectors if v.warm]
-        out: list[ShadowPrediction] = []
-        if not warm:
-            return out
-        with MODEL_LOCK:
-            for m in self.models.shadows():
-                try:
-                    preds = m.predict(warm)
-                except Exception as exc:  # a broken challenger must not stop the flow
-                    self._failed(f"{m.name}@{m.version}", len(warm), repr(exc))
-                    preds = [(Action.HOLD, math.nan)] * len(warm)
-                for v, (action, conf) in zip(warm, preds, strict=True):
-                    bad = _vote_problem(action, conf) is not None
-                    out.append(ShadowPrediction(
-                        m.name, m.version, v.symbol, v.ts, Action.HOLD if bad else action,
-                        0.0 if bad else float(conf), bad))
-        return out
+    def all_votes(self, vectors: Sequence[FeatureVector]) -> list[tuple[Vote, ...]]:
+        """Per vector, the votes of every production version and, on warm vectors, of every
+        shadow version (a challenger votes beside production, never traded)."""
+        per_vector = self.votes(vectors)
+        warm = [i for i, v in enumerate(vectors) if v.warm]
+        if warm:
+            with MODEL_LOCK:
+                for m in self.models.shadows():
+                    shadow = model_votes(m, [vectors[i] for i in warm], self.failures)
+                    for i, vote in zip(warm, shadow, strict=True):
+                        per_vector[i].append(vote)
+        return [tuple(vs) for vs in per_vector]
 
     def score(self, vectors: Sequence[FeatureVector]) -> list[Signal]:
-        """One signal per vector, each with every model's vote. A warm-up vector's signal is
-        HOLD (consensus ``warmup``) whatever the votes say: its features are incomplete."""
-        with MODEL_LOCK:
-            per_vector = self.votes(vectors)
-        weights = self.cfg.weights if self.dynamic is None else self.dynamic.current()
-        out = []
-        for v, vs in zip(vectors, per_vector, strict=True):
-            vol = v.values["vol_daily"]
-            w = tuple(weights[x.model] for x in vs)
-            if not v.warm:
-                out.append(Signal(v.symbol, v.ts, v.bar_start, Action.HOLD, 0.0,
-                                  Consensus.WARMUP, 0.0, 0.0, vol, False, False, v.feature_set,
-                                  tuple(vs), w))
-                continue
-            d = decide(vs, vol if vol == vol else 0.0, self.cfg, weights)
-            out.append(Signal(v.symbol, v.ts, v.bar_start, d.action, d.confidence, d.consensus,
-                              d.buy_votes, d.sell_votes, vol, d.vol_blocked, True,
-                              v.feature_set, tuple(vs), w))
-        return out
+        """One signal per vector, each with every production model's vote."""
+        return [signal_of(v, vs, self.cfg)
+                for v, vs in zip(vectors, self.votes(vectors), strict=True)]
 
 
 @dataclass(slots=True)
-class SignalStep:
-    """What the ensemble emits per feature step: each bar's signal with the vector it used,
-    the feature step's block tag, each bar's decision clock, and any shadow votes."""
+class ScoredStep:
+    """What the scoring step emits per feature step: the step (bars, vectors and the ticks
+    they came from) and, per vector, the votes of every model version the scorer knew."""
 
     symbol: str
-    scored: list[tuple[Signal, FeatureVector]]
-    tag: Any
-    clocks: list[int]
-    shadow: list[ShadowPrediction] = field(default_factory=list)
+    features: FeatureStep
+    votes: list[tuple[Vote, ...]]
+
+
+class VoteBook:
+    """The votes the engine decides with: one per model from the version *it* holds as
+    production (and per shadow version), taken from the scoring step's votes, or computed here
+    when the scoring step did not know that version yet (it follows the registry a little
+    later than the engine changes it). Both paths run the same models on the same vector, so
+    a vote does not depend on which path made it."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self.failures: Counter = Counter()
+        self.late = 0  # votes computed here (for the summary)
+
+    def vote(self, model: str, version: str, vector: FeatureVector,
+             scored: Sequence[Vote]) -> Vote:
+        for v in scored:
+            if v.model == model and v.version == version:
+                return v
+        key = (model, version)
+        m = self._models.get(key)
+        if m is None:
+            with MODEL_LOCK:
+                loaded = self.registry.load(model, version)
+            m = self._models[key] = LoadedModel(model, version, loaded.predict)
+        self.late += 1
+        with MODEL_LOCK:
+            return model_votes(m, [vector], self.failures)[0]
+
+    def forget(self, keep: set[tuple[str, str]]) -> None:
+        for key in set(self._models) - keep:
+            del self._models[key]
 
 
 @operator
-def ensemble(step_id: str, up: KeyedStream[FeatureStep],
-             scorer: Scorer) -> KeyedStream[SignalStep]:
-    """Score every feature step that reaches this worker in one batch per model.
+def score_votes(step_id: str, up: KeyedStream[FeatureStep],
+                scorer: Scorer) -> KeyedStream[ScoredStep]:
+    """Every model version's votes on every feature step that reaches this worker, in one
+    batch per model (the parallel, expensive half of the ensemble; the engine decides).
 
     One :class:`Scorer` serves all the worker threads of the process; its model calls hold
     :data:`models.base.MODEL_LOCK`.
     """
 
-    def score_batch(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, SignalStep]]:
+    def score_batch(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, ScoredStep]]:
         vectors = [v for _, step in items for v in step.vectors]
         try:
-            signals = iter(scorer.score(vectors))
-            shadows = scorer.shadow(vectors)
+            votes = iter(scorer.all_votes(vectors))
         except Exception as exc:
             raise RuntimeError(f"{step_id}: scoring {len(vectors)} vectors failed") from exc
-        out = [(key, SignalStep(key, [(next(signals), v) for v in step.vectors], step.tag,
-                                step.clocks)) for key, step in items]
-        if shadows and out:
-            out[0][1].shadow = shadows
-        return out
+        return [(key, ScoredStep(key, step, [next(votes) for _ in step.vectors]))
+                for key, step in items]
 
     return op.flat_map_batch("score", up, score_batch)

@@ -190,7 +190,7 @@ class FeatureEngine:
     # --- as a stage (see operators.stage) --------------------------------------------------
     def push(self, step: BarStep) -> list[FeatureStep]:
         return [FeatureStep(self.symbol, [self.update(b) for b in step.bars], step.tag,
-                            step.clocks)]
+                            step.clocks, step)]
 
     def finish(self) -> list[FeatureStep]:
         return []

@@ -15,8 +15,9 @@
   recorded, but the trade uses ``QT_FIXED_POSITION_USD`` (capped at equity) with the middle of
   the TP/SL bounds, and is marked ``sizing=fixed`` (the learning flow does not learn from it:
   the outcome is not the policy's action's).
-- The policy is re-read from the registry before each decision, so an update is used from
-  the next decision on.
+- The policy (:class:`PolicySource`) is the one the in-process learner pinned, or the
+  registry's production version re-read before each decision; an update is used from the
+  next decision on.
 """
 
 from __future__ import annotations
@@ -70,16 +71,27 @@ class Sized:
     sl_pct: float
 
 
-class RegistryPolicy:
-    """The production PPO policy, reloaded when the registry's production version changes."""
+class PolicySource:
+    """The PPO policy that sizes orders: the registry's production version, reloaded when it
+    changes, or the version the in-process learner :meth:`pin`-ned. Pinned, which policy sized
+    an order follows the engine's event order (an update is used from the next order after the
+    trade that completed its batch), not the moment the registry file changed."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Any, pinned: str | None = None) -> None:
         self.registry = registry
+        self.pinned = pinned
         self._version: str | None = None
         self._policy: Any = None
 
+    @property
+    def version(self) -> str | None:
+        return self.pinned or self.registry.production_version(POLICY_NAME)
+
+    def pin(self, version: str) -> None:
+        self.pinned = version
+
     def current(self) -> Any:
-        version = self.registry.production_version(POLICY_NAME)
+        version = self.version
         if version is None:
             raise RuntimeError("sizing: no production PPO policy in the registry")
         if version != self._version:

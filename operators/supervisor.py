@@ -13,13 +13,10 @@ The audit's semantics, with its unbounded list bounded:
 - Scope: ``global`` (one window for all symbols, the audit's) or ``symbol`` (one per symbol).
 
 Order. A global window is order-sensitive, and with several workers the symbols' signals
-arrive interleaved by scheduling. So signals are judged in a defined order: by decision clock
-(the input partition's event time when the bar closed), then bar end, then symbol. A signal is
-released for judgement once every input partition's clock has passed its decision clock:
-each validated block sends a :class:`~schemas.decisions.Progress` message straight here, and a
-partition's clock advances when all of a block's per-symbol pieces (and the message) have
-arrived. The verdicts are therefore the same with 1 and 2 workers, and do not depend on how
-the input is cut into blocks.
+arrive interleaved by scheduling. So signals are judged in the decision engine's event order
+(:mod:`operators.engine`: the partition clock at the bar's closing tick, then symbol), once
+every input partition's clock has passed it. The verdicts are therefore the same with 1 and 2
+workers, and do not depend on how the input is cut into blocks.
 
 >>> w = BiasWindow(size=100, min_samples=3, threshold=0.6)
 >>> [w.judge(a)[0] for a in (Action.BUY, Action.BUY, Action.BUY, Action.SELL, Action.BUY)]
@@ -28,20 +25,12 @@ the input is cut into blocks.
 
 from __future__ import annotations
 
-import heapq
-import math
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
-from bytewax.operators import KeyedStream
-
-from operators.ensemble import SignalStep
-from operators.stage import stage_builder
-from schemas.decisions import BarDecision, Progress, SupervisorMode, Verdict
+from schemas.decisions import BarDecision, SupervisorMode, Verdict
 from schemas.signals import Action
 from schemas.timeutil import to_ms
 
@@ -144,106 +133,3 @@ class Supervisor:
         window = BiasWindow(cfg.window, cfg.min_samples, cfg.threshold,
                             [Action(a) for a in actions])
         return cls(cfg, window, judged)
-
-
-@dataclass
-class _PartitionClock:
-    """Completion of one input partition's blocks, in sequence."""
-
-    next_seq: int = 0
-    clock: float = -math.inf
-    expected: dict[int, Progress] = field(default_factory=dict)
-    arrived: dict[int, int] = field(default_factory=dict)
-
-    def advance(self) -> None:
-        while self.next_seq in self.expected:
-            p = self.expected[self.next_seq]
-            if self.arrived.get(self.next_seq, 0) < p.parts:
-                return
-            del self.expected[self.next_seq]
-            self.arrived.pop(self.next_seq, None)
-            self.clock = math.inf if p.final else max(self.clock, p.clock_ms)
-            self.next_seq += 1
-
-
-@dataclass
-class OrderedSupervisor:
-    """The global-scope stage: buffers signals and judges them in decision-clock order."""
-
-    supervisor: Supervisor
-    partitions: dict[str, _PartitionClock]
-    pending: list[tuple[tuple[int, int, str, int], Any]] = field(default_factory=list)
-    counter: int = 0
-
-    @classmethod
-    def fresh(cls, cfg: SupervisorConfig, partitions: Sequence[str]) -> OrderedSupervisor:
-        return cls(Supervisor(cfg), {p: _PartitionClock() for p in partitions})
-
-    def push(self, item: SignalStep | Progress) -> list[tuple[str, BarDecision]]:
-        if isinstance(item, Progress):
-            part = self.partitions.setdefault(item.partition, _PartitionClock())
-            part.expected[item.seq] = item
-            part.advance()
-        else:
-            for (signal, vector), clock in zip(item.scored, item.clocks, strict=True):
-                key = (clock, to_ms(signal.ts), item.symbol, self.counter)
-                self.counter += 1
-                heapq.heappush(self.pending, (key, (item.symbol, signal, vector)))
-            if item.tag is not None:
-                part = self.partitions.setdefault(item.tag.partition, _PartitionClock())
-                part.arrived[item.tag.seq] = part.arrived.get(item.tag.seq, 0) + 1
-                part.advance()
-        horizon = min((p.clock for p in self.partitions.values()), default=math.inf)
-        return self._release(lambda key: key[0] < horizon)
-
-    def _release(self, ready: Any) -> list[tuple[str, BarDecision]]:
-        out = []
-        while self.pending and ready(self.pending[0][0]):
-            key, (symbol, signal, vector) = heapq.heappop(self.pending)
-            out.append((symbol, self.supervisor.decide(symbol, key[0], signal, vector)))
-        return out
-
-    def finish(self) -> list[tuple[str, BarDecision]]:
-        return self._release(lambda key: True)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"supervisor": self.supervisor.snapshot(), "partitions": self.partitions,
-                "pending": list(self.pending), "counter": self.counter}
-
-    @classmethod
-    def restore(cls, cfg: SupervisorConfig, state: dict[str, Any]) -> OrderedSupervisor:
-        return cls(Supervisor.restore(cfg, state["supervisor"]), state["partitions"],
-                   state["pending"], state["counter"])
-
-
-@dataclass
-class SymbolSupervisor:
-    """The symbol-scope stage: one window per symbol, signals judged as they come."""
-
-    supervisor: Supervisor
-
-    def push(self, item: SignalStep) -> list[BarDecision]:
-        return [self.supervisor.decide(item.symbol, clock, signal, vector)
-                for (signal, vector), clock in zip(item.scored, item.clocks, strict=True)]
-
-    def finish(self) -> list[BarDecision]:
-        return []
-
-    def snapshot(self) -> tuple[list[str], int]:
-        return self.supervisor.snapshot()
-
-
-@operator
-def supervise(step_id: str, signals: KeyedStream[SignalStep], progress: Stream[Progress],
-              cfg: SupervisorConfig, partitions: Sequence[str]) -> KeyedStream[BarDecision]:
-    """Judge every signal with the bias window; emit one decision per bar, keyed by symbol."""
-    if cfg.scope == "symbol":
-        return op.stateful("per_symbol", signals, stage_builder(
-            lambda _: SymbolSupervisor(Supervisor(cfg)),
-            lambda state: SymbolSupervisor(Supervisor.restore(cfg, state))))
-    merged = op.merge("with_progress", op.key_rm("unkey", signals), progress)
-    keyed = op.key_on("one_window", merged, lambda _: "global")
-    judged = op.stateful("global", keyed, stage_builder(
-        lambda _: OrderedSupervisor.fresh(cfg, partitions),
-        lambda state: OrderedSupervisor.restore(cfg, state)))
-    return op.flat_map("by_symbol", judged, lambda kv: [kv[1]])

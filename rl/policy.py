@@ -28,13 +28,14 @@ Threads: inference and updates run single-threaded (:func:`models.base.cap_threa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import re
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,17 @@ class Transition:
                    float(reward), tuple(float(x) for x in next_state),
                    decision.policy_version, decision.stochastic)
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Transition:
+        return cls(tuple(float(x) for x in d["state"]),
+                   tuple(float(x) for x in d["raw_action"]), float(d["log_prob"]),
+                   float(d["value"]), float(d["reward"]),
+                   tuple(float(x) for x in d["next_state"]), str(d["policy_version"]),
+                   bool(d["stochastic"]))
+
 
 @dataclass(frozen=True, slots=True)
 class UpdateMetrics:
@@ -189,6 +201,22 @@ def rollout_buffer(model: PPO, transitions: Sequence[Transition]) -> RolloutBuff
                 torch.tensor([t.log_prob], dtype=torch.float32))
     buf.compute_returns_and_advantage(last_values=torch.zeros(1), dones=np.array([True]))
     return buf
+
+
+@contextlib.contextmanager
+def seeded(key: str) -> Iterator[None]:
+    """numpy's and torch's global generators seeded from ``key`` for the block, then put back:
+    SB3's ``PPO.train()`` shuffles minibatches with the global numpy generator, so without this
+    the same update from the same transitions would differ from run to run."""
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+    np_state, torch_state = np.random.get_state(), torch.random.get_rng_state()
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
 
 
 def _silent_logger() -> Logger:
@@ -307,7 +335,8 @@ class PolicyRuntime:
 
         Dropped (counted, not used): deterministic or non-finite records, and with ``max_lag``
         records from another lineage or more than ``max_lag`` updates old
-        (``QT_RL_V3_MAX_POLICY_LAG``).
+        (``QT_RL_V3_MAX_POLICY_LAG``). Deterministic: the same policy and transitions give the
+        same new weights (the minibatch shuffling is seeded by the version it updates).
         """
         t0 = time.perf_counter()
         kept = [t for t in transitions if self._usable(t, max_lag)]
@@ -323,7 +352,8 @@ class PolicyRuntime:
         saved = model.rollout_buffer
         model.rollout_buffer = buf
         try:
-            model.train()
+            with seeded(before_version):
+                model.train()
         finally:
             model.rollout_buffer = saved
             model.policy.set_training_mode(False)

@@ -15,6 +15,13 @@ drawdown is charged twice (at the default weight 1), a loss inside a recovery is
 never earns a drawdown bonus. ``scale`` = 100 puts rewards in percent of equity, a range
 PPO's value head fits without tiny gradients.
 
+A closed trade's reward is :func:`trade_reward` of its ``trade.opened`` and ``trade.closed``
+records, and nothing else: the live learner and the pretraining environment call it on the
+same records, built by the same execution code (:mod:`operators.portfolio`), so they agree to
+the last bit. Its inputs: ``equity_at_entry = equity_after - net_pnl`` (the sub-account),
+``size_frac = size_usd / equity_at_entry``, ``vol_daily`` and ``drawdown_before`` from the
+entry's RL state vector (what the policy saw), ``drawdown_after`` from the exit state vector.
+
 >>> w = RewardWeights()
 >>> round(reward(net_pnl=20.0, equity_at_entry=10_000.0, size_frac=0.1, vol_daily=0.005,
 ...              drawdown_before=0.0, drawdown_after=0.0, weights=w), 6)
@@ -26,6 +33,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from rl.state import NAMES
+from schemas.trades import TradeClosed, TradeOpened
+
+VOL = NAMES.index("vol_daily")
+DRAWDOWN = NAMES.index("drawdown")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +111,13 @@ def reward(*, net_pnl: float, equity_at_entry: float, size_frac: float, vol_dail
     return reward_terms(net_pnl=net_pnl, equity_at_entry=equity_at_entry, size_frac=size_frac,
                         vol_daily=vol_daily, drawdown_before=drawdown_before,
                         drawdown_after=drawdown_after, weights=weights).total
+
+
+def trade_reward(opened: TradeOpened, closed: TradeClosed, weights: RewardWeights) -> float:
+    """The reward of one closed trade from its two records (see the module docstring)."""
+    equity_at_entry = closed.equity_after - closed.net_pnl
+    state = opened.entry.rl.state
+    return reward(net_pnl=closed.net_pnl, equity_at_entry=equity_at_entry,
+                  size_frac=opened.size_usd / equity_at_entry, vol_daily=state[VOL],
+                  drawdown_before=state[DRAWDOWN], drawdown_after=closed.exit_state[DRAWDOWN],
+                  weights=weights)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from schemas.bars import BarStep
 from schemas.ticks import BlockTag
 
 
@@ -31,9 +32,11 @@ class FeatureVector:
 
 @dataclass(slots=True)
 class FeatureStep:
-    """What the feature step emits per bar step: the vectors of the bars it closed."""
+    """What the feature step emits per bar step: the vectors of the bars it closed (one per
+    bar, in order) and the bar step itself, whose ticks execution needs downstream."""
 
     symbol: str
     vectors: list[FeatureVector]
     tag: BlockTag | None
     clocks: list[int]
+    bar_step: BarStep | None = None

@@ -14,7 +14,9 @@ CREATE TABLE IF NOT EXISTS clm_cycles
     shadow_metrics  Map(LowCardinality(String), Float64),
     versions        Map(LowCardinality(String), String),
     decisions       Map(LowCardinality(String), String),
-    updated_ts      DateTime64(3, 'UTC')
+    updated_ts      DateTime64(3, 'UTC'),
+    reasons         Map(LowCardinality(String), String),
+    reference_version String
 )
 ENGINE = ReplacingMergeTree(updated_ts)
 ORDER BY cycle_id

@@ -1,0 +1,93 @@
+"""How far the input is complete: each input partition's event-time clock, and their minimum.
+
+Every validated input block sends a :class:`~schemas.decisions.Progress` message (its
+partition, sequence number, how many per-symbol pieces it was split into, and the partition's
+clock after it) straight to the decision engine, and each piece reaches the engine through
+bars, features and scoring with the block's tag. A partition's clock advances to a block's
+clock once that block's message and all its pieces have arrived, blocks in sequence. Because a
+partition's clock never decreases along its input, every event keyed by a clock below
+:meth:`PartitionClocks.horizon` has then arrived, from every partition: the engine processes
+exactly those, so its order does not depend on workers or timing.
+
+A partition's last block (``final``) moves its clock to :data:`FINAL`, just below the clock of
+the bars that are only closed at end of input, which wait for the engine's end of input.
+
+>>> c = PartitionClocks(["a", "b"])
+>>> c.progress(Progress("a", 0, 1, 100, False)); c.horizon()
+-inf
+>>> c.arrived(BlockTag("a", 0, 1, 100)); c.progress(Progress("b", 0, 0, 250, False))
+>>> c.horizon()
+100
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from schemas.decisions import NO_CLOCK, Progress
+from schemas.ticks import BlockTag
+
+FINAL = NO_CLOCK - 1
+
+
+@dataclass
+class PartitionClock:
+    """Completion of one input partition's blocks, in sequence."""
+
+    next_seq: int = 0
+    clock: float = -math.inf
+    expected: dict[int, Progress] = field(default_factory=dict)
+    arrived: dict[int, int] = field(default_factory=dict)
+
+    def advance(self) -> None:
+        while self.next_seq in self.expected:
+            p = self.expected[self.next_seq]
+            if self.arrived.get(self.next_seq, 0) < p.parts:
+                return
+            del self.expected[self.next_seq]
+            self.arrived.pop(self.next_seq, None)
+            self.clock = FINAL if p.final else max(self.clock, p.clock_ms)
+            self.next_seq += 1
+
+
+class PartitionClocks:
+    """The clocks of all input partitions (see the module docstring)."""
+
+    def __init__(self, partitions: Sequence[str] = (),
+                 state: dict[str, PartitionClock] | None = None) -> None:
+        self.parts: dict[str, PartitionClock] = (
+            {p: PartitionClock() for p in partitions} if state is None
+            else {p: _copy(c) for p, c in state.items()})
+
+    def _part(self, name: str) -> PartitionClock:
+        part = self.parts.get(name)
+        if part is None:
+            part = self.parts[name] = PartitionClock()
+        return part
+
+    def progress(self, p: Progress) -> None:
+        part = self._part(p.partition)
+        part.expected[p.seq] = p
+        part.advance()
+
+    def arrived(self, tag: BlockTag | None) -> None:
+        """A piece of a block arrived (pieces without a tag were closed at end of input)."""
+        if tag is None:
+            return
+        part = self._part(tag.partition)
+        part.arrived[tag.seq] = part.arrived.get(tag.seq, 0) + 1
+        part.advance()
+
+    def horizon(self) -> float:
+        """Every event keyed below this clock has arrived (``inf`` with no partitions)."""
+        return min((p.clock for p in self.parts.values()), default=math.inf)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {p: _copy(c) for p, c in self.parts.items()}
+
+
+def _copy(c: PartitionClock) -> PartitionClock:
+    return replace(c, expected=dict(c.expected), arrived=dict(c.arrived))

@@ -1,0 +1,274 @@
+"""The decision engine: every bar decided, every order filled, every trade learned from, in one
+event-time order.
+
+Upstream, per symbol and in parallel, the flow builds bars and features and scores every
+model version's votes (:func:`operators.ensemble.score_votes`). Everything that couples
+symbols or feeds back from outcomes to decisions happens here, on one key, in the order of
+:mod:`operators.portfolio` (clock, symbol, tick, kind), once every input partition's clock has
+passed an event (:mod:`operators.clocks`):
+
+- **decide** a bar: the votes of the versions the engine holds as production
+  (:mod:`operators.versions`, :class:`~operators.ensemble.VoteBook`), the audit's rules
+  (:func:`~operators.ensemble.signal_of`, with dynamic weights when enabled), the bias window
+  (:mod:`operators.supervisor`, global or per symbol), shadow challengers' votes;
+- **fill** an order: the portfolio builds the RL state, the PPO policy sizes it
+  (:mod:`operators.sizing`), the position opens;
+- **exit**: a stop, target or holding limit closes a position;
+- **learn**, inline, from each closed trade (both halves are here, so the join is exact):
+  the PPO learner (:mod:`learning.rl_learner`) and the continuous learner (:mod:`learning.clm`)
+  see trades and bars in this same order, and their changes (a new policy version, a promoted
+  model) apply from the next event.
+
+So the same input and settings give the same signals, verdicts, trades, policy updates and
+model promotions with 1 or 2 workers, whatever the block sizes or timing (training in a
+background process, ``QT_CLM_BLOCKING=false``, is the documented exception: its result
+arrives when it arrives).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+
+from learning.rl_learner import LearnerConfig, PolicyLearner
+from models.base import MODEL_NAMES
+from operators.clocks import PartitionClocks
+from operators.ensemble import EnsembleConfig, ScoredStep, VoteBook, signal_of
+from operators.portfolio import EventKind, ExecConfig, ExecEvent, Portfolio
+from operators.sizing import PolicySource, Sizer, SizingConfig
+from operators.stage import stage_builder
+from operators.supervisor import Supervisor, SupervisorConfig
+from operators.versions import ActiveModels
+from operators.weights import DynamicWeights
+from rl.reward import RewardWeights, trade_reward
+from schemas.decisions import BarDecision, Progress, Verdict
+from schemas.learning import ClmCycle, RLUpdate, ScoredBar, ShadowPrediction, TradeOutcome
+from schemas.signals import Signal
+from schemas.tables import trade_outcome
+from schemas.timeutil import to_ms
+from schemas.trades import JoinedTrade, JoinSource, TradeClosed
+
+
+class BarLearner(Protocol):
+    """What the engine needs of a learner that watches bars and trades (the CLM)."""
+
+    def on_bar(self, bar: ScoredBar) -> list[ClmCycle]: ...
+    def on_trade(self, joined: JoinedTrade) -> list[ClmCycle]: ...
+    def finish(self) -> list[ClmCycle]: ...
+    def snapshot(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    execution: ExecConfig = field(default_factory=ExecConfig)
+    sizing: SizingConfig = field(default_factory=SizingConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+
+    @classmethod
+    def from_settings(cls, s: Any) -> EngineConfig:
+        return cls(EnsembleConfig.from_settings(s), SupervisorConfig.from_settings(s),
+                   ExecConfig.from_settings(s), SizingConfig.from_settings(s),
+                   LearnerConfig.from_settings(s))
+
+    @property
+    def reward(self) -> RewardWeights:
+        return self.learner.weights
+
+
+@dataclass
+class EngineDeps:
+    """The engine's outside world. ``rl`` / ``clm`` build the inline learners (None: no
+    such learner here) from their recovery state (None when starting fresh)."""
+
+    registry: Any
+    partitions: Sequence[str] = ()
+    rl: Callable[[PolicySource, Any], PolicyLearner] | None = None
+    clm: Callable[[ActiveModels, Any], BarLearner] | None = None
+    dynamic_weights: bool = False
+
+
+@dataclass
+class EngineOutput:
+    """What one engine activation produced."""
+
+    signals: list[Signal] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    shadow: list[ShadowPrediction] = field(default_factory=list)
+    trades: list[ExecEvent] = field(default_factory=list)
+    outcomes: list[TradeOutcome] = field(default_factory=list)
+    updates: list[RLUpdate] = field(default_factory=list)
+    cycles: list[ClmCycle] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+    def __bool__(self) -> bool:
+        return bool(self.signals or self.trades or self.updates or self.cycles or self.counts
+                    or self.shadow)
+
+
+class DecisionEngine:
+    """The engine's state and event loop (plain Python; see the module docstring)."""
+
+    def __init__(self, cfg: EngineConfig, deps: EngineDeps,
+                 state: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.deps = deps
+        state = state or {}
+        registry = deps.registry
+        self.clocks = PartitionClocks(deps.partitions, state.get("clocks"))
+        self.portfolio = (Portfolio.restore(cfg.execution, state["portfolio"])
+                          if "portfolio" in state else Portfolio(cfg.execution))
+        self.models = ActiveModels(registry, owned=deps.clm is not None,
+                                   state=state.get("models"))
+        self.votes = VoteBook(registry)
+        self.policy = PolicySource(registry, state.get("pinned"))
+        self.sizer = Sizer(cfg.sizing, self.policy)
+        self.weights = (DynamicWeights(cfg.ensemble.weights,
+                                       pair_limit=cfg.ensemble.vote_threshold)
+                        if deps.dynamic_weights else None)
+        if self.weights is not None and "weights" in state:
+            self.weights.restore(state["weights"])
+        scope = cfg.supervisor.scope
+        self.supervisors: dict[str, Supervisor] = {
+            k: Supervisor.restore(cfg.supervisor, v)
+            for k, v in state.get("supervisors", {}).items()}
+        self._global = scope == "global"
+        self.rl = None if deps.rl is None else deps.rl(self.policy, state.get("rl"))
+        if self.rl is not None and self.policy.pinned is None:
+            version = self.policy.version  # the learner acts on what it started with
+            if version is not None:
+                self.policy.pin(version)
+        self.clm = None if deps.clm is None else deps.clm(self.models, state.get("clm"))
+
+    # --- input ---------------------------------------------------------------------------------
+    def push(self, item: ScoredStep | Progress) -> list[EngineOutput]:
+        if isinstance(item, Progress):
+            self.clocks.progress(item)
+        else:
+            self._add(item)
+        return self._run(self.clocks.horizon())
+
+    def _add(self, step: ScoredStep) -> None:
+        fs = step.features
+        bs = fs.bar_step
+        if bs is None:
+            raise ValueError(f"engine: the feature step of {step.symbol} carries no bar step")
+        bars = [(ci, clock, to_ms(bar.end), (vector, votes))
+                for ci, clock, bar, vector, votes in zip(
+                    bs.close_index, bs.clocks, bs.bars, fs.vectors, step.votes, strict=True)]
+        self.portfolio.add(step.symbol, bs.ticks, bars)
+        self.clocks.arrived(fs.tag)
+
+    def finish(self) -> list[EngineOutput]:
+        """End of input: everything left, then open positions closed and learners told."""
+        out = self._run(math.inf)
+        last = out[0] if out else EngineOutput()
+        self._trades(self.portfolio.finish(), last)
+        if self.rl is not None:
+            last.updates += self.rl.finish()
+        if self.clm is not None:
+            last.cycles += self.clm.finish()
+        last.counts.update(self._book_counts())
+        return [last]
+
+    # --- the event loop ----------------------------------------------------------------------
+    def _run(self, horizon: float) -> list[EngineOutput]:
+        out = EngineOutput()
+        self.models.refresh()
+        pf = self.portfolio
+        while (ev := pf.pop(horizon)) is not None:
+            if ev.kind is EventKind.DECIDE:
+                bar = pf.bar(ev)
+                pf.apply(ev, bar, self._decide(ev.symbol, ev.clock, bar.payload, out))
+            elif ev.kind is EventKind.FILL:
+                closes, request = pf.begin_fill(ev)
+                self._trades(closes, out)
+                if request is not None:
+                    sized = self.sizer.size(request.symbol, request.bar_end_ms, request.state)
+                    self._trades(pf.complete_fill(request, sized), out)
+            else:
+                self._trades(pf.exit(ev), out)
+            pf.done(ev)
+        pf.trim()
+        return [out] if out else []
+
+    def _decide(self, symbol: str, clock: int, payload: Any, out: EngineOutput) -> BarDecision:
+        vector, scored = payload
+        votes = [self.votes.vote(m, self.models.production[m], vector, scored)
+                 for m in MODEL_NAMES]
+        weights = None if self.weights is None else self.weights.current()
+        signal = signal_of(vector, votes, self.cfg.ensemble, weights)
+        key = "global" if self._global else symbol
+        supervisor = self.supervisors.get(key)
+        if supervisor is None:
+            supervisor = self.supervisors[key] = Supervisor(self.cfg.supervisor)
+        decision = supervisor.decide(symbol, clock, signal, vector)
+        out.signals.append(signal)
+        if decision.verdict is not None:
+            out.verdicts.append(decision.verdict)
+        shadow: tuple[ShadowPrediction, ...] = ()
+        if vector.warm and self.models.shadows:
+            shadow = tuple(_shadow(self.votes.vote(m, v, vector, scored), vector)
+                           for m, v in self.models.shadows)
+            out.shadow += shadow
+        if self.clm is not None:
+            out.cycles += self.clm.on_bar(ScoredBar(symbol, to_ms(vector.ts), vector, signal,
+                                                    shadow))
+        return decision
+
+    def _trades(self, events: list[ExecEvent], out: EngineOutput) -> None:
+        for e in events:
+            out.trades.append(e)
+            if not isinstance(e.event, TradeClosed):
+                continue
+            joined = JoinedTrade(e.record.opened, e.event, JoinSource.STREAM)
+            out.outcomes.append(trade_outcome(
+                joined, trade_reward(joined.opened, joined.closed, self.cfg.reward)))
+            if self.weights is not None:
+                self.weights.observe_trade(joined)
+            if self.rl is not None:
+                out.updates += self.rl.push(joined)
+            if self.clm is not None:
+                out.cycles += self.clm.on_trade(joined)
+
+    def _book_counts(self) -> Counter:
+        counts = Counter({f"execution.{k}": v for k, v in self.portfolio.counts().items()
+                          if not k.startswith(("trades_", "exits.", "signals_blocked"))})
+        if self.votes.late:
+            counts["ensemble.votes_scored_in_engine"] = self.votes.late
+        return counts
+
+    # --- recovery ------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "clocks": self.clocks.snapshot(), "portfolio": self.portfolio.snapshot(),
+            "models": self.models.snapshot(), "pinned": self.policy.pinned,
+            "supervisors": {k: s.snapshot() for k, s in self.supervisors.items()},
+            "weights": None if self.weights is None else self.weights.snapshot(),
+            "rl": None if self.rl is None else self.rl.snapshot(),
+            "clm": None if self.clm is None else self.clm.snapshot(),
+        }
+
+
+def _shadow(vote: Any, vector: Any) -> ShadowPrediction:
+    return ShadowPrediction(vote.model, vote.version, vector.symbol, vector.ts, vote.action,
+                            vote.confidence, vote.failed)
+
+
+@operator
+def decide_and_trade(step_id: str, scored: Stream[ScoredStep], progress: Stream[Progress],
+                     cfg: EngineConfig, deps: EngineDeps) -> Stream[EngineOutput]:
+    """The decision engine on one key (see the module docstring)."""
+    merged = op.merge("with_progress", scored, progress)
+    keyed = op.key_on("one_engine", merged, lambda _: "engine")
+    out = op.stateful("engine", keyed, stage_builder(
+        lambda _: DecisionEngine(cfg, deps),
+        lambda state: DecisionEngine(cfg, deps, state)))
+    return op.key_rm("unkey", out)
