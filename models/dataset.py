@@ -4,8 +4,37 @@
 runs (:class:`~connectors.replay.ReplaySource`, :class:`~operators.validate.TickValidator`,
 :class:`~operators.bars.BarBuilder`, :class:`~operators.features.FeatureEngine`), in plain
 Python: there is no second feature implementation to drift from the first.
-:func:`build_training_set` labels the warm vectors (see :mod:`models.labels`) and
-:func:`time_split` splits by time, never shuffled.
+:func:`build_training_set` labels the warm vectors (see :mod:`models.labels`) and records when
+each label became known; :func:`purged_split` splits by time, never shuffled, without leaks.
+
+Splitting rules (why):
+
+- **Cuts are times**, shared by all symbols: slice k holds the rows with
+  ``cut_k <= ts < cut_{k+1}``, where ``cut_k`` is the time of the row at the fraction's rank
+  (rows that share a timestamp never straddle a cut).
+- **Purge by event time**: a row's label is known at ``label_end_ms``, not at ``ts``. For a
+  feature row that is the close of the bar ``horizon`` bars later in the symbol's own series
+  (exact, gaps in the series included); for a closed trade's entry row it is the trade's exit.
+  A row of slice k is kept only if its label ends before the next slice starts:
+  ``label_end_ms < cut_{k+1} - embargo_ms``. Otherwise a model would train on (or stop early
+  on) prices that the next slice is scored on.
+- **Embargo**: ``embargo_ms`` more of event time dropped before each cut. For feature rows the
+  purge alone leaves a gap of a full horizon between a slice's last row and the next cut; the
+  embargo widens it for every row, trade rows included.
+- **Any number of slices**: train | early stopping | validation (| test): a model's training
+  decisions (early stopping) see only their own slice, so the reported validation is clean.
+
+A :class:`TrainingSet` built by hand without ``label_end_ms`` gets :data:`LABEL_END_UNKNOWN`
+("never known"): such rows are purged at every cut until the caller supplies the real time
+(:mod:`learning.trainer` assumes a bound for closed trades; see ``CycleConfig``).
+:func:`time_split` (cuts in rows, a gap in rows) is kept for callers that have not moved.
+
+>>> ts = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]) * 60_000
+>>> end = ts + 2 * 60_000                    # labels known two bars later
+>>> [s.tolist() for s in purged_split(ts, end, (0.5, 0.3, 0.2))]
+[[0, 1, 2], [5], [8, 9]]
+>>> [s.tolist() for s in purged_split(ts, end, (0.6, 0.4), embargo_ms=60_000)]
+[[0, 1, 2], [6, 7, 8, 9]]
 """
 
 from __future__ import annotations
@@ -24,6 +53,9 @@ from schemas.bars import Bar
 from schemas.features import FeatureVector
 from schemas.timeutil import to_ms
 from settings import Settings
+
+LABEL_END_UNKNOWN = np.iinfo(np.int64).max
+"""``label_end_ms`` of a row whose label time nobody supplied: after every cut (purged)."""
 
 
 @dataclass
@@ -100,6 +132,9 @@ class TrainingSet:
 
     ``y`` holds class ids (0 HOLD, 1 BUY, 2 SELL); ``forward_return`` the realised log return
     over the horizon and ``threshold`` the label threshold it was compared with.
+    ``label_end_ms`` is when each label became known (epoch ms): the close ``horizon`` bars
+    later for feature rows, the exit for closed trades' rows; left out, it is
+    :data:`LABEL_END_UNKNOWN` (see the module docstring).
     """
 
     X: np.ndarray
@@ -110,6 +145,16 @@ class TrainingSet:
     threshold: np.ndarray
     vectors: list[FeatureVector]
     feature_names: tuple[str, ...] = FEATURE_NAMES
+    label_end_ms: np.ndarray = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.label_end_ms is None:
+            self.label_end_ms = np.full(len(self.ts_ms), LABEL_END_UNKNOWN, dtype=np.int64)
+        else:
+            self.label_end_ms = np.asarray(self.label_end_ms, dtype=np.int64)
+            if self.label_end_ms.shape != (len(self.ts_ms),):
+                raise ValueError(f"label_end_ms has shape {self.label_end_ms.shape}, expected "
+                                 f"({len(self.ts_ms)},) like ts_ms")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -117,7 +162,8 @@ class TrainingSet:
     def subset(self, idx: np.ndarray) -> TrainingSet:
         return TrainingSet(self.X[idx], self.y[idx], self.ts_ms[idx], self.symbols[idx],
                            self.forward_return[idx], self.threshold[idx],
-                           [self.vectors[i] for i in idx], self.feature_names)
+                           [self.vectors[i] for i in idx], self.feature_names,
+                           self.label_end_ms[idx])
 
 
 def feature_matrix(vectors: Sequence[FeatureVector]) -> np.ndarray:
@@ -130,14 +176,20 @@ def feature_matrix(vectors: Sequence[FeatureVector]) -> np.ndarray:
 
 
 def build_training_set(history: History, cfg: LabelConfig) -> TrainingSet:
-    """Label every symbol's warm vectors; drop those without a full forward horizon."""
-    picked: list[tuple[int, str, FeatureVector, int, float, float]] = []
+    """Label every symbol's warm vectors; drop those without a full forward horizon.
+
+    ``label_end_ms`` is the close of the bar ``horizon`` bars later in the symbol's series:
+    the bar whose close the label reads, wherever the series has gaps.
+    """
+    picked: list[tuple[int, str, FeatureVector, int, float, float, int]] = []
+    h = cfg.horizon
     for symbol in history.symbols:
         vectors = history.vectors[symbol]
         labels, fwd, thr = label_symbol(vectors, cfg)
-        for v, y, r, t in zip(vectors, labels, fwd, thr, strict=True):
+        for i, (v, y, r, t) in enumerate(zip(vectors, labels, fwd, thr, strict=True)):
             if v.warm and y >= 0:
-                picked.append((to_ms(v.ts), symbol, v, int(y), float(r), float(t)))
+                picked.append((to_ms(v.ts), symbol, v, int(y), float(r), float(t),
+                               to_ms(vectors[i + h].ts)))
     picked.sort(key=lambda p: (p[0], p[1]))
     vectors = [p[2] for p in picked]
     return TrainingSet(
@@ -148,15 +200,56 @@ def build_training_set(history: History, cfg: LabelConfig) -> TrainingSet:
         forward_return=np.array([p[4] for p in picked]),
         threshold=np.array([p[5] for p in picked]),
         vectors=vectors,
+        label_end_ms=np.array([p[6] for p in picked], dtype=np.int64),
     )
+
+
+def purged_split(ts_ms: np.ndarray, label_end_ms: np.ndarray, fractions: Sequence[float],
+                 embargo_ms: int = 0) -> list[np.ndarray]:
+    """Indices of consecutive slices of time, one per fraction, purged at every cut.
+
+    ``fractions`` (non-negative, summing to 1) share out the rows before the purge. Slice k
+    holds the rows with ``cut_k <= ts < cut_{k+1}`` whose label ends before the next non-empty
+    slice starts, ``label_end_ms < cut_{k+1} - embargo_ms``; the last slice is not purged.
+    Indices come in time order (stable for ties). E.g. train | early stopping | validation |
+    test: ``purged_split(d.ts_ms, d.label_end_ms, (0.6, 0.1, 0.15, 0.15), embargo_ms)``.
+    """
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    end = np.asarray(label_end_ms, dtype=np.int64)
+    fracs = [float(f) for f in fractions]
+    if not fracs or any(f < 0 or not np.isfinite(f) for f in fracs) or \
+            abs(sum(fracs) - 1.0) > 1e-9:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {tuple(fractions)}")
+    if end.shape != ts.shape:
+        raise ValueError(f"label_end_ms has shape {end.shape}, ts_ms {ts.shape}")
+    if embargo_ms < 0:
+        raise ValueError(f"embargo_ms must be >= 0, got {embargo_ms}")
+    if np.any(end < ts):
+        raise ValueError("a label cannot end before its row's time (label_end_ms < ts_ms)")
+    order = np.argsort(ts, kind="stable")
+    ts_sorted = ts[order]
+    n = len(order)
+    ranks = [min(n, int(n * sum(fracs[:k]) + 1e-9)) for k in range(1, len(fracs))]
+    # Move every cut back to the first row of its timestamp: ties stay in one slice.
+    starts = [0] + [int(np.searchsorted(ts_sorted, ts_sorted[r], "left")) if r < n else n
+                    for r in ranks] + [n]
+    out = []
+    for k in range(len(fracs)):
+        idx = order[starts[k]:starts[k + 1]]
+        nxt = starts[k + 1]
+        if nxt < n:  # a later slice starts at ts_sorted[nxt]: purge against it
+            idx = idx[end[idx] < ts_sorted[nxt] - embargo_ms]
+        out.append(idx)
+    return out
 
 
 def time_split(ts_ms: np.ndarray, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
                gap: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of train, validation and test rows: contiguous blocks of time, in that order.
 
-    Cut points are times, so all symbols share them. ``gap`` (in rows) is dropped after each
-    cut so a label horizon cannot straddle two splits (pass ``horizon x symbols``).
+    Cut points are row ranks: ``gap`` (in rows) is dropped after each cut so that a label
+    horizon rarely straddles two splits (pass ``horizon x symbols``). That only approximates
+    the horizon in time; :func:`purged_split` purges by when each label is known instead.
     """
     if abs(sum(fractions) - 1.0) > 1e-9:
         raise ValueError(f"split fractions must sum to 1, got {fractions}")

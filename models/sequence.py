@@ -17,9 +17,18 @@ Data (why):
   needs no scaler either. (PatchTST's RevIN normalisation is inside its torch module, so the
   direct forward applies it too.)
 - **Time split**: :meth:`train` uses only bars that close strictly before ``cut_ms`` (the first
-  validation time): the last forecast target of training is before the cut as well.
+  validation time, less any embargo): the last forecast target of training is before the cut
+  as well, so no training target is a return a validation label contains.
 - ``L = len(FeatureVector.window)`` (``QT_SEQ_WINDOW``, 64), ``h = LabelConfig.horizon``
   (``QT_LABEL_HORIZON_BARS``, 10): the models forecast what the labels judge.
+
+Fine-tuning (``base=``, the production model): the new module is built with ``base``'s
+architecture and starts from ``base``'s weights (its ``state_dict``), then neuralforecast trains
+it on the bars given, usually the data since ``base`` was trained, with a smaller budget
+(fewer steps, a lower learning rate: the caller's ``params``, whose architecture fields must
+equal ``base``'s). A fresh Adam state; neuralforecast never re-initialises the weights of a
+model it fits. ``params.json`` records the base's data end and the cumulative steps under
+``warm_start``.
 
 Training is small and CPU-friendly (:class:`NHITSParams`, :class:`PatchTSTParams`): a few
 hundred steps, 32 windows per step (neuralforecast's default 1024 made ``fit`` 7x slower),
@@ -327,13 +336,15 @@ class _SequenceModel:
 
     @classmethod
     def train(cls, history: History, cut_ms: int | None, cfg: LabelConfig,
-              params: SeqParams | None = None, seed: int = 0) -> Self:
+              params: SeqParams | None = None, seed: int = 0,
+              base: Self | None = None) -> Self:
         """Fit on every symbol's bars that close before ``cut_ms`` (None: all of them).
 
         Pass the first validation time as ``cut_ms``, e.g. ``ts_ms[val_idx].min()`` from
-        :func:`models.dataset.time_split` over :func:`models.dataset.build_training_set`, so
-        that nothing at or after the validation split is seen. ``cfg`` gives the horizon and
-        the vote threshold; the input size is the feature window's length.
+        :func:`models.dataset.purged_split` over :func:`models.dataset.build_training_set`
+        (less the embargo), so that nothing at or after the validation split is seen. ``cfg``
+        gives the horizon and the vote threshold; the input size is the feature window's
+        length. With ``base``, fine-tune from its weights (module docstring).
         """
         from neuralforecast import NeuralForecast
 
@@ -342,6 +353,8 @@ class _SequenceModel:
             raise TypeError(f"{cls.__name__} needs {cls.params_cls.__name__}, "
                             f"got {type(params).__name__}")
         input_size = _window_length(history)
+        if base is not None:
+            _check_base(cls, base, params, input_size, cfg)
         df = training_frame(history, cut_ms)
         need = input_size + cfg.horizon
         lengths = df.groupby("unique_id").size() if len(df) else pd.Series(dtype=int)
@@ -354,6 +367,8 @@ class _SequenceModel:
         started = time.perf_counter()
         with _contained():
             module = cls._build(params, input_size, cfg.horizon, seed)
+            if base is not None:  # before NeuralForecast copies the module
+                module.load_state_dict(base.module.state_dict())
             nf = NeuralForecast(models=[module], freq=1)
             nf.fit(df=df, val_size=0)
         fit_seconds = time.perf_counter() - started
@@ -368,8 +383,20 @@ class _SequenceModel:
             "train_bars": {s: int(lengths[s]) for s in keep},
             "fit_seconds": round(fit_seconds, 3),
             "library_version": _nf_version(),
+            "total_steps": params.max_steps + (0 if base is None else base.total_steps()),
         }
+        if base is not None:
+            meta["warm_start"] = {
+                "base_last_train_ts_ms": base.meta.get("last_train_ts_ms"),
+                "base_seed": base.meta.get("seed"),
+                "base_steps": base.total_steps(),
+                "base_learning_rate": base.params.learning_rate,
+            }
         return cls(trained, params, cfg, input_size, meta, nf=nf)
+
+    def total_steps(self) -> int:
+        """Optimiser steps behind the weights, a warm start's base's included."""
+        return int(self.meta.get("total_steps", self.params.max_steps))
 
     # --- inference --------------------------------------------------------------------------------
     def forecast_windows(self, windows: np.ndarray) -> np.ndarray:
@@ -498,6 +525,22 @@ def _trace_one(module: torch.nn.Module, example: torch.Tensor) -> torch.jit.Scri
             return torch.jit.freeze(traced)
     finally:
         module._jit_is_scripting = False
+
+
+def _check_base(cls: type[_SequenceModel], base: _SequenceModel, params: SeqParams,
+                input_size: int, cfg: LabelConfig) -> None:
+    """A fine-tune must rebuild ``base``'s module exactly: same class, architecture, loss,
+    input size and horizon (only the training budget may differ)."""
+    if not isinstance(base, cls):
+        raise TypeError(f"{cls.__name__} can fine-tune only a {cls.__name__}, "
+                        f"got {type(base).__name__}")
+    if params.arch_kwargs() != base.params.arch_kwargs() or params.loss != base.params.loss:
+        raise ValueError(f"{cls.name}: fine-tuning needs the base's architecture and loss; "
+                         f"pass dataclasses.replace(base.params, max_steps=..., "
+                         f"learning_rate=...)")
+    if (input_size, cfg.horizon) != (base.input_size, base.horizon):
+        raise ValueError(f"{cls.name}: base has input {base.input_size} / horizon "
+                         f"{base.horizon}, the data {input_size} / {cfg.horizon}")
 
 
 def _window_length(history: History) -> int:

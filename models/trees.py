@@ -15,9 +15,17 @@ Training rules (why):
   weighted the same way by their own counts, so early stopping watches a class-balanced log loss.
   A consequence worth knowing: probabilities (and so confidences) are calibrated to a balanced
   prior, not to the raw HOLD share.
-- **Early stopping** on the validation split, then the model is **cut at the best round**: the
-  trained booster and the saved artifact hold exactly the same trees, so prediction never needs
-  an iteration range and a save -> load round trip predicts bit-identically.
+- **Early stopping** on the rows passed as ``val_idx``, then the model is **cut at the best
+  round**: the trained booster and the saved artifact hold exactly the same trees, so prediction
+  never needs an iteration range and a save -> load round trip predicts bit-identically. Pass an
+  early-stopping slice of its own (:func:`models.dataset.purged_split`), not the split whose
+  metrics are reported: the round count is a training decision.
+- **Warm start** (``base=``, the production model): boosting continues from ``base``'s booster
+  on new rows (``xgb.train(xgb_model=...)``, ``lgb.train(init_model=...)``). The new model's
+  first trees are ``base``'s, unchanged (its predictions over ``base``'s rounds are
+  ``base``'s, bit for bit); early stopping counts from there and the cut keeps ``base``'s
+  rounds plus at least one new one. Later rounds use this call's ``params`` (learning rate,
+  depth); ``params.json`` records the base's rounds and data end under ``warm_start``.
 - **Single thread**, training and inference (Bytewax workers own the cores; see
   :func:`models.base.cap_threads`), and a fixed seed: same data + same seed -> same model.
 
@@ -25,7 +33,8 @@ Prediction: ``action = ACTION_OF[argmax p]``, ``confidence = max p`` (in [1/3, 1
 
 Artifacts (no pickles): ``model.ubj`` (XGBoost UBJSON) or ``model.txt`` (LightGBM text) plus
 ``params.json`` (hyper-parameters, seed, feature names, feature-set version, rounds kept,
-class weights, scores). :meth:`load` refuses a ``params.json`` whose feature names differ from
+class weights, scores, ``last_train_ts_ms``: the last training row's time, where a warm start
+from this model picks up). :meth:`load` refuses a ``params.json`` whose feature names differ from
 the running code's :data:`FEATURE_NAMES` (or that a newer format wrote). A different
 ``feature_set`` version with the same names still loads: it is recorded in :meth:`describe`
 for the registry to judge.
@@ -158,6 +167,10 @@ class _TreeModel:
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def n_rounds(self) -> int:
+        """Boosting rounds the booster holds (a warm start's include its base's)."""
+        raise NotImplementedError
+
     # --- artifacts ------------------------------------------------------------------------
     def save(self, directory: Path) -> list[Path]:
         """Write the native model file and ``params.json`` into ``directory``."""
@@ -208,7 +221,7 @@ class _TreeModel:
 
 def _train_meta(data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray, seed: int,
                 params: TreeParams, rounds: int, best_score: float,
-                library_version: str) -> dict[str, Any]:
+                library_version: str, base: _TreeModel | None) -> dict[str, Any]:
     y_train = data.y[train_idx]
     per_class = balanced_weights(y_train) if params.balance_classes else np.ones(len(y_train))
     class_weights = [float(per_class[y_train == c][0]) if np.any(y_train == c) else 0.0
@@ -222,8 +235,25 @@ def _train_meta(data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray, s
         "train_rows": len(train_idx),
         "val_rows": len(val_idx),
         "train_class_counts": np.bincount(y_train, minlength=N_CLASSES).tolist(),
+        "last_train_ts_ms": int(np.max(data.ts_ms[train_idx])),
         "library_version": library_version,
+        **({} if base is None else {"warm_start": _warm_meta(base)}),
     }
+
+
+def _warm_meta(base: _TreeModel) -> dict[str, Any]:
+    """What a warm-started model records of the model it continued (JSON-safe)."""
+    return {"base_rounds": base.n_rounds(),
+            "base_seed": base.meta.get("seed"),
+            "base_train_rows": base.meta.get("train_rows"),
+            "base_last_train_ts_ms": base.meta.get("last_train_ts_ms"),
+            "base_params": base.params.to_dict()}
+
+
+def _check_base(cls: type[_TreeModel], base: _TreeModel | None) -> None:
+    if base is not None and not isinstance(base, cls):
+        raise TypeError(f"{cls.__name__} can warm-start only from a {cls.__name__}, "
+                        f"got {type(base).__name__}")
 
 
 class XGBoostModel(_TreeModel):
@@ -257,10 +287,13 @@ class XGBoostModel(_TreeModel):
 
     @classmethod
     def train(cls, data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray,
-              params: TreeParams | None = None, seed: int = 0) -> XGBoostModel:
-        """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only."""
+              params: TreeParams | None = None, seed: int = 0,
+              base: XGBoostModel | None = None) -> XGBoostModel:
+        """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only;
+        with ``base``, continue boosting from its trees (module docstring)."""
         params = params or TreeParams()
         _check_split(data, train_idx, val_idx)
+        _check_base(cls, base)
         cap_threads()
         names = list(FEATURE_NAMES)
         y_tr, y_va = data.y[train_idx], data.y[val_idx]
@@ -271,18 +304,22 @@ class XGBoostModel(_TreeModel):
         booster = xgb.train(cls.native_params(params, seed), dtrain,
                             num_boost_round=params.max_rounds, evals=[(dval, "val")],
                             early_stopping_rounds=params.early_stopping_rounds,
-                            verbose_eval=False)
-        rounds = booster.best_iteration + 1  # xgboost counts from 0
+                            verbose_eval=False,
+                            xgb_model=None if base is None else base.booster)
+        rounds = booster.best_iteration + 1  # xgboost counts from 0, base's rounds included
         best_score = booster.best_score
         # Cut at the optimum and go through the artifact bytes: what is served is what is saved.
         kept = xgb.Booster(model_file=booster[:rounds].save_raw("ubj"))
         meta = _train_meta(data, train_idx, val_idx, seed, params, rounds, best_score,
-                           xgb.__version__)
+                           xgb.__version__, base)
         return cls(kept, params, meta)
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         out = self.booster.inplace_predict(X, validate_features=False)
         return np.asarray(out, dtype=np.float64)
+
+    def n_rounds(self) -> int:
+        return int(self.booster.num_boosted_rounds())
 
     def _save_booster(self, path: Path) -> None:
         self.booster.save_model(str(path))
@@ -328,10 +365,13 @@ class LightGBMModel(_TreeModel):
 
     @classmethod
     def train(cls, data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray,
-              params: TreeParams | None = None, seed: int = 0) -> LightGBMModel:
-        """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only."""
+              params: TreeParams | None = None, seed: int = 0,
+              base: LightGBMModel | None = None) -> LightGBMModel:
+        """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only;
+        with ``base``, continue boosting from its trees (module docstring)."""
         params = params or TreeParams()
         _check_split(data, train_idx, val_idx)
+        _check_base(cls, base)
         cap_threads()
         native = cls.native_params(params, seed)
         names = list(FEATURE_NAMES)
@@ -342,19 +382,24 @@ class LightGBMModel(_TreeModel):
                            reference=dtrain, params=native)
         booster = lgb.train(native, dtrain, num_boost_round=params.max_rounds,
                             valid_sets=[dval], valid_names=["val"],
+                            init_model=None if base is None else base.booster,
                             callbacks=[lgb.early_stopping(params.early_stopping_rounds,
                                                           verbose=False)])
+        # Both count base's rounds too (a merged booster: base's trees first).
         rounds = booster.best_iteration if booster.best_iteration > 0 else \
             booster.current_iteration()
         best_score = booster.best_score["val"]["multi_logloss"]
         # Cut at the optimum through the text artifact: what is served is what is saved.
         kept = lgb.Booster(model_str=booster.model_to_string(num_iteration=rounds))
         meta = _train_meta(data, train_idx, val_idx, seed, params, rounds, best_score,
-                           lgb.__version__)
+                           lgb.__version__, base)
         return cls(kept, params, meta)
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         return self.booster.predict(X, num_iteration=-1, num_threads=1)
+
+    def n_rounds(self) -> int:
+        return int(self.booster.current_iteration())
 
     def _save_booster(self, path: Path) -> None:
         path.write_text(self.booster.model_to_string(num_iteration=-1))

@@ -1,9 +1,11 @@
 """The CLM training cycle on the bundled FXCM sample (real quotes, 2 symbols, 2 days).
 
-One cycle runs in this process (:func:`train_all`) and one in a spawned child
-(:class:`TrainingJob`), both with the tiny :meth:`CycleConfig.quick` budget on the same history:
-the artifacts must load and reproduce the recorded metrics, and the child must produce the same
-models as the parent. These check plumbing and rules, not forecasting skill.
+Cycles run with the tiny :meth:`CycleConfig.quick` budget: one from scratch in this process
+(:func:`train_all`); a "production" cycle on the first day only, and warm-started cycles on
+both days from its artifacts, in this process and in a spawned child (:class:`TrainingJob`).
+The artifacts must load and reproduce the recorded metrics, the slices must be purged by event
+time, and the child must produce the same models as the parent. These check plumbing and rules,
+not forecasting skill.
 """
 
 from __future__ import annotations
@@ -18,22 +20,36 @@ import numpy as np
 import pytest
 
 from learning.trainer import (
+    MODEL_CLASSES,
     CycleConfig,
     CycleResult,
     TrainingError,
     TrainingJob,
     concat_rows,
     copy_writer,
+    cycle_split,
+    embargo_ms,
     history_before,
     recent_history,
+    resolve_label_end,
     train_all,
+    warm_name,
+    warm_window,
 )
 from models.base import MODEL_NAMES
-from models.dataset import History, TrainingSet, build_training_set, history_from_ticks, time_split
+from models.dataset import (
+    LABEL_END_UNKNOWN,
+    History,
+    TrainingSet,
+    build_training_set,
+    feature_matrix,
+    history_from_ticks,
+)
 from models.labels import LabelConfig
 from models.metrics import classification_report
 from models.registry import ModelRegistry, loader
 from models.sequence import NHITSParams, PatchTSTParams
+from models.trees import XGBoostModel
 from operators.features import FEATURE_SET_VERSION
 from schemas.registry import Stage
 from schemas.signals import CLASS_OF, Action
@@ -65,15 +81,51 @@ def local_cycle(history: History, extra_rows: TrainingSet,
                      tmp_path_factory.mktemp("local"))
 
 
+def clm_style_rows(history: History, n: int) -> TrainingSet:
+    """Trade rows built the way learning/clm.py builds them today: entry vectors, a label,
+    no ``label_end_ms`` (so the cycle assumes ``trade_label_ms``)."""
+    vectors = [v for s in history.symbols for v in history.vectors[s] if v.warm]
+    vectors = [vectors[i] for i in np.linspace(0, len(vectors) - 1, n).astype(int)]
+    return TrainingSet(X=feature_matrix(vectors), y=np.arange(n, dtype=np.int64) % 3,
+                       ts_ms=np.array([to_ms(v.ts) for v in vectors], dtype=np.int64),
+                       symbols=np.array([v.symbol for v in vectors], dtype=object),
+                       forward_return=np.full(n, np.nan), threshold=np.full(n, np.nan),
+                       vectors=vectors)
+
+
 @pytest.fixture(scope="module")
-def child_cycle(history: History, extra_rows: TrainingSet,
+def production(history: History, tmp_path_factory: pytest.TempPathFactory) -> CycleResult:
+    """A cycle on the first day of the sample: the models a later cycle warm-starts from."""
+    first = to_ms(history.vectors[history.symbols[0]][0].ts)
+    day_one = history_before(history, first + 86_400_000, None)
+    return train_all(day_one, None, LABELS, CycleConfig.quick(),
+                     tmp_path_factory.mktemp("production"))
+
+
+def warm_args(history: History, production: CycleResult) -> dict:
+    return {"extra_rows": clm_style_rows(history, 40), "label_cfg": LABELS,
+            "config": CycleConfig.quick(), "warm_from": production.paths,
+            "since_ms": production.train_to_ms}
+
+
+@pytest.fixture(scope="module")
+def warm_cycle(history: History, production: CycleResult,
+               tmp_path_factory: pytest.TempPathFactory) -> CycleResult:
+    """Both days, from scratch and warm-started from ``production``."""
+    return train_all(history, out_dir=tmp_path_factory.mktemp("warm"),
+                     **warm_args(history, production))
+
+
+@pytest.fixture(scope="module")
+def child_cycle(history: History, production: CycleResult,
                 tmp_path_factory: pytest.TempPathFactory) -> tuple[CycleResult, float]:
-    """The same cycle through a TrainingJob; also how long start() took to return."""
+    """``warm_cycle`` again through a TrainingJob; also how long start() took to return."""
     job = TrainingJob()
     try:
         t0 = time.perf_counter()
-        job.start(history, extra_rows, LABELS, CycleConfig.quick(),
-                  tmp_path_factory.mktemp("child"))
+        args = warm_args(history, production)
+        job.start(history, args.pop("extra_rows"), args.pop("label_cfg"), args.pop("config"),
+                  tmp_path_factory.mktemp("child"), **args)
         start_seconds = time.perf_counter() - t0
         assert job.running
         return poll_until(job, timeout=180), start_seconds
@@ -94,10 +146,10 @@ def poll_until(job: TrainingJob, timeout: float) -> CycleResult:
 
 
 def validation_split(history: History) -> tuple[TrainingSet, np.ndarray, np.ndarray]:
+    """The cycle's training set and its train and validation slices (as train_all cuts)."""
     data = build_training_set(history, LABELS)
-    val_fraction = CycleConfig.quick().val_fraction
-    train, val, _ = time_split(data.ts_ms, (1 - val_fraction, val_fraction, 0.0),
-                               gap=LABELS.horizon * len(history.symbols))
+    train, _, val = cycle_split(data, CycleConfig.quick(),
+                                embargo_ms(history, LABELS, CycleConfig.quick()))
     return data, train, val
 
 
@@ -132,6 +184,7 @@ def test_train_all_reports_rows_and_the_data_range(local_cycle: CycleResult,
     data, train, val = validation_split(history)
     rows = local_cycle.rows
     assert (rows["train"], rows["val"], rows["symbols"]) == (len(train), len(val), 2)
+    assert rows["train"] + rows["es"] + rows["val"] + rows["purged"] == len(data)
     assert local_cycle.train_from_ms == data.ts_ms[train].min()
     assert local_cycle.train_to_ms == data.ts_ms[train].max()
     assert local_cycle.train_to_ms < local_cycle.val_from_ms == data.ts_ms[val].min()
@@ -154,17 +207,19 @@ def test_train_all_refuses_a_directory_with_artifacts(history: History,
 
 
 def test_job_trains_in_a_child_process_and_returns_the_same_models(
-        child_cycle: tuple[CycleResult, float], local_cycle: CycleResult) -> None:
+        child_cycle: tuple[CycleResult, float], warm_cycle: CycleResult) -> None:
     result, start_seconds = child_cycle
     assert start_seconds < 2.0, "start() must return at once"
     assert result.pid != os.getpid()
     assert result.wall_seconds is not None and result.wall_seconds >= result.seconds["total"]
-    assert result.rows == local_cycle.rows
-    # Same data, config and seeds: the child's models score exactly as the parent's.
-    assert result.metrics == local_cycle.metrics
-    for name in MODEL_NAMES:
-        assert sorted(p.name for p in result.paths[name].iterdir()) == \
-            sorted(p.name for p in local_cycle.paths[name].iterdir())
+    assert result.rows == warm_cycle.rows
+    # Same data, config and seeds: the child's models score exactly as the parent's, warm
+    # variants (warm_from and since_ms went through) included.
+    assert result.metrics == warm_cycle.metrics
+    assert set(result.paths) == set(warm_cycle.paths)
+    for name, path in result.paths.items():
+        assert sorted(p.name for p in path.iterdir()) == \
+            sorted(p.name for p in warm_cycle.paths[name].iterdir())
 
 
 def test_child_error_surfaces_from_poll(tmp_path: Path) -> None:
@@ -292,3 +347,167 @@ def test_cycle_artifacts_publish_to_the_registry(local_cycle: CycleResult,
     assert mv.stage is Stage.SHADOW and mv.data_to == local_cycle.data_to
     loaded = reg.load("xgboost", mv.version)  # checksums verified
     assert loaded.meta["train_rows"] == local_cycle.rows["train"] + EXTRA_EARLY
+
+
+# --- purge, embargo and the three slices ---------------------------------------------------
+def test_cycle_slices_are_purged_by_event_time(local_cycle: CycleResult,
+                                               history: History) -> None:
+    """train | early stopping | validation: no label used by a slice ends at or after the next
+    slice's start less the embargo (a horizon of bars by default)."""
+    data = build_training_set(history, LABELS)
+    embargo = embargo_ms(history, LABELS, CycleConfig.quick())
+    assert embargo == LABELS.horizon * 60_000 == local_cycle.embargo_ms
+    train, es, val = cycle_split(data, CycleConfig.quick(), embargo)
+    es_start, val_start = data.ts_ms[es].min(), data.ts_ms[val].min()
+    assert (local_cycle.es_from_ms, local_cycle.val_from_ms) == (es_start, val_start)
+    assert data.label_end_ms[train].max() < es_start - embargo
+    assert data.label_end_ms[es].max() < val_start - embargo
+    assert data.ts_ms[train].max() < es_start <= data.ts_ms[es].max() < val_start
+    assert not set(train) & set(es) and not set(es) & set(val) and not set(train) & set(val)
+    # The purge drops each symbol's last bars before a cut: horizon + embargo of them.
+    for cut, rows in ((es_start, train), (val_start, es)):
+        for symbol in history.symbols:
+            gap = cut - data.ts_ms[rows][data.symbols[rows] == symbol].max()
+            assert gap > 2 * LABELS.horizon * 60_000
+    # A label ends exactly at the close `horizon` bars later in the symbol's own series.
+    for symbol in history.symbols:
+        closes = {to_ms(v.ts): i for i, v in enumerate(history.vectors[symbol])}
+        mine = np.flatnonzero(data.symbols == symbol)
+        for i in mine[::97]:
+            j = closes[int(data.ts_ms[i])] + LABELS.horizon
+            assert data.label_end_ms[i] == to_ms(history.vectors[symbol][j].ts)
+
+
+def test_trees_stop_early_on_their_own_slice_not_on_the_reported_one(
+        local_cycle: CycleResult, history: History, extra_rows: TrainingSet) -> None:
+    data = build_training_set(history, LABELS)
+    config = CycleConfig.quick()
+    embargo = embargo_ms(history, LABELS, config)
+    train, es, val = cycle_split(data, config, embargo)
+    for name in ("xgboost", "lightgbm"):
+        doc = json.loads((local_cycle.paths[name] / "params.json").read_text())
+        assert doc["val_rows"] == len(es) == local_cycle.rows["es"]  # what it stopped on
+        assert local_cycle.metrics[name]["val_n"] == len(val)  # what is reported
+    # Rebuilt with the early-stopping slice, the model is the cycle's, bit for bit.
+    fit, idx, _ = concat_rows(data, train, int(data.ts_ms[es].min()) - embargo, extra_rows)
+    again = XGBoostModel.train(fit, idx, es, config.tree, config.seed)
+    served = XGBoostModel.load(local_cycle.paths["xgboost"])
+    assert np.array_equal(again.predict_proba(data.X[val]), served.predict_proba(data.X[val]))
+
+
+def test_trade_rows_are_purged_by_exit_time(history: History) -> None:
+    data, train, _ = validation_split(history)
+    cut = int(data.ts_ms[train].max()) + 1
+    rows = data.subset(train[:4])
+    # entered long before the cut; exits just before, at, and after it (minus nothing)
+    rows.label_end_ms = np.array([cut - 1, cut, cut + 3_600_000, LABEL_END_UNKNOWN])
+    merged, idx, held_out = concat_rows(data, train, cut, rows)
+    assert held_out == 3 and len(merged) == len(data) + 1
+    assert merged.label_end_ms[idx[len(train):]].tolist() == [cut - 1]
+    # A trade row built without exit times (learning/clm.py today): exit assumed later.
+    clm_rows = clm_style_rows(history, 10)
+    assert (clm_rows.label_end_ms == LABEL_END_UNKNOWN).all()
+    resolved, n = resolve_label_end(clm_rows, 7_200_000)
+    assert n == 10 and np.array_equal(resolved.label_end_ms, clm_rows.ts_ms + 7_200_000)
+    assert resolve_label_end(resolved, 1) == (resolved, 0)
+
+
+# --- warm starts -------------------------------------------------------------------------------
+def test_warm_cycle_holds_both_variants_per_model(warm_cycle: CycleResult,
+                                                  production: CycleResult,
+                                                  history: History) -> None:
+    data, train, val = validation_split(history)
+    variants = [v for n in MODEL_NAMES for v in (n, warm_name(n))]
+    assert list(warm_cycle.paths) == variants
+    assert set(warm_cycle.metrics) == {*variants, "baseline"}
+    assert set(warm_cycle.fit_seconds) == set(variants)
+    vectors = [data.vectors[i] for i in val]
+    for v in variants:
+        assert warm_cycle.paths[v] == warm_cycle.out_dir / v
+        assert warm_cycle.seconds[v] >= warm_cycle.fit_seconds[v] > 0
+        model = MODEL_CLASSES[v.removesuffix(".warm")].load(warm_cycle.paths[v])
+        pred = np.array([CLASS_OF[a] for a, _ in model.predict(vectors)])
+        report = classification_report(data.y[val], pred, data.forward_return[val],
+                                       data.threshold[val])
+        assert warm_cycle.metrics[v]["val_macro_f1"] == pytest.approx(report["macro_f1"])
+    # The trade rows came without exit times: assumed 2 h after entry, purged by that.
+    rows = warm_cycle.rows
+    assert rows["extra_assumed_end"] == 40
+    es_cut = warm_cycle.es_from_ms - warm_cycle.embargo_ms
+    ts = clm_style_rows(history, 40).ts_ms
+    assert rows["extra"] == int((ts + CycleConfig.quick().trade_label_ms < es_cut).sum()) > 0
+    assert rows["extra"] + rows["extra_held_out"] == 40
+    # Trees: trained on the rows after production's data end (trade rows included).
+    for name in ("xgboost", "lightgbm"):
+        info = warm_cycle.warm[warm_name(name)]
+        assert info["fallback"] is None and not info["overlaps_val"]
+        assert info["since_ms"] == production.train_to_ms == info["from_ms"] - 1
+        new = int((data.ts_ms[train] > production.train_to_ms).sum())
+        new += int(((ts > production.train_to_ms) & (ts + 7_200_000 < es_cut)).sum())
+        assert info["rows"] == new
+        doc = json.loads((warm_cycle.paths[warm_name(name)] / "params.json").read_text())
+        assert doc["train_rows"] == new and doc["val_rows"] == rows["es"]
+        assert doc["warm_start"]["base_rounds"] == info["base_rounds"]
+        assert doc["best_iteration"] == info["rounds"] > info["base_rounds"]
+    # Sequence models: fine-tuned from production's weights on their bars since it trained.
+    for name, params in (("nhits", CycleConfig.quick().nhits),
+                         ("patchtst", CycleConfig.quick().patchtst)):
+        info = warm_cycle.warm[warm_name(name)]
+        doc = json.loads((production.paths[name] / "params.json").read_text())
+        assert info["since_ms"] == doc["last_train_ts_ms"] and info["fallback"] is None
+        assert info["steps"] == 2 and info["learning_rate"] == params.learning_rate * 0.5
+        warm_doc = json.loads((warm_cycle.paths[warm_name(name)] / "params.json").read_text())
+        assert warm_doc["warm_start"]["base_last_train_ts_ms"] == doc["last_train_ts_ms"]
+        assert warm_doc["total_steps"] == params.max_steps + 2
+        assert warm_doc["last_train_ts_ms"] < warm_cycle.val_from_ms - warm_cycle.embargo_ms
+
+
+def test_warm_trees_start_from_production_trees(warm_cycle: CycleResult,
+                                                production: CycleResult,
+                                                history: History) -> None:
+    data, _, val = validation_split(history)
+    X = data.X[val]
+    for name in ("xgboost", "lightgbm"):
+        base = MODEL_CLASSES[name].load(production.paths[name])
+        warm = MODEL_CLASSES[name].load(warm_cycle.paths[warm_name(name)])
+        r = base.n_rounds()
+        if name == "xgboost":
+            head = warm.booster.inplace_predict(X, iteration_range=(0, r))
+            assert warm.booster.get_dump()[:3 * r] == base.booster.get_dump()
+        else:
+            head = warm.booster.predict(X, num_iteration=r)
+            trees = warm.booster.dump_model()["tree_info"]
+            assert trees[:3 * r] == base.booster.dump_model()["tree_info"]
+        assert np.array_equal(head, base.predict_proba(X))
+        assert warm.n_rounds() > r
+        assert not np.array_equal(warm.predict_proba(X), base.predict_proba(X))
+
+
+def test_warm_start_falls_back_to_recent_rows_and_skips_unusable_artifacts(
+        history: History, production: CycleResult, warm_cycle: CycleResult,
+        tmp_path: Path) -> None:
+    config = CycleConfig.quick()
+    late = warm_cycle.es_from_ms  # nothing of the training slice comes after it
+    result = train_all(history, None, LABELS, config, tmp_path,
+                       warm_from={"xgboost": production.paths["xgboost"],
+                                  "lightgbm": production.paths["xgboost"]},  # wrong model
+                       since_ms=late)
+    assert set(result.paths) == {*MODEL_NAMES, "xgboost.warm"}
+    info = result.warm["xgboost.warm"]
+    assert "only 0 rows after production's data end" in info["fallback"]
+    assert info["rows"] >= config.min_rows
+    assert info["rows"] == json.loads(
+        (result.paths["xgboost.warm"] / "params.json").read_text())["train_rows"]
+    assert "not usable" in result.warm["lightgbm.warm"]["skipped"]
+    assert "lightgbm.warm" not in result.metrics and "lightgbm.warm" not in result.seconds
+    with pytest.raises(ValueError, match="unknown models"):
+        train_all(history, None, LABELS, config, tmp_path / "x", warm_from={"ppo": tmp_path})
+
+
+def test_warm_window_rules() -> None:
+    ts = np.arange(10) * 60_000
+    assert warm_window(ts, 3 * 60_000, 4) == (3 * 60_000 + 1, None)
+    start, why = warm_window(ts, 8 * 60_000, 4)
+    assert start == 6 * 60_000 and "only 1 rows" in why and "most recent 4 rows" in why
+    start, why = warm_window(ts, None, 20)
+    assert start == 0 and "unknown" in why and "most recent 10 rows" in why

@@ -5,6 +5,7 @@ History is replayed once per session through the live flow's own stage code
 :func:`models.dataset.time_split` over the labelled set. Each model trains once per session
 with 30 steps (well under a second each; ``import neuralforecast`` costs ~9 s once). The
 models are barely trained: these tests check plumbing and rules, not forecasting skill.
+Fine-tunes start from those models' weights (with learning rate 0 they must keep them exactly).
 """
 
 from __future__ import annotations
@@ -253,3 +254,56 @@ def test_params_round_trip_and_validation() -> None:
         NHITSParams(loss="quantile")
     with pytest.raises(TypeError):
         NHITSModel.train(History(), None, LabelConfig(), PatchTSTParams())
+
+
+# --- fine-tuning from a base model --------------------------------------------------------------
+def _weights(model: Model) -> dict[str, torch.Tensor]:
+    """The module's learnt parameters (PatchTST's BatchNorm running statistics excluded:
+    they move in any training pass, whatever the learning rate)."""
+    return {k: p.detach().clone() for k, p in model.module.named_parameters()}
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_fine_tune_starts_from_the_base_weights(cls, seq_trained, seq_data,
+                                                tmp_path: Path) -> None:
+    history, cfg, cut = seq_data
+    base = seq_trained[cls.name]
+    # Learning rate 0: the optimiser steps, the weights stay the base's, exactly.
+    frozen = cls.train(history, None, cfg,
+                       dataclasses.replace(base.params, max_steps=2, learning_rate=0.0),
+                       seed=1, base=base)
+    want = _weights(base)
+    got = _weights(frozen)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # A real fine-tune moves them, a little: from the base, not from a fresh initialisation.
+    params = dataclasses.replace(base.params, max_steps=3, learning_rate=1e-4)
+    tuned = cls.train(history, None, cfg, params, seed=1, base=base)
+    fresh = cls.train(history, None, cfg, params, seed=1)
+    moved = {k: (_weights(tuned)[k] - want[k]).abs().max().item() for k in want}
+    assert max(moved.values()) > 0
+    assert sum(moved.values()) < sum((_weights(fresh)[k] - want[k]).abs().max().item()
+                                     for k in want)
+    d = tuned.describe()
+    assert d["warm_start"]["base_last_train_ts_ms"] == base.meta["last_train_ts_ms"] < cut
+    assert d["total_steps"] == TEST_STEPS + 3 and d["params"]["max_steps"] == 3
+    # Save -> load round trip: the same forecasts, bit for bit.
+    tuned.save(tmp_path)
+    loaded = cls.load(tmp_path)
+    assert loaded.describe() == d
+    vectors = _spread(_after_cut(history, cut), 32)
+    np.testing.assert_array_equal(loaded.forecast(vectors), tuned.forecast(vectors))
+    assert loaded.predict(vectors) == tuned.predict(vectors)
+
+
+def test_fine_tune_needs_the_base_architecture(seq_trained, seq_data) -> None:
+    history, cfg, _ = seq_data
+    base = seq_trained["nhits"]
+    with pytest.raises(ValueError, match="architecture"):
+        NHITSModel.train(history, None, cfg, NHITSParams(max_steps=1, mlp_units=((8, 8),)),
+                         base=base)
+    with pytest.raises(ValueError, match="horizon"):
+        NHITSModel.train(history, None, dataclasses.replace(cfg, horizon=5),
+                         dataclasses.replace(base.params, max_steps=1), base=base)
+    with pytest.raises(TypeError, match="fine-tune only"):
+        PatchTSTModel.train(history, None, cfg, PatchTSTParams(max_steps=1), base=base)

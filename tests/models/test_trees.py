@@ -2,7 +2,8 @@
 
 The training set is built once per session through the live flow's own stage code
 (:func:`models.dataset.history_from_ticks`), split by time with a gap of one label horizon per
-symbol, and each model is trained once per module with seed 0 (about a second each).
+symbol, and each model is trained once per module with seed 0 (about a second each). Warm
+starts continue those models on the later rows: the base's trees must stay first, unchanged.
 """
 
 from __future__ import annotations
@@ -173,3 +174,56 @@ def test_train_rejects_an_empty_validation_split(tree_split: Split) -> None:
     data, train, _, _ = tree_split
     with pytest.raises(ValueError, match="non-empty"):
         XGBoostModel.train(data, train, np.array([], dtype=np.int64))
+
+
+# --- warm starts ---------------------------------------------------------------------------
+def _head(model: XGBoostModel | LightGBMModel, X: np.ndarray, rounds: int) -> np.ndarray:
+    """Probabilities of the model's first ``rounds`` boosting rounds only."""
+    if isinstance(model, XGBoostModel):
+        return model.booster.inplace_predict(X, iteration_range=(0, rounds))
+    return model.booster.predict(X, num_iteration=rounds)
+
+
+@pytest.fixture(scope="session")
+def warm(trained, tree_split: Split) -> dict[str, XGBoostModel | LightGBMModel]:
+    """Each trained model continued on the later (validation) rows, stopped on the test rows."""
+    data, _, val, test = tree_split
+    params = TreeParams(max_rounds=40, early_stopping_rounds=10)
+    return {cls.name: cls.train(data, val, test, params, seed=0, base=trained[cls.name])
+            for cls in MODELS}
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_warm_start_keeps_the_base_trees_and_adds_rounds(cls, trained, warm,
+                                                         tree_split: Split,
+                                                         tmp_path: Path) -> None:
+    data, train, val, test = tree_split
+    base, model = trained[cls.name], warm[cls.name]
+    X = data.X[np.r_[train[:200], test]]
+    r = base.n_rounds()
+    # The base's trees come first, unchanged: their predictions are the base's, bit for bit.
+    assert np.array_equal(_head(model, X, r), base.predict_proba(X))
+    assert model.n_rounds() > r
+    assert not np.array_equal(model.predict_proba(X), base.predict_proba(X))
+    # Cut at the best round: the booster holds exactly the rounds params.json records.
+    d = model.describe()
+    assert d["best_iteration"] == model.n_rounds() <= r + 40
+    assert d["warm_start"]["base_rounds"] == r
+    assert d["warm_start"]["base_last_train_ts_ms"] == base.meta["last_train_ts_ms"] == \
+        int(data.ts_ms[train].max())
+    assert d["train_rows"] == len(val) and d["last_train_ts_ms"] == int(data.ts_ms[val].max())
+    # What is saved is what is served.
+    model.save(tmp_path)
+    loaded = cls.load(tmp_path)
+    assert loaded.describe() == d
+    assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    # Same base, data and seed: the same model.
+    again = cls.train(data, val, test, TreeParams(max_rounds=40, early_stopping_rounds=10),
+                      seed=0, base=base)
+    assert np.array_equal(again.predict_proba(X), model.predict_proba(X))
+
+
+def test_warm_start_refuses_the_other_library(trained, tree_split: Split) -> None:
+    data, _, val, test = tree_split
+    with pytest.raises(TypeError, match="warm-start only from a LightGBMModel"):
+        LightGBMModel.train(data, val, test, base=trained["xgboost"])
