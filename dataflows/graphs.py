@@ -71,7 +71,6 @@ from schemas.ticks import TickRows
 from schemas.timeutil import to_ms
 from schemas.trades import (
     JoinedTrade,
-    JoinSource,
     TradeClosed,
     TradeOpened,
     encode_event,
@@ -185,8 +184,9 @@ def engine(md: MarketData, scored: KeyedStream[ScoredStep],
     atexit.register(store.close)
     registry = open_registry(settings, store)
     cfg = EngineConfig.from_settings(settings)
-    deps = EngineDeps(registry, md.partitions, dynamic_weights=settings.dynamic_weights)
-    if inline_learning(settings):
+    deps = EngineDeps(registry, md.partitions, learning=inline_learning(settings),
+                      dynamic_weights=settings.dynamic_weights)
+    if deps.learning:
         learner_cfg = LearnerConfig.from_settings(settings)
         if learner_cfg.enabled:
             deps.rl = lambda policy, state: PolicyLearner(learner_cfg, registry, policy, state)
@@ -263,11 +263,6 @@ def engine_counts(out: Stream[EngineOutput]) -> Stream[Counts | PnlPoint]:
                 bump("trades.opened")
         for outcome in o.outcomes:
             bump(f"trades.joined.{outcome.joined_from}")
-        for e in o.trades:
-            if isinstance(e.event, TradeClosed) and transition_of(
-                    JoinedTrade(e.record.opened, e.event, JoinSource.STREAM),
-                    RewardWeights()) is not None:
-                bump("rl.transitions")
         bump("rl.updates", len(o.updates))
         for cycle in o.cycles:
             for key, n in cycle_counts(cycle).items():

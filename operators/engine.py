@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
-from learning.rl_learner import LearnerConfig, PolicyLearner
+from learning.rl_learner import LearnerConfig, PolicyLearner, transition_of
 from models.base import MODEL_NAMES
 from operators.clocks import PartitionClocks
 from operators.ensemble import EnsembleConfig, ScoredStep, VoteBook, signal_of
@@ -85,11 +85,14 @@ class EngineConfig:
 
 @dataclass
 class EngineDeps:
-    """The engine's outside world. ``rl`` / ``clm`` build the inline learners (None: no
-    such learner here) from their recovery state (None when starting fresh)."""
+    """The engine's outside world. ``learning``: the learners run here (embedded mode), so
+    each closed trade is joined with its entry state and recorded as a ``trade_outcomes``
+    row; ``rl`` / ``clm`` build the inline learners (None: no such learner here) from their
+    recovery state (None when starting fresh)."""
 
     registry: Any
     partitions: Sequence[str] = ()
+    learning: bool = False
     rl: Callable[[PolicySource, Any], PolicyLearner] | None = None
     clm: Callable[[ActiveModels, Any], BarLearner] | None = None
     dynamic_weights: bool = False
@@ -226,11 +229,13 @@ class DecisionEngine:
     def _trades(self, events: list[ExecEvent], out: EngineOutput) -> None:
         for e in events:
             out.trades.append(e)
-            if not isinstance(e.event, TradeClosed):
+            if not isinstance(e.event, TradeClosed) or not self.deps.learning:
                 continue
             joined = JoinedTrade(e.record.opened, e.event, JoinSource.STREAM)
             out.outcomes.append(trade_outcome(
                 joined, trade_reward(joined.opened, joined.closed, self.cfg.reward)))
+            if transition_of(joined, self.cfg.reward) is not None:
+                out.counts["rl.transitions"] += 1
             if self.weights is not None:
                 self.weights.observe_trade(joined)
             if self.rl is not None:

@@ -13,20 +13,18 @@ import itertools
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from bytewax.testing import run_main
 
 from dataflows.live import build_live_flow
-from learning.clm import ClmConfig, ContinuousLearner, Cycle
+from learning.clm import ClmConfig, ContinuousLearner
 from learning.triggers import RetrainRequests, TriggerConfig
 from models.base import MODEL_NAMES
-from models.labels import LabelConfig, classify, label_threshold
+from models.labels import LabelConfig
 from models.registry import ModelRegistry
 from schemas.learning import ShadowPrediction
 from schemas.registry import Stage
 from schemas.signals import ACTION_OF
-from schemas.tables import SHADOW_PREDICTIONS, event_rows
 from schemas.timeutil import from_ms, to_ms
 from storage.store import open_store
 
@@ -106,63 +104,69 @@ def test_manual_retrain_is_trained_shadowed_and_decided(live_settings, registry_
         if better:
             assert p["decision"] == "promoted", p
         if worse:
-            assert p["decision"] == "retired", p
+            assert p["decision"].startswith("retired"), p
         stage = registry.get(p["model"], p["challenger_version"]).stage
         assert stage is (Stage.PRODUCTION if p["decision"] == "promoted" else Stage.RETIRED)
 
 
 def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
-        live_settings, registry_copy: Path, sample_ticks: Path) -> None:
+        settings, registry_copy: Path, sample_ticks: Path) -> None:
     """(b): challengers whose shadow votes are the realised labels (better) or always wrong
-    (worse), judged by the CLM step on a real replay's stored bars."""
-    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy,
-                              learning=True, **QUIET)
-    run_main(build_live_flow(s))
+    (worse), judged by the continuous learner on the sample's bars in event order."""
+    from learning.cycles import ClmDeps, Cycle, CycleRunner
+    from models.dataset import history_from_ticks
+    from models.labels import label_symbol
+    from operators.ensemble import EnsembleConfig, RegistryModels, Scorer
+    from operators.versions import ActiveModels
+    from schemas.learning import ChallengerDecision, CycleStatus, ScoredBar
+
+    s = settings.replace(registry_path=registry_copy)
+    history = history_from_ticks(str(sample_ticks), s)
+    label_cfg = LabelConfig.from_settings(s)
     registry = ModelRegistry(registry_copy)
+    versions = {name: f"v{2:04d}" for name in MODEL_NAMES}  # published below
+    forced = {"xgboost": "better", "lightgbm": "worse", "nhits": "better",
+              "patchtst": "worse"}
+    scorer = Scorer(RegistryModels(registry), EnsembleConfig())
+    bars = []
+    for symbol in history.symbols:
+        warm = [v for v in history.vectors[symbol] if v.warm]
+        labels, _, _ = label_symbol(warm, label_cfg)
+        for v, y, sig in zip(warm, labels, scorer.score(warm), strict=True):
+            shadow = tuple(ShadowPrediction(
+                name, versions[name], symbol, v.ts,
+                ACTION_OF[int(y) if how == "better" else (int(y) + 1) % 3], 0.9, False)
+                for name, how in forced.items()) if y >= 0 else ()
+            bars.append(ScoredBar(symbol, to_ms(v.ts), v, sig, shadow))
+    bars.sort(key=lambda b: (b.ts_ms, b.symbol))
     store = open_store(s)
     try:
-        versions = {}
+        models = ActiveModels(registry, owned=True)
+        runner = CycleRunner(ClmDeps(registry, store, None, RetrainRequests(s.clm_dir),
+                                     s.clm_dir, None), label_cfg, 0)
+        learner = ContinuousLearner(ClmConfig(triggers=TriggerConfig(-1, -1, -1)), label_cfg,
+                                    runner, models)
         for name in MODEL_NAMES:  # challengers: copies of production, judged by their votes
-            versions[name] = registry.publish(name, registry.load(name).save, stage=Stage.SHADOW,
-                                              feature_set="fs").version
-        label_cfg = LabelConfig.from_settings(s)
-        rows = store.query("queries/shadow_label_inputs", horizon=label_cfg.horizon)
-        fwd = np.array([math.log(r["close_ahead"] / r["close"]) for r in rows])
-        thr = np.array([label_threshold(r["vol_ewma"], r["spread_bps"], label_cfg)
-                        for r in rows])
-        labels = classify(fwd, thr)
-        forced = {"xgboost": "better", "lightgbm": "worse", "nhits": "better",
-                  "patchtst": "worse"}
-        shadow = []
-        for name, how in forced.items():
-            for r, y in zip(rows, labels, strict=True):
-                action = ACTION_OF[int(y)] if how == "better" else ACTION_OF[(int(y) + 1) % 3]
-                shadow.append(ShadowPrediction(name, versions[name], r["symbol"], r["ts"],
-                                               action, 0.9, False))
-        block = event_rows(SHADOW_PREDICTIONS, shadow)
-        store.insert(block.table, block.columns, block.data)
-        first = min(to_ms(r["ts"]) for r in rows)
-        deps = {"registry": registry, "store": store, "trainer": None,
-                "requests": RetrainRequests(s.clm_dir), "work_dir": s.clm_dir,
-                "train_config": None}
-        learner = ContinuousLearner(ClmConfig(shadow_min=100, triggers=TriggerConfig()),
-                                    label_cfg, deps)
-        learner.cycle = Cycle("forced", "manual", "forced challengers", first, "shadow",
-                              versions=versions, reference_version=registry.publish(
-                                  "feature_reference", registry.load(
-                                      "feature_reference").save, stage=Stage.SHADOW,
-                                  feature_set="fs").version)
-        (record,) = learner._evaluate(first + 10**9)
+            published = registry.publish(name, registry.load(name).save, stage=Stage.SHADOW,
+                                         feature_set="fs", params={"cycle": "forced"})
+            assert published.version == versions[name]
+            models.add_shadow(name, published.version)
+        learner.cycle = Cycle("forced", "manual", "forced challengers", bars[0].ts_ms,
+                              CycleStatus.SHADOW, versions=dict(versions))
+        for key in models.shadows:
+            learner.judge.watch(key)
+        records = [r for b in bars for r in learner.on_bar(b)]
     finally:
         store.close()
-    assert record.status == "decided"
-    assert record.decisions == {"xgboost": "promoted", "lightgbm": "retired",
-                                "nhits": "promoted", "patchtst": "retired"}
+    (final,) = [r for r in records if r.status == CycleStatus.DECIDED]
+    assert final.decisions == {
+        name: ChallengerDecision.PROMOTED if how == "better"
+        else ChallengerDecision.RETIRED_NOT_BETTER for name, how in forced.items()}
     for name, how in forced.items():
         stage = registry.get(name, versions[name]).stage
         assert stage is (Stage.PRODUCTION if how == "better" else Stage.RETIRED)
-        assert record.shadow_metrics[f"{name}.challenger_f1"] == (
-            1.0 if how == "better" else 0.0)
+        assert models.production[name] == (versions[name] if how == "better" else "v0001")
+    assert all(final.reasons[name] for name in forced)
 
 
 @pytest.mark.slow

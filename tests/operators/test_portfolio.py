@@ -1,7 +1,9 @@
 """Paper execution: invariants as properties over random tick paths and signal sequences.
 
 A plain tick-by-tick reference loop, written from the documented rules, is compared with the
-vectorised broker fed the same ticks in random batches and the decisions in random order.
+event-driven portfolio fed the same ticks in random batches, processed up to each batch's
+clock as the engine does. Across symbols: one event order whatever the arrival order, and the
+RL state's exposure is every open position over total equity.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.bars import BarBuilder
-from operators.execution import ExecConfig, PaperBroker
+from operators.portfolio import EventKind, ExecConfig, Portfolio
 from operators.sizing import Sizer, SizingConfig
 from rl.state import ActionBounds, RLState
 from schemas.decisions import BarDecision
@@ -46,25 +48,62 @@ class FixedPolicy:
                               0.25, "ppo-test-v0", SIZE, TP, SL, False, stochastic)
 
 
-def make_broker(cfg: ExecConfig) -> PaperBroker:
-    return PaperBroker("X", cfg, Sizer(SizingConfig(training=False), FixedPolicy()))
+SIZER = Sizer(SizingConfig(training=False), FixedPolicy())
 
 
-def quotes(ts: list[int], mid: list[float], spread: float) -> TickBatch:
+def quotes(ts: list[int], mid: list[float], spread: float, symbol: str = "X") -> TickBatch:
     n = len(ts)
     m = np.array(mid)
-    return TickBatch("X", np.array(ts, dtype=np.int64), m, m - spread / 2, m + spread / 2,
+    return TickBatch(symbol, np.array(ts, dtype=np.int64), m, m - spread / 2, m + spread / 2,
                      np.full(n, np.nan), np.zeros(n, np.int8),
                      np.full(n, ORIGIN_CODE[TickOrigin.QUOTE], np.int8))
 
 
-def decision(end_ms: int, action: Action) -> BarDecision:
-    sig = Signal("X", from_ms(end_ms), from_ms(end_ms - 60_000), action, 0.9,
+def decision(end_ms: int, action: Action, symbol: str = "X", verdict=None) -> BarDecision:
+    sig = Signal(symbol, from_ms(end_ms), from_ms(end_ms - 60_000), action, 0.9,
                  Consensus.UNANIMOUS, 0.0, 0.0, 0.01, False, True, "fs", VOTES,
                  (0.25, 0.25, 0.3, 0.2))
-    vec = FeatureVector("X", from_ms(end_ms), from_ms(end_ms - 60_000), "fs", True, 1.0,
+    vec = FeatureVector(symbol, from_ms(end_ms), from_ms(end_ms - 60_000), "fs", True, 1.0,
                         {"vol_daily": 0.01, "ret_1": 0.0}, (0.0,) * 4)
-    return BarDecision("X", end_ms, end_ms, sig, vec, None)
+    return BarDecision(symbol, end_ms, end_ms, sig, vec, verdict)
+
+
+class Driver:
+    """The engine's loop over a portfolio: decisions come from ``decide(symbol, bar end)``."""
+
+    def __init__(self, cfg: ExecConfig, decide) -> None:
+        self.portfolio = Portfolio(cfg)
+        self.decide = decide
+        self.events: list = []
+        self.states: list[tuple[str, tuple[float, ...]]] = []
+
+    def add(self, step) -> None:
+        bars = [(ci, clock, to_ms(b.end), None)
+                for ci, clock, b in zip(step.close_index, step.clocks, step.bars, strict=True)]
+        self.portfolio.add(step.symbol, step.ticks, bars)
+
+    def run(self, horizon: float) -> None:
+        pf = self.portfolio
+        while (ev := pf.pop(horizon)) is not None:
+            if ev.kind is EventKind.DECIDE:
+                bar = pf.bar(ev)
+                pf.apply(ev, bar, self.decide(ev.symbol, bar.bar_end_ms))
+            elif ev.kind is EventKind.FILL:
+                closes, req = pf.begin_fill(ev)
+                self.events += closes
+                if req is not None:
+                    self.states.append((req.symbol, tuple(req.state.to_array().tolist())))
+                    sized = SIZER.size(req.symbol, req.bar_end_ms, req.state)
+                    self.events += pf.complete_fill(req, sized)
+            else:
+                self.events += pf.exit(ev)
+            pf.done(ev)
+        pf.trim()
+
+    def finish(self) -> list:
+        self.run(math.inf)
+        self.events += self.portfolio.finish()
+        return [e.event for e in self.events]
 
 
 @dataclass
@@ -75,7 +114,7 @@ class Path:
 
 def bar_steps(path: Path, cuts: list[int]) -> list:
     """The bar step's outputs for the path cut into batches at ``cuts``."""
-    builder = BarBuilder("X", 60)
+    builder = BarBuilder(path.ticks.symbol, 60)
     steps = []
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(path.ticks)}), len(path.ticks)]
     for seq, (a, b) in enumerate(itertools.pairwise(bounds)):
@@ -145,14 +184,13 @@ def reference(path: Path, steps: list, cfg: ExecConfig) -> list[tuple]:
 
 
 def run_broker(path: Path, steps: list, cfg: ExecConfig, rng: random.Random) -> list:
-    decisions = [decision(to_ms(b.end), path.actions.get(to_ms(b.end), Action.HOLD))
-                 for s in steps for b in s.bars]
-    items = list(steps)
-    for d in decisions:  # each decision lands anywhere; bar steps keep their order
-        items.insert(rng.randint(0, len(items)), d)
-    broker = make_broker(cfg)
-    events = [e for item in items for e in broker.push(item)] + broker.finish()
-    return [e.event for e in events]
+    """Steps arrive one by one; after each, events up to its clock run (as in the engine)."""
+    driver = Driver(cfg, lambda sym, end: decision(end, path.actions.get(end, Action.HOLD)))
+    for step in steps:
+        driver.add(step)
+        if len(step.ticks) and rng.random() < 0.7:
+            driver.run(int(step.ticks.clock_at(len(step.ticks) - 1)))
+    return driver.finish()
 
 
 def as_tuples(events: list) -> list[tuple]:
@@ -254,19 +292,24 @@ def test_blocked_and_hold_decisions_do_not_trade() -> None:
     ts = [0, 61_000, 121_000]
     path = Path(quotes(ts, [1.0, 1.0, 1.0], 0.0), {})
     steps = bar_steps(path, [])
-    broker = make_broker(ExecConfig())
-    d = decision(60_000, Action.BUY)
-    blocked = BarDecision(d.symbol, d.bar_end_ms, d.clock_ms, d.signal, d.vector, Verdict(
-        "X", d.signal.ts, Action.BUY, SupervisorMode.ENFORCED, "global", False, True,
-        "blocked", 1.0, 0.0, 20, 0))
-    events = [e for item in (*steps, blocked, decision(120_000, Action.HOLD),
-                             decision(121_999 // 60_000 * 60_000 + 60_000, Action.HOLD))
-              for e in broker.push(item)] + broker.finish()
-    assert events == []
-    assert broker.counts["signals_blocked"] == 1
+    blocked = Verdict("X", from_ms(60_000), Action.BUY, SupervisorMode.ENFORCED, "global",
+                      False, True, "blocked", 1.0, 0.0, 20, 0)
+
+    def decide(symbol: str, end: int) -> BarDecision:
+        if end == 60_000:
+            return decision(end, Action.BUY, verdict=blocked)
+        return decision(end, Action.HOLD)
+
+    driver = Driver(ExecConfig(), decide)
+    for step in steps:
+        driver.add(step)
+    assert driver.finish() == []
+    assert driver.portfolio.counts()["signals_blocked"] == 1
 
 
-def test_broker_state_survives_a_snapshot() -> None:
+def test_portfolio_state_survives_a_snapshot() -> None:
+    import pickle
+
     rng = random.Random(7)
     n = 300
     ts = (np.cumsum([rng.randint(1, 20_000) for _ in range(n)]) + 1_700_000_000_000).tolist()
@@ -276,17 +319,105 @@ def test_broker_state_survives_a_snapshot() -> None:
                     for t in ts}
     cfg = ExecConfig()
     steps = bar_steps(path, [100, 200])
-    decisions = [decision(to_ms(b.end), path.actions[to_ms(b.end)]) for s in steps
-                 for b in s.bars]
-    items = [*decisions[:10], *steps, *decisions[10:]]
-    whole = make_broker(cfg)
-    ref = [e.event for i in items for e in whole.push(i)] + [e.event for e in whole.finish()]
-    first = make_broker(cfg)
-    got = [e.event for i in items[:40] for e in first.push(i)]
-    import pickle
 
-    resumed = PaperBroker.restore(cfg, first.sizer, pickle.loads(pickle.dumps(first.snapshot())))
-    got += [e.event for i in items[40:] for e in resumed.push(i)]
-    got += [e.event for e in resumed.finish()]
-    assert got == ref and len(ref) > 4
+    def decide(symbol: str, end: int) -> BarDecision:
+        return decision(end, path.actions[end])
+
+    whole = Driver(cfg, decide)
+    for step in steps:
+        whole.add(step)
+        whole.run(step.ticks.clock_at(len(step.ticks) - 1) if len(step.ticks) else math.inf)
+    ref = whole.finish()
+    first = Driver(cfg, decide)
+    first.add(steps[0])
+    first.run(steps[0].ticks.clock_at(len(steps[0].ticks) - 1))
+    before_snapshot = [e.event for e in first.events]
+    snap = first.portfolio.snapshot()
+    frozen = pickle.dumps(snap)
+    first.add(steps[1])  # processing after the snapshot must not change it
+    first.run(math.inf)
+    assert pickle.dumps(snap) == frozen
+    resumed = Driver(cfg, decide)
+    resumed.portfolio = Portfolio.restore(cfg, pickle.loads(frozen))
+    for step in steps[1:]:
+        resumed.add(step)
+    assert before_snapshot + resumed.finish() == ref and len(ref) > 4
     assert all(math.isfinite(e.net_pnl) for e in ref if isinstance(e, TradeClosed))
+
+
+def two_symbol_steps(seed: int) -> tuple[dict[str, list], dict[tuple[str, int], Action]]:
+    rng = random.Random(seed)
+    steps, actions = {}, {}
+    for sym in ("A", "B"):
+        ts = np.cumsum([rng.randint(200, 9_000) for _ in range(400)]) + 1_700_000_000_000
+        mid = 1.0 + np.cumsum([rng.gauss(0, 0.0008) for _ in range(400)])
+        path = Path(quotes(ts.tolist(), mid.tolist(), 0.0002, sym), {})
+        steps[sym] = bar_steps(path, sorted(rng.sample(range(1, 399), 4)))
+        for step in steps[sym]:
+            for b in step.bars:
+                actions[(sym, to_ms(b.end))] = rng.choice([Action.BUY, Action.SELL,
+                                                           Action.HOLD, Action.HOLD])
+    return steps, actions
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10**6), st.integers(0, 10**6))
+def test_events_across_symbols_do_not_depend_on_arrival_order(seed: int, order: int) -> None:
+    """Two symbols' steps interleaved in any order (each symbol's own in sequence), processed
+    as far as the clocks allow after each: the same trades and the same RL states."""
+    steps, actions = two_symbol_steps(seed)
+
+    def decide(symbol: str, end: int) -> BarDecision:
+        return decision(end, actions.get((symbol, end), Action.HOLD), symbol)
+
+    def run(arrival: list[str]) -> Driver:
+        d = Driver(ExecConfig(equity=10_000.0, start_equity=20_000.0), decide)
+        cursor = {"A": 0, "B": 0}
+        clock = {"A": -math.inf, "B": -math.inf}
+        for sym in arrival:
+            step = steps[sym][cursor[sym]]
+            cursor[sym] += 1
+            d.add(step)
+            if len(step.ticks):
+                clock[sym] = step.ticks.clock_at(len(step.ticks) - 1)
+            d.run(min(clock.values()))  # two partitions: the smaller clock is safe
+        d.finish()
+        return d
+
+    rng = random.Random(order)
+    arrival = ["A"] * len(steps["A"]) + ["B"] * len(steps["B"])
+    rng.shuffle(arrival)
+    ref = run(["A"] * len(steps["A"]) + ["B"] * len(steps["B"]))
+    got = run(arrival)
+    assert [e.event for e in got.events] == [e.event for e in ref.events]
+    assert got.states == ref.states and len(ref.states) > 3
+
+
+def test_exposure_is_every_open_position_over_total_equity() -> None:
+    steps, actions = two_symbol_steps(11)
+
+    def decide(symbol: str, end: int) -> BarDecision:
+        return decision(end, actions.get((symbol, end), Action.HOLD), symbol)
+
+    d = Driver(ExecConfig(equity=10_000.0, start_equity=20_000.0), decide)
+    for sym in ("A", "B"):
+        for step in steps[sym]:
+            d.add(step)
+    d.finish()
+    # replay the event stream: before each fill, the open notional over realised equity
+    open_notional: dict[str, float] = {}
+    realised = 0.0
+    fills = iter(d.states)
+    checked = 0
+    for e in (x.event for x in d.events):
+        if isinstance(e, TradeOpened):
+            symbol, state = next(fills)
+            assert symbol == e.symbol
+            expected = sum(open_notional.values()) / (20_000.0 + realised)
+            assert state[5] == pytest.approx(np.float32(expected), rel=1e-6)
+            checked += expected > 0
+            open_notional[e.symbol] = e.size_usd
+        else:
+            realised += e.net_pnl
+            open_notional.pop(e.symbol)
+    assert checked > 0, "some order was sized while the other symbol held a position"
