@@ -224,8 +224,13 @@ class CycleRunner:
     def _train(self, cycle: Cycle, history: History, now: int) -> None:
         work = self.deps.work_dir / f"{cycle.cycle_id.replace(':', '')}-{uuid.uuid4().hex[:8]}"
         cycle.work_dir = str(work)
+        warm_from = {}
+        for name in MODEL_NAMES:  # warm-started challengers continue from production
+            version = self.registry.production_version(name)
+            if version is not None:
+                warm_from[name] = self.registry.verified_path(name, version)
         self.deps.trainer.start(history, self._extra_rows(now), self.label_cfg,
-                                self.deps.train_config, work)
+                                self.deps.train_config, work, warm_from=warm_from)
 
     def restart(self, cycle: Cycle, now: int) -> list[ClmCycle]:
         """Train a cycle again after a resume lost its training process."""
@@ -239,17 +244,19 @@ class CycleRunner:
 
     def _extra_rows(self, now: int) -> TrainingSet | None:
         """Closed trades' entry features labelled by outcome, known by ``now``."""
-        rows = [(v, y) for v, y, exit_ms in self.trade_rows
+        rows = [(v, y, exit_ms) for v, y, exit_ms in self.trade_rows
                 if v.feature_set == FEATURE_SET_VERSION and exit_ms <= now]
         if not rows:
             return None
-        vectors = [v for v, _ in rows]
+        vectors = [v for v, _, _ in rows]
         n = len(rows)
-        return TrainingSet(X=feature_matrix(vectors), y=np.array([y for _, y in rows], np.int64),
+        return TrainingSet(X=feature_matrix(vectors),
+                           y=np.array([y for _, y, _ in rows], np.int64),
                            ts_ms=np.array([to_ms(v.ts) for v in vectors], dtype=np.int64),
                            symbols=np.array([v.symbol for v in vectors], dtype=object),
                            forward_return=np.full(n, np.nan), threshold=np.full(n, np.nan),
-                           vectors=vectors)
+                           vectors=vectors,
+                           label_end_ms=np.array([e for _, _, e in rows], dtype=np.int64))
 
     def poll(self, cycle: Cycle, now: int) -> list[ClmCycle] | None:
         """The cycle's records once its training ended (None while it runs)."""

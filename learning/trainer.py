@@ -90,7 +90,8 @@ from models.labels import LabelConfig
 from models.metrics import classification_report, constant_baseline
 from models.sequence import NHITSModel, NHITSParams, PatchTSTModel, PatchTSTParams, SeqParams
 from models.trees import LightGBMModel, TreeParams, XGBoostModel
-from schemas.signals import CLASS_OF
+from operators.ensemble import EnsembleConfig, signal_of
+from schemas.signals import CLASS_OF, Vote
 from schemas.timeutil import from_ms, iso, to_ms
 
 WARM = ".warm"
@@ -497,11 +498,18 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
     val_vectors = [data.vectors[i] for i in val]
     seconds = {"prepare": time.perf_counter() - started}
 
-    def score(model: Any) -> dict[str, float]:
-        pred = _classes(model.predict(val_vectors))
-        report = classification_report(data.y[val], pred, data.forward_return[val],
-                                       data.threshold[val])
-        return {f"val_{k}": float(v) for k, v in report.items()}
+    def report(pred: np.ndarray) -> dict[str, float]:
+        r = classification_report(data.y[val], pred, data.forward_return[val],
+                                   data.threshold[val])
+        return {f"val_{k}": float(v) for k, v in r.items()}
+
+    votes: dict[str, list[tuple[Any, float]]] = {}  # from-scratch models, for the ensemble
+
+    def score(variant: str, model: Any) -> dict[str, float]:
+        preds = model.predict(val_vectors)
+        if variant in MODEL_NAMES:
+            votes[variant] = preds
+        return report(_classes(preds))
 
     trainers = {
         "xgboost": lambda: XGBoostModel.train(c.fit_data, c.fit_idx, c.es, config.tree,
@@ -531,11 +539,12 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
             fit_seconds[variant] = time.perf_counter() - t0
             model.save(dirs[variant])
             paths[variant] = dirs[variant]
-            metrics[variant] = score(model)
+            metrics[variant] = score(variant, model)
             seconds[variant] = time.perf_counter() - t0
             del model
     base_report = constant_baseline(data.y[c.train], data.y[val])
     metrics["baseline"] = {"val_macro_f1": float(base_report["macro_f1"])}
+    metrics["ensemble"] = report(ensemble_classes(votes, val_vectors))
     seconds["total"] = time.perf_counter() - started
     rows = {"train": len(c.train), "extra": len(c.fit_idx) - len(c.train),
             "extra_held_out": c.held_out, "extra_assumed_end": c.assumed, "es": len(c.es),
@@ -550,6 +559,18 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
         seconds=seconds, pid=os.getpid(), es_from_ms=int(data.ts_ms[c.es].min()),
         es_to_ms=int(data.ts_ms[c.es].max()), embargo_ms=c.embargo, warm=warm,
         fit_seconds=fit_seconds)
+
+
+def ensemble_classes(votes: Mapping[str, list[tuple[Any, float]]],
+                     vectors: list[Any]) -> np.ndarray:
+    """The audit ensemble's class on each vector from the four models' votes (the live
+    rules, :func:`operators.ensemble.signal_of`, with the audit weights)."""
+    cfg = EnsembleConfig()
+    out = np.zeros(len(vectors), dtype=np.int64)
+    for i, v in enumerate(vectors):
+        ballot = [Vote(n, "", votes[n][i][0], float(votes[n][i][1])) for n in MODEL_NAMES]
+        out[i] = CLASS_OF[signal_of(v, ballot, cfg).action]
+    return out
 
 
 def _prepare(history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,

@@ -176,6 +176,8 @@ def test_train_all_writes_loadable_artifacts_that_reproduce_the_metrics(
             assert recorded[f"val_{key}"] == pytest.approx(value), (name, key)
         assert local_cycle.seconds[name] > 0
     assert 0 < local_cycle.metrics["baseline"]["val_macro_f1"] < 1
+    ensemble = local_cycle.metrics["ensemble"]  # the four from-scratch models, audit rules
+    assert ensemble["val_n"] == local_cycle.rows["val"] and 0 <= ensemble["val_calls"]
     assert local_cycle.seconds["total"] >= sum(local_cycle.seconds[n] for n in MODEL_NAMES)
 
 
@@ -419,7 +421,7 @@ def test_warm_cycle_holds_both_variants_per_model(warm_cycle: CycleResult,
     data, train, val = validation_split(history)
     variants = [v for n in MODEL_NAMES for v in (n, warm_name(n))]
     assert list(warm_cycle.paths) == variants
-    assert set(warm_cycle.metrics) == {*variants, "baseline"}
+    assert set(warm_cycle.metrics) == {*variants, "baseline", "ensemble"}
     assert set(warm_cycle.fit_seconds) == set(variants)
     vectors = [data.vectors[i] for i in val]
     for v in variants:
