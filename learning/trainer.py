@@ -83,6 +83,7 @@ from models.dataset import (
     LABEL_END_UNKNOWN,
     History,
     TrainingSet,
+    bar_ms,
     build_training_set,
     purged_split,
 )
@@ -317,14 +318,6 @@ def history_between(history: History, from_ms: int, cut_ms: int, context: int,
             start = max(start, end - max(max_bars, min_bars))
         out.vectors[symbol] = vectors[start:end]
     return out
-
-
-def bar_ms(history: History) -> int:
-    """The bar length in ms, read off a feature vector (close - bar start); 0 if empty."""
-    for vectors in history.vectors.values():
-        if vectors:
-            return to_ms(vectors[0].ts) - to_ms(vectors[0].bar_start)
-    return 0
 
 
 def embargo_ms(history: History, label_cfg: LabelConfig, config: CycleConfig) -> int:

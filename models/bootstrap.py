@@ -5,15 +5,16 @@ empty registry) does the whole cycle:
 
 1. replay the ticks through the live flow's own validation, bar and feature code
    (:func:`models.dataset.history_from_ticks`);
-2. label the warm bars (:mod:`models.labels`) and split by time: 70% train, 15% validation,
-   15% test, with a gap of ``horizon x symbols`` rows at each cut so no label straddles two
-   splits;
-3. train XGBoost and LightGBM (early stopping on validation) and N-HiTS and PatchTST (on the
-   return series before the validation cut);
+2. label the warm bars (:mod:`models.labels`) and split by time: 60% train, 10% early
+   stopping, 15% validation, 15% test, purged at every cut (a row whose label ends within a
+   horizon of the next slice is dropped, :func:`models.dataset.purged_split`), so no label
+   straddles two slices and the reported figures are untouched by training decisions;
+3. train XGBoost and LightGBM (early stopping on its own slice) and N-HiTS and PatchTST (on the
+   return series before the validation cut, less the embargo);
 4. score the validation and test splits with each model and with the ensemble's rules;
-5. pretrain the PPO sizing policy in :class:`rl.env.SizingEnv` on the history's bars, sized on
-   the ensemble's own BUY/SELL signals (topped up with the documented momentum rule when the
-   ensemble calls too few trades to learn from);
+5. pretrain the PPO sizing policy in :class:`rl.env.SizingEnv`, which replays the history's
+   ticks through the live execution code, sized on the ensemble's own BUY/SELL signals (topped
+   up with the documented momentum rule when the ensemble calls too few trades to learn from);
 6. publish all five to the registry as production, with the training data range and metrics,
    and the training features' reference distribution (``feature_reference``, what CLM's drift
    check compares recent features with).
@@ -32,7 +33,14 @@ import numpy as np
 from learning.drift import MODEL_NAME as REFERENCE
 from learning.drift import FeatureReference
 from models.base import MODEL_NAMES, POLICY_NAME, SignalModel
-from models.dataset import History, TrainingSet, build_training_set, history_from_ticks, time_split
+from models.dataset import (
+    History,
+    TrainingSet,
+    bar_ms,
+    build_training_set,
+    history_from_ticks,
+    purged_split,
+)
 from models.labels import LabelConfig
 from models.metrics import classification_report, constant_baseline
 from models.registry import ModelRegistry
@@ -47,6 +55,8 @@ from schemas.registry import ModelVersion, Stage
 from schemas.signals import CLASS_OF, Action, Vote
 from schemas.timeutil import from_ms, to_ms
 from settings import Settings
+
+SPLIT = (0.6, 0.1, 0.15, 0.15)  # train, early stopping, validation, test
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,8 @@ class BootstrapReport:
                          f"pretrained on {int(ppo['signals'])} signals, "
                          f"{int(ppo['timesteps'])} steps; mean reward per trade "
                          f"{ppo['mean_reward']:.4f}")
-        lines.append(f"rows: train {self.rows['train']}, val {self.rows['val']}, "
-                     f"test {self.rows['test']}; {self.seconds:.1f} s")
+        lines.append(f"rows: train {self.rows['train']}, early stopping {self.rows['es']}, "
+                     f"val {self.rows['val']}, test {self.rows['test']}; {self.seconds:.1f} s")
         return "\n".join(lines)
 
 
@@ -151,20 +161,24 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
     ticks = ticks or settings.bootstrap_ticks
     started = time.monotonic()
     label_cfg = LabelConfig.from_settings(settings)
-    history = history_from_ticks(ticks, settings, progress=progress)
+    history = history_from_ticks(ticks, settings, progress=progress, keep_ticks=True)
     data = build_training_set(history, label_cfg)
     if len(data) < 500:
         raise ValueError(f"bootstrap: {ticks} gives {len(data)} labelled bars; at least 500 are "
                          "needed to train and validate (more data, or a shorter QT_BAR_SECONDS)")
-    train, val, test = time_split(data.ts_ms, gap=label_cfg.horizon * len(history.symbols))
-    cut_ms = int(data.ts_ms[val].min())
+    embargo = label_cfg.horizon * bar_ms(history)
+    train, es, val, test = purged_split(data.ts_ms, data.label_end_ms, SPLIT, embargo)
+    if min(len(train), len(es), len(val), len(test)) == 0:
+        raise ValueError(f"bootstrap: {ticks} gives an empty slice (train {len(train)}, early "
+                         f"stopping {len(es)}, validation {len(val)}, test {len(test)})")
+    cut_ms = int(data.ts_ms[val].min()) - embargo  # sequence models see nothing after
     steps = _Steps(progress, out)
 
     models: dict[str, SignalModel] = {}
     with steps("xgboost"):
-        models["xgboost"] = XGBoostModel.train(data, train, val, config.tree, config.seed)
+        models["xgboost"] = XGBoostModel.train(data, train, es, config.tree, config.seed)
     with steps("lightgbm"):
-        models["lightgbm"] = LightGBMModel.train(data, train, val, config.tree, config.seed)
+        models["lightgbm"] = LightGBMModel.train(data, train, es, config.tree, config.seed)
     with steps("nhits"):
         models["nhits"] = NHITSModel.train(history, cut_ms, label_cfg, config.nhits, config.seed)
     with steps("patchtst"):
@@ -185,14 +199,14 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
 
     with steps("ppo"):
         signals = policy_signals(history, models, ens_cfg, config.min_policy_signals)
-        env = SizingEnv(history.bars, signals,
-                        EnvConfig.from_settings(settings, len(history.symbols)))
+        env = SizingEnv(history, signals, EnvConfig.from_settings(settings))
         policy = pretrain(env, config.ppo_timesteps, config.seed)
         metrics[POLICY_NAME] = {"signals": float(len(signals)),
                                 "timesteps": float(config.ppo_timesteps),
                                 "mean_reward": _mean_reward(policy, env)}
 
-    data_from, data_to = from_ms(int(data.ts_ms[train].min())), from_ms(cut_ms)
+    # the span the models were fitted on: nothing from the validation slice on
+    data_from, data_to = from_ms(int(data.ts_ms[train].min())), from_ms(int(data.ts_ms[val].min()))
     # the reference also carries the ensemble's held-out figures: the performance trigger
     # compares the live ensemble's realised call hit rate with them
     registry.publish(REFERENCE, FeatureReference.fit(data.X[train]).save,
@@ -207,7 +221,8 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
             data_from=data_from, data_to=data_to, metrics=metrics[name],
             params={"source": ticks, "trigger": "bootstrap"})
     report = BootstrapReport(versions, metrics,
-                             {"train": len(train), "val": len(val), "test": len(test)},
+                             {"train": len(train), "es": len(es), "val": len(val),
+                              "test": len(test)},
                              time.monotonic() - started)
     print(report.table(), file=out)
     return report

@@ -49,8 +49,9 @@ from models.labels import LabelConfig, label_symbol
 from operators.bars import BarBuilder
 from operators.features import FEATURE_NAMES, FeatureEngine
 from operators.validate import TickValidator
-from schemas.bars import Bar
+from schemas.bars import Bar, BarStep
 from schemas.features import FeatureVector
+from schemas.ticks import SymbolTicks
 from schemas.timeutil import to_ms
 from settings import Settings
 
@@ -60,10 +61,12 @@ LABEL_END_UNKNOWN = np.iinfo(np.int64).max
 
 @dataclass
 class History:
-    """Bars and feature vectors per symbol, in event-time order."""
+    """Bars and feature vectors per symbol, in event-time order; with ``keep_ticks``, also the
+    bar steps (ticks and where each bar closed) that execution replays (:mod:`rl.env`)."""
 
     bars: dict[str, list[Bar]] = field(default_factory=dict)
     vectors: dict[str, list[FeatureVector]] = field(default_factory=dict)
+    steps: dict[str, list[BarStep]] = field(default_factory=dict)
     rows_in: int = 0
     ticks: int = 0
     dead_letters: int = 0
@@ -77,8 +80,18 @@ class History:
         self.vectors.setdefault(bar.symbol, []).append(vector)
 
 
-def history_from_ticks(spec: str, settings: Settings, progress: bool = False) -> History:
-    """Replay ``spec`` (the ``QT_TICKS`` file forms) through validation, bars and features."""
+def bar_ms(history: History) -> int:
+    """The bar length in ms, read off a feature vector (close - bar start); 0 if empty."""
+    for vectors in history.vectors.values():
+        if vectors:
+            return to_ms(vectors[0].ts) - to_ms(vectors[0].bar_start)
+    return 0
+
+
+def history_from_ticks(spec: str, settings: Settings, progress: bool = False,
+                       keep_ticks: bool = False) -> History:
+    """Replay ``spec`` (the ``QT_TICKS`` file forms) through validation, bars and features
+    (and keep the bar steps with their ticks when ``keep_ticks``)."""
     source = ReplaySource(expand_paths(spec), settings.candle_seconds,
                           settings.replay_block_bytes)
     history = History()
@@ -114,13 +127,19 @@ def history_from_ticks(spec: str, settings: Settings, progress: bool = False) ->
                         builder = builders.get(symbol)
                         if builder is None:
                             builder = builders[symbol] = BarBuilder(symbol, settings.bar_seconds)
-                        emit(builder.push_ticks(ticks)[0])
+                        step = builder.push(SymbolTicks(validated.tag, ticks))[0]
+                        emit(step.bars)
+                        if keep_ticks:
+                            history.steps.setdefault(symbol, []).append(step)
         except StopIteration:
             pass
         finally:
             partition.close()
         for symbol in sorted(builders):
-            emit(builders[symbol].flush())
+            for step in builders[symbol].finish():
+                emit(step.bars)
+                if keep_ticks:
+                    history.steps.setdefault(symbol, []).append(step)
     if bar_progress is not None:
         bar_progress.close()
     return history

@@ -565,6 +565,32 @@ class Portfolio:
                 out.append(ExecEvent(closed, TradeRecord(p.opened, closed)))
         return out
 
+    def preview_close(self, symbol: str,
+                      decide: Callable[[str, int], BarDecision]) -> TradeClosed | None:
+        """How the open position of ``symbol`` will close, without changing anything: its own
+        events are run on a copy (decisions from ``decide(symbol, bar end)``) until the
+        position closes, by an exit, an opposite signal's fill, or the end of the input seen
+        so far. The gymnasium environment rewards an order with this, at the order."""
+        book = self.books[symbol]
+        if book.position is None:
+            return None
+        solo = Portfolio(self.cfg)
+        solo.books = {symbol: book.copy()}
+        solo.ledger = self.ledger.copy()
+        solo._schedule(symbol)
+        while (ev := solo.pop(math.inf)) is not None:
+            if ev.kind is EventKind.DECIDE:
+                bar = solo.bar(ev)
+                solo.apply(ev, bar, decide(symbol, bar.bar_end_ms))
+            elif ev.kind is EventKind.FILL:
+                closes, _ = solo.begin_fill(ev)
+                if closes:
+                    return closes[0].event  # type: ignore[return-value]
+            else:
+                return solo.exit(ev)[0].event  # type: ignore[return-value]
+            solo.done(ev)
+        return solo.finish()[0].event  # type: ignore[return-value]
+
     def trim(self) -> None:
         """Forget ticks no event can need again (before each symbol's processing point)."""
         for b in self.books.values():

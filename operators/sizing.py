@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from models.base import MODEL_LOCK, POLICY_NAME
-from rl.state import RLState
+from rl.state import ActionBounds, RLState
 from schemas.rl import SizingDecision
 from schemas.trades import Sizing
 
@@ -114,10 +114,18 @@ class Sizer:
         with MODEL_LOCK:
             runtime = self.policy.current()
             d = runtime.act(state, stochastic, noise)
-        if not np.isfinite(d.raw_action).all() or not np.isfinite(d.log_prob):
-            return None
-        if self.cfg.rl_trades and not d.degenerate:
-            return Sized(d, Sizing.RL, d.position_size_usd, d.tp_pct, d.sl_pct)
-        b = runtime.bounds
-        return Sized(d, Sizing.FIXED, min(self.cfg.fixed_size_usd, state.equity_usd),
-                     0.5 * (b.tp_min_pct + b.tp_max_pct), 0.5 * (b.sl_min_pct + b.sl_max_pct))
+        return sized_from(d, self.cfg, runtime.bounds, state.equity_usd)
+
+
+def sized_from(d: SizingDecision, cfg: SizingConfig, bounds: ActionBounds,
+               equity_usd: float) -> Sized | None:
+    """What is traded for a policy decision (module docstring): the policy's size, TP and SL;
+    the fixed size when RL does not trade or the action was degenerate; nothing when the
+    action or its log-probability is not finite."""
+    if not np.isfinite(d.raw_action).all() or not np.isfinite(d.log_prob):
+        return None
+    if cfg.rl_trades and not d.degenerate:
+        return Sized(d, Sizing.RL, d.position_size_usd, d.tp_pct, d.sl_pct)
+    b = bounds
+    return Sized(d, Sizing.FIXED, min(cfg.fixed_size_usd, equity_usd),
+                 0.5 * (b.tp_min_pct + b.tp_max_pct), 0.5 * (b.sl_min_pct + b.sl_max_pct))

@@ -1,75 +1,57 @@
-"""A gymnasium environment that sizes historical signals: one step = one trade.
+"""A gymnasium environment that sizes historical orders with the live execution code.
 
-:class:`SizingEnv` replays a list of signals (:class:`SignalEvent`: symbol, the index of the bar
-at whose close the signal was made, side, confidence, ``vol_daily``) over the bars they were
-made on. Each step the agent's action sizes the current signal (:func:`rl.state.map_action`),
-:func:`simulate_trade` plays the trade forward on that symbol's bars, the symbol's
-:class:`~rl.state.SubAccount` books it, :mod:`rl.reward` scores it, and the observation is the
-**next** signal's :class:`~rl.state.RLState`.
+:class:`SizingEnv` replays a history's ticks through :class:`operators.portfolio.Portfolio`,
+exactly as the live flow's decision engine does, with the bars' trading decisions given
+(:class:`SignalEvent`: a BUY or SELL with its confidence at the close of a bar; every other bar
+is a HOLD). Each step is one order at its fill: the observation is the RL state the portfolio
+builds there (the symbol's sub-account, the signal, ``vol_daily``, and ``exposure`` over every
+open position and the whole account's equity), the action sizes it
+(:func:`operators.sizing.sized_from`, as live), and the reward is
+:func:`rl.reward.trade_reward` of the trade's opened and closed records, its close found by
+running that symbol's own events ahead on a copy (:meth:`Portfolio.preview_close`: its stop,
+target, holding limit, an opposite signal's fill, or the end of the data).
 
-Execution rules (bar ``i`` is the signal's bar, ``H`` = ``max_holding_bars``, ``d`` = +1 long /
--1 short, ``slip`` and ``fee`` in bps / 10,000):
+One state builder, one reward and one execution for pretraining and live sizing: given the same
+ticks, decisions and actions, the environment and the live flow produce identical state vectors
+and rewards (tests/rl/test_parity.py checks it on a real replay). The rules (fills at the first
+tick after the decision, exits on ticks, one position per symbol, opposite signals reverse,
+same-side signals are ignored) are :mod:`operators.portfolio`'s.
 
-* Entry at the open of bar ``i+1`` (the first price after the decision), filled at
-  ``open * (1 + d * slip)``. A signal on the last bar cannot be entered and is skipped.
-* Levels from the entry fill ``e``: take-profit ``e * (1 + d * tp)``, stop-loss
-  ``e * (1 - d * sl)``.
-* Bars ``i+1 .. i+H`` are checked in order, the entry bar included (its high/low come after
-  its open). A stop is hit when the bar's low (long) / high (short) reaches it, a target when
-  the high (long) / low (short) does. Both in one bar: the **stop** is assumed first
-  (the conservative reading of an OHLC bar). A stop gapped through fills at the bar's open
-  (worse than the level); a target fills at its level (a limit order, no price improvement).
-* Otherwise the trade closes at bar ``i+H``'s close (``time``), or at the last bar's close if
-  the data ends first (``end``).
-* Exit fill = exit price ``* (1 - d * slip)``. Quantity = size_usd / entry fill; each fill pays
-  ``fee`` on its notional; ``net_pnl = d * qty * (exit_fill - entry_fill) - fees``.
-
-Book-keeping, so that no state component looks ahead:
-
-* One open position per symbol: a signal whose symbol still holds a position at its decision
-  time (the previous trade exits on a bar after the signal's bar) is skipped (counted).
-* The trade's PnL is booked to its sub-account at the step; the next signal on that symbol is
-  necessarily after the exit, so its equity, drawdown and recent performance are exact.
-* ``exposure`` = notional of the trades open at the decision time (decided at or before it,
-  exiting after it), over the total equity of all sub-accounts counting only PnL of trades
-  closed by then.
-
-Episodes: one pass over the signals; ``terminated`` after the last enterable one (the final
-observation is the post-trade state of the last signal's sub-account). Every trade is its own
-PPO episode in the updates (see :mod:`rl.policy`), so train with ``gamma = 0``.
+Episodes: one pass over the history; ``terminated`` after the last order (the final observation
+is the last order's state). Every trade is its own PPO episode in the updates
+(:mod:`rl.policy`), so train with ``gamma = 0``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from rl.reward import RewardWeights, reward_terms
-from rl.state import (
-    ACTION_DIM,
-    STATE_HIGH,
-    STATE_LOW,
-    ActionBounds,
-    RLState,
-    SubAccount,
-    direction_of,
-    map_action,
-)
-from schemas.bars import Bar
+from models.base import MODEL_NAMES
+from models.dataset import History
+from operators.portfolio import EventKind, ExecConfig, Portfolio, SizingRequest
+from operators.sizing import SizingConfig, sized_from
+from rl.reward import RewardWeights, trade_reward
+from rl.state import ACTION_DIM, STATE_HIGH, STATE_LOW, ActionBounds, direction_of, map_action
+from schemas.decisions import BarDecision
 from schemas.features import FeatureVector
-from schemas.signals import Action
+from schemas.rl import SizingDecision
+from schemas.signals import Action, Consensus, Signal, Vote
 from schemas.timeutil import to_ms
+from schemas.trades import TradeOpened
 from settings import Settings
+
+ENV_VERSION = "env"  # the policy version recorded on the environment's simulated orders
 
 
 @dataclass(frozen=True, slots=True)
 class SignalEvent:
-    """A BUY or SELL signal made at the close of ``bars[symbol][bar_index]``."""
+    """A BUY or SELL signal made at the close of ``history.bars[symbol][bar_index]``."""
 
     symbol: str
     bar_index: int
@@ -81,224 +63,141 @@ class SignalEvent:
         direction_of(self.side)  # HOLD is not a signal to size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EnvConfig:
-    """Simulation and reward parameters. Defaults match :class:`settings.Settings` with two
-    symbols (100k split in two, 0.5 bps fee and slippage per fill, 60 one-minute bars)."""
+    """Execution, sizing and reward as the live flow has them (:meth:`from_settings`)."""
 
-    start_equity: float = 50_000.0
-    fee_bps: float = 0.5
-    slippage_bps: float = 0.5
-    max_holding_bars: int = 60
-    perf_window: int = 20
+    execution: ExecConfig = field(default_factory=ExecConfig)
+    sizing: SizingConfig = field(default_factory=SizingConfig)
     bounds: ActionBounds = field(default_factory=ActionBounds)
     weights: RewardWeights = field(default_factory=RewardWeights)
 
-    def __post_init__(self) -> None:
-        if self.max_holding_bars < 1:
-            raise ValueError("a trade is held at least one bar")
-        if self.fee_bps < 0 or self.slippage_bps < 0:
-            raise ValueError("fees and slippage are non-negative")
-
     @classmethod
-    def from_settings(cls, settings: Settings, n_symbols: int, **overrides: Any) -> EnvConfig:
-        """The live flow's numbers: equity split per symbol, costs, holding time in bars."""
-        values: dict[str, Any] = {
-            "start_equity": settings.start_equity / max(1, n_symbols),
-            "fee_bps": settings.fee_bps,
-            "slippage_bps": settings.slippage_bps,
-            "max_holding_bars": max(1, settings.max_holding_seconds // settings.bar_seconds),
-        }
+    def from_settings(cls, settings: Settings, **overrides: Any) -> EnvConfig:
+        """The live flow's numbers: the same equity split, costs, limits and sizing rules."""
+        values: dict[str, Any] = {"execution": ExecConfig.from_settings(settings),
+                                  "sizing": SizingConfig.from_settings(settings)}
         values.update(overrides)
         return cls(**values)
 
 
-@dataclass(frozen=True, slots=True)
-class TradeOutcome:
-    """One simulated trade. ``exit_reason``: ``tp``, ``sl``, ``time`` or ``end``."""
-
-    symbol: str
-    direction: float
-    entry_index: int
-    exit_index: int
-    entry_price: float
-    exit_price: float
-    quantity: float
-    notional: float
-    fees: float
-    gross_pnl: float
-    net_pnl: float
-    exit_reason: str
-    entry_ms: int
-    exit_ms: int
+def bar_decision(vector: FeatureVector, action: Action, confidence: float) -> BarDecision:
+    """The decision a bar carries into execution (no supervisor verdict: the signals given
+    are the tradable ones)."""
+    votes = tuple(Vote(m, ENV_VERSION, action, confidence) for m in MODEL_NAMES)
+    signal = Signal(vector.symbol, vector.ts, vector.bar_start, action, confidence,
+                    Consensus.UNANIMOUS, 0.0, 0.0, vector.values.get("vol_daily", math.nan),
+                    False, vector.warm, vector.feature_set, votes, ())
+    end = to_ms(vector.ts)
+    return BarDecision(vector.symbol, end, end, signal, vector, None)
 
 
-def simulate_trade(bars: Sequence[Bar], bar_index: int, direction: float, size_usd: float,
-                   tp_pct: float, sl_pct: float, fee_bps: float, slippage_bps: float,
-                   max_holding_bars: int) -> TradeOutcome | None:
-    """Play one trade forward on ``bars`` (rules in the module docstring); None if the signal's
-    bar is the last one (nothing to enter on)."""
-    entry_i = bar_index + 1
-    if bar_index < 0 or entry_i >= len(bars):
-        return None
-    d = direction_of(direction)
-    slip = slippage_bps / 10_000.0
-    fee = fee_bps / 10_000.0
-    entry = bars[entry_i].open * (1.0 + d * slip)
-    tp_level = entry * (1.0 + d * tp_pct / 100.0)
-    sl_level = entry * (1.0 - d * sl_pct / 100.0)
-    last = min(bar_index + max_holding_bars, len(bars) - 1)
-    exit_i, exit_raw, reason = last, bars[last].close, (
-        "time" if last == bar_index + max_holding_bars else "end")
-    for j in range(entry_i, last + 1):
-        b = bars[j]
-        if d > 0:
-            sl_hit, tp_hit = b.low <= sl_level, b.high >= tp_level
-            gap_fill = min(b.open, sl_level)
-        else:
-            sl_hit, tp_hit = b.high >= sl_level, b.low <= tp_level
-            gap_fill = max(b.open, sl_level)
-        if sl_hit:
-            exit_i, exit_raw, reason = j, gap_fill, "sl"
-            break
-        if tp_hit:
-            exit_i, exit_raw, reason = j, tp_level, "tp"
-            break
-    exit_fill = exit_raw * (1.0 - d * slip)
-    qty = size_usd / entry
-    exit_notional = qty * exit_fill
-    fees = (size_usd + exit_notional) * fee
-    gross = d * qty * (exit_fill - entry)
-    return TradeOutcome(
-        symbol=bars[entry_i].symbol, direction=d, entry_index=entry_i, exit_index=exit_i,
-        entry_price=entry, exit_price=exit_fill, quantity=qty, notional=size_usd, fees=fees,
-        gross_pnl=gross, net_pnl=gross - fees, exit_reason=reason,
-        entry_ms=to_ms(bars[entry_i].start), exit_ms=to_ms(bars[exit_i].end))
-
-
-@dataclass(slots=True)
-class _Open:
-    decided_ms: int
-    exit_ms: int
-    notional: float
-    net_pnl: float
+def env_decision(state: np.ndarray, raw: Sequence[float], bounds: ActionBounds,
+                 equity_usd: float) -> SizingDecision:
+    """The sizing record of an action taken in the environment (mapped as live)."""
+    size, tp, sl, degenerate = map_action(raw, equity_usd, bounds)
+    return SizingDecision(tuple(float(x) for x in state), tuple(float(x) for x in raw), 0.0,
+                          0.0, ENV_VERSION, size, tp, sl, degenerate, True)
 
 
 class SizingEnv(gym.Env):
-    """Size each historical signal; reward from :mod:`rl.reward` (module docstring)."""
+    """Size each historical order; reward from its trade (module docstring)."""
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 -- gymnasium's convention
 
-    def __init__(self, bars: Mapping[str, Sequence[Bar]], signals: Iterable[SignalEvent],
+    def __init__(self, history: History, signals: Iterable[SignalEvent],
                  config: EnvConfig | None = None) -> None:
         super().__init__()
+        if not history.steps:
+            raise ValueError("SizingEnv replays ticks: build the history with keep_ticks=True")
         self.config = config or EnvConfig()
-        self.bars = {s: list(b) for s, b in bars.items()}
-        sigs = []
+        self.history = history
+        chosen: dict[tuple[str, int], tuple[Action, float]] = {}
         for s in signals:
-            if s.symbol not in self.bars:
+            bars = history.bars.get(s.symbol)
+            if bars is None:
                 raise ValueError(f"signal on {s.symbol!r} without bars")
-            if not 0 <= s.bar_index < len(self.bars[s.symbol]):
+            if not 0 <= s.bar_index < len(bars):
                 raise ValueError(f"signal bar index {s.bar_index} out of range for {s.symbol}")
-            sigs.append(s)
-        # decision time = the close of the signal's bar; stable sort keeps the given tie order
-        self.signals = sorted(sigs, key=lambda s: to_ms(self.bars[s.symbol][s.bar_index].end))
-        if not any(s.bar_index + 1 < len(self.bars[s.symbol]) for s in self.signals):
-            raise ValueError("no signal can be entered (each needs a later bar)")
+            chosen[(s.symbol, to_ms(bars[s.bar_index].end))] = (s.side, s.confidence)
+        if not chosen:
+            raise ValueError("no signal to size")
+        self._decisions: dict[tuple[str, int], BarDecision] = {}
+        for symbol, vectors in history.vectors.items():
+            for v in vectors:
+                action, conf = chosen.get((symbol, to_ms(v.ts)), (Action.HOLD, 0.0))
+                self._decisions[(symbol, to_ms(v.ts))] = bar_decision(v, action, conf)
         self.observation_space = gym.spaces.Box(STATE_LOW, STATE_HIGH, dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
-        self._reset_book()
+        self.portfolio = Portfolio(self.config.execution)
+        self.request: SizingRequest | None = None
+        self._fill: Any = None
+        self.trades: list[tuple[TradeOpened, Any]] = []
 
     @property
     def bounds(self) -> ActionBounds:
         return self.config.bounds
 
-    def _reset_book(self) -> None:
-        cfg = self.config
-        self.accounts = {s: SubAccount(cfg.start_equity, cfg.perf_window) for s in self.bars}
-        self._open: list[_Open] = []
-        self._busy_until: dict[str, int] = {}  # symbol -> exit bar index of its last trade
-        self._pos = -1
-        self.skipped = 0
-        self.trades: list[TradeOutcome] = []
-        self.state: RLState | None = None
+    def decide(self, symbol: str, bar_end_ms: int) -> BarDecision:
+        return self._decisions[(symbol, bar_end_ms)]
 
-    def _decision_ms(self, sig: SignalEvent) -> int:
-        return to_ms(self.bars[sig.symbol][sig.bar_index].end)
-
-    def _advance(self) -> bool:
-        """Move to the next enterable signal; False when there is none."""
-        while True:
-            self._pos += 1
-            if self._pos >= len(self.signals):
-                return False
-            sig = self.signals[self._pos]
-            no_entry_bar = sig.bar_index + 1 >= len(self.bars[sig.symbol])
-            still_open = self._busy_until.get(sig.symbol, -1) > sig.bar_index
-            if not (no_entry_bar or still_open):
-                return True
-            self.skipped += 1
-
-    def exposure_at(self, t_ms: int) -> float:
-        """Open notional at ``t_ms`` / total equity counting only trades closed by then."""
-        self._open = [o for o in self._open if o.exit_ms > t_ms or o.decided_ms > t_ms]
-        open_now = [o for o in self._open if o.decided_ms <= t_ms]
-        equity = sum(a.equity for a in self.accounts.values())
-        equity -= sum(o.net_pnl for o in self._open)  # booked early, not closed yet
-        if equity <= 0:
-            return float(STATE_HIGH[5])
-        return sum(o.notional for o in open_now) / equity
-
-    def _state_for(self, sig: SignalEvent) -> RLState:
-        return self.accounts[sig.symbol].state(
-            vol_daily=sig.vol_daily, confidence=sig.confidence, direction=sig.side,
-            exposure=self.exposure_at(self._decision_ms(sig)))
+    def _next_request(self) -> SizingRequest | None:
+        """Run the portfolio to the next order that needs a size."""
+        pf = self.portfolio
+        while (ev := pf.pop(math.inf)) is not None:
+            if ev.kind is EventKind.DECIDE:
+                bar = pf.bar(ev)
+                pf.apply(ev, bar, self.decide(ev.symbol, bar.bar_end_ms))
+            elif ev.kind is EventKind.FILL:
+                _, request = pf.begin_fill(ev)
+                if request is not None:
+                    self._fill = ev  # done once the order is sized (step)
+                    return request
+            else:
+                pf.exit(ev)
+            pf.done(ev)
+        return None
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self._reset_book()
-        self._advance()
-        self.state = self._state_for(self.signals[self._pos])
-        return self.state.to_array(), {"signal": self.signals[self._pos]}
+        self.portfolio = Portfolio(self.config.execution)
+        for symbol in sorted(self.history.steps):
+            for step in self.history.steps[symbol]:
+                self.portfolio.add(symbol, step.ticks, [
+                    (ci, clock, to_ms(bar.end), None)
+                    for ci, clock, bar in zip(step.close_index, step.clocks, step.bars,
+                                              strict=True)])
+        self.trades = []
+        self.request = self._next_request()
+        if self.request is None:
+            raise ValueError("no signal can be filled (each needs a later tick)")
+        return self.request.state.to_array(), {"request": self.request}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self.state is None or self._pos >= len(self.signals):
+        req = self.request
+        if req is None:
             raise RuntimeError("step() after the episode ended: call reset()")
-        cfg = self.config
-        sig = self.signals[self._pos]
-        state = self.state
-        acct = self.accounts[sig.symbol]
-        equity, dd_before = acct.equity, acct.drawdown
-        size_usd, tp_pct, sl_pct, degenerate = map_action(
-            np.asarray(action, dtype=np.float64).ravel(), equity, cfg.bounds)
-        trade = simulate_trade(self.bars[sig.symbol], sig.bar_index, state.direction, size_usd,
-                               tp_pct, sl_pct, cfg.fee_bps, cfg.slippage_bps,
-                               cfg.max_holding_bars)
-        assert trade is not None  # _advance only stops on enterable signals
-        acct.close_trade(trade.net_pnl, trade.notional)
-        self._busy_until[sig.symbol] = trade.exit_index
-        self._open.append(_Open(self._decision_ms(sig), trade.exit_ms, trade.notional,
-                                trade.net_pnl))
-        self.trades.append(trade)
-        terms = reward_terms(
-            net_pnl=trade.net_pnl, equity_at_entry=equity,
-            size_frac=size_usd / equity if equity > 0 else 0.0,
-            vol_daily=float(state.to_array()[1]), drawdown_before=dd_before,
-            drawdown_after=acct.drawdown, weights=cfg.weights)
-        info = {"signal": sig, "trade": trade, "terms": terms, "position_size_usd": size_usd,
-                "tp_pct": tp_pct, "sl_pct": sl_pct, "degenerate": degenerate,
-                "skipped": self.skipped}
-        terminated = not self._advance()
-        if terminated:
-            last = acct.state(vol_daily=sig.vol_daily, confidence=sig.confidence,
-                              direction=sig.side, exposure=self.exposure_at(trade.exit_ms))
-            self.state = None
-            obs = last.to_array()
-        else:
-            self.state = self._state_for(self.signals[self._pos])
-            obs = self.state.to_array()
-        return obs, float(terms.total), terminated, False, info
+        obs = req.state.to_array()
+        raw = np.asarray(action, dtype=np.float64).ravel()
+        decision = env_decision(obs, raw, self.bounds, req.state.equity_usd)
+        sized = sized_from(decision, self.config.sizing, self.bounds, req.state.equity_usd)
+        opened = self.portfolio.complete_fill(req, sized)
+        self.portfolio.done(self._fill)
+        reward, info = 0.0, {"request": req, "sized": sized}
+        if opened:
+            trade = opened[0].event
+            assert isinstance(trade, TradeOpened)
+            closed = self.portfolio.preview_close(req.symbol, self.decide)
+            assert closed is not None
+            reward = trade_reward(trade, closed, self.config.weights)
+            self.trades.append((trade, closed))
+            info.update(opened=trade, closed=closed)
+        self.request = self._next_request()
+        if self.request is None:
+            self.portfolio.finish()  # the end of the data closes what is open
+            return obs, float(reward), True, False, info
+        return self.request.state.to_array(), float(reward), False, False, info
 
 
 def momentum_signals(symbol: str, vectors: Sequence[FeatureVector], min_strength: float = 1.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,7 @@ from rl.policy import (
     rollout_buffer,
 )
 from rl.state import NAMES, ActionBounds, RLState, map_action
-from schemas.bars import Bar
 from schemas.signals import Action
-from schemas.timeutil import from_ms
 from settings import SAMPLE_TICKS, Settings
 
 PARAMS = PPOParams(n_steps=64, batch_size=64, n_epochs=4)
@@ -35,9 +34,9 @@ PARAMS = PPOParams(n_steps=64, batch_size=64, n_epochs=4)
 @pytest.fixture(scope="module")
 def env() -> SizingEnv:
     settings = Settings.from_env({})
-    h = history_from_ticks(str(SAMPLE_TICKS), settings)
+    h = history_from_ticks(str(SAMPLE_TICKS), settings, keep_ticks=True)
     sigs = [s for sym in h.symbols for s in momentum_signals(sym, h.vectors[sym], 1.5)]
-    return SizingEnv(h.bars, sigs, EnvConfig.from_settings(settings, len(h.symbols)))
+    return SizingEnv(h, sigs, EnvConfig.from_settings(settings))
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +55,8 @@ def states(env: SizingEnv) -> list[RLState]:
     out: list[RLState] = []
     done = False
     while not done and len(out) < 40:
-        assert env.state is not None
-        out.append(env.state)
+        assert env.request is not None
+        out.append(env.request.state)
         _, _, done, _, _ = env.step(np.zeros(3, dtype=np.float32))
     return out
 
@@ -218,12 +217,11 @@ def test_load_refuses_another_state_definition(runtime: PolicyRuntime, tmp_path:
         PolicyRuntime.load(tmp_path)
 
 
-def test_bounds_come_from_the_env_and_version_helpers() -> None:
+def test_bounds_come_from_the_env_and_version_helpers(env: SizingEnv) -> None:
     bounds = ActionBounds(min_frac=0.02, max_frac=0.05)
-    bars = [Bar("X", 60, from_ms(i * 60_000), from_ms((i + 1) * 60_000), 1.0, 1.001, 0.999,
-                1.0, 0.0, 1, 1.0, 0.0, 0.0, 0, math.nan, math.nan) for i in range(6)]
-    env = SizingEnv({"X": bars}, [SignalEvent("X", i, Action.BUY, 0.5, 0.01) for i in range(5)],
-                    EnvConfig(start_equity=1_000.0, max_holding_bars=1, bounds=bounds))
+    env = SizingEnv(env.history, [SignalEvent(s, i, Action.BUY, 0.5, 0.01)
+                                  for s in env.history.symbols for i in range(100, 900, 50)],
+                    replace(env.config, bounds=bounds))
     rt = pretrain(env, timesteps=64, seed=1, params=PPOParams(n_epochs=1))
     assert rt.bounds == bounds
     d = rt.act(RLState(1, 0, 0.5, 0, 0, 0, 0.5, 1, equity_usd=1_000.0), stochastic=True)
