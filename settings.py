@@ -206,7 +206,8 @@ class Settings:
     clm_shadow_max: int = _env(
         "QT_CLM_SHADOW_MAX",
         "Scored shadow bars after which a challenger not proven better or worse is retired "
-        "as unproven.", 2000)
+        "as unproven (the sequential test looks at QT_CLM_SHADOW_MIN x 2^k bars up to this).",
+        3200)
     clm_auto_retrain: bool = _env("QT_CLM_AUTO_RETRAIN", "Triggers start cycles by themselves.",
                                   True)
     clm_auto_promote: bool = _env(

@@ -48,8 +48,8 @@ import numpy as np
 from learning.cycles import MIN_TRAIN_ROWS, Cycle, CycleRunner
 from learning.drift import MODEL_NAME as REFERENCE
 from learning.drift import FeatureReference
+from learning.evidence import EvidenceConfig, judge_challenger
 from learning.judge import ShadowJudge
-from learning.shadow import EvidenceConfig, judge_challenger
 from learning.triggers import Check, Trigger, TriggerConfig, TriggerSchedule, performance_degraded
 from models.labels import LabelConfig
 from operators.features import FEATURE_NAMES

@@ -174,14 +174,14 @@ class EvidenceConfig:
 
     @classmethod
     def from_settings(cls, s: Any, **overrides: Any) -> EvidenceConfig:
-        """From :class:`settings.Settings`; ``clm_promote_confidence`` and ``clm_shadow_max``
-        (``QT_CLM_PROMOTE_CONFIDENCE``, ``QT_CLM_SHADOW_MAX``) default here until Settings has
-        them."""
+        """From :class:`settings.Settings` (``QT_CLM_PROMOTE_MARGIN``,
+        ``QT_CLM_PROMOTE_CONFIDENCE``, ``QT_CLM_SHADOW_MIN``, ``QT_CLM_SHADOW_MAX``, the label
+        horizon and the bar length)."""
         values: dict[str, Any] = {
             "margin": s.clm_promote_margin,
-            "confidence": getattr(s, "clm_promote_confidence", DEFAULT_CONFIDENCE),
+            "confidence": s.clm_promote_confidence,
             "min_bars": s.clm_shadow_min,
-            "max_bars": getattr(s, "clm_shadow_max", DEFAULT_MAX_BARS),
+            "max_bars": s.clm_shadow_max,
             "horizon": s.label_horizon_bars,
             "bar_ms": s.bar_seconds * 1000,
         }

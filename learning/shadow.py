@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -121,49 +120,3 @@ class ShadowComparison:
             production_accuracy=float(np.mean(prod == y)) if n else 0.0,
             challenger_accuracy=float(np.mean(chal == y)) if n else 0.0,
         )
-
-
-# --- the engine-facing interface (until the sequential test in learning.evidence lands) ------
-class Verdict(StrEnum):
-    PROMOTE = "promote"
-    RETIRE_NOT_BETTER = "retire_not_better"
-    WAIT = "wait"
-    RETIRE_UNPROVEN = "retire_unproven"
-
-
-@dataclass(frozen=True)
-class EvidenceConfig:
-    margin: float = 0.02
-    confidence: float = 0.95
-    min_bars: int = 100
-    max_bars: int = 2000
-
-    @classmethod
-    def from_settings(cls, s: Any) -> EvidenceConfig:
-        return cls(s.clm_promote_margin, s.clm_promote_confidence, s.clm_shadow_min,
-                   s.clm_shadow_max)
-
-
-@dataclass(frozen=True)
-class Evidence:
-    decision: Verdict
-    reason: str
-    comparison: ShadowComparison
-
-    def metrics(self) -> dict[str, float]:
-        c = self.comparison
-        return {"production_f1": c.production_score, "challenger_f1": c.challenger_score,
-                "n": float(c.n)}
-
-
-def judge_challenger(rows: dict[str, np.ndarray], cfg: EvidenceConfig, seed: str) -> Evidence:
-    """The audit's point rule on the paired rows (promote when ready and > margin better)."""
-    c = ShadowComparison.compare(rows["y"], rows["prod"], rows["chal"], cfg.margin,
-                                 cfg.min_bars)
-    if not c.ready:
-        return Evidence(Verdict.WAIT, "waiting for bars", c)
-    if c.promote:
-        return Evidence(Verdict.PROMOTE, f"macro-F1 {c.challenger_score:.3f} > "
-                        f"{c.production_score:.3f} x {1 + cfg.margin:g}", c)
-    return Evidence(Verdict.RETIRE_NOT_BETTER, f"macro-F1 {c.challenger_score:.3f} vs "
-                    f"{c.production_score:.3f}", c)

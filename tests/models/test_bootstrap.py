@@ -35,7 +35,7 @@ def test_bootstrap_on_ten_symbols_of_candles(shared_data: Path, tmp_path: Path, 
     assert {r["model"] for r in rows} == {*MODEL_NAMES, POLICY_NAME, "feature_reference"}
     assert all(r["data_from"] is not None for r in rows)
     assert all(r["metrics"] for r in rows if r["model"] != "feature_reference")
-    assert report.rows["train"] > 80_000
+    assert report.rows["train"] > 75_000  # 60% of the labelled bars, less the purged ones
 
 
 def test_registry_of_the_session_has_every_model(trained_registry: Path) -> None:
