@@ -11,6 +11,7 @@ import atexit
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -40,7 +41,7 @@ from operators.trade_join import join_trades
 from operators.validate import Validated, validate_ticks
 from operators.versions import ActiveModels
 from rl.reward import RewardWeights, trade_reward
-from schemas.bars import BarStep
+from schemas.bars import Bar, BarStep
 from schemas.dead_letters import DeadLetters
 from schemas.decisions import Progress
 from schemas.features import FeatureStep
@@ -144,7 +145,10 @@ def market_data_rows(md: MarketData, features: bool = True) -> list[Stream[Table
     return rows
 
 
-def market_data_counts(md: MarketData) -> list[Stream[Counts]]:
+def market_data_counts(md: MarketData,
+                       training: tuple[datetime, datetime] | None = None) -> list[Stream[Counts]]:
+    """The summary's market-data counters; with the production models' ``training`` span,
+    also how many bars fall inside it (the summary says whether the run is out-of-sample)."""
     def validated_counts(v: Validated) -> Counts:
         c = {"rows_in": v.rows_in, "ticks": v.ticks, "dead_letters": len(v.dead)}
         for stage in v.dead.stage:
@@ -154,11 +158,17 @@ def market_data_counts(md: MarketData) -> list[Stream[Counts]]:
 
     return [
         op.map("count_validated", md.validated, validated_counts),
-        op.map("count_bars", md.bars, lambda kv: {"bars": len(kv[1].bars)}),
+        op.map("count_bars", md.bars, lambda kv: _bar_counts(kv[1].bars, training)),
         op.map("count_features", md.features, lambda kv: {
             "features": len(kv[1].vectors),
             "features.warm": sum(1 for v in kv[1].vectors if v.warm)}),
     ]
+
+
+def _bar_counts(bars: list[Bar], training: tuple[datetime, datetime] | None) -> Counts:
+    inside = 0 if training is None else sum(training[0] <= b.start and b.end <= training[1]
+                                            for b in bars)
+    return {"bars": len(bars), **({"bars.in_training": inside} if inside else {})}
 
 
 def scoring(md: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:

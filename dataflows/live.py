@@ -49,7 +49,8 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     archived = graphs.inline_learning(settings) and settings.clm_enabled
     rows = [*graphs.market_data_rows(market, features=not archived),
             graphs.engine_rows(decided)]
-    counts = [*graphs.market_data_counts(market), graphs.engine_counts(decided)]
+    training = open_registry(settings).production_span(MODEL_NAMES)
+    counts = [*graphs.market_data_counts(market, training), graphs.engine_counts(decided)]
     if settings.trade_events.startswith("kafka://"):
         # the learning flow runs in its own process: python -m bytewax.run dataflows.learning
         graphs.publish_trade_events(decided, settings.trade_events)

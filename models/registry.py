@@ -259,6 +259,20 @@ class ModelRegistry:
             return sorted(v for v, e in self._read_stages(model).items()
                           if e["stage"] == stage)
 
+    def production_span(self, models: tuple[str, ...]) -> tuple[datetime, datetime] | None:
+        """The event-time span the production versions of ``models`` were trained on (the
+        earliest ``data_from`` to the latest ``data_to``), None when none records one."""
+        spans = []
+        for m in models:
+            version = self.production_version(m)
+            if version is not None:
+                mv = self.get(m, version)
+                if mv.data_from is not None and mv.data_to is not None:
+                    spans.append((mv.data_from, mv.data_to))
+        if not spans:
+            return None
+        return min(a for a, _ in spans), max(b for _, b in spans)
+
     def has_production(self, models: tuple[str, ...]) -> bool:
         return all(self.production_version(m) is not None for m in models)
 

@@ -40,6 +40,7 @@ LABELS: dict[str, str] = {
     "dead_letters.validate": "  invalid values",
     "dead_letters.order": "  time going backwards",
     "bars": "bars",
+    "bars.in_training": "  in the models' training data",
     "features": "feature vectors",
     "features.warm": "  warm",
     "signals": "signals",
@@ -89,6 +90,14 @@ class Summary:
                 worst = max(worst, 1.0 - equity / peak)
         return worst
 
+    def sample_note(self) -> str:
+        """``out-of-sample``, or how much of the replay the production models trained on."""
+        inside = self.counts.get("bars.in_training", 0)
+        if not inside:
+            return "out-of-sample"
+        return (f"in-sample: {inside / self.counts['bars']:.0%} of replayed bars were in the "
+                "models' training data")
+
     @property
     def ticks_per_second(self) -> float:
         return self.counts.get("ticks", 0) / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -99,6 +108,10 @@ class Summary:
         width = max(len(LABELS.get(k, k)) for k in keys) if keys else 10
         lines = [f"== {title} " + "=" * max(0, 44 - len(title))]
         lines += [f"  {LABELS.get(k, k):<{width}}  {self.counts[k]:>14,}" for k in keys]
+        if self.counts.get("bars"):
+            note = self.sample_note()
+            lines.append(f"  {'evaluation':<{width}}  {note:>14}" if note == "out-of-sample"
+                         else f"  WARNING {note}")
         if self.pnl or "trades.opened" in self.counts:
             lines.append(f"  {'trades closed':<{width}}  {len(self.pnl):>14,}")
             lines.append(f"  {'win rate':<{width}}  {self.win_rate:>14.1%}")

@@ -30,6 +30,8 @@ def test_every_trade_of_a_replay_has_its_complete_entry_state(live_settings, sam
     run_main(build_live_flow(s))
     out = capsys.readouterr().out
     assert "trades opened" in out and "win rate" in out and "max drawdown" in out
+    # the session's registry was trained on this very sample: the summary says so
+    assert "in-sample: " in out and "of replayed bars were in the models' training data" in out
     store = open_store(s)
     try:
         (check,) = store.query("analytics/entry_state_completeness")
