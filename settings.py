@@ -275,6 +275,17 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def changed(self) -> dict[str, str]:
+        """``QT_*`` variable -> value of every setting that differs from its default."""
+        out = {}
+        for f in dataclasses.fields(self):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            value = getattr(self, f.name)
+            if value != default:
+                out[f.metadata["env"]] = (",".join(value) if isinstance(value, tuple)
+                                          else str(value))
+        return out
+
     @classmethod
     def reference(cls) -> list[tuple[str, str, str]]:
         """(variable, default, description) for every setting, in declaration order."""
