@@ -103,14 +103,15 @@ class Cycle:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Cycle:
-        return cls(row["cycle_id"], row["trigger"], row["reason"], CycleStatus(row["status"]),
-                   to_ms(row["started_ts"]),
-                   None if row["data_from"] is None else to_ms(row["data_from"]),
-                   None if row["data_to"] is None else to_ms(row["data_to"]), int(row["rows"]),
-                   dict(row["train_metrics"]), dict(row["shadow_metrics"]),
-                   dict(row["versions"]),
-                   {k: ChallengerDecision(v) for k, v in row["decisions"].items()},
-                   dict(row["reasons"]), row["reference_version"])
+        return cls(
+            cycle_id=row["cycle_id"], trigger=row["trigger"], reason=row["reason"],
+            started_ms=to_ms(row["started_ts"]), status=CycleStatus(row["status"]),
+            data_from=None if row["data_from"] is None else to_ms(row["data_from"]),
+            data_to=None if row["data_to"] is None else to_ms(row["data_to"]),
+            rows=int(row["rows"]), train_metrics=dict(row["train_metrics"]),
+            shadow_metrics=dict(row["shadow_metrics"]), versions=dict(row["versions"]),
+            decisions={k: ChallengerDecision(v) for k, v in row["decisions"].items()},
+            reasons=dict(row["reasons"]), reference_version=row["reference_version"])
 
 
 @dataclass

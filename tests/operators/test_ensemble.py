@@ -126,3 +126,32 @@ def test_warmup_bars_get_a_hold_signal_with_the_votes_recorded() -> None:
     assert [s.action for s in sigs] == [H, B, H]
     assert all(len(s.votes) == 4 for s in sigs)
     assert asked == [3, 3, 3, 3]  # one batched call per model for all the vectors
+
+
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.booleans()), max_size=300),
+       st.lists(st.sampled_from([B, S, H]), min_size=4, max_size=4),
+       st.lists(st.floats(0, 1), min_size=4, max_size=4))
+def test_dynamic_weights_keep_the_audit_rules(outcomes, pattern, conf) -> None:
+    """Whatever the models' records: a 2-2 split is HOLD, and no two models trade alone."""
+    from operators.weights import DynamicWeights
+
+    w = DynamicWeights(dict(zip(NAMES, (.25, .25, .3, .2), strict=True)), window=20,
+                       min_trades=1)
+    for model, right in outcomes:
+        w.observe(model, right)
+    weights = w.current()
+    assert sum(weights.values()) == pytest.approx(1.0)
+    top2 = sorted(weights.values())[-2:]
+    assert sum(top2) < CFG.vote_threshold
+    d = decide(votes(pattern, conf), 0.0, CFG, weights)
+    buys, sells = pattern.count(B), pattern.count(S)
+    if buys == sells:
+        assert d.action is H
+    if d.action is not H:
+        assert max(buys, sells) >= 3
+
+
+def test_a_two_two_split_is_hold_even_when_one_pair_outweighs_the_other() -> None:
+    heavy = {"xgboost": 0.4, "lightgbm": 0.05, "nhits": 0.35, "patchtst": 0.2}
+    d = decide(votes((B, S, B, S)), 0.0, CFG, heavy)  # BUY pair 0.75 vs SELL pair 0.25
+    assert d.action is H and d.buy_votes == pytest.approx(0.75)
