@@ -17,7 +17,7 @@ Per ``--ticks`` file:
    slippage plus the bar's quoted spread: the cost term of ``label_threshold``) come from the
    same labelling code.
 4. **A/A**: the equal-skill challengers as they are; every promotion is a false promotion.
-   The old rule (:class:`learning.shadow.ShadowComparison`, > 2% better on 100 bars) is run on
+   The audit's point rule it replaced (:func:`old_rule`, > 2% better on 100 bars) is run on
    the same windows for comparison.
 5. **Power**: the same challengers with a real edge: on a random ``--share`` of the bars (drawn
    per trial) the challenger's call is replaced by the realised label ("told the answer on 10%
@@ -55,7 +55,6 @@ from learning.evidence import (  # noqa: E402
     judge,
     t_quantile,
 )
-from learning.shadow import ShadowComparison  # noqa: E402
 from models.base import cap_threads  # noqa: E402
 from models.dataset import build_training_set, history_from_ticks, time_split  # noqa: E402
 from models.labels import LabelConfig  # noqa: E402
@@ -163,6 +162,15 @@ class Trials:
         return [r for r in self.results if r.decision is Decision.PROMOTE]
 
 
+def old_rule(y: np.ndarray, production: np.ndarray, challenger: np.ndarray,
+             margin: float) -> bool:
+    """The audit's point rule, before evidence: promote when the challenger's macro-F1 on
+    the window is more than ``margin`` (relative) above production's."""
+    known = y >= 0
+    p, c = macro_f1(y[known], production[known]), macro_f1(y[known], challenger[known])
+    return c > (p * (1 + margin) if p > 0 else margin) + 1e-12
+
+
 def run_trials(held: HeldOut, cfg: EvidenceConfig, starts: list[int], share: float) -> Trials:
     """Every challenger seed x start point, with the edge ``share`` (0: as trained)."""
     window = cfg.max_bars + 64  # a little over: the last look takes whole bar closes
@@ -226,8 +234,7 @@ def bench_file(ticks: Path, args: argparse.Namespace) -> None:
     for chal in held.challengers:
         for st in starts:
             w = slice(st, st + cfg.min_bars)
-            old += ShadowComparison.compare(held.y[w], held.production[w], chal[w],
-                                            cfg.margin, cfg.min_bars).promote
+            old += old_rule(held.y[w], held.production[w], chal[w], cfg.margin)
     rel, econ = whole_period(held, 0.0)
     per_seed = len(starts)
     near = [i for i, r in enumerate(aa.results) if rel[i // per_seed] >= 0.01]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,10 @@ CALENDAR_FEATURES: tuple[str, ...] = ("tod_sin", "tod_cos", "dow_sin", "dow_cos"
 DEFAULT_SCORED: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in CALENDAR_FEATURES)
 
 HOUR_MS = 3_600_000
-CHUNK_MS = 15 * 60_000     # null windows are whole 15-minute chunks of the reference
-GUARD_MS = 24 * HOUR_MS    # a null window's pool leaves out this much event time on each side
+CHUNK_MS = 15 * 60_000     # null windows are runs of whole 15-minute chunks of the reference
 NULL_QUANTILE = 0.95       # the noise level subtracted: this quantile of the null windows
-NULL_WINDOWS = 96          # windows measured per window size
-NULL_MIN_WINDOWS = 8       # a size with fewer valid windows gets no null point
-NULL_STEP = math.sqrt(2)   # ratio between consecutive window sizes of the null table
+NULL_WINDOWS = 96          # windows measured per window size, evenly spaced
+NULL_STEP = math.sqrt(2)   # ratio between consecutive window sizes of the null tables
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,18 @@ class NullTable:
             f = pts[0].rows / max(rows, 1)
             return pts[0].mean * f, pts[0].level * f
         if rows >= pts[-1].rows:
-            return pts[-1].mean, pts[-1].level
+            if len(pts) == 1:
+                return pts[-1].mean, pts[-1].level
+            a, b = pts[-2], pts[-1]
+            ratio = math.log(rows / b.rows) / math.log(b.rows / a.rows)
+
+            def extrap(x: float, y: float) -> float:
+                if x <= 0 or y <= 0:
+                    return y
+                return y * math.exp(min(max(math.log(y / x), -math.log(b.rows / a.rows)), 0.0)
+                                    * ratio)
+
+            return extrap(a.mean, b.mean), extrap(a.level, b.level)
         k = int(np.searchsorted([p.rows for p in pts], rows))
         lo, hi = pts[k - 1], pts[k]
         t = (math.log(rows) - math.log(lo.rows)) / (math.log(hi.rows) - math.log(lo.rows))
@@ -175,6 +184,7 @@ class FeatureReference:
     hour_rows: tuple[int, ...] = ()
     null_pooled: NullTable | None = None
     null_seasonal: NullTable | None = None
+    null_quantile: float = NULL_QUANTILE
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -184,7 +194,7 @@ class FeatureReference:
     def fit(cls, X: np.ndarray, names: Sequence[str] = FEATURE_NAMES,
             scored: Sequence[str] | None = None, bins: int = 10,
             epsilon: float = 1e-4, ts_ms: np.ndarray | Sequence[int] | None = None,
-            guard_ms: int = GUARD_MS, quantile: float = NULL_QUANTILE) -> FeatureReference:
+            quantile: float = NULL_QUANTILE) -> FeatureReference:
         """Bins from ``X`` (rows x ``names``); ``scored`` defaults to all but calendar features.
 
         ``ts_ms``: each row's bar close time (ms; any row order, all symbols). With it the
@@ -222,7 +232,9 @@ class FeatureReference:
         ts = np.asarray(ts_ms, dtype=np.int64)
         if ts.shape != (len(X),):
             raise ValueError(f"ts_ms has shape {ts.shape}, expected ({len(X)},)")
-        return _with_nulls(ref, X, ts, guard_ms, quantile)
+        if not 0 < quantile <= 1:
+            raise ValueError(f"quantile={quantile}: need 0 < quantile <= 1")
+        return _with_nulls(ref, X, ts, quantile)
 
     # --- the statistic ---------------------------------------------------------------------
     def _check_shape(self, X: np.ndarray) -> np.ndarray:
@@ -303,7 +315,7 @@ class FeatureReference:
         return {
             "format": FORMAT, "rows": self.rows, "bins": self.bins, "epsilon": self.epsilon,
             "scored": list(self.scored), "hour_rows": list(self.hour_rows),
-            "null": {"chunk_ms": CHUNK_MS, "quantile": NULL_QUANTILE,
+            "null": {"chunk_ms": CHUNK_MS, "quantile": self.null_quantile,
                      "pooled": table(self.null_pooled),
                      "seasonal": table(self.null_seasonal)},
             "features": [{"name": f.name, "edges": list(f.edges), "shares": list(f.shares),
@@ -336,7 +348,8 @@ class FeatureReference:
 
         return cls(features, tuple(d["scored"]), int(d["rows"]), int(d["bins"]),
                    float(d["epsilon"]), tuple(int(h) for h in d.get("hour_rows", ())),
-                   table(null.get("pooled")), table(null.get("seasonal")))
+                   table(null.get("pooled")), table(null.get("seasonal")),
+                   float(null.get("quantile", NULL_QUANTILE)))
 
     def to_json(self) -> str:
         # allow_nan=False: edges come from finite values, so this is strict JSON
@@ -370,111 +383,84 @@ def _hour_of_day(ts_ms: np.ndarray) -> np.ndarray:
     return (ts_ms // HOUR_MS % 24).astype(np.int64)
 
 
-def _with_nulls(ref: FeatureReference, X: np.ndarray, ts: np.ndarray, guard_ms: int,
+def _with_nulls(ref: FeatureReference, X: np.ndarray, ts: np.ndarray,
                 quantile: float) -> FeatureReference:
     """Hourly counts and the null tables of a reference fitted on ``X`` at times ``ts``."""
     scored_idx = [ref.names.index(n) for n in ref.scored]
     if not scored_idx:
         return ref
     nb = max(len(ref.features[j].shares) for j in scored_idx)
-    S = len(scored_idx)
-    # bin of every (row, scored feature), as one flat index chunk * S * nb + feature * nb + bin
-    chunk_of_row = ts // CHUNK_MS
-    chunk_ids, chunk = np.unique(chunk_of_row, return_inverse=True)
+    chunk_ids, chunk = np.unique(ts // CHUNK_MS, return_inverse=True)
     M = len(chunk_ids)
-    flat = np.empty((len(X), S), dtype=np.int64)
+    # C[chunk, scored feature, bin]: rows per bin of every 15-minute chunk
+    C = np.empty((M, len(scored_idx), nb), dtype=np.int64)
     for k, j in enumerate(scored_idx):
-        flat[:, k] = ref.features[j].index(X[:, j]) + k * nb
-    flat += (chunk * S * nb)[:, None]
-    C = np.bincount(flat.ravel(), minlength=M * S * nb).reshape(M, S, nb).astype(np.int64)
+        flat = chunk * nb + ref.features[j].index(X[:, j])
+        C[:, k, :] = np.bincount(flat, minlength=M * nb).reshape(M, nb)
     chunk_hod = _hour_of_day(chunk_ids * CHUNK_MS)
-    hourly = np.zeros((24, S, nb), dtype=np.int64)
+    hourly = np.zeros((24, *C.shape[1:]), dtype=np.int64)
     np.add.at(hourly, chunk_hod, C)
-    hour_rows = tuple(int(r) for r in hourly[:, 0, :].sum(axis=1))
     features = list(ref.features)
     for k, j in enumerate(scored_idx):
         f = features[j]
-        width = len(f.shares)
         features[j] = FeatureBins(f.name, f.edges, f.shares,
-                                  tuple(tuple(int(c) for c in hourly[h, k, :width])
+                                  tuple(tuple(int(c) for c in hourly[h, k, :len(f.shares)])
                                         for h in range(24)))
-    pooled, seasonal = _null_tables(C, chunk_ids * CHUNK_MS, chunk_hod, hourly, ref.epsilon,
-                                    guard_ms, quantile)
+    pooled, seasonal = [], []
+    for n, windows, pooled_scores, seasonal_scores in _null_scores(C, chunk_hod, ref.epsilon):
+        pooled.append(NullPoint(n, windows, float(pooled_scores.mean()),
+                                float(np.quantile(pooled_scores, quantile))))
+        seasonal.append(NullPoint(n, windows, float(seasonal_scores.mean()),
+                                  float(np.quantile(seasonal_scores, quantile))))
     return FeatureReference(tuple(features), ref.scored, ref.rows, ref.bins, ref.epsilon,
-                            hour_rows, pooled, seasonal)
+                            tuple(int(r) for r in hourly[:, 0, :].sum(axis=1)),
+                            NullTable(tuple(pooled)) if pooled else None,
+                            NullTable(tuple(seasonal)) if seasonal else None, quantile)
 
 
-def _null_tables(C: np.ndarray, start_ms: np.ndarray, hod: np.ndarray, hourly: np.ndarray,
-                 epsilon: float, guard_ms: int, quantile: float
-                 ) -> tuple[NullTable | None, NullTable | None]:
-    """Score same-size windows of the reference against the rest of it, for a grid of sizes.
+def _null_scores(C: np.ndarray, hod: np.ndarray, epsilon: float
+                 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Scores of same-size windows of the reference against the rest of it (the null).
 
-    A window is a run of consecutive chunks; its pool is the reference without the window and
-    without ``guard_ms`` of event time on either side (a recent window is never surrounded by
-    its reference, and the market state persists for about a day); windows whose pool has
-    fewer rows than they do are skipped.
+    For each size ``n`` of a geometric grid (one chunk's rows, then x sqrt(2), up to half the
+    reference), ``NULL_WINDOWS`` evenly spaced windows of consecutive chunks holding about
+    ``n`` rows; each is scored against the reference without it, pooled and seasonally
+    (:meth:`FeatureReference.seasonal_psi`, with the pool's hourly counts). Yields
+    ``(n, windows, pooled scores, seasonal scores)``.
     """
     M = len(C)
+    zero = np.zeros((1, *C.shape[1:]), dtype=np.int64)
     chunk_rows = C[:, 0, :].sum(axis=1)
     cum_rows = np.concatenate([[0], np.cumsum(chunk_rows)])
     total_rows = int(cum_rows[-1])
-    P = np.concatenate([np.zeros((1, *C.shape[1:]), dtype=np.int64), np.cumsum(C, axis=0)])
-    total = P[-1]
-    # per hour of day, prefix counts over that hour's chunks only (24 small prefix arrays)
+    prefix = np.concatenate([zero, np.cumsum(C, axis=0)])
+    total = prefix[-1]
+    # per hour of day, prefix counts over that hour's chunks only: a window's hourly counts
     by_hour = [np.flatnonzero(hod == h) for h in range(24)]
-    prefix_h = [np.concatenate([np.zeros((1, *C.shape[1:]), dtype=np.int64),
-                                np.cumsum(C[idx], axis=0)]) for idx in by_hour]
-    end_ms = start_ms + CHUNK_MS
-    smallest = max(int(np.median(chunk_rows)), 1)
-    sizes: list[int] = []
-    size = float(smallest)
-    while size <= total_rows / 2:
-        if not sizes or int(size) > sizes[-1]:
-            sizes.append(int(size))
-        size *= NULL_STEP
-    pooled_pts, seasonal_pts = [], []
-    for n in sizes:
-        last = int(np.searchsorted(cum_rows, total_rows - n, side="right")) - 1
-        if last < 0:
+    prefix_h = [np.concatenate([zero, np.cumsum(C[idx], axis=0)]) for idx in by_hour]
+    hourly = np.stack([p[-1] for p in prefix_h])
+    n = float(max(int(np.median(chunk_rows)), 1))
+    last_n = 0
+    while n <= total_rows / 2:
+        size, n = int(n), n * NULL_STEP
+        if size == last_n:
             continue
-        starts = np.unique(np.linspace(0, last, NULL_WINDOWS).astype(np.int64))
-        ends = np.searchsorted(cum_rows, cum_rows[starts] + n, side="left")
-        ends = np.clip(ends, starts + 1, M)
-        lo = np.minimum(np.searchsorted(end_ms, start_ms[starts] - guard_ms, side="right"),
-                        starts)
-        hi = np.maximum(np.searchsorted(start_ms, end_ms[ends - 1] + guard_ms, side="left"),
-                        ends)
-        win_rows = cum_rows[ends] - cum_rows[starts]
-        pool_rows = total_rows - (cum_rows[hi] - cum_rows[lo])
-        ok = pool_rows >= win_rows
-        if ok.sum() < NULL_MIN_WINDOWS:
-            continue
-        starts, ends, lo, hi, win_rows = starts[ok], ends[ok], lo[ok], hi[ok], win_rows[ok]
-        window = P[ends] - P[starts]                       # (K, S, nb)
-        pool = total - (P[hi] - P[lo])
-        actual = window / win_rows[:, None, None]
+        last_n = size
+        last = int(np.searchsorted(cum_rows, total_rows - size, side="right")) - 1
+        starts = np.unique(np.linspace(0, max(last, 0), NULL_WINDOWS).astype(np.int64))
+        ends = np.clip(np.searchsorted(cum_rows, cum_rows[starts] + size, side="left"),
+                       starts + 1, M)
+        rows = (cum_rows[ends] - cum_rows[starts]).astype(np.float64)
+        window = prefix[ends] - prefix[starts]                   # (K, S, bins)
+        pool = total - window
+        actual = window / rows[:, None, None]
         pooled_score = _psi(_shares(pool), actual, epsilon).mean(axis=-1)
-        # seasonal: pool counts per hour, mixed in the window's own hour proportions
-        pool_h = np.empty((len(starts), 24, *C.shape[1:]), dtype=np.float64)
-        win_w = np.empty((len(starts), 24), dtype=np.float64)
-        for h, idx in enumerate(by_hour):
-            ph = prefix_h[h]
-            a = np.searchsorted(idx, lo)
-            b = np.searchsorted(idx, hi)
-            pool_h[:, h] = hourly[h] - (ph[b] - ph[a])
-            ws, we = np.searchsorted(idx, starts), np.searchsorted(idx, ends)
-            win_w[:, h] = (ph[we] - ph[ws])[:, 0, :].sum(axis=-1)
-        win_w /= win_rows[:, None]
-        seen = pool_h[:, :, 0, :].sum(axis=-1) > 0          # (K, 24)
-        hour_shares = _shares(pool_h)
-        expected = np.einsum("kh,khsb->ksb", win_w * seen, hour_shares) \
-            + (win_w * ~seen).sum(axis=1)[:, None, None] * _shares(pool)
+        window_h = np.stack([ph[np.searchsorted(idx, ends)] - ph[np.searchsorted(idx, starts)]
+                             for idx, ph in zip(by_hour, prefix_h, strict=True)], axis=1)
+        pool_h = hourly[None] - window_h                         # (K, 24, S, bins)
+        weights = window_h[:, :, 0, :].sum(axis=-1) / rows[:, None]
+        seen = pool_h[:, :, 0, :].sum(axis=-1) > 0
+        expected = np.einsum("kh,khsb->ksb", weights * seen, _shares(pool_h)) \
+            + (weights * ~seen).sum(axis=1)[:, None, None] * _shares(pool)
         seasonal_score = _psi(expected, actual, epsilon).mean(axis=-1)
-        k = len(starts)
-        pooled_pts.append(NullPoint(n, k, float(pooled_score.mean()),
-                                    float(np.quantile(pooled_score, quantile))))
-        seasonal_pts.append(NullPoint(n, k, float(seasonal_score.mean()),
-                                      float(np.quantile(seasonal_score, quantile))))
-    if not pooled_pts:
-        return None, None
-    return NullTable(tuple(pooled_pts)), NullTable(tuple(seasonal_pts))
+        yield size, len(starts), pooled_score, seasonal_score

@@ -1,6 +1,6 @@
 """Promotion by evidence: is a shadow challenger proven better than production, on the same bars?
 
-The rule it replaces (:mod:`learning.shadow`) promotes when the challenger's macro-F1 over 100
+The rule it replaces (the audit's point rule) promoted when the challenger's macro-F1 over 100
 bars is more than 2% above production's. Equal-skill challengers pass that in a fifth to a third
 of 100-bar windows: labels overlap (each looks ``horizon`` bars ahead), calls persist and
 symbols move together, so 100 bars hold only a few independent observations. This module keeps
@@ -9,7 +9,7 @@ the audit's effect size and asks for proof of it.
 **Effect size** (the audit's rule): the challenger must beat ``production * (1 + margin)``
 (``QT_CLM_PROMOTE_MARGIN``, 0.02) in macro-F1 (:func:`models.metrics.macro_f1`) on the same
 bars. The statistic is ``D = F1_chal - (1 + margin) * F1_prod`` (``F1_chal - margin`` when
-production scores 0, as :func:`learning.shadow.required_score` reads it); promotion needs
+production scores 0: the margin read as an absolute score); promotion needs
 ``D > 0`` proven.
 
 **Confidence: a paired circular block bootstrap over event time.** Bars are grouped by bar close
