@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from models.bootstrap import BootstrapConfig, bootstrap
+from models.bootstrap import BootstrapConfig, bootstrap, store_features
 from models.registry import open_registry
 from settings import Settings
 from storage.store import open_store
@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     store = open_store(settings)
     try:
         bootstrap(settings, open_registry(settings, store), ticks=args.ticks,
-                  config=BootstrapConfig.quick() if args.quick else None)
+                  config=BootstrapConfig.quick() if args.quick else None,
+                  archive=store_features(store))
     finally:
         store.close()
 

@@ -30,11 +30,12 @@ def ensure_models(settings: Settings) -> None:
         return
     print(f"model registry {settings.registry_dir} has no production models: bootstrapping "
           f"on {settings.bootstrap_ticks} first", file=sys.stderr)
-    from models.bootstrap import bootstrap
+    from models.bootstrap import bootstrap, store_features
 
     store = open_store(settings)
     try:
-        bootstrap(settings, open_registry(settings, store), out=sys.stderr)
+        bootstrap(settings, open_registry(settings, store), out=sys.stderr,
+                  archive=store_features(store))
     finally:
         store.close()
 

@@ -51,6 +51,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from connectors.replay import expand_paths
+from schemas.features import FeatureVector
 from schemas.timeutil import from_ms, iso, to_ms
 from settings import PROJECT_ROOT, Settings
 
@@ -285,6 +286,18 @@ def run_arm(arm: str, home: Path, registry: Path, replay: Sequence[Path],
                            f"its output is above")
 
 
+def seed_store(settings: Settings, history: list[FeatureVector]) -> None:
+    """An arm's store starts with the training history's features (see bootstrap_registry)."""
+    from models.bootstrap import store_features
+    from storage.store import open_store
+
+    store = open_store(settings)
+    try:
+        store_features(store)(history)
+    finally:
+        store.close()
+
+
 def read_arm(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, int]]:
     from storage.store import open_store
 
@@ -309,15 +322,20 @@ def changed_settings(settings: Settings) -> dict[str, str]:
 
 
 def bootstrap_registry(settings: Settings, directory: Path, train: Sequence[Path],
-                       quick: bool, log: TextIO) -> None:
-    """Train all five models on ``train`` into a registry at ``directory`` (seeded)."""
+                       quick: bool, log: TextIO) -> list[FeatureVector]:
+    """Train all five models on ``train`` into a registry at ``directory`` (seeded); returns
+    the training history's feature vectors (each arm's store gets them, as a live store that
+    bootstrapped has them)."""
     from models.bootstrap import BootstrapConfig, bootstrap
     from models.registry import ModelRegistry
 
     print(f"evaluate: training on {', '.join(p.name for p in train)} ...", file=log,
           flush=True)
+    vectors: list[FeatureVector] = []
     bootstrap(settings, ModelRegistry(directory), ticks=",".join(str(p) for p in train),
-              config=BootstrapConfig.quick() if quick else None, out=log, progress=False)
+              config=BootstrapConfig.quick() if quick else None, out=log, progress=False,
+              archive=vectors.extend)
+    return vectors
 
 
 def run_evaluation(ticks: str, train_until: datetime, settings: Settings, quick: bool = False,
@@ -335,15 +353,17 @@ def run_evaluation(ticks: str, train_until: datetime, settings: Settings, quick:
     shutil.rmtree(work, ignore_errors=True)
     train, replay, days = split_ticks(files, train_until, work / "ticks")
     base = work / "bootstrap-registry"
-    bootstrap_registry(settings, base, train, quick, log)
+    history = bootstrap_registry(settings, base, train, quick, log)
     trades: dict[str, list[dict[str, Any]]] = {}
     learned: dict[str, dict[str, int]] = {}
     for arm in ("off", "on"):
         home = work / arm
         shutil.copytree(base, home / "registry")
+        arm_settings = settings.replace(home=home, registry_path=home / "registry",
+                                        clickhouse_url="")
+        seed_store(arm_settings, history)
         run_arm(arm, home, home / "registry", replay, log)
-        trades[arm], learned[arm] = read_arm(settings.replace(
-            home=home, registry_path=home / "registry", clickhouse_url=""))
+        trades[arm], learned[arm] = read_arm(arm_settings)
     rows = compare(DailyPanel.of(trades["off"], days), DailyPanel.of(trades["on"], days),
                    settings.start_equity, confidence)
     return Evaluation(

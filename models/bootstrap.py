@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -53,8 +53,10 @@ from rl.policy import PolicyRuntime, pretrain
 from schemas.features import FeatureVector
 from schemas.registry import ModelVersion, Stage
 from schemas.signals import CLASS_OF, Action, Vote
+from schemas.tables import feature_rows
 from schemas.timeutil import from_ms, to_ms
 from settings import Settings
+from storage.store import Store
 
 SPLIT = (0.6, 0.1, 0.15, 0.15)  # train, early stopping, validation, test
 
@@ -155,13 +157,21 @@ def policy_signals(history: History, models: dict[str, SignalModel], cfg: Ensemb
 
 def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = None,
               config: BootstrapConfig | None = None, out: TextIO = sys.stdout,
-              progress: bool = True) -> BootstrapReport:
-    """Train and register all five models as production (see the module docstring)."""
+              progress: bool = True,
+              archive: Callable[[list[FeatureVector]], None] | None = None) -> BootstrapReport:
+    """Train and register all five models as production (see the module docstring).
+
+    ``archive`` receives every feature vector of the training history (the live flow stores
+    them in the features table: retraining cycles then look back over the data the production
+    models learned from, not only over what was replayed since).
+    """
     config = config or BootstrapConfig()
     ticks = ticks or settings.bootstrap_ticks
     started = time.monotonic()
     label_cfg = LabelConfig.from_settings(settings)
     history = history_from_ticks(ticks, settings, progress=progress, keep_ticks=True)
+    if archive is not None:
+        archive([v for symbol in history.symbols for v in history.vectors[symbol]])
     data = build_training_set(history, label_cfg)
     if len(data) < 500:
         raise ValueError(f"bootstrap: {ticks} gives {len(data)} labelled bars; at least 500 are "
@@ -226,6 +236,17 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
                              time.monotonic() - started)
     print(report.table(), file=out)
     return report
+
+
+def store_features(store: Store) -> Callable[[list[FeatureVector]], None]:
+    """An ``archive`` for :func:`bootstrap` that inserts the vectors into ``store``'s features
+    table (idempotent: the table replaces rows by symbol and time)."""
+    def archive(vectors: list[FeatureVector]) -> None:
+        for i in range(0, len(vectors), 50_000):
+            block = feature_rows(vectors[i:i + 50_000])
+            store.insert(block.table, block.columns, block.data)
+
+    return archive
 
 
 def _mean_reward(policy: PolicyRuntime, env: SizingEnv) -> float:

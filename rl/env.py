@@ -36,8 +36,9 @@ from models.base import MODEL_NAMES
 from models.dataset import History
 from operators.portfolio import EventKind, ExecConfig, Portfolio, SizingRequest
 from operators.sizing import SizingConfig, sized_from
+from rl.policy import action_space
 from rl.reward import RewardWeights, trade_reward
-from rl.state import ACTION_DIM, STATE_HIGH, STATE_LOW, ActionBounds, direction_of, map_action
+from rl.state import STATE_HIGH, STATE_LOW, ActionBounds, direction_of, map_action
 from schemas.decisions import BarDecision
 from schemas.features import FeatureVector
 from schemas.rl import SizingDecision
@@ -128,7 +129,7 @@ class SizingEnv(gym.Env):
                 action, conf = chosen.get((symbol, to_ms(v.ts)), (Action.HOLD, 0.0))
                 self._decisions[(symbol, to_ms(v.ts))] = bar_decision(v, action, conf)
         self.observation_space = gym.spaces.Box(STATE_LOW, STATE_HIGH, dtype=np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+        self.action_space = action_space()  # raw samples, mapped (clipped) as live
         self.portfolio = Portfolio(self.config.execution)
         self.request: SizingRequest | None = None
         self._fill: Any = None

@@ -54,6 +54,7 @@ from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule
 from models.base import cap_threads
 from rl.state import (
     ACTION_DIM,
+    ACTION_LIMIT,
     NAMES,
     STATE_HIGH,
     STATE_LOW,
@@ -180,7 +181,9 @@ def observation_space() -> gym.spaces.Box:
 
 
 def action_space() -> gym.spaces.Box:
-    return gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+    """The raw action space (:data:`rl.state.ACTION_LIMIT`): SB3 clips samples to it while
+    collecting, so it must be wider than the [-1, 1] box the actions are mapped from."""
+    return gym.spaces.Box(-ACTION_LIMIT, ACTION_LIMIT, shape=(ACTION_DIM,), dtype=np.float32)
 
 
 def rollout_buffer(model: PPO, transitions: Sequence[Transition]) -> RolloutBuffer:

@@ -6,7 +6,9 @@ taken, volatility, drawdown") as one pure function of a closed trade::
     pnl      = net_pnl / equity_at_entry                      (fees and slippage included)
     risk     = size_frac * vol_daily                          (expected daily equity swing)
     drawdown = max(0, drawdown_after - drawdown_before)       (only new drawdown counts)
+    bound    = sum over the action's coordinates of max(0, |a| - 1) ** 2
     reward   = scale * (pnl - risk_weight * risk - drawdown_weight * drawdown)
+               - bound_weight * bound
 
 ``size_frac`` is the position notional / equity at entry: the risk taken; ``vol_daily`` is the
 market's volatility, so the same size costs more in a wild market. Drawdowns are fractions of
@@ -14,6 +16,13 @@ the sub-account's peak equity (:attr:`rl.state.SubAccount.drawdown`); a loss tha
 drawdown is charged twice (at the default weight 1), a loss inside a recovery is not. A win
 never earns a drawdown bonus. ``scale`` = 100 puts rewards in percent of equity, a range
 PPO's value head fits without tiny gradients.
+
+``bound`` keeps the policy where its actions matter. The policy samples a raw Gaussian action;
+:func:`rl.state.map_action` clips each coordinate to [-1, 1], so every action beyond the box
+trades like its edge. Without a cost there, a policy that learned "smaller is better" pushes
+its mean ever further out (nothing pulls it back) and no later reward can move its trades
+again. A small squared cost on the excess (``bound_weight`` 0.1, per unit of excess squared,
+in reward units) holds the mean near the box, from where the next good trades can raise it.
 
 A closed trade's reward is :func:`trade_reward` of its ``trade.opened`` and ``trade.closed``
 records, and nothing else: the live learner and the pretraining environment call it on the
@@ -31,6 +40,7 @@ entry's RL state vector (what the policy saw), ``drawdown_after`` from the exit 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,14 +60,16 @@ class RewardWeights:
       quarter of that: sizing up must pay for itself, but risk is not forbidden.
     * ``drawdown`` = 1.0: new drawdown costs as much again as the loss that made it.
     * ``scale`` = 100: rewards in percent of equity.
+    * ``bound`` = 0.1: per unit of squared action excess beyond [-1, 1] (module docstring).
     """
 
     risk: float = 0.05
     drawdown: float = 1.0
     scale: float = 100.0
+    bound: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("risk", "drawdown", "scale"):
+        for name in ("risk", "drawdown", "scale", "bound"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"reward weight {name} must be finite and >= 0, got {v}")
@@ -78,11 +90,12 @@ class RewardTerms:
     risk: float
     drawdown: float
     total: float
+    bound: float = 0.0
 
 
 def reward_terms(*, net_pnl: float, equity_at_entry: float, size_frac: float, vol_daily: float,
-                 drawdown_before: float, drawdown_after: float,
-                 weights: RewardWeights) -> RewardTerms:
+                 drawdown_before: float, drawdown_after: float, weights: RewardWeights,
+                 raw_action: Sequence[float] = ()) -> RewardTerms:
     """Each term and the total (see the module docstring).
 
     Raises ``ValueError`` on a non-finite input, a non-positive equity or a negative size or
@@ -101,16 +114,20 @@ def reward_terms(*, net_pnl: float, equity_at_entry: float, size_frac: float, vo
     pnl = net_pnl / equity_at_entry
     risk = size_frac * vol_daily
     dd = max(0.0, drawdown_after - drawdown_before)
-    total = weights.scale * (pnl - weights.risk * risk - weights.drawdown * dd)
-    return RewardTerms(pnl, risk, dd, total)
+    bound = math.fsum(max(0.0, abs(a) - 1.0) ** 2 for a in raw_action if math.isfinite(a))
+    total = weights.scale * (pnl - weights.risk * risk - weights.drawdown * dd) \
+        - weights.bound * bound
+    return RewardTerms(pnl, risk, dd, total, bound)
 
 
 def reward(*, net_pnl: float, equity_at_entry: float, size_frac: float, vol_daily: float,
-           drawdown_before: float, drawdown_after: float, weights: RewardWeights) -> float:
+           drawdown_before: float, drawdown_after: float, weights: RewardWeights,
+           raw_action: Sequence[float] = ()) -> float:
     """The scalar reward of one closed trade (:func:`reward_terms` ``.total``)."""
     return reward_terms(net_pnl=net_pnl, equity_at_entry=equity_at_entry, size_frac=size_frac,
                         vol_daily=vol_daily, drawdown_before=drawdown_before,
-                        drawdown_after=drawdown_after, weights=weights).total
+                        drawdown_after=drawdown_after, weights=weights,
+                        raw_action=raw_action).total
 
 
 def trade_reward(opened: TradeOpened, closed: TradeClosed, weights: RewardWeights) -> float:
@@ -120,4 +137,4 @@ def trade_reward(opened: TradeOpened, closed: TradeClosed, weights: RewardWeight
     return reward(net_pnl=closed.net_pnl, equity_at_entry=equity_at_entry,
                   size_frac=opened.size_usd / equity_at_entry, vol_daily=state[VOL],
                   drawdown_before=state[DRAWDOWN], drawdown_after=closed.exit_state[DRAWDOWN],
-                  weights=weights)
+                  weights=weights, raw_action=opened.entry.rl.raw_action)

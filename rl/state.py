@@ -63,6 +63,9 @@ STATE_HIGH = np.array([10.0, 1.0, 1.0, 10.0, 1.0, 10.0, 1.0, 1.0], dtype=np.floa
 STATE_NEUTRAL = np.array([1.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)
 ACTION_DIM = 3
 ACTION_NAMES: tuple[str, ...] = ("size", "tp", "sl")
+# The raw action space the policy samples in (wider than the [-1, 1] that map_action clips to,
+# so that the learning algorithm sees its own unclipped samples; rl.reward charges the excess)
+ACTION_LIMIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,18 @@ def test_reward_formula_exact() -> None:
     assert t.total == pytest.approx(10.0 * (-0.005 - 0.2 * 0.002 - 3.0 * 0.005))
 
 
+def test_actions_beyond_the_box_cost_their_squared_excess() -> None:
+    w = RewardWeights()
+    inside = reward_terms(net_pnl=5.0, equity_at_entry=10_000.0, size_frac=0.1, vol_daily=0.01,
+                          drawdown_before=0.0, drawdown_after=0.0, weights=w,
+                          raw_action=(1.0, -0.3, 0.9))
+    outside = reward_terms(net_pnl=5.0, equity_at_entry=10_000.0, size_frac=0.1,
+                           vol_daily=0.01, drawdown_before=0.0, drawdown_after=0.0, weights=w,
+                           raw_action=(-2.5, 1.5, 0.0))
+    assert inside.bound == 0.0 and outside.bound == pytest.approx(1.5**2 + 0.5**2)
+    assert inside.total - outside.total == pytest.approx(w.bound * (2.25 + 0.25))
+
+
 def test_pnl_term_sign_and_monotonicity() -> None:
     zero_risk = {"size_frac": 0.0, "vol_daily": 0.0}
     assert _r(net_pnl=10.0, **zero_risk) > 0 > _r(net_pnl=-10.0, **zero_risk)
