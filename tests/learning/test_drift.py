@@ -1,4 +1,5 @@
-"""Drift: PSI per feature, its bins (constant, NaN), the score, persistence, real sample days."""
+"""Drift: PSI per feature, its bins (constant, NaN), the score, persistence, real sample days;
+the noise correction (null tables, seasonal score) on synthetic and real rows."""
 
 from __future__ import annotations
 
@@ -11,14 +12,25 @@ import numpy as np
 import pytest
 
 import learning.drift
-from learning.drift import CALENDAR_FEATURES, MODEL_NAME, FeatureReference
+from learning.drift import (
+    CALENDAR_FEATURES,
+    FORMAT_V1,
+    MODEL_NAME,
+    DriftScore,
+    FeatureReference,
+    NullPoint,
+    NullTable,
+    iid_expected_psi,
+)
 from models.dataset import feature_matrix, history_from_ticks
 from models.registry import ModelRegistry
 from operators.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from schemas.registry import Stage
+from schemas.timeutil import to_ms
 from settings import Settings
 
 THRESHOLD = Settings.from_env({}).clm_drift_threshold  # 0.05, QT_CLM_DRIFT_THRESHOLD
+MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 
 
 def _normal(seed: int, rows: int = 20_000) -> np.ndarray:
@@ -26,19 +38,29 @@ def _normal(seed: int, rows: int = 20_000) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def sample_days(sample_ticks: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Warm feature rows of both symbols of the bundled sample: 2014-05-06 and 2014-05-07."""
+def sample_rows(sample_ticks: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Warm feature rows of both symbols of the bundled sample (2014-05-06/07), in time order,
+    with their bar close times (ms) and symbols: what the CLM holds at a check."""
     history = history_from_ticks(str(sample_ticks), Settings.from_env({}))
-    vectors = [v for s in history.symbols for v in history.vectors[s] if v.warm]
-    day1 = [v for v in vectors if v.ts.day == 6]
-    day2 = [v for v in vectors if v.ts.day == 7]
+    vectors = sorted((v for s in history.symbols for v in history.vectors[s] if v.warm),
+                     key=lambda v: (to_ms(v.ts), v.symbol))
+    return (feature_matrix(vectors), np.array([to_ms(v.ts) for v in vectors]),
+            np.array([v.symbol for v in vectors]))
+
+
+@pytest.fixture(scope="module")
+def sample_days(sample_rows) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's first day (2014-05-06) and second day, both symbols."""
+    X, ts, _ = sample_rows
+    day = ts // DAY
+    day1, day2 = X[day == day[0]], X[day == day[0] + 1]
     assert len(day1) > 2000 and len(day2) > 2000
-    return feature_matrix(day1), feature_matrix(day2)
+    return day1, day2
 
 
 def test_doctests() -> None:
     result = doctest.testmod(learning.drift)
-    assert result.attempted >= 5 and result.failed == 0
+    assert result.attempted >= 15 and result.failed == 0
 
 
 def test_same_rows_give_zero_and_same_distribution_gives_noise_only() -> None:
@@ -163,4 +185,169 @@ def test_from_json_refuses_other_documents() -> None:
     doc = FeatureReference.fit(_normal(0, 50)).to_dict()
     doc["features"][0]["shares"] = doc["features"][0]["shares"][:-1]
     with pytest.raises(ValueError, match="shares"):
+        FeatureReference.from_dict(doc)
+
+
+# --- the noise correction ------------------------------------------------------------------
+
+def _wander(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
+    """AR(1) with unit variance: a slowly moving feature (a new value every ~2/(1-phi) rows)."""
+    x, e = np.zeros(n), rng.normal(size=n) * math.sqrt(1 - phi**2)
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + e[i]
+    return x
+
+
+def test_null_of_independent_rows_is_the_textbook_expectation() -> None:
+    rng = np.random.default_rng(0)
+    n_ref = 20_000
+    ref = FeatureReference.fit(rng.normal(size=(n_ref, 3)), names=("a", "b", "c"),
+                               ts_ms=np.arange(n_ref) * MINUTE)
+    assert ref.null_pooled is not None and ref.null_seasonal is not None
+    points = ref.null_pooled.points
+    assert [p.rows for p in points] == sorted({p.rows for p in points})
+    assert points[0].rows == 15 and points[-1].rows <= n_ref / 2   # 15-minute chunks
+    for p in points:
+        assert p.windows == 96 and p.level >= p.mean > 0
+        if p.rows >= 200:  # PSI of n vs the other n_ref - n independent rows: 9 (1/n + 1/m)
+            assert p.mean == pytest.approx(9 * (1 / p.rows + 1 / (n_ref - p.rows)), rel=0.2)
+    means = [p.mean for p in points]
+    assert means == sorted(means, reverse=True)  # noise falls with the window's size
+    # and a check of fresh independent rows is within the noise
+    check = ref.drift_check(rng.normal(size=(1440, 3)), np.arange(1440) * MINUTE)
+    assert check.method == "seasonal" and not check.drifted(THRESHOLD)
+
+
+def test_autocorrelated_rows_fire_raw_but_not_corrected() -> None:
+    """The reason for the correction: a slow feature's day looks drifted to the raw score."""
+    rng = np.random.default_rng(3)
+    n = 11 * 1440
+    X = np.column_stack([_wander(rng, n, 0.99), _wander(rng, n, 0.9), rng.normal(size=n)])
+    ts = np.arange(n) * MINUTE
+    ref = FeatureReference.fit(X[:7 * 1440], names=("slow", "mid", "fast"),
+                               ts_ms=ts[:7 * 1440])
+    days = [ref.drift_check(X[d * 1440:(d + 1) * 1440], ts[d * 1440:(d + 1) * 1440])
+            for d in range(7, 11)]
+    assert sum(d.raw > THRESHOLD for d in days) >= 3
+    assert not any(d.drifted(THRESHOLD) for d in days)
+    assert all(d.corrected == pytest.approx(d.score - d.null) for d in days)
+    # the same days with the fast feature shifted by one standard deviation: drift
+    step = np.array([0.0, 0.0, 1.0])
+    shifted = [ref.drift_check(X[d * 1440:(d + 1) * 1440] + step, ts[d * 1440:(d + 1) * 1440])
+               for d in range(7, 11)]
+    assert all(s.drifted(THRESHOLD) for s in shifted)
+
+
+def test_seasonal_score_compares_a_window_with_the_same_hours() -> None:
+    """An intraday pattern: a 6-hour window of quiet hours is not drift, a louder one is."""
+    rng = np.random.default_rng(5)
+    n = 10 * 1440
+    ts = np.arange(n) * MINUTE
+    hour = ts // HOUR % 24
+    loud = np.where((hour >= 7) & (hour < 17), 3.0, 1.0)  # the trading day is louder
+    X = np.column_stack([np.abs(rng.normal(size=n)) * loud, rng.normal(size=n)])
+    ref = FeatureReference.fit(X[:8 * 1440], names=("vol", "ret"), ts_ms=ts[:8 * 1440])
+    night = (ts >= 8 * DAY) & (ts < 8 * DAY + 6 * HOUR)       # 00:00-06:00, the quiet hours
+    check = ref.drift_check(X[night], ts[night])
+    assert check.raw > 0.1                                     # the pooled view: "drift"
+    assert check.score < check.raw / 5 and not check.drifted(THRESHOLD)
+    pooled = ref.drift_check(X[night])                         # no times: pooled score + null
+    assert pooled.method == "pooled" and pooled.score == check.raw
+    louder = X[night] * [3.0, 1.0]
+    assert ref.drift_check(louder, ts[night]).drifted(THRESHOLD)
+    # hours the reference never saw fall back to the pooled shares
+    psi_unseen = ref.seasonal_psi(X[:100], ts[:100] + 12 * HOUR)
+    assert all(math.isfinite(v) for v in psi_unseen.values())
+    with pytest.raises(ValueError, match="ts_ms"):
+        ref.seasonal_psi(X[:100], ts[:99])
+
+
+def test_iid_fallback_without_times_and_the_threshold_on_corrected() -> None:
+    X = _normal(0, 5000)
+    ref = FeatureReference.fit(X)
+    assert ref.null_pooled is None and ref.hour_rows == ()
+    check = ref.drift_check(_normal(1, 1000), np.arange(1000) * MINUTE)
+    assert check.method == "iid"
+    assert check.null == pytest.approx(iid_expected_psi(ref, 1000))
+    assert check.null == pytest.approx(np.mean([
+        (sum(s > 0 for s in f.shares) - 1) * (1 / 5000 + 1 / 1000)
+        for f in ref.features if f.name in ref.scored]))
+    assert check.raw == ref.drift_score(_normal(1, 1000))
+    assert DriftScore(0.2, 0.2, 0.1, 0.14, 0.06, 100, "pooled").drifted(THRESHOLD)
+    assert not DriftScore(0.2, 0.2, 0.1, 0.16, 0.04, 100, "pooled").drifted(THRESHOLD)
+
+
+def test_null_table_reads_any_window_size() -> None:
+    table = NullTable((NullPoint(100, 96, 0.4, 0.8), NullPoint(400, 96, 0.1, 0.2),
+                       NullPoint(1600, 96, 0.05, 0.1)))
+    levels = [table.at(n)[1] for n in (10, 100, 150, 400, 800, 1600, 6400)]
+    assert levels == sorted(levels, reverse=True)
+    assert table.at(200) == pytest.approx((0.2, 0.4))          # log-log between points
+    assert table.at(50) == pytest.approx((0.8, 1.6))           # 1/n below the smallest
+    assert table.at(6400) == pytest.approx((0.025, 0.05))      # last slope above the largest
+    rising = NullTable((NullPoint(100, 96, 0.1, 0.2), NullPoint(200, 96, 0.2, 0.4)))
+    assert rising.at(800) == (0.2, 0.4)                        # never grows with the size
+
+
+def test_fit_refuses_bad_times_and_quantiles() -> None:
+    X = _normal(0, 100)
+    with pytest.raises(ValueError, match="ts_ms"):
+        FeatureReference.fit(X, ts_ms=np.arange(99))
+    with pytest.raises(ValueError, match="quantile"):
+        FeatureReference.fit(X, ts_ms=np.arange(100) * MINUTE, quantile=0.0)
+
+
+def test_real_sample_second_day_in_6h_checks_is_noise_not_drift(sample_rows) -> None:
+    """The bundled sample: reference the first day, checks the second day's 6-hour windows.
+    The raw score fires at each of them; the corrected one at none."""
+    X, ts, _ = sample_rows
+    day = ts // DAY
+    first = day == day[0]
+    ref = FeatureReference.fit(X[first], ts_ms=ts[first])
+    assert sum(ref.hour_rows) == first.sum() and ref.null_seasonal is not None
+    checks = []
+    for quarter in range(4):
+        m = (day == day[0] + 1) & (ts // HOUR % 24 // 6 == quarter)
+        checks.append(ref.drift_check(X[m], ts[m]))
+    assert all(c.raw > THRESHOLD for c in checks)
+    assert not any(c.drifted(THRESHOLD) for c in checks)
+    assert all(c.method == "seasonal" and c.rows > 600 for c in checks)
+
+
+def test_real_sample_another_market_is_drift(sample_rows) -> None:
+    """EURUSD's first day as reference, NZDUSD's second day in 6-hour checks: another market
+    (wider spreads, twice the volatility) is found in most of them."""
+    X, ts, symbol = sample_rows
+    day = ts // DAY
+    eur = (day == day[0]) & (symbol == "FXCM:EURUSD")
+    ref = FeatureReference.fit(X[eur], ts_ms=ts[eur])
+    fired = 0
+    for quarter in range(4):
+        m = (day == day[0] + 1) & (symbol == "FXCM:NZDUSD") & (ts // HOUR % 24 // 6 == quarter)
+        fired += ref.drift_check(X[m], ts[m]).drifted(THRESHOLD)
+    assert fired >= 3
+
+
+def test_format_2_round_trip_and_format_1_still_loads(sample_rows) -> None:
+    X, ts, _ = sample_rows
+    ref = FeatureReference.fit(X, ts_ms=ts)
+    text = ref.to_json()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    back = FeatureReference.from_json(text)
+    assert back == ref and back.to_json() == text
+    assert back.drift_check(X[-1440:], ts[-1440:]) == ref.drift_check(X[-1440:], ts[-1440:])
+    assert len(text) < 200_000
+    # a reference written before the correction existed: same bins, the iid fallback
+    old = ref.to_dict()
+    old["format"] = FORMAT_V1
+    for key in ("hour_rows", "null"):
+        del old[key]
+    for f in old["features"]:
+        del f["hourly"]
+    v1 = FeatureReference.from_dict(old)
+    assert v1 == FeatureReference.fit(X)
+    assert v1.drift_check(X[-1440:], ts[-1440:]).method == "iid"
+    doc = ref.to_dict()
+    doc["features"][0]["hourly"] = doc["features"][0]["hourly"][:5]
+    with pytest.raises(ValueError, match="hourly"):
         FeatureReference.from_dict(doc)
