@@ -50,6 +50,7 @@ from schemas.tables import (
     BARS,
     CLM_CYCLES,
     DEAD_LETTERS,
+    DRIFT_CHECKS,
     FEATURES,
     RL_UPDATES,
     SHADOW_PREDICTIONS,
@@ -244,6 +245,8 @@ def engine_rows(out: Stream[EngineOutput]) -> Stream[TableRows]:
             blocks.append(event_rows(RL_UPDATES, o.updates))
         if o.cycles:
             blocks.append(event_rows(CLM_CYCLES, o.cycles))
+        if o.drift:
+            blocks.append(event_rows(DRIFT_CHECKS, o.drift))
         return blocks
 
     return op.flat_map("engine_rows", out, rows)
@@ -274,6 +277,8 @@ def engine_counts(out: Stream[EngineOutput]) -> Stream[Counts | PnlPoint]:
         for outcome in o.outcomes:
             bump(f"trades.joined.{outcome.joined_from}")
         bump("rl.updates", len(o.updates))
+        bump("clm.drift_checks", len(o.drift))
+        bump("clm.drift_fired", sum(d.fired for d in o.drift))
         for cycle in o.cycles:
             for key, n in cycle_counts(cycle).items():
                 bump(key, n)
@@ -379,5 +384,5 @@ def print_summary(counts: list[Stream[Counts | PnlPoint]], started: float, title
 
 MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]
 LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES, SHADOW_PREDICTIONS,
-               TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES]
+               TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES, DRIFT_CHECKS]
 LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, DEAD_LETTERS]

@@ -54,7 +54,8 @@ from learning.triggers import Check, Trigger, TriggerConfig, TriggerSchedule, pe
 from models.labels import LabelConfig
 from operators.features import FEATURE_NAMES
 from operators.versions import ActiveModels
-from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus, ScoredBar
+from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus, DriftCheck, ScoredBar
+from schemas.timeutil import from_ms
 from schemas.trades import JoinedTrade
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,6 @@ class ClmConfig:
                    s.clm_drift_threshold, EvidenceConfig.from_settings(s),
                    int(s.clm_lookback_days * 86_400_000), s.clm_blocking, s.clm_budget,
                    TriggerConfig.from_settings(s))
-
-
-@dataclass(frozen=True)
-class _Drift:
-    raw: float
-    corrected: float
 
 
 class ContinuousLearner:
@@ -121,7 +116,7 @@ class ContinuousLearner:
             self.pending += self.runner.restart(self.cycle, self.now_ms)
 
     # --- inputs ------------------------------------------------------------------------------
-    def on_bar(self, bar: ScoredBar) -> list[ClmCycle]:
+    def on_bar(self, bar: ScoredBar) -> list[ClmCycle | DriftCheck]:
         out, self.pending = self.pending, []
         if not self.cfg.enabled:
             return out
@@ -153,7 +148,7 @@ class ContinuousLearner:
         return out
 
     # --- time ---------------------------------------------------------------------------------
-    def _advance(self, now: int) -> list[ClmCycle]:
+    def _advance(self, now: int) -> list[ClmCycle | DriftCheck]:
         if now <= self.now_ms:
             return []
         self.now_ms = now
@@ -163,17 +158,18 @@ class ContinuousLearner:
         due = self.schedule.due(now)
         if self.cycle is not None:
             return self._progress(now)
+        checks: list[ClmCycle | DriftCheck] = []
         trigger = self.runner.manual(now)
         if trigger is None and self.cfg.auto_retrain:
             for check in due:
-                trigger = self._check(check, now)
+                trigger = self._check(check, now, checks)
                 if trigger is not None:
                     break
         if trigger is None:
-            return []
-        out = self.runner.start(trigger[0], trigger[1], now)
-        if not out:
-            return []  # a manual request waits for data
+            return checks
+        out: list[ClmCycle | DriftCheck] = [*checks, *self.runner.start(*trigger, now)]
+        if len(out) == len(checks):
+            return out  # a manual request waits for data
         self.schedule.record_cycle(now)
         cycle = self.runner.cycle
         if cycle is not None and cycle.status is CycleStatus.TRAINING:
@@ -204,33 +200,42 @@ class ContinuousLearner:
             self.cycle = None  # failed
         return records
 
-    def _check(self, check: Check, now: int) -> tuple[Trigger, str] | None:
+    def _check(self, check: Check, now: int,
+               records: list[ClmCycle | DriftCheck]) -> tuple[Trigger, str] | None:
         if check is Check.TIME:
             return Trigger.TIME, f"{self.cfg.triggers.retrain_hours:g} h since the last cycle"
         if check is Check.DRIFT:
-            score = self.drift(now)
-            if score is not None and score.corrected > self.cfg.drift_threshold:
+            record = self.drift(now)
+            if record is None:
+                return None
+            records.append(record)
+            if record.fired:
                 return Trigger.DRIFT, (
-                    f"drift {score.corrected:.4f} beyond chance (raw PSI {score.raw:.4f}) > "
+                    f"drift {record.corrected:.4f} beyond noise (raw PSI {record.raw:.4f}, "
+                    f"noise {record.null_level:.4f}, {record.rows} rows) > "
                     f"{self.cfg.drift_threshold:g} over the last "
                     f"{self.cfg.triggers.drift_hours:g} h")
             return None
         return self._performance(now)
 
-    def drift(self, now: int) -> Any:
-        """The drift score of the last drift window's warm features against the production
-        reference; None without a reference or with too few rows (100) to judge."""
+    def drift(self, now: int) -> DriftCheck | None:
+        """The last drift window's warm features checked against the production reference,
+        beyond sampling noise (:mod:`learning.drift`); None without a reference or with too
+        few rows (100) to judge."""
         registry = self.runner.registry
         version = registry.production_version(REFERENCE)
         if version is None:
             return None
-        ref: FeatureReference = registry.load(REFERENCE, version)
         since = now - self.cfg.triggers.period_ms(Check.DRIFT)
-        rows = [values for ts, values in self.recent if since < ts <= now]
-        if len(rows) < 100:
+        recent = [(ts, values) for ts, values in self.recent if since < ts <= now]
+        if len(recent) < 100:
             return None
-        raw = ref.drift_score(np.array(rows, dtype=np.float64))
-        return _Drift(raw, raw)  # until learning.drift corrects for chance
+        ref: FeatureReference = registry.load(REFERENCE, version)
+        score = ref.drift_check(np.array([v for _, v in recent], dtype=np.float64),
+                                ts_ms=np.array([t for t, _ in recent], dtype=np.int64))
+        return DriftCheck(from_ms(now), version, score.rows, score.method, score.raw,
+                          score.score, score.expected, score.null, score.corrected,
+                          self.cfg.drift_threshold, score.drifted(self.cfg.drift_threshold))
 
     def _performance(self, now: int) -> tuple[Trigger, str] | None:
         period = self.cfg.triggers.period_ms(Check.PERFORMANCE)

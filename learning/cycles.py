@@ -218,7 +218,9 @@ class CycleRunner:
             cycle.note(f"not trained: {warm} warm bars stored, {MIN_TRAIN_ROWS} needed")
             return [cycle.record(now)]
         warm_vectors = [v for vs in history.vectors.values() for v in vs if v.warm]
-        cycle.reference_json = FeatureReference.fit(feature_matrix(warm_vectors)).to_json()
+        cycle.reference_json = FeatureReference.fit(
+            feature_matrix(warm_vectors),
+            ts_ms=np.array([to_ms(v.ts) for v in warm_vectors], dtype=np.int64)).to_json()
         self._train(cycle, history, now)
         return [cycle.record(now)]
 

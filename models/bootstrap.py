@@ -219,7 +219,7 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
     data_from, data_to = from_ms(int(data.ts_ms[train].min())), from_ms(int(data.ts_ms[val].min()))
     # the reference also carries the ensemble's held-out figures: the performance trigger
     # compares the live ensemble's realised call hit rate with them
-    registry.publish(REFERENCE, FeatureReference.fit(data.X[train]).save,
+    registry.publish(REFERENCE, FeatureReference.fit(data.X[train], ts_ms=data.ts_ms[train]).save,
                      stage=Stage.PRODUCTION, feature_set=FEATURE_SET_VERSION,
                      data_from=data_from, data_to=data_to,
                      metrics={f"ensemble.{k}": v for k, v in metrics["ensemble"].items()},

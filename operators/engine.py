@@ -48,7 +48,14 @@ from operators.versions import ActiveModels
 from operators.weights import DynamicWeights
 from rl.reward import RewardWeights, trade_reward
 from schemas.decisions import BarDecision, Progress, Verdict
-from schemas.learning import ClmCycle, RLUpdate, ScoredBar, ShadowPrediction, TradeOutcome
+from schemas.learning import (
+    ClmCycle,
+    DriftCheck,
+    RLUpdate,
+    ScoredBar,
+    ShadowPrediction,
+    TradeOutcome,
+)
 from schemas.signals import Signal
 from schemas.tables import trade_outcome
 from schemas.timeutil import to_ms
@@ -58,7 +65,7 @@ from schemas.trades import JoinedTrade, JoinSource, TradeClosed
 class BarLearner(Protocol):
     """What the engine needs of a learner that watches bars and trades (the CLM)."""
 
-    def on_bar(self, bar: ScoredBar) -> list[ClmCycle]: ...
+    def on_bar(self, bar: ScoredBar) -> list[ClmCycle | DriftCheck]: ...
     def on_trade(self, joined: JoinedTrade) -> list[ClmCycle]: ...
     def finish(self) -> list[ClmCycle]: ...
     def snapshot(self) -> Any: ...
@@ -109,11 +116,17 @@ class EngineOutput:
     outcomes: list[TradeOutcome] = field(default_factory=list)
     updates: list[RLUpdate] = field(default_factory=list)
     cycles: list[ClmCycle] = field(default_factory=list)
+    drift: list[DriftCheck] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
 
     def __bool__(self) -> bool:
         return bool(self.signals or self.trades or self.updates or self.cycles or self.counts
-                    or self.shadow)
+                    or self.shadow or self.drift)
+
+    def learned(self, records: list[ClmCycle | DriftCheck]) -> None:
+        """File the continuous learner's records."""
+        for r in records:
+            (self.drift if isinstance(r, DriftCheck) else self.cycles).append(r)
 
 
 class DecisionEngine:
@@ -222,8 +235,8 @@ class DecisionEngine:
                            for m, v in self.models.shadows)
             out.shadow += shadow
         if self.clm is not None:
-            out.cycles += self.clm.on_bar(ScoredBar(symbol, to_ms(vector.ts), vector, signal,
-                                                    shadow))
+            out.learned(self.clm.on_bar(ScoredBar(symbol, to_ms(vector.ts), vector, signal,
+                                                  shadow)))
         return decision
 
     def _trades(self, events: list[ExecEvent], out: EngineOutput) -> None:

@@ -54,6 +54,8 @@ LABELS: dict[str, str] = {
     "dead_letters.join": "join dead letters",
     "rl.transitions": "RL transitions",
     "rl.updates": "RL updates",
+    "clm.drift_checks": "drift checks",
+    "clm.drift_fired": "  drift beyond noise",
     "clm.cycles": "CLM cycles started",
     "clm.failed_at_start": "  without enough data",
     "clm.shadow": "  shadow-tested",

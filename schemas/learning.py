@@ -114,3 +114,20 @@ class ScoredBar:
     vector: FeatureVector
     signal: Signal
     shadow: tuple[ShadowPrediction, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DriftCheck:
+    """One drift check of the continuous learner (a row of ``drift_checks``)."""
+
+    ts: datetime
+    reference: str  # the feature_reference version checked against
+    rows: int
+    method: str
+    raw: float
+    score: float
+    expected: float
+    null_level: float
+    corrected: float
+    threshold: float
+    fired: bool

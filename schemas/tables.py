@@ -30,6 +30,7 @@ RL_UPDATES = "rl_updates"
 SHADOW_PREDICTIONS = "shadow_predictions"
 CLM_CYCLES = "clm_cycles"
 TRADE_OUTCOMES = "trade_outcomes"
+DRIFT_CHECKS = "drift_checks"
 
 
 @dataclass(slots=True)

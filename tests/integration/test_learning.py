@@ -179,7 +179,7 @@ def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("trigger", "overrides", "period_h"), [
-    ("drift", {"clm_drift_hours": 6.0, "clm_drift_threshold": 0.0,
+    ("drift", {"clm_drift_hours": 6.0, "clm_drift_threshold": -1e9,  # every check fires
                "clm_retrain_hours": 10_000.0}, 6.0),
     ("time", {"clm_retrain_hours": 12.0, "clm_drift_threshold": 1e9}, 12.0),
 ])
@@ -198,9 +198,14 @@ def test_time_and_drift_triggers_fire_at_the_right_event_times(
     try:
         cycles = [c for c in store.query("analytics/clm_cycles") if c["trigger"] == trigger]
         first_bar = store.query("queries/first_bar_end")[0]["first_end"]
+        checks = store.query("analytics/drift_checks")
     finally:
         store.close()
     assert len(cycles) >= 2, cycles
+    if trigger == "drift":  # every check is recorded, raw and beyond its noise level
+        assert {to_ms(c["started_ts"]) for c in cycles} <= {to_ms(c["ts"]) for c in checks}
+        assert all(c["fired"] and math.isfinite(c["noise"]) and c["rows"] >= 100
+                   and c["method"] == "seasonal" for c in checks)
     period = period_h * 3_600_000
     starts = [to_ms(c["started_ts"]) for c in cycles]
     t0 = to_ms(first_bar)
