@@ -85,9 +85,10 @@ def test_same_trades_with_one_and_two_workers(tmp_path: Path, sample_ticks: Path
     assert (_query(two, trained_registry, "supervisor_blocks")
             == _query(one, trained_registry, "supervisor_blocks"))
     # and every analytics query answers on the result (the learning ones with no rows: the
-    # learning graph is off here; tests/integration/test_learning.py covers them)
+    # learning graph is off here, tests/integration/test_learning.py covers them; and no
+    # ablation was run, tests/learning/test_ablation.py covers that)
     learning = {"clm_cycles", "clm_cycles_per_week", "promotions", "rl_updates",
-                "shadow_vs_production"}
+                "shadow_vs_production", "drift_checks", "evaluations"}
     for name in available():
         params = (f"trade_id={trades[0]['trade_id']}",) if name == "why_trade" else ()
         rows = _query(one, trained_registry, name, *params)
