@@ -51,8 +51,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from connectors.replay import expand_paths
-from schemas.features import FeatureVector
-from schemas.timeutil import from_ms, iso, to_ms
+from schemas.timeutil import from_ms, iso, parse_iso, to_ms
 from settings import PROJECT_ROOT, Settings
 
 DAY_MS = 86_400_000
@@ -269,45 +268,56 @@ ARM_ENV = {
 }
 
 
-def run_arm(arm: str, home: Path, registry: Path, replay: Sequence[Path],
-            log: TextIO) -> None:
-    """One arm: the live flow in its own process, home and registry (chDB allows one data
-    path per process), with the user's other QT_* settings."""
+def run_arm(arm: str, home: Path, registry: Path, train: Sequence[Path],
+            replay: Sequence[Path], log: TextIO) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One arm in its own process, home, store and registry (chDB allows one data path per
+    process), with the user's other QT_* settings: :func:`arm_main` there."""
     env = {**os.environ, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(registry),
            "QT_RL_V3_CHECKPOINT_DIR": "", "QT_TICKS": ",".join(str(p) for p in replay),
            "QT_CLICKHOUSE_URL": "", **ARM_ENV[arm]}
     print(f"evaluate: replaying with learning {arm} ...", file=log, flush=True)
-    proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.live"],
+    result = home / "result.json"
+    proc = subprocess.run([sys.executable, "-m", "learning.ablation", str(result),
+                           *(str(p) for p in train)],
                           cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, check=False)
     log.write(proc.stdout)
     if proc.returncode != 0:
         raise RuntimeError(f"the learning-{arm} replay failed (exit {proc.returncode}); "
                            f"its output is above")
+    doc = json.loads(result.read_text())
+    for t in doc["trades"]:
+        t["exit_ts"] = parse_iso(t["exit_ts"])
+        t["entry_ts"] = parse_iso(t["entry_ts"])
+    return doc["trades"], doc["learned"]
 
 
-def seed_store(settings: Settings, history: list[FeatureVector]) -> None:
-    """An arm's store starts with the training history's features (see bootstrap_registry)."""
+def arm_main(result: Path, train: Sequence[Path]) -> None:
+    """Inside an arm's process (``QT_*`` from :func:`run_arm`): its store gets the training
+    history's features (as a live store that bootstrapped has them, so retraining cycles look
+    back over them), the live flow replays, and the closed trades and what learning did are
+    written to ``result`` as JSON."""
+    from bytewax.testing import run_main
+
+    from dataflows.live import build_live_flow
     from models.bootstrap import store_features
+    from models.dataset import history_from_ticks
     from storage.store import open_store
 
+    settings = Settings.from_env()
+    history = history_from_ticks(",".join(str(p) for p in train), settings)
     store = open_store(settings)
     try:
-        store_features(store)(history)
-    finally:
-        store.close()
-
-
-def read_arm(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    from storage.store import open_store
-
-    store = open_store(settings)
-    try:
+        store_features(store)([v for s in history.symbols for v in history.vectors[s]])
+        run_main(build_live_flow(settings))
         trades = store.query("queries/closed_trades")
         (counts,) = store.query("queries/learning_counts")
     finally:
         store.close()
-    return trades, {k: int(counts[k]) for k in LEARNING}
+    for t in trades:
+        t["exit_ts"], t["entry_ts"] = iso(t["exit_ts"]), iso(t["entry_ts"])
+    result.write_text(json.dumps({"trades": trades,
+                                  "learned": {k: int(counts[k]) for k in LEARNING}}))
 
 
 # settings an evaluation sets itself, per arm (the others shape both arms and are reported)
@@ -322,20 +332,15 @@ def changed_settings(settings: Settings) -> dict[str, str]:
 
 
 def bootstrap_registry(settings: Settings, directory: Path, train: Sequence[Path],
-                       quick: bool, log: TextIO) -> list[FeatureVector]:
-    """Train all five models on ``train`` into a registry at ``directory`` (seeded); returns
-    the training history's feature vectors (each arm's store gets them, as a live store that
-    bootstrapped has them)."""
+                       quick: bool, log: TextIO) -> None:
+    """Train all five models on ``train`` into a registry at ``directory`` (seeded)."""
     from models.bootstrap import BootstrapConfig, bootstrap
     from models.registry import ModelRegistry
 
     print(f"evaluate: training on {', '.join(p.name for p in train)} ...", file=log,
           flush=True)
-    vectors: list[FeatureVector] = []
     bootstrap(settings, ModelRegistry(directory), ticks=",".join(str(p) for p in train),
-              config=BootstrapConfig.quick() if quick else None, out=log, progress=False,
-              archive=vectors.extend)
-    return vectors
+              config=BootstrapConfig.quick() if quick else None, out=log, progress=False)
 
 
 def run_evaluation(ticks: str, train_until: datetime, settings: Settings, quick: bool = False,
@@ -353,17 +358,13 @@ def run_evaluation(ticks: str, train_until: datetime, settings: Settings, quick:
     shutil.rmtree(work, ignore_errors=True)
     train, replay, days = split_ticks(files, train_until, work / "ticks")
     base = work / "bootstrap-registry"
-    history = bootstrap_registry(settings, base, train, quick, log)
+    bootstrap_registry(settings, base, train, quick, log)
     trades: dict[str, list[dict[str, Any]]] = {}
     learned: dict[str, dict[str, int]] = {}
     for arm in ("off", "on"):
         home = work / arm
         shutil.copytree(base, home / "registry")
-        arm_settings = settings.replace(home=home, registry_path=home / "registry",
-                                        clickhouse_url="")
-        seed_store(arm_settings, history)
-        run_arm(arm, home, home / "registry", replay, log)
-        trades[arm], learned[arm] = read_arm(arm_settings)
+        trades[arm], learned[arm] = run_arm(arm, home, home / "registry", train, replay, log)
     rows = compare(DailyPanel.of(trades["off"], days), DailyPanel.of(trades["on"], days),
                    settings.start_equity, confidence)
     return Evaluation(
@@ -395,3 +396,7 @@ def store_evaluation(e: Evaluation, settings: Settings) -> None:
 EVALUATION_COLUMNS = ("evaluation_id", "metric", "off", "on", "diff", "diff_low", "diff_high",
                       "confidence", "ticks", "train_until", "replay_from", "replay_to",
                       "settings", "verdict", "created_ts")
+
+
+if __name__ == "__main__":  # an arm's process (run_arm)
+    arm_main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])
