@@ -4,15 +4,18 @@
                                [--bps 3.0]
     python bench/plant_edge.py --analyse $QT_HOME/evaluations/<id> [--from 2014-05-08]
 
-**The edge.** From ``--from`` on, per symbol, at each one-minute bar ``m`` (the bars the flow
-builds: minutes with quotes, in order) the sign of the last five completed bars' return of the
-*original* mid, ``s(m) = sign(ln c[m-1] - ln c[m-6])``, moves the mid in that direction by
-``--bps / 10`` basis points during bar ``m``: while the last five bars' direction persists,
-the mid drifts ``--bps`` over the next ten bars (the label horizon) on top of the market.
-The log offset accumulates, ``L(m) = L(m-1) + bps/1e4/10 x s(m)``, moves linearly inside a
-bar by the tick's time, and multiplies bid and ask alike (the relative spread is kept;
+**The edge.** From ``--from`` on, per symbol, at the close of each one-minute bar ``m`` (the
+bars the flow builds: minutes with quotes, in order) the sign of the last five bars' return of
+the *planted* mid, ``s(m) = sign(ln C'[m] - ln C'[m-5])`` (what a trader sees at that close),
+sets the drift of the next ten bars (the label horizon): during bar ``k`` the mid drifts by
+``bps / 10 x mean(s(k-10) .. s(k-1))`` basis points, so a direction that persists moves the
+mid ``--bps`` over the next ten bars, on top of the market. The planted log offset decays by
+2% a bar (``O(k) = 0.98 O(k-1) + drift(k)``), which keeps it within a few tens of basis points
+of the real price instead of compounding into a new trend. Inside a bar the offset moves
+linearly with the tick's time; it multiplies bid and ask alike (the relative spread is kept;
 crossed quotes stay crossed). Everything before ``--from`` is unchanged, so a model trained
-before it knows nothing of the edge.
+before it knows nothing of the edge. The script prints the edge it planted: the mean of
+``sign(5-bar return) x next 10-bar return`` before and after ``--from``, in basis points.
 
 **The analysis** (``--analyse``) reads an evaluation's two arms (``python -m cli.evaluate``
 on the planted file) and prints what the issue asks of a learning loop: challengers trained
@@ -42,6 +45,9 @@ MONTH = PROJECT_ROOT.parent / "shared" / "data" / "quotes" / \
 HORIZON, LOOKBACK = 10, 5
 
 
+DECAY = 0.98
+
+
 def planted_offsets(ts_ms: np.ndarray, mid: np.ndarray, start_ms: int,
                     bps: float) -> np.ndarray:
     """The log offset of each tick of one symbol (module docstring)."""
@@ -49,29 +55,55 @@ def planted_offsets(ts_ms: np.ndarray, mid: np.ndarray, start_ms: int,
     bars, first = np.unique(minute, return_index=True)
     last = np.r_[first[1:], len(minute)] - 1
     close = np.log(mid[last])
-    s = np.zeros(len(bars))
-    r5 = close[LOOKBACK:-1] - close[:-LOOKBACK - 1]  # bar m uses closes m-6 .. m-1
-    s[LOOKBACK + 1:] = np.sign(r5)
-    s[bars * 60_000 < start_ms] = 0.0
-    step = bps / 1e4 / HORIZON * s
-    end = np.cumsum(step)  # L at the end of each bar
+    n = len(bars)
+    signs = np.zeros(n)
+    offset = np.zeros(n)  # at the end of each bar
+    step = np.zeros(n)
+    for k in range(n):
+        prev = offset[k - 1] if k else 0.0
+        if bars[k] * 60_000 >= start_ms:
+            step[k] = bps / 1e4 / HORIZON * signs[max(0, k - HORIZON):k].sum() / HORIZON
+        offset[k] = DECAY * prev + step[k]
+        if k >= LOOKBACK:  # the close the trader sees, planted offset included
+            seen = close[k] + offset[k] - close[k - LOOKBACK] - offset[k - LOOKBACK]
+            signs[k] = np.sign(seen)
     bar_of_tick = np.searchsorted(bars, minute)
     frac = (ts_ms - minute * 60_000) / 60_000.0
-    return end[bar_of_tick] - step[bar_of_tick] * (1.0 - frac)
+    before = np.r_[0.0, offset[:-1]][bar_of_tick]
+    return before + (offset[bar_of_tick] - before) * frac
 
 
-def plant(src: Path, out: Path, start: datetime, bps: float) -> dict[str, float]:
+def edge_bps(ts_ms: np.ndarray, mid: np.ndarray, start_ms: int) -> tuple[float, float]:
+    """Mean ``sign(5-bar return) x next 10-bar return`` (bps) of one symbol's bar closes,
+    before and after ``start_ms``: what momentum over the label horizon earns before costs."""
+    minute = ts_ms // 60_000
+    _, first = np.unique(minute, return_index=True)
+    last = np.r_[first[1:], len(minute)] - 1
+    c = np.log(mid[last])
+    t = minute[last] * 60_000
+    gain = np.sign(c[LOOKBACK:-HORIZON] - c[:-LOOKBACK - HORIZON]) * \
+        (c[LOOKBACK + HORIZON:] - c[LOOKBACK:-HORIZON])
+    after = t[LOOKBACK:-HORIZON] >= start_ms
+    return float(gain[~after].mean() * 1e4), float(gain[after].mean() * 1e4)
+
+
+def plant(src: Path, out: Path, start: datetime,
+          bps: float) -> dict[str, float | tuple[float, float]]:
     df = pd.read_csv(src, dtype={"symbol": str, "bid": np.float64, "ask": np.float64},
                      keep_default_na=False, na_values={"bid": [""], "ask": [""]})
     ts_ms = (pd.to_datetime(df["ts"], utc=True).to_numpy("datetime64[ms]")
              .astype(np.int64))
     offset = np.zeros(len(df))
-    stats: dict[str, float] = {}
+    stats: dict[str, float | tuple[float, float]] = {}
     for symbol in sorted(df["symbol"].unique()):
         rows = np.flatnonzero(df["symbol"].to_numpy() == symbol)
         mid = (df["bid"].to_numpy()[rows] + df["ask"].to_numpy()[rows]) / 2
+        ok = np.isfinite(mid) & (mid > 0)
+        rows, mid = rows[ok], mid[ok]
         offset[rows] = planted_offsets(ts_ms[rows], mid, to_ms(start), bps)
         stats[f"{symbol} max |offset| bps"] = float(np.abs(offset[rows]).max() * 1e4)
+        before, after = edge_bps(ts_ms[rows], mid * np.exp(offset[rows]), to_ms(start))
+        stats[f"{symbol} momentum edge before / after, bps"] = (before, after)
     scale = np.exp(offset)
     for col in ("bid", "ask"):
         df[col] = [f"{x:.6f}".rstrip("0").rstrip(".") for x in df[col].to_numpy() * scale]
@@ -137,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}: +-{args.bps:g} bps over {HORIZON} bars after each "
           f"{LOOKBACK}-bar move, from {args.start}")
     for k, v in stats.items():
-        print(f"  {k}: {v:.1f}")
+        print(f"  {k}: " + (f"{v[0]:+.2f} / {v[1]:+.2f}" if isinstance(v, tuple) else f"{v:.1f}"))
 
 
 if __name__ == "__main__":
