@@ -199,8 +199,11 @@ class Settings:
     clm_drift_hours: float = _env("QT_CLM_DRIFT_HOURS", "Drift check period (event time).", 24.0)
     clm_perf_hours: float = _env("QT_CLM_PERF_HOURS",
                                  "Performance check period (event time).", 6.0)
-    clm_drift_threshold: float = _env("QT_CLM_DRIFT_THRESHOLD",
-                                      "Drift score (mean PSI) that triggers retraining.", 0.05)
+    clm_drift_threshold: float = _env(
+        "QT_CLM_DRIFT_THRESHOLD",
+        "Drift beyond sampling noise that triggers retraining: the recent window's mean PSI "
+        "against the training data, less the level same-size windows of the training data "
+        "reach by chance (95%).", 0.05)
     clm_shadow_min: int = _env("QT_CLM_SHADOW_MIN",
                                "Scored shadow bars before a challenger is first judged.", 100)
     clm_shadow_max: int = _env(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,28 +72,47 @@ def _query(home: Path, registry: Path, name: str, *params: str) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
+LEARNING_ON = {"QT_LEARNING": "true", "QT_RL_V3_UPDATE_INTERVAL": "6",
+               "QT_CLM_RETRAIN_HOURS": "24", "QT_CLM_DRIFT_HOURS": "6", "QT_CLM_SHADOW_MIN": "50",
+               "QT_CLM_SHADOW_MAX": "400", "QT_CLM_BLOCKING": "true", "QT_CLM_BUDGET": "quick"}
+
+
+def _outcome(home: Path, registry: Path) -> dict:
+    """What a learning-on replay decided: trades, verdicts, PPO updates, CLM decisions, and
+    the registry's versions and stages (wall-clock fields left out)."""
+    out = {name: _query(home, registry, name)
+           for name in ("trades", "rl_updates", "promotions", "supervisor_blocks")}
+    out["versions"] = sorted(str(p.relative_to(registry)) for p in registry.glob("*/v*"))
+    out["stages"] = {p.parent.name: json.loads(p.read_text())
+                     for p in registry.glob("*/stages.json")}
+    for stages in out["stages"].values():
+        for entry in stages.values():
+            entry.pop("promoted_at", None)
+    return out
+
+
 @pytest.mark.slow
-def test_same_trades_with_one_and_two_workers(tmp_path: Path, sample_ticks: Path,
-                                              trained_registry: Path) -> None:
-    """Determinism: the same replay with the same registry gives identical trades."""
-    one, two = tmp_path / "w1", tmp_path / "w2"
+def test_a_learning_replay_is_the_same_twice_and_with_two_workers(
+        tmp_path: Path, sample_ticks: Path, trained_registry: Path) -> None:
+    """Determinism with learning on: the same replay gives identical trades, verdicts, PPO
+    updates, CLM decisions and registry versions, twice with 1 worker and once with 2 (the
+    learners act inside the engine's event order)."""
     ticks = {"QT_TICKS": str(sample_ticks)}
-    _live(one, trained_registry, "-w", "1", **ticks)
-    _live(two, trained_registry, "-w", "2", **ticks)
-    trades = _query(one, trained_registry, "trades")
-    assert len(trades) > 10
-    assert _query(two, trained_registry, "trades") == trades
-    assert (_query(two, trained_registry, "supervisor_blocks")
-            == _query(one, trained_registry, "supervisor_blocks"))
-    # and every analytics query answers on the result (the learning ones with no rows: the
-    # learning graph is off here, tests/integration/test_learning.py covers them; and no
-    # ablation was run, tests/learning/test_ablation.py covers that)
-    learning = {"clm_cycles", "clm_cycles_per_week", "promotions", "rl_updates",
-                "shadow_vs_production", "drift_checks", "evaluations"}
+    outcomes = []
+    for run, workers in (("a", "1"), ("b", "2"), ("c", "1")):
+        registry = tmp_path / run / "registry"
+        shutil.copytree(trained_registry, registry)
+        _live(tmp_path / run, registry, "-w", workers, **ticks, **LEARNING_ON)
+        outcomes.append(_outcome(tmp_path / run, registry))
+    first = outcomes[0]
+    assert len(first["trades"]) > 10 and first["rl_updates"] and first["promotions"]
+    assert outcomes[1] == first and outcomes[2] == first
+    # and every analytics query answers on the result (no ablation was run here:
+    # tests/learning/test_ablation.py covers that one)
+    home, registry = tmp_path / "a", tmp_path / "a" / "registry"
     for name in available():
-        params = (f"trade_id={trades[0]['trade_id']}",) if name == "why_trade" else ()
-        rows = _query(one, trained_registry, name, *params)
-        assert rows or name in learning, name
+        params = (f"trade_id={first['trades'][0]['trade_id']}",) if name == "why_trade" else ()
+        assert _query(home, registry, name, *params) or name == "evaluations", name
 
 
 @pytest.mark.slow
