@@ -143,8 +143,10 @@ def compare(off: DailyPanel, on: DailyPanel, start_equity: float, confidence: fl
     return rows
 
 
-def verdict(rows: Sequence[MetricRow], learned: dict[str, int], confidence: float) -> str:
-    """The evaluation in plain words (net PnL decides; what learning did is said too)."""
+def verdict(rows: Sequence[MetricRow], learned: dict[str, int], confidence: float,
+            same_trades: bool = False) -> str:
+    """The evaluation in plain words (net PnL decides; what learning did is said too, and when
+    both arms took exactly the same trades, that only the sizes differ)."""
     pnl = next(r for r in rows if r.metric == "net_pnl")
     level = f"{confidence:.0%}"
     span = f"on - off = {pnl.diff:+,.2f} [{pnl.low:+,.2f}, {pnl.high:+,.2f}]"
@@ -162,6 +164,9 @@ def verdict(rows: Sequence[MetricRow], learned: dict[str, int], confidence: floa
            "retired).")
     if learned["rl_updates"] == 0 and learned["promotions"] == 0:
         did += " Nothing it learned changed a decision, so the arms can only differ by noise."
+    elif same_trades:
+        did += (" Both arms took exactly the same trades: the difference is only the position "
+                "sizes the updated policy chose.")
     return head + did
 
 
@@ -370,7 +375,9 @@ def run_evaluation(ticks: str, train_until: datetime, settings: Settings, quick:
     return Evaluation(
         evaluation_id, [p.name for p in files], train_until, from_ms(days[0] * DAY_MS),
         from_ms((days[-1] + 1) * DAY_MS - 1), len(days), changed, rows, learned,
-        verdict(rows, learned["on"], confidence), confidence,
+        verdict(rows, learned["on"], confidence,
+                {t["trade_id"] for t in trades["off"]} == {t["trade_id"] for t in trades["on"]}),
+        confidence,
         report_extra(trades) if report_extra is not None else [])
 
 

@@ -67,6 +67,8 @@ def test_nothing_learned_is_said_plainly() -> None:
     rows = compare(panel([1.0] * 6), panel([1.0] * 6), 100_000.0)
     text = verdict(rows, dict.fromkeys(LEARNED, 0), 0.95)
     assert "Nothing it learned changed a decision" in text
+    sized = verdict(rows, LEARNED | {"promotions": 0}, 0.95, same_trades=True)
+    assert "only the position sizes" in sized
 
 
 def test_split_keeps_the_header_and_cuts_at_the_time(sample_ticks: Path, tmp_path: Path) -> None:
