@@ -1,9 +1,9 @@
 """RL sizing: the production PPO policy turns a tradable signal into (size, TP %, SL %).
 
-- State: :class:`rl.state.RLState` of the symbol's sub-account when the order fills (after an
-  opposite position is closed), the signal's confidence and direction, and ``vol_daily``.
-  ``exposure`` is the notional of the position the order reverses, over equity (0 when flat):
-  a symbol's execution step sees only its own sub-account.
+- State: :class:`rl.state.RLState`, built by the portfolio when the order fills (after an
+  opposite position is closed, :meth:`operators.portfolio.Portfolio.begin_fill`): the symbol's
+  sub-account, the signal's confidence and direction, ``vol_daily``, and ``exposure``, the
+  notional of every open position over the whole account's equity.
 - Acting: stochastic when ``QT_RL_V3_TRAINING_ENABLED`` (and RL is enabled and not in shadow
   mode), otherwise the distribution's mode. Exploration noise is drawn from a generator seeded
   by (symbol, bar end), so a replay draws the same actions whatever the worker count. Each

@@ -17,8 +17,9 @@ component               range (clipped)   if NaN       meaning
 ``mean_pnl_pct``        [-10, 10]         0.0          mean net PnL of the last N closed
                                                        trades, percent of each one's notional
 ``drawdown``            [0, 1]            0.0          1 - equity / peak equity (sub-account)
-``exposure``            [0, 10]           0.0          notional of all open positions / total
-                                                       equity of all sub-accounts
+``exposure``            [0, 10]           0.0          notional of all open positions at the
+                                                       order's fill / the account's equity
+                                                       (QT_START_EQUITY + realised PnL)
 ``confidence``          [0, 1]            0.0          the signal's confidence
 ``direction``           [-1, 1]           0.0          +1 BUY, -1 SELL
 ======================  ================  ===========  =====================================
