@@ -86,10 +86,12 @@ class PolicyLearner:
         self.registry = registry
         self.policy = policy
         self.buffer: list[Transition] = []
+        self.oldest_ms = 0  # the exits of the batch being collected: the span an update used
         self.newest_ms = 0
         self.counts: dict[str, int] = {}
         if state is not None:
             self.buffer = list(state["buffer"])
+            self.oldest_ms = state.get("oldest_ms", 0)
             self.newest_ms = state["newest_ms"]
             self.counts = dict(state["counts"])
             if state.get("pinned"):
@@ -108,8 +110,11 @@ class PolicyLearner:
         if t is None:
             self.counts["not_learnable"] = self.counts.get("not_learnable", 0) + 1
             return []
+        exit_ms = to_ms(j.closed.exit_ts)
+        if not self.buffer:
+            self.oldest_ms = exit_ms
         self.buffer.append(t)
-        self.newest_ms = max(self.newest_ms, to_ms(j.closed.exit_ts))
+        self.newest_ms = max(self.newest_ms, exit_ms)
         if len(self.buffer) < self.cfg.update_interval:
             return []
         batch, self.buffer = self.buffer, []
@@ -123,7 +128,8 @@ class PolicyLearner:
             if m.transitions:
                 version = self.registry.publish(
                     POLICY_NAME, runtime.save, stage=Stage.PRODUCTION,
-                    feature_set=FEATURE_SET_VERSION,
+                    feature_set=FEATURE_SET_VERSION, data_from=from_ms(self.oldest_ms),
+                    data_to=from_ms(self.newest_ms),
                     metrics={"mean_reward": m.mean_reward, "transitions": m.transitions,
                              "param_change_norm": m.param_change_norm},
                     params={"policy": runtime.version, "trigger": "rl_update"},
@@ -137,7 +143,8 @@ class PolicyLearner:
     def finish(self) -> list[RLUpdate]:
         """End of input: a partial batch waits for the next run (module docstring)."""
         if self.cfg.enabled and self.buffer and self.policy.version is not None:
-            doc = {"after": self.policy.version, "newest_ms": self.newest_ms,
+            doc = {"after": self.policy.version, "oldest_ms": self.oldest_ms,
+                   "newest_ms": self.newest_ms,
                    "transitions": [t.to_dict() for t in self.buffer]}
             path = self.pending_path
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +162,7 @@ class PolicyLearner:
             if doc.get("after") != self.policy.version:
                 return  # written before a later update: its transitions were used, or stale
             self.buffer = [Transition.from_dict(t) for t in doc["transitions"]]
+            self.oldest_ms = int(doc.get("oldest_ms", doc["newest_ms"]))
             self.newest_ms = int(doc["newest_ms"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable %s: %s", path, exc)
@@ -162,8 +170,9 @@ class PolicyLearner:
         log.info("PPO: %d transitions carried over from the last run", len(self.buffer))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"buffer": list(self.buffer), "newest_ms": self.newest_ms,
-                "counts": dict(self.counts), "pinned": self.policy.pinned}
+        return {"buffer": list(self.buffer), "oldest_ms": self.oldest_ms,
+                "newest_ms": self.newest_ms, "counts": dict(self.counts),
+                "pinned": self.policy.pinned}
 
 
 @operator

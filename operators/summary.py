@@ -62,6 +62,11 @@ LABELS: dict[str, str] = {
     "clm.decided": "  decided",
     "clm.promoted": "  models promoted",
     "clm.retired": "  models retired",
+    "execution.signals_same_side": "signals beside an open position",
+    "execution.orders_superseded": "orders replaced before their fill",
+    "execution.orders_unfilled": "orders unfilled at end of input",
+    "execution.orders_unsized": "orders the policy could not size",
+    "ensemble.votes_scored_in_engine": "votes scored late (new versions)",
 }
 
 
