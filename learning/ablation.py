@@ -159,15 +159,20 @@ def verdict(rows: Sequence[MetricRow], learned: dict[str, int], confidence: floa
         head = f"Learning on earned less than learning off, significant at {level}: {span}."
     else:
         head = f"No significant difference in net PnL at {level}: {span}."
-    did = (f" Learning made {learned['rl_updates']} PPO updates and {learned['clm_cycles']} CLM "
-           f"cycles ({learned['promotions']} challengers promoted, {learned['retirements']} "
-           "retired).")
+    did = (f" Learning made {_n(learned['rl_updates'], 'PPO update')} and "
+           f"{_n(learned['clm_cycles'], 'CLM cycle')} ("
+           f"{_n(learned['promotions'], 'challenger')} promoted, "
+           f"{learned['retirements']} retired).")
     if learned["rl_updates"] == 0 and learned["promotions"] == 0:
         did += " Nothing it learned changed a decision, so the arms can only differ by noise."
     elif same_trades:
         did += (" Both arms took exactly the same trades: the difference is only the position "
                 "sizes the updated policy chose.")
     return head + did
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # --- the evaluation itself -----------------------------------------------------------------------
@@ -190,7 +195,7 @@ class Evaluation:
         head = [f"== learning ablation {self.evaluation_id} " + "=" * 20,
                 f"  ticks        {', '.join(self.ticks)}",
                 f"  trained on   everything before {iso(self.train_until)}",
-                f"  replayed     {iso(self.replay_from)} .. {iso(self.replay_to)} "
+                f"  replayed     {iso(self.replay_from)[:10]} .. {iso(self.replay_to)[:10]} "
                 f"({self.days} days with market data)",
                 f"  settings     {json.dumps(self.settings, sort_keys=True) or '{}'}", ""]
         cols = f"  {'metric':<14}{'off':>14}{'on':>14}{'on - off':>14}   " \
