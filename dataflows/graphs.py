@@ -27,7 +27,7 @@ from connectors.replay import ReplaySource, expand_paths
 from learning.clm import ClmConfig, ContinuousLearner
 from learning.cycles import ClmDeps, CycleRunner
 from learning.rl_learner import LearnerConfig, PolicyLearner, learn_policy, transition_of
-from learning.trainer import CycleConfig, TrainingJob
+from learning.trainer import CycleConfig, InlineTraining, TrainingJob
 from learning.triggers import RetrainRequests
 from models.labels import LabelConfig
 from models.registry import ModelRegistry, open_registry
@@ -209,7 +209,7 @@ def engine(md: MarketData, scored: KeyedStream[ScoredStep],
 
 def _clm_factory(settings: Settings, registry: ModelRegistry,
                  store: Store) -> Callable[[ActiveModels, Any], ContinuousLearner]:
-    trainer = TrainingJob()
+    trainer = InlineTraining() if settings.clm_blocking else TrainingJob()
     atexit.register(trainer.shutdown)
     cfg = ClmConfig.from_settings(settings)
     label_cfg = LabelConfig.from_settings(settings)

@@ -34,7 +34,14 @@ import numpy as np
 
 from learning.drift import MODEL_NAME as REFERENCE
 from learning.drift import FeatureReference
-from learning.trainer import CycleConfig, CycleResult, TrainingError, TrainingJob, copy_writer
+from learning.trainer import (
+    CycleConfig,
+    CycleResult,
+    InlineTraining,
+    TrainingError,
+    TrainingJob,
+    copy_writer,
+)
 from learning.triggers import RetrainRequests, Trigger
 from models.base import MODEL_NAMES
 from models.dataset import History, TrainingSet, feature_matrix
@@ -121,7 +128,7 @@ class ClmDeps:
 
     registry: ModelRegistry
     store: Store
-    trainer: TrainingJob
+    trainer: TrainingJob | InlineTraining
     requests: RetrainRequests
     work_dir: Path
     train_config: CycleConfig

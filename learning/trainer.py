@@ -680,6 +680,58 @@ def _set_priority(pid: int, priority: int) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, priority)
 
 
+class InlineTraining:
+    """Runs :func:`train_all` in this process, at :meth:`start` (``QT_CLM_BLOCKING``): the
+    flow waits for the cycle anyway, so the ~5 s of a child's start-up and imports buy
+    nothing. Holds :data:`models.base.MODEL_LOCK` while it trains (building neuralforecast
+    modules beside another worker's forward is not thread-safe). The interface of
+    :class:`TrainingJob`."""
+
+    def __init__(self) -> None:
+        self._result: CycleResult | None = None
+        self._error: BaseException | None = None
+        self._out_dir: Path | None = None
+
+    @property
+    def running(self) -> bool:
+        return False
+
+    def start(self, history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,
+              config: CycleConfig, out_dir: Path,
+              warm_from: Mapping[str, Path] | None = None,
+              since_ms: int | None = None) -> None:
+        if self._result is not None or self._error is not None:
+            raise RuntimeError("a training cycle's result was not collected with poll()")
+        from models.base import MODEL_LOCK
+
+        self._out_dir = Path(out_dir)
+        started = time.perf_counter()
+        try:
+            with MODEL_LOCK:
+                result = train_all(recent_history(history, config.max_rows), extra_rows,
+                                   label_cfg, config, self._out_dir, warm_from, since_ms)
+            self._result = replace(result, wall_seconds=time.perf_counter() - started)
+        except Exception as exc:  # reported by poll(), as a child's failure would be
+            self._error = exc
+
+    def poll(self) -> CycleResult | None:
+        result, error = self._result, self._error
+        self._result = self._error = None
+        if error is not None:
+            raise TrainingError(f"training cycle into {self._out_dir} failed: "
+                                f"{type(error).__name__}: {error}") from error
+        return result
+
+    def wait(self, timeout: float | None = None) -> CycleResult:
+        result = self.poll()
+        if result is None:
+            raise RuntimeError("no training cycle to wait for")
+        return result
+
+    def shutdown(self) -> None:
+        self._result = self._error = None
+
+
 class TrainingJob:
     """Runs :func:`train_all` in a child process, one cycle at a time.
 
