@@ -23,6 +23,7 @@ from learning.trainer import (
     MODEL_CLASSES,
     CycleConfig,
     CycleResult,
+    InlineTraining,
     TrainingError,
     TrainingJob,
     concat_rows,
@@ -238,6 +239,18 @@ def test_child_error_surfaces_from_poll(tmp_path: Path) -> None:
         assert not job.running and job.poll() is None  # reported once; the job is free again
     finally:
         job.shutdown()
+
+
+def test_inline_training_reports_like_the_child(tmp_path: Path) -> None:
+    """QT_CLM_BLOCKING trains in the flow's process with the same interface: an error is
+    reported once by poll (and wait), a result once."""
+    job = InlineTraining()
+    job.start(History(), None, LABELS, CycleConfig.quick(), tmp_path / "a")
+    with pytest.raises(TrainingError, match="0 labelled rows"):
+        job.wait()
+    assert job.poll() is None
+    with pytest.raises(RuntimeError, match="no training cycle"):
+        job.wait()
 
 
 def test_one_cycle_at_a_time_niced_child_and_shutdown_stops_it(history: History,
