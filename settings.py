@@ -93,6 +93,19 @@ class Settings:
     )
     kafka_batch_size: int = _env("QT_KAFKA_BATCH_SIZE",
                                  "Messages per Kafka poll (one poll = one stream item).", 5000)
+    idle_partition_ms: int = _env(
+        "QT_IDLE_PARTITION_MS",
+        "Wall time a live input partition may have nothing to read before it stops holding "
+        "back the decisions of the others (it counts again with its next data).", 10_000)
+    kafka_outage_s: float = _env(
+        "QT_KAFKA_OUTAGE_S",
+        "Seconds the Kafka source waits for a lost broker or partition to come back before "
+        "the flow stops with an error naming them (resume from recovery: nothing is lost).",
+        120.0)
+    max_decision_queue: int = _env(
+        "QT_MAX_DECISION_QUEUE",
+        "Bars the decision engine may hold waiting for a slow input partition; beyond it, "
+        "that partition is treated as idle (a warning says which).", 200_000)
 
     # --- bars and features -----------------------------------------------------------------
     bar_seconds: int = _env("QT_BAR_SECONDS", "Bar length in seconds (event time).", 60)

@@ -190,7 +190,7 @@ def engine(md: MarketData, scored: KeyedStream[ScoredStep],
            settings: Settings) -> Stream[EngineOutput]:
     """scored bars + input progress -> the decision engine (decisions, trades, learning)."""
     progress = op.map("progress", md.validated, lambda v: Progress(
-        v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final))
+        v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final, v.tag.idle))
     store = open_store(settings)  # the registry's records, the CLM's data
     atexit.register(store.close)
     registry = open_registry(settings, store)

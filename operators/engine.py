@@ -27,6 +27,7 @@ arrives when it arrives).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -61,6 +62,8 @@ from schemas.tables import trade_outcome
 from schemas.timeutil import to_ms
 from schemas.trades import JoinedTrade, JoinSource, TradeClosed
 
+log = logging.getLogger(__name__)
+
 
 class BarLearner(Protocol):
     """What the engine needs of a learner that watches bars and trades (the CLM)."""
@@ -78,12 +81,13 @@ class EngineConfig:
     execution: ExecConfig = field(default_factory=ExecConfig)
     sizing: SizingConfig = field(default_factory=SizingConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    max_queue: int = 200_000  # QT_MAX_DECISION_QUEUE
 
     @classmethod
     def from_settings(cls, s: Any) -> EngineConfig:
         return cls(EnsembleConfig.from_settings(s), SupervisorConfig.from_settings(s),
                    ExecConfig.from_settings(s), SizingConfig.from_settings(s),
-                   LearnerConfig.from_settings(s))
+                   LearnerConfig.from_settings(s), s.max_decision_queue)
 
     @property
     def reward(self) -> RewardWeights:
@@ -162,6 +166,7 @@ class DecisionEngine:
             if version is not None:
                 self.policy.pin(version)
         self.clm = None if deps.clm is None else deps.clm(self.models, state.get("clm"))
+        self.max_waiting: int = state.get("max_waiting", 0)
 
     # --- input ---------------------------------------------------------------------------------
     def push(self, item: ScoredStep | Progress) -> list[EngineOutput]:
@@ -169,7 +174,18 @@ class DecisionEngine:
             self.clocks.progress(item)
         else:
             self._add(item)
-        return self._run(self.clocks.horizon())
+        out = self._run(self.clocks.horizon())
+        self.max_waiting = max(self.max_waiting, self.portfolio.waiting)
+        if self.portfolio.waiting > self.cfg.max_queue:
+            slow = self.clocks.force_idle()
+            if slow is not None:
+                log.warning("decision engine: %d bars wait for input partition %s; treating it "
+                            "as idle (QT_MAX_DECISION_QUEUE=%d)", self.portfolio.waiting, slow,
+                            self.cfg.max_queue)
+                out += self._run(self.clocks.horizon())
+                if out:
+                    out[-1].counts["engine.partitions_forced_idle"] += 1
+        return out
 
     def _add(self, step: ScoredStep) -> None:
         fs = step.features
@@ -192,6 +208,7 @@ class DecisionEngine:
         if self.clm is not None:
             last.cycles += self.clm.finish()
         last.counts.update(self._book_counts())
+        last.counts["engine.decision_queue_max"] = self.max_waiting
         return [last]
 
     # --- the event loop ----------------------------------------------------------------------
@@ -272,6 +289,7 @@ class DecisionEngine:
             "weights": None if self.weights is None else self.weights.snapshot(),
             "rl": None if self.rl is None else self.rl.snapshot(),
             "clm": None if self.clm is None else self.clm.snapshot(),
+            "max_waiting": self.max_waiting,
         }
 
 

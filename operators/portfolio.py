@@ -398,6 +398,7 @@ class Portfolio:
         self.ledger = Ledger(cfg.start_equity)
         self._heap: list[tuple[int, str, int, int]] = []
         self._scheduled: dict[str, tuple[int, str, int, int]] = {}
+        self.waiting = 0  # bars waiting for their decision (the decision queue)
 
     # --- input ------------------------------------------------------------------------------
     def book(self, symbol: str) -> SymbolBook:
@@ -415,6 +416,7 @@ class Portfolio:
         start = b.tape.append(ticks)
         for close_index, clock, bar_end_ms, payload in bars:
             b.closes.append(PendingBar(start + close_index, clock, bar_end_ms, payload))
+        self.waiting += len(bars)
         b.rescan()
         self._schedule(symbol)
 
@@ -451,6 +453,7 @@ class Portfolio:
 
     def bar(self, event: Event) -> PendingBar:
         """The bar a DECIDE event is about (taken off the symbol's queue)."""
+        self.waiting -= 1
         return self.books[event.symbol].closes.popleft()
 
     def apply(self, event: Event, bar: PendingBar, decision: BarDecision) -> None:
@@ -622,6 +625,7 @@ class Portfolio:
         p.ledger = state["ledger"].copy()
         for symbol in sorted(p.books):
             p._schedule(symbol)
+        p.waiting = sum(len(b.closes) for b in p.books.values())
         return p
 
 

@@ -67,6 +67,8 @@ LABELS: dict[str, str] = {
     "execution.orders_unfilled": "orders unfilled at end of input",
     "execution.orders_unsized": "orders the policy could not size",
     "ensemble.votes_scored_in_engine": "votes scored late (new versions)",
+    "engine.decision_queue_max": "most bars waiting for a decision",
+    "engine.partitions_forced_idle": "slow partitions treated as idle",
 }
 
 

@@ -158,7 +158,8 @@ class TickValidator:
                             rows.ts_ms[idx],
                             rows.symbol[idx].tolist(), at, reason[idx].tolist(), rows.raw(idx))
 
-        tag = BlockTag(rows.partition, self.blocks, len(batches), self.clock_ms, rows.final)
+        tag = BlockTag(rows.partition, self.blocks, len(batches), self.clock_ms, rows.final,
+                       rows.idle)
         self.blocks += 1
         return Validated(rows.partition, rows.rows_in, batches, dead, tag)
 

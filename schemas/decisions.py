@@ -79,7 +79,7 @@ class Progress:
 
     The block produced ``parts`` per-symbol pieces; once they (and this message) have reached
     the supervisor, the partition's clock has passed ``clock_ms``. ``final`` marks the last
-    block of a partition.
+    block of a partition, ``idle`` a partition with nothing to read.
     """
 
     partition: str
@@ -87,3 +87,4 @@ class Progress:
     parts: int
     clock_ms: int
     final: bool
+    idle: bool = False

@@ -126,11 +126,13 @@ class TickRows:
     extra_dead: list[tuple[str, int, str, str]] = field(default_factory=list)
     raw_batch: pa.RecordBatch | None = None
     raw_text: list[str] | None = None
-    # Set by the source: which input partition, this block's sequence number in it, and
-    # whether it is the partition's last block.
+    # Set by the source: which input partition, this block's sequence number in it, whether
+    # it is the partition's last block, and whether it only says the partition is idle (no
+    # data for QT_IDLE_PARTITION_MS of wall time: it must not hold back the others).
     partition: str = ""
     seq: int = 0
     final: bool = False
+    idle: bool = False
 
     def __len__(self) -> int:
         return len(self.ts_ms)
@@ -138,11 +140,23 @@ class TickRows:
     @classmethod
     def end_of(cls, partition: str, seq: int) -> TickRows:
         """The empty last block a source emits when a partition is exhausted."""
+        return cls.empty(partition, seq, final=True)
+
+    @classmethod
+    def idle_marker(cls, partition: str, seq: int) -> TickRows:
+        """The empty block a live source emits when a partition has had nothing to read for
+        ``QT_IDLE_PARTITION_MS``: the decision engine stops waiting for it until it has data
+        again (:mod:`operators.clocks`)."""
+        return cls.empty(partition, seq, idle=True)
+
+    @classmethod
+    def empty(cls, partition: str, seq: int, final: bool = False,
+              idle: bool = False) -> TickRows:
         f, i = np.zeros(0), np.zeros(0, dtype=np.int8)
         return cls(sources=(), src=np.zeros(0, dtype=np.int16), row_no=np.zeros(0, np.int64),
                    ts_ms=np.zeros(0, np.int64), symbol=np.zeros(0, dtype=object), origin=i,
                    price=f, bid=f, ask=f, size=f, side=i, partition=partition, seq=seq,
-                   final=True)
+                   final=final, idle=idle)
 
     @property
     def rows_in(self) -> int:
@@ -269,7 +283,8 @@ class BlockTag:
 
     ``seq`` numbers the partition's blocks; ``parts`` is how many per-symbol pieces the block
     was split into (0 when none of its rows were valid ticks); ``clock_ms`` is the partition's
-    clock (newest valid event time) after the block; ``final`` marks its last block.
+    clock (newest valid event time) after the block; ``final`` marks its last block, ``idle``
+    an empty block saying the partition has nothing to read (:meth:`TickRows.idle_marker`).
     """
 
     partition: str
@@ -277,6 +292,7 @@ class BlockTag:
     parts: int
     clock_ms: int
     final: bool = False
+    idle: bool = False
 
 
 @dataclass(slots=True)
