@@ -24,6 +24,7 @@ from bytewax.operators import KeyedStream
 from connectors.clickhouse import ClickHouseSink, TableWriter
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.replay import ReplaySource, expand_paths
+from connectors.stoppable import Stoppable
 from learning.clm import ClmConfig, ContinuousLearner
 from learning.cycles import ClmDeps, CycleRunner
 from learning.rl_learner import LearnerConfig, PolicyLearner, learn_policy, transition_of
@@ -122,7 +123,10 @@ def market_data(flow: Dataflow, settings: Settings,
                 source: Source[TickRows] | None = None) -> MarketData:
     """source -> validate -> per-symbol bars -> features."""
     source = source if source is not None else tick_source(settings)
-    partitions = list(source.list_parts()) if isinstance(source, FixedPartitionedSource) else []
+    partitions = []
+    if isinstance(source, FixedPartitionedSource):
+        partitions = list(source.list_parts())
+        source = Stoppable(source)  # SIGINT / SIGTERM end it early, state kept (runtime.py)
     rows = op.input("ticks", flow, source)
     validated = validate_ticks("validate", rows, settings.max_backwards_ms, settings.symbols)
     pieces = op.flat_map("by_symbol", validated, Validated.pieces)

@@ -21,6 +21,7 @@ from bytewax.dataflow import Dataflow
 
 from connectors.kafka import KafkaUrl
 from dataflows import graphs
+from runtime import install_stop_handlers
 from schemas import codec
 from schemas.dead_letters import DeadLetters, Stage
 from schemas.tables import dead_letter_rows
@@ -49,6 +50,7 @@ def decode(msg: object) -> TradeOpened | TradeClosed | DeadLetters:
 
 def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
+    install_stop_handlers()
     if not settings.trade_events.startswith("kafka://"):
         raise ValueError("dataflows.learning reads QT_TRADE_EVENTS=kafka://host:port/topic; "
                          "with the embedded store the live flow runs the learning graph itself")

@@ -19,6 +19,7 @@ from bytewax.dataflow import Dataflow
 from dataflows import graphs
 from models.base import MODEL_NAMES, POLICY_NAME
 from models.registry import open_registry
+from runtime import install_stop_handlers
 from settings import Settings
 from storage.store import open_store
 
@@ -42,6 +43,7 @@ def ensure_models(settings: Settings) -> None:
 
 def build_live_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
+    install_stop_handlers()
     ensure_models(settings)
     flow = Dataflow("live")
     market = graphs.market_data(flow, settings)

@@ -211,6 +211,19 @@ class DecisionEngine:
         last.counts["engine.decision_queue_max"] = self.max_waiting
         return [last]
 
+    def stopped(self) -> list[EngineOutput]:
+        """A requested stop: what arrived and can be decided is, nothing is closed; the
+        archive is flushed and a partial PPO batch kept, as at the end of input."""
+        out = self._run(self.clocks.horizon())
+        last = out[0] if out else EngineOutput()
+        if self.rl is not None:
+            last.updates += self.rl.finish()
+        if self.clm is not None:
+            self.clm.runner.flush()  # type: ignore[attr-defined]
+        last.counts.update(self._book_counts())
+        last.counts["engine.decision_queue_max"] = self.max_waiting
+        return [last]
+
     # --- the event loop ----------------------------------------------------------------------
     def _run(self, horizon: float) -> list[EngineOutput]:
         out = EngineOutput()

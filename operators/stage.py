@@ -5,6 +5,10 @@ they can be tested as plain Python. A stage has ``push(value) -> list`` for each
 ``finish() -> list`` at end of input, and ``snapshot()`` for recovery. :class:`StageLogic`
 runs one such object per key; the object is created from the key's first item (so it can
 learn its symbol) or restored from a snapshot.
+
+When the input ended because a stop was requested (:data:`runtime.STOP`), ``finish`` is not
+called: end-of-input rules (closing the open bar, closing positions) would change what a
+resume continues from. A stage that must act on a stop defines ``stopped() -> list``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 from bytewax.operators import StatefulLogic
+
+from runtime import STOP
 
 V = TypeVar("V")
 W = TypeVar("W")
@@ -41,6 +47,9 @@ class StageLogic(StatefulLogic[V, W, Any], Generic[V, W, S]):
     def on_eof(self) -> tuple[Iterable[W], bool]:
         if self._stage is None:
             return (), StatefulLogic.RETAIN
+        if STOP.requested:
+            stopped = getattr(self._stage, "stopped", None)
+            return (stopped() if stopped is not None else ()), StatefulLogic.RETAIN
         return self._stage.finish(), StatefulLogic.RETAIN
 
     def snapshot(self) -> Any:

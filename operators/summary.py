@@ -19,6 +19,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
 from operators.stage import stage_builder
+from runtime import STOP
 
 Counts = dict[str, int]
 
@@ -78,6 +79,7 @@ class Summary:
     elapsed_s: float
     pnl: tuple[float, ...] = ()  # closed trades' net PnL in exit-time order
     start_equity: float = 0.0
+    stopped: str | None = None  # the signal that stopped the run before its input ended
 
     @property
     def win_rate(self) -> float:
@@ -126,6 +128,10 @@ class Summary:
             lines.append(f"  {'win rate':<{width}}  {self.win_rate:>14.1%}")
             lines.append(f"  {'net PnL':<{width}}  {self.net_pnl:>14,.2f}")
             lines.append(f"  {'max drawdown':<{width}}  {self.max_drawdown:>14.2%}")
+        if self.stopped:
+            lines.append(f"  STOPPED by {self.stopped}: open positions, bars and learning state "
+                         "are kept; run the same command to go on (with -r, from where it "
+                         "stopped)")
         lines.append(f"  {'elapsed':<{width}}  {self.elapsed_s:>12.1f} s")
         lines.append(f"  {'ticks/s':<{width}}  {self.ticks_per_second:>14,.0f}")
         lines.append("=" * 48)
@@ -149,7 +155,11 @@ class RunTotals:
     def finish(self) -> list[Summary]:
         ordered = sorted(self.closes, key=lambda p: (p.exit_ms, p.trade_id))
         return [Summary(dict(self.totals), time.monotonic() - self.started,
-                        tuple(p.net_pnl for p in ordered), self.start_equity)]
+                        tuple(p.net_pnl for p in ordered), self.start_equity,
+                        STOP.signal_name if STOP.requested else None)]
+
+    def stopped(self) -> list[Summary]:
+        return self.finish()  # the summary is printed after a stop too
 
     def snapshot(self) -> tuple[Counts, list[PnlPoint]]:
         return dict(self.totals), list(self.closes)

@@ -57,6 +57,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulLogic
 
+from runtime import STOP
 from schemas.dead_letters import DeadLetters, Stage
 from schemas.timeutil import to_ms
 from schemas.trades import (
@@ -295,6 +296,8 @@ class TradeJoinLogic(StatefulLogic[TradeEvent, JoinOut, Any]):
     def on_eof(self) -> tuple[list[JoinOut], bool]:
         if self.joiner is None:
             return [], StatefulLogic.DISCARD
+        if STOP.requested:  # a stop, not the end: the pending half waits for the resume
+            return [], StatefulLogic.RETAIN
         return self._result(self.joiner.finish())
 
     def notify_at(self) -> datetime | None:

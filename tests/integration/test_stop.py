@@ -1,0 +1,54 @@
+"""Stopping a flow: SIGINT or SIGTERM ends it within seconds with its summary and flushed
+sinks, keeping its state, and a resume from recovery finishes exactly like a run that was
+never stopped."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from settings import PROJECT_ROOT
+from tests.integration.test_trading import _env, _live, _query
+
+
+@pytest.mark.slow
+def test_stop_with_sigint_then_sigterm_and_resume(tmp_path: Path, sample_ticks: Path,
+                                                  trained_registry: Path) -> None:
+    ticks = {"QT_TICKS": str(sample_ticks)}
+    reference = tmp_path / "reference"
+    _live(reference, trained_registry, **ticks)
+    expected = _query(reference, trained_registry, "trades")
+
+    home = tmp_path / "stopped"
+    recovery = home / "recovery"
+    recovery.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True,
+                   cwd=PROJECT_ROOT, env=_env(home, trained_registry))
+    args = [sys.executable, "-m", "bytewax.run", "dataflows.live", "-r", str(recovery),
+            "-s", "1", "-b", "0"]
+    paced = _env(home, trained_registry, **ticks, QT_REPLAY_SPEED="6000")  # ~30 s of replay
+    seen = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=paced, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while proc.poll() is None and not (home / "clickhouse").exists():
+            time.sleep(0.1)
+        time.sleep(4.0)  # well into the replay
+        assert proc.poll() is None, "the paced replay ended before it could be stopped"
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+        assert proc.returncode == 0, err[-2000:]
+        assert took < 15.0, f"{sig.name}: stopped after {took:.1f} s"
+        assert f"STOPPED by {sig.name}" in out and "trades opened" in out
+        assert "Traceback" not in err
+        seen.append(len(_query(home, trained_registry, "trades")))  # flushed before exit
+    assert 0 < seen[0] <= seen[1] < len(expected)
+    _live(home, trained_registry, "-r", str(recovery), "-s", "1", "-b", "0", **ticks)
+    assert _query(home, trained_registry, "trades") == expected
