@@ -27,7 +27,8 @@ from connectors.replay import ReplaySource, expand_paths
 from connectors.stoppable import Stoppable
 from learning.clm import ClmConfig, ContinuousLearner
 from learning.cycles import ClmDeps, CycleRunner
-from learning.rl_learner import LearnerConfig, PolicyLearner, learn_policy, transition_of
+from learning.learner import LearnedOutput, LearnerDeps, Sequenced, learn_in_order
+from learning.rl_learner import LearnerConfig, PolicyLearner
 from learning.trainer import CycleConfig, InlineTraining, TrainingJob
 from learning.triggers import RetrainRequests
 from models.labels import LabelConfig
@@ -38,15 +39,13 @@ from operators.ensemble import EnsembleConfig, RegistryModels, ScoredStep, Score
 from operators.features import compute_features
 from operators.sizing import PolicySource
 from operators.summary import Counts, PnlPoint, run_summary
-from operators.trade_join import join_trades
 from operators.validate import Validated, validate_ticks
 from operators.versions import ActiveModels
-from rl.reward import RewardWeights, trade_reward
 from schemas.bars import Bar, BarStep
 from schemas.dead_letters import DeadLetters
 from schemas.decisions import Progress
 from schemas.features import FeatureStep
-from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus, RLUpdate
+from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus
 from schemas.tables import (
     BARS,
     CLM_CYCLES,
@@ -66,14 +65,12 @@ from schemas.tables import (
     feature_rows,
     outcome_rows,
     signal_rows,
-    trade_outcome,
     trade_rows,
     verdict_rows,
 )
 from schemas.ticks import TickRows
 from schemas.timeutil import to_ms
 from schemas.trades import (
-    JoinedTrade,
     TradeClosed,
     TradeOpened,
     encode_event,
@@ -199,8 +196,9 @@ def engine(md: MarketData, scored: KeyedStream[ScoredStep],
     atexit.register(store.close)
     registry = open_registry(settings, store)
     cfg = EngineConfig.from_settings(settings)
+    publish = settings.trade_events.startswith("kafka://")
     deps = EngineDeps(registry, md.partitions, learning=inline_learning(settings),
-                      dynamic_weights=settings.dynamic_weights)
+                      publish=publish, dynamic_weights=settings.dynamic_weights)
     if deps.learning:
         learner_cfg = LearnerConfig.from_settings(settings)
         if learner_cfg.enabled:
@@ -306,65 +304,67 @@ def cycle_counts(c: ClmCycle) -> Counts:
     return out
 
 
-def publish_trade_events(out: Stream[EngineOutput], url: str) -> None:
-    """Trade events to a Kafka topic (``QT_TRADE_EVENTS=kafka://host:port/trade-events``),
-    JSON keyed by trade id, for a learning flow in another process."""
+def publish_learning_events(out: Stream[EngineOutput], url: str) -> None:
+    """The engine's learning events (decided bars, trade events, numbered in its order) to a
+    Kafka topic (``QT_TRADE_EVENTS=kafka://host:port/trade-events``), all with one key so that
+    one partition keeps the order, for the learning flow in another process."""
     target = KafkaUrl.parse(url)
-    messages = op.flat_map("trade_event_messages", out, lambda o: [
-        KafkaSinkMessage(e.event.trade_id.encode(), encode_event(e.event)) for e in o.trades])
-    op.output("trade_events_out", messages,
+    messages = op.flat_map("learning_event_messages", out, lambda o: [
+        KafkaSinkMessage(b"engine", encode_event(event, seq)) for seq, event in o.published])
+    op.output("learning_events_out", messages,
               KafkaSink(list(target.brokers), target.topic, add_config=KAFKA_PRODUCER))
 
 
-@dataclass
-class Learning:
-    """The streams of the two-process learning flow (trade events from Kafka)."""
-
-    joined: Stream[JoinedTrade]
-    updates: Stream[RLUpdate]
-    dead: Stream[DeadLetters]
-
-
-def learning(events: Stream[TradeOpened | TradeClosed], settings: Settings) -> Learning:
-    """trade events -> join with the entry state -> PPO updates (the learning process of the
-    Kafka deployment; the embedded live flow runs the same learner inside its engine)."""
-    store = open_store(settings)  # the join's fallback, the registry's records
+def learning(events: Stream[Sequenced | DeadLetters],
+             settings: Settings) -> Stream[LearnedOutput]:
+    """The live flow's ordered learning events -> the learners (the learning process of the
+    Kafka deployment; the embedded live flow runs the same learners inside its engine)."""
+    store = open_store(settings)  # the join's fallback, the CLM's data, the registry's records
     atexit.register(store.close)
 
     def stored_entry(trade_id: str) -> TradeOpened | None:
         rows = store.query("queries/trade_by_id", trade_id=trade_id)
         return opened_from_row(rows[0]) if rows else None
 
-    join = join_trades("trade_join", events, int(settings.join_ttl_hours * 3_600_000),
-                       stored_entry)
     registry = open_registry(settings, store)
-    updates = learn_policy("rl_learner", join.joined, LearnerConfig.from_settings(settings),
-                           registry)
+    learner_cfg = LearnerConfig.from_settings(settings)
+    deps = LearnerDeps(registry, int(settings.join_ttl_hours * 3_600_000), stored_entry,
+                       learner_cfg.weights)
+    if learner_cfg.enabled:
+        deps.rl = lambda policy, state: PolicyLearner(learner_cfg, registry, policy, state)
     if settings.clm_enabled:
-        log.warning("dataflows.learning: continuous learning needs every decided bar; it runs "
-                    "in the live flow's engine in embedded mode (QT_CLM_ENABLED ignored here)")
-    return Learning(join.joined, updates, join.dead)
+        deps.clm = _clm_factory(settings, registry, store)
+    return learn_in_order("learner", events, deps)
 
 
-def learning_rows(ln: Learning, settings: Settings) -> list[Stream[TableRows]]:
-    weights = LearnerConfig.from_settings(settings).weights
-    return [
-        op.map("outcome_rows", ln.joined, lambda j: outcome_rows(
-            [trade_outcome(j, trade_reward(j.opened, j.closed, weights))])),
-        op.map("rl_update_rows", ln.updates, lambda u: event_rows(RL_UPDATES, [u])),
-        op.map("join_dead_letter_rows", ln.dead, dead_letter_rows),
-    ]
+def learned_rows(out: Stream[LearnedOutput]) -> Stream[TableRows]:
+    def rows(o: LearnedOutput) -> list[TableRows]:
+        blocks = [dead_letter_rows(d) for d in o.dead]
+        if o.outcomes:
+            blocks.append(outcome_rows(o.outcomes))
+        if o.updates:
+            blocks.append(event_rows(RL_UPDATES, o.updates))
+        if o.cycles:
+            blocks.append(event_rows(CLM_CYCLES, o.cycles))
+        if o.drift:
+            blocks.append(event_rows(DRIFT_CHECKS, o.drift))
+        return blocks
+
+    return op.flat_map("learned_rows", out, rows)
 
 
-def learning_counts(ln: Learning) -> list[Stream[Counts]]:
-    def joined_counts(j: JoinedTrade) -> Counts:
-        learnable = transition_of(j, RewardWeights()) is not None
-        return {f"trades.joined.{j.source.value}": 1, "rl.transitions": int(learnable)}
+def learned_counts(out: Stream[LearnedOutput]) -> Stream[Counts]:
+    def counts(o: LearnedOutput) -> Counts:
+        c: Counts = dict(o.counts)
+        c["rl.updates"] = len(o.updates)
+        c["clm.drift_checks"] = len(o.drift)
+        c["clm.drift_fired"] = sum(d.fired for d in o.drift)
+        for cycle in o.cycles:
+            for key, n in cycle_counts(cycle).items():
+                c[key] = c.get(key, 0) + n
+        return {k: v for k, v in c.items() if v}
 
-    return [
-        op.map("count_joined", ln.joined, joined_counts),
-        op.map("count_updates", ln.updates, lambda u: {"rl.updates": 1}),
-        op.map("count_join_dead", ln.dead, lambda d: {"dead_letters.join": len(d)})]
+    return op.map("learned_counts", out, counts)
 
 
 def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
@@ -389,4 +389,4 @@ def print_summary(counts: list[Stream[Counts | PnlPoint]], started: float, title
 MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]
 LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES, SHADOW_PREDICTIONS,
                TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES, DRIFT_CHECKS]
-LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, DEAD_LETTERS]
+LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES, DRIFT_CHECKS, FEATURES, DEAD_LETTERS]

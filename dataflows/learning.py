@@ -1,14 +1,16 @@
 """The learning dataflow as its own process: ``python -m bytewax.run dataflows.learning``.
 
-Consumes the live flow's trade events from Kafka (``QT_TRADE_EVENTS=kafka://host:port/topic``,
-``?tail=false`` to stop at the end of the topic), joins each ``trade.closed`` with its entry
-state and feeds the learners: the same graph (:func:`dataflows.graphs.learning`) the live flow
-builds in-process when the store is embedded. Events that are not valid JSON trade events are
-dead letters (source ``kafka:topic/partition``, row = offset).
+Consumes the live flow's learning events from Kafka (``QT_TRADE_EVENTS=kafka://host:port/topic``,
+``?tail=false`` to stop at the end of the topic): every decided bar and trade event, numbered
+in the live decision engine's order, on one partition. :mod:`learning.learner` learns from them
+in that order: joins each ``trade.closed`` with its entry state, updates the PPO policy, and
+runs continuous learning (drift, retraining, shadow tests, promotions through the registry,
+which the live flow follows). Messages that are not valid learning events are dead letters
+(source ``kafka:topic/partition``, row = offset).
 
-Run it beside ``dataflows.live`` when both use a ClickHouse server (``QT_CLICKHOUSE_URL``) and
-the same registry directory; with embedded chDB each process has its own store, so the join's
-fallback to the ``trades`` table only sees what this process stored.
+Run it beside ``dataflows.live`` with the same registry directory; with embedded chDB each
+process has its own store (this one keeps the features it trains on and the learning tables;
+the join's fallback to the ``trades`` table only sees a shared ClickHouse server's trades).
 """
 
 from __future__ import annotations
@@ -19,18 +21,20 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 
+from cli import errors
 from connectors.kafka import KafkaUrl
+from connectors.stoppable import Stoppable
 from dataflows import graphs
+from learning.learner import Sequenced
 from runtime import install_stop_handlers
 from schemas import codec
 from schemas.dead_letters import DeadLetters, Stage
-from schemas.tables import dead_letter_rows
-from schemas.trades import TradeClosed, TradeOpened, decode_event
+from schemas.trades import decode_sequenced
 from settings import Settings
 
 
-def decode(msg: object) -> TradeOpened | TradeClosed | DeadLetters:
-    """A Kafka message -> a trade event, or a dead letter saying why not."""
+def decode(msg: object) -> Sequenced | DeadLetters:
+    """A Kafka message -> a numbered learning event, or a dead letter saying why not."""
     m = getattr(msg, "msg", msg)  # a KafkaError carries the message it failed on
     assert isinstance(m, KafkaSourceMessage)
     source = f"kafka:{m.topic}/{m.partition}"
@@ -39,7 +43,11 @@ def decode(msg: object) -> TradeOpened | TradeClosed | DeadLetters:
         reason = f"kafka error: {msg.err}"  # type: ignore[attr-defined]
     else:
         try:
-            return decode_event(m.value or b"")
+            seq, event = decode_sequenced(m.value or b"")
+            if seq is None:
+                raise ValueError("no seq: a learning event carries its number in the live "
+                                 "engine's order")
+            return Sequenced(seq, event)
         except (codec.SchemaError, ValueError) as exc:
             reason = str(exc)[:300]
     dead = DeadLetters()
@@ -56,20 +64,20 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
                          "with the embedded store the live flow runs the learning graph itself")
     url = KafkaUrl.parse(settings.trade_events)
     flow = Dataflow("learning")
-    messages = op.input("trade_events", flow, KafkaSource(
-        list(url.brokers), [url.topic], tail=url.tail, raise_on_errors=False))
+    messages = op.input("trade_events", flow, Stoppable(KafkaSource(
+        list(url.brokers), [url.topic], tail=url.tail, raise_on_errors=False)))
     decoded = op.map("decode", messages, decode)
-    split = op.branch("valid", decoded, lambda x: not isinstance(x, DeadLetters))
-    ln = graphs.learning(split.trues, settings)
-    rows = [*graphs.learning_rows(ln, settings),
-            op.map("decode_dead_letter_rows", split.falses, dead_letter_rows)]
-    graphs.store("clickhouse", rows, settings, graphs.LEARNING_TABLES)
+    learned = graphs.learning(decoded, settings)
+    graphs.store("clickhouse", [graphs.learned_rows(learned)], settings,
+                 graphs.LEARNING_TABLES)
     started = time.monotonic()
-    counts = [*graphs.learning_counts(ln),
-              op.map("count_decode_dead", split.falses, lambda d: {"dead_letters": len(d)})]
+    counts = [graphs.learned_counts(learned),
+              op.filter_map("count_decode_dead", decoded, lambda d: {"dead_letters": len(d)}
+                            if isinstance(d, DeadLetters) else None)]
     graphs.print_summary(counts, started, "qt learning run summary",
                          always=graphs.LEARNING_SUMMARY)
     return flow
 
 
+errors.install()  # a user error ends the run in one line (cli/errors.py)
 __getattr__ = graphs.lazy_flow(build_learning_flow)

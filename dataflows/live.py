@@ -16,19 +16,45 @@ import time
 
 from bytewax.dataflow import Dataflow
 
+from cli import errors
+from cli.errors import UserError
 from dataflows import graphs
 from models.base import MODEL_NAMES, POLICY_NAME
-from models.registry import open_registry
+from models.registry import REPAIR_COMMAND, open_registry, version_span
 from runtime import install_stop_handlers
 from settings import Settings
-from storage.store import open_store
+from storage.store import check_embedded_store, open_store
+
+
+class RegistryIncomplete(UserError):
+    """The registry has versions, but not a production version of every model."""
 
 
 def ensure_models(settings: Settings) -> None:
-    """Bootstrap the registry when it lacks a production version of any model."""
+    """Bootstrap the registry when it is empty (a fresh clone); refuse one that has versions
+    but lacks a production version of some model, saying what is missing: retraining over it
+    would retire the production versions of the other models.
+
+    First checks that the local state is usable (``QT_HOME`` writable, the embedded store not
+    held by another process), so those problems are one line before anything starts.
+    """
+    if not settings.clickhouse_url.strip():
+        check_embedded_store(settings)
     registry = open_registry(settings)
-    if registry.has_production((*MODEL_NAMES, POLICY_NAME)):
+    names = (*MODEL_NAMES, POLICY_NAME)
+    missing = [m for m in names if registry.production_version(m) is None]
+    if not missing:
         return
+    on_disk = {m: registry.version_names(m) for m in names}
+    if any(on_disk.values()):
+        what = "; ".join(
+            f"{m} has no production version ({version_span(on_disk[m])} on disk)"
+            if on_disk[m] else f"{m} has no versions" for m in missing)
+        raise RegistryIncomplete(
+            f"model registry {settings.registry_dir}: {what}; nothing was retrained (that "
+            "would retire the other models' production versions): restore the registry from a "
+            f"backup or rebuild its stages with: {REPAIR_COMMAND}; or point QT_REGISTRY_DIR at "
+            "an empty directory to train every model from scratch")
     print(f"model registry {settings.registry_dir} has no production models: bootstrapping "
           f"on {settings.bootstrap_ticks} first", file=sys.stderr)
     from models.bootstrap import bootstrap, store_features
@@ -56,7 +82,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     counts = [*graphs.market_data_counts(market, training), graphs.engine_counts(decided)]
     if settings.trade_events.startswith("kafka://"):
         # the learning flow runs in its own process: python -m bytewax.run dataflows.learning
-        graphs.publish_trade_events(decided, settings.trade_events)
+        graphs.publish_learning_events(decided, settings.trade_events)
     graphs.store("clickhouse", rows, settings, list(graphs.LIVE_TABLES))
     started = time.monotonic()  # after the models are loaded: the summary measures streaming
     always = graphs.LEARNING_SUMMARY if graphs.inline_learning(settings) else ()
@@ -65,4 +91,5 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     return flow
 
 
+errors.install()  # a user error ends the run in one line (cli/errors.py)
 __getattr__ = graphs.lazy_flow(build_live_flow)

@@ -304,7 +304,9 @@ class ContinuousLearner:
                                  retire=False)
                 else:
                     self._decide(cycle, name, key, ChallengerDecision.QUALIFIED,
-                                 evidence.reason + " (QT_CLM_AUTO_PROMOTE is off)")
+                                 evidence.reason + " (QT_CLM_AUTO_PROMOTE is off: kept as a "
+                                 "candidate to promote by hand)", retire=False)
+                    self.models.park(model, version)
             elif decision.value == "retire_not_better":
                 self._decide(cycle, name, key, ChallengerDecision.RETIRED_NOT_BETTER,
                              evidence.reason)

@@ -40,7 +40,7 @@ from bytewax.dataflow import Stream, operator
 from learning.rl_learner import LearnerConfig, PolicyLearner, transition_of
 from models.base import MODEL_NAMES
 from operators.clocks import PartitionClocks
-from operators.ensemble import EnsembleConfig, ScoredStep, VoteBook, signal_of
+from operators.ensemble import EnsembleConfig, ScoredStep, VoteBook, shadow_votes, signal_of
 from operators.portfolio import EventKind, ExecConfig, ExecEvent, Portfolio
 from operators.sizing import PolicySource, Sizer, SizingConfig
 from operators.stage import stage_builder
@@ -60,7 +60,7 @@ from schemas.learning import (
 from schemas.signals import Signal
 from schemas.tables import trade_outcome
 from schemas.timeutil import to_ms
-from schemas.trades import JoinedTrade, JoinSource, TradeClosed
+from schemas.trades import JoinedTrade, JoinSource, LearningEvent, TradeClosed
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,14 @@ class EngineDeps:
     """The engine's outside world. ``learning``: the learners run here (embedded mode), so
     each closed trade is joined with its entry state and recorded as a ``trade_outcomes``
     row; ``rl`` / ``clm`` build the inline learners (None: no such learner here) from their
-    recovery state (None when starting fresh)."""
+    recovery state (None when starting fresh). ``publish``: the learners run in another
+    process, so every decided bar and trade event is handed out, numbered in this order
+    (``EngineOutput.published``)."""
 
     registry: Any
     partitions: Sequence[str] = ()
     learning: bool = False
+    publish: bool = False
     rl: Callable[[PolicySource, Any], PolicyLearner] | None = None
     clm: Callable[[ActiveModels, Any], BarLearner] | None = None
     dynamic_weights: bool = False
@@ -121,6 +124,7 @@ class EngineOutput:
     updates: list[RLUpdate] = field(default_factory=list)
     cycles: list[ClmCycle] = field(default_factory=list)
     drift: list[DriftCheck] = field(default_factory=list)
+    published: list[tuple[int, LearningEvent]] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
 
     def __bool__(self) -> bool:
@@ -167,6 +171,7 @@ class DecisionEngine:
                 self.policy.pin(version)
         self.clm = None if deps.clm is None else deps.clm(self.models, state.get("clm"))
         self.max_waiting: int = state.get("max_waiting", 0)
+        self.seq: int = state.get("seq", 0)  # of the published learning events
 
     # --- input ---------------------------------------------------------------------------------
     def push(self, item: ScoredStep | Progress) -> list[EngineOutput]:
@@ -259,19 +264,25 @@ class DecisionEngine:
         out.signals.append(signal)
         if decision.verdict is not None:
             out.verdicts.append(decision.verdict)
-        shadow: tuple[ShadowPrediction, ...] = ()
-        if vector.warm and self.models.shadows:
-            shadow = tuple(_shadow(self.votes.vote(m, v, vector, scored), vector)
-                           for m, v in self.models.shadows)
-            out.shadow += shadow
-        if self.clm is not None:
-            out.learned(self.clm.on_bar(ScoredBar(symbol, to_ms(vector.ts), vector, signal,
-                                                  shadow)))
+        shadow = shadow_votes(self.votes, self.models.shadows, vector, scored)
+        out.shadow += shadow
+        if self.clm is not None or self.deps.publish:
+            bar = ScoredBar(symbol, to_ms(vector.ts), vector, signal, shadow)
+            if self.clm is not None:
+                out.learned(self.clm.on_bar(bar))
+            if self.deps.publish:
+                self._publish(bar, out)
         return decision
+
+    def _publish(self, event: LearningEvent, out: EngineOutput) -> None:
+        out.published.append((self.seq, event))
+        self.seq += 1
 
     def _trades(self, events: list[ExecEvent], out: EngineOutput) -> None:
         for e in events:
             out.trades.append(e)
+            if self.deps.publish:
+                self._publish(e.event, out)
             if not isinstance(e.event, TradeClosed) or not self.deps.learning:
                 continue
             joined = JoinedTrade(e.record.opened, e.event, JoinSource.STREAM)
@@ -302,13 +313,8 @@ class DecisionEngine:
             "weights": None if self.weights is None else self.weights.snapshot(),
             "rl": None if self.rl is None else self.rl.snapshot(),
             "clm": None if self.clm is None else self.clm.snapshot(),
-            "max_waiting": self.max_waiting,
+            "max_waiting": self.max_waiting, "seq": self.seq,
         }
-
-
-def _shadow(vote: Any, vector: Any) -> ShadowPrediction:
-    return ShadowPrediction(vote.model, vote.version, vector.symbol, vector.ts, vote.action,
-                            vote.confidence, vote.failed)
 
 
 @operator

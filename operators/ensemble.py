@@ -51,6 +51,7 @@ from bytewax.operators import KeyedStream
 
 from models.base import MODEL_LOCK, MODEL_NAMES
 from schemas.features import FeatureStep, FeatureVector
+from schemas.learning import ShadowPrediction
 from schemas.signals import Action, Consensus, Signal, Vote
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,19 @@ class VoteBook:
     def forget(self, keep: set[tuple[str, str]]) -> None:
         for key in set(self._models) - keep:
             del self._models[key]
+
+
+def shadow_votes(book: VoteBook, shadows: Sequence[tuple[str, str]], vector: FeatureVector,
+                 scored: Sequence[Vote]) -> tuple[ShadowPrediction, ...]:
+    """The challengers' votes on a warm bar (none on a warm-up bar), as shadow predictions."""
+    if not vector.warm:
+        return ()
+    out = []
+    for model, version in shadows:
+        v = book.vote(model, version, vector, scored)
+        out.append(ShadowPrediction(v.model, v.version, vector.symbol, vector.ts, v.action,
+                                    v.confidence, v.failed))
+    return tuple(out)
 
 
 @operator

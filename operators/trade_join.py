@@ -1,8 +1,10 @@
 """The trade join of the learning dataflow: ``trade.closed`` + its entry state -> JoinedTrade.
 
-``op.join(..., emit_mode="complete")`` never expires an unmatched half (DESIGN.md section 4), so
-the join is an ``op.stateful`` step keyed by trade id, with a time-to-live in event time.
-:class:`TradeJoiner` is the state of one trade id as a plain class; :func:`join_trades` runs it.
+The learning flow of the two-process deployment (:mod:`learning.learner`) reads the live flow's
+trade events in the live engine's order and joins each ``trade.closed`` with its entry state,
+with a time-to-live in event time (a Bytewax ``op.join`` would never expire an unmatched half).
+:class:`TradeJoiner` is the state of one trade id; :class:`TradeJoins` holds them all on one
+event clock. (In embedded mode the engine has both halves in hand and joins them itself.)
 
 Rules
 - **One join per trade.** A trade whose two halves are seen, in either order, gives exactly one
@@ -12,52 +14,37 @@ Rules
   the key keeps a small "joined" marker until the TTL has passed since the later half's event
   time, then its state is discarded, so memory is bounded by the trades of one TTL. A replayed
   event is identical to the first; when two copies differ, the first one seen wins.
-- **Orphan close.** A ``trade.closed`` whose opened half has not been seen is looked up at once
-  with ``lookup(trade_id)`` (in the flow: the ``trades`` table via
-  :func:`~schemas.trades.opened_from_row`; ``source=store``). If the store has nothing, the
-  closed half waits for its opened half; when the TTL passes first the lookup is retried once,
-  then the half becomes a dead letter. A stored entry state that is incomplete
-  (``IncompleteEntryState``) is a dead letter at once. Any other lookup failure stops the flow
-  with the step id in the message (a store outage must not turn trades into dead letters).
+- **Orphan close.** A ``trade.closed`` whose opened half has not been seen (the learning flow
+  started after it, or the topic lost it) is looked up at once with ``lookup(trade_id)`` (the
+  ``trades`` table via :func:`~schemas.trades.opened_from_row`; ``source=store``). If the
+  store has nothing, the closed half waits for its opened half; when the TTL passes first the
+  lookup is retried once, then the half becomes a dead letter. A stored entry state that is
+  incomplete (``IncompleteEntryState``) is a dead letter at once. Any other lookup failure
+  stops the flow (a store outage must not turn trades into dead letters).
 - **Orphan open.** A ``trade.opened`` not closed within the TTL is a dead letter ("never closed
   within TTL"). The TTL must therefore exceed the longest holding time
-  (``QT_MAX_HOLDING_SECONDS``) plus the skew between trade-event partitions.
+  (``QT_MAX_HOLDING_SECONDS``).
 - **Late on arrival.** An event for a trade id with no state, already older than the clock by
   more than the TTL, is a dead letter at once: it is a duplicate of a trade whose state was
   already discarded, or an event delayed past the TTL; joining it could join a trade twice.
-- **End of input** (``on_eof``) resolves pending halves the same way (a closed half is looked
-  up; otherwise a dead letter with reason "end of input"); joined markers are kept, so a
-  resumed execution still drops duplicates.
+- **End of input** resolves pending halves the same way (a closed half is looked up;
+  otherwise a dead letter with reason "end of input"); joined markers are kept, so a resumed
+  execution still drops duplicates. A requested stop is not an end: nothing is resolved.
 
 Dead letters: stage ``join``, ``source = "trade-join:<trade id>"``, ``row`` 0 for the opened half
 and 1 for the closed half (deterministic ids, so a replay rewrites the same rows), ``raw`` the
 event's Kafka JSON (:func:`~schemas.trades.encode_event`), and a reason naming the missing half.
 
-Time. Keyed by trade id, a key sees only its own trade's events, so the TTL runs on one event
-clock per operator instance: the newest ``entry_ts`` / ``exit_ts`` seen by the step, shared
-(under a lock) by every key and worker thread of the process. With several processes each has
-its own clock, advanced by the events routed to its workers. A key checks expiry whenever it
-gets an item (after handling the item, so a half that arrives before the timer fires still
-joins) and in ``on_notify``; while it holds a pending half it asks to be notified every
-``poll`` of processing time (``notify_at`` = now + ``poll``; "now" would busy-loop), while it
-holds only a joined marker every ``marker_poll``. A snapshot carries the clock, so a resumed
-process starts from at least the clock its restored keys had seen.
+Time: the newest ``entry_ts`` / ``exit_ts`` of the ordered stream; a TTL is checked after every
+event, earliest deadline first.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import bytewax.operators as op
-from bytewax.dataflow import Stream, operator
-from bytewax.operators import StatefulLogic
-
-from runtime import STOP
 from schemas.dead_letters import DeadLetters, Stage
 from schemas.timeutil import to_ms
 from schemas.trades import (
@@ -72,8 +59,6 @@ from schemas.trades import (
 
 NEVER = -(2**62)  # the clock before any event; far from int64 overflow when a TTL is added
 OPENED_ROW, CLOSED_ROW = 0, 1
-DEFAULT_POLL = timedelta(milliseconds=500)
-DEFAULT_MARKER_POLL = timedelta(seconds=5)
 
 Lookup = Callable[[str], TradeOpened | None]
 JoinOut = JoinedTrade | DeadLetters
@@ -86,42 +71,6 @@ def event_ms(event: TradeEvent) -> int:
 
 def dead_letter_source(trade_id: str) -> str:
     return f"trade-join:{trade_id}"
-
-
-class JoinClock:
-    """The event time the step judges lateness and TTLs by (thread-safe, monotonic).
-
-    It follows the newest event time seen in this process, but settles on it only once
-    ``settle_s`` of processing time has passed since it last moved: Bytewax hands a stateful
-    step the events of one activation key by key, not in arrival order, so a replayed topic
-    read in one poll would otherwise judge a symbol's early trades "late" against another
-    symbol's later ones. Events that arrive together are judged against the same clock.
-    """
-
-    def __init__(self, ms: int = NEVER, settle_s: float = 0.0) -> None:
-        self._ms = ms        # the settled clock
-        self._newest = ms    # the newest event time seen
-        self._settle_s = settle_s
-        self._moved = time.monotonic()
-        self._lock = threading.Lock()
-
-    def _settle(self) -> None:
-        if self._newest > self._ms and time.monotonic() - self._moved >= self._settle_s:
-            self._ms = self._newest
-            self._moved = time.monotonic()
-
-    def advance(self, ms: int) -> int:
-        """Note an event at ``ms``; returns the (settled) clock."""
-        with self._lock:
-            if ms > self._newest:
-                self._newest = ms
-            self._settle()
-            return self._ms
-
-    def now(self) -> int:
-        with self._lock:
-            self._settle()
-            return self._ms
 
 
 class TradeJoiner:
@@ -216,6 +165,9 @@ class TradeJoiner:
         except IncompleteEntryState as exc:
             return [self._dead(closed, f"stored entry state of the trade is incomplete: {exc}",
                                clear=True)]
+        except Exception as exc:  # a store outage stops the flow; it must not lose the trade
+            raise RuntimeError(f"trade join: looking up the entry state of trade "
+                               f"{self.trade_id} failed: {exc}") from exc
         if opened is not None:
             return self._join(opened, closed, JoinSource.STORE)
         if give_up is None:
@@ -265,82 +217,74 @@ class TradeJoiner:
         return joiner
 
 
-class TradeJoinLogic(StatefulLogic[TradeEvent, JoinOut, Any]):
-    """Runs one :class:`TradeJoiner` on the step's shared :class:`JoinClock`."""
+class TradeJoins:
+    """Every trade's join state, judged by one event clock: the newest event time of the
+    ordered learning stream (:mod:`learning.learner`), so a replay judges TTLs identically.
 
-    def __init__(self, ttl_ms: int, lookup: Lookup, clock: JoinClock, poll: timedelta,
-                 marker_poll: timedelta, resume: Any | None) -> None:
-        self.ttl_ms, self.lookup, self.clock = ttl_ms, lookup, clock
-        self.poll, self.marker_poll = poll, marker_poll
-        self.joiner: TradeJoiner | None = None
-        if resume is not None:
-            state, clock_ms = resume
-            self.clock.advance(clock_ms)
-            self.joiner = TradeJoiner.restore(ttl_ms, lookup, state)
+    ``push`` one event, ``finish`` at end of input; each returns the JoinedTrade /
+    DeadLetters to emit, in a defined order. Expiry is checked after every event, earliest
+    deadline first (a heap: the states kept are one per trade of the last TTL).
+    """
 
-    def _result(self, out: list[JoinOut]) -> tuple[list[JoinOut], bool]:
-        assert self.joiner is not None
-        return out, StatefulLogic.DISCARD if self.joiner.done else StatefulLogic.RETAIN
+    def __init__(self, ttl_ms: int, lookup: Lookup,
+                 state: dict[str, Any] | None = None) -> None:
+        if ttl_ms <= 0:
+            raise ValueError(f"trade join TTL must be positive, got {ttl_ms} ms")
+        self.ttl_ms, self.lookup = ttl_ms, lookup
+        state = state or {}
+        self.now_ms: int = state.get("now_ms", NEVER)
+        self.joiners: dict[str, TradeJoiner] = {
+            tid: TradeJoiner.restore(ttl_ms, lookup, s) for tid, s in
+            state.get("joiners", {}).items()}
+        self._deadlines: list[tuple[int, str]] = []
+        for tid in sorted(self.joiners):
+            self._schedule(self.joiners[tid])
 
-    def on_item(self, value: TradeEvent) -> tuple[list[JoinOut], bool]:
-        now = self.clock.advance(event_ms(value))
-        if self.joiner is None:
-            self.joiner = TradeJoiner(value.trade_id, self.ttl_ms, self.lookup)
-        return self._result(self.joiner.push(value, now))
+    def push(self, event: TradeEvent) -> list[JoinOut]:
+        self.now_ms = max(self.now_ms, event_ms(event))
+        joiner = self.joiners.get(event.trade_id)
+        if joiner is None:
+            joiner = self.joiners[event.trade_id] = TradeJoiner(event.trade_id, self.ttl_ms,
+                                                                self.lookup)
+        out = joiner.push(event, self.now_ms)
+        self._settle(joiner)
+        return out + self._expire()
 
-    def on_notify(self) -> tuple[list[JoinOut], bool]:
-        if self.joiner is None:
-            return [], StatefulLogic.DISCARD
-        return self._result(self.joiner.expire(self.clock.now()))
+    def _deadline(self, j: TradeJoiner) -> int | None:
+        times = [event_ms(e) for e in (j.opened, j.closed) if e is not None]
+        if j.joined_ms is not None:
+            times.append(j.joined_ms)
+        return min(times) + self.ttl_ms if times else None
 
-    def on_eof(self) -> tuple[list[JoinOut], bool]:
-        if self.joiner is None:
-            return [], StatefulLogic.DISCARD
-        if STOP.requested:  # a stop, not the end: the pending half waits for the resume
-            return [], StatefulLogic.RETAIN
-        return self._result(self.joiner.finish())
+    def _schedule(self, j: TradeJoiner) -> None:
+        deadline = self._deadline(j)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, j.trade_id))
 
-    def notify_at(self) -> datetime | None:
-        if self.joiner is None or self.joiner.done:
-            return None
-        return datetime.now(UTC) + (self.poll if self.joiner.pending else self.marker_poll)
+    def _settle(self, j: TradeJoiner) -> None:
+        if j.done:
+            self.joiners.pop(j.trade_id, None)
+        else:
+            self._schedule(j)
 
-    def snapshot(self) -> Any:
-        return (None if self.joiner is None else self.joiner.snapshot()), self.clock.now()
+    def _expire(self) -> list[JoinOut]:
+        out: list[JoinOut] = []
+        while self._deadlines and self._deadlines[0][0] < self.now_ms:
+            _, tid = heapq.heappop(self._deadlines)
+            j = self.joiners.get(tid)
+            if j is None or (self._deadline(j) or self.now_ms) >= self.now_ms:
+                continue  # resolved since, or a later deadline is scheduled
+            out += j.expire(self.now_ms)
+            self._settle(j)
+        return out
 
+    def finish(self) -> list[JoinOut]:
+        """End of input: resolve every pending half (trade id order); markers are kept."""
+        out: list[JoinOut] = []
+        for tid in sorted(self.joiners):
+            out += self.joiners[tid].finish()
+        return out
 
-@dataclass(frozen=True)
-class JoinStreams:
-    """The two outputs of :func:`join_trades`."""
-
-    joined: Stream[JoinedTrade]
-    dead: Stream[DeadLetters]
-
-
-@operator
-def join_trades(step_id: str, events: Stream[TradeOpened | TradeClosed], ttl_ms: int,
-                lookup: Lookup, poll: timedelta = DEFAULT_POLL,
-                marker_poll: timedelta = DEFAULT_MARKER_POLL) -> JoinStreams:
-    """Join each trade's opened and closed halves (see the module docstring)."""
-    if ttl_ms <= 0:
-        raise ValueError(f"{step_id}: TTL must be positive, got {ttl_ms} ms")
-    if poll <= timedelta(0) or marker_poll <= timedelta(0):
-        raise ValueError(f"{step_id}: notification intervals must be positive, got {poll} and "
-                         f"{marker_poll}")
-    clock = JoinClock(settle_s=poll.total_seconds())
-
-    def checked_lookup(trade_id: str) -> TradeOpened | None:
-        try:
-            return lookup(trade_id)
-        except IncompleteEntryState:
-            raise
-        except Exception as exc:
-            raise RuntimeError(f"{step_id}: looking up the entry state of trade {trade_id} "
-                               f"failed: {exc!r}") from exc
-
-    keyed = op.key_on("by_trade_id", events, lambda e: e.trade_id)
-    out = op.stateful("join", keyed, lambda resume: TradeJoinLogic(
-        ttl_ms, checked_lookup, clock, poll, marker_poll, resume))
-    split = op.branch("split", op.key_rm("unkey", out),
-                      lambda x: isinstance(x, JoinedTrade))
-    return JoinStreams(split.trues, split.falses)
+    def snapshot(self) -> dict[str, Any]:
+        return {"now_ms": self.now_ms,
+                "joiners": {tid: j.snapshot() for tid, j in self.joiners.items()}}

@@ -64,6 +64,12 @@ class ActiveModels:
         self.production[model] = version
         self._drop(model, version)
 
+    def park(self, model: str, version: str) -> None:
+        """A challenger proven better while auto-promotion is off: out of shadow, kept as a
+        candidate for a person to promote."""
+        self.registry.set_stage(model, version, Stage.CANDIDATE)
+        self._drop(model, version)
+
     def retire(self, model: str, version: str) -> None:
         self.registry.set_stage(model, version, Stage.RETIRED)
         self._drop(model, version)

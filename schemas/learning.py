@@ -115,6 +115,8 @@ class ScoredBar:
     signal: Signal
     shadow: tuple[ShadowPrediction, ...]
 
+    kind = "bar.decided"
+
 
 @dataclass(frozen=True, slots=True)
 class DriftCheck:

@@ -7,7 +7,10 @@ features, all four votes, and a complete RL record (state vector, raw action, fi
 log-probability and value, policy version): the defect is impossible by construction, not
 checked after the fact. The ``trades`` table's entry columns are not Nullable either.
 
-Kafka wire format: ``{"kind": "trade.opened" | "trade.closed", "event": {...}}``.
+Kafka wire format: ``{"kind": "trade.opened" | "trade.closed" | "bar.decided", "seq": N,
+"event": {...}}``. ``seq`` numbers the live flow's learning events in its decision engine's
+order (:mod:`learning.learner` learns from them in that order; a repeated ``seq`` is a
+duplicate). ``bar.decided`` is a :class:`~schemas.learning.ScoredBar`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from schemas import codec
 from schemas.decisions import SupervisorMode
+from schemas.learning import ScoredBar
 from schemas.rl import SizingDecision
 from schemas.signals import Action, Consensus, Vote
 
@@ -143,23 +147,36 @@ class TradeClosed:
 
 
 TradeEvent = TradeOpened | TradeClosed
-_KINDS: dict[str, type] = {TradeOpened.kind: TradeOpened, TradeClosed.kind: TradeClosed}
+LearningEvent = TradeOpened | TradeClosed | ScoredBar
+_KINDS: dict[str, type] = {TradeOpened.kind: TradeOpened, TradeClosed.kind: TradeClosed,
+                           ScoredBar.kind: ScoredBar}
 
 
-def encode_event(event: TradeEvent) -> bytes:
-    return json.dumps({"kind": event.kind, "event": codec.to_json_dict(event)},
-                      separators=(",", ":"), allow_nan=False).encode()
+def encode_event(event: LearningEvent, seq: int | None = None) -> bytes:
+    doc: dict[str, Any] = {"kind": event.kind, "event": codec.to_json_dict(event)}
+    if seq is not None:
+        doc["seq"] = seq
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
-def decode_event(payload: bytes | str) -> TradeEvent:
-    """Kafka JSON -> event; :class:`codec.SchemaError` (or IncompleteEntryState) if bad."""
+def decode_sequenced(payload: bytes | str) -> tuple[int | None, LearningEvent]:
+    """Kafka JSON -> (seq, event); :class:`codec.SchemaError` (or IncompleteEntryState) if
+    bad."""
     try:
         doc = json.loads(payload)
         cls = _KINDS[doc["kind"]]
         data = doc["event"]
+        seq = doc.get("seq")
+        if seq is not None and (not isinstance(seq, int) or seq < 0):
+            raise ValueError(f"seq {seq!r} is not a sequence number")
     except (ValueError, KeyError, TypeError) as exc:
-        raise codec.SchemaError(f"not a trade event: {exc!r}") from exc
-    return codec.from_json_dict(cls, data)
+        raise codec.SchemaError(f"not a learning event: {exc!r}") from exc
+    return seq, codec.from_json_dict(cls, data)
+
+
+def decode_event(payload: bytes | str) -> LearningEvent:
+    """Kafka JSON -> event (its ``seq`` dropped); see :func:`decode_sequenced`."""
+    return decode_sequenced(payload)[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """The trade join: both orders, duplicates, orphans from the store, TTL in event time, EOF.
 
-Each rule is checked on :class:`TradeJoiner` as plain Python and again through a small
-dataflow (TestingSource -> join_trades -> TestingSink). Expiry in the dataflow needs
-processing time to pass while the source is idle, so those tests use ``TestingSource.PAUSE``
-with a short notification interval.
+Each rule is checked on :class:`TradeJoiner` (one trade) and :class:`TradeJoins` (all trades
+on one event clock) as plain Python, and again through the learning flow's ordered learner
+(TestingSource -> learn_in_order -> TestingSink), fed numbered events as the live flow
+publishes them.
 """
 
 from __future__ import annotations
@@ -12,21 +12,17 @@ import pickle
 import threading
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.operators import StatefulLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from operators.trade_join import (
-    JoinClock,
-    TradeJoiner,
-    TradeJoinLogic,
-    join_trades,
-)
+from learning.learner import LearnedOutput, LearnerDeps, Sequenced, learn_in_order
+from models.registry import ModelRegistry
+from operators.trade_join import TradeJoiner, TradeJoins
 from schemas.dead_letters import DeadLetter, DeadLetters, Stage
 from schemas.decisions import SupervisorMode
 from schemas.rl import SizingDecision
@@ -43,16 +39,17 @@ from schemas.trades import (
     Sizing,
     SupervisorAtEntry,
     TradeClosed,
+    TradeEvent,
     TradeOpened,
     TradeRecord,
     decode_event,
+    encode_event,
     opened_from_row,
 )
 
 T0 = 1_399_334_400_000  # 2014-05-06T00:00:00Z
 MIN = 60_000
 TTL = 60 * MIN
-FAST = timedelta(milliseconds=20)  # notification interval in the dataflow tests
 MODELS = ("xgboost", "lightgbm", "nhits", "patchtst")
 
 
@@ -64,7 +61,7 @@ def opened(tid: str, at_ms: int, symbol: str = "EURUSD", side: Side = Side.LONG)
     votes = tuple(Vote(m, f"{m}-v3", a, c) for m, a, c in zip(
         MODELS, (Action.BUY, Action.BUY, Action.BUY, Action.HOLD), (0.75, 0.625, 0.875, 0.5),
         strict=True))
-    rl = SizingDecision(state=(10_000.0, 0.0625, 0.5, -0.25, 0.8125, 0.0),
+    rl = SizingDecision(state=(1.0, 0.0625, 0.5, -0.25, 0.0, 0.0, 0.8125, 1.0),
                         raw_action=(0.125, -0.5, 0.25), log_prob=-2.3125, value=0.375,
                         policy_version="ppo-v7", position_size_usd=1_000.0, tp_pct=0.25,
                         sl_pct=0.125, degenerate=False, stochastic=True)
@@ -85,7 +82,8 @@ def opened(tid: str, at_ms: int, symbol: str = "EURUSD", side: Side = Side.LONG)
 def closed(tid: str, at_ms: int, symbol: str = "EURUSD", side: Side = Side.LONG,
            held_ms: int = 5 * MIN) -> TradeClosed:
     return TradeClosed(tid, symbol, side, from_ms(at_ms), 1.3910, ExitReason.TAKE_PROFIT,
-                       2.52, 0.1, 2.42, 0.242, held_ms / 1000, (10_002.42, 0.06, 0.5, 0.0),
+                       2.52, 0.1, 2.42, 0.242, held_ms / 1000,
+                       (1.0, 0.0625, 0.5, 0.25, 0.0, 0.0, 0.8125, 1.0),
                        10_002.42)
 
 
@@ -270,91 +268,117 @@ def test_snapshot_pickles_and_restores() -> None:
     assert marker.push(c, T0 + 7 * MIN) == [] and marker.duplicates == 1
 
 
-# --- the Bytewax logic: one shared event clock ---------------------------------------------
+# --- all trades on one event clock ---------------------------------------------------------
 
-def test_logic_expires_on_notify_when_other_keys_advance_the_shared_clock() -> None:
-    clock = JoinClock()
+def test_joins_expire_a_trade_when_other_trades_advance_the_clock() -> None:
     lookup = Lookups()
-    poll, marker_poll = timedelta(milliseconds=500), timedelta(seconds=5)
-    orphan = TradeJoinLogic(TTL, lookup, clock, poll, marker_poll, None)
-    other = TradeJoinLogic(TTL, lookup, clock, poll, marker_poll, None)
-    assert orphan.notify_at() is None  # built, no item yet
-    _, c = pair("A", T0)
-    assert orphan.on_item(c) == ([], StatefulLogic.RETAIN)
-    before = datetime.now(UTC)
-    at = orphan.notify_at()
-    assert at is not None and before + poll - timedelta(seconds=1) < at <= before + poll + \
-        timedelta(seconds=1)  # processing time, a short interval ahead: not "now"
-    assert orphan.on_notify() == ([], StatefulLogic.RETAIN)  # event clock has not moved
-    o2, c2 = pair("B", T0 + 5 * MIN + TTL + 1)
-    other.on_item(o2)
-    out, discard = other.on_item(c2)
-    assert len(joins(out)) == 1 and discard is StatefulLogic.RETAIN
-    assert other.notify_at() is not None  # the marker: swept every marker_poll
-    out, discard = orphan.on_notify()
-    assert discard is StatefulLogic.DISCARD and "TTL" in letters(out)[0].reason
-    assert clock.now() == int(c2.exit_ts.timestamp() * 1000)
+    joins = TradeJoins(TTL, lookup)
+    _, orphan = pair("A", T0)
+    assert joins.push(orphan) == [] and lookup.calls == ["A"]
+    o2, c2 = pair("B", T0 + TTL)  # its close brings the clock to the TTL exactly: not past
+    assert joins.push(o2) == []
+    out = joins.push(c2)
+    assert [j.opened.trade_id for j in joins_of(out)] == ["B"] and letters(out) == []
+    o3, _ = pair("C", T0 + 5 * MIN + TTL + 1)
+    [d] = letters(joins.push(o3))
+    assert d.id == "trade-join:A#1" and "TTL" in d.reason
+    assert lookup.calls == ["A", "A"]  # at arrival and once more at expiry
+    assert joins.now_ms == T0 + 5 * MIN + TTL + 1
+    assert set(joins.joiners) == {"B", "C"}  # A is forgotten; B keeps its joined marker
 
 
-def test_logic_snapshot_carries_the_clock() -> None:
-    clock = JoinClock()
-    logic = TradeJoinLogic(TTL, Lookups(), clock, FAST, FAST, None)
-    o, _ = pair("A", T0)
-    logic.on_item(o)
-    snap = pickle.loads(pickle.dumps(logic.snapshot()))
-    fresh = JoinClock()
-    restored = TradeJoinLogic(TTL, Lookups(), fresh, FAST, FAST, snap)
-    assert fresh.now() == T0 and restored.joiner is not None and restored.joiner.pending
+def test_joins_expire_earliest_deadline_first() -> None:
+    joins = TradeJoins(TTL, Lookups())
+    for i, tid in enumerate(("LATE", "EARLY")):  # pushed in the other order
+        joins.push(opened(tid, T0 + (1 - i) * MIN))
+    out = joins.push(opened("NOW", T0 + TTL + 2 * MIN))
+    assert [d.id for d in letters(out)] == ["trade-join:EARLY#0", "trade-join:LATE#0"]
 
 
-def test_join_clock_is_the_max_over_threads() -> None:
-    clock = JoinClock()
-
-    def run(k: int) -> None:
-        for i in range(2_000):
-            clock.advance(i * 4 + k)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert clock.now() == 1_999 * 4 + 3
+def test_joins_forget_markers_so_memory_is_bounded_by_the_ttl() -> None:
+    joins = TradeJoins(TTL, Lookups())
+    for i in range(200):
+        o, c = pair(f"T{i}", T0 + i * 10 * MIN)
+        assert len(joins_of(joins.push(o) + joins.push(c))) == 1
+    # a trade every 10 min, each remembered for the TTL after its close: about 6 of them
+    assert len(joins.joiners) <= TTL // (10 * MIN) + 1
 
 
-# --- through a dataflow --------------------------------------------------------------------
+def test_joins_snapshot_restores_clock_halves_and_markers() -> None:
+    lookup = Lookups()
+    joins = TradeJoins(TTL, lookup)
+    o1, c1 = pair("DONE", T0)
+    _, c2 = pair("WAITING", T0)
+    for e in (o1, c1, c2):
+        joins.push(e)
+    state = pickle.loads(pickle.dumps(joins.snapshot()))
+    back = TradeJoins(TTL, lookup, state)
+    assert back.now_ms == joins.now_ms
+    assert back.push(c1) == []  # still a duplicate after the restore
+    o2 = opened("WAITING", T0)
+    assert back.push(o2) == [JoinedTrade(o2, c2, JoinSource.STREAM)]
+    assert back.push(opened("X", T0 + 5 * MIN + TTL + 1)) == []
+    assert set(back.joiners) == {"X"}  # the deadlines were rebuilt: both markers expired
 
-def run_join(items: list[Any], lookup: Any, ttl_ms: int = TTL, workers: int = 1,
-             ) -> tuple[list[JoinedTrade], list[DeadLetter]]:
+
+def test_joins_finish_resolves_in_trade_id_order() -> None:
+    joins = TradeJoins(TTL, Lookups())
+    for tid in ("Z", "M", "A"):
+        joins.push(opened(tid, T0))
+    assert [d.id for d in letters(joins.finish())] == [
+        "trade-join:A#0", "trade-join:M#0", "trade-join:Z#0"]
+
+
+def test_joins_reject_a_non_positive_ttl() -> None:
+    with pytest.raises(ValueError, match="TTL must be positive"):
+        TradeJoins(0, Lookups())
+
+
+# --- through the learning flow's ordered learner -------------------------------------------
+
+def numbered(events: Iterable[TradeEvent], start: int = 0) -> list[Sequenced]:
+    """Events as the learning flow decodes them from the topic: numbered in publish order."""
+    return [Sequenced(start + i, e) for i, e in enumerate(events)]
+
+
+def run_learner(items: list[Any], lookup: Any, registry: Path, ttl_ms: int = TTL,
+                workers: int = 1) -> tuple[list[tuple[str, str]], list[DeadLetter],
+                                           dict[str, int]]:
+    """The ordered learner with learning off: the joins, the dead letters and the counts."""
     flow = Dataflow("trade_join_test")
     events = op.input("events", flow, TestingSource(items))
-    out = join_trades("join", events, ttl_ms, lookup, poll=FAST, marker_poll=FAST)
-    joined: list[JoinedTrade] = []
-    dead: list[DeadLetters] = []
-    op.output("joined_out", out.joined, TestingSink(joined))
-    op.output("dead_out", out.dead, TestingSink(dead))
+    deps = LearnerDeps(ModelRegistry(registry), ttl_ms, lookup)
+    out: list[LearnedOutput] = []
+    op.output("learned_out", learn_in_order("learn", events, deps), TestingSink(out))
     if workers == 1:
         run_main(flow)
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    return joined, letters(dead)
+    counts: dict[str, int] = {}
+    for o in out:
+        for k, v in o.counts.items():
+            counts[k] = counts.get(k, 0) + v
+    joined = [(r.trade_id, r.joined_from) for o in out for r in o.outcomes]
+    return joined, letters(d for o in out for d in o.dead), counts
 
 
-def test_flow_any_order_with_duplicates_joins_each_trade_once() -> None:
+def test_flow_any_order_with_duplicates_joins_each_trade_once(trained_registry: Path) -> None:
     o1, c1 = pair("T1", T0)
     o2, c2 = pair("T2", T0 + MIN)
     o3, c3 = pair("T3", T0 + 2 * MIN)
-    items = [o1, o1, c2, c1, o2, c2, o1, o3, c1, o2, c3, c3, o3]
+    items = numbered([o1, c2, c1, o2, o3, c3])
+    replayed = items[2:4]  # a resumed live flow republishes its last epoch
     lookup = Lookups()
-    joined, dead = run_join(items, lookup)
+    joined, dead, counts = run_learner(items + replayed + numbered([c1, o2], 6), lookup,
+                                       trained_registry)
     assert dead == []
-    assert sorted(joined, key=lambda j: j.opened.trade_id) == [
-        JoinedTrade(o1, c1, JoinSource.STREAM), JoinedTrade(o2, c2, JoinSource.STREAM),
-        JoinedTrade(o3, c3, JoinSource.STREAM)]
+    assert joined == [("T1", "stream"), ("T2", "stream"), ("T3", "stream")]
+    assert counts["learning.duplicates"] == 2  # the same numbers again: dropped unread
     assert lookup.calls == ["T2"]  # the one close that arrived before its opened half
 
 
-def test_flow_orphan_close_resolved_from_the_trades_table(store: Any) -> None:
+def test_flow_orphan_close_resolved_from_the_trades_table(store: Any,
+                                                          trained_registry: Path) -> None:
     o, c = pair("T-STORED", T0)
     rows = trade_rows([TradeRecord(o)])
     store.insert(rows.table, rows.columns, rows.data)
@@ -364,99 +388,86 @@ def test_flow_orphan_close_resolved_from_the_trades_table(store: Any) -> None:
         return opened_from_row(found[0]) if found else None
 
     o2, c2 = pair("T-STREAM", T0)
-    joined, dead = run_join([o2, c, c2, c, o], lookup)
+    joined, dead, counts = run_learner(numbered([o2, c, c2, c, o]), lookup, trained_registry)
     assert dead == []
-    by_id = {j.opened.trade_id: j for j in joined}
-    assert len(joined) == 2
-    assert by_id["T-STORED"].source is JoinSource.STORE
-    assert by_id["T-STORED"].opened == o and by_id["T-STORED"].closed == c
-    assert by_id["T-STREAM"].source is JoinSource.STREAM
+    assert sorted(joined) == [("T-STORED", "store"), ("T-STREAM", "stream")]
+    assert counts["trades.joined.store"] == 1 and counts["trades.joined.stream"] == 1
 
 
-def test_flow_orphan_close_expires_by_ttl_in_event_time() -> None:
-    _, c = pair("ORPHAN", T0)
-    later = pair("LATER", T0 + 5 * MIN + TTL)  # its close moves the clock past the TTL
-    lookup = Lookups()
-    joined, dead = run_join([c, *later, TestingSource.PAUSE(timedelta(milliseconds=300))],
-                            lookup)
-    assert [j.opened.trade_id for j in joined] == ["LATER"]
-    [d] = dead
-    assert d.id == "trade-join:ORPHAN#1" and d.stage is Stage.JOIN
-    assert "TTL" in d.reason and "end of input" not in d.reason  # expired in on_notify
-    assert decode_event(d.raw) == c
-    assert lookup.calls == ["ORPHAN", "ORPHAN"]  # at arrival and once more at expiry
-
-
-def test_flow_opened_never_closed_expires_by_ttl() -> None:
+def test_flow_expiry_and_end_of_input(trained_registry: Path) -> None:
     o, _ = pair("OPEN", T0)
-    later = pair("LATER", T0 + TTL)
-    joined, dead = run_join([o, *later, TestingSource.PAUSE(timedelta(milliseconds=300))],
-                            Lookups())
-    assert len(joined) == 1
-    [d] = dead
-    assert d.id == "trade-join:OPEN#0"
-    assert d.reason.startswith("trade.opened never closed within TTL")
-
-
-def test_flow_not_expired_before_ttl_then_end_of_input() -> None:
-    o, _ = pair("OPEN", T0)
-    _, c = pair("ORPHAN", T0)
-    later = pair("LATER", T0 + 30 * MIN)  # clock moves, but not past the TTL
+    _, orphan = pair("ORPHAN", T0)
+    _, still = pair("STILL", T0 + 30 * MIN)
+    later = pair("LATER", T0 + 5 * MIN + TTL)  # its close moves the clock past OPEN, ORPHAN
     lookup = Lookups()
-    joined, dead = run_join([o, c, *later, TestingSource.PAUSE(timedelta(milliseconds=200))],
-                            lookup)
-    assert [j.opened.trade_id for j in joined] == ["LATER"]
-    assert sorted((d.id, d.reason) for d in dead) == [
-        ("trade-join:OPEN#0", "trade.opened never closed: end of input"),
+    joined, dead, counts = run_learner(numbered([o, orphan, still, *later]), lookup,
+                                       trained_registry)
+    assert joined == [("LATER", "stream")]
+    assert [(d.id, d.reason) for d in dead] == [
+        ("trade-join:OPEN#0", f"trade.opened never closed within TTL ({TTL} ms of event time)"),
         ("trade-join:ORPHAN#1", "trade.closed without its trade.opened (not in the stream nor "
-                                "the trades table): end of input")]
-    assert lookup.calls == ["ORPHAN", "ORPHAN"]
+                                f"the trades table): TTL ({TTL} ms of event time) expired"),
+        ("trade-join:STILL#1", "trade.closed without its trade.opened (not in the stream nor "
+                               "the trades table): end of input")]
+    assert decode_event(dead[1].raw) == orphan
+    assert counts["dead_letters.join"] == 3
 
 
-def test_flow_late_duplicate_after_the_marker_expired_is_not_joined_again() -> None:
+def test_flow_gap_in_the_numbers_is_counted_not_fatal(trained_registry: Path) -> None:
+    o1, c1 = pair("T1", T0)
+    o2, c2 = pair("T2", T0 + MIN)
+    items = [Sequenced(0, o1), Sequenced(1, c1), Sequenced(5, o2), Sequenced(6, c2)]
+    joined, dead, counts = run_learner(items, Lookups(), trained_registry)
+    assert [t for t, _ in joined] == ["T1", "T2"] and dead == []
+    assert counts["learning.missing"] == 3
+
+
+def test_flow_two_workers_learn_in_the_same_order(trained_registry: Path) -> None:
+    events = []
+    for i in range(6):
+        events += [closed(f"ORPHAN-{i}", T0 + i), *pair(f"T{i}", T0 + i * MIN)]
+    events += pair("LATER", T0 + TTL + 10 * MIN)
+    one = run_learner(numbered(events), Lookups(), trained_registry)
+    two = run_learner(numbered(events), Lookups(), trained_registry, workers=2)
+    assert one == two
+    assert len(one[0]) == 7 and [d.id for d in one[1]] == [
+        f"trade-join:ORPHAN-{i}#1" for i in range(6)]
+
+
+def test_flow_undecodable_message_is_a_dead_letter(trained_registry: Path) -> None:
+    bad = DeadLetters()
+    bad.add("trade-events:0:17", 0, T0, "", Stage.DECODE, "not JSON", "{oops")
     o, c = pair("T1", T0)
-    lookup = Lookups([o])  # even though the store could join it again
-    much_later = pair("T2", T0 + 5 * MIN + TTL + 1)
-    joined, dead = run_join(
-        [o, c, *much_later, TestingSource.PAUSE(timedelta(milliseconds=200)), c], lookup)
-    assert sorted(j.opened.trade_id for j in joined) == ["T1", "T2"]
-    [d] = dead
-    assert d.id == "trade-join:T1#1" and "past the TTL" in d.reason
+    joined, dead, _ = run_learner([bad, *numbered([o, c])], Lookups(), trained_registry)
+    assert joined == [("T1", "stream")]
+    assert [(d.stage, d.reason) for d in dead] == [(Stage.DECODE, "not JSON")]
 
 
-def test_flow_two_workers_share_the_event_clock() -> None:
-    orphans = [closed(f"ORPHAN-{i}", T0 + i) for i in range(6)]
-    later = pair("LATER", T0 + TTL + 10)
-    joined, dead = run_join(
-        [*orphans, *later, TestingSource.PAUSE(timedelta(milliseconds=400))], Lookups(),
-        workers=2)
-    assert len(joined) == 1
-    assert sorted(d.id for d in dead) == [f"trade-join:ORPHAN-{i}#1" for i in range(6)]
-    assert all("TTL" in d.reason and "end of input" not in d.reason for d in dead)
-
-
-def test_flow_lookup_failure_names_the_step() -> None:
+def test_flow_lookup_failure_stops_the_flow_naming_the_trade(trained_registry: Path) -> None:
     _, c = pair("T1", T0)
 
     def down(_: str) -> TradeOpened | None:
         raise ConnectionError("store unreachable")
 
     with pytest.raises(Exception) as info:  # Bytewax wraps the cause
-        run_join([c], down)
+        run_learner(numbered([c]), down, trained_registry)
     chain = []
     exc: BaseException | None = info.value
     while exc is not None:
         chain.append(str(exc))
         exc = exc.__cause__
-    assert any(m.startswith("trade_join_test.join: looking up the entry state of trade T1")
+    assert any("looking up the entry state of trade T1 failed: store unreachable" in m
                for m in chain), chain
+    assert any("trade_join_test.learn" in m for m in chain), chain  # the step is named
 
 
-def test_flow_rejects_a_non_positive_ttl() -> None:
-    flow = Dataflow("bad_ttl")
-    events = op.input("events", flow, TestingSource([]))
-    with pytest.raises(ValueError, match="join: TTL must be positive"):
-        join_trades("join", events, 0, Lookups())
+def test_published_events_round_trip() -> None:
+    o, c = pair("T1", T0)
+    assert [decode_event(encode_event(e, i)) for i, e in enumerate((o, c))] == [o, c]
+
+
+def joins_of(out: Iterable[Any]) -> list[JoinedTrade]:
+    return joins(out)
 
 
 def test_events_are_realistic() -> None:
