@@ -19,9 +19,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cli import errors
 from learning.ablation import run_evaluation, store_evaluation
 from schemas.timeutil import parse_iso
 from settings import Settings
+
+errors.install()  # a user error is one line, not a traceback (cli/errors.py)
 
 
 def _when(text: str) -> datetime:

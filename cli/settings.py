@@ -1,10 +1,16 @@
-"""Print every ``QT_*`` setting with its default and meaning: ``python -m cli.settings``."""
+"""Print every ``QT_*`` setting with its default and meaning: ``python -m cli.settings``.
+
+``--env`` prints the values in effect, with URL credentials redacted (``user:***@``).
+"""
 
 from __future__ import annotations
 
 import sys
 
+from cli import errors
 from settings import PROJECT_ROOT, Settings
+
+errors.install()  # a user error is one line, not a traceback (cli/errors.py)
 
 
 def markdown() -> str:
@@ -22,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         for env, _, _ in Settings.reference():
             field = next(f for f in current.__dataclass_fields__.values()
                          if f.metadata["env"] == env)
-            print(f"{env}={getattr(current, field.name)}")
+            print(f"{env}={errors.redact(str(getattr(current, field.name)))}")
         return
     print(markdown())
 

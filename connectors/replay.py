@@ -12,6 +12,12 @@
 - Accounting: every line after the header becomes a row or, if Arrow cannot split it into the
   layout's fields, an ``extra_dead`` entry with its line number and text. Invalid UTF-8 is
   replaced (U+FFFD), not fatal.
+- Damaged files: a file that cannot be used at all (missing, empty, unknown header, not gzip
+  although named ``.gz``, not Parquet) is a :class:`InputFileError` naming it, raised when the
+  source is built. A compressed file that is truncated (or corrupt) part-way is not fatal: the
+  rows before the damage replay as usual (whole lines only, so a cut row is never read as a
+  shorter one), the rest of the file becomes ONE dead letter (stage ``decode``, row = the first
+  line that could not be read), and a warning names the file.
 - Pacing: ``speed`` 0 replays as fast as possible; 1 at real time; N at N times real time.
 - Recovery: the resume state is the block sequence number and, per file, the rows consumed.
   The flow ends at the end of the data.
@@ -22,9 +28,11 @@ from __future__ import annotations
 import codecs
 import glob
 import io
+import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,12 +44,31 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from cli.errors import UserError
 from schemas.ticks import LAYOUTS, TS_MISSING, TickOrigin, TickRows, decode_table, layout_of
 
+log = logging.getLogger(__name__)
+
 NEVER = -(2**62)
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_SUFFIXES = (".gz", ".gzip", ".tgz")
+ARROW_COMPRESSED = (".bz2", ".zst", ".zstd", ".lz4", ".br")  # decompressed by Arrow
+HEADER_LIMIT = 64 * 1024  # a header line longer than this is not a tick file's
+_COMPRESSED_CHUNK = 1 << 18
+_LONGEST_LINE = 1 << 20  # a "line" longer than this is handed on as is (Arrow rejects it)
+LAYOUT_HINT = ("expected the header of a trades, quotes or candles file: " + "; ".join(
+    ",".join(cols) for cols in LAYOUTS.values()))
 
 
-def expand_paths(spec: str) -> list[Path]:
+class InputFileError(UserError, ValueError):
+    """An input file that cannot be replayed at all (the message names it)."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """``QT_TICKS`` (or ``--ticks``) names no existing file."""
+
+
+def expand_paths(spec: str, setting: str = "QT_TICKS") -> list[Path]:
     """``a.csv.gz``, ``dir/*.csv.gz`` or a comma-separated list of either -> sorted files."""
     paths: list[Path] = []
     for part in (p.strip() for p in spec.split(",")):
@@ -49,29 +76,163 @@ def expand_paths(spec: str) -> list[Path]:
             continue
         matches = sorted(glob.glob(os.path.expanduser(part)))
         if not matches:
-            raise FileNotFoundError(f"QT_TICKS: no file matches {part!r}")
+            where = "" if os.path.isabs(os.path.expanduser(part)) else f" (in {os.getcwd()})"
+            raise MissingInputError(
+                f"{setting}: no file matches {part}{where}; give an existing file, a glob or a "
+                "comma-separated list of them (CSV, CSV.gz or Parquet tick files)")
         paths.extend(Path(m) for m in matches if Path(m).is_file())
     if not paths:
-        raise FileNotFoundError(f"QT_TICKS={spec!r} names no files")
+        raise MissingInputError(f"{setting}={spec!r} names no files (only directories?); give "
+                                "tick files, e.g. dir/*.csv.gz")
     return list(dict.fromkeys(paths))
 
 
-class _Utf8Repair(io.RawIOBase):
-    """Byte stream whose output is always valid UTF-8 (bad bytes become U+FFFD)."""
+class _Broken(Exception):
+    """The compressed stream cannot be read on (truncated or corrupt)."""
 
-    def __init__(self, raw: pa.NativeFile) -> None:
-        self._raw = raw
+    def __init__(self, what: str, detail: str = "") -> None:
+        super().__init__(what)
+        self.what = what  # "truncated" or "corrupt"
+        self.detail = detail
+
+
+class _TextStream(io.RawIOBase):
+    """A tick file's text: decompressed (gzip by its signature, whatever the name; bz2/zstd/
+    lz4/brotli by the name, through Arrow), always valid UTF-8 (bad bytes become U+FFFD), and
+    handed out in whole lines.
+
+    Whole lines, so that a file truncated or corrupt part-way ends cleanly after its last
+    complete line: no cut row is read as a shorter one. The stream then just ends, and
+    :attr:`failure` says what happened, :attr:`lines` how many lines came before it and
+    :attr:`partial` holds the incomplete line (for the dead letter).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.failure: str | None = None  # "truncated" / "corrupt (...)" once the stream broke
+        self.detail = ""
+        self.lines = 0  # newlines handed out
+        self.partial = ""
+        self._carry = b""
+        self._eof = False
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise InputFileError(f"{path}: cannot be read ({exc.strerror}); check the path "
+                                 "and its permissions") from None
+        head = self._file.read(2)
+        self._file.seek(0)
+        self._gz: zlib._Decompress | None = None
+        self._arrow: pa.NativeFile | None = None
+        suffix = path.suffix.lower()
+        if head == GZIP_MAGIC:
+            self._gz = zlib.decompressobj(31)
+        elif suffix in GZIP_SUFFIXES and head:
+            self._file.close()
+            raise InputFileError(
+                f"{path}: not gzip-compressed (the name ends in {suffix} but the content does "
+                "not start with the gzip signature); give a gzip-compressed CSV, or rename "
+                "the file if it is plain CSV")
+        elif suffix in ARROW_COMPRESSED:
+            self._arrow = pa.input_stream(str(path), compression="detect")
 
     def readable(self) -> bool:
         return True
 
+    def _gunzip(self, size: int) -> bytes:
+        assert self._gz is not None
+        while True:
+            d = self._gz
+            if d.eof:  # a member ended: another member, the end, or garbage
+                rest = d.unused_data or self._file.read(_COMPRESSED_CHUNK)
+                while 0 < len(rest) < 2 and (more := self._file.read(_COMPRESSED_CHUNK)):
+                    rest += more
+                if not rest:
+                    return b""
+                if rest[:2] != GZIP_MAGIC:
+                    if not rest.strip(b"\0") and not self._file.read().strip(b"\0"):
+                        return b""  # zero padding after the last member
+                    raise _Broken("corrupt", "unexpected bytes after the compressed data")
+                self._gz = d = zlib.decompressobj(31)
+                data = rest
+            else:
+                data = d.unconsumed_tail or self._file.read(_COMPRESSED_CHUNK)
+                if not data:
+                    raise _Broken("truncated")
+            try:
+                out = d.decompress(data, size)
+            except zlib.error as exc:
+                raise _Broken("corrupt", f"zlib: {exc}") from None
+            if out:
+                return out
+
+    def _raw_read(self, size: int) -> bytes:
+        if self._gz is not None:
+            return self._gunzip(size)
+        if self._arrow is not None:
+            try:
+                return self._arrow.read(size)
+            except OSError as exc:
+                what = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+                raise _Broken(what, str(exc)) from None
+        return self._file.read(size)
+
+    def _text(self, data: bytes, final: bool = False) -> bytes:
+        if data.isascii() and not self._decoder.getstate()[0]:
+            return data
+        return self._decoder.decode(data, final=final).encode("utf-8")
+
     def read(self, size: int = -1) -> bytes:
-        chunk = self._raw.read(size if size and size > 0 else 1 << 20)
-        final = not chunk
-        if chunk.isascii() and not self._decoder.getstate()[0]:
-            return chunk
-        return self._decoder.decode(chunk, final=final).encode("utf-8")
+        want = size if size and size > 0 else 1 << 20
+        while not self._eof:
+            try:
+                chunk = self._raw_read(want)
+            except _Broken as exc:
+                self._eof = True
+                self.failure, self.detail = exc.what, exc.detail
+                self.partial = self._carry.decode("utf-8", errors="replace")
+                self._carry = b""
+                return b""
+            if not chunk:
+                self._eof = True
+                out, self._carry = self._carry, b""
+                return self._text(out, final=True)
+            data = self._carry + chunk if self._carry else chunk
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) <= _LONGEST_LINE:
+                self._carry = data
+                continue
+            cut = cut or len(data)
+            self._carry = data[cut:]
+            out = data[:cut]
+            self.lines += out.count(b"\n")
+            return self._text(out)
+        return b""
+
+    def header_line(self) -> str:
+        """The first line (at most :data:`HEADER_LIMIT` bytes), for :func:`file_layout`."""
+        head = b""
+        while b"\n" not in head and len(head) < HEADER_LIMIT:
+            try:
+                chunk = self._raw_read(HEADER_LIMIT)
+            except _Broken as exc:
+                self.failure, self.detail = exc.what, exc.detail
+                break
+            if not chunk:
+                break
+            head += chunk
+        line, newline, _ = head.partition(b"\n")
+        if not newline and self.failure is not None:
+            what = ("truncated" if self.failure == "truncated"
+                    else f"corrupt ({self.detail})")
+            raise InputFileError(f"{self.path}: the compressed file is {what} before the end "
+                                 "of its header line; re-create or re-download it")
+        if not newline and len(head) >= HEADER_LIMIT:
+            raise InputFileError(f"{self.path}: no header line in its first "
+                                 f"{HEADER_LIMIT // 1024} KiB: not a CSV tick file; "
+                                 f"{LAYOUT_HINT}")
+        return line.decode("utf-8", errors="replace").strip().lstrip("\ufeff")
 
     def readinto(self, b: bytearray) -> int:  # pragma: no cover - Arrow calls read()
         data = self.read(len(b))
@@ -79,7 +240,9 @@ class _Utf8Repair(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        self._raw.close()
+        if self._arrow is not None:
+            self._arrow.close()
+        self._file.close()
         super().close()
 
 
@@ -87,22 +250,36 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
-def _open_text(path: Path) -> _Utf8Repair:
-    return _Utf8Repair(pa.input_stream(str(path), compression="detect"))
+def _open_text(path: Path) -> _TextStream:
+    return _TextStream(path)
 
 
 def file_layout(path: Path) -> TickOrigin:
-    """The layout of a file, from its header (CSV) or schema (Parquet)."""
+    """The layout of a file, from its header (CSV) or schema (Parquet); a file that cannot be
+    replayed at all is an :class:`InputFileError` that names it and says what to do."""
     if _is_parquet(path):
-        return layout_of(pq.ParquetFile(path).schema_arrow.names)
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names
+        except (OSError, pa.ArrowException) as exc:
+            raise InputFileError(f"{path}: not a readable Parquet file ({exc}); give a Parquet "
+                                 "file written by Arrow/pandas, or a CSV file") from None
+        try:
+            return layout_of(names)
+        except ValueError:
+            raise InputFileError(f"{path}: unrecognised columns {','.join(names)[:120]!r}; "
+                                 f"{LAYOUT_HINT}") from None
     with _open_text(path) as stream:
-        header = stream.read(64 * 1024).split(b"\n", 1)[0].decode().strip()
+        header = stream.header_line()
     if not header:
-        raise ValueError(f"{path}: empty file (no header)")
+        raise InputFileError(f"{path}: the file is empty (no header line); {LAYOUT_HINT}")
+    if "\0" in header or "\ufffd" in header:
+        raise InputFileError(f"{path}: not a CSV text file (binary content in its first "
+                             f"line); {LAYOUT_HINT}")
     try:
         return layout_of(header.split(","))
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except ValueError:
+        raise InputFileError(f"{path}: unrecognised header {header[:120]!r}; "
+                             f"{LAYOUT_HINT}") from None
 
 
 def file_symbols(path: Path) -> set[str]:
@@ -166,6 +343,9 @@ class FileBlocks:
         self.rows_read = 0
         self._skip_rows = skip_rows
         self._skip_bad_through = skip_bad_through
+        self._stream: _TextStream | None = None
+        self._broken: tuple[str, str] | None = None  # Parquet read error: (what, detail)
+        self._reported = False
         self._batches = self._open(block_bytes)
 
     def _on_invalid(self, row: pa_csv.InvalidRow) -> str:
@@ -178,8 +358,9 @@ class FileBlocks:
             rows = max(1024, block_bytes // 64)
             return pq.ParquetFile(self.path).iter_batches(batch_size=rows)
         names = LAYOUTS[self.origin]
+        self._stream = _open_text(self.path)
         reader = pa_csv.open_csv(
-            pa.PythonFile(_open_text(self.path), mode="r"),
+            pa.PythonFile(self._stream, mode="r"),
             read_options=pa_csv.ReadOptions(use_threads=False, block_size=block_bytes,
                                             skip_rows=1, column_names=list(names)),
             parse_options=pa_csv.ParseOptions(quote_char=False, ignore_empty_lines=False,
@@ -214,13 +395,47 @@ class FileBlocks:
         self._next_line = int(lines[-1]) + 1
         return lines
 
+    def _next_batch(self) -> pa.RecordBatch | None:
+        try:
+            return next(self._batches, None)
+        except (OSError, pa.ArrowException) as exc:  # Parquet: a damaged page or row group
+            if self._stream is not None:
+                raise
+            self._broken = ("corrupt", str(exc)[:200])
+            return None
+
+    def _damage(self) -> list[tuple[str, int, str, str]]:
+        """At the end of the readable rows of a damaged file: the rest of it as ONE dead
+        letter (once, and not again after a resume that already emitted it), and a warning."""
+        if self._reported:
+            return []
+        self._reported = True
+        if self._stream is not None and self._stream.failure is not None:
+            what, detail, partial = (self._stream.failure, self._stream.detail,
+                                     self._stream.partial)
+            row = max(self._next_line, self._stream.lines + 1)
+        elif self._broken is not None:
+            (what, detail), partial, row = self._broken, "", self._next_line - 1
+        else:
+            return []
+        unit = "compressed stream" if self._stream is not None else "file"
+        reason = (f"file truncated: the {unit} ended at row {row} before its end"
+                  if what == "truncated" else
+                  f"file corrupt: the {unit} could not be read from row {row} on ({detail})")
+        if row <= self._skip_bad_through:  # emitted before the resume
+            return []
+        log.warning("warning: %s: %s; the rows before it were replayed, the rest of the file "
+                    "is one dead letter", self.path, reason)
+        return [(self.name, row, partial[:1000], reason)]
+
     def next_block(self) -> TickRows | None:
         """The next decoded block, or None at end of file."""
         while True:
-            batch = next(self._batches, None)
+            batch = self._next_batch()
             with self._bad_lock:
                 bad, self._bad = self._bad, []
-            if batch is None and not bad:
+            damage = self._damage() if batch is None else []
+            if batch is None and not bad and not damage:
                 return None
             n = 0 if batch is None else batch.num_rows
             self._unpassed_bad.update(line for line, _ in bad)
@@ -228,6 +443,7 @@ class FileBlocks:
             extra = [(self.name, line, text, "not a row of the "
                       f"{self.origin.value}s layout ({len(text.split(','))} fields)")
                      for line, text in bad if line > self._skip_bad_through]
+            extra += damage
             if batch is None:
                 rows = decode_table(pa.RecordBatch.from_pylist(
                     [], schema=pa.schema([(c, pa.string()) for c in LAYOUTS[self.origin]])),

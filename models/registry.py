@@ -22,6 +22,13 @@ Layout under ``QT_REGISTRY_DIR`` (default ``$QT_HOME/registry``)::
 
 Readers (the live ensemble step) call :meth:`ModelRegistry.production_version` on every bar;
 it re-reads ``stages.json`` only when its modification time changed.
+
+``stages.json`` is the only record of which version is in production, so a model directory
+that has versions but no readable ``stages.json`` (deleted, or not valid JSON) is an error
+(:class:`StagesMissing`) that says how to repair it, never "no versions" (which would make
+the live flow retrain everything and retire the other models' production versions). The first
+publish of a model writes an empty ``stages.json`` before its version appears, so a model
+directory with versions always has one.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cli.errors import UserError
 from schemas.registry import ModelVersion, Stage
 from schemas.timeutil import iso, parse_iso
 from storage.store import Store
@@ -53,6 +61,19 @@ class IntegrityError(RuntimeError):
 
 class RegistryError(RuntimeError):
     """A missing model/version or an impossible stage change."""
+
+
+REPAIR_COMMAND = "python -m cli.registry repair"
+
+
+class StagesMissing(RegistryError, UserError):
+    """A model has versions on disk but no readable ``stages.json``."""
+
+
+def version_span(versions: list[str]) -> str:
+    """``v0001`` or ``v0001..v0003`` (sorted), for messages."""
+    vs = sorted(versions)
+    return vs[0] if len(vs) == 1 else f"{vs[0]}..{vs[-1]}" if vs else "none"
 
 
 def _file_sha256(path: Path) -> str:
@@ -129,6 +150,8 @@ class ModelRegistry:
                 return mv
         model_dir = self.model_dir(model)
         model_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._read_stages(model)  # a registry missing its stages: stop before writing
         tmp = model_dir / f".publish-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
@@ -149,6 +172,8 @@ class ModelRegistry:
                     "key": key,
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+                if not (model_dir / STAGES).exists():  # never versions without stages.json
+                    _write_json_atomic(model_dir / STAGES, {})
                 os.rename(tmp, model_dir / version)  # atomic: the version appears whole
                 if key is not None:
                     self.keyed(model)[key] = version
@@ -169,6 +194,14 @@ class ModelRegistry:
                     known[key] = path.parent.name
             self._keys[model] = known
         return known
+
+    def version_names(self, model: str) -> list[str]:
+        """Versions of ``model`` on disk (published, whatever ``stages.json`` says)."""
+        directory = self.model_dir(model)
+        if not directory.is_dir():
+            return []
+        return sorted(p.name for p in directory.glob("v[0-9]*")
+                      if p.name[1:].isdigit() and (p / MANIFEST).is_file())
 
     def _next_version(self, model: str) -> str:
         existing = [int(p.name[1:]) for p in self.model_dir(model).glob("v[0-9]*")
@@ -215,13 +248,31 @@ class ModelRegistry:
         try:
             mtime = path.stat().st_mtime_ns
         except FileNotFoundError:
+            self._cache.pop(model, None)
+            versions = self.version_names(model)
+            if versions:
+                raise self._stages_missing(model, "is missing", versions) from None
             return {}
         cached = self._cache.get(model)
         if cached is not None and cached.mtime_ns == mtime:
             return cached.stages
-        stages = json.loads(path.read_text())
+        try:
+            stages = json.loads(path.read_text())
+            if not isinstance(stages, dict) or not all(
+                    isinstance(e, dict) and "stage" in e for e in stages.values()):
+                raise ValueError("not a {version: {stage: ...}} object")
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise self._stages_missing(model, f"is corrupt ({exc})",
+                                       self.version_names(model)) from None
         self._cache[model] = _StagesCache(mtime, stages)
         return stages
+
+    def _stages_missing(self, model: str, what: str, versions: list[str]) -> StagesMissing:
+        exist = f"but versions {version_span(versions)} exist" if versions else "(no versions)"
+        return StagesMissing(
+            f"model registry {self.model_dir(model)}: {STAGES} {what} {exist}; restore it "
+            f"from a backup, or rebuild it from the model_registry table with: "
+            f"{REPAIR_COMMAND}")
 
     def manifest(self, model: str, version: str) -> dict[str, Any]:
         path = self.model_dir(model) / version / MANIFEST

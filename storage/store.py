@@ -7,11 +7,21 @@ values bound as ``{name:Type}`` parameters, so the same SQL runs on both.
 
 chDB allows one data path per process, so clients are shared per process (:func:`open_store`)
 and reference-counted; the last :meth:`Store.close` releases the engine.
+
+Before chDB is started on a path, :func:`check_embedded_store` makes sure ``QT_HOME`` is
+writable and that no other process holds the store (chDB locks ``<path>/status``; a second
+process would fail deep inside the engine): either problem is a :class:`StoreUnavailable`
+that says what to do. Server URLs are shown with their password redacted
+(:func:`cli.errors.redact`), in descriptions and in errors.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,9 +31,14 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from cli.errors import UserError, redact
 from settings import PROJECT_ROOT, Settings
 
 SQL_DIR = PROJECT_ROOT / "sql"
+
+
+class StoreUnavailable(UserError, RuntimeError):
+    """The store cannot be opened for a reason the user can fix (the message says which)."""
 
 
 def sql_text(name: str) -> str:
@@ -121,6 +136,8 @@ def open_store(settings: Settings, migrate: bool = True) -> Store:
                 f"this process already has the embedded store {others.pop()} open; chDB allows "
                 f"one data path per process, so {path} cannot be opened too"
             )
+        if not url and str(path) not in others:  # (this process's own lock is no conflict)
+            _check_embedded(settings, path)
         store = Store(lambda: _connect(settings, url))
         _OPEN[key] = store
     if migrate:
@@ -128,20 +145,94 @@ def open_store(settings: Settings, migrate: bool = True) -> Store:
     return store
 
 
+def _home_problem(settings: Settings, path: Path, exc: OSError) -> StoreUnavailable:
+    why = exc.strerror or str(exc)
+    return StoreUnavailable(
+        f"QT_HOME={settings.home}: the embedded store {path} cannot be written ({why}); set "
+        "QT_HOME to a writable directory (or QT_CLICKHOUSE_URL to a ClickHouse server)")
+
+
+def _lock_holder(status: Path) -> str:
+    """``pid N, started T`` from chDB's status file, when it says so."""
+    try:
+        fields = dict(line.split(": ", 1) for line in status.read_text().splitlines()
+                      if ": " in line)
+    except OSError:
+        return ""
+    held = ", ".join(f"{k} {fields[v]}" for k, v in (("pid", "PID"), ("started", "Started at"))
+                     if v in fields)
+    return f" ({held})" if held else ""
+
+
+def check_embedded_store(settings: Settings) -> None:
+    """Raise :class:`StoreUnavailable` unless the embedded store under ``QT_HOME`` can be
+    opened by this process: its directory writable, and no other process holding its lock.
+
+    Call it before starting chDB (and before anything else writes under ``QT_HOME``): chDB
+    reports both problems only as a failure deep in its engine, after printing to stderr.
+    A store this process has open already passes.
+    """
+    path = Path(settings.store_path).resolve()
+    with _OPEN_LOCK:
+        if any(k.startswith(f"chdb:{path}#") for k in _OPEN):
+            return
+        _check_embedded(settings, path)
+
+
+def _check_embedded(settings: Settings, path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise _home_problem(settings, path, exc) from None
+    status = path / "status"
+    try:
+        fd = os.open(status, os.O_RDWR)
+    except FileNotFoundError:
+        return  # no engine has it open (chDB removes the file on a clean close)
+    except OSError as exc:
+        raise _home_problem(settings, path, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # chDB holds this lock while open
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise StoreUnavailable(
+            f"QT_HOME={settings.home}: the embedded store {path} is in use by another "
+            f"process{_lock_holder(status)}; chDB allows one process per store: wait for that "
+            "run to end (or stop it), or give this run its own QT_HOME") from None
+    finally:
+        os.close(fd)  # closing releases the probe's lock
+
+
 def _connect(settings: Settings, url: str) -> tuple[Client, str, str]:
     if url:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https"):
-            raise ValueError(f"QT_CLICKHOUSE_URL={url!r}: expected http(s)://user:pass@host:port/db")
+            raise StoreUnavailable(f"QT_CLICKHOUSE_URL={redact(url)!r}: expected "
+                                   "http(s)://user:pass@host:port/db")
         database = parsed.path.strip("/") or "default"
-        client = clickhouse_connect.get_client(
-            host=parsed.hostname, port=parsed.port or (8443 if parsed.scheme == "https" else 8123),
-            username=parsed.username or "default", password=parsed.password or "",
-            database=database, secure=parsed.scheme == "https", tz_mode="aware",
-        )
-        return client, url, f"ClickHouse server {parsed.hostname}:{parsed.port}/{database}"
+        where = f"ClickHouse server {parsed.hostname}:{parsed.port}/{database}"
+        try:
+            client = clickhouse_connect.get_client(
+                host=parsed.hostname,
+                port=parsed.port or (8443 if parsed.scheme == "https" else 8123),
+                username=parsed.username or "default", password=parsed.password or "",
+                database=database, secure=parsed.scheme == "https", tz_mode="aware",
+            )
+        except Exception as exc:  # unreachable, refused, bad credentials, no such database
+            raise StoreUnavailable(
+                f"QT_CLICKHOUSE_URL={redact(url)}: cannot connect to the {where}: "
+                f"{redact(str(exc)).splitlines()[0][:300]}; check the URL, the credentials and "
+                "that the server is running") from None
+        return client, url, where
     path = Path(settings.store_path).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _home_problem(settings, path, exc) from None
     client = clickhouse_connect.get_client(interface="chdb", path=str(path), tz_mode="aware")
     client.command(sql_text("admin/create_database"), parameters={"db": settings.database})
     client.database = settings.database

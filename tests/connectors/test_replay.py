@@ -10,7 +10,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.replay import ReplaySource, expand_paths, group_by_symbols
+from connectors.replay import InputFileError, ReplaySource, expand_paths, group_by_symbols
 from schemas.ticks import TickRows
 
 TRADES = "trades/binance_spot_BTCUSDT-ETHUSDT_2024-08-08_trades.csv.gz"
@@ -95,7 +95,7 @@ def test_bad_spec_and_bad_header_are_clear_errors(tmp_path: Path) -> None:
         expand_paths(str(tmp_path / "nothing*.csv"))
     bad = tmp_path / "bad.csv"
     bad.write_text("time,sym,px\n1,2,3\n")
-    with pytest.raises(ValueError, match=r"bad\.csv: unrecognised columns"):
+    with pytest.raises(InputFileError, match=r"bad\.csv: unrecognised header 'time,sym,px'"):
         ReplaySource([bad])
 
 
