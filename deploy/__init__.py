@@ -1,0 +1,1 @@
+"""Deployment files that are generated or checked from the code (Grafana dashboards)."""

@@ -1,0 +1,1 @@
+"""Grafana for the docker-compose stack: provisioning files and the dashboard generator."""
