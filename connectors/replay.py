@@ -113,8 +113,10 @@ class _TextStream(io.RawIOBase):
         self.detail = ""
         self.lines = 0  # newlines handed out
         self.partial = ""
-        self._carry = b""
+        self._carry = b""  # the incomplete line read so far
+        self._out = b""  # whole lines ready for read()
         self._eof = False
+        self._pending: _Broken | None = None  # found after salvaging the data before it
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
@@ -160,14 +162,19 @@ class _TextStream(io.RawIOBase):
                 data = d.unconsumed_tail or self._file.read(_COMPRESSED_CHUNK)
                 if not data:
                     raise _Broken("truncated")
+            saved = d.copy()
             try:
                 out = d.decompress(data, size)
             except zlib.error as exc:
-                raise _Broken("corrupt", f"zlib: {exc}") from None
+                # what this input held before the damage (zlib drops a failing call's output)
+                self._pending = _Broken("corrupt", f"zlib: {exc}")
+                return _salvage(saved, data)
             if out:
                 return out
 
     def _raw_read(self, size: int) -> bytes:
+        if self._pending is not None:
+            raise self._pending
         if self._gz is not None:
             return self._gunzip(size)
         if self._arrow is not None:
@@ -183,9 +190,9 @@ class _TextStream(io.RawIOBase):
             return data
         return self._decoder.decode(data, final=final).encode("utf-8")
 
-    def read(self, size: int = -1) -> bytes:
-        want = size if size and size > 0 else 1 << 20
-        while not self._eof:
+    def _fill(self, want: int) -> None:
+        """Move the next whole lines (or the final line at a clean end) into ``_out``."""
+        while not self._eof and not self._out:
             try:
                 chunk = self._raw_read(want)
             except _Broken as exc:
@@ -193,11 +200,11 @@ class _TextStream(io.RawIOBase):
                 self.failure, self.detail = exc.what, exc.detail
                 self.partial = self._carry.decode("utf-8", errors="replace")
                 self._carry = b""
-                return b""
+                return
             if not chunk:
                 self._eof = True
-                out, self._carry = self._carry, b""
-                return self._text(out, final=True)
+                self._out, self._carry = self._text(self._carry, final=True), b""
+                return
             data = self._carry + chunk if self._carry else chunk
             cut = data.rfind(b"\n") + 1
             if cut == 0 and len(data) <= _LONGEST_LINE:
@@ -205,10 +212,18 @@ class _TextStream(io.RawIOBase):
                 continue
             cut = cut or len(data)
             self._carry = data[cut:]
-            out = data[:cut]
-            self.lines += out.count(b"\n")
-            return self._text(out)
-        return b""
+            whole = data[:cut]
+            self.lines += whole.count(b"\n")
+            self._out = self._text(whole)
+
+    def read(self, size: int = -1) -> bytes:
+        """At most ``size`` bytes (Arrow's buffer is that large: never more)."""
+        want = size if size and size > 0 else 1 << 20
+        if not self._out:
+            self._fill(want)
+        out = self._out[:want]
+        self._out = self._out[want:]
+        return out
 
     def header_line(self) -> str:
         """The first line (at most :data:`HEADER_LIMIT` bytes), for :func:`file_layout`."""
@@ -244,6 +259,26 @@ class _TextStream(io.RawIOBase):
             self._arrow.close()
         self._file.close()
         super().close()
+
+
+def _salvage(decompressor: zlib._Decompress, data: bytes, piece: int = 4096) -> bytes:
+    """The output of ``data`` up to the point where it fails to decompress (zlib drops the
+    output of a call that fails), fed to a copy of the decompressor taken before it in ever
+    smaller pieces around the failure, down to single bytes."""
+    out: list[bytes] = []
+    d = decompressor
+    i = 0
+    while i < len(data):
+        before = d.copy()
+        try:
+            out.append(d.decompress(data[i:i + piece]))
+        except zlib.error:
+            if piece == 1:
+                break
+            d, piece = before, max(1, piece // 16)
+            continue
+        i += piece
+    return b"".join(out)
 
 
 def _is_parquet(path: Path) -> bool:

@@ -268,7 +268,9 @@ class ModelRegistry:
         return stages
 
     def _stages_missing(self, model: str, what: str, versions: list[str]) -> StagesMissing:
-        exist = f"but versions {version_span(versions)} exist" if versions else "(no versions)"
+        exist = ("(no versions)" if not versions else
+                 f"but version {versions[0]} exists" if len(versions) == 1 else
+                 f"but versions {version_span(versions)} exist")
         return StagesMissing(
             f"model registry {self.model_dir(model)}: {STAGES} {what} {exist}; restore it "
             f"from a backup, or rebuild it from the model_registry table with: "

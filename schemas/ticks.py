@@ -17,6 +17,7 @@ its close is known, so a replay of candles cannot see a price before it happened
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,15 @@ from schemas.timeutil import from_ms, to_ms
 
 NAN = math.nan
 TS_MISSING = np.iinfo(np.int64).min
+
+# Sane ranges of input values (documented with the other rules in operators/validate.py).
+PRICE_MIN = 1e-12  # far below any quoted price (1 satoshi = 1e-8), far above denormals
+PRICE_MAX = 1e12   # far above any price in any currency
+SIZE_MAX = 1e15    # trade sizes and candle volumes (the largest in ../shared/data: 1.3e8)
+# Epoch milliseconds a datetime can hold (0001-01-01 .. 9999-12-31T23:59:59.999Z): a time
+# outside cannot be represented and is a decode error, not a crash further down.
+MS_MIN = -62_135_596_800_000
+MS_MAX = 253_402_300_799_999
 
 
 class TickOrigin(StrEnum):
@@ -308,9 +318,16 @@ class SymbolTicks:
 # ---------------------------------------------------------------------------------------------
 
 
+def _overflow(text: str) -> bool:
+    """Whether ``text``, which parsed to an infinity, is a finite-looking number (``1e309``)
+    rather than an infinity literal (``inf``, ``-Infinity``)."""
+    return "inf" not in text.lower()
+
+
 def _floats(col: pa.Array, name: str, errors: dict[int, str], required: bool) -> np.ndarray:
     """Column -> float64 with NaN for empty; unparseable (or missing required) cells are
-    recorded in ``errors``."""
+    recorded in ``errors``, and so is a number too large for a float (``1e309``: "numeric
+    overflow"; an ``inf`` literal stays a value, for validation to call non-finite)."""
     if required and col.null_count:
         for i in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)):
             errors.setdefault(int(i), f"missing {name}")
@@ -328,14 +345,30 @@ def _floats(col: pa.Array, name: str, errors: dict[int, str], required: bool) ->
                 arr[i] = float(v)
             except ValueError:
                 errors.setdefault(i, f"unparseable {name}: {v[:40]!r}")
+                continue
+            if math.isinf(arr[i]) and _overflow(v):
+                errors.setdefault(i, f"numeric overflow in {name}: {v.strip()[:40]!r}")
         return arr
-    return pc.fill_null(out, NAN).to_numpy(zero_copy_only=False)
+    arr = pc.fill_null(out, NAN).to_numpy(zero_copy_only=False)
+    inf = np.flatnonzero(np.isinf(arr))
+    if len(inf):
+        texts = col.take(pa.array(inf)).to_pylist()
+        for i, v in zip(inf.tolist(), texts, strict=True):
+            if v is not None and _overflow(v):
+                errors.setdefault(i, f"numeric overflow in {name}: {v.strip()[:40]!r}")
+    return arr
 
 
 def _timestamps(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
     """ISO-8601 with a UTC offset (or Arrow timestamps) -> epoch ms; others recorded."""
     if pa.types.is_integer(col.type):  # epoch milliseconds
         out = pc.fill_null(col.cast(pa.int64()), TS_MISSING).to_numpy(zero_copy_only=False)
+        far = np.flatnonzero((out != TS_MISSING) & ((out < MS_MIN) | (out > MS_MAX)))
+        for i in far.tolist():
+            errors.setdefault(i, f"ts out of range (cannot be represented): {int(out[i])} ms")
+        if len(far):
+            out = out.copy()
+            out[far] = TS_MISSING
     elif pa.types.is_timestamp(col.type):
         if col.type.tz is None:
             raise ValueError("timestamp column has no time zone; event times must be UTC")
@@ -359,7 +392,10 @@ def _timestamps(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
                 if dt.tzinfo is None:
                     errors.setdefault(i, f"ts without UTC offset: {v[:40]!r}")
                     continue
-                out[i] = to_ms(dt)
+                try:
+                    out[i] = to_ms(dt)
+                except OverflowError:
+                    errors.setdefault(i, f"ts out of range (cannot be represented): {v[:40]!r}")
     for i in np.flatnonzero(out == TS_MISSING):
         errors.setdefault(int(i), "missing ts")
     return out
@@ -407,11 +443,15 @@ def decode_table(batch: pa.RecordBatch, origin: TickOrigin, source: str, first_r
     elif origin is TickOrigin.QUOTE:
         bid = _floats(col["bid"], "bid", errors, True)
         ask = _floats(col["ask"], "ask", errors, True)
-        price = (bid + ask) / 2.0
+        with np.errstate(over="ignore"):  # absurd quotes: validation names their range
+            price = (bid + ask) / 2.0
         size = nan
         for name in ("bid_size", "ask_size"):
-            for i in np.flatnonzero(_floats(col[name], name, errors, False) < 0):
+            sizes = _floats(col[name], name, errors, False)
+            for i in np.flatnonzero(sizes < 0):
                 errors.setdefault(int(i), f"negative {name}")
+            for i in np.flatnonzero(sizes > SIZE_MAX):
+                errors.setdefault(int(i), f"{name} outside the sane range (above {SIZE_MAX:g})")
     else:
         candle = tuple(_floats(col[k], k, errors, True) for k in ("open", "high", "low"))
         price = _floats(col["close"], "close", errors, True)
@@ -447,12 +487,20 @@ def decode_messages(values: Sequence[bytes | None], source: str,
         except codec.SchemaError as exc:
             errors[i] = str(exc)[:200]
             continue
+        except OverflowError:  # a time whose UTC offset takes it past year 1 or 9999
+            ts_text = _json_literal(raw[i], "ts") or "?"
+            errors[i] = f"ts out of range (cannot be represented): {ts_text[:40]}"
+            continue
         ts[i] = to_ms(tick.ts)
         symbol[i] = tick.symbol.strip()
         origin[i] = ORIGIN_CODE[tick.origin]
         side[i] = SIDE_CODE[tick.side]
         for k, arr in cols.items():
             arr[i] = getattr(tick, k)
+            if math.isinf(arr[i]):
+                literal = _json_literal(raw[i], k)
+                if literal is not None and _overflow(literal):
+                    errors.setdefault(i, f"numeric overflow in {k}: {literal[:40]!r}")
         if tick.origin is TickOrigin.QUOTE and math.isnan(tick.price):
             cols["price"][i] = (tick.bid + tick.ask) / 2.0
         any_candle |= tick.origin is TickOrigin.CANDLE
@@ -465,6 +513,12 @@ def decode_messages(values: Sequence[bytes | None], source: str,
         candle=(cols["open"], cols["high"], cols["low"]) if any_candle else None,
         errors=errors, raw_text=raw,
     )
+
+
+def _json_literal(text: str, key: str) -> str | None:
+    """The raw text of ``key``'s value in a flat JSON object (for error messages)."""
+    m = re.search(rf'"{re.escape(key)}"\s*:\s*("[^"]*"|[^,}}\s]+)', text)
+    return None if m is None else m[1].strip('"')
 
 
 def tick_rows_from_ticks(ticks: Sequence[Tick], source: str = "memory") -> TickRows:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -152,6 +154,13 @@ def _home_problem(settings: Settings, path: Path, exc: OSError) -> StoreUnavaila
         "QT_HOME to a writable directory (or QT_CLICKHOUSE_URL to a ClickHouse server)")
 
 
+def _cause(exc: BaseException) -> str:
+    """A driver error in a few words: the OS error if there is one, else its first line."""
+    text = redact(str(exc))
+    m = re.search(r"\[Errno -?\d+\] [^\"')(]+", text)
+    return (m[0] if m else text.splitlines()[0] if text else type(exc).__name__)[:200].strip()
+
+
 def _lock_holder(status: Path) -> str:
     """``pid N, started T`` from chDB's status file, when it says so."""
     try:
@@ -215,6 +224,9 @@ def _connect(settings: Settings, url: str) -> tuple[Client, str, str]:
                                    "http(s)://user:pass@host:port/db")
         database = parsed.path.strip("/") or "default"
         where = f"ClickHouse server {parsed.hostname}:{parsed.port}/{database}"
+        driver_log = logging.getLogger("clickhouse_connect")
+        level = driver_log.level
+        driver_log.setLevel(logging.CRITICAL)  # it logs the failure too: the error says it
         try:
             client = clickhouse_connect.get_client(
                 host=parsed.hostname,
@@ -224,9 +236,11 @@ def _connect(settings: Settings, url: str) -> tuple[Client, str, str]:
             )
         except Exception as exc:  # unreachable, refused, bad credentials, no such database
             raise StoreUnavailable(
-                f"QT_CLICKHOUSE_URL={redact(url)}: cannot connect to the {where}: "
-                f"{redact(str(exc)).splitlines()[0][:300]}; check the URL, the credentials and "
-                "that the server is running") from None
+                f"QT_CLICKHOUSE_URL={redact(url)}: cannot connect to the {where} "
+                f"({_cause(exc)}); check the URL, the credentials and that the server is "
+                "running") from None
+        finally:
+            driver_log.setLevel(level)
         return client, url, where
     path = Path(settings.store_path).resolve()
     try:

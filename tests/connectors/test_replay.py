@@ -10,7 +10,13 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.replay import InputFileError, ReplaySource, expand_paths, group_by_symbols
+from connectors.replay import (
+    InputFileError,
+    MissingInputError,
+    ReplaySource,
+    expand_paths,
+    group_by_symbols,
+)
 from schemas.ticks import TickRows
 
 TRADES = "trades/binance_spot_BTCUSDT-ETHUSDT_2024-08-08_trades.csv.gz"
@@ -91,12 +97,98 @@ def test_paced_replay_emits_the_same_rows_in_time_order(shared_data: Path) -> No
 
 
 def test_bad_spec_and_bad_header_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no file matches"):
+    with pytest.raises(MissingInputError, match="no file matches"):
         expand_paths(str(tmp_path / "nothing*.csv"))
     bad = tmp_path / "bad.csv"
     bad.write_text("time,sym,px\n1,2,3\n")
     with pytest.raises(InputFileError, match=r"bad\.csv: unrecognised header 'time,sym,px'"):
         ReplaySource([bad])
+
+
+REAL = "quotes/histdata_EURUSD_2020-01-01_quotes.csv.gz"  # 9,500 rows
+
+
+def _rows_and_dead(path: Path, resume=None) -> tuple[list[int], list, object]:
+    part = ReplaySource([path], block_bytes=1 << 14).build_part("t", path.name, resume)
+    blocks = drain(part)
+    rows = [int(r) for b in blocks for r in b.row_no]
+    return rows, [d for b in blocks for d in b.extra_dead], part
+
+
+@pytest.mark.parametrize("name", ["plain.csv", "named_plain.csv.bz2"])
+def test_unusable_files_name_themselves(tmp_path: Path, name: str) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(InputFileError, match=r"empty\.csv: the file is empty"):
+        ReplaySource([empty])
+    binary = tmp_path / "binary.csv.gz"
+    binary.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(InputFileError, match=r"binary\.csv\.gz: not gzip-compressed"):
+        ReplaySource([binary])
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00\n")
+    with pytest.raises(InputFileError, match=r"garbage\.csv: not a CSV text file"):
+        ReplaySource([garbage])
+    parquet = tmp_path / "not.parquet"
+    parquet.write_text("ts,symbol,price,size,side\n")
+    with pytest.raises(InputFileError, match=r"not\.parquet: not a readable Parquet file"):
+        ReplaySource([parquet])
+
+
+def test_gzip_is_recognised_by_its_signature_and_members_concatenate(tmp_path: Path,
+                                                                    shared_data: Path) -> None:
+    import gzip
+
+    text = gzip.decompress((shared_data / REAL).read_bytes())
+    lines = text.splitlines(keepends=True)
+    two = tmp_path / "two_members.csv"  # a gzip file without .gz, in two gzip members
+    two.write_bytes(gzip.compress(b"".join(lines[:5000])) + gzip.compress(b"".join(lines[5000:])))
+    rows, dead, _ = _rows_and_dead(two)
+    assert rows == list(range(2, len(lines) + 1)) and dead == []
+
+
+def test_a_truncated_file_replays_its_readable_rows_and_one_dead_letter(
+        tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    whole, _, _ = _rows_and_dead(shared_data / REAL)
+    data = (shared_data / REAL).read_bytes()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING"):
+        rows, dead, part = _rows_and_dead(cut)
+    assert 0 < len(rows) < len(whole) and rows == whole[: len(rows)]  # whole rows, in order
+    assert len(dead) == 1
+    name, row, raw, reason = dead[0]
+    assert (name, row) == ("cut.csv.gz", rows[-1] + 1)
+    assert reason == f"file truncated: the compressed stream ended at row {row} before its end"
+    assert raw == "" or not raw.endswith("\n")  # the cut line, kept as the dead letter's raw
+    assert [r.getMessage() for r in caplog.records] == [
+        f"warning: {cut}: {reason}; the rows before it were replayed, the rest of the file is "
+        "one dead letter"]
+    # a resume after the dead letter went out does not send it again
+    again, dead_again, _ = _rows_and_dead(cut, part.snapshot())
+    assert again == [] and dead_again == []
+
+
+def test_a_corrupt_file_replays_its_readable_rows_and_one_dead_letter(
+        tmp_path: Path, shared_data: Path) -> None:
+    # gzip checks its data at the end of a member (CRC-32): a wrong checksum is found after
+    # the rows, which then all replay; trailing bytes that are not gzip are found there too
+    whole, _, _ = _rows_and_dead(shared_data / REAL)
+    data = bytearray((shared_data / REAL).read_bytes())
+    data[-8] ^= 0xFF
+    bad = tmp_path / "bad_crc.csv.gz"
+    bad.write_bytes(bytes(data))
+    rows, dead, _ = _rows_and_dead(bad)
+    assert rows == whole and len(dead) == 1 and dead[0][1] == whole[-1] + 1
+    assert dead[0][3] == (f"file corrupt: the compressed stream could not be read from row "
+                          f"{dead[0][1]} on (zlib: Error -3 while decompressing data: incorrect "
+                          "data check)")
+    tail = tmp_path / "tail.csv.gz"
+    tail.write_bytes((shared_data / REAL).read_bytes() + b"not gzip")
+    rows, dead, _ = _rows_and_dead(tail)
+    assert rows == whole and [d[3] for d in dead] == [
+        f"file corrupt: the compressed stream could not be read from row {whole[-1] + 1} on "
+        "(unexpected bytes after the compressed data)"]
 
 
 def test_resume_of_a_paced_replay_rereads_what_pacing_held_back(shared_data: Path) -> None:
@@ -109,3 +201,21 @@ def test_resume_of_a_paced_replay_rereads_what_pacing_held_back(shared_data: Pat
     tail = drain(ReplaySource([path]).build_part("t", path.name, paced.snapshot()))
     got = np.concatenate([b.row_no for b in head + tail])
     np.testing.assert_array_equal(got, whole)
+
+
+def test_the_text_stream_never_hands_arrow_more_than_it_asked_for(tmp_path: Path) -> None:
+    """Arrow copies a read() into a buffer of the size it asked for: a longer answer would
+    overrun it. Invalid UTF-8 grows when repaired (1 byte -> 3) and lines are kept whole."""
+    from connectors.replay import _TextStream
+
+    raw = b"ts,symbol,price,size,side\n" + b"".join(
+        b"2024-01-01T00:00:%02d.000Z,A\xff\xfe,%d,1,buy\n" % (i % 60, i) for i in range(500))
+    path = tmp_path / "bytes.csv"
+    path.write_bytes(raw)
+    with _TextStream(path) as stream:
+        chunks = []
+        for size in [7, 100, 1, 4096, 33] * 1000:
+            chunk = stream.read(size)
+            assert len(chunk) <= size
+            chunks.append(chunk)
+    assert b"".join(chunks) == raw.decode("utf-8", "replace").encode()

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.replay import ReplaySource
-from operators.validate import TickValidator, validate_ticks
+from operators.validate import PRICE_RANGE, SIZE_RANGE, TickValidator, validate_ticks
 from schemas.dead_letters import Stage
-from schemas.ticks import Tick, TickOrigin, tick_rows_from_ticks
-from schemas.timeutil import from_ms, iso
+from schemas.ticks import Tick, TickOrigin, TickRows, decode_messages, tick_rows_from_ticks
+from schemas.timeutil import from_ms, iso, parse_iso
 
 T0 = 1_700_000_000_000
 NAN = math.nan
@@ -55,6 +55,14 @@ def candle(ms: int, o: float, h: float, lo: float, c: float) -> Tick:
         (candle(0, 10, 9, 12, 11), "inconsistent candle"),
         (candle(0, 13, 12, 9, 11), "inconsistent candle"),
         (candle(0, 10, 12, 9, 8), "inconsistent candle"),
+        # sane ranges (module docstring): absurd but finite values
+        (trade(0, 1e-308), PRICE_RANGE),
+        (trade(0, 1e13), PRICE_RANGE),
+        (trade(0, 1e-12), None),
+        (trade(0, 10.0, size=1e16), SIZE_RANGE),
+        (quote(0, 1e300, 1e300), PRICE_RANGE),  # its mid would overflow: still the range
+        (quote(0, 1e-300, 1.0), PRICE_RANGE),
+        (candle(0, 10, 12, 1e-20, 11), PRICE_RANGE),
     ],
 )
 def test_each_rule(tick: Tick, reason: str | None) -> None:
@@ -85,8 +93,6 @@ def test_time_going_backwards_beyond_tolerance_across_blocks() -> None:
 
 
 def test_undecodable_message_keeps_raw_text() -> None:
-    from schemas.ticks import decode_messages
-
     rows = decode_messages([b'{"ts": "nope"}', b"\xff not json", trade(0, 1.0).to_json()],
                            "kafka:ticks/0", [7, 8, 9])
     out = TickValidator().validate(rows)
@@ -114,6 +120,128 @@ def test_validate_step_in_a_dataflow() -> None:
     assert [v.tag.seq for v in out] == [0, 1]  # blocks with ticks are numbered per partition
 
 
+# --- numbers and times outside what a tick can be -------------------------------------------
+
+def _csv_rows(tmp_path: Path, lines: list[str], header: str = "ts,symbol,price,size,side"
+              ) -> tuple[int, int, list]:
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join([header, *lines]) + "\n")
+    return _replay_accounting(path)
+
+
+def test_numeric_overflow_is_named_and_an_inf_literal_stays_non_finite(tmp_path: Path) -> None:
+    ts = "2024-01-01T00:00:00.000Z"
+    ticks, _, dead = _csv_rows(tmp_path, [f"{ts},A,1e309,1,buy", f"{ts},A,-1e309,1,buy",
+                                          f"{ts},A,inf,1,buy", f"{ts},A,5,1e999,buy",
+                                          f"{ts},A,1e308,1,buy", f"{ts},A,1e-308,1,buy",
+                                          f"{ts},A,5,1,buy"])
+    assert ticks == 1
+    assert [(d.row, d.stage, d.reason) for d in sorted(dead, key=lambda d: d.row)] == [
+        (2, Stage.DECODE, "numeric overflow in price: '1e309'"),
+        (3, Stage.DECODE, "numeric overflow in price: '-1e309'"),
+        (4, Stage.VALIDATE, "non-finite price"),
+        (5, Stage.DECODE, "numeric overflow in size: '1e999'"),
+        (6, Stage.VALIDATE, PRICE_RANGE),
+        (7, Stage.VALIDATE, PRICE_RANGE)]
+    q = _csv_rows(tmp_path, [f"{ts},A,1,2,1e400,", f"{ts},A,1,2,1e16,"],
+                  "ts,symbol,bid,ask,bid_size,ask_size")[2]
+    assert sorted(d.reason for d in q) == ["bid_size outside the sane range (above 1e+15)",
+                                          "numeric overflow in bid_size: '1e400'"]
+
+
+def test_kafka_messages_overflow_and_unrepresentable_times_are_dead_letters() -> None:
+    msgs = [b'{"ts": "2024-01-01T00:00:00Z", "symbol": "A", "origin": "trade", "price": 1e309}',
+            b'{"ts": "9999-12-31T23:59:59.999-01:00", "symbol": "A", "origin": "trade", '
+            b'"price": 1}',
+            b'{"ts": "0001-01-01T00:00:00+01:00", "symbol": "A", "origin": "trade", "price": 1}']
+    out = TickValidator().validate(decode_messages(msgs, "kafka:t/0", [0, 1, 2]))
+    assert out.ticks == 0
+    assert [d.reason for d in sorted(out.dead, key=lambda d: d.row)] == [
+        "numeric overflow in price: '1e309'",
+        "ts out of range (cannot be represented): 9999-12-31T23:59:59.999-01:00",
+        "ts out of range (cannot be represented): 0001-01-01T00:00:00+01:00"]
+
+
+def at(text: str, price: float = 10.0, symbol: str = "X") -> Tick:
+    return Tick(parse_iso(text), symbol, TickOrigin.TRADE, price, size=1.0)
+
+
+def _run(v: TickValidator, *blocks: list[Tick], final: bool = True
+         ) -> tuple[list[int], list[tuple[Stage, str]], int]:
+    """Validate blocks in order (the last one final); accepted times, dead letters, rows_in."""
+    times, dead, rows_in = [], [], 0
+    for i, ticks in enumerate(blocks):
+        rows = tick_rows_from_ticks(ticks) if ticks else TickRows.end_of("p", i)
+        rows.final = final and i == len(blocks) - 1
+        out = v.validate(rows)
+        rows_in += out.rows_in
+        times += [int(t) for b in out.batches.values() for t in b.ts_ms]
+        dead += [(d.stage, d.reason) for d in out.dead]
+    return sorted(times), dead, rows_in
+
+
+def test_times_outside_the_sane_range_do_not_move_any_clock() -> None:
+    now = parse_iso("2026-01-01T00:00:00Z")
+    v = TickValidator(now_ms=lambda: int(now.timestamp() * 1000))
+    times, dead, rows_in = _run(v, [at("2013-01-01T22:00:00Z"), at("9999-12-31T23:59:59.999Z"),
+                                    at("9999-06-01T00:00:00Z"), at("1989-12-31T23:59:59Z"),
+                                    at("2026-01-02T00:00:01Z"), at("2013-01-01T22:00:01Z")])
+    assert len(times) == 2 and rows_in == 6  # the real rows after the absurd ones are ticks
+    assert dead == [
+        (Stage.VALIDATE, "time outside the sane range: 9999-12-31T23:59:59.999Z is more than "
+                         "1 day after the wall clock"),
+        (Stage.VALIDATE, "time outside the sane range: 9999-06-01T00:00:00.000Z is more than "
+                         "1 day after the wall clock"),
+        (Stage.VALIDATE, "time outside the sane range: 1989-12-31T23:59:59.000Z is before "
+                         "1990-01-01"),
+        (Stage.VALIDATE, "time outside the sane range: 2026-01-02T00:00:01.000Z is more than "
+                         "1 day after the wall clock")]
+    assert v.newest_ms == {"X": times[-1]} and v.clock_ms == times[-1]
+
+
+def test_an_absurd_first_row_cannot_set_the_reference() -> None:
+    times, dead, _ = _run(TickValidator(), [at("9999-06-01T00:00:00Z"),
+                                            at("2013-01-01T22:00:00Z"),
+                                            at("2013-01-01T22:00:01Z")])
+    assert len(times) == 2 and [s for s, _ in dead] == [Stage.VALIDATE]
+
+
+def test_a_time_jump_is_a_dead_letter_unless_the_rows_after_it_follow() -> None:
+    # one row stamped years ahead of its feed: rejected, the feed's clock stays where it was
+    times, dead, _ = _run(TickValidator(), [at("2013-01-01T22:00:00Z"),
+                                            at("2020-01-01T00:00:00Z"),
+                                            at("2013-01-01T22:00:01Z"),
+                                            at("2013-01-01T22:00:02Z")])
+    assert len(times) == 3
+    assert dead == [(Stage.ORDER, "time jumped ahead: 2020-01-01T00:00:00.000Z is more than 1 "
+                                  "day past the newest tick of its feed, "
+                                  "2013-01-01T22:00:00.000Z, and the rows after it are not")]
+    # a weekend (FX: Friday 21:00 to Sunday 21:00) is a real gap: the rows after it follow
+    times, dead, _ = _run(TickValidator(), [at("2014-05-02T20:59:59Z"),
+                                            at("2014-05-04T21:00:00Z"),
+                                            at("2014-05-04T21:00:01Z"),
+                                            at("2014-05-04T21:00:02Z")])
+    assert len(times) == 4 and dead == []
+
+
+def test_a_jump_at_the_end_of_a_block_waits_for_the_next(tmp_path: Path) -> None:
+    import pickle
+
+    v = TickValidator()
+    first = _run(v, [at("2014-05-02T20:59:59Z"), at("2014-05-04T21:00:00Z")], final=False)
+    assert first == ([int(parse_iso("2014-05-02T20:59:59Z").timestamp() * 1000)], [], 1)
+    assert v.held is not None and len(v.held) == 1  # neither a tick nor a dead letter yet
+    v = TickValidator().restored(pickle.loads(pickle.dumps(v.snapshot())))  # recovery
+    times, dead, rows_in = _run(v, [at("2014-05-04T21:00:01Z"), at("2014-05-04T21:00:02Z")],
+                                final=False)
+    assert (len(times), dead, rows_in) == (3, [], 3)  # confirmed: the held row went out too
+    # unconfirmed at the end of the input: judged on the rows there are
+    v = TickValidator()
+    _run(v, [at("2014-05-02T20:59:59Z"), at("2014-05-04T21:00:00Z")], final=False)
+    times, dead, rows_in = _run(v, [])
+    assert (times, rows_in) == ([], 1) and [s for s, _ in dead] == [Stage.ORDER]
+
+
 # --- the accounting property over files with hypothesis-generated broken rows --------------
 
 GOOD_ROW = st.builds(
@@ -132,6 +260,10 @@ BROKEN_ROW = st.one_of(
     st.just("not-a-time,A:X,5,1,buy"),
     st.just("2024-01-01T00:00:00.000Z,A:X,5,1,sideways"),
     st.just("2024-01-01T00:00:00.000Z,A:X,5,1,buy,extra"),  # too many fields
+    st.just("9999-12-31T23:59:59.999Z,A:X,5,1,buy"),  # after the wall clock
+    st.just("2024-06-01T00:00:00.000Z,B:Y,5,1,buy"),  # a time jump (held across blocks)
+    st.just("2024-01-01T00:00:00.000Z,A:X,1e309,1,buy"),  # numeric overflow
+    st.just("2024-01-01T00:00:00.000Z,A:X,1e-308,1,buy"),  # price outside the sane range
     st.just('"quoted,A:X,5,1,buy'),
     st.binary(min_size=1, max_size=12).map(lambda b: b.decode("latin-1")).filter(
         lambda t: "\n" not in t and "\r" not in t),  # odd bytes, invalid UTF-8

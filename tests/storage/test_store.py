@@ -11,7 +11,7 @@ from schemas.bars import Bar
 from schemas.dead_letters import DeadLetters, Stage
 from schemas.features import FeatureVector
 from schemas.tables import bar_rows, dead_letter_rows, feature_rows
-from storage.store import ddl_files, open_store
+from storage.store import StoreUnavailable, check_embedded_store, ddl_files, open_store
 
 
 def _bar(minute: int, close: float) -> Bar:
@@ -59,3 +59,49 @@ def test_a_second_embedded_path_in_one_process_is_refused(settings, tmp_path) ->
             open_store(settings.replace(home=tmp_path))
     finally:
         first.close()
+
+
+def test_a_store_held_by_another_process_is_one_clear_error(settings, tmp_path) -> None:
+    import fcntl
+    import os
+
+    s = settings.replace(home=tmp_path / "home")
+    status = s.store_path / "status"
+    status.parent.mkdir(parents=True)
+    status.write_text("PID: 4242\nStarted at: 2026-01-01 00:00:00\nRevision: 1\n")
+    fd = os.open(status, os.O_RDWR)  # hold chDB's lock, as a running flow does
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(StoreUnavailable) as busy:
+            check_embedded_store(s)
+    finally:
+        os.close(fd)
+    assert str(busy.value) == (
+        f"QT_HOME={s.home}: the embedded store {s.store_path.resolve()} is in use by another "
+        "process (pid 4242, started 2026-01-01 00:00:00); chDB allows one process per store: "
+        "wait for that run to end (or stop it), or give this run its own QT_HOME")
+    check_embedded_store(s)  # released: fine
+
+
+def test_a_home_that_cannot_be_written_is_one_clear_error(settings, tmp_path) -> None:
+    import os
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    homes = [blocker / "home"]  # a path through a file: not a directory
+    if os.geteuid() != 0:  # (root writes through permissions)
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        homes.append(read_only)
+    for home in homes:
+        with pytest.raises(StoreUnavailable, match=rf"^QT_HOME={home}: the embedded store .* "
+                           r"cannot be written \(.+\); set QT_HOME to a writable directory"):
+            check_embedded_store(settings.replace(home=home))
+
+
+@pytest.mark.parametrize("url", ["ftp://user:s3cret@db:8123/qt",
+                                 "http://user:s3cret@127.0.0.1:1/qt"])
+def test_a_server_url_is_never_shown_with_its_password(settings, url: str) -> None:
+    with pytest.raises(StoreUnavailable) as bad:
+        open_store(settings.replace(clickhouse_url=url))
+    assert "s3cret" not in str(bad.value) and "user:***@" in str(bad.value)
