@@ -70,7 +70,7 @@ def _sampled(n: int, drawn: int, what: str = "points") -> str:
     """The caption's note when a series was downsampled."""
     if drawn >= n:
         return ""
-    return f" ({n:,} {what} drawn as {drawn:,}: downsampled, largest-triangle-three-buckets.)"
+    return f" {n:,} {what} drawn as {drawn:,} (downsampled: largest-triangle-three-buckets)."
 
 
 def _by(rows: Rows, key: str) -> dict[str, Rows]:
@@ -80,13 +80,15 @@ def _by(rows: Rows, key: str) -> dict[str, Rows]:
     return dict(sorted(out.items()))
 
 
-def _chart(cid: str, title: str, query: str, rows: Rows, why: str,
+def _chart(cid: str, title: str, caption: str, query: str, rows: Rows, why: str,
            draw: Callable[[], tuple[str, str]], *, params: dict[str, Any] | None = None,
-           wide: bool = False, caption: str = "") -> Chart:
-    """A chart from its query's rows: ``draw`` gives (svg, caption); no rows give the empty
-    chart saying ``why``, with ``caption``."""
-    svg_text, text = draw() if rows else (svg.empty(cid, why), caption)
-    return Chart(cid, title, text, svg_text, query, tuple((params or {}).items()), wide)
+           wide: bool = False) -> Chart:
+    """A chart from its query's rows: ``draw`` gives the SVG and a note for the caption (its
+    figures, a downsampling); no rows give the chart's place saying ``no data: <why>``."""
+    svg_text, note = draw() if rows else (svg.empty(cid, why, svg.WIDE if wide else svg.WIDTH),
+                                          "")
+    return Chart(cid, title, f"{caption}{note}", svg_text, query,
+                 tuple((params or {}).items()), wide)
 
 
 # --- performance ----------------------------------------------------------------------------
@@ -119,19 +121,21 @@ def equity(ctx: Context) -> list[Chart]:
 
     def eq() -> tuple[str, str]:
         text, drawn, n = draw("symbol_net_pnl", "total_net_pnl", "equity", False)
-        return text, (f"Realised equity change (cumulative net PnL) after each closed trade, per "
-                      f"sub-account (symbol) and in total; the portfolio starts at {start}."
-                      + _sampled(n, drawn))
+        return text, f" The portfolio starts at {start}." + _sampled(n, drawn)
 
     def dd() -> tuple[str, str]:
         text, drawn, n = draw("symbol_drawdown", "drawdown", "drawdown", True)
         worst = max(r["drawdown"] for r in rows)
-        return text, (f"Drawdown of realised equity from its running peak (the start included), "
-                      f"per sub-account and in total; deepest total drawdown {worst:.3%}."
-                      + _sampled(n, drawn))
+        return text, f" Deepest total drawdown {worst:.3%}." + _sampled(n, drawn)
 
-    return [_chart("equity", "Equity", "equity_curve", rows, why, eq, params=params),
-            _chart("drawdown", "Drawdown", "equity_curve", rows, why, dd, params=params)]
+    return [_chart("equity", "Equity",
+                   "Realised equity change (cumulative net PnL) after each closed trade, per "
+                   "sub-account (symbol) and in total.", "equity_curve", rows, why, eq,
+                   params=params),
+            _chart("drawdown", "Drawdown",
+                   "Drawdown of realised equity from its running peak (the start included), "
+                   "per sub-account and in total.", "equity_curve", rows, why, dd,
+                   params=params)]
 
 
 def pnl_by_symbol(ctx: Context) -> Chart:
@@ -146,11 +150,11 @@ def pnl_by_symbol(ctx: Context) -> Chart:
                          titles=[f"{r['symbol']}: {r['trades']} trades, win rate "
                                  f"{r['win_rate']:.1%}, net {_money(r['total_net_pnl'])}, fees "
                                  f"{r['total_fees']:,.2f}" for r in rows])
-        return text, ("Net PnL of the closed trades by symbol (their number in brackets), after "
-                      "fees and slippage.")
+        return text, ""
 
-    return _chart("pnl_by_symbol", "PnL by symbol", "pnl_by_symbol", rows,
-                  "no closed trades in the store", draw)
+    return _chart("pnl_by_symbol", "PnL by symbol",
+                  "Net PnL of the closed trades by symbol (their number in brackets), after fees "
+                  "and slippage.", "pnl_by_symbol", rows, "no closed trades in the store", draw)
 
 
 def pnl_by_day(ctx: Context) -> Chart:
@@ -159,30 +163,30 @@ def pnl_by_day(ctx: Context) -> Chart:
 
     def draw() -> tuple[str, str]:
         days = [epoch(r["day"]) for r in rows]
-        fig = Figure("pnl_by_day", len(rows), x_span=ctx.span, y_zero=True, y_label="net PnL ($)",
-                     x_ticks=[(d + 43200, f"{r['day']:%b %d}") for d, r in zip(days, rows,
-                                                                               strict=True)])
+        fig = Figure("pnl_by_day", len(rows), x_span=ctx.span, y_zero=True,
+                     y_label="net PnL ($)", x_ticks=[(d + 43200, f"{r['day']:%b %d}")
+                                                     for d, r in zip(days, rows, strict=True)])
         fig.bars([d + 0.15 * 86400 for d in days], [d + 0.85 * 86400 for d in days],
                  [r["total_net_pnl"] for r in rows],
                  colors=[GOOD if r["total_net_pnl"] >= 0 else BAD for r in rows],
                  titles=[f"{r['day']}: {r['trades']} trades, win rate {r['win_rate']:.1%}, net "
                          f"{_money(r['total_net_pnl'])}" for r in rows])
-        return fig.svg(), "Net PnL of the closed trades by exit day (UTC)."
+        return fig.svg(), ""
 
-    return _chart("pnl_by_day", "PnL by day", "pnl_by_day", rows,
-                  "no closed trades in the store", draw)
+    return _chart("pnl_by_day", "PnL by day", "Net PnL of the closed trades by exit day (UTC).",
+                  "pnl_by_day", rows, "no closed trades in the store", draw)
 
 
 def _price_symbol(ctx: Context) -> tuple[str | None, str]:
     """The symbol to draw trades on: the chosen one, else the most traded (ties: by name),
     else the first with bars."""
     if ctx.symbol:
-        return ctx.symbol, "chosen with --symbol"
+        return ctx.symbol, "the symbol chosen with --symbol"
     counts = Counter(r["symbol"] for r in ctx.rows("trades"))
     if counts:
         return min(counts, key=lambda s: (-counts[s], s)), "the most traded symbol"
     symbols = ctx.overview["symbols"]
-    return (symbols[0], "no trades; the first symbol") if symbols else (None, "")
+    return (symbols[0], "the first symbol (no trades)") if symbols else (None, "")
 
 
 def price(ctx: Context) -> Chart:
@@ -217,14 +221,15 @@ def price(ctx: Context) -> Chart:
                         titles=[f"{t['trade_id']}: exit {_when(t['exit_ts'])} at "
                                 f"{t['exit_price']:.6g}, {t['exit_reason']}, net "
                                 f"{_money(t['net_pnl'])}" for t in these])
-        return fig.svg(), (f"{sym} ({how}): {ctx.settings.bar_seconds}-second bar closes with "
-                           f"its {len(trades)} trades, entry to exit; hover an exit for its "
-                           f"reason." + _sampled(len(rows), drawn, "bars"))
+        return fig.svg(), (f" {sym} is {how}: {len(trades)} trades."
+                           + _sampled(len(rows), drawn, "bars"))
 
     why = (f"no {ctx.settings.bar_seconds}-second bars of {sym} in the store (QT_BAR_SECONDS)"
            if sym else "no bars in the store")
-    return _chart("price", "Trades on the price", "price_bars", rows, why, draw, params=params,
-                  wide=True, caption="Bar closes of one symbol with its trades.")
+    return _chart("price", "Trades on the price",
+                  f"{ctx.settings.bar_seconds}-second bar closes of one symbol with its trades, "
+                  "entry to exit; hover a marker for the trade (an exit: its reason).",
+                  "price_bars", rows, why, draw, params=params, wide=True)
 
 
 # --- models and the bias window ---------------------------------------------------------------
@@ -233,8 +238,8 @@ def hit_rate(ctx: Context) -> Chart:
     rows = ctx.rows("model_hit_rate_rolling")
 
     def draw() -> tuple[str, str]:
-        fig = Figure("hit_rate", len(rows), x_span=ctx.span, y_percent=True, y_domain=(-0.04, 1.04),
-                     y_label="hit rate")
+        fig = Figure("hit_rate", len(rows), x_span=ctx.span, y_percent=True,
+                     y_domain=(-0.04, 1.04), y_label="hit rate")
         drawn = 0
         for i, (model, sub) in enumerate(_by(rows, "model").items()):
             ens = model == "ensemble"
@@ -243,11 +248,11 @@ def hit_rate(ctx: Context) -> Chart:
                               titles=[f"{model} {_when(r['exit_ts'])}: {r['hit_rate']:.0%} of "
                                       f"the last {r['window_trades']} trades" for r in sub])
         fig.hline(0.5, "50%")
-        return fig.svg(), ("Hit rate over the last 20 closed trades each model voted with (the "
-                           "ensemble: all its trades); a hit is a trade that won."
-                           + _sampled(len(rows), drawn))
+        return fig.svg(), _sampled(len(rows), drawn)
 
-    return _chart("hit_rate", "Rolling hit rate", "model_hit_rate_rolling", rows,
+    return _chart("hit_rate", "Rolling hit rate",
+                  "Hit rate over the last 20 closed trades each model voted with (the ensemble: "
+                  "all its trades); a hit is a trade that won.", "model_hit_rate_rolling", rows,
                   "no closed trades in the store", draw)
 
 
@@ -270,8 +275,7 @@ def supervisor(ctx: Context) -> list[Chart]:
         fig.bars([h for h, _ in blocked], [h + 3060 for h, _ in blocked],
                  [r["blocked"] for _, r in blocked], name="blocked", colors=BAD, cls="blk")
         total = sum(r["blocked"] for r in rows)
-        return fig.svg(), (f"BUY/SELL signals judged by the bias window per hour and how many it "
-                           f"blocked ({total:,} in all; mode {s.supervisor_mode}).")
+        return fig.svg(), f" {total:,} blocked in all."
 
     def shares() -> tuple[str, str]:
         fig = Figure("supervisor_shares", len(rows), x_span=ctx.span, y_percent=True,
@@ -282,14 +286,15 @@ def supervisor(ctx: Context) -> list[Chart]:
                     for k, c in (("buy", "#1f77b4"), ("sell", "#ff7f0e")))
         fig.hline(s.supervisor_bias_threshold, f"bias threshold {s.supervisor_bias_threshold:.0%}",
                   color=BAD)
-        return fig.svg(), ("Mean BUY and SELL shares of the bias window per hour; a side whose "
-                           "share exceeds the threshold is blocked." + _sampled(2 * len(rows),
-                                                                                 drawn))
+        return fig.svg(), _sampled(2 * len(rows), drawn)
 
-    return [_chart("supervisor_verdicts", "Bias window: verdicts", "supervisor_blocks", rows,
-                   why, verdicts),
-            _chart("supervisor_shares", "Bias window: BUY/SELL shares", "supervisor_blocks",
-                   rows, why, shares)]
+    return [_chart("supervisor_verdicts", "Bias window: verdicts",
+                   f"BUY/SELL signals judged by the bias window per hour, and how many it "
+                   f"blocked (mode {s.supervisor_mode}).", "supervisor_blocks", rows, why,
+                   verdicts),
+            _chart("supervisor_shares", "Bias window: BUY/SELL shares",
+                   "Mean BUY and SELL shares of the bias window per hour; a side whose share "
+                   "exceeds the threshold is blocked.", "supervisor_blocks", rows, why, shares)]
 
 
 # --- reinforcement learning -------------------------------------------------------------------
@@ -300,17 +305,18 @@ def rl_reward(ctx: Context) -> Chart:
     def draw() -> tuple[str, str]:
         fig = Figure("rl_reward", len(rows), x_span=ctx.span, y_label="reward")
         xs = [epoch(r["exit_ts"]) for r in rows]
-        drawn = fig.markers(xs, [r["reward"] for r in rows], "reward",
-                    colors=[GOOD if r["reward"] > 0 else BAD for r in rows], size=3,
-                    titles=[f"{r['trade_id']} ({r['policy_version']}): reward {r['reward']:.5f}"
-                            for r in rows])
+        drawn = fig.markers(xs, [r["reward"] for r in rows], "reward", size=3,
+                            colors=[GOOD if r["reward"] > 0 else BAD for r in rows],
+                            titles=[f"{r['trade_id']} ({r['policy_version']}): reward "
+                                    f"{r['reward']:.5f}" for r in rows])
         fig.line(xs, [r["reward_trend"] for r in rows], "mean of the last 20", color="#222",
                  width=2, points=False)
         fig.hline(0.0)
-        return fig.svg(), ("Reward of each closed trade the learners consumed (trade_outcomes) "
-                           "and its trend." + _sampled(len(rows), drawn))
+        return fig.svg(), _sampled(len(rows), drawn)
 
-    return _chart("rl_reward", "RL reward", "rl_rewards", rows,
+    return _chart("rl_reward", "RL reward",
+                  "Reward of each closed trade the learners consumed (trade_outcomes), and its "
+                  "trend.", "rl_rewards", rows,
                   "no trade outcomes: learning off (QT_LEARNING=false) or no closed trades",
                   draw)
 
@@ -334,12 +340,12 @@ def policy_versions(ctx: Context) -> Chart:
                    titles=[f"{_when(u['ts'])}: {u['policy_before']} → {u['policy_after']}, "
                            f"{u['transitions']} transitions, mean reward {u['mean_reward']:.5f}"
                            for u in updates])
-        return fig.svg(), (f"PPO policy version each trade was sized with, by entry time; "
-                           f"{len(updates)} policy updates (rl_updates) as vertical lines."
-                           + _sampled(len(rows), drawn))
+        return fig.svg(), f" {len(updates)} updates." + _sampled(len(rows), drawn)
 
-    return _chart("policy_versions", "Policy versions", "rl_actions", rows,
-                  "no trades in the store", draw)
+    return _chart("policy_versions", "Policy versions",
+                  "PPO policy version each trade was sized with, by entry time; policy updates "
+                  "(rl_updates) as vertical lines.", "rl_actions", rows, "no trades in the store",
+                  draw)
 
 
 def _histogram(rows: Rows, cid: str, title: str, column: str, label: str,
@@ -348,10 +354,10 @@ def _histogram(rows: Rows, cid: str, title: str, column: str, label: str,
     def draw() -> tuple[str, str]:
         values = sorted(r[column] for r in rows)
         return (svg.histogram(cid, len(rows), values, label, fmt=fmt),
-                f"Distribution of the {label} the policy chose, per trade ({len(rows):,} "
-                f"trades, median {fmt(values[len(values) // 2])}).")
+                f" {len(rows):,} trades, median {fmt(values[len(values) // 2])}.")
 
-    return _chart(cid, title, "rl_actions", rows, "no trades in the store", draw)
+    return _chart(cid, title, f"Distribution of the {label} the policy chose, per trade.",
+                  "rl_actions", rows, "no trades in the store", draw)
 
 
 def rl_distributions(ctx: Context) -> list[Chart]:
@@ -399,11 +405,12 @@ def clm_timeline(ctx: Context) -> Chart:
         n_dec = sum(len(r["decisions"]) for r in rows)
         status = ", ".join(f"{n} {k}" for k, n in sorted(Counter(r["status"] for r in rows)
                                                           .items()))
-        return fig.svg(), (f"Continuous-learning cycles by start time and trigger ({status}); "
-                           f"{n_prom} of {n_dec} decided challengers promoted; hover a cycle "
-                           f"for its reason and decisions.")
+        return fig.svg(), (f" Cycles: {status}; {n_prom} of {n_dec} decided challengers "
+                           f"promoted.")
 
-    return _chart("clm_timeline", "CLM cycles", "clm_cycles", rows,
+    return _chart("clm_timeline", "CLM cycles",
+                  "Continuous-learning cycles by start time and trigger; hover a cycle for its "
+                  "reason and decisions.", "clm_cycles", rows,
                   "no CLM cycles (learning off, or no trigger fired: the time trigger waits "
                   "QT_CLM_RETRAIN_HOURS of event time)", draw)
 
@@ -430,7 +437,7 @@ def shadow_scores(ctx: Context) -> Chart:
             fig.intervals([x for x, _ in sel], [r["improvement_low"] for _, r in sel],
                           [r["improvement_high"] for _, r in sel],
                           [r["improvement"] for _, r in sel], name=decision,
-                          colors=[DECISION_COLORS.get(decision, "#9467bd")] * len(sel),
+                          colors=DECISION_COLORS.get(decision, "#9467bd"),
                           titles=[f"{r['model']} {r['challenger_version']} ({r['cycle_id']}): "
                                   f"{r['decision']}; improvement {r['improvement']:+.1%} "
                                   f"[{r['improvement_low']:+.1%}, {r['improvement_high']:+.1%}], "
@@ -440,12 +447,13 @@ def shadow_scores(ctx: Context) -> Chart:
         fig.hline(0.0)
         fig.hline(s.clm_promote_margin, f"promotion margin {s.clm_promote_margin:+.0%}",
                   color=GOOD)
-        return fig.svg(), (f"Every challenger's relative macro-F1 improvement over production "
-                           f"on the same shadow bars, with its {s.clm_promote_confidence:.0%} "
-                           f"interval, by cycle; promoted only when the interval clears the "
-                           f"margin. Hover a point for the model and the reason.")
+        return fig.svg(), ""
 
-    return _chart("shadow_scores", "Shadow tests", "promotions", rows,
+    return _chart("shadow_scores", "Shadow tests",
+                  f"Every challenger's relative macro-F1 improvement over production on the same "
+                  f"shadow bars, with its {s.clm_promote_confidence:.0%} interval, by cycle; "
+                  f"promoted only when the interval clears the margin. Hover a point for the "
+                  f"reason.", "promotions", rows,
                   "no challenger was decided yet (no CLM cycle reached its shadow test)", draw,
                   wide=True)
 
@@ -470,12 +478,12 @@ def drift(ctx: Context) -> Chart:
                     "fired" if fired else "", colors=BAD, cls="fired", size=5)
         threshold = rows[-1]["threshold"]
         fig.hline(threshold, f"threshold {threshold:g}", color=BAD)
-        return fig.svg(), ("Drift of recent features from the models' training data: mean PSI "
-                           "beyond the level same-size windows reach by chance, per check; a "
-                           "check above the threshold triggers retraining."
-                           + _sampled(len(rows), drawn))
+        return fig.svg(), _sampled(len(rows), drawn)
 
-    return _chart("drift", "Drift checks", "drift_checks", rows,
+    return _chart("drift", "Drift checks",
+                  "Drift of recent features from the models' training data: mean PSI beyond the "
+                  "level same-size windows reach by chance, per check; above the threshold a "
+                  "check triggers retraining.", "drift_checks", rows,
                   "no drift checks (learning off, or less than QT_CLM_DRIFT_HOURS of event "
                   "time)", draw)
 
@@ -501,10 +509,10 @@ def _categories(ctx: Context, cid: str, title: str, query: str,
         return (svg.hbars(cid, len(rows), labels, values, colors=[BAD] * len(values),
                           titles=[f"{s}: {v:,} ({v / total:.1%})"
                                   for s, v in zip(labels, values, strict=True)]),
-                f"Input rows that could not be used ({total:,}), by {what}.")
+                f" {total:,} in all.")
 
-    return _chart(cid, title, query, rows, "no dead letters: every input row became a tick",
-                  draw)
+    return _chart(cid, title, f"Input rows that could not be used, by {what}.", query, rows,
+                  "no dead letters: every input row became a tick", draw)
 
 
 def dead_letters(ctx: Context) -> list[Chart]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 MAX_POINTS = 2000  # points a line keeps at most (see downsample)
 WIDTH, HEIGHT = 640, 280
@@ -125,11 +126,11 @@ def time_ticks(lo: float, hi: float, max_ticks: int = 7) -> list[tuple[float, st
     return out
 
 
-def epoch(v: object) -> float:
+def epoch(v: date) -> float:
     """Epoch seconds of a datetime or date from the store (UTC)."""
     if isinstance(v, datetime):
         return v.timestamp()
-    return datetime(v.year, v.month, v.day, tzinfo=UTC).timestamp()  # type: ignore[attr-defined]
+    return datetime(v.year, v.month, v.day, tzinfo=UTC).timestamp()
 
 
 # --- scales ---------------------------------------------------------------------------------
@@ -161,6 +162,23 @@ def _domain(values: Sequence[float], pad: float, zero: bool,
 
 
 # --- the figure -----------------------------------------------------------------------------
+COUNTED = ("pt", "bar")  # the classes of data elements (data-points)
+
+
+def _drawable(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
+    """Indices of the points to draw: the finite ones, downsampled."""
+    ok = [i for i, (x, y) in enumerate(zip(xs, ys, strict=True))
+          if math.isfinite(x) and math.isfinite(y)]
+    return [ok[i] for i in downsample([xs[i] for i in ok], [ys[i] for i in ok])]
+
+
+def _colors(colors: Sequence[str] | str, n: int) -> tuple[list[str], str]:
+    """One colour per item (``colors`` is one for all, or one each) and the legend's."""
+    if isinstance(colors, str):
+        return [colors or PALETTE[0]] * n, colors or PALETTE[0]
+    return list(colors), colors[0] if colors else PALETTE[0]
+
+
 @dataclass
 class _Mark:
     svg: Callable[[Scale, Scale], str]
@@ -196,10 +214,10 @@ class Figure:
              step: bool = False, titles: Sequence[str] | None = None, width: float = 1.5,
              points: bool = True, dashed: bool = False, cls: str = "pt") -> int:
         """A line (``step``: horizontal then vertical, for values that hold until the next
-        one), downsampled to :data:`MAX_POINTS`; with ``points``, one circle of class ``cls``
-        per drawn point (``pt``: a datum of the chart; another class: context, not counted).
-        Returns the number of points drawn."""
-        keep = downsample(xs, ys)
+        one) through the finite points, downsampled to :data:`MAX_POINTS`; with ``points``,
+        one circle of class ``cls`` per drawn point (``pt``: a datum of the chart; another
+        class: context, not counted). Returns the number of points drawn."""
+        keep = _drawable(xs, ys)
         px, py = [xs[i] for i in keep], [ys[i] for i in keep]
         tips = [titles[i] for i in keep] if titles is not None else None
         col = color or PALETTE[0]
@@ -225,7 +243,7 @@ class Figure:
                         for i, (x, y) in enumerate(pts)]
             return "".join(out)
 
-        self.marks.append(_Mark(draw, px, py, len(px) if points and cls == "pt" else 0,
+        self.marks.append(_Mark(draw, px, py, len(px) if points and cls in COUNTED else 0,
                                 (name, col, "line") if name else None))
         return len(px)
 
@@ -233,11 +251,11 @@ class Figure:
                 colors: Sequence[str] | str = "", shape: str = "circle",
                 titles: Sequence[str] | None = None, labels: Sequence[str] | None = None,
                 cls: str = "pt", size: float = 4.0) -> int:
-        """One marker per point (``circle``, ``up``, ``down``, ``diamond`` or ``cross``), with
-        an optional tooltip and a small text label beside it; more than :data:`MAX_POINTS`
-        are downsampled like a line."""
-        keep = downsample(xs, ys)
-        cols = [colors or PALETTE[0]] * len(xs) if isinstance(colors, str) else list(colors)
+        """One marker per finite point (``circle``, ``up``, ``down``, ``diamond`` or
+        ``cross``), with an optional tooltip and a small text label beside it; more than
+        :data:`MAX_POINTS` are downsampled like a line."""
+        keep = _drawable(xs, ys)
+        cols, legend_col = _colors(colors, len(xs))
         cols = [cols[i] for i in keep]
         titles = [titles[i] for i in keep] if titles is not None else None
         labels = [labels[i] for i in keep] if labels is not None else None
@@ -254,8 +272,7 @@ class Figure:
                                f'y="{_n(sy(y) - size - 1)}">{esc(labels[i])}</text>')
             return "".join(out)
 
-        legend_col = colors if isinstance(colors, str) and colors else cols[0] if cols else ""
-        self.marks.append(_Mark(draw, xs, ys, len(xs) if cls == "pt" else 0,
+        self.marks.append(_Mark(draw, xs, ys, len(xs) if cls in COUNTED else 0,
                                 (name, legend_col, shape) if name and xs else None))
         return len(xs)
 
@@ -275,7 +292,7 @@ class Figure:
              name: str = "", cls: str = "bar", counts: Sequence[int] | None = None) -> None:
         """Vertical bars from 0 to each y over [x0, x1] (at least 1 px wide); ``counts`` puts
         a ``data-n`` on each bar (a histogram's bin counts)."""
-        cols = [colors or PALETTE[0]] * len(ys) if isinstance(colors, str) else list(colors)
+        cols, legend_col = _colors(colors, len(ys))
         x0, x1, ys = list(x0), list(x1), list(ys)
 
         def draw(sx: Scale, sy: Scale) -> str:
@@ -292,27 +309,27 @@ class Figure:
                            f'{_title(titles[i] if titles else None)}</rect>')
             return "".join(out)
 
-        legend_col = colors if isinstance(colors, str) and colors else cols[0] if cols else ""
-        self.marks.append(_Mark(draw, [*x0, *x1], [0.0, *ys], len(ys) if cls == "bar" else 0,
+        self.marks.append(_Mark(draw, [*x0, *x1], [0.0, *ys], len(ys) if cls in COUNTED else 0,
                                 (name, legend_col, "bar") if name and ys else None))
 
     def intervals(self, xs: Sequence[float], lo: Sequence[float], hi: Sequence[float],
-                  mid: Sequence[float], *, colors: Sequence[str], name: str = "",
+                  mid: Sequence[float], *, colors: Sequence[str] | str = "", name: str = "",
                   titles: Sequence[str] | None = None) -> None:
         """A point (``pt``) with its interval as a whisker, per x."""
         xs, lo, hi, mid = list(xs), list(lo), list(hi), list(mid)
+        cols, legend_col = _colors(colors, len(xs))
 
         def draw(sx: Scale, sy: Scale) -> str:
             out = []
             for i, x in enumerate(xs):
                 cx = _n(sx(x))
                 out.append(f'<g class="pt"><line x1="{cx}" x2="{cx}" y1="{_n(sy(lo[i]))}" '
-                           f'y2="{_n(sy(hi[i]))}" stroke="{colors[i]}" stroke-width="1.5"/>'
+                           f'y2="{_n(sy(hi[i]))}" stroke="{cols[i]}" stroke-width="1.5"/>'
                            f'<circle cx="{cx}" cy="{_n(sy(mid[i]))}" r="3.5" '
-                           f'fill="{colors[i]}"/>{_title(titles[i] if titles else None)}</g>')
+                           f'fill="{cols[i]}"/>{_title(titles[i] if titles else None)}</g>')
             return "".join(out)
 
-        legend = (name, colors[0], "circle") if name and xs else None
+        legend = (name, legend_col, "circle") if name and xs else None
         self.marks.append(_Mark(draw, xs, [*lo, *hi, *mid], len(xs), legend))
 
     def hline(self, y: float, label: str = "", *, color: str = NEUTRAL) -> None:
@@ -513,11 +530,15 @@ def _open(chart: str, rows: int, points: int, width: int, height: int,
 
 # --- whole charts ---------------------------------------------------------------------------
 def empty(chart: str, why: str, width: int = WIDTH, height: int = 120) -> str:
-    """The chart's place, saying ``no data: <why>`` instead of a blank plot."""
+    """The chart's place, saying ``no data: <why>`` (wrapped to the width) instead of a blank
+    plot."""
+    lines = textwrap.wrap(f"no data: {why}", int((width - 40) / (CHAR_PX * 13 / FONT_PX)))
+    first = height / 2 - 9 * (len(lines) - 1)
+    spans = "".join(f'<tspan x="{_n(width / 2)}" y="{_n(first + 18 * i)}">{esc(line)}</tspan>'
+                    for i, line in enumerate(lines))
     return (_open(chart, 0, 0, width, height, ' data-empty="true"')
             + f'<rect class="nodata-box" x="1" y="1" width="{width - 2}" height="{height - 2}" '
-            f'rx="6"/><text class="nodata" x="{width / 2}" y="{height / 2}" '
-            f'text-anchor="middle" dy="0.32em">no data: {esc(why)}</text></svg>')
+            f'rx="6"/><text class="nodata" text-anchor="middle" dy="0.32em">{spans}</text></svg>')
 
 
 def hbars(chart: str, rows: int, labels: Sequence[str], values: Sequence[float], *,

@@ -57,6 +57,15 @@ def test_one_element_per_datum_and_the_counts_on_the_svg() -> None:
     assert int(root.get("data-points")) == fig.points == 5 + 2 + 1 + 1
 
 
+def test_non_finite_values_are_not_drawn() -> None:
+    fig = Figure("gaps", 4, x_time=False)
+    assert fig.line([0.0, 1.0, 2.0, 3.0], [1.0, math.nan, 2.0, math.inf]) == 2
+    fig.markers([0.0, 1.0], [math.nan, 3.0])
+    text = fig.svg()
+    assert "nan" not in text.lower() and "inf" not in text.lower()
+    assert len(with_class(parse(text), "pt")) == 3
+
+
 def test_points_lie_inside_the_plot() -> None:
     fig = Figure("x", 3, x_time=False)
     fig.line([0.0, 1.0, 2.0], [-5.0, 0.0, 1e6])
