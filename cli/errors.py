@@ -14,8 +14,9 @@ with exit status 2. ``QT_DEBUG=1`` keeps the full traceback. Anything else (a bu
 full traceback too. A settings value that does not parse (``ValueError: QT_X='..': expected
 int`` from :mod:`settings`) counts as a user error as well.
 
-:func:`redact` hides the credentials of URLs (``user:password@``, ``?password=``), and is used
-wherever a setting or an error message could be printed.
+:func:`redact` hides the credentials of URLs (``user:password@``, ``?password=``). It is the
+one redaction helper: ``cli.settings --env``, the store's errors, the one-line errors and the
+tracebacks this hook prints, and (once installed) every Python log message go through it.
 
 >>> redact("http://default:s3cret@db:8123/qt and kafka://bob@k:9092/t?password=x&tail=false")
 'http://default:***@db:8123/qt and kafka://***@k:9092/t?password=***&tail=false'
@@ -33,9 +34,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from types import TracebackType
 
@@ -101,7 +104,13 @@ def excepthook(etype: type[BaseException], value: BaseException,
     """Print a user error as ``error: <message>`` and exit 2; anything else as before."""
     message = None if debug() else user_message(value)
     if message is None:
-        (_previous or sys.__excepthook__)(etype, value, tb)
+        if _previous not in (None, sys.__excepthook__):
+            _previous(etype, value, tb)
+            return
+        # the usual traceback, credentials redacted (a message may quote a setting's URL)
+        text = "".join(traceback.format_exception(etype, value, tb))
+        sys.stderr.write(redact(text))
+        sys.stderr.flush()
         return
     print(f"error: {redact(message)}", file=sys.stderr, flush=True)
     _exit(EXIT_STATUS)
@@ -119,9 +128,19 @@ def _exit(status: int) -> None:
         os._exit(status)
 
 
+class RedactedLogRecord(logging.LogRecord):
+    """A log record whose message is redacted (installed by :func:`install`)."""
+
+    def getMessage(self) -> str:
+        return redact(super().getMessage())
+
+
 def install() -> None:
-    """Make uncaught user errors one line (idempotent)."""
+    """Make uncaught user errors one line, and redact credentials in tracebacks and log
+    messages (idempotent)."""
     global _previous
     if sys.excepthook is not excepthook:
         _previous = sys.excepthook
         sys.excepthook = excepthook
+    if logging.getLogRecordFactory() is logging.LogRecord:
+        logging.setLogRecordFactory(RedactedLogRecord)

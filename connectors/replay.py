@@ -87,6 +87,15 @@ def expand_paths(spec: str, setting: str = "QT_TICKS") -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
+def check_tick_files(spec: str, setting: str = "QT_TICKS") -> list[Path]:
+    """The files of ``spec``, each checked to be a replayable tick file (its header or
+    schema): an unusable one is an :class:`InputFileError` before anything starts."""
+    paths = expand_paths(spec, setting)
+    for path in paths:
+        file_layout(path)
+    return paths
+
+
 class _Broken(Exception):
     """The compressed stream cannot be read on (truncated or corrupt)."""
 

@@ -18,6 +18,7 @@ from bytewax.dataflow import Dataflow
 
 from cli import errors
 from cli.errors import UserError
+from connectors.replay import check_tick_files
 from dataflows import graphs
 from models.base import MODEL_NAMES, POLICY_NAME
 from models.registry import REPAIR_COMMAND, open_registry, version_span
@@ -35,9 +36,12 @@ def ensure_models(settings: Settings) -> None:
     but lacks a production version of some model, saying what is missing: retraining over it
     would retire the production versions of the other models.
 
-    First checks that the local state is usable (``QT_HOME`` writable, the embedded store not
-    held by another process), so those problems are one line before anything starts.
+    First checks that the input files and the local state are usable (``QT_TICKS`` files
+    readable, with a known header; ``QT_HOME`` writable, the embedded store not held by another
+    process), so those problems are one line before anything starts, not after a bootstrap.
     """
+    if not settings.ticks.startswith("kafka://"):
+        check_tick_files(settings.ticks)
     if not settings.clickhouse_url.strip():
         check_embedded_store(settings)
     registry = open_registry(settings)

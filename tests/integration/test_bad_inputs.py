@@ -60,16 +60,19 @@ def real_rows(shared_data: Path) -> list[str]:
 Setup = Callable[[Path, Path], tuple[dict[str, str], str]]
 
 
+# Tick file problems are found before a first run's bootstrap: an empty registry (which would
+# train for half a minute and print its progress first) shows it.
 def _ticks(name: str, content: bytes) -> Setup:
     def setup(tmp: Path, registry: Path) -> tuple[dict[str, str], str]:
         path = tmp / name
         path.write_bytes(content)
-        return {"QT_TICKS": str(path)}, str(path)
+        return {"QT_TICKS": str(path), "QT_REGISTRY_DIR": str(tmp / "empty")}, str(path)
     return setup
 
 
 def _missing(tmp: Path, registry: Path) -> tuple[dict[str, str], str]:
-    return {"QT_TICKS": str(tmp / "nope.csv")}, f"QT_TICKS: no file matches {tmp / 'nope.csv'}"
+    return ({"QT_TICKS": str(tmp / "nope.csv"), "QT_REGISTRY_DIR": str(tmp / "empty")},
+            f"QT_TICKS: no file matches {tmp / 'nope.csv'}")
 
 
 def _unwritable_home(tmp: Path, registry: Path) -> tuple[dict[str, str], str]:
@@ -159,6 +162,53 @@ def test_settings_never_print_a_password(tmp_path: Path, trained_registry: Path)
     assert "s3cret" not in proc.stdout and "hunter2" not in proc.stdout
     assert "QT_CLICKHOUSE_URL=http://default:***@db:8123/qt" in proc.stdout
     assert "QT_TRADE_EVENTS=kafka://bob:***@broker:9092/trade-events" in proc.stdout
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("http://default:s3cret@db:8123/qt", "http://default:***@db:8123/qt"),
+    ("http://default:@db:8123/qt", "http://default:***@db:8123/qt"),
+    ("kafka://token@k1:9092,k2:9092/t", "kafka://***@k1:9092,k2:9092/t"),
+    ("https://u:p@ss@db/qt", "https://u:***@db/qt"),  # an unescaped @ in the password
+    ("kafka://k:9092/t?sasl.password=x&tail=false", "kafka://k:9092/t?sasl.password=***&tail=false"),
+    ("/data/ticks.csv.gz", "/data/ticks.csv.gz"),
+])
+def test_one_redaction_helper(text: str, shown: str) -> None:
+    from cli.errors import redact
+
+    assert redact(f"QT_X={text} failed") == f"QT_X={shown} failed"
+
+
+def test_a_user_error_inside_a_bytewax_step_is_found_in_the_chain(tmp_path: Path) -> None:
+    """Bytewax wraps what a step raises in its own errors (``__cause__``): the hook finds it."""
+    (tmp_path / "flow_with_user_error.py").write_text(
+        "import bytewax.operators as op\n"
+        "from bytewax.dataflow import Dataflow\n"
+        "from bytewax.testing import TestingSink, TestingSource\n"
+        "from cli import errors\n"
+        "errors.install()\n"
+        "def step(x):\n"
+        "    raise errors.UserError(f'{x}: cannot be used; do this instead')\n"
+        "flow = Dataflow('f')\n"
+        "op.output('out', op.map('m', op.input('in', flow, TestingSource(['thing'])), step),\n"
+        "          TestingSink([]))\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{PROJECT_ROOT}"}
+    env.pop("QT_DEBUG", None)
+    proc = _python(["bytewax.run", "flow_with_user_error"], env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: thing: cannot be used; do this instead"
+
+
+def test_a_bug_keeps_its_traceback_with_credentials_redacted() -> None:
+    code = ("import logging\nfrom cli import errors\nerrors.install()\n"
+            "logging.getLogger('x').warning('to %s', 'http://u:pw1@h/db')\n"
+            "raise RuntimeError('http://u:pw2@h/db')\n")
+    env = {k: v for k, v in os.environ.items() if k != "QT_DEBUG"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert "pw1" not in proc.stderr and "pw2" not in proc.stderr
+    assert "to http://u:***@h/db" in proc.stderr
+    assert "RuntimeError: http://u:***@h/db" in proc.stderr
 
 
 # --- row-level problems: dead letters with a reason, every clock unmoved ---------------------
