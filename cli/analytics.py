@@ -5,8 +5,8 @@
     python -m cli.analytics why_trade --param trade_id='FXCM:EURUSD@2014-05-06T10:31:00.000Z'
     python -m cli.analytics max_drawdown --json
 
-Parameters are bound (``{name:Type}`` in the SQL), never spliced. ``max_drawdown`` gets
-``start_equity`` from ``QT_START_EQUITY`` unless given.
+Parameters are bound (``{name:Type}`` in the SQL), never spliced. ``start_equity``
+(``QT_START_EQUITY``) and ``seconds`` (``QT_BAR_SECONDS``) default to the settings.
 """
 
 from __future__ import annotations
@@ -71,12 +71,18 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def settings_params(settings: Settings) -> dict[str, str]:
+    """Query parameters that default to the run's settings when a query uses them."""
+    return {"start_equity": str(settings.start_equity), "seconds": str(settings.bar_seconds)}
+
+
 def run(name: str, params: dict[str, str], settings: Settings) -> list[dict[str, Any]]:
     if name not in available():
         raise SystemExit(f"no analytics query {name!r}; available: {', '.join(available())}")
-    if name == "max_drawdown":
-        params.setdefault("start_equity", str(settings.start_equity))
     needed = set(re.findall(r"\{(\w+):", (SQL_DIR / "analytics" / f"{name}.sql").read_text()))
+    for key, value in settings_params(settings).items():
+        if key in needed:
+            params.setdefault(key, value)
     missing = sorted(needed - params.keys())
     if missing:
         raise SystemExit(f"{name} needs --param " + " --param ".join(f"{m}=..." for m in missing))

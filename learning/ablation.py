@@ -50,6 +50,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from cli.errors import redact
 from connectors.replay import expand_paths
 from schemas.timeutil import from_ms, iso, parse_iso, to_ms
 from settings import PROJECT_ROOT, Settings
@@ -337,8 +338,9 @@ OWN_SETTINGS = {"QT_HOME", "QT_TICKS", "QT_REGISTRY_DIR", "QT_LEARNING", "QT_CLM
 
 
 def changed_settings(settings: Settings) -> dict[str, str]:
-    """The QT_* settings that differ from their defaults and shape both arms."""
-    return {k: v for k, v in settings.changed().items() if k not in OWN_SETTINGS}
+    """The QT_* settings that differ from their defaults and shape both arms (credentials
+    redacted: they are printed with the report and stored with the evaluation)."""
+    return {k: redact(v) for k, v in settings.changed().items() if k not in OWN_SETTINGS}
 
 
 def bootstrap_registry(settings: Settings, directory: Path, train: Sequence[Path],

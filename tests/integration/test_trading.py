@@ -110,9 +110,11 @@ def test_a_learning_replay_is_the_same_twice_and_with_two_workers(
     # and every analytics query answers on the result (no ablation was run here:
     # tests/learning/test_ablation.py covers that one)
     home, registry = tmp_path / "a", tmp_path / "a" / "registry"
+    trade = first["trades"][0]
+    given = {"why_trade": (f"trade_id={trade['trade_id']}",),
+             "price_bars": (f"symbol={trade['symbol']}",)}
     for name in available():
-        params = (f"trade_id={first['trades'][0]['trade_id']}",) if name == "why_trade" else ()
-        assert _query(home, registry, name, *params) or name == "evaluations", name
+        assert _query(home, registry, name, *given.get(name, ())) or name == "evaluations", name
 
 
 def _new_ppo_version(registry: Path, before: set[str]) -> bool:
