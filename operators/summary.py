@@ -1,7 +1,9 @@
 """The end-of-run summary: counters from every stage, totalled on one key, one screen.
 
 Stages emit small ``Counts`` dicts (one per block, not per tick); :func:`run_summary` adds
-them up and emits one :class:`Summary` at end of input.
+them up and emits one :class:`Summary` at end of input. On the way it draws a progress line
+on stderr (:class:`ProgressLine`) and feeds the Prometheus metrics (:mod:`metrics`): the
+same totals, three views.
 
 >>> s = Summary({"rows_in": 10, "ticks": 8, "dead_letters": 2}, elapsed_s=2.0)
 >>> s.ticks_per_second
@@ -11,13 +13,18 @@ them up and emits one :class:`Summary` at end of input.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TextIO
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
+from metrics import METRICS
 from operators.stage import stage_builder
 from runtime import STOP
 
@@ -31,6 +38,14 @@ class PnlPoint:
     exit_ms: int
     trade_id: str
     net_pnl: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventTime:
+    """The newest event time a stage has reached (bars closed up to ``ms``)."""
+
+    ms: int
+
 
 # Display order and labels; keys not listed are shown after these, as they are.
 LABELS: dict[str, str] = {
@@ -138,21 +153,99 @@ class Summary:
         return "\n".join(lines)
 
 
+class ProgressLine:
+    """The progress of a long run on stderr: rows, share of the input read (when its size is
+    known), ticks/s, event time reached, trades, net PnL; in tail mode (``lag``) how far
+    event time is behind the wall clock.
+
+    A terminal gets one line redrawn every ``every_s``; a log (not a terminal) a new line every
+    ``log_every_s``. Plain Python: :meth:`update` returns the text it wrote, or None.
+
+    >>> import io
+    >>> line = ProgressLine(io.StringIO(), tty=False, log_every_s=0.0, input_bytes=1_000)
+    >>> totals = Counter({"rows_in": 5_000, "ticks": 4_990, "input.bytes": 250})
+    >>> line.update(totals, 1_399_334_400_000, 2, 1.5, started=0.0, now=2.0)
+    '5,000 rows (25%) | 2,495 ticks/s | at 2014-05-06 00:00 | 2 trades | net PnL +1.50'
+    """
+
+    def __init__(self, out: TextIO = sys.stderr, tty: bool | None = None, every_s: float = 1.0,
+                 log_every_s: float = 30.0, input_bytes: int = 0, lag: bool = False,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.every_s = every_s if self.tty else log_every_s
+        self.input_bytes, self.lag, self.wall = input_bytes, lag, wall
+        self._last = -math.inf
+        self._width = 0
+
+    def update(self, totals: Counter, event_ms: int | None, trades: int, net_pnl: float,
+               started: float, now: float | None = None) -> str | None:
+        now = time.monotonic() if now is None else now
+        if now - self._last < self.every_s:
+            return None
+        self._last = now
+        rows = totals.get("rows_in", 0)
+        parts = [f"{rows:,} rows"]
+        if self.input_bytes:
+            share = min(1.0, totals.get("input.bytes", 0) / self.input_bytes)
+            parts[0] += f" ({share:.0%})"
+        elapsed = now - started
+        parts.append(f"{totals.get('ticks', 0) / elapsed if elapsed > 0 else 0:,.0f} ticks/s")
+        if event_ms is not None:
+            at = datetime.fromtimestamp(event_ms / 1000, UTC)
+            parts.append(f"at {at:%Y-%m-%d %H:%M}")
+            if self.lag:
+                behind = self.wall() - event_ms / 1000
+                METRICS.event_time_lag(behind)
+                parts.append(f"{behind:,.0f} s behind the wall clock")
+        parts.append(f"{trades:,} trades | net PnL {net_pnl:+,.2f}")
+        text = " | ".join(parts)
+        if self.tty:
+            self.out.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+        return text
+
+    def done(self) -> None:
+        """End the redrawn line, so the summary starts on a line of its own."""
+        if self.tty and self._width:
+            self.out.write("\n")
+            self.out.flush()
+
+
 @dataclass
 class RunTotals:
     started: float
     start_equity: float = 0.0
     totals: Counter = field(default_factory=Counter)
     closes: list[PnlPoint] = field(default_factory=list)
+    event_ms: int | None = None
+    progress: ProgressLine | None = None
+    net_pnl: float = field(init=False)
 
-    def push(self, item: Counts | PnlPoint) -> list[Summary]:
-        if isinstance(item, PnlPoint):
+    def __post_init__(self) -> None:
+        self.net_pnl = math.fsum(p.net_pnl for p in self.closes)
+
+    def push(self, item: Counts | PnlPoint | EventTime) -> list[Summary]:
+        if isinstance(item, EventTime):
+            self.event_ms = item.ms if self.event_ms is None else max(self.event_ms, item.ms)
+        elif isinstance(item, PnlPoint):
             self.closes.append(item)
+            self.net_pnl += item.net_pnl
+            METRICS.closed(self.net_pnl)
         else:
             self.totals.update(item)
+            METRICS.count(item)
+        if self.progress is not None:
+            self.progress.update(self.totals, self.event_ms, len(self.closes), self.net_pnl,
+                                 self.started)
         return []
 
     def finish(self) -> list[Summary]:
+        if self.progress is not None:
+            self.progress.done()
         ordered = sorted(self.closes, key=lambda p: (p.exit_ms, p.trade_id))
         return [Summary(dict(self.totals), time.monotonic() - self.started,
                         tuple(p.net_pnl for p in ordered), self.start_equity,
@@ -161,17 +254,24 @@ class RunTotals:
     def stopped(self) -> list[Summary]:
         return self.finish()  # the summary is printed after a stop too
 
-    def snapshot(self) -> tuple[Counts, list[PnlPoint]]:
-        return dict(self.totals), list(self.closes)
+    def snapshot(self) -> tuple[Counts, list[PnlPoint], int | None]:
+        return dict(self.totals), list(self.closes), self.event_ms
 
 
 @operator
-def run_summary(step_id: str, counts: Stream[Counts | PnlPoint], started: float,
-                start_equity: float = 0.0, always: tuple[str, ...] = ()) -> Stream[Summary]:
+def run_summary(step_id: str, counts: Stream[Counts | PnlPoint | EventTime], started: float,
+                start_equity: float = 0.0, always: tuple[str, ...] = (),
+                progress: Callable[[], ProgressLine | None] = lambda: None) -> Stream[Summary]:
     """Total the counters of a run; emits one :class:`Summary` at end of input. Keys in
-    ``always`` are shown even when nothing counted them (0)."""
+    ``always`` are shown even when nothing counted them (0); ``progress`` makes the progress
+    line (None: no line)."""
+    def restore(state: tuple) -> RunTotals:
+        totals, closes, event_ms = (*state, None)[:3]
+        return RunTotals(started, start_equity, Counter(totals), list(closes), event_ms,
+                         progress())
+
     keyed = op.key_on("one_key", counts, lambda _: "run")
     out = op.stateful("totals", keyed, stage_builder(
-        lambda _: RunTotals(started, start_equity, Counter(dict.fromkeys(always, 0))),
-        lambda state: RunTotals(started, start_equity, Counter(state[0]), list(state[1]))))
+        lambda _: RunTotals(started, start_equity, Counter(dict.fromkeys(always, 0)),
+                            progress=progress()), restore))
     return op.key_rm("unkey", out)
