@@ -99,9 +99,13 @@ def lazy_flow(build: Callable[[], Dataflow]) -> Callable[[str], Dataflow]:
 
 
 def tick_source(settings: Settings) -> Source[TickRows]:
-    """``QT_TICKS``: kafka://... for a topic, anything else for files."""
+    """``QT_TICKS``: kafka://... for a topic (a quiet partition says it is idle after
+    ``QT_IDLE_PARTITION_MS``; a lost broker or partition is waited for ``QT_KAFKA_OUTAGE_S``),
+    anything else for files."""
     if settings.ticks.startswith("kafka://"):
-        return KafkaTickSource(KafkaUrl.parse(settings.ticks), settings.kafka_batch_size)
+        return KafkaTickSource(KafkaUrl.parse(settings.ticks), settings.kafka_batch_size,
+                               idle_ms=settings.idle_partition_ms,
+                               outage_s=settings.kafka_outage_s)
     return ReplaySource(expand_paths(settings.ticks), settings.candle_seconds,
                         settings.replay_block_bytes, settings.replay_speed)
 
