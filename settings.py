@@ -106,6 +106,13 @@ class Settings:
         "QT_MAX_DECISION_QUEUE",
         "Bars the decision engine may hold waiting for a slow input partition; beyond it, "
         "that partition is treated as idle (a warning says which).", 200_000)
+    metrics_port: int = _env(
+        "QT_METRICS_PORT",
+        "Port of the Prometheus metrics endpoint (http://host:PORT/metrics). 0: off.", 0)
+    progress: str = _env(
+        "QT_PROGRESS",
+        "Progress line on stderr: auto (redrawn every second on a terminal, a line every 30 s "
+        "in a log), always (a line every second) or never.", "auto")
 
     # --- bars and features -----------------------------------------------------------------
     bar_seconds: int = _env("QT_BAR_SECONDS", "Bar length in seconds (event time).", 60)

@@ -1,7 +1,8 @@
 """ClickHouse as a Bytewax sink: batched, idempotent, at-least-once.
 
 Items are ``(table, TableRows)``. Rows are buffered per table and inserted when a table's
-buffer reaches ``batch_rows`` or its oldest row is ``flush_seconds`` old, at every epoch
+buffer reaches ``batch_rows`` or its oldest row is ``flush_seconds`` old (checked on every
+write and, for a quiet live flow whose writes stop, by a background thread), at every epoch
 snapshot, and at close. Inserts run on the store's own thread while the worker goes on; a
 snapshot (and close) waits until every insert queued before it is done, so nothing that a
 recovery snapshot counts as done is still only in memory, and an insert error fails the flow.
@@ -38,6 +39,30 @@ _PARTITIONS: weakref.WeakSet[ClickHousePartition] = weakref.WeakSet()
 _PARTITIONS_LOCK = threading.Lock()
 
 
+_FLUSHER_PERIOD_S = 0.25
+_flusher: threading.Thread | None = None
+
+
+def _flush_due_forever() -> None:
+    """Queue the inserts of buffers past their ``flush_seconds`` while no write comes (tail
+    mode: the last rows before a quiet spell must not wait for the next tick)."""
+    while True:
+        time.sleep(_FLUSHER_PERIOD_S)
+        with _PARTITIONS_LOCK:
+            partitions = list(_PARTITIONS)
+        for partition in partitions:
+            partition.flush_due()
+
+
+def _start_flusher() -> None:
+    global _flusher
+    with _PARTITIONS_LOCK:
+        if _flusher is None:
+            _flusher = threading.Thread(target=_flush_due_forever, name="sink-flusher",
+                                        daemon=True)
+            _flusher.start()
+
+
 def flush_all() -> None:
     """Store every row this process's sinks hold (a reader that needs the newest rows, like a
     CLM cycle reading its training data in a fast replay, calls this first)."""
@@ -63,6 +88,7 @@ class TableWriter:
         self.on_written = on_written
         self.written: dict[str, int] = {}
         self.pending: list[tuple[str, Future[int]]] = []
+        _start_flusher()
 
     def write_batch(self, items: list[TableRows]) -> None:
         with self._lock:
@@ -79,9 +105,17 @@ class TableWriter:
                 buf.since = now
             buf.blocks.append(block)
             buf.rows += len(block)
+        self._flush_due(now)
+
+    def _flush_due(self, now: float) -> None:
         for table, buf in self.buffers.items():
             if buf.rows >= self.batch_rows or (buf.rows and now - buf.since >= self.flush_seconds):
                 self._flush(table, buf)
+
+    def flush_due(self) -> None:
+        """Queue the inserts of the buffers that are full or old enough (without waiting)."""
+        with self._lock:
+            self._flush_due(time.monotonic())
 
     def _flush(self, table: str, buf: _TableBuffer) -> None:
         groups: dict[tuple[tuple[str, ...], bool], list[TableRows]] = {}

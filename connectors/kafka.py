@@ -68,6 +68,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from cli.errors import UserError, redact
+from metrics import METRICS
 from schemas.ticks import TickRows, decode_messages
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ class KafkaUrl:
     def parse(cls, url: str) -> KafkaUrl:
         parsed = urlparse(url)
         if parsed.scheme != "kafka" or not parsed.netloc or not parsed.path.strip("/"):
-            raise ValueError(f"{url!r}: expected kafka://host:port/topic[?tail=false]")
+            raise UserError(f"{redact(url)!r}: expected kafka://host:port/topic[?tail=false]")
         query = parse_qs(parsed.query)
         tail = query.get("tail", ["true"])[0].lower() not in ("false", "0", "no")
         return cls(tuple(parsed.netloc.split(",")), parsed.path.strip("/"), tail)
@@ -444,7 +446,24 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
         rows = decode_messages(values, self._source, offsets)
         rows.errors.update(errors)
         rows.partition, rows.seq = self.name, self._next_seq()
+        rows.input_bytes = sum(len(v) for v in values if v is not None)
+        self._report_lag()
         return rows, eof
+
+    def _report_lag(self) -> None:
+        """Consumer lag for the metrics: the high watermark the last fetch brought (no broker
+        round trip) minus the next offset to read."""
+        if not METRICS.enabled:
+            return
+        watermarks = getattr(self._consumer, "get_watermark_offsets", None)
+        if watermarks is None:
+            return
+        try:
+            _, high = watermarks(TopicPartition(self.url.topic, self.idx), cached=True)
+        except KafkaException:
+            return
+        if high >= 0:
+            METRICS.consumer_lag(self.name, max(0, high - self._offset))
 
     def _data(self, now: float) -> None:
         self._last_data = now

@@ -31,6 +31,7 @@ from learning.learner import LearnedOutput, LearnerDeps, Sequenced, learn_in_ord
 from learning.rl_learner import LearnerConfig, PolicyLearner
 from learning.trainer import CycleConfig, InlineTraining, TrainingJob
 from learning.triggers import RetrainRequests
+from metrics import DEAD_LETTER_REASON, METRICS, reason_kind
 from models.labels import LabelConfig
 from models.registry import ModelRegistry, open_registry
 from operators.bars import build_bars
@@ -38,7 +39,7 @@ from operators.engine import EngineConfig, EngineDeps, EngineOutput, decide_and_
 from operators.ensemble import EnsembleConfig, RegistryModels, ScoredStep, Scorer, score_votes
 from operators.features import compute_features
 from operators.sizing import PolicySource
-from operators.summary import Counts, PnlPoint, run_summary
+from operators.summary import Counts, EventTime, PnlPoint, ProgressLine, run_summary
 from operators.validate import Validated, validate_ticks
 from operators.versions import ActiveModels
 from schemas.bars import Bar, BarStep
@@ -155,26 +156,36 @@ def market_data_counts(md: MarketData,
                        training: tuple[datetime, datetime] | None = None) -> list[Stream[Counts]]:
     """The summary's market-data counters; with the production models' ``training`` span,
     also how many bars fall inside it (the summary says whether the run is out-of-sample)."""
-    def validated_counts(v: Validated) -> Counts:
-        c = {"rows_in": v.rows_in, "ticks": v.ticks, "dead_letters": len(v.dead)}
-        for stage in v.dead.stage:
-            key = f"dead_letters.{stage.value}"
-            c[key] = c.get(key, 0) + 1
-        return c
-
     return [
         op.map("count_validated", md.validated, validated_counts),
-        op.map("count_bars", md.bars, lambda kv: _bar_counts(kv[1].bars, training)),
+        op.flat_map("count_bars", md.bars, lambda kv: _bar_counts(kv[1].bars, training)),
         op.map("count_features", md.features, lambda kv: {
             "features": len(kv[1].vectors),
             "features.warm": sum(1 for v in kv[1].vectors if v.warm)}),
     ]
 
 
-def _bar_counts(bars: list[Bar], training: tuple[datetime, datetime] | None) -> Counts:
+def validated_counts(v: Validated) -> Counts:
+    """Rows, ticks and dead letters of a validated block, by stage and by reason kind."""
+    c = {"rows_in": v.rows_in, "ticks": v.ticks, "dead_letters": len(v.dead),
+         "input.bytes": v.input_bytes}
+    for stage, reason in zip(v.dead.stage, v.dead.reason, strict=True):
+        for key in (f"dead_letters.{stage.value}",
+                    f"{DEAD_LETTER_REASON}{stage.value}.{reason_kind(reason)}"):
+            c[key] = c.get(key, 0) + 1
+    return {k: n for k, n in c.items() if n}
+
+
+def _bar_counts(bars: list[Bar], training: tuple[datetime, datetime] | None,
+                ) -> list[Counts | EventTime]:
+    """Bars closed (and how many fall in the models' training span), and the event time
+    they reached, for the progress line."""
+    if not bars:
+        return []
     inside = 0 if training is None else sum(training[0] <= b.start and b.end <= training[1]
                                             for b in bars)
-    return {"bars": len(bars), **({"bars.in_training": inside} if inside else {})}
+    counts = {"bars": len(bars), **({"bars.in_training": inside} if inside else {})}
+    return [counts, EventTime(max(to_ms(b.end) for b in bars))]
 
 
 def scoring(md: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
@@ -382,11 +393,30 @@ def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
 LEARNING_SUMMARY = ("rl.transitions", "rl.updates", "clm.cycles", "clm.promoted")
 
 
-def print_summary(counts: list[Stream[Counts | PnlPoint]], started: float, title: str,
-                  start_equity: float = 0.0, always: tuple[str, ...] = ()) -> None:
-    summary = run_summary("summary", op.merge("all_counts", *counts), started, start_equity,
-                          always)
-    op.output("print_summary", op.map("render", summary, lambda s: s.render(title)),
+def progress_line(settings: Settings) -> Callable[[], ProgressLine | None]:
+    """``QT_PROGRESS``: the progress line of this run, with the share of the input read when
+    its size is known (files), and the event-time lag when the input is live (Kafka)."""
+    if settings.progress == "never":
+        return lambda: None
+    live = settings.ticks.startswith("kafka://")
+    size = 0 if live else sum(p.stat().st_size for p in expand_paths(settings.ticks))
+    always = settings.progress == "always"
+    return lambda: ProgressLine(tty=False if always else None,
+                                log_every_s=1.0 if always else 30.0, input_bytes=size,
+                                lag=live)
+
+
+def print_summary(counts: list[Stream[Counts | PnlPoint | EventTime]], started: float,
+                  title: str, settings: Settings, always: tuple[str, ...] = (),
+                  footer: str = "") -> None:
+    """The run's totals: a progress line while it runs (``QT_PROGRESS``), Prometheus metrics
+    (``QT_METRICS_PORT``), and the summary (with ``footer``) on stdout at its end."""
+    if settings.metrics_port:
+        METRICS.serve(settings.metrics_port)
+        log.info("metrics on http://0.0.0.0:%d/metrics", METRICS.port)
+    summary = run_summary("summary", op.merge("all_counts", *counts), started,
+                          settings.start_equity, always, progress_line(settings))
+    op.output("print_summary", op.map("render", summary, lambda s: s.render(title) + footer),
               StdOutSink())
 
 

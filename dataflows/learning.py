@@ -22,6 +22,7 @@ from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 
 from cli import errors
+from cli.errors import UserError
 from connectors.kafka import KafkaUrl
 from connectors.stoppable import Stoppable
 from dataflows import graphs
@@ -60,8 +61,8 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
     install_stop_handlers()
     if not settings.trade_events.startswith("kafka://"):
-        raise ValueError("dataflows.learning reads QT_TRADE_EVENTS=kafka://host:port/topic; "
-                         "with the embedded store the live flow runs the learning graph itself")
+        raise UserError("dataflows.learning reads QT_TRADE_EVENTS=kafka://host:port/topic; "
+                        "with the embedded store the live flow runs the learning graph itself")
     url = KafkaUrl.parse(settings.trade_events)
     flow = Dataflow("learning")
     messages = op.input("trade_events", flow, Stoppable(KafkaSource(
@@ -74,8 +75,8 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     counts = [graphs.learned_counts(learned),
               op.filter_map("count_decode_dead", decoded, lambda d: {"dead_letters": len(d)}
                             if isinstance(d, DeadLetters) else None)]
-    graphs.print_summary(counts, started, "qt learning run summary",
-                         always=graphs.LEARNING_SUMMARY)
+    graphs.print_summary(counts, started, "qt learning run summary", settings,
+                         graphs.LEARNING_SUMMARY)
     return flow
 
 

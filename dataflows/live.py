@@ -22,6 +22,7 @@ from connectors.replay import check_tick_files
 from dataflows import graphs
 from models.base import MODEL_NAMES, POLICY_NAME
 from models.registry import REPAIR_COMMAND, open_registry, version_span
+from report.build import report_command
 from runtime import install_stop_handlers
 from settings import Settings
 from storage.store import check_embedded_store, open_store
@@ -90,8 +91,8 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     graphs.store("clickhouse", rows, settings, list(graphs.LIVE_TABLES))
     started = time.monotonic()  # after the models are loaded: the summary measures streaming
     always = graphs.LEARNING_SUMMARY if graphs.inline_learning(settings) else ()
-    graphs.print_summary(counts, started, "qt live run summary", settings.start_equity,
-                         always)
+    graphs.print_summary(counts, started, "qt live run summary", settings, always,
+                         footer=f"\nreport: {report_command(settings)}")
     return flow
 
 

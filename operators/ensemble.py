@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
+from metrics import METRICS
 from models.base import MODEL_LOCK, MODEL_NAMES
 from schemas.features import FeatureStep, FeatureVector
 from schemas.learning import ShadowPrediction
@@ -350,10 +352,13 @@ def score_votes(step_id: str, up: KeyedStream[FeatureStep],
 
     def score_batch(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, ScoredStep]]:
         vectors = [v for _, step in items for v in step.vectors]
+        started = time.perf_counter()
         try:
             votes = iter(scorer.all_votes(vectors))
         except Exception as exc:
             raise RuntimeError(f"{step_id}: scoring {len(vectors)} vectors failed") from exc
+        if vectors:
+            METRICS.inference(time.perf_counter() - started)
         return [(key, ScoredStep(key, step, [next(votes) for _ in step.vectors]))
                 for key, step in items]
 

@@ -88,6 +88,11 @@ LABELS: dict[str, str] = {
 }
 
 
+# Counters for the metrics and the progress line, not the summary screen (its dead letters are
+# broken down by stage; `python -m cli.analytics dead_letters_by_reason` lists the reasons).
+HIDDEN = ("dead_letters.reason.", "input.")
+
+
 @dataclass(frozen=True)
 class Summary:
     counts: Counts
@@ -130,7 +135,7 @@ class Summary:
 
     def render(self, title: str = "run summary") -> str:
         keys = [k for k in LABELS if k in self.counts]
-        keys += sorted(k for k in self.counts if k not in LABELS)
+        keys += sorted(k for k in self.counts if k not in LABELS and not k.startswith(HIDDEN))
         width = max(len(LABELS.get(k, k)) for k in keys) if keys else 10
         lines = [f"== {title} " + "=" * max(0, 44 - len(title))]
         lines += [f"  {LABELS.get(k, k):<{width}}  {self.counts[k]:>14,}" for k in keys]
@@ -186,7 +191,7 @@ class ProgressLine:
         self._last = now
         rows = totals.get("rows_in", 0)
         parts = [f"{rows:,} rows"]
-        if self.input_bytes:
+        if self.input_bytes and "input.bytes" in totals:
             share = min(1.0, totals.get("input.bytes", 0) / self.input_bytes)
             parts[0] += f" ({share:.0%})"
         elapsed = now - started

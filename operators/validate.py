@@ -112,6 +112,7 @@ class Validated:
     batches: dict[str, TickBatch]
     dead: DeadLetters
     tag: BlockTag
+    input_bytes: int = 0  # of the source's input: the progress line's share read
 
     @property
     def ticks(self) -> int:
@@ -259,7 +260,8 @@ class TickValidator:
         tag = BlockTag(rows.partition, self.blocks, len(batches), self.clock_ms, rows.final,
                        rows.idle)
         self.blocks += 1
-        return Validated(rows.partition, rows.rows_in, batches, dead, tag)
+        return Validated(rows.partition, rows.rows_in, batches, dead, tag,
+                         rows.input_bytes)
 
     def _jumps(self, t: np.ndarray, final: bool) -> tuple[list[tuple[int, int]], int | None]:
         """Time jumps among the candidate rows' times ``t`` (input order): the positions

@@ -143,6 +143,7 @@ class TickRows:
     seq: int = 0
     final: bool = False
     idle: bool = False
+    input_bytes: int = 0  # bytes of input this block consumed (files: compressed bytes)
 
     def __len__(self) -> int:
         return len(self.ts_ms)

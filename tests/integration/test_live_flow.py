@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -63,3 +67,54 @@ def test_fxcm_month_through_the_cli(tmp_path: Path, fxcm_quotes: Path,
     assert counts["input rows"] == FXCM_ROWS
     assert counts["ticks"] + counts["dead letters"] == FXCM_ROWS
     assert counts["bars"] == counts["feature vectors"] == counts["signals"] > 30_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return {}
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in text.decode().splitlines()
+             if line and not line.startswith("#"))}
+
+
+def test_metrics_are_scraped_during_a_paced_run(tmp_path: Path, sample_ticks: Path,
+                                               trained_registry: Path) -> None:
+    """QT_METRICS_PORT serves the run's metrics while it runs; QT_PROGRESS draws progress."""
+    port = _free_port()
+    env = {**os.environ, "QT_HOME": str(tmp_path / ".qt"), "QT_TICKS": str(sample_ticks),
+           "QT_REGISTRY_DIR": str(trained_registry), "QT_LEARNING": "false",
+           "QT_METRICS_PORT": str(port), "QT_PROGRESS": "always",
+           "QT_REPLAY_SPEED": "5000"}  # the sample's 2 days in about 35 s: time to scrape
+    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.live"],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, seen = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            seen = _scrape(port)
+            if seen.get("qt_bars_total", 0) >= 300 and seen.get("qt_inference_seconds_count"):
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert seen.get("qt_bars_total", 0) >= 300, seen  # scraped while running, not after
+    assert seen["qt_ticks_total"] > 0 and seen["qt_input_rows_total"] >= seen["qt_ticks_total"]
+    assert sum(v for k, v in seen.items() if k.startswith("qt_signals_total{")) > 0
+    assert seen["qt_inference_seconds_count"] > 0
+    assert "qt_decision_queue" in seen and "qt_net_pnl" in seen
+    progress = [line for line in err.splitlines() if " rows" in line and "ticks/s" in line]
+    assert len(progress) >= 2 and " | at 2014-05-06 " in progress[-1], err[-2000:]
+    counts = summary_counts(out)
+    assert counts["bars"] >= seen["qt_bars_total"]  # the summary totals what was scraped
+    assert "STOPPED by SIGINT" in out and "report: " in out

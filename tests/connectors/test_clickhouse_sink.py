@@ -1,0 +1,61 @@
+"""The ClickHouse sink's buffering: size and age triggers, a quiet flow, flush, errors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from connectors.clickhouse import TableWriter
+from schemas.dead_letters import DeadLetters, Stage
+from schemas.tables import dead_letter_rows
+
+T0 = 1_399_334_400_000
+
+
+def block(n: int, start: int = 0) -> Any:
+    dead = DeadLetters()
+    for i in range(start, start + n):
+        dead.add("test.csv", i, T0 + i, "EURUSD", Stage.VALIDATE, "crossed quote", f"row {i}")
+    return dead_letter_rows(dead)
+
+
+def stored(store: Any) -> int:
+    return store.query("queries/table_counts")[0]["dead_letters"]
+
+
+def test_rows_wait_until_the_batch_is_full(store: Any) -> None:
+    writer = TableWriter(store, batch_rows=10, flush_seconds=3600)
+    writer.write_batch([block(6)])
+    time.sleep(0.6)
+    assert stored(store) == 0  # neither full nor old
+    writer.write_batch([block(6, 6)])
+    writer.flush()
+    assert stored(store) == 12 and writer.written == {"dead_letters": 12}
+
+
+def test_a_quiet_flow_still_stores_its_last_rows(store: Any) -> None:
+    writer = TableWriter(store, batch_rows=1_000, flush_seconds=0.2)
+    writer.write_batch([block(3)])  # then no write ever comes (tail mode, a quiet market)
+    deadline = time.monotonic() + 5
+    while stored(store) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stored(store) == 3
+
+
+def test_a_replayed_block_is_stored_once(store: Any) -> None:
+    writer = TableWriter(store, batch_rows=1, flush_seconds=3600)
+    writer.write_batch([block(5)])
+    writer.write_batch([block(5)])  # at-least-once after a resume: the same ids again
+    writer.flush()
+    assert stored(store) == 5
+
+
+def test_an_insert_error_fails_the_next_write(store: Any) -> None:
+    writer = TableWriter(store, batch_rows=1, flush_seconds=3600)
+    bad = block(1)
+    bad.columns = ("no_such_column", *bad.columns[1:])
+    writer.write_batch([bad])
+    with pytest.raises(Exception, match="no_such_column"):
+        writer.flush()
