@@ -60,23 +60,29 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
+    Panel("run_overview", "The run at a glance", "table", 24, 4),
     Panel("max_drawdown", "Realised equity and max drawdown", "stat", 9, 5),
     Panel("entry_state_completeness", "Entry state completeness (expected: zeros)", "stat", 15,
           5),
     Panel("pnl_by_day", "PnL, win rate and Sharpe by day", "timeseries", 12),
     Panel("model_win_rate_by_day", "Win rate by model and day", "timeseries", 12, pivot=True),
+    Panel("equity_curve", "Realised equity and drawdown after every trade", "table", 12),
     Panel("pnl_by_symbol", "PnL by symbol", "table", 12),
     Panel("exit_reasons", "Exit reasons", "barchart", 6, fields=("exit_reason", "trades")),
     Panel("model_win_rate", "Win rate by model", "barchart", 6, fields=("model", "win_rate")),
     Panel("supervisor_blocks", "Bias window: verdicts and blocks per hour", "timeseries", 12),
     Panel("rl_sizing", "PPO sizing by mode and policy", "table", 12),
     Panel("rl_updates", "RL policy updates", "timeseries", 12),
+    Panel("rl_rewards", "Rewards the learners consumed, with their trend", "table", 12),
+    Panel("model_hit_rate_rolling", "Rolling hit rate by model (last 20 trades)", "table", 12),
     Panel("drift_checks", "Drift checks", "timeseries", 12),
     Panel("clm_cycles_per_week", "CLM cycles per week by trigger", "timeseries", 12, pivot=True),
     Panel("challenger_variants", "Challengers: warm-started vs from scratch", "table", 12),
     Panel("promotions", "Promotion decisions", "table", 24),
     Panel("shadow_vs_production", "Shadow vs production", "table", 12),
     Panel("evaluations", "Learning ablations (cli.evaluate)", "table", 12),
+    Panel("dead_letters_by_reason", "Dead letters by stage and reason", "table", 12),
+    Panel("dead_letters_by_source", "Dead letters by source", "table", 12),
     Panel("why_trade", "Why did we trade: one trade's entry state", "table", 24),
 )
 
@@ -94,8 +100,8 @@ def sql_file(query: str) -> Path:
 
 
 def parameters(sql: str) -> list[tuple[str, str]]:
-    """``(name, Type)`` of every ``{name:Type}`` in ``sql``, in order."""
-    return PARAMETER.findall(sql)
+    """``(name, Type)`` of every ``{name:Type}`` in ``sql``, each once, in order."""
+    return list(dict.fromkeys(PARAMETER.findall(sql)))
 
 
 def grafana_sql(sql: str) -> str:

@@ -218,6 +218,14 @@ def _seed(store) -> None:
                      "models": ["xgb"], "versions": ["v1"], "actions": ["BUY"]}])
     put("shadow_predictions", [{"model": "xgb", "version": "v2", "symbol": "FXCM:EURUSD",
                                 "ts": T0, "action": "SELL"}])
+    put("trade_outcomes", [{"trade_id": TRADE_ID, "symbol": "FXCM:EURUSD", "side": "long",
+                             "entry_ts": T0, "exit_ts": T0 + timedelta(minutes=30),
+                             "exit_reason": "tp", "net_pnl": 5.0, "pnl_pct": 0.05,
+                             "sizing": "ppo", "policy_version": "p1", "reward": 0.0005,
+                             "joined_from": "stream"}])
+    put("dead_letters", [{"id": "ticks.csv.gz:7", "source": "ticks.csv.gz", "row": 7, "ts": T0,
+                          "symbol": "FXCM:EURUSD", "stage": "validate",
+                          "reason": "time went backwards by 1200 ms", "raw": "..."}])
     put("evaluations", [{"evaluation_id": "e1", "metric": "net_pnl", "off": 1.0, "on": 2.0,
                          "diff": 1.0, "diff_low": -0.5, "diff_high": 2.5, "confidence": 0.9,
                          "train_until": T0, "replay_from": T0, "replay_to": T0,
@@ -257,7 +265,11 @@ def test_the_panel_sql_runs_on_the_schema_as_grafana_sends_it(store, panel) -> N
         times = [r[time_col] for r in rows]
         assert times == sorted(times)  # the plugin pivots a long frame only when sorted
     if "${start_equity:" in target["rawSql"]:  # the cast value is the CLI's default
-        assert rows[0]["peak_equity"] == pytest.approx(float(values["start_equity"]) + 5.0)
+        start = float(values["start_equity"])
+        if "peak_equity" in rows[0]:  # max_drawdown: the first trade won 5.0
+            assert rows[0]["peak_equity"] == pytest.approx(start + 5.0)
+        else:  # equity_curve: the equity after the first trade
+            assert rows[0]["equity"] == pytest.approx(start + 5.0)
 
 
 def test_a_quote_in_a_variable_stays_inside_the_sql_string(store) -> None:
