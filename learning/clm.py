@@ -26,7 +26,9 @@ replay of weeks exercises them, and a replay fires them at the same bars every t
    ``QT_CLM_PROMOTE_CONFIDENCE`` and earns at least as much, retired once proven not better,
    or retired as unproven after ``QT_CLM_SHADOW_MAX`` bars. At most one variant per model is
    promoted; a promotion votes from the next bar. The cycle's drift reference is promoted with
-   its first promoted model.
+   its first promoted model. A challenger a person took out of shadow (promoted, retired by
+   ``python -m cli.registry``; the engine adopts such changes, :mod:`operators.versions`) is
+   closed as ``abandoned`` at the next evaluation and its stage left as that person set it.
 6. Every step of a cycle rewrites its ``clm_cycles`` row (status, data, training metrics, the
    shadow evidence with its intervals, and each decision with its reason).
 
@@ -279,6 +281,13 @@ class ContinuousLearner:
                 continue
             model = name.split(".")[0]
             key = (model, version)
+            if key not in self.models.shadows:  # taken out of shadow by hand: its stage stays
+                stage = self.runner.registry.get(model, version).stage.value
+                self._decide(cycle, name, key, ChallengerDecision.ABANDONED,
+                             f"moved to {stage} by hand (python -m cli.registry) during the "
+                             "shadow test", retire=False)
+                changed = True
+                continue
             if model in promoted_models:
                 self._decide(cycle, name, key, ChallengerDecision.SUPERSEDED,
                              "another variant of this model was promoted first")

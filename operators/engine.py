@@ -236,6 +236,8 @@ class DecisionEngine:
         pf = self.portfolio
         while (ev := pf.pop(horizon)) is not None:
             if ev.kind is EventKind.DECIDE:
+                if self.models.poll():  # changed by hand: from this bar on (versions.py)
+                    self.policy.adopt()
                 bar = pf.bar(ev)
                 pf.apply(ev, bar, self._decide(ev.symbol, ev.clock, bar.payload, out))
             elif ev.kind is EventKind.FILL:

@@ -17,7 +17,9 @@
   the outcome is not the policy's action's).
 - The policy (:class:`PolicySource`) is the one the in-process learner pinned, or the
   registry's production version re-read before each decision; an update is used from the
-  next decision on.
+  next decision on. A policy promoted or rolled back by hand (``python -m cli.registry``)
+  replaces a pinned one at the next bar the engine decides (:meth:`PolicySource.adopt`, the
+  rule of :mod:`operators.versions`), and the learner's next update starts from it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ class PolicySource:
 
     def pin(self, version: str) -> None:
         self.pinned = version
+
+    def adopt(self) -> None:
+        """A manual stage change: a pinned policy becomes the registry's production version
+        (unpinned, the source follows the registry anyway)."""
+        if self.pinned is not None:
+            version = self.registry.production_version(POLICY_NAME)
+            if version is not None:
+                self.pinned = version
 
     def current(self) -> Any:
         version = self.version
