@@ -48,8 +48,10 @@ class Settings:
                       Path(".qt"))
     ticks: str = _env(
         "QT_TICKS",
-        "Tick input: a file or glob (CSV, CSV.gz, Parquet; trades/quotes/candles layouts), "
-        "comma-separated for several, or kafka://host:port/topic[?tail=false]. "
+        "Tick input: a file or glob (CSV, CSV.gz, zip, Parquet, Feather, JSON; the trades/"
+        "quotes/candles layouts, Binance public data, Tardis.dev CSV, freqtrade candles, or "
+        "any columns through QT_TICKS_COLUMNS; python -m cli.inspect FILE says how a file is "
+        "read), comma-separated for several, or kafka://host:port/topic[?tail=false]. "
         "Default: the bundled FXCM sample (QuantConnect Lean, Apache-2.0).",
         str(SAMPLE_TICKS),
     )
@@ -84,6 +86,29 @@ class Settings:
         "Length of input candles. A candle is stamped at the last millisecond of its "
         "interval, the first moment all of it is known.",
         60,
+    )
+    symbol_prefix: str = _env(
+        "QT_SYMBOL_PREFIX",
+        "Venue prefix of symbols that come from file names (Binance public data, freqtrade "
+        "candles): BTCUSDT-1m-2024-01-01.zip replays as BINANCE:BTCUSDT, BTC_USDT-1m.feather "
+        "as BINANCE:BTCUSDT.",
+        "BINANCE:",
+    )
+    ticks_columns: str = _env(
+        "QT_TICKS_COLUMNS",
+        "Column mapping for CSV/Parquet/Feather files of no known layout: field=column pairs "
+        "of one layout's fields (trades ts,symbol,price,size,side; quotes ts,symbol,bid,ask,"
+        "bid_size,ask_size; candles ts,symbol,open,high,low,close,volume), e.g. ts=open_time,"
+        "open=o,high=h,low=l,close=c,volume=v,symbol=@BTCUSDT (symbol=@NAME: one fixed symbol "
+        "for every row). Empty: no mapping.",
+        "",
+    )
+    ticks_ts_unit: str = _env(
+        "QT_TICKS_TS_UNIT",
+        "Unit of the mapped ts column (QT_TICKS_COLUMNS): s, ms, us, ns since 1970, iso "
+        "(ISO-8601 with a UTC offset), or auto: told from the magnitude of the first values "
+        "(times between 1990 and 2100), an error when they do not say.",
+        "auto",
     )
     max_backwards_ms: int = _env(
         "QT_MAX_BACKWARDS_MS",

@@ -1,7 +1,11 @@
 """Replay of historical tick files as a Bytewax source.
 
-- Formats: CSV, CSV.gz (any compression Arrow detects) and Parquet, in the trades, quotes or
-  candles layout of ``../shared/data`` (the header decides). One file, a glob, or several.
+- Formats: CSV (plain, gzip, any compression Arrow detects, or a zip holding one CSV,
+  streamed), Parquet and Feather in the trades, quotes or candles layout of
+  ``../shared/data`` (the header decides); and Binance public data, Tardis.dev CSV,
+  freqtrade candles and any CSV/Parquet/Feather through ``QT_TICKS_COLUMNS``, each converted
+  batch by batch into one of those three layouts (:mod:`connectors.layouts`, which also
+  says how a file's layout is recognised). One file, a glob, or several.
 - Partitions: files that share a symbol must be merged into one event-time stream (a symbol's
   trades and quotes, say), so files are grouped by shared symbols and each group is one
   partition; groups replay in parallel across workers. A single file needs no symbol scan.
@@ -9,15 +13,22 @@
   goes backwards inside its own file stays where it is, for validation to judge).
 - Blocks: Arrow parses a block of bytes at a time; one block becomes one :class:`TickRows`
   item, so the dataflow handles thousands of rows per item rather than one.
-- Accounting: every line after the header becomes a row or, if Arrow cannot split it into the
-  layout's fields, an ``extra_dead`` entry with its line number and text. Invalid UTF-8 is
-  replaced (U+FFFD), not fatal.
-- Damaged files: a file that cannot be used at all (missing, empty, unknown header, not gzip
-  although named ``.gz``, not Parquet) is a :class:`InputFileError` naming it, raised when the
-  source is built. A compressed file that is truncated (or corrupt) part-way is not fatal: the
-  rows before the damage replay as usual (whole lines only, so a cut row is never read as a
-  shorter one), the rest of the file becomes ONE dead letter (stage ``decode``, row = the first
-  line that could not be read), and a warning names the file.
+- Accounting: every line after the header (if the file has one) becomes a row or, if Arrow
+  cannot split it into the layout's fields, an ``extra_dead`` entry with its line number and
+  text. Invalid UTF-8 is replaced (U+FFFD), not fatal. Rows of table formats (Parquet,
+  Feather, JSON) are numbered from 1.
+- Damaged files: a file that cannot be used at all (missing, empty, unknown layout, not gzip
+  although named ``.gz``, a zip of several files, not Parquet) is a :class:`InputFileError`
+  naming it, raised when the source is built. A compressed file that is truncated (or
+  corrupt) part-way is not fatal: the rows before the damage replay as usual (whole lines
+  only, so a cut row is never read as a shorter one), the rest of the file becomes ONE dead
+  letter (stage ``decode``, row = the first line that could not be read), and a warning names
+  the file. A zip's member is inflated here like gzip (from its local header, so a zip cut
+  short, without its central directory, still replays its readable rows; its CRC-32 is
+  checked at the end when the central directory gives it).
+- Progress: each block carries ``input_bytes``, the bytes of its partition's files on disk
+  (compressed bytes for a compressed file) consumed since the block before, so the blocks of
+  a replay add up to the files' sizes and the progress line shows the share of the input read.
 - Pacing: ``speed`` 0 replays as fast as possible; 1 at real time; N at N times real time.
 - Recovery: the resume state is the block sequence number and, per file, the rows consumed.
   The flow ends at the end of the data.
@@ -30,9 +41,12 @@ import glob
 import io
 import logging
 import os
+import struct
 import threading
 import time
+import zipfile
 import zlib
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,27 +55,29 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from cli.errors import UserError
-from schemas.ticks import LAYOUTS, TS_MISSING, TickOrigin, TickRows, decode_table, layout_of
+from connectors.layouts import detect
+from connectors.layouts.base import DamagedFile, FileLayout, InputFileError, LayoutOptions
+from connectors.layouts.detect import LAYOUT_HINT
+from schemas.ticks import LAYOUTS, TS_MISSING, TickRows, decode_table
+
+__all__ = ["InputFileError", "MissingInputError", "ReplaySource", "check_tick_files",
+           "expand_paths", "file_layout", "group_by_symbols"]
 
 log = logging.getLogger(__name__)
 
 NEVER = -(2**62)
 GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"
 GZIP_SUFFIXES = (".gz", ".gzip", ".tgz")
-ARROW_COMPRESSED = (".bz2", ".zst", ".zstd", ".lz4", ".br")  # decompressed by Arrow
+ARROW_COMPRESSED = {".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4",
+                    ".br": "brotli"}  # decompressed by Arrow
 HEADER_LIMIT = 64 * 1024  # a header line longer than this is not a tick file's
 _COMPRESSED_CHUNK = 1 << 18
 _LONGEST_LINE = 1 << 20  # a "line" longer than this is handed on as is (Arrow rejects it)
-LAYOUT_HINT = ("expected the header of a trades, quotes or candles file: " + "; ".join(
-    ",".join(cols) for cols in LAYOUTS.values()))
-
-
-class InputFileError(UserError, ValueError):
-    """An input file that cannot be replayed at all (the message names it)."""
+SNIFF_LINES = 21  # the header and the first rows, for detection (connectors.layouts)
 
 
 class MissingInputError(UserError, FileNotFoundError):
@@ -87,12 +103,14 @@ def expand_paths(spec: str, setting: str = "QT_TICKS") -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def check_tick_files(spec: str, setting: str = "QT_TICKS") -> list[Path]:
-    """The files of ``spec``, each checked to be a replayable tick file (its header or
-    schema): an unusable one is an :class:`InputFileError` before anything starts."""
+def check_tick_files(spec: str, setting: str = "QT_TICKS",
+                     options: LayoutOptions | None = None) -> list[Path]:
+    """The files of ``spec``, each checked to be a replayable tick file (its layout is
+    recognised): an unusable one is an :class:`InputFileError` before anything starts."""
     paths = expand_paths(spec, setting)
+    options = options or LayoutOptions.from_env()
     for path in paths:
-        file_layout(path)
+        file_layout(path, options)
     return paths
 
 
@@ -105,10 +123,96 @@ class _Broken(Exception):
         self.detail = detail
 
 
+class _ZipMember:
+    """The one member of a zip file, inflated as a stream: from its local header, found
+    through the central directory (which also says there is one member, and its CRC-32) or,
+    in a zip cut short that has none, at the start of the file."""
+
+    def __init__(self, path: Path, file: io.BufferedReader) -> None:
+        self._file = file
+        info = self._central(path)
+        start = 0 if info is None else info.header_offset
+        file.seek(start)
+        local = file.read(30)
+        if len(local) < 30 or local[:4] != ZIP_MAGIC:
+            raise InputFileError(f"{path}: not a readable zip file (no local file header); "
+                                 "re-create or re-download it")
+        flags, method, crc, size, name_len, extra_len = (
+            struct.unpack("<4x2xHH4xIIxxxxHH", local))
+        self.name = file.read(name_len).decode("utf-8", errors="replace")
+        if info is not None:
+            crc, size = info.CRC, info.compress_size
+        elif flags & 0x08:  # sizes and CRC follow the data: unknown without the directory
+            crc, size = None, None
+        if flags & 0x01:
+            raise InputFileError(f"{path}: the zip is encrypted; unzip it and give the CSV")
+        if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise InputFileError(f"{path}: the zip's {self.name} is compressed with method "
+                                 f"{method} (deflate or stored are read); unzip it and give "
+                                 "the CSV, or re-zip it")
+        if detect.table_format(Path(self.name)) is not None:
+            raise InputFileError(f"{path}: the zip holds {self.name}; only a CSV is read from "
+                                 "a zip: unzip it and give the file")
+        file.seek(start + 30 + name_len + extra_len)
+        self._stored = method == zipfile.ZIP_STORED
+        self._expected_crc, self._left = crc, size
+        self._crc = 0
+        self.inflate = zlib.decompressobj(-15)
+        self._pending: _Broken | None = None
+
+    @staticmethod
+    def _central(path: Path) -> zipfile.ZipInfo | None:
+        try:
+            with zipfile.ZipFile(path) as z:
+                infos = [i for i in z.infolist() if not i.is_dir()]
+        except (zipfile.BadZipFile, OSError):  # no central directory: a zip cut short
+            return None
+        if len(infos) != 1:
+            names = ", ".join(i.filename for i in infos[:4]) + (", ..." if len(infos) > 4
+                                                                 else "")
+            raise InputFileError(
+                f"{path}: the zip holds {len(infos)} files ({names}); expected one CSV file, "
+                "as data.binance.vision ships them: unzip it and give the files")
+        return infos[0]
+
+    def read(self, size: int) -> bytes:
+        if self._pending is not None:
+            raise self._pending
+        if self._stored:
+            data = self._file.read(size if self._left is None else min(size, self._left))
+            if self._left is not None:
+                self._left -= len(data)
+                if not data and self._left > 0:
+                    raise _Broken("truncated")
+        else:
+            data = self._inflated(size)
+        if data:
+            self._crc = zlib.crc32(data, self._crc)
+        elif self._expected_crc is not None and self._crc != self._expected_crc:
+            raise _Broken("corrupt", "zip: CRC-32 mismatch")
+        return data
+
+    def _inflated(self, size: int) -> bytes:
+        d = self.inflate
+        while not d.eof:  # what follows the member's data (directory, ...) is not read
+            data = d.unconsumed_tail or self._file.read(_COMPRESSED_CHUNK)
+            if not data:
+                raise _Broken("truncated")
+            saved = d.copy()
+            try:
+                out = d.decompress(data, size)
+            except zlib.error as exc:
+                self._pending = _Broken("corrupt", f"zlib: {exc}")
+                return _salvage(saved, data)
+            if out:
+                return out
+        return b""
+
+
 class _TextStream(io.RawIOBase):
-    """A tick file's text: decompressed (gzip by its signature, whatever the name; bz2/zstd/
-    lz4/brotli by the name, through Arrow), always valid UTF-8 (bad bytes become U+FFFD), and
-    handed out in whole lines.
+    """A tick file's text: decompressed (gzip by its signature, whatever the name; a zip's one
+    member by its signature or name; bz2/zstd/lz4/brotli by the name, through Arrow), always
+    valid UTF-8 (bad bytes become U+FFFD), and handed out in whole lines.
 
     Whole lines, so that a file truncated or corrupt part-way ends cleanly after its last
     complete line: no cut row is read as a shorter one. The stream then just ends, and
@@ -127,29 +231,56 @@ class _TextStream(io.RawIOBase):
         self._eof = False
         self._pending: _Broken | None = None  # found after salvaging the data before it
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # (lines handed out, file position then): where in the file a line ended, for
+        # progress (Arrow reads blocks ahead of the rows it has handed out)
+        self.marks: deque[tuple[int, int]] = deque()
         try:
             self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise InputFileError(f"{path}: cannot be read ({exc.strerror}); check the path "
                                  "and its permissions") from None
-        head = self._file.read(2)
+        head = self._file.read(4)
         self._file.seek(0)
         self._gz: zlib._Decompress | None = None
         self._arrow: pa.NativeFile | None = None
+        self._zip: _ZipMember | None = None
+        self.member: str | None = None  # the name of a zip's member
         suffix = path.suffix.lower()
-        if head == GZIP_MAGIC:
+        if head[:2] == GZIP_MAGIC:
             self._gz = zlib.decompressobj(31)
+        elif head == ZIP_MAGIC or (suffix == ".zip" and head):
+            try:
+                self._zip = _ZipMember(path, self._file)
+            except InputFileError:
+                self._file.close()
+                raise
+            self.member = self._zip.name
         elif suffix in GZIP_SUFFIXES and head:
             self._file.close()
             raise InputFileError(
                 f"{path}: not gzip-compressed (the name ends in {suffix} but the content does "
                 "not start with the gzip signature); give a gzip-compressed CSV, or rename "
                 "the file if it is plain CSV")
-        elif suffix in ARROW_COMPRESSED:
-            self._arrow = pa.input_stream(str(path), compression="detect")
+        elif suffix in ARROW_COMPRESSED:  # read through our file: its position is progress
+            self._arrow = pa.CompressedInputStream(pa.PythonFile(self._file, mode="r"),
+                                                   ARROW_COMPRESSED[suffix])
+        self._position = 0
 
     def readable(self) -> bool:
         return True
+
+    def position(self) -> int:
+        """Bytes of the file on disk read so far (compressed bytes for a compressed file):
+        the replay's progress through it."""
+        try:
+            self._position = self._file.tell()
+        except (OSError, ValueError):  # closed: the last position known
+            return self._position
+        inflate = self._gz if self._gz is not None else (
+            self._zip.inflate if self._zip is not None else None)
+        if inflate is not None:  # read, but not yet decompressed
+            self._position -= len(inflate.unconsumed_tail) + len(inflate.unused_data)
+        return self._position
 
     def _gunzip(self, size: int) -> bytes:
         assert self._gz is not None
@@ -186,6 +317,8 @@ class _TextStream(io.RawIOBase):
             raise self._pending
         if self._gz is not None:
             return self._gunzip(size)
+        if self._zip is not None:
+            return self._zip.read(size)
         if self._arrow is not None:
             try:
                 return self._arrow.read(size)
@@ -224,6 +357,7 @@ class _TextStream(io.RawIOBase):
             whole = data[:cut]
             self.lines += whole.count(b"\n")
             self._out = self._text(whole)
+            self.marks.append((self.lines, self.position()))
 
     def read(self, size: int = -1) -> bytes:
         """At most ``size`` bytes (Arrow's buffer is that large: never more)."""
@@ -234,16 +368,19 @@ class _TextStream(io.RawIOBase):
         self._out = self._out[want:]
         return out
 
-    def header_line(self) -> str:
-        """The first line (at most :data:`HEADER_LIMIT` bytes), for :func:`file_layout`."""
+    def head_lines(self, count: int = SNIFF_LINES) -> list[str]:
+        """The first line (at most :data:`HEADER_LIMIT` bytes) and the whole lines after it,
+        up to ``count`` lines in all, for :func:`file_layout`; [] for an empty file."""
         head = b""
-        while b"\n" not in head and len(head) < HEADER_LIMIT:
+        ended = False
+        while head.count(b"\n") < count and len(head) < HEADER_LIMIT:
             try:
                 chunk = self._raw_read(HEADER_LIMIT)
             except _Broken as exc:
                 self.failure, self.detail = exc.what, exc.detail
                 break
             if not chunk:
+                ended = True
                 break
             head += chunk
         line, newline, _ = head.partition(b"\n")
@@ -256,7 +393,12 @@ class _TextStream(io.RawIOBase):
             raise InputFileError(f"{self.path}: no header line in its first "
                                  f"{HEADER_LIMIT // 1024} KiB: not a CSV tick file; "
                                  f"{LAYOUT_HINT}")
-        return line.decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+        if not head:
+            return []
+        text = head.decode("utf-8", errors="replace").split("\n")
+        whole = text if ended and text[-1] else text[:-1]  # the last one may be cut
+        first = line.decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+        return [first, *(t.rstrip("\r") for t in whole[1:count])]
 
     def readinto(self, b: bytearray) -> int:  # pragma: no cover - Arrow calls read()
         data = self.read(len(b))
@@ -290,58 +432,57 @@ def _salvage(decompressor: zlib._Decompress, data: bytes, piece: int = 4096) -> 
     return b"".join(out)
 
 
-def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in (".parquet", ".pq")
-
-
 def _open_text(path: Path) -> _TextStream:
     return _TextStream(path)
 
 
-def file_layout(path: Path) -> TickOrigin:
-    """The layout of a file, from its header (CSV) or schema (Parquet); a file that cannot be
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def file_layout(path: Path, options: LayoutOptions | None = None) -> FileLayout:
+    """The layout of a file (:mod:`connectors.layouts.detect`); a file that cannot be
     replayed at all is an :class:`InputFileError` that names it and says what to do."""
-    if _is_parquet(path):
-        try:
-            names = pq.ParquetFile(path).schema_arrow.names
-        except (OSError, pa.ArrowException) as exc:
-            raise InputFileError(f"{path}: not a readable Parquet file ({exc}); give a Parquet "
-                                 "file written by Arrow/pandas, or a CSV file") from None
-        try:
-            return layout_of(names)
-        except ValueError:
-            raise InputFileError(f"{path}: unrecognised columns {','.join(names)[:120]!r}; "
-                                 f"{LAYOUT_HINT}") from None
+    options = options or LayoutOptions.from_env()
+    if detect.table_format(path) is not None:
+        return detect.table_layout(path, options)
     with _open_text(path) as stream:
-        header = stream.header_line()
-    if not header:
+        lines = stream.head_lines()
+        member = stream.member
+    if not lines or not lines[0]:
         raise InputFileError(f"{path}: the file is empty (no header line); {LAYOUT_HINT}")
-    if "\0" in header or "\ufffd" in header:
+    if "\0" in lines[0] or "\ufffd" in lines[0]:
         raise InputFileError(f"{path}: not a CSV text file (binary content in its first "
                              f"line); {LAYOUT_HINT}")
-    try:
-        return layout_of(header.split(","))
-    except ValueError:
-        raise InputFileError(f"{path}: unrecognised header {header[:120]!r}; "
-                             f"{LAYOUT_HINT}") from None
+    return detect.text_layout(path, lines, member, options)
 
 
-def file_symbols(path: Path) -> set[str]:
-    """Every symbol in a file (one pass over the symbol column only)."""
-    if _is_parquet(path):
-        col = pq.read_table(path, columns=["symbol"]).column("symbol")
+def file_symbols(path: Path, options: LayoutOptions | None = None) -> set[str]:
+    """Every symbol in a file: named by the file or its layout, or one pass over the columns
+    that hold it."""
+    layout = file_layout(path, options)
+    if layout.symbols is not None:
+        return set(layout.symbols)
+    columns = list(layout.symbol_columns)
+    if layout.read is not None:
+        table = detect.table_columns(path, columns)
     else:
-        stream = pa.PythonFile(_open_text(path), mode="r")
-        col = pa_csv.read_csv(
-            stream, parse_options=pa_csv.ParseOptions(quote_char=False,
-                                                     invalid_row_handler=lambda _: "skip"),
-            convert_options=pa_csv.ConvertOptions(include_columns=["symbol"],
-                                                  column_types={"symbol": pa.string()}),
-        ).column("symbol")
-    return {s for s in col.unique().to_pylist() if s}
+        table = pa_csv.read_csv(
+            pa.PythonFile(_open_text(path), mode="r"),
+            read_options=pa_csv.ReadOptions(skip_rows=1 if layout.header else 0,
+                                            column_names=list(layout.columns)),
+            parse_options=pa_csv.ParseOptions(quote_char=False,
+                                              invalid_row_handler=lambda _: "skip"),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=columns, column_types={c: pa.string() for c in columns}))
+    return {s for s in layout.symbols_of(table).unique().to_pylist() if s}
 
 
-def group_by_symbols(paths: Sequence[Path]) -> list[list[Path]]:
+def group_by_symbols(paths: Sequence[Path],
+                     options: LayoutOptions | None = None) -> list[list[Path]]:
     """Connected components of files that share at least one symbol (union-find)."""
     if len(paths) == 1:
         return [list(paths)]
@@ -355,7 +496,7 @@ def group_by_symbols(paths: Sequence[Path]) -> list[list[Path]]:
 
     owner: dict[str, int] = {}
     for i, path in enumerate(paths):
-        for sym in file_symbols(path):
+        for sym in file_symbols(path, options):
             if sym in owner:
                 parent[find(i)] = find(owner[sym])
             else:
@@ -375,21 +516,27 @@ class FileBlocks:
     """Decoded blocks of one file. ``skip_rows``/``skip_bad_through`` resume mid-file."""
 
     def __init__(self, path: Path, candle_ms: int, block_bytes: int, skip_rows: int = 0,
-                 skip_bad_through: int = 0) -> None:
+                 skip_bad_through: int = 0, options: LayoutOptions | None = None) -> None:
         self.path = path
         self.name = path.name
-        self.origin = file_layout(path)
-        self.candle_ms = candle_ms
+        self.layout = file_layout(path, options)
+        self.origin = self.layout.origin
+        self.candle_ms = self.layout.candle_ms or candle_ms  # a file that names its own wins
         self._bad: list[tuple[int, str]] = []
         self._bad_lock = threading.Lock()
         self._unpassed_bad: set[int] = set()  # reported bad lines not yet numbered past
-        self._next_line = 2  # line 1 is the header
+        # the next row's number: CSV lines count the header; table rows count from 1
+        self._next_line = 2 if self.layout.read is None and self.layout.header else 1
         self.rows_read = 0
         self._skip_rows = skip_rows
         self._skip_bad_through = skip_bad_through
         self._stream: _TextStream | None = None
-        self._broken: tuple[str, str] | None = None  # Parquet read error: (what, detail)
+        self._broken: tuple[str, str] | None = None  # table read error: (what, detail)
         self._reported = False
+        self.size = _file_size(path)
+        self.finished = False
+        self._table_rows = None if self.layout.read is None else detect.table_rows(path)
+        self._batch_rows = 0  # rows of the table batches read (their share of the file)
         self._batches = self._open(block_bytes)
 
     def _on_invalid(self, row: pa_csv.InvalidRow) -> str:
@@ -398,15 +545,15 @@ class FileBlocks:
         return "skip"
 
     def _open(self, block_bytes: int) -> Iterator[pa.RecordBatch]:
-        if _is_parquet(self.path):
-            rows = max(1024, block_bytes // 64)
-            return pq.ParquetFile(self.path).iter_batches(batch_size=rows)
-        names = LAYOUTS[self.origin]
+        if self.layout.read is not None:
+            return self.layout.read(self.path, max(1024, block_bytes // 64))
+        names = self.layout.columns
         self._stream = _open_text(self.path)
         reader = pa_csv.open_csv(
             pa.PythonFile(self._stream, mode="r"),
             read_options=pa_csv.ReadOptions(use_threads=False, block_size=block_bytes,
-                                            skip_rows=1, column_names=list(names)),
+                                            skip_rows=1 if self.layout.header else 0,
+                                            column_names=list(names)),
             parse_options=pa_csv.ParseOptions(quote_char=False, ignore_empty_lines=False,
                                               invalid_row_handler=self._on_invalid),
             convert_options=pa_csv.ConvertOptions(
@@ -421,8 +568,8 @@ class FileBlocks:
         Arrow reports a bad line while parsing ahead, possibly before the batch that would
         have held it, so reported lines wait in ``_unpassed_bad`` until numbering reaches them.
         """
-        if _is_parquet(self.path):
-            out = np.arange(self._next_line - 1, self._next_line - 1 + n, dtype=np.int64)
+        if self._stream is None:
+            out = np.arange(self._next_line, self._next_line + n, dtype=np.int64)
             self._next_line += n
             return out
         if n == 0:
@@ -439,9 +586,31 @@ class FileBlocks:
         self._next_line = int(lines[-1]) + 1
         return lines
 
+    def consumed_bytes(self) -> int:
+        """Bytes of the file on disk consumed so far (its size once it is read to the end):
+        the replay's progress. A text file: the compressed bytes decompressed up to the last
+        line numbered so far; a Parquet or Feather file: its share of the rows read; JSON:
+        nothing until its end."""
+        if self.finished:
+            return self.size
+        if self._stream is not None:  # where the last line numbered so far ended
+            line, marks = self._next_line - 1, self._stream.marks
+            while len(marks) > 1 and marks[0][0] < line:
+                marks.popleft()
+            at = marks[0][1] if marks and marks[0][0] >= line else self._stream.position()
+            return min(self.size, at)
+        if self._table_rows:
+            return min(self.size, self.size * self._batch_rows // self._table_rows)
+        return 0
+
     def _next_batch(self) -> pa.RecordBatch | None:
         try:
-            return next(self._batches, None)
+            batch = next(self._batches, None)
+            self._batch_rows += 0 if batch is None else batch.num_rows
+            return batch
+        except DamagedFile as exc:  # JSON that breaks off
+            self._broken = (exc.what, exc.detail[:200])
+            return None
         except (OSError, pa.ArrowException) as exc:  # Parquet: a damaged page or row group
             if self._stream is not None:
                 raise
@@ -459,7 +628,7 @@ class FileBlocks:
                                      self._stream.partial)
             row = max(self._next_line, self._stream.lines + 1)
         elif self._broken is not None:
-            (what, detail), partial, row = self._broken, "", self._next_line - 1
+            (what, detail), partial, row = self._broken, "", self._next_line
         else:
             return []
         unit = "compressed stream" if self._stream is not None else "file"
@@ -480,12 +649,13 @@ class FileBlocks:
                 bad, self._bad = self._bad, []
             damage = self._damage() if batch is None else []
             if batch is None and not bad and not damage:
+                self.finished = True
                 return None
             n = 0 if batch is None else batch.num_rows
             self._unpassed_bad.update(line for line, _ in bad)
             line_no = self._line_numbers(n)
             extra = [(self.name, line, text, "not a row of the "
-                      f"{self.origin.value}s layout ({len(text.split(','))} fields)")
+                      f"{self.layout.name} layout ({len(text.split(','))} fields)")
                      for line, text in bad if line > self._skip_bad_through]
             extra += damage
             if batch is None:
@@ -493,7 +663,7 @@ class FileBlocks:
                     [], schema=pa.schema([(c, pa.string()) for c in LAYOUTS[self.origin]])),
                     self.origin, self.name, 0, self.candle_ms)
             else:
-                rows = decode_table(batch, self.origin, self.name, 0, self.candle_ms)
+                rows = self._decode(batch)
             rows.row_no = line_no
             rows.extra_dead = extra
             if self._skip_rows:
@@ -503,6 +673,17 @@ class FileBlocks:
             if len(rows) == 0 and not rows.extra_dead:
                 continue
             return rows
+
+    def _decode(self, batch: pa.RecordBatch) -> TickRows:
+        """A batch of the file -> rows: converted to the internal layout first (keeping the
+        file's own text as the rows' raw input) unless it is one already."""
+        if self.layout.convert is None:
+            return decode_table(batch, self.origin, self.name, 0, self.candle_ms)
+        converted = self.layout.convert(batch)
+        rows = decode_table(converted.batch, self.origin, self.name, 0, self.candle_ms)
+        rows.errors.update(converted.errors)  # the conversion's reason is the precise one
+        rows.raw_batch = batch if converted.raw is None else converted.raw
+        return rows
 
 
 def _with_extra(rows: TickRows, extra: list[tuple[str, int, str, str]]) -> TickRows:
@@ -562,17 +743,19 @@ class ReplayState:
 
 class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
     def __init__(self, name: str, paths: Sequence[Path], candle_ms: int, block_bytes: int,
-                 speed: float, resume: ReplayState | None) -> None:
+                 speed: float, resume: ReplayState | None,
+                 options: LayoutOptions | None = None) -> None:
         self.name = name
         self.seq = 0 if resume is None else resume.seq
         consumed = {} if resume is None else resume.consumed
         self.cursors = []
         for p in paths:
             rows, bad = consumed.get(p.name, (0, 0))
-            cur = _Cursor(FileBlocks(p, candle_ms, block_bytes, rows, bad))
+            cur = _Cursor(FileBlocks(p, candle_ms, block_bytes, rows, bad, options))
             cur.emitted_rows, cur.emitted_bad_through = rows, bad
             self.cursors.append(cur)
         self.speed = speed
+        self._bytes_reported = 0  # of the files' bytes, handed out as blocks' input_bytes
         self._ready: TickRows | None = None
         self._ended = False
         self._wall0: float | None = None
@@ -613,7 +796,7 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
                     raise StopIteration
                 self._ended = True  # one empty final block tells downstream we are done
                 self.seq += 1
-                return [TickRows.end_of(self.name, self.seq - 1)]
+                return [self._counted(TickRows.end_of(self.name, self.seq - 1))]
         block = self._ready
         if self.speed > 0 and len(block):
             block = self._paced(block)
@@ -624,7 +807,16 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
         block.partition = self.name
         block.seq = self.seq
         self.seq += 1
-        return [block]
+        return [self._counted(block)]
+
+    def _counted(self, block: TickRows) -> TickRows:
+        """``block`` with the bytes of the input files consumed since the last block (the
+        progress line's share of the input; all blocks of a replay add up to the files'
+        sizes)."""
+        consumed = sum(c.blocks.consumed_bytes() for c in self.cursors)
+        block.input_bytes = max(0, consumed - self._bytes_reported)
+        self._bytes_reported = max(consumed, self._bytes_reported)
+        return block
 
     def _paced(self, block: TickRows) -> TickRows | None:
         """The prefix of ``block`` that is due now; the rest waits for its time."""
@@ -662,13 +854,19 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
 
 
 class ReplaySource(FixedPartitionedSource[TickRows, ReplayState]):
-    """Historical files as a partitioned, resumable, optionally paced source."""
+    """Historical files as a partitioned, resumable, optionally paced source.
+
+    ``layouts``: the settings that steer layout detection (``QT_SYMBOL_PREFIX``,
+    ``QT_TICKS_COLUMNS``, ``QT_TICKS_TS_UNIT``); by default those of the environment.
+    """
 
     def __init__(self, paths: Sequence[Path], candle_seconds: int = 60,
-                 block_bytes: int = 1 << 20, speed: float = 0.0) -> None:
+                 block_bytes: int = 1 << 20, speed: float = 0.0,
+                 layouts: LayoutOptions | None = None) -> None:
         self.paths = [Path(p) for p in paths]
+        self.options = layouts or LayoutOptions.from_env()
         for p in self.paths:
-            file_layout(p)  # fail fast, with the file name, on an unknown layout
+            file_layout(p, self.options)  # fail fast, with the file name, on an unknown layout
         self.candle_ms = candle_seconds * 1000
         self.block_bytes = block_bytes
         self.speed = speed
@@ -679,7 +877,7 @@ class ReplaySource(FixedPartitionedSource[TickRows, ReplayState]):
         with self._lock:
             if self._groups is None:
                 self._groups = {"+".join(p.name for p in g): g
-                                for g in group_by_symbols(self.paths)}
+                                for g in group_by_symbols(self.paths, self.options)}
             return self._groups
 
     def list_parts(self) -> list[str]:
@@ -692,4 +890,4 @@ class ReplaySource(FixedPartitionedSource[TickRows, ReplayState]):
             raise ValueError(f"{step_id}: no replay partition {for_part!r} (input files changed "
                              "since the recovery snapshot?)")
         return ReplayPartition(for_part, paths, self.candle_ms, self.block_bytes, self.speed,
-                               resume_state)
+                               resume_state, self.options)

@@ -23,6 +23,7 @@ from bytewax.operators import KeyedStream
 
 from connectors.clickhouse import ClickHouseSink, TableWriter
 from connectors.kafka import KafkaTickSource, KafkaUrl
+from connectors.layouts import LayoutOptions
 from connectors.replay import ReplaySource, expand_paths
 from connectors.stoppable import Stoppable
 from learning.clm import ClmConfig, ContinuousLearner
@@ -108,7 +109,8 @@ def tick_source(settings: Settings) -> Source[TickRows]:
                                idle_ms=settings.idle_partition_ms,
                                outage_s=settings.kafka_outage_s)
     return ReplaySource(expand_paths(settings.ticks), settings.candle_seconds,
-                        settings.replay_block_bytes, settings.replay_speed)
+                        settings.replay_block_bytes, settings.replay_speed,
+                        LayoutOptions.from_settings(settings))
 
 
 @dataclass

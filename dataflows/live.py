@@ -18,6 +18,7 @@ from bytewax.dataflow import Dataflow
 
 from cli import errors
 from cli.errors import UserError
+from connectors.layouts import LayoutOptions
 from connectors.replay import check_tick_files
 from dataflows import graphs
 from models.base import MODEL_NAMES, POLICY_NAME
@@ -42,7 +43,7 @@ def ensure_models(settings: Settings) -> None:
     process), so those problems are one line before anything starts, not after a bootstrap.
     """
     if not settings.ticks.startswith("kafka://"):
-        check_tick_files(settings.ticks)
+        check_tick_files(settings.ticks, options=LayoutOptions.from_settings(settings))
     if not settings.clickhouse_url.strip():
         check_embedded_store(settings)
     registry = open_registry(settings)

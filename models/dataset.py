@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from connectors.layouts import LayoutOptions
 from connectors.replay import ReplaySource, expand_paths
 from models.labels import LabelConfig, label_symbol
 from operators.bars import BarBuilder
@@ -93,7 +94,8 @@ def history_from_ticks(spec: str, settings: Settings, progress: bool = False,
     """Replay ``spec`` (the ``QT_TICKS`` file forms) through validation, bars and features
     (and keep the bar steps with their ticks when ``keep_ticks``)."""
     source = ReplaySource(expand_paths(spec), settings.candle_seconds,
-                          settings.replay_block_bytes)
+                          settings.replay_block_bytes,
+                          layouts=LayoutOptions.from_settings(settings))
     history = History()
     bar_progress = None
     if progress:

@@ -115,6 +115,8 @@ def test_metrics_are_scraped_during_a_paced_run(tmp_path: Path, sample_ticks: Pa
     assert "qt_decision_queue" in seen and "qt_net_pnl" in seen
     progress = [line for line in err.splitlines() if " rows" in line and "ticks/s" in line]
     assert len(progress) >= 2 and " | at 2014-05-06 " in progress[-1], err[-2000:]
+    shares = [int(m[1]) for line in progress if (m := re.match(r"[\d,]+ rows \((\d+)%\)", line))]
+    assert len(shares) == len(progress) and shares == sorted(shares), progress  # of the file
     counts = summary_counts(out)
     assert counts["bars"] >= seen["qt_bars_total"]  # the summary totals what was scraped
     assert "STOPPED by SIGINT" in out and "report: " in out
