@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,19 +32,28 @@ def test_stop_with_sigint_then_sigterm_and_resume(tmp_path: Path, sample_ticks: 
                    cwd=PROJECT_ROOT, env=_env(home, trained_registry))
     args = [sys.executable, "-m", "bytewax.run", "dataflows.live", "-r", str(recovery),
             "-s", "1", "-b", "0"]
-    paced = _env(home, trained_registry, **ticks, QT_REPLAY_SPEED="6000")  # ~30 s of replay
+    # ~30 s of replay; the first progress line says the flow runs (its handlers are set)
+    paced = _env(home, trained_registry, **ticks, QT_REPLAY_SPEED="6000", QT_PROGRESS="always")
     seen = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=paced, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        while proc.poll() is None and not (home / "clickhouse").exists():
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda p=proc: lines.extend(p.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and not any(" rows" in ln for ln in lines):
+            assert time.monotonic() < deadline, "no progress line in 120 s"
             time.sleep(0.1)
-        time.sleep(4.0)  # well into the replay
+        time.sleep(3.0)  # well into the replay
         assert proc.poll() is None, "the paced replay ended before it could be stopped"
         sent = time.monotonic()
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)
+        out = proc.stdout.read()
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
         took = time.monotonic() - sent
+        err = "".join(lines)
         assert proc.returncode == 0, err[-2000:]
         assert took < 15.0, f"{sig.name}: stopped after {took:.1f} s"
         assert f"STOPPED by {sig.name}" in out and "trades opened" in out
