@@ -72,6 +72,27 @@ def _query(home: Path, registry: Path, name: str, *params: str) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
+# Many analytics queries in one process (each separate CLI call pays Python's and chDB's
+# start-up): the CLI's own run(), its rows as the CLI's --json prints them.
+_MANY_QUERIES = """
+import json, sys
+from cli.analytics import _jsonable, run
+from settings import Settings
+asked, settings = json.load(sys.stdin), Settings.from_env()
+json.dump({n: [_jsonable(r) for r in run(n, dict(p), settings)] for n, p in asked.items()},
+          sys.stdout)
+"""
+
+
+def _queries(home: Path, registry: Path, asked: dict[str, dict[str, str]]) -> dict[str, list]:
+    """``{name: rows}`` of ``cli.analytics`` for each ``{name: params}``, in one process."""
+    proc = subprocess.run([sys.executable, "-c", _MANY_QUERIES], input=json.dumps(asked),
+                          cwd=PROJECT_ROOT, env=_env(home, registry), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
 LEARNING_ON = {"QT_LEARNING": "true", "QT_RL_V3_UPDATE_INTERVAL": "6",
                "QT_CLM_RETRAIN_HOURS": "24", "QT_CLM_DRIFT_HOURS": "6", "QT_CLM_SHADOW_MIN": "50",
                "QT_CLM_SHADOW_MAX": "400", "QT_CLM_BLOCKING": "true", "QT_CLM_BUDGET": "quick"}
@@ -80,8 +101,8 @@ LEARNING_ON = {"QT_LEARNING": "true", "QT_RL_V3_UPDATE_INTERVAL": "6",
 def _outcome(home: Path, registry: Path) -> dict:
     """What a learning-on replay decided: trades, verdicts, PPO updates, CLM decisions, and
     the registry's versions and stages (wall-clock fields left out)."""
-    out = {name: _query(home, registry, name)
-           for name in ("trades", "rl_updates", "promotions", "supervisor_blocks")}
+    out: dict = _queries(home, registry, {name: {} for name in (
+        "trades", "rl_updates", "promotions", "supervisor_blocks")})
     out["versions"] = sorted(str(p.relative_to(registry)) for p in registry.glob("*/v*"))
     out["stages"] = {p.parent.name: json.loads(p.read_text())
                      for p in registry.glob("*/stages.json")}
@@ -91,30 +112,40 @@ def _outcome(home: Path, registry: Path) -> dict:
     return out
 
 
+@pytest.fixture(scope="module")
+def learning_reference(tmp_path_factory: pytest.TempPathFactory, sample_ticks: Path,
+                       trained_registry: Path) -> tuple[Path, Path, dict]:
+    """One uninterrupted learning-on replay, one worker: ``(home, registry, outcome)``, the
+    reference of the determinism and the crash tests."""
+    home = tmp_path_factory.mktemp("learning_reference")
+    registry = home / "registry"
+    shutil.copytree(trained_registry, registry)
+    _live(home, registry, QT_TICKS=str(sample_ticks), **LEARNING_ON)
+    return home, registry, _outcome(home, registry)
+
+
 @pytest.mark.slow
 def test_a_learning_replay_is_the_same_twice_and_with_two_workers(
-        tmp_path: Path, sample_ticks: Path, trained_registry: Path) -> None:
+        tmp_path: Path, sample_ticks: Path, trained_registry: Path,
+        learning_reference: tuple[Path, Path, dict]) -> None:
     """Determinism with learning on: the same replay gives identical trades, verdicts, PPO
     updates, CLM decisions and registry versions, twice with 1 worker and once with 2 (the
     learners act inside the engine's event order)."""
-    ticks = {"QT_TICKS": str(sample_ticks)}
-    outcomes = []
-    for run, workers in (("a", "1"), ("b", "2"), ("c", "1")):
-        registry = tmp_path / run / "registry"
-        shutil.copytree(trained_registry, registry)
-        _live(tmp_path / run, registry, "-w", workers, **ticks, **LEARNING_ON)
-        outcomes.append(_outcome(tmp_path / run, registry))
-    first = outcomes[0]
+    home, registry, first = learning_reference
     assert len(first["trades"]) > 10 and first["rl_updates"] and first["promotions"]
-    assert outcomes[1] == first and outcomes[2] == first
+    for run, workers in (("b", "2"), ("c", "1")):
+        again = tmp_path / run / "registry"
+        shutil.copytree(trained_registry, again)
+        _live(tmp_path / run, again, "-w", workers, QT_TICKS=str(sample_ticks), **LEARNING_ON)
+        assert _outcome(tmp_path / run, again) == first, f"-w {workers}"
     # and every analytics query answers on the result (no ablation was run here:
     # tests/learning/test_ablation.py covers that one)
-    home, registry = tmp_path / "a", tmp_path / "a" / "registry"
     trade = first["trades"][0]
-    given = {"why_trade": (f"trade_id={trade['trade_id']}",),
-             "price_bars": (f"symbol={trade['symbol']}",)}
-    for name in available():
-        assert _query(home, registry, name, *given.get(name, ())) or name == "evaluations", name
+    given = {"why_trade": {"trade_id": trade["trade_id"]},
+             "price_bars": {"symbol": trade["symbol"]}}
+    answers = _queries(home, registry, {name: given.get(name, {}) for name in available()})
+    assert set(answers) == set(available())
+    assert not [name for name, rows in answers.items() if not rows and name != "evaluations"]
 
 
 def _new_ppo_version(registry: Path, before: set[str]) -> bool:
@@ -127,18 +158,17 @@ def _cycle_training(home: Path) -> bool:
 
 @pytest.mark.slow
 def test_kill_and_resume_with_learning_on_loses_and_repeats_nothing(
-        tmp_path: Path, sample_ticks: Path, trained_registry: Path) -> None:
+        tmp_path: Path, sample_ticks: Path, trained_registry: Path,
+        learning_reference: tuple[Path, Path, dict]) -> None:
     """kill -9 a recoverable learning-on replay at five points (early, right after a PPO
     update, while a CLM cycle trains, and twice more), resuming each time: the same trades,
     verdicts, PPO updates, CLM decisions and registry versions as an uninterrupted run; no
     update applied twice (its keyed publish is reused), no challenger left without a judge."""
     ticks = {"QT_TICKS": str(sample_ticks)}
-    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    for home in (reference, crashed):
-        shutil.copytree(trained_registry, home / "registry")
-    _live(reference, reference / "registry", **ticks, **LEARNING_ON)
-    expected = _outcome(reference, reference / "registry")
+    *_, expected = learning_reference
     assert expected["rl_updates"] and expected["promotions"]
+    crashed = tmp_path / "crashed"
+    shutil.copytree(trained_registry, crashed / "registry")
 
     registry, recovery = crashed / "registry", crashed / "recovery"
     recovery.mkdir(parents=True)
