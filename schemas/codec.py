@@ -127,8 +127,9 @@ def _row_out(hint: Any) -> Conv:
 def _row_in(hint: Any) -> Conv:
     hint, _ = _strip_optional(hint)
     origin = typing.get_origin(hint)
-    if hint is datetime:
-        return lambda v: utc_ms(v) if v.tzinfo else utc_ms(v.replace(tzinfo=_UTC))
+    if hint is datetime:  # a store may hand back naive UTC; NULL stays None
+        return lambda v: (None if v is None else utc_ms(v) if v.tzinfo
+                          else utc_ms(v.replace(tzinfo=_UTC)))
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint
     if hint is float:

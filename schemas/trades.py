@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -187,40 +188,72 @@ class TradeRecord:
     closed: TradeClosed | None = None
 
 
-TRADE_COLUMNS = (
-    "trade_id", "symbol", "side", "status", "version", "quantity", "entry_ts", "entry_price",
-    "tp_price", "sl_price", "size_usd", "entry_fee", "features", "feature_set", "window",
-    "vote_models", "vote_versions", "vote_actions", "vote_confidences", "vote_failed",
-    "confidence", "consensus", "volatility", "sup_mode", "sup_buy_share", "sup_sell_share",
-    "sup_window_size", "sup_reason", "rl_state", "rl_action", "rl_log_prob", "rl_value",
-    "policy_version", "rl_stochastic", "rl_degenerate", "rl_size_usd", "rl_tp_pct",
-    "rl_sl_pct", "sizing", "exit_ts", "exit_price", "exit_reason", "gross_pnl", "fees",
-    "net_pnl", "pnl_pct", "holding_seconds", "exit_state", "equity_after",
+def _exit(get: Callable[[TradeClosed], Any], while_open: Any = math.nan,
+          ) -> Callable[[TradeRecord], Any]:
+    """An exit column: ``get(closed)``, or ``while_open`` before the trade closed."""
+    return lambda r: while_open if r.closed is None else get(r.closed)
+
+
+# The one definition of the ``trades`` row (sql/ddl/070_trades.sql, ``written_at`` aside):
+# each column with how a record gives it. Version 1 is the open row, 2 the closed one that
+# supersedes it. tests/schemas/test_trades.py checks it against ``DESCRIBE TABLE trades``.
+TRADE_FIELDS: tuple[tuple[str, Callable[[TradeRecord], Any]], ...] = (
+    ("trade_id", lambda r: r.opened.trade_id),
+    ("symbol", lambda r: r.opened.symbol),
+    ("side", lambda r: r.opened.side.value),
+    ("status", lambda r: "open" if r.closed is None else "closed"),
+    ("version", lambda r: 1 if r.closed is None else 2),
+    ("quantity", lambda r: r.opened.quantity),
+    ("entry_ts", lambda r: r.opened.entry_ts),
+    ("entry_price", lambda r: r.opened.entry_price),
+    ("tp_price", lambda r: r.opened.tp_price),
+    ("sl_price", lambda r: r.opened.sl_price),
+    ("size_usd", lambda r: r.opened.size_usd),
+    ("entry_fee", lambda r: r.opened.entry_fee),
+    ("features", lambda r: r.opened.entry.features),
+    ("feature_set", lambda r: r.opened.entry.feature_set),
+    ("window", lambda r: list(r.opened.entry.window)),
+    ("vote_models", lambda r: [v.model for v in r.opened.entry.votes]),
+    ("vote_versions", lambda r: [v.version for v in r.opened.entry.votes]),
+    ("vote_actions", lambda r: [v.action.value for v in r.opened.entry.votes]),
+    ("vote_confidences", lambda r: [v.confidence for v in r.opened.entry.votes]),
+    ("vote_failed", lambda r: [v.failed for v in r.opened.entry.votes]),
+    ("confidence", lambda r: r.opened.entry.confidence),
+    ("consensus", lambda r: r.opened.entry.consensus.value),
+    ("volatility", lambda r: r.opened.entry.volatility),
+    ("sup_mode", lambda r: r.opened.entry.supervisor.mode.value),
+    ("sup_buy_share", lambda r: r.opened.entry.supervisor.buy_share),
+    ("sup_sell_share", lambda r: r.opened.entry.supervisor.sell_share),
+    ("sup_window_size", lambda r: r.opened.entry.supervisor.window_size),
+    ("sup_reason", lambda r: r.opened.entry.supervisor.reason),
+    ("rl_state", lambda r: list(r.opened.entry.rl.state)),
+    ("rl_action", lambda r: list(r.opened.entry.rl.raw_action)),
+    ("rl_log_prob", lambda r: r.opened.entry.rl.log_prob),
+    ("rl_value", lambda r: r.opened.entry.rl.value),
+    ("policy_version", lambda r: r.opened.entry.rl.policy_version),
+    ("rl_stochastic", lambda r: r.opened.entry.rl.stochastic),
+    ("rl_degenerate", lambda r: r.opened.entry.rl.degenerate),
+    ("rl_size_usd", lambda r: r.opened.entry.rl.position_size_usd),
+    ("rl_tp_pct", lambda r: r.opened.entry.rl.tp_pct),
+    ("rl_sl_pct", lambda r: r.opened.entry.rl.sl_pct),
+    ("sizing", lambda r: r.opened.entry.sizing.value),
+    ("exit_ts", _exit(lambda c: c.exit_ts, None)),
+    ("exit_price", _exit(lambda c: c.exit_price)),
+    ("exit_reason", _exit(lambda c: c.exit_reason.value, "")),
+    ("gross_pnl", _exit(lambda c: c.gross_pnl)),
+    ("fees", lambda r: r.opened.entry_fee if r.closed is None else r.closed.fees),
+    ("net_pnl", _exit(lambda c: c.net_pnl)),
+    ("pnl_pct", _exit(lambda c: c.pnl_pct)),
+    ("holding_seconds", _exit(lambda c: c.holding_seconds)),
+    ("exit_state", _exit(lambda c: list(c.exit_state), [])),
+    ("equity_after", _exit(lambda c: c.equity_after)),
 )
+TRADE_COLUMNS = tuple(name for name, _ in TRADE_FIELDS)
 
 
 def trade_row(rec: TradeRecord) -> tuple[Any, ...]:
-    """The ``trades`` row (sql/ddl/070_trades.sql): version 1 open, 2 closed."""
-    o, c, e = rec.opened, rec.closed, rec.opened.entry
-    rl, sup = e.rl, e.supervisor
-    nan = math.nan
-    return (
-        o.trade_id, o.symbol, o.side.value, "open" if c is None else "closed",
-        1 if c is None else 2, o.quantity, o.entry_ts, o.entry_price, o.tp_price, o.sl_price,
-        o.size_usd, o.entry_fee, e.features, e.feature_set, list(e.window),
-        [v.model for v in e.votes], [v.version for v in e.votes],
-        [v.action.value for v in e.votes], [v.confidence for v in e.votes],
-        [v.failed for v in e.votes], e.confidence, e.consensus.value, e.volatility,
-        sup.mode.value, sup.buy_share, sup.sell_share, sup.window_size, sup.reason,
-        list(rl.state), list(rl.raw_action), rl.log_prob, rl.value, rl.policy_version,
-        rl.stochastic, rl.degenerate, rl.position_size_usd, rl.tp_pct, rl.sl_pct,
-        e.sizing.value,
-        None if c is None else c.exit_ts, nan if c is None else c.exit_price,
-        "" if c is None else c.exit_reason.value, nan if c is None else c.gross_pnl,
-        o.entry_fee if c is None else c.fees, nan if c is None else c.net_pnl,
-        nan if c is None else c.pnl_pct, nan if c is None else c.holding_seconds,
-        [] if c is None else list(c.exit_state), nan if c is None else c.equity_after,
-    )
+    """The ``trades`` row of ``rec``, in :data:`TRADE_COLUMNS` order."""
+    return tuple(get(rec) for _, get in TRADE_FIELDS)
 
 
 def opened_from_row(row: dict[str, Any]) -> TradeOpened:
