@@ -233,6 +233,16 @@ def price(ctx: Context) -> Chart:
 
 
 # --- models and the bias window ---------------------------------------------------------------
+def _coinciding(rows: Rows) -> str:
+    """Which series are the same line (models that voted with the same trades): only the
+    last drawn shows, so the caption names them."""
+    series: dict[tuple, list[str]] = {}
+    for model, sub in _by(rows, "model").items():
+        series.setdefault(tuple((r["exit_ts"], r["hit_rate"]) for r in sub), []).append(model)
+    same = [" = ".join(names) for names in series.values() if len(names) > 1]
+    return "".join(f" Drawn over each other (the same trades): {s}." for s in same)
+
+
 def hit_rate(ctx: Context) -> Chart:
     """One line per model and the ensemble, a point per row."""
     rows = ctx.rows("model_hit_rate_rolling")
@@ -248,7 +258,7 @@ def hit_rate(ctx: Context) -> Chart:
                               titles=[f"{model} {_when(r['exit_ts'])}: {r['hit_rate']:.0%} of "
                                       f"the last {r['window_trades']} trades" for r in sub])
         fig.hline(0.5, "50%")
-        return fig.svg(), _sampled(len(rows), drawn)
+        return fig.svg(), _sampled(len(rows), drawn) + _coinciding(rows)
 
     return _chart("hit_rate", "Rolling hit rate",
                   "Hit rate over the last 20 closed trades each model voted with (the ensemble: "
@@ -293,8 +303,10 @@ def supervisor(ctx: Context) -> list[Chart]:
                    f"blocked (mode {s.supervisor_mode}).", "supervisor_blocks", rows, why,
                    verdicts),
             _chart("supervisor_shares", "Bias window: BUY/SELL shares",
-                   "Mean BUY and SELL shares of the bias window per hour; a side whose share "
-                   "exceeds the threshold is blocked.", "supervisor_blocks", rows, why, shares)]
+                   "Mean BUY and SELL shares of the bias window per hour; once the window "
+                   f"holds {s.supervisor_min_samples} signals, a signal of a side whose share "
+                   "exceeds the threshold is biased (blocked when the mode is ENFORCED).",
+                   "supervisor_blocks", rows, why, shares)]
 
 
 # --- reinforcement learning -------------------------------------------------------------------

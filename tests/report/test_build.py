@@ -46,3 +46,13 @@ def test_report_command_never_prints_a_password(tmp_path: Path) -> None:
     assert "QT_CLICKHOUSE_URL" not in report_command(secret)  # the shell's variable is used
     open_url = Settings.from_env({}, home=tmp_path, clickhouse_url="http://db:8123/qt")
     assert "QT_CLICKHOUSE_URL=http://db:8123/qt " in report_command(open_url)
+
+
+def test_series_that_are_one_line_are_named_in_the_caption() -> None:
+    from report.build import _coinciding
+    row = {"exit_ts": 1, "hit_rate": 0.5}
+    rows = [{**row, "model": m} for m in ("xgboost", "lightgbm", "ensemble")]
+    rows.append({"exit_ts": 1, "hit_rate": 1.0, "model": "nhits"})
+    assert _coinciding(rows) == " Drawn over each other (the same trades): xgboost = lightgbm = " \
+                                "ensemble."
+    assert _coinciding(rows[2:]) == ""
