@@ -53,6 +53,6 @@ def test_series_that_are_one_line_are_named_in_the_caption() -> None:
     row = {"exit_ts": 1, "hit_rate": 0.5}
     rows = [{**row, "model": m} for m in ("xgboost", "lightgbm", "ensemble")]
     rows.append({"exit_ts": 1, "hit_rate": 1.0, "model": "nhits"})
-    assert _coinciding(rows) == " Drawn over each other (the same trades): xgboost = lightgbm = " \
-                                "ensemble."
+    assert _coinciding(rows) == " Drawn over each other (the same trades): ensemble = lightgbm " \
+                                "= xgboost."
     assert _coinciding(rows[2:]) == ""
