@@ -348,6 +348,11 @@ class Settings:
         return rows
 
 
+# Every default, once: the *Config classes of the stages take theirs from here, so a default
+# changed in Settings changes everywhere (tests/test_settings.py checks each config).
+DEFAULTS = Settings()
+
+
 def _parse(name: str, raw: str, hint: Any) -> Any:
     """Parse one environment value into the field's type, with the variable in any error."""
     origin = typing.get_origin(hint)

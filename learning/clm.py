@@ -59,6 +59,7 @@ from operators.versions import ActiveModels
 from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus, DriftCheck, ScoredBar
 from schemas.timeutil import from_ms
 from schemas.trades import JoinedTrade
+from settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +69,20 @@ PERF_BASELINE_CALLS = 30  # realised calls that make a promoted ensemble's own r
 
 @dataclass(frozen=True)
 class ClmConfig:
-    enabled: bool = True
-    auto_retrain: bool = True
-    auto_promote: bool = True
-    drift_threshold: float = 0.05
+    """The continuous learner's knobs (``QT_CLM_*``; defaults: :data:`settings.DEFAULTS`)."""
+
+    enabled: bool = DEFAULTS.clm_enabled
+    auto_retrain: bool = DEFAULTS.clm_auto_retrain
+    auto_promote: bool = DEFAULTS.clm_auto_promote
+    drift_threshold: float = DEFAULTS.clm_drift_threshold
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
-    lookback_ms: int = 90 * 86_400_000
-    blocking: bool = False
-    budget: str = "full"
+    lookback_ms: int = int(DEFAULTS.clm_lookback_days * 86_400_000)
+    blocking: bool = DEFAULTS.clm_blocking
+    budget: str = DEFAULTS.clm_budget
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
 
     @classmethod
-    def from_settings(cls, s: Any) -> ClmConfig:
+    def from_settings(cls, s: Settings) -> ClmConfig:
         return cls(s.clm_enabled, s.clm_auto_retrain, s.clm_auto_promote,
                    s.clm_drift_threshold, EvidenceConfig.from_settings(s),
                    int(s.clm_lookback_days * 86_400_000), s.clm_blocking, s.clm_budget,

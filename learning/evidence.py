@@ -110,9 +110,8 @@ import numpy as np
 
 from models.labels import UNLABELLED
 from schemas.signals import CLASS_OF, Action
+from settings import DEFAULTS, Settings
 
-DEFAULT_CONFIDENCE = 0.95
-DEFAULT_MAX_BARS = 3200
 _NORMAL = NormalDist()
 _GRID_STEP = 0.002  # spacing of the Brownian-motion grid in spending_bounds (z error ~1e-3)
 
@@ -146,12 +145,12 @@ class EvidenceConfig:
     (1 spends evenly in bars; higher saves alpha for the late, better informed looks).
     """
 
-    margin: float = 0.02
-    confidence: float = DEFAULT_CONFIDENCE
-    min_bars: int = 100
-    max_bars: int = DEFAULT_MAX_BARS
-    horizon: int = 10
-    bar_ms: int = 60_000
+    margin: float = DEFAULTS.clm_promote_margin
+    confidence: float = DEFAULTS.clm_promote_confidence
+    min_bars: int = DEFAULTS.clm_shadow_min
+    max_bars: int = DEFAULTS.clm_shadow_max
+    horizon: int = DEFAULTS.label_horizon_bars
+    bar_ms: int = DEFAULTS.bar_seconds * 1000
     seed: int | str = 0
     resamples: int = 1000
     min_blocks: int = 10
@@ -173,7 +172,7 @@ class EvidenceConfig:
                              f"{self.min_blocks} >= 3 and spending {self.spending} > 0 needed")
 
     @classmethod
-    def from_settings(cls, s: Any, **overrides: Any) -> EvidenceConfig:
+    def from_settings(cls, s: Settings, **overrides: Any) -> EvidenceConfig:
         """From :class:`settings.Settings` (``QT_CLM_PROMOTE_MARGIN``,
         ``QT_CLM_PROMOTE_CONFIDENCE``, ``QT_CLM_SHADOW_MIN``, ``QT_CLM_SHADOW_MAX``, the label
         horizon and the bar length)."""

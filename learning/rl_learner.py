@@ -48,6 +48,7 @@ from schemas.learning import RLUpdate
 from schemas.registry import Stage
 from schemas.timeutil import from_ms, to_ms
 from schemas.trades import JoinedTrade, Sizing
+from settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 PENDING_FILE = "pending.json"
@@ -55,13 +56,15 @@ PENDING_FILE = "pending.json"
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    update_interval: int = 100
-    max_lag: int = 2
-    enabled: bool = True
+    """The PPO learner's knobs (defaults: :data:`settings.DEFAULTS`)."""
+
+    update_interval: int = DEFAULTS.rl_update_interval
+    max_lag: int = DEFAULTS.rl_max_policy_lag
+    enabled: bool = DEFAULTS.rl_enabled and DEFAULTS.rl_training_enabled
     weights: RewardWeights = field(default_factory=RewardWeights)
 
     @classmethod
-    def from_settings(cls, s: Any) -> LearnerConfig:
+    def from_settings(cls, s: Settings) -> LearnerConfig:
         return cls(s.rl_update_interval, s.rl_max_policy_lag,
                    s.rl_enabled and s.rl_training_enabled)
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.timeutil import iso
+from settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,15 @@ class Check(StrEnum):
 
 @dataclass(frozen=True)
 class TriggerConfig:
-    """Periods in hours of event time; ``<= 0`` disables a check. Defaults are the audit's."""
+    """Periods in hours of event time; ``<= 0`` disables a check (``QT_CLM_RETRAIN_HOURS``,
+    ``QT_CLM_DRIFT_HOURS``, ``QT_CLM_PERF_HOURS``; defaults: :data:`settings.DEFAULTS`)."""
 
-    retrain_hours: float = 168.0  # QT_CLM_RETRAIN_HOURS
-    drift_hours: float = 24.0     # QT_CLM_DRIFT_HOURS
-    perf_hours: float = 6.0       # QT_CLM_PERF_HOURS
+    retrain_hours: float = DEFAULTS.clm_retrain_hours
+    drift_hours: float = DEFAULTS.clm_drift_hours
+    perf_hours: float = DEFAULTS.clm_perf_hours
 
     @classmethod
-    def from_settings(cls, s: Any) -> TriggerConfig:
+    def from_settings(cls, s: Settings) -> TriggerConfig:
         return cls(s.clm_retrain_hours, s.clm_drift_hours, s.clm_perf_hours)
 
     def period_ms(self, check: Check) -> int:
