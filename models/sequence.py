@@ -36,13 +36,34 @@ N-HiTS shrunk from its 2.5M default to ~47k parameters, PatchTST ~74k. Quiet (no
 logger, checkpoints or model summary), ``accelerator="cpu"``, one thread, seeded and
 deterministic; the process's global RNG and deterministic-algorithms flag are restored after.
 
-Inference never calls ``NeuralForecast.predict()`` (25-300 ms a call): the trained torch module
-is called directly, once for all the vectors of a :meth:`~_SequenceModel.predict` call, under
-``torch.inference_mode()``, single-threaded. Its input is neuralforecast's ``windows_batch``
-dict: ``insample_y`` and ``insample_mask`` of shape (n, L, 1) and no exogenous inputs; the
-output (n, h, 1) goes through ``loss.domain_map`` (identity for point losses); the identity
-scaler's inverse is ``y * 1 + 0``, so nothing else is applied. The tests check this against
-``NeuralForecast.predict()`` on the same windows.
+Inference never calls ``NeuralForecast.predict()`` (25-300 ms a call), nor neuralforecast at
+all: the trained weights run in the plain torch modules of :mod:`models.nets` (same
+``state_dict`` keys, same function; neuralforecast pulls in Lightning and Ray, seconds of
+start-up). How a batch is computed, and why:
+
+- **Fixed-shape float32 chunks.** The finite windows of a call are cut into chunks of exactly
+  ``chunk`` rows (N-HiTS 32, PatchTST 16), the last one padded with zero windows, and every
+  chunk runs the same forward on a tensor of the same shape. A float32 (or float64) forward's
+  last bits depend on the batch's shape: BLAS picks other kernels and summation orders for
+  other row counts (measured here: N-HiTS in float64 gave other bits for 45 of 72 batch
+  sizes/offsets tried, PatchTST for one row vs many). With one shape, a window's forecast
+  depends only on the window, never on which other windows shared its batch, so a replay
+  decides the same however its input was cut into items (pacing, a resume after a crash,
+  ``-w 1`` or ``-w 2``). tests/models/test_nets.py checks it: a window's forecast is the same
+  bits alone, in batches of 2 to 300 rows, at any position, beside any other windows.
+- **float32, not float64.** The previous path ran float64 for that invariance (its batch
+  effects were ~1e-16 instead of ~1e-7). Fixed shapes make float64 unnecessary, and float32 is
+  ~2x faster on the GEMMs that dominate PatchTST (bench/bench_ensemble.py). The forecasts
+  differ from float64 by ~1e-6 bps (relative ~1e-6): a vote changes only if a forecast lies
+  that close to its threshold; on the bundled sample's replay no vote changed (see
+  tests/models/test_sequence.py and the bench's agreement line).
+- Eager torch, no TorchScript: a chunk is compute-bound, tracing saved little and cost start-up.
+- ONNX Runtime was not taken: another 20 MB dependency and an export step in the registry for
+  a model whose cost is GEMMs MKL already runs well; its fused kernels would bring the same
+  shape question.
+
+:meth:`~_SequenceModel.reference_forecast_windows` keeps the previous path (neuralforecast's
+module in float64, the TorchScript trace for one window) for the tests and the benchmark.
 
 Forecast -> vote, per vector:
 
@@ -63,7 +84,7 @@ rebuild the module (neuralforecast class, hyper-parameters, input size, horizon,
 the bps transform), the label config of the vote rule, the seed, the feature-set version and
 training facts. :meth:`load` refuses another model's directory or a different transform.
 
-``neuralforecast`` takes ~9 s to import, so it is imported lazily (training and loading only).
+``neuralforecast`` takes ~9 s to import, so it is imported lazily, by training only.
 
 >>> signal_from_forecast(0.003, 0.002)
 (<Action.BUY: 'BUY'>, 0.75)
@@ -76,7 +97,6 @@ training facts. :meth:`load` refuses another model's directory or a different tr
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -90,18 +110,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
-import pandas as pd
 import torch
 
 from models.base import Prediction, cap_threads, check_fields
 from models.dataset import History
 from models.labels import LabelConfig, label_threshold
+from models.nets import build_net
 from operators.features import FEATURE_SET_VERSION
 from schemas.features import FeatureVector
 from schemas.signals import Action
 from schemas.timeutil import to_ms
 
 if TYPE_CHECKING:
+    import pandas as pd
     from neuralforecast import NeuralForecast
 
 TARGET_SCALE = 1e4  # model units are basis points of log return: y = r * 1e4
@@ -228,6 +249,8 @@ def training_frame(history: History, cut_ms: int | None = None) -> pd.DataFrame:
     ``y`` is ``window[-1] * 1e4`` of each bar (the return the feature step appended at that
     bar); the first bar of a symbol has none and is skipped. ``ds`` counts bars from 0.
     """
+    import pandas as pd
+
     frames = []
     for symbol in history.symbols:
         ys = [v.window[-1] for v in history.vectors[symbol]
@@ -284,17 +307,15 @@ class _SequenceModel:
     nf_class: ClassVar[str]  # class name in neuralforecast.models
     params_cls: ClassVar[type[SeqParams]]
 
+    chunk: ClassVar[int]  # rows per forward: every forward has this shape (module docstring)
+
     def __init__(self, module: torch.nn.Module, params: SeqParams, cfg: LabelConfig,
                  input_size: int, meta: dict[str, Any],
                  nf: NeuralForecast | None = None) -> None:
+        """``module``: the trained weights, as neuralforecast's module (after :meth:`train`)
+        or the plain one of :mod:`models.nets` (after :meth:`load`): same ``state_dict``."""
         cap_threads()
         self.module = module.eval()
-        # Inference runs in float64 on a copy: float32 results of a batched forward differ in
-        # the last bits with the batch's size and contents, and the batches depend on how the
-        # input was cut into blocks (pacing, a resume after a crash). In float64 those
-        # differences are ~1e-16, far below anything a decision threshold can see, so the
-        # same replay makes the same decisions however it was batched.
-        self._infer = copy.deepcopy(module).double().eval()
         self.params = params
         self.cfg = cfg
         self.input_size = int(input_size)
@@ -303,22 +324,24 @@ class _SequenceModel:
         # The fitted NeuralForecast of :meth:`train` (None after :meth:`load`): kept only so
         # offline code can cross-check the direct forward against ``NeuralForecast.predict``.
         self.nf = nf
-        self._traced_one: torch.jit.ScriptModule | None = None  # see _forward
+        net = build_net(self.nf_class, params.arch_kwargs(), self.input_size, self.horizon)
+        net.load_state_dict(module.state_dict(), strict=True)
+        self._net = net.inference_copy(torch.float32)
+        self._reference: _Reference | None = None
 
-    def _forward(self, y: torch.Tensor) -> torch.Tensor:
-        """The module's forward on ``y`` (n, L, 1) in bps -> (n, h, 1) point forecasts.
-
-        One window at a time is the live flow's common case (one symbol closing a bar), and
-        there the Python overhead of ~50 module calls is most of the cost; a TorchScript trace
-        of the same module for a batch of one runs the same operations at about a third of the
-        time (tests check it against ``NeuralForecast.predict()``). Larger batches use the
-        eager module: N-HiTS's trace bakes its batch size into a reshape.
-        """
-        if len(y) == 1:
-            if self._traced_one is None:
-                self._traced_one = _trace_one(self._infer, y)
-            return self._traced_one(y)
-        return self._infer.loss.domain_map(self._infer(_windows_batch(y)))
+    def _forward_chunks(self, y: np.ndarray) -> np.ndarray:
+        """(m, L) windows in bps -> (m, h) forecasts in bps, in chunks of :attr:`chunk` rows
+        (the last padded with zero windows): every forward has the same shape."""
+        B, L = self.chunk, self.input_size
+        out = np.empty((len(y), self.horizon), dtype=np.float64)
+        x = torch.empty((B, L), dtype=torch.float32)  # torch's allocation: same alignment
+        with torch.inference_mode():
+            for start in range(0, len(y), B):
+                part = y[start:start + B]
+                x.zero_()
+                x[:len(part)] = torch.from_numpy(part.astype(np.float32))
+                out[start:start + len(part)] = self._net(x)[:len(part)].numpy()
+        return out
 
     # --- building and training -----------------------------------------------------------------
     @classmethod
@@ -355,6 +378,8 @@ class _SequenceModel:
         input_size = _window_length(history)
         if base is not None:
             _check_base(cls, base, params, input_size, cfg)
+        import pandas as pd
+
         df = training_frame(history, cut_ms)
         need = input_size + cfg.horizon
         lengths = df.groupby("unique_id").size() if len(df) else pd.Series(dtype=int)
@@ -401,20 +426,38 @@ class _SequenceModel:
     # --- inference --------------------------------------------------------------------------------
     def forecast_windows(self, windows: np.ndarray) -> np.ndarray:
         """(n, L) one-bar log returns -> (n, h) forecast log returns; NaN rows where a window
-        is not all finite. One forward for all the finite rows."""
-        x = np.asarray(windows, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.input_size:
-            raise ValueError(f"{self.name}: expected windows of shape (n, {self.input_size}), "
-                             f"got {x.shape}")
+        is not all finite. Fixed-shape float32 chunks (module docstring)."""
+        x = self._checked(windows)
         out = np.full((len(x), self.horizon), np.nan)
         ok = np.isfinite(x).all(axis=1)
         if ok.any():
             cap_threads()
+            out[ok] = self._forward_chunks(x[ok] * TARGET_SCALE) / TARGET_SCALE
+        return out
+
+    def reference_forecast_windows(self, windows: np.ndarray) -> np.ndarray:
+        """:meth:`forecast_windows` by the previous path: neuralforecast's module in float64,
+        the whole batch in one forward (a TorchScript trace for one window). Tests and
+        benchmarks compare with it; it imports neuralforecast."""
+        x = self._checked(windows)
+        out = np.full((len(x), self.horizon), np.nan)
+        ok = np.isfinite(x).all(axis=1)
+        if ok.any():
+            if self._reference is None:
+                self._reference = _Reference(self)
+            cap_threads()
             y = torch.as_tensor(x[ok] * TARGET_SCALE, dtype=torch.float64).unsqueeze(-1)
             with torch.inference_mode():
-                y_hat = self._forward(y)
+                y_hat = self._reference(y)
             out[ok] = y_hat[..., 0].double().numpy() / TARGET_SCALE
         return out
+
+    def _checked(self, windows: np.ndarray) -> np.ndarray:
+        x = np.asarray(windows, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"{self.name}: expected windows of shape (n, {self.input_size}), "
+                             f"got {x.shape}")
+        return x
 
     def forecast(self, vectors: Sequence[FeatureVector]) -> np.ndarray:
         """(n, h) forecast one-bar log returns after each vector's bar (NaN rows in warm-up)."""
@@ -470,7 +513,8 @@ class _SequenceModel:
 
     @classmethod
     def load(cls, directory: Path) -> Self:
-        """Rebuild the module from ``params.json``, then load the state dict (no pickles)."""
+        """Rebuild the module from ``params.json`` (the plain torch module of
+        :mod:`models.nets`: no neuralforecast), then load the state dict (no pickles)."""
         directory = Path(directory)
         path = directory / PARAMS_FILE
         doc = json.loads(path.read_text())
@@ -484,10 +528,9 @@ class _SequenceModel:
         if int(doc["horizon"]) != cfg.horizon:
             raise ValueError(f"{path}: horizon {doc['horizon']} != label horizon {cfg.horizon}")
         state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
-        with _contained():
-            module = cls._build(params, int(doc["input_size"]), cfg.horizon,
-                                int(doc.get("seed", 0)))
-        module.load_state_dict(state)
+        module = build_net(cls.nf_class, params.arch_kwargs(), int(doc["input_size"]),
+                           cfg.horizon)
+        module.load_state_dict(state, strict=True)
         described = {"model", "format_version", "nf_class", "params", "input_size", "horizon",
                      "scaler_type", "target", "target_scale", "label_config", "n_parameters"}
         meta = {k: v for k, v in doc.items() if k not in described}
@@ -527,6 +570,26 @@ def _trace_one(module: torch.nn.Module, example: torch.Tensor) -> torch.jit.Scri
         module._jit_is_scripting = False
 
 
+class _Reference:
+    """The previous inference path of a model (for comparisons): neuralforecast's module,
+    rebuilt from the weights, in float64; one window through a TorchScript trace."""
+
+    def __init__(self, model: _SequenceModel) -> None:
+        with _contained():
+            module = model._build(model.params, model.input_size, model.horizon,
+                                  int(model.meta.get("seed", 0)))
+        module.load_state_dict(model.module.state_dict())
+        self.module = module.double().eval()
+        self.traced_one: torch.jit.ScriptModule | None = None
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if len(y) == 1:
+            if self.traced_one is None:
+                self.traced_one = _trace_one(self.module, y)
+            return self.traced_one(y)
+        return self.module.loss.domain_map(self.module(_windows_batch(y)))
+
+
 def _check_base(cls: type[_SequenceModel], base: _SequenceModel, params: SeqParams,
                 input_size: int, cfg: LabelConfig) -> None:
     """A fine-tune must rebuild ``base``'s module exactly: same class, architecture, loss,
@@ -562,6 +625,7 @@ class NHITSModel(_SequenceModel):
     name: ClassVar[str] = "nhits"
     nf_class: ClassVar[str] = "NHITS"
     params_cls: ClassVar[type[SeqParams]] = NHITSParams
+    chunk: ClassVar[int] = 32
 
 
 class PatchTSTModel(_SequenceModel):
@@ -570,3 +634,4 @@ class PatchTSTModel(_SequenceModel):
     name: ClassVar[str] = "patchtst"
     nf_class: ClassVar[str] = "PatchTST"
     params_cls: ClassVar[type[SeqParams]] = PatchTSTParams
+    chunk: ClassVar[int] = 16

@@ -31,6 +31,14 @@ Training rules (why):
 
 Prediction: ``action = ACTION_OF[argmax p]``, ``confidence = max p`` (in [1/3, 1]).
 
+Inference without the libraries (start-up, small batches): a model keeps its artifact's trees
+as a :class:`models.forest.Forest`, which computes the library's probabilities bit for bit
+in NumPy; the library is imported only to train, or when a batch is big enough that its
+native predictor is faster (``rows x trees >= NATIVE_MIN_WORK``: measured crossover, about 64
+rows of a 100-round model). Both paths give identical bits (tests/models/test_forest.py), so
+which one ran never changes a vote. ``import xgboost`` / ``lightgbm`` import scikit-learn and
+SciPy (~1-1.5 s), which a live flow's start no longer pays.
+
 Artifacts (no pickles): ``model.ubj`` (XGBoost UBJSON) or ``model.txt`` (LightGBM text) plus
 ``params.json`` (hyper-parameters, seed, feature names, feature-set version, rounds kept,
 class weights, scores, ``last_train_ts_ms``: the last training row's time, where a warm start
@@ -52,19 +60,25 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-import lightgbm as lgb
 import numpy as np
-import xgboost as xgb
 
 from models.base import Prediction, cap_threads, check_fields
 from models.dataset import TrainingSet, feature_matrix
+from models.forest import Forest, lightgbm_forest, xgboost_forest
 from operators.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from schemas.features import FeatureVector
 from schemas.signals import ACTION_OF
 
+if TYPE_CHECKING:
+    import lightgbm as lgb
+    import xgboost as xgb
+
 N_CLASSES = 3
+# rows x trees from which the native predictor beats the NumPy forest (bench_ensemble: at 64
+# rows a 107-round XGBoost model is ~1.6x faster natively; at one row the forest is ~3x faster)
+NATIVE_MIN_WORK = 16_384
 PARAMS_FILE = "params.json"
 FORMAT_VERSION = 1
 
@@ -135,15 +149,27 @@ def _weights(y: np.ndarray, params: TreeParams) -> np.ndarray:
 
 
 class _TreeModel:
-    """What both tree models share: prediction mapping, params.json, load checks."""
+    """What both tree models share: prediction mapping, params.json, load checks, and the
+    two predictors (NumPy forest, native booster) that give the same bits."""
 
     name: ClassVar[str]
     model_file: ClassVar[str]
 
-    def __init__(self, params: TreeParams, meta: dict[str, Any]) -> None:
-        cap_threads()
+    def __init__(self, forest: Forest, params: TreeParams, meta: dict[str, Any]) -> None:
+        self.forest = forest
         self.params = params
         self.meta = meta  # seed, rounds kept, scores, feature set, ... (what params.json holds)
+        self._booster: Any = None
+
+    @property
+    def booster(self) -> Any:
+        """The library's Booster (imports the library the first time)."""
+        if self._booster is None:
+            self._booster = self._load_booster()
+        return self._booster
+
+    def _load_booster(self) -> Any:
+        raise NotImplementedError
 
     # --- inference ------------------------------------------------------------------------
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -153,23 +179,36 @@ class _TreeModel:
             raise ValueError(f"expected an (n, {len(FEATURE_NAMES)}) matrix, got {X.shape}")
         if len(X) == 0:
             return np.empty((0, N_CLASSES))
+        if len(X) * self.forest.n_trees >= NATIVE_MIN_WORK:
+            cap_threads()
+            return self._raw_proba(X).reshape(len(X), N_CLASSES)
+        return self.forest.predict_proba(X)
+
+    def reference_proba(self, X: np.ndarray) -> np.ndarray:
+        """The library's own prediction (what :meth:`predict_proba` must equal, bit for bit)."""
+        cap_threads()
+        X = np.ascontiguousarray(X, dtype=np.float64)
         return self._raw_proba(X).reshape(len(X), N_CLASSES)
 
     def predict(self, vectors: Sequence[FeatureVector]) -> list[Prediction]:
         """One (action, confidence) per vector: argmax class and its probability."""
         if not vectors:
             return []
-        proba = self.predict_proba(feature_matrix(vectors))
+        return self.predict_matrix(feature_matrix(vectors))
+
+    def predict_matrix(self, X: np.ndarray) -> list[Prediction]:
+        """:meth:`predict` on a ready feature matrix (the ensemble builds it once per batch)."""
+        proba = self.predict_proba(X)
         best = proba.argmax(axis=1)
         conf = proba[np.arange(len(best)), best]
-        return [(ACTION_OF[int(c)], float(p)) for c, p in zip(best, conf, strict=True)]
+        return [(ACTION_OF[c], p) for c, p in zip(best.tolist(), conf.tolist(), strict=True)]
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def n_rounds(self) -> int:
-        """Boosting rounds the booster holds (a warm start's include its base's)."""
-        raise NotImplementedError
+        """Boosting rounds the model holds (a warm start's include its base's)."""
+        return self.forest.n_trees // self.forest.n_classes
 
     # --- artifacts ------------------------------------------------------------------------
     def save(self, directory: Path) -> list[Path]:
@@ -262,10 +301,21 @@ class XGBoostModel(_TreeModel):
     name: ClassVar[str] = "xgboost"
     model_file: ClassVar[str] = "model.ubj"
 
-    def __init__(self, booster: xgb.Booster, params: TreeParams, meta: dict[str, Any]) -> None:
-        super().__init__(params, meta)
+    def __init__(self, raw: bytes, params: TreeParams, meta: dict[str, Any],
+                 booster: xgb.Booster | None = None) -> None:
+        """``raw``: the model's UBJSON bytes (the artifact); ``booster`` if already built."""
+        super().__init__(xgboost_forest(raw), params, meta)
+        self._raw = bytes(raw)
+        if booster is not None:
+            booster.set_param({"nthread": 1})
+        self._booster = booster
+
+    def _load_booster(self) -> xgb.Booster:
+        import xgboost as xgb
+
+        booster = xgb.Booster(model_file=bytearray(self._raw))
         booster.set_param({"nthread": 1})
-        self.booster = booster
+        return booster
 
     @staticmethod
     def native_params(params: TreeParams, seed: int) -> dict[str, Any]:
@@ -291,6 +341,8 @@ class XGBoostModel(_TreeModel):
               base: XGBoostModel | None = None) -> XGBoostModel:
         """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only;
         with ``base``, continue boosting from its trees (module docstring)."""
+        import xgboost as xgb
+
         params = params or TreeParams()
         _check_split(data, train_idx, val_idx)
         _check_base(cls, base)
@@ -309,26 +361,26 @@ class XGBoostModel(_TreeModel):
         rounds = booster.best_iteration + 1  # xgboost counts from 0, base's rounds included
         best_score = booster.best_score
         # Cut at the optimum and go through the artifact bytes: what is served is what is saved.
-        kept = xgb.Booster(model_file=booster[:rounds].save_raw("ubj"))
+        raw = bytes(booster[:rounds].save_raw("ubj"))
+        kept = xgb.Booster(model_file=bytearray(raw))
         meta = _train_meta(data, train_idx, val_idx, seed, params, rounds, best_score,
                            xgb.__version__, base)
-        return cls(kept, params, meta)
+        return cls(raw, params, meta, kept)
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         out = self.booster.inplace_predict(X, validate_features=False)
         return np.asarray(out, dtype=np.float64)
 
-    def n_rounds(self) -> int:
-        return int(self.booster.num_boosted_rounds())
-
     def _save_booster(self, path: Path) -> None:
-        self.booster.save_model(str(path))
+        if self._booster is not None:
+            self._booster.save_model(str(path))
+        else:  # the artifact this model was loaded from, unchanged
+            path.write_bytes(self._raw)
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         params, meta = cls._read_params(directory)
-        booster = xgb.Booster(model_file=str(Path(directory) / cls.model_file))
-        return cls(booster, params, meta)
+        return cls((Path(directory) / cls.model_file).read_bytes(), params, meta)
 
 
 class LightGBMModel(_TreeModel):
@@ -337,9 +389,17 @@ class LightGBMModel(_TreeModel):
     name: ClassVar[str] = "lightgbm"
     model_file: ClassVar[str] = "model.txt"
 
-    def __init__(self, booster: lgb.Booster, params: TreeParams, meta: dict[str, Any]) -> None:
-        super().__init__(params, meta)
-        self.booster = booster
+    def __init__(self, text: str, params: TreeParams, meta: dict[str, Any],
+                 booster: lgb.Booster | None = None) -> None:
+        """``text``: the model in LightGBM's text format (the artifact)."""
+        super().__init__(lightgbm_forest(text), params, meta)
+        self._text = text
+        self._booster = booster
+
+    def _load_booster(self) -> lgb.Booster:
+        import lightgbm as lgb
+
+        return lgb.Booster(model_str=self._text)
 
     @staticmethod
     def native_params(params: TreeParams, seed: int) -> dict[str, Any]:
@@ -369,6 +429,8 @@ class LightGBMModel(_TreeModel):
               base: LightGBMModel | None = None) -> LightGBMModel:
         """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only;
         with ``base``, continue boosting from its trees (module docstring)."""
+        import lightgbm as lgb
+
         params = params or TreeParams()
         _check_split(data, train_idx, val_idx)
         _check_base(cls, base)
@@ -393,19 +455,15 @@ class LightGBMModel(_TreeModel):
         kept = lgb.Booster(model_str=booster.model_to_string(num_iteration=rounds))
         meta = _train_meta(data, train_idx, val_idx, seed, params, rounds, best_score,
                            lgb.__version__, base)
-        return cls(kept, params, meta)
+        return cls(kept.model_to_string(num_iteration=-1), params, meta, kept)
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         return self.booster.predict(X, num_iteration=-1, num_threads=1)
 
-    def n_rounds(self) -> int:
-        return int(self.booster.current_iteration())
-
     def _save_booster(self, path: Path) -> None:
-        path.write_text(self.booster.model_to_string(num_iteration=-1))
+        path.write_text(self._text)
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         params, meta = cls._read_params(directory)
-        booster = lgb.Booster(model_file=str(Path(directory) / cls.model_file))
-        return cls(booster, params, meta)
+        return cls((Path(directory) / cls.model_file).read_text(), params, meta)
