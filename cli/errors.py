@@ -14,12 +14,10 @@ with exit status 2. ``QT_DEBUG=1`` keeps the full traceback. Anything else (a bu
 full traceback too. A settings value that does not parse (``ValueError: QT_X='..': expected
 int`` from :mod:`settings`) counts as a user error as well.
 
-:func:`redact` hides the credentials of URLs (``user:password@``, ``?password=``). It is the
+:func:`errors.redact` hides the credentials of URLs (``user:password@``, ``?password=``). It is the
 one redaction helper: ``cli.settings --env``, the store's errors, the one-line errors and the
 tracebacks this hook prints, and (once installed) every Python log message go through it.
 
->>> redact("http://default:s3cret@db:8123/qt and kafka://bob@k:9092/t?password=x&tail=false")
-'http://default:***@db:8123/qt and kafka://***@k:9092/t?password=***&tail=false'
 >>> try:
 ...     try:
 ...         raise UserError("QT_TICKS: x.csv is empty")
@@ -42,34 +40,15 @@ import traceback
 from collections.abc import Callable
 from types import TracebackType
 
+from errors import UserError, redact
+
+__all__ = ["UserError", "excepthook", "install", "redact", "user_message"]
+
 DEBUG_ENV = "QT_DEBUG"
 EXIT_STATUS = 2
 
-# "scheme://userinfo@" (userinfo up to the last "@" before the path, so an unescaped "@" in a
-# password does not leak its tail) and secret-looking query parameters
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^/?#\s]*)@")
-_SECRET_PARAM = re.compile(
-    r"(?P<key>[?&;](?:[\w.\-]*(?:password|passwd|pwd|secret|token|api[_\-]?key)[\w.\-]*)=)"
-    r"(?P<value>[^&;#\s]*)", re.IGNORECASE)
 # settings.py: ValueError(f"{name}={raw!r}: expected {type}")
 _SETTING_ERROR = re.compile(r"^QT_[A-Z0-9_]+=")
-
-
-class UserError(Exception):
-    """An unusable input, setting or environment; the message says what and what to do."""
-
-
-def redact(text: str) -> str:
-    """``text`` with URL credentials replaced by ``***`` (user names are kept)."""
-
-    def userinfo(m: re.Match[str]) -> str:
-        info = m["info"]
-        if not info:
-            return m[0]
-        user, sep, _ = info.partition(":")
-        return f"{m['scheme']}{user}:***@" if sep else f"{m['scheme']}***@"
-
-    return _SECRET_PARAM.sub(r"\g<key>***", _USERINFO.sub(userinfo, text))
 
 
 def user_message(exc: BaseException) -> str | None:

@@ -50,8 +50,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from cli.errors import redact
 from connectors.replay import expand_paths
+from errors import redact
 from schemas.timeutil import from_ms, iso, parse_iso, to_ms
 from settings import PROJECT_ROOT, Settings
 

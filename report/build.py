@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cli.errors import redact
+from errors import redact
 from report import svg
 from report.page import Chart, Section, render_page
 from report.svg import BAD, GOOD, NEUTRAL, Figure, color, epoch
