@@ -12,6 +12,12 @@ nowhere else; ``python -m cli.settings`` prints the table.
 Traceback (most recent call last):
 ...
 ValueError: QT_BAR_SECONDS='zero': expected int
+>>> Settings.from_env({"QT_MODEL_SUPERVISOR_SCOPE": "Symbol"}).supervisor_scope
+<SupervisorScope.SYMBOL: 'symbol'>
+>>> Settings.from_env({"QT_CLM_BUDGET": "tiny"})
+Traceback (most recent call last):
+...
+ValueError: QT_CLM_BUDGET='tiny': expected full or quick
 """
 
 from __future__ import annotations
@@ -22,14 +28,33 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from schemas.decisions import SupervisorMode
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 # The default run is out-of-sample: the models train on the days before the ones replayed.
 SAMPLE_TICKS = SAMPLE_DIR / "fxcm_EURUSD-NZDUSD_2014-05-06_07_quotes.csv.gz"
 SAMPLE_TRAINING_TICKS = SAMPLE_DIR / "fxcm_EURUSD-NZDUSD_2014-05-01_05_quotes.csv.gz"
+
+
+class SupervisorScope(StrEnum):
+    GLOBAL = "global"  # one bias window over every symbol (the audit's)
+    SYMBOL = "symbol"  # one window per symbol
+
+
+class ClmBudget(StrEnum):
+    FULL = "full"    # the tuned cycle budget (learning.trainer.CycleConfig)
+    QUICK = "quick"  # a small one, for tests and demos
+
+
+class ProgressMode(StrEnum):
+    AUTO = "auto"      # redrawn on a terminal, a line every 30 s in a log
+    ALWAYS = "always"  # a line every second, terminal or not
+    NEVER = "never"
 
 
 def _env(name: str, doc: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -134,10 +159,10 @@ class Settings:
     metrics_port: int = _env(
         "QT_METRICS_PORT",
         "Port of the Prometheus metrics endpoint (http://host:PORT/metrics). 0: off.", 0)
-    progress: str = _env(
+    progress: ProgressMode = _env(
         "QT_PROGRESS",
         "Progress line on stderr: auto (redrawn every second on a terminal, a line every 30 s "
-        "in a log), always (a line every second) or never.", "auto")
+        "in a log), always (a line every second) or never.", ProgressMode.AUTO)
 
     # --- bars and features -----------------------------------------------------------------
     bar_seconds: int = _env("QT_BAR_SECONDS", "Bar length in seconds (event time).", 60)
@@ -182,8 +207,9 @@ class Settings:
         str(SAMPLE_TRAINING_TICKS))
 
     # --- model supervisor (bias window) --------------------------------------------------
-    supervisor_mode: str = _env("QT_MODEL_SUPERVISOR_MODE",
-                                "ENFORCED (block), OBSERVE (record only) or OFF.", "ENFORCED")
+    supervisor_mode: SupervisorMode = _env(
+        "QT_MODEL_SUPERVISOR_MODE", "ENFORCED (block), OBSERVE (record only) or OFF.",
+        SupervisorMode.ENFORCED)
     supervisor_bias_threshold: float = _env(
         "QT_MODEL_SUPERVISOR_BIAS_THRESHOLD",
         "A BUY (SELL) is blocked while the BUY (SELL) share of the window exceeds this.", 0.70)
@@ -191,8 +217,9 @@ class Settings:
         "QT_MODEL_SUPERVISOR_MIN_SAMPLES", "Signals in the window before bias is judged.", 20)
     supervisor_window: int = _env("QT_MODEL_SUPERVISOR_WINDOW",
                                   "Signals the window keeps (bounded).", 100)
-    supervisor_scope: str = _env("QT_MODEL_SUPERVISOR_SCOPE",
-                                 "global (one window, the audit's) or symbol.", "global")
+    supervisor_scope: SupervisorScope = _env(
+        "QT_MODEL_SUPERVISOR_SCOPE", "global (one window, the audit's) or symbol.",
+        SupervisorScope.GLOBAL)
 
     # --- RL sizing (PPO) --------------------------------------------------------------------
     rl_enabled: bool = _env("QT_RL_V3_ENABLED", "Size trades with the PPO policy.", True)
@@ -273,9 +300,9 @@ class Settings:
         "QT_CLM_BLOCKING",
         "Wait for a cycle's training in the flow (deterministic replays and tests). Default: "
         "train in a child process while the flow keeps going.", False)
-    clm_budget: str = _env("QT_CLM_BUDGET",
+    clm_budget: ClmBudget = _env("QT_CLM_BUDGET",
                            "Training budget of a cycle: full (tuned, < 60 s on 10 symbols x 10 "
-                           "days) or quick (tests).", "full")
+                           "days) or quick (tests).", ClmBudget.FULL)
     dynamic_weights: bool = _env(
         "QT_DYNAMIC_WEIGHTS", "Ensemble weights follow recent realised accuracy (bounded).",
         False)
@@ -361,6 +388,11 @@ def _parse(name: str, raw: str, hint: Any) -> Any:
         if raw.strip() == "":
             return None
         return _parse(name, raw, inner[0])
+    if isinstance(hint, type) and issubclass(hint, StrEnum):  # in any case: "observe"
+        by_value = {m.value.lower(): m for m in hint}
+        if raw.strip().lower() in by_value:
+            return by_value[raw.strip().lower()]
+        raise ValueError(f"{name}={raw!r}: expected " + " or ".join(m.value for m in hint))
     try:
         if hint is bool:
             lowered = raw.strip().lower()

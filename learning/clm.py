@@ -59,7 +59,7 @@ from operators.versions import ActiveModels
 from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus, DriftCheck, ScoredBar
 from schemas.timeutil import from_ms
 from schemas.trades import JoinedTrade
-from settings import DEFAULTS, Settings
+from settings import DEFAULTS, ClmBudget, Settings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ClmConfig:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     lookback_ms: int = int(DEFAULTS.clm_lookback_days * 86_400_000)
     blocking: bool = DEFAULTS.clm_blocking
-    budget: str = DEFAULTS.clm_budget
+    budget: ClmBudget = DEFAULTS.clm_budget
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
 
     @classmethod
