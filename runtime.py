@@ -1,4 +1,4 @@
-"""Process-wide runtime state that several layers share: the stop request.
+"""Process-wide runtime state that several layers share: the stop request, the cluster position.
 
 A live flow is stopped with SIGINT (Ctrl-C) or SIGTERM. :func:`install_stop_handlers` makes the
 first such signal a *request*: the sources end their partitions at their next poll, every stage
@@ -6,13 +6,19 @@ keeps its state instead of running its end-of-input rules (an open bar stays ope
 position stays open, a pending PPO batch is kept), the sinks flush, and the run summary prints
 with a line saying how to resume. With recovery on (``-r``), the last snapshot is taken at that
 point and a resume continues exactly where the stop left off. A second signal stops at once.
+
+And where this process stands in a Bytewax cluster (:func:`cluster`): several processes
+started with ``-i``/``-a`` build the same flow, but only the first does the one-off start-up
+work (a bootstrap of an empty registry, the embedded store's checks).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from types import FrameType
 
 
@@ -59,3 +65,62 @@ def install_stop_handlers() -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+@dataclass(frozen=True)
+class ClusterPosition:
+    """Where this process stands in a Bytewax cluster (``-i``/``-a`` of ``bytewax.run``, also
+    what ``python -m bytewax.testing -p N`` passes): process ``process_id`` of ``processes``."""
+
+    process_id: int = 0
+    processes: int = 1
+
+    @property
+    def first(self) -> bool:
+        """The process that does the one-off start-up work (bootstrap, store checks)."""
+        return self.process_id == 0
+
+
+_CLUSTER: list[ClusterPosition] = []
+
+
+def set_cluster(position: ClusterPosition | None) -> None:
+    """Say where this process stands when the flow is started from code (``cli_main`` or
+    ``cluster_main``), not from ``bytewax.run``'s command line; None: read it again."""
+    _CLUSTER[:] = [position] if position is not None else []
+
+
+def cluster() -> ClusterPosition:
+    """This process's :class:`ClusterPosition`, from :func:`set_cluster`, else from
+    ``bytewax.run``'s own arguments (``-i/--process-id``, ``-a/--addresses``) or their
+    environment variables (``BYTEWAX_PROCESS_ID``, ``BYTEWAX_ADDRESSES``,
+    ``BYTEWAX_HOSTFILE_PATH``), which the dataflow module sees while ``bytewax.run`` builds
+    it. A single process is ``ClusterPosition(0, 1)``."""
+    if _CLUSTER:
+        return _CLUSTER[0]
+    process_id: str | None = os.environ.get("BYTEWAX_PROCESS_ID")
+    addresses: str | None = os.environ.get("BYTEWAX_ADDRESSES")
+    if sys.argv and sys.argv[0].replace(os.sep, "/").endswith("bytewax/run.py"):
+        args = sys.argv[1:]
+        for i, arg in enumerate(args):
+            for flag, long in (("-i", "--process-id"), ("-a", "--addresses")):
+                value = None
+                if arg in (flag, long) and i + 1 < len(args):
+                    value = args[i + 1]
+                elif arg.startswith(long + "="):
+                    value = arg.split("=", 1)[1]
+                elif arg.startswith(flag) and len(arg) > 2 and not arg.startswith("--"):
+                    value = arg[2:]
+                if value is not None:
+                    if flag == "-i":
+                        process_id = value
+                    else:
+                        addresses = value
+    hostfile = os.environ.get("BYTEWAX_HOSTFILE_PATH")
+    if process_id is not None and addresses is None and hostfile:
+        with open(hostfile) as f:
+            addresses = ";".join(line.strip() for line in f if line.strip())
+    if process_id is None:
+        return ClusterPosition()
+    count = len([a for a in (addresses or "").split(";") if a.strip()])
+    return ClusterPosition(int(process_id), max(count, 1))

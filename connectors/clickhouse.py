@@ -9,23 +9,53 @@ recovery snapshot counts as done is still only in memory, and an insert error fa
 Bytewax replays the last epoch after a crash, so the same rows may arrive twice: every
 table is a ReplacingMergeTree on a deterministic key and is read with FINAL.
 
-One partition per table spreads the tables over the workers; in embedded mode all partitions
-share the process's one chDB client.
+Two ways rows reach the store:
+
+- a ClickHouse server (``QT_CLICKHOUSE_URL``): :class:`ClickHouseSink`, one partition per table,
+  spread over every worker of every process (each inserts on its own connection);
+- the embedded store: chDB allows one process per data path, so every row goes, by the flow's
+  own exchange, to :class:`StoreOwner`, a stateful step on the decision engine's key. The same
+  key lands on the same worker, so the rows are written by the process that runs the engine,
+  which is the process that opens the store for the engine's registry records and CLM data; no
+  other process of a cluster ever opens it.
+
+How often: a live flow (Kafka, or a paced replay) inserts a table's rows at most
+``QT_SINK_FLUSH_SECONDS`` after they arrive, so dashboards keep up; an unpaced replay has
+nobody waiting for its rows, and each insert costs a fixed ~7 ms of chDB work (a new part to
+write and merge) besides its rows, so it inserts by size, at least every
+:data:`REPLAY_FLUSH_SECONDS` and at every epoch snapshot (:func:`flush_seconds`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from schemas.tables import TableRows
 from settings import Settings
 from storage.store import Store, open_store
+
+log = logging.getLogger(__name__)
+REPLAY_FLUSH_SECONDS = 10.0
+STORE_OWNER = threading.Event()  # set in the process whose StoreOwner writes the store
+
+
+def flush_seconds(settings: Settings, live: bool | None = None) -> float:
+    """The longest a row waits in a buffer: ``QT_SINK_FLUSH_SECONDS`` when the input is live
+    (Kafka, or a paced replay; ``live`` to say so), at least :data:`REPLAY_FLUSH_SECONDS` in an
+    unpaced replay, where fewer, larger inserts cost less and nobody watches the rows arrive."""
+    if live is None:
+        live = settings.ticks.startswith("kafka://") or settings.replay_speed > 0
+    return settings.sink_flush_seconds if live else max(settings.sink_flush_seconds,
+                                                         REPLAY_FLUSH_SECONDS)
 
 
 class _TableBuffer:
@@ -168,12 +198,39 @@ class ClickHousePartition(TableWriter, StatefulSinkPartition[TableRows, None]):
         return None
 
 
+class StoreOwner(StatefulBatchLogic[TableRows, None, None]):
+    """Writes every table block of the flow into the embedded store, from the one worker its
+    key is routed to (the engine's: see the module docstring). The store opens at its first
+    block, in that process only; each snapshot stores what came before it (at-least-once,
+    like the sink), and the end of input closes it."""
+
+    def __init__(self, settings: Settings, flush_s: float) -> None:
+        self.writer = TableWriter(open_store(settings), settings.sink_batch_rows, flush_s)
+        STORE_OWNER.set()
+        log.info("this process (pid %d) owns the embedded store %s", os.getpid(),
+                 self.writer.store.description)
+
+    def on_batch(self, values: list[TableRows]) -> tuple[list[None], bool]:
+        self.writer.write_batch(values)
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[None], bool]:
+        self.writer.close()
+        return [], StatefulBatchLogic.DISCARD
+
+    def snapshot(self) -> None:
+        self.writer.flush()
+        return None
+
+
 class ClickHouseSink(FixedPartitionedSink[TableRows, None]):
     """Sink of ``(table, TableRows)`` items; one partition per table."""
 
-    def __init__(self, settings: Settings, tables: Sequence[str]) -> None:
+    def __init__(self, settings: Settings, tables: Sequence[str],
+                 flush_s: float | None = None) -> None:
         self.settings = settings
         self.tables = list(tables)
+        self.flush_s = settings.sink_flush_seconds if flush_s is None else flush_s
 
     def list_parts(self) -> list[str]:
         return self.tables
@@ -188,4 +245,4 @@ class ClickHouseSink(FixedPartitionedSink[TableRows, None]):
     def build_part(self, step_id: str, for_part: str,
                    resume_state: None) -> ClickHousePartition:
         return ClickHousePartition(open_store(self.settings), self.settings.sink_batch_rows,
-                                   self.settings.sink_flush_seconds)
+                                   self.flush_s)

@@ -21,7 +21,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.operators import KeyedStream
 
-from connectors.clickhouse import ClickHouseSink, TableWriter
+from connectors.clickhouse import ClickHouseSink, StoreOwner, TableWriter, flush_seconds
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.layouts import LayoutOptions
 from connectors.replay import ReplaySource, expand_paths
@@ -43,6 +43,7 @@ from operators.sizing import PolicySource
 from operators.summary import Counts, EventTime, PnlPoint, ProgressLine, run_summary
 from operators.validate import Validated, validate_ticks
 from operators.versions import ActiveModels
+from runtime import cluster
 from schemas.bars import Bar, BarStep
 from schemas.dead_letters import DeadLetters
 from schemas.decisions import Progress
@@ -79,10 +80,12 @@ from schemas.trades import (
     opened_from_row,
 )
 from settings import Settings
-from storage.store import Store, open_store
+from storage.store import DeferredStore, Store
 
 log = logging.getLogger(__name__)
 KAFKA_PRODUCER = {"linger.ms": "5"}
+ENGINE_KEY = "engine"  # the decision engine's one key (operators/engine.py)
+LEARNER_KEY = "learner"  # the learning flow's one key (learning/learner.py)
 
 
 def lazy_flow(build: Callable[[], Dataflow]) -> Callable[[str], Dataflow]:
@@ -209,7 +212,9 @@ def engine(md: MarketData, scored: KeyedStream[ScoredStep],
     """scored bars + input progress -> the decision engine (decisions, trades, learning)."""
     progress = op.map("progress", md.validated, lambda v: Progress(
         v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final, v.tag.idle))
-    store = open_store(settings)  # the registry's records, the CLM's data
+    # the registry's records, the CLM's data: opened where the engine runs, when it first
+    # needs them (in a cluster, the other processes never open the embedded store)
+    store = DeferredStore(settings)
     atexit.register(store.close)
     registry = open_registry(settings, store)
     cfg = EngineConfig.from_settings(settings)
@@ -232,7 +237,7 @@ def _clm_factory(settings: Settings, registry: ModelRegistry,
     atexit.register(trainer.shutdown)
     cfg = ClmConfig.from_settings(settings)
     label_cfg = LabelConfig.from_settings(settings)
-    archive = TableWriter(store, settings.sink_batch_rows, settings.sink_flush_seconds)
+    archive = TableWriter(store, settings.sink_batch_rows, flush_seconds(settings))
     clm_deps = ClmDeps(registry, store, trainer, RetrainRequests(settings.clm_dir),
                        settings.clm_dir,
                        CycleConfig.quick() if settings.clm_budget == "quick" else CycleConfig(),
@@ -336,7 +341,8 @@ def learning(events: Stream[Sequenced | DeadLetters],
              settings: Settings) -> Stream[LearnedOutput]:
     """The live flow's ordered learning events -> the learners (the learning process of the
     Kafka deployment; the embedded live flow runs the same learners inside its engine)."""
-    store = open_store(settings)  # the join's fallback, the CLM's data, the registry's records
+    # the join's fallback, the CLM's data, the registry's records: opened where the learner runs
+    store = DeferredStore(settings)
     atexit.register(store.close)
 
     def stored_entry(trade_id: str) -> TradeOpened | None:
@@ -385,11 +391,28 @@ def learned_counts(out: Stream[LearnedOutput]) -> Stream[Counts]:
 
 
 def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
-          tables: list[str]) -> None:
-    """Write table blocks to ClickHouse (one sink, one partition per table)."""
+          tables: list[str], owner_key: str = ENGINE_KEY, live: bool | None = None) -> None:
+    """Write table blocks to ClickHouse. A server: one sink, one partition per table, on any
+    worker of any process. The embedded store: every block to the worker of ``owner_key``,
+    the key of the step that uses the store itself (the engine's, the learner's), so that
+    one process opens it (chDB allows one per data path; see connectors/clickhouse.py).
+    ``live``: whether rows must be stored within ``QT_SINK_FLUSH_SECONDS`` (default: Kafka
+    or a paced replay)."""
     merged = op.merge(f"{flow_step}_merge", *blocks)
-    keyed = op.key_on(f"{flow_step}_by_table", merged, lambda b: b.table)
-    op.output(flow_step, keyed, ClickHouseSink(settings, tables))
+    flush_s = flush_seconds(settings, live)
+    if settings.clickhouse_url.strip():
+        keyed = op.key_on(f"{flow_step}_by_table", merged, lambda b: b.table)
+        op.output(flow_step, keyed, ClickHouseSink(settings, tables, flush_s))
+        return
+    known = set(tables)
+
+    def to_owner(b: TableRows) -> str:
+        if b.table not in known:
+            raise ValueError(f"{flow_step}: no table {b.table!r} in this flow's {tables}")
+        return owner_key
+
+    keyed = op.key_on(f"{flow_step}_to_store_owner", merged, to_owner)
+    op.stateful_batch(flow_step, keyed, lambda _: StoreOwner(settings, flush_s))
 
 
 LEARNING_SUMMARY = ("rl.transitions", "rl.updates", "clm.cycles", "clm.promoted")
@@ -413,8 +436,8 @@ def print_summary(counts: list[Stream[Counts | PnlPoint | EventTime]], started: 
                   footer: str = "") -> None:
     """The run's totals: a progress line while it runs (``QT_PROGRESS``), Prometheus metrics
     (``QT_METRICS_PORT``), and the summary (with ``footer``) on stdout at its end."""
-    if settings.metrics_port:
-        METRICS.serve(settings.metrics_port)
+    if settings.metrics_port:  # one port per process of a cluster: port + process id
+        METRICS.serve(settings.metrics_port + cluster().process_id)
         log.info("metrics on http://0.0.0.0:%d/metrics", METRICS.port)
     summary = run_summary("summary", op.merge("all_counts", *counts), started,
                           settings.start_equity, always, progress_line(settings))

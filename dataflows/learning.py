@@ -70,7 +70,7 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     decoded = op.map("decode", messages, decode)
     learned = graphs.learning(decoded, settings)
     graphs.store("clickhouse", [graphs.learned_rows(learned)], settings,
-                 graphs.LEARNING_TABLES)
+                 graphs.LEARNING_TABLES, owner_key=graphs.LEARNER_KEY, live=True)
     started = time.monotonic()
     counts = [graphs.learned_counts(learned),
               op.filter_map("count_decode_dead", decoded, lambda d: {"dead_letters": len(d)}

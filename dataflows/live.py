@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 from bytewax.dataflow import Dataflow
 
@@ -24,13 +25,40 @@ from dataflows import graphs
 from models.base import MODEL_NAMES, POLICY_NAME
 from models.registry import REPAIR_COMMAND, open_registry, version_span
 from report.build import report_command
-from runtime import install_stop_handlers
+from runtime import cluster, install_stop_handlers
 from settings import Settings
 from storage.store import check_embedded_store, open_store
 
 
 class RegistryIncomplete(UserError):
     """The registry has versions, but not a production version of every model."""
+
+
+BOOTSTRAP_WAIT_S = 900.0  # how long a cluster's other processes wait for the first's bootstrap
+
+
+def wait_for_models(settings: Settings, timeout_s: float = BOOTSTRAP_WAIT_S,
+                    sleep: Callable[[float], None] = time.sleep) -> None:
+    """In a cluster, the processes after the first wait until the registry has a production
+    version of every model: the first process bootstraps an empty registry (it alone may use
+    the embedded store meanwhile), and every process must load the same versions."""
+    names = (*MODEL_NAMES, POLICY_NAME)
+    waited, said = 0.0, False
+    while True:
+        registry = open_registry(settings)
+        if all(registry.production_version(m) is not None for m in names):
+            return
+        if waited >= timeout_s:
+            raise RegistryIncomplete(
+                f"model registry {settings.registry_dir}: no production version of every model "
+                f"after {timeout_s:.0f} s; the cluster's first process (-i 0) makes them: see "
+                "its output")
+        if not said:
+            print(f"waiting for the cluster's first process to bootstrap the model registry "
+                  f"{settings.registry_dir}", file=sys.stderr)
+            said = True
+        sleep(0.5)
+        waited += 0.5
 
 
 def ensure_models(settings: Settings) -> None:
@@ -41,9 +69,14 @@ def ensure_models(settings: Settings) -> None:
     First checks that the input files and the local state are usable (``QT_TICKS`` files
     readable, with a known header; ``QT_HOME`` writable, the embedded store not held by another
     process), so those problems are one line before anything starts, not after a bootstrap.
+    In a cluster only the first process (``-i 0``) does this; the others wait for its models
+    (:func:`wait_for_models`).
     """
     if not settings.ticks.startswith("kafka://"):
         check_tick_files(settings.ticks, options=LayoutOptions.from_settings(settings))
+    if not cluster().first:  # the first process checks the store and bootstraps
+        wait_for_models(settings)
+        return
     if not settings.clickhouse_url.strip():
         check_embedded_store(settings)
     registry = open_registry(settings)

@@ -122,6 +122,60 @@ _OPEN: dict[str, Store] = {}
 _OPEN_LOCK = threading.Lock()
 
 
+class DeferredStore(Store):
+    """The store of ``settings``, opened at its first use, not when the flow is built.
+
+    In a cluster every process builds the whole flow, but only the process that runs the
+    decision engine (and the rows' writer, on the engine's key) may open the embedded store:
+    chDB allows one process per data path. The engine's registry records and CLM data go
+    through this, so the store opens where they are used, and nowhere else.
+    """
+
+    def __init__(self, settings: Settings) -> None:  # (no connection yet: see _get)
+        self._settings = settings
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self._settings)
+            return self._store
+
+    @property
+    def opened(self) -> bool:
+        return self._store is not None
+
+    @property
+    def key(self) -> str:  # type: ignore[override]
+        return self._get().key
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return self._get().description
+
+    def insert_async(self, table: str, columns: Sequence[str], data: Sequence[Any],
+                     column_oriented: bool = False) -> Future[int]:
+        return self._get().insert_async(table, columns, data, column_oriented)
+
+    def insert(self, table: str, columns: Sequence[str], data: Sequence[Any],
+               column_oriented: bool = False) -> int:
+        return self._get().insert(table, columns, data, column_oriented)
+
+    def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        return self._get().query(name, **params)
+
+    def migrate(self) -> None:
+        self._get().migrate()
+
+    def close(self) -> None:
+        """Release the store if it was opened (a process that never used it has nothing)."""
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+
 def open_store(settings: Settings, migrate: bool = True) -> Store:
     """Open (or share) the store that ``settings`` name. Close it when done."""
     url = settings.clickhouse_url.strip()
