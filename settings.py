@@ -354,7 +354,7 @@ class Settings:
         """``QT_*`` variable -> value of every setting that differs from its default."""
         out = {}
         for f in dataclasses.fields(self):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             value = getattr(self, f.name)
             if value != default:
                 out[f.metadata["env"]] = (",".join(value) if isinstance(value, tuple)
@@ -366,7 +366,7 @@ class Settings:
         """(variable, default, description) for every setting, in declaration order."""
         rows = []
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             if isinstance(default, tuple):
                 default = ",".join(default)
             if default is None:
@@ -378,6 +378,14 @@ class Settings:
 # Every default, once: the *Config classes of the stages take theirs from here, so a default
 # changed in Settings changes everywhere (tests/test_settings.py checks each config).
 DEFAULTS = Settings()
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A settings field's default value (its factory's product for a mutable one)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    assert f.default_factory is not dataclasses.MISSING, f"{f.name} has no default"
+    return f.default_factory()
 
 
 def _parse(name: str, raw: str, hint: Any) -> Any:

@@ -128,7 +128,8 @@ class _Publisher:
             return
         self.stats.delivered += 1
         part = msg.partition()
-        self.stats.per_partition[part] = self.stats.per_partition.get(part, 0) + 1
+        if part is not None:  # a delivered message always has its partition
+            self.stats.per_partition[part] = self.stats.per_partition.get(part, 0) + 1
 
     def send(self, value: bytes, key: bytes | None) -> None:
         while True:

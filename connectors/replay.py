@@ -51,6 +51,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -400,9 +401,10 @@ class _TextStream(io.RawIOBase):
         first = line.decode("utf-8", errors="replace").strip().lstrip("\ufeff")
         return [first, *(t.rstrip("\r") for t in whole[1:count])]
 
-    def readinto(self, b: bytearray) -> int:  # pragma: no cover - Arrow calls read()
-        data = self.read(len(b))
-        b[: len(data)] = data
+    def readinto(self, b: Any) -> int:  # any writable buffer; Arrow calls read() instead
+        view = memoryview(b).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
         return len(data)
 
     def close(self) -> None:
@@ -799,9 +801,10 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
                 return [self._counted(TickRows.end_of(self.name, self.seq - 1))]
         block = self._ready
         if self.speed > 0 and len(block):
-            block = self._paced(block)
-            if block is None:
+            due = self._paced(block)
+            if due is None:
                 return []
+            block = due
         else:
             self._ready = None
         block.partition = self.name
@@ -825,6 +828,7 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
         if self._wall0 is None:
             known = key[key > NEVER]
             self._wall0, self._event0 = now, int(known[0]) if len(known) else 0
+        assert self._event0 is not None
         due_event = self._event0 + (now - self._wall0) * 1000.0 * self.speed
         n = int(np.searchsorted(key, due_event, side="right"))
         if n >= len(block):

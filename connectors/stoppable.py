@@ -26,7 +26,7 @@ class StoppablePartition(StatefulSourcePartition[X, S], Generic[X, S]):
     def next_batch(self) -> list[X]:
         if STOP.requested:
             raise StopIteration
-        return self._inner.next_batch()
+        return list(self._inner.next_batch())
 
     def next_awake(self) -> datetime | None:
         return None if STOP.requested else self._inner.next_awake()

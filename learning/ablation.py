@@ -226,7 +226,7 @@ def file_digest(paths: Sequence[Path]) -> str:
     for p in paths:
         h.update(p.name.encode())
         with p.open("rb") as f:
-            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+            while chunk := f.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()
 

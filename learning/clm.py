@@ -111,7 +111,7 @@ class ContinuousLearner:
         self.recent: deque[tuple[int, tuple[float, ...]]] = deque(state.get("recent", ()))
         self.perf_reference: float | None = state.get("perf_reference")
         self.perf_since: int | None = state.get("perf_since")
-        self.pending: list[ClmCycle] = []
+        self.pending: list[ClmCycle | DriftCheck] = []
         if fresh:
             self.perf_reference = self._trained_hit_rate()
             self.pending += self._adopt_orphans()
@@ -137,7 +137,7 @@ class ContinuousLearner:
         self.runner.observe(joined)
         return []
 
-    def finish(self) -> list[ClmCycle]:
+    def finish(self) -> list[ClmCycle | DriftCheck]:
         """End of input: wait for a training cycle; a shadow test carries over to the next run
         (module docstring)."""
         out, self.pending = self.pending, []
@@ -162,7 +162,7 @@ class ContinuousLearner:
             self.recent.popleft()
         due = self.schedule.due(now)
         if self.cycle is not None:
-            return self._progress(now)
+            return [*self._progress(now)]
         checks: list[ClmCycle | DriftCheck] = []
         trigger = self.runner.manual(now)
         if trigger is None and self.cfg.auto_retrain:

@@ -394,7 +394,7 @@ def _fold(ts_ms: Sequence[int] | np.ndarray, symbol: Sequence[Any] | np.ndarray,
         raise ValueError("ts_ms, symbol, y, prod, chal, fwd and cost must be 1-d and as long as "
                          f"each other (lengths {sorted(lengths)})")
     keep = yy != UNLABELLED
-    ts, sym, yy, p, c, r, k = (a[keep] for a in (ts, sym, yy, p, c, r, k))
+    ts, sym, yy, p, c, r, k = ts[keep], sym[keep], yy[keep], p[keep], c[keep], r[keep], k[keep]
     for name, arr in (("labels", yy), ("production", p), ("challenger", c)):
         if len(arr) and (arr.min() < 0 or arr.max() > 2):
             raise ValueError(f"{name}: class ids must be 0 HOLD, 1 BUY, 2 SELL")
@@ -404,7 +404,8 @@ def _fold(ts_ms: Sequence[int] | np.ndarray, symbol: Sequence[Any] | np.ndarray,
         return _Closes(np.zeros((0, _COLUMNS)), np.zeros(0, dtype=np.int64), 0)
     names, code = np.unique(sym.astype(str), return_inverse=True)
     order = np.lexsort((code, ts))
-    ts, code, yy, p, c, r, k = (a[order] for a in (ts, code, yy, p, c, r, k))
+    ts, code, yy = ts[order], code[order], yy[order]
+    p, c, r, k = p[order], c[order], r[order], k[order]
     dup = (ts[1:] == ts[:-1]) & (code[1:] == code[:-1])
     if dup.any():
         i = int(np.argmax(dup))
@@ -718,5 +719,6 @@ class ShadowEvidence:
         if self._result is None:
             cols = [np.concatenate(col) for col in zip(*self._chunks, strict=True)] \
                 if self._chunks else [np.zeros(0, dtype=np.int64)] * 7
-            self._result = judge(*cols, config=self.config)
+            ts_ms, symbol, y, prod, chal, fwd, cost = cols
+            self._result = judge(ts_ms, symbol, y, prod, chal, fwd, cost, config=self.config)
         return self._result

@@ -74,7 +74,10 @@ class LearnedOutput:
 
     def learned(self, records: list[ClmCycle | DriftCheck]) -> None:
         for r in records:
-            (self.drift if isinstance(r, DriftCheck) else self.cycles).append(r)
+            if isinstance(r, DriftCheck):
+                self.drift.append(r)
+            else:
+                self.cycles.append(r)
 
 
 @dataclass

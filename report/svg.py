@@ -117,7 +117,7 @@ def time_ticks(lo: float, hi: float, max_ticks: int = 7) -> list[tuple[float, st
     step = next((s for s in TIME_STEPS if (hi - lo) / s < max_ticks), TIME_STEPS[-1])
     origin = _MONDAY if step % (7 * _DAY) == 0 else 0
     t = math.ceil((lo - origin) / step) * step + origin
-    out = []
+    out: list[tuple[float, str]] = []
     while t <= hi + 1e-6:
         d = datetime.fromtimestamp(t, UTC)
         daily = step >= _DAY or (d.hour == 0 and d.minute == 0)
@@ -374,7 +374,7 @@ class Figure:
         legend = [m.legend for m in self.marks if m.legend]
         legend_rows = _legend_rows(legend, self.width - 80)
         top = 14 + 16 * len(legend_rows)
-        bottom = 34 + (14 if self.x_label else 0)
+        bottom: float = 34 + (14 if self.x_label else 0)
         if self.x_rotate and self.x_ticks:  # labels at 40 degrees: sin(40) of their length
             bottom += 0.64 * max(_label_px(s) for _, s in self.x_ticks) - 12
         xs = [x for m in self.marks for x in m.xs] + list(self.x_span or ())

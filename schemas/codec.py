@@ -31,7 +31,6 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from functools import cache
 from typing import Any, TypeVar
 
 from schemas.timeutil import iso, parse_iso, utc_ms
@@ -144,24 +143,33 @@ def _row_in(hint: Any) -> Conv:
 _UTC = parse_iso("1970-01-01T00:00:00Z").tzinfo
 
 
-@cache
-def _plan(cls: type) -> tuple[tuple[str, Conv, Conv, Conv, Conv], ...]:
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not an event dataclass")
-    hints = typing.get_type_hints(cls)
-    return tuple(
-        (f.name, _json_out(hints[f.name]), _json_in(hints[f.name]),
-         _row_out(hints[f.name]), _row_in(hints[f.name]))
-        for f in dataclasses.fields(cls)
-    )
+Plan = tuple[tuple[str, Conv, Conv, Conv, Conv], ...]
+_PLANS: dict[type, Plan] = {}
+_REQUIRED: dict[type, frozenset[str]] = {}
 
 
-@cache
+def _plan(cls: type) -> Plan:
+    """Per field: name, JSON out/in and row out/in conversions (built once per class)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls!r} is not an event dataclass")
+        hints = typing.get_type_hints(cls)
+        plan = _PLANS[cls] = tuple(
+            (f.name, _json_out(hints[f.name]), _json_in(hints[f.name]),
+             _row_out(hints[f.name]), _row_in(hints[f.name]))
+            for f in dataclasses.fields(cls))
+    return plan
+
+
 def _required(cls: type) -> frozenset[str]:
-    return frozenset(
-        f.name for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    )
+    """The fields without a default (a payload must have them)."""
+    required = _REQUIRED.get(cls)
+    if required is None:
+        required = _REQUIRED[cls] = frozenset(
+            f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    return required
 
 
 def to_json_dict(event: Any) -> dict[str, Any]:

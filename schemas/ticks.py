@@ -330,8 +330,8 @@ def _floats(col: pa.Array, name: str, errors: dict[int, str], required: bool) ->
     recorded in ``errors``, and so is a number too large for a float (``1e309``: "numeric
     overflow"; an ``inf`` literal stays a value, for validation to call non-finite)."""
     if required and col.null_count:
-        for i in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)):
-            errors.setdefault(int(i), f"missing {name}")
+        for missing in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)).tolist():
+            errors.setdefault(missing, f"missing {name}")
     if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
         return pc.fill_null(col.cast(pa.float64()), NAN).to_numpy(zero_copy_only=False)
     try:
@@ -397,8 +397,8 @@ def _timestamps(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
                     out[i] = to_ms(dt)
                 except OverflowError:
                     errors.setdefault(i, f"ts out of range (cannot be represented): {v[:40]!r}")
-    for i in np.flatnonzero(out == TS_MISSING):
-        errors.setdefault(int(i), "missing ts")
+    for missing in np.flatnonzero(out == TS_MISSING).tolist():
+        errors.setdefault(missing, "missing ts")
     return out
 
 
@@ -454,7 +454,9 @@ def decode_table(batch: pa.RecordBatch, origin: TickOrigin, source: str, first_r
             for i in np.flatnonzero(sizes > SIZE_MAX):
                 errors.setdefault(int(i), f"{name} outside the sane range (above {SIZE_MAX:g})")
     else:
-        candle = tuple(_floats(col[k], k, errors, True) for k in ("open", "high", "low"))
+        candle = (_floats(col["open"], "open", errors, True),
+                  _floats(col["high"], "high", errors, True),
+                  _floats(col["low"], "low", errors, True))
         price = _floats(col["close"], "close", errors, True)
         size = _floats(col["volume"], "volume", errors, False)
         bid = ask = nan

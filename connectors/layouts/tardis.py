@@ -27,9 +27,10 @@ import pyarrow.compute as pc
 from connectors.layouts.base import Converted, FileLayout, epoch_ms, internal_batch
 from schemas.ticks import TickOrigin
 
-TRADES = ("exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount")
-QUOTES = ("exchange", "symbol", "timestamp", "local_timestamp", "ask_amount", "ask_price",
-          "bid_price", "bid_amount")
+TRADES: tuple[str, ...] = ("exchange", "symbol", "timestamp", "local_timestamp", "id", "side",
+                           "price", "amount")
+QUOTES: tuple[str, ...] = ("exchange", "symbol", "timestamp", "local_timestamp", "ask_amount",
+                           "ask_price", "bid_price", "bid_amount")
 FIELDS = {
     TickOrigin.TRADE: {"price": "price", "size": "amount"},
     TickOrigin.QUOTE: {"bid": "bid_price", "ask": "ask_price", "bid_size": "bid_amount",
