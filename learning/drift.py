@@ -1,86 +1,11 @@
 """Feature drift as the Population Stability Index (PSI), corrected for sampling noise.
 
-Why PSI: it is cheap, needs no model, and compares whole distributions (not only means), so a
-feature that keeps its mean but changes its spread is still seen. The statistic:
-
-- **Reference** (:meth:`FeatureReference.fit`, on the training matrix): per feature, the
-  interior decile edges of its finite values (``np.quantile`` at 10%, ..., 90%; repeated edges
-  collapse). A constant feature ``c`` gets three bins: below ``c``, ``c``, above ``c``; a
-  feature with no finite value only the NaN bin and one empty finite bin. Bins are right-closed,
-  ``(-inf, e1], (e1, e2], ..., (ek, +inf)``, plus a separate **NaN bin** (a feature that is NaN
-  more or less often than in training is drift too). ``+-inf`` fall in the end bins. The
-  reference keeps each bin's share of the training rows.
-- **PSI** of a recent window: ``sum_i (a_i - e_i) * ln(a_i / e_i)`` over the bins, ``e`` the
-  reference shares and ``a`` the recent ones. **Epsilon smoothing**: every share is floored at
-  ``epsilon`` (1e-4) before the sum, so a bin empty on one side adds a large but finite term
-  (at most about ``ln(1/epsilon)`` = 9.2) instead of infinity; a bin empty on both sides adds 0.
-- **Raw score** (:meth:`FeatureReference.drift_score`): the mean PSI over the *scored*
-  features. Calendar features (``tod_*``, ``dow_*``) are binned but not scored by default: they
-  are functions of the clock.
-
-**Why the raw score cannot be compared with 0.05.** Two samples of one distribution give a
-positive PSI, ``(bins - 1)(1/n_ref + 1/n)`` on average *for independent rows*. Feature rows are
-not independent: EWMA volatilities, ATR, MACD, 60-bar returns and spreads move slowly, so a
-day of 1-minute bars holds a handful of independent values of them, and intraday seasonality
-makes a 6-hour window look unlike a pool of whole days. Measured on real data
-(``bench/bench_drift.py``, same-regime splits, the window right after the reference), the raw
-score exceeds 0.05 in 62% (FXCM) and 14% (Bittrex) of 24 h checks, 100% and 44% of 6 h ones.
-
-**The correction: an empirical null at the window's size.** ``QT_CLM_DRIFT_THRESHOLD`` is
-compared with :attr:`DriftScore.corrected` ``= score - null``: drift beyond what same-size
-windows of the training data itself show.
-
-- *Null* (measured at fit time, so a check costs what it did): the reference's rows are cut
-  into 15-minute chunks; for window sizes from one chunk's rows to half the reference, sqrt(2)
-  apart, 96 evenly spaced windows of consecutive chunks are scored against the reference
-  *without them*; the table keeps per size the windows' mean score (``expected``) and their
-  95% quantile (``null``). A check reads the table at its row count (log-log interpolation,
-  :meth:`NullTable.at`), so any window length works (24 h, 6 h, ...). The windows carry all
-  that moves the score without drift: autocorrelation, the intraday pattern of the hours they
-  cover, the day-to-day variation of the training period, the number of symbols.
-- *Seasonal score* (when the check passes bar times): each scored feature's expected shares
-  are the reference's shares *at the same UTC hours*, mixed in the window's own proportions of
-  rows per hour (:meth:`FeatureReference.seasonal_psi`), so a quiet Asian session is compared
-  with quiet Asian sessions, not with the London open; the null is measured for this statistic.
-  Without times a check falls back to the pooled score and its null; a reference fitted
-  without times (or read from format 1) has no null and subtracts the independent-rows
-  expectation (:func:`iid_expected_psi`: weak, a floor).
-
-Why this one: measured with ``bench/bench_drift.py`` (200 checks per figure; false alarms on
-same-regime splits of both files at 24 h / 6 h; detection of EURUSD -> NZDUSD, FXCM's calmest
-days -> its most volatile stretches, returns x2), against the other corrections:
-
-- raw minus the independent-rows expectation: no better than raw (false alarms 13-100%);
-- raw minus ``(bins - 1) tau (1/n_ref + 1/n)``, ``tau`` the integrated autocorrelation time
-  of each feature: quiet (0-3.5%) but blind (calm -> volatile 0% at 24 h, EURUSD -> NZDUSD 2%
-  at 6 h): ``tau`` of the slow features is hours, and a few correlated days of reference are
-  not ``n_ref / tau`` independent draws either;
-- raw minus the null's *mean*: 13-31% false alarms at 6 h (there the null's spread exceeds
-  0.05), hence its 95% quantile;
-- the pooled score with that null: quiet (<= 3%), but finds EURUSD -> NZDUSD in 6 h windows in
-  19% of checks and doubled returns in 48%; the seasonal score in 76% and 82% (it gives up
-  some calm -> volatile 6 h checks, 74% against 93%: a volatile afternoon is compared with
-  afternoons);
-- this one: false alarms 0-3%; detection 100% at 24 h, 74-95% at 6 h.
-
-Also tried: a guard (a day left out around each null window's pool) and wider levels (max,
-Student-t prediction bounds): they cut 6-hour detection by a third or more for false alarm
-rates that were already 0-2% while the window follows the reference.
-
-What it does not absorb: slow drift. Over the Bittrex days the PSI of a day against the day
-before grows from 0.02 (next day) to 0.19 (six days later) as volatility falls by a third; a
-check days after a short reference sees that (7% of 24 h checks fire when the window is 0-5
-days after a 2-5 day reference), and that is drift, not noise. The null is only as good as
-the reference is long: one shorter than a few windows has a high null (few detections).
-
-The reference is published in the registry as model ``feature_reference`` (one plain JSON file,
-``reference.json``, format ``qt-psi-reference/2``; format 1 still loads)::
-
-    ref = FeatureReference.fit(X_train, ts_ms=train_bar_close_ms)
-    registry.publish("feature_reference", ref.save, stage=Stage.PRODUCTION,
-                     feature_set=FEATURE_SET_VERSION)
-    check = ref.drift_check(X_recent, ts_ms=recent_bar_close_ms)
-    if check.drifted(settings.clm_drift_threshold): ...   # record check.to_dict()
+A :class:`FeatureReference` is fitted on the training features (decile bins per feature, a NaN
+bin, and an empirical null: the 95% level same-size windows of the training data reach against
+the rest of it). A check scores a recent window (seasonal PSI when bar times are given) and
+compares ``corrected = score - null`` with ``QT_CLM_DRIFT_THRESHOLD``. The statistic, why the
+raw PSI cannot be compared with 0.05, the corrections tried and their measured false-alarm and
+detection rates: ``docs/drift.md``.
 
 >>> rng = np.random.default_rng(0)
 >>> ref = FeatureReference.fit(rng.normal(size=(5000, 2)), names=("a", "b"), scored=("a", "b"))

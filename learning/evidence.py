@@ -1,82 +1,11 @@
 """Promotion by evidence: is a shadow challenger proven better than production, on the same bars?
 
-The rule it replaces (the audit's point rule) promoted when the challenger's macro-F1 over 100
-bars is more than 2% above production's. Equal-skill challengers pass that in a fifth to a third
-of 100-bar windows: labels overlap (each looks ``horizon`` bars ahead), calls persist and
-symbols move together, so 100 bars hold only a few independent observations. This module keeps
-the audit's effect size and asks for proof of it.
-
-**Effect size** (the audit's rule): the challenger must beat ``production * (1 + margin)``
-(``QT_CLM_PROMOTE_MARGIN``, 0.02) in macro-F1 (:func:`models.metrics.macro_f1`) on the same
-bars. The statistic is ``D = F1_chal - (1 + margin) * F1_prod`` (``F1_chal - margin`` when
-production scores 0: the margin read as an absolute score); promotion needs
-``D > 0`` proven.
-
-**Confidence: a paired circular block bootstrap over event time.** Bars are grouped by bar close
-(``ts_ms // bar_ms``; all symbols of a close together, so cross-symbol correlation stays inside
-a block) and blocks are ``L = max(horizon, ceil(T ** (1/3)))`` consecutive closes of the ``T``
-present: at least one label horizon of event time. A resample draws ``ceil(T / L)`` block starts
-uniformly on the circle of closes (Politis & Romano: every close equally likely) and rebuilds
-both models' confusion counts and profit sums from per-block sums (18 numbers a block, no pass
-over the bars); both models are scored on the same resampled blocks, so their common noise
-cancels in ``D`` (paired). The resamples (``resamples``, 1000) give the covariance of the two
-F1s, nonlinearity included. Two known downward biases of the block bootstrap are then removed
-in closed form on each close's first-order share of ``D`` (:func:`_inflation`): block sums
-varying about their own mean lose ``L / T`` of the variance, and a lag-k correlation counts
-only ``1 - k / L``, which at ``L = horizon`` misses a fifth of the standard error of
-overlapping labels (measured: A/A z-scores had standard deviation 1.2 instead of 1). Each
-estimate is divided by ``1 - L / T`` and combined flat-top, ``2 V(2L) - V(L)``, which counts
-every lag below ``L`` fully (never below ``V(L)``). ``z = D / se``; the critical value is
-Student's t with ``blocks - 1`` degrees of freedom, as 10-30 blocks make ``se`` itself noisy.
-
-**Sequential design.** The test runs at fixed looks, ``n_k = min_bars * 2**k`` bars
-(``QT_CLM_SHADOW_MIN``, 100) up to ``max_bars`` (``QT_CLM_SHADOW_MAX``, 3200), each on the first
-``n_k`` bars in time order (whole closes). The error ``alpha = 1 - confidence``
-(``QT_CLM_PROMOTE_CONFIDENCE``, 0.95) is spent as ``alpha * (n_k / max_bars) ** 2`` (Lan &
-DeMets; the quadratic keeps early looks, where a few hours of one market regime can favour
-either model, strict) and each look's boundary is solved for a Brownian-motion statistic by
-numerical integration over the earlier looks (:func:`spending_bounds`): looking six times
-never spends more than ``alpha``, and costs less power than splitting it evenly. A look whose
-bars make fewer than ``min_blocks`` (10) blocks is not taken and its alpha rolls into the first
-look taken (which looks are taken depends on timestamps only, never on outcomes). The decision
-at ``n`` bars is the first final one among the looks up to ``n``: it does not depend on how
-often, or when, the caller asks.
-
-**Decisions** (:class:`Decision`), each a one-sided test at ``confidence``:
-
-- ``promote``: ``z > c_k`` (lower bound of the relative improvement above ``margin``) **and**
-  the challenger earns at least as much as production (below);
-- ``retire_not_better``: ``z < -c_k`` (upper bound at or below ``margin``: proven not more
-  than ``margin`` better);
-- ``wait``: neither, before ``max_bars``; ``retire_unproven``: neither at ``max_bars``.
-
-**Economic guard.** A model's economic score per bar is ``d * fwd - cost`` for a BUY
-(``d = +1``) or SELL (``d = -1``) call, 0 for HOLD (``fwd`` the realised forward log return over
-the label horizon, ``cost`` the round-trip cost term of :func:`models.labels.label_threshold`).
-Rule: the challenger's **point estimate** of mean score per bar must be at least production's;
-if it is below, a look that proves the F1 gain waits (and at ``max_bars`` retires unproven).
-Why the point estimate: demanding a *proven* profit gain would block nearly every good
-challenger (per-bar profit is far noisier than classification); blocking only a *proven* loss
-would promote challengers that earned less on the very bars judged, which the rule forbids.
-The guard only removes promotions, so the F1 test's error bound still holds. The difference's
-interval (same bias correction and boundary) is reported beside it.
-
-**Intervals.** ``improvement_low/high`` are the relative improvements the same test does not
-reject at this look (Fieller's interval for ``F1_chal / F1_prod - 1``): promotion is exactly
-``improvement_low > margin``. Each bound is one-sided at ``confidence`` over all looks together
-(a repeated confidence interval), so the pair covers with ``2 * confidence - 1``.
-
-**Why max_bars = 3200**: the doubling schedule ends on it exactly (100 ... 3200, six looks).
-On the project's data (``bench/bench_promotion.py``) it gives 83% power for a +9% macro-F1
-edge on 10 crypto symbols (3200 bars there are only 320 closes, 32 blocks) and 1.2% false
-promotions on 2 FX pairs; with 2000 the power fell to 65% and false promotions rose to 4.1%.
-Waiting longer gains only as ``sqrt(n)`` while the challenger's training data ages; 3200 bars is
-5 h of 10 symbols' or 27 h of 2 symbols' 1-minute bars, well inside the weekly retrain cycle.
-
-**Determinism**: the resamples are seeded from ``(seed, look)`` (a string seed such as the cycle
-id is hashed with SHA-256), never the clock; row order does not matter. A call on 3264 bars
-took 3 ms (10 symbols) to 13 ms (2 symbols, more blocks) in the benchmark: each look's
-bootstrap is one gather of ``resamples x blocks`` rows of 18 counts.
+The audit's effect size (macro-F1 more than ``QT_CLM_PROMOTE_MARGIN`` above production's) is
+kept and must be proven at ``QT_CLM_PROMOTE_CONFIDENCE``: a paired circular block bootstrap
+over event time (blocks of at least one label horizon), group-sequential looks at 100, 200, ...,
+``QT_CLM_SHADOW_MAX`` bars with alpha spending, and an economic guard (the challenger must
+earn at least as much per bar). Decisions: promote, retire_not_better, wait, retire_unproven.
+The method, why each choice, and its measured error rates: ``docs/promotion.md``.
 
 >>> rng = np.random.default_rng(7)
 >>> n = 2000
