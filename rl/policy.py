@@ -51,7 +51,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule
 
-from models.base import cap_threads
+from models.base import cap_threads, skip_dynamo_import
 from rl.state import (
     ACTION_DIM,
     ACTION_LIMIT,
@@ -404,6 +404,7 @@ class PolicyRuntime:
         params = PPOParams.from_dict(meta["params"])
         zip_path = directory / ZIP_NAME
         cap_threads(1)
+        skip_dynamo_import()  # SB3 builds an Adam: 1-2 s of torch._dynamo imports otherwise
         model = PPO.load(zip_path, device="cpu",
                          custom_objects=_custom_objects(zip_path, params))
         return cls(model, meta["lineage"], int(meta["updates"]),
