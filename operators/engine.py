@@ -57,7 +57,7 @@ from schemas.learning import (
     ShadowPrediction,
     TradeOutcome,
 )
-from schemas.signals import Signal
+from schemas.signals import Signal, Vote
 from schemas.tables import trade_outcome
 from schemas.timeutil import to_ms
 from schemas.trades import JoinedTrade, JoinSource, LearningEvent, TradeClosed
@@ -231,15 +231,25 @@ class DecisionEngine:
 
     # --- the event loop ----------------------------------------------------------------------
     def _run(self, horizon: float) -> list[EngineOutput]:
+        pf = self.portfolio
+        if not pf.ready(horizon):
+            # most items (a symbol's piece of a block) move no horizon: nothing to decide, so
+            # no registry read and no trim (both were per item, the cost of many symbols)
+            return []
         out = EngineOutput()
         self.models.refresh()
-        pf = self.portfolio
+        polled = False
         while (ev := pf.pop(horizon)) is not None:
             if ev.kind is EventKind.DECIDE:
-                if self.models.poll():  # changed by hand: from this bar on (versions.py)
-                    self.policy.adopt()
+                # a stage change made by hand votes from the first bar decided after it is
+                # seen: looked for once per run of ready events (one stat), not per bar
+                if not polled:
+                    polled = True
+                    if self.models.poll():
+                        self.policy.adopt()
                 bar = pf.bar(ev)
-                pf.apply(ev, bar, self._decide(ev.symbol, ev.clock, bar.payload, out))
+                pf.apply(ev, bar, self._decide(ev.symbol, ev.clock, bar.bar_end_ms,
+                                               bar.payload, out))
             elif ev.kind is EventKind.FILL:
                 closes, request = pf.begin_fill(ev)
                 self._trades(closes, out)
@@ -252,29 +262,45 @@ class DecisionEngine:
         pf.trim()
         return [out] if out else []
 
-    def _decide(self, symbol: str, clock: int, payload: Any, out: EngineOutput) -> BarDecision:
+    def _decide(self, symbol: str, clock: int, bar_end_ms: int, payload: Any,
+                out: EngineOutput) -> BarDecision:
         vector, scored = payload
-        votes = [self.votes.vote(m, self.models.production[m], vector, scored)
-                 for m in MODEL_NAMES]
+        votes = self._production_votes(vector, scored)
         weights = None if self.weights is None else self.weights.current()
         signal = signal_of(vector, votes, self.cfg.ensemble, weights)
         key = "global" if self._global else symbol
         supervisor = self.supervisors.get(key)
         if supervisor is None:
             supervisor = self.supervisors[key] = Supervisor(self.cfg.supervisor)
-        decision = supervisor.decide(symbol, clock, signal, vector)
+        decision = supervisor.decide(symbol, clock, signal, vector, bar_end_ms)
         out.signals.append(signal)
         if decision.verdict is not None:
             out.verdicts.append(decision.verdict)
         shadow = shadow_votes(self.votes, self.models.shadows, vector, scored)
         out.shadow += shadow
         if self.clm is not None or self.deps.publish:
-            bar = ScoredBar(symbol, to_ms(vector.ts), vector, signal, shadow)
+            bar = ScoredBar(symbol, bar_end_ms, vector, signal, shadow)
             if self.clm is not None:
                 out.learned(self.clm.on_bar(bar))
             if self.deps.publish:
                 self._publish(bar, out)
         return decision
+
+    def _production_votes(self, vector: Any, scored: Sequence[Vote]) -> list[Vote]:
+        """The votes of the versions the engine holds as production, in MODEL_NAMES order.
+        The scoring step puts the production votes it knew first, in that order: when they
+        are the engine's versions (nearly always) they are taken as they are, the same votes
+        :meth:`VoteBook.vote` would find; otherwise the book looks each one up (or scores it)."""
+        prod = self.models.production
+        n = len(MODEL_NAMES)
+        if len(scored) >= n:
+            for i in range(n):
+                v, m = scored[i], MODEL_NAMES[i]
+                if v.model != m or v.version != prod[m]:
+                    break
+            else:
+                return list(scored[:n])
+        return [self.votes.vote(m, prod[m], vector, scored) for m in MODEL_NAMES]
 
     def _publish(self, event: LearningEvent, out: EngineOutput) -> None:
         out.published.append((self.seq, event))

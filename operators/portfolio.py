@@ -49,7 +49,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -111,14 +111,17 @@ class EventKind(IntEnum):
     EXIT = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event, ready to process: its kind, symbol, tick index and clock."""
+class Event(NamedTuple):
+    """One event, ready to process: its kind, symbol, tick index and clock (a named tuple:
+    one is made per bar, and a tuple is the cheapest immutable record)."""
 
     kind: EventKind
     symbol: str
     index: int
     clock: int
+
+
+KINDS = tuple(EventKind)  # by value: cheaper than EventKind(value) per event
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +132,7 @@ class ExecEvent:
     record: TradeRecord
 
 
-@dataclass(frozen=True, slots=True)
-class PendingBar:
+class PendingBar(NamedTuple):
     """A closed bar waiting for its decision: where it closed in its symbol's ticks."""
 
     close_at: int
@@ -398,6 +400,7 @@ class Portfolio:
         self.ledger = Ledger(cfg.start_equity)
         self._heap: list[tuple[int, str, int, int]] = []
         self._scheduled: dict[str, tuple[int, str, int, int]] = {}
+        self._touched: set[str] = set()  # books whose tape or cursor moved since the last trim
         self.waiting = 0  # bars waiting for their decision (the decision queue)
 
     # --- input ------------------------------------------------------------------------------
@@ -417,6 +420,7 @@ class Portfolio:
         for close_index, clock, bar_end_ms, payload in bars:
             b.closes.append(PendingBar(start + close_index, clock, bar_end_ms, payload))
         self.waiting += len(bars)
+        self._touched.add(symbol)
         b.rescan()
         self._schedule(symbol)
 
@@ -431,6 +435,16 @@ class Portfolio:
             heapq.heappush(self._heap, key)
 
     # --- the event loop -------------------------------------------------------------------
+    def ready(self, horizon: float) -> bool:
+        """Whether an event keyed below ``horizon`` is waiting (stale heap entries dropped)."""
+        heap = self._heap
+        while heap:
+            key = heap[0]
+            if self._scheduled.get(key[1]) == key:
+                return key[0] < horizon
+            heapq.heappop(heap)
+        return False
+
     def pop(self, horizon: float) -> Event | None:
         """The next event whose clock is below ``horizon``, or None."""
         heap = self._heap
@@ -442,13 +456,14 @@ class Portfolio:
             if self._scheduled.get(key[1]) != key:
                 continue  # stale: the symbol's next event changed since
             del self._scheduled[key[1]]
-            return Event(EventKind(key[3]), key[1], key[2], key[0])
+            return Event(KINDS[key[3]], key[1], key[2], key[0])
         return None
 
     def done(self, event: Event) -> None:
         """The event was handled: move the symbol's cursor and schedule its next event."""
         b = self.books[event.symbol]
         b.cursor = max(b.cursor, event.index)
+        self._touched.add(event.symbol)
         self._schedule(event.symbol)
 
     def bar(self, event: Event) -> PendingBar:
@@ -595,8 +610,11 @@ class Portfolio:
         return solo.finish()[0].event  # type: ignore[return-value]
 
     def trim(self) -> None:
-        """Forget ticks no event can need again (before each symbol's processing point)."""
-        for b in self.books.values():
+        """Forget ticks no event can need again (before each symbol's processing point); only
+        books that moved since the last trim can have anything to forget."""
+        touched, self._touched = self._touched, set()
+        for symbol in touched:
+            b = self.books[symbol]
             keep = b.cursor
             if b.position is not None:
                 keep = min(keep, b.position.entry_index)
@@ -625,6 +643,7 @@ class Portfolio:
         p.ledger = state["ledger"].copy()
         for symbol in sorted(p.books):
             p._schedule(symbol)
+        p._touched = set(p.books)
         p.waiting = sum(len(b.closes) for b in p.books.values())
         return p
 

@@ -108,7 +108,9 @@ class Supervisor:
         if self.window is None:
             self.window = BiasWindow(self.cfg.window, self.cfg.min_samples, self.cfg.threshold)
 
-    def decide(self, step_symbol: str, clock: int, signal: Any, vector: Any) -> BarDecision:
+    def decide(self, step_symbol: str, clock: int, signal: Any, vector: Any,
+               bar_end_ms: int | None = None) -> BarDecision:
+        """Judge one signal (``bar_end_ms``: its time in ms, when the caller knows it)."""
         verdict = None
         if signal.action is not Action.HOLD and self.cfg.mode is not SupervisorMode.OFF:
             assert self.window is not None
@@ -121,7 +123,8 @@ class Supervisor:
             verdict = Verdict(step_symbol, signal.ts, signal.action, self.cfg.mode,
                               self.cfg.scope, allowed, biased, reason, buy, sell, n, self.judged)
             self.judged += 1
-        return BarDecision(step_symbol, to_ms(signal.ts), clock, signal, vector, verdict)
+        return BarDecision(step_symbol, to_ms(signal.ts) if bar_end_ms is None else bar_end_ms,
+                           clock, signal, vector, verdict)
 
     def snapshot(self) -> tuple[list[str], int]:
         assert self.window is not None
