@@ -42,8 +42,18 @@ DEFAULT_TICKS = (ROOT.parent / "shared" / "data" / "quotes"
 # bytewax.run as `python -m bytewax.run` would (its argv, so runtime.cluster() reads -i/-a).
 CHILD = r'''
 import atexit, collections, json, runpy, sys, time
+from dataflows import graphs
 from storage import store as st
 stats_path, argv = sys.argv[1], sys.argv[2:]
+built = {}
+lazy_flow = graphs.lazy_flow
+def timed_lazy_flow(build):
+    def timed_build():
+        flow = build()
+        built.update(cpu_s=time.process_time(), wall=time.monotonic())
+        return flow
+    return lazy_flow(timed_build)
+graphs.lazy_flow = timed_lazy_flow  # before dataflows.live is imported by bytewax.run
 counts, rows, busy = collections.Counter(), collections.Counter(), collections.Counter()
 first, last = [], []
 orig = st.Store.insert_async
@@ -71,10 +81,13 @@ def counted(self, table, columns, data, column_oriented=False):
     return run(table, columns, data, column_oriented)
 st.Store.insert_async = counted
 def dump():
-    if counts:
-        span = (last[0] - first[0]) if first and last else 0.0
-        json.dump({"inserts": dict(counts), "rows": dict(rows), "busy_s": dict(busy),
-                   "span_s": span}, open(stats_path, "w"))
+    span = (last[0] - first[0]) if first and last else 0.0
+    cpu = time.process_time()  # every thread of this process (not its children)
+    json.dump({"inserts": dict(counts), "rows": dict(rows), "busy_s": dict(busy),
+               "span_s": span, "startup_cpu_s": built.get("cpu_s", cpu),
+               "streaming_cpu_s": cpu - built.get("cpu_s", cpu),
+               "streaming_wall_s": time.monotonic() - built.get("wall", time.monotonic())},
+              open(stats_path, "w"))
 atexit.register(dump)
 sys.argv = ["bytewax.run", *argv]
 runpy.run_module("bytewax.run", run_name="__main__", alter_sys=True)
@@ -128,10 +141,12 @@ def run_cluster(ticks: Path, processes: int, registry: Path, learning: str, work
     summary = next(o for o in outs if "qt live run summary" in o)
     counts = {m[1].strip(): float(m[2].replace(",", "")) for m in SUMMARY.finditer(summary)}
     stats = [json.loads(f.read_text()) for f in sorted(home.glob("inserts_*.json"))]
-    inserts = collections.Counter()
-    rows = collections.Counter()
+    cpu = [(s["startup_cpu_s"], s["streaming_cpu_s"]) for s in stats]
+    inserts: collections.Counter[str] = collections.Counter()
+    rows: collections.Counter[str] = collections.Counter()
     busy = 0.0
     span = 0.0
+    owners = sum(1 for s in stats if s["inserts"])
     for s in stats:
         inserts.update(s["inserts"])
         rows.update(s["rows"])
@@ -145,7 +160,8 @@ def run_cluster(ticks: Path, processes: int, registry: Path, learning: str, work
             "trades_opened": counts.get("trades opened", 0), "wall_s": wall,
             "inserts": n_ins, "rows": n_rows, "rows_per_insert": n_rows / max(n_ins, 1),
             "inserts_per_s": n_ins / counts["elapsed"], "insert_busy_s": busy,
-            "insert_owners": len(stats), "by_table": {t: (inserts[t], rows[t]) for t in inserts},
+            "insert_owners": owners, "by_table": {t: (inserts[t], rows[t]) for t in inserts},
+            "cpu": cpu,
             "trades": trades, "summary": summary}
 
 
@@ -207,6 +223,16 @@ def main() -> None:
                       f"inserting, {r['insert_owners']} process(es) inserting); by table: "
                       + ", ".join(f"{t} {n}/{rows:,}" for t, (n, rows)
                                   in sorted(r["by_table"].items())))
+                print("   CPU s (start-up / streaming) per process: " + ", ".join(
+                    f"{a:.1f} / {b:.1f}" for a, b in r["cpu"]))
+            one = sum(b for _, b in base["cpu"])
+            for r in runs[1:]:
+                busiest_s = max(b for _, b in r["cpu"])
+                total = sum(b for _, b in r["cpu"])
+                print(f"   {r['processes']} processes: streaming CPU {total:.1f} s in all "
+                      f"({total / one:.2f}x one process's {one:.1f} s), busiest process "
+                      f"{busiest_s:.1f} s: on {r['processes']} free cores at most "
+                      f"{one / busiest_s:.2f}x one process")
     if args.profile is not None:
         print(busiest(args.profile))
 

@@ -1,10 +1,11 @@
 """Bytewax cluster mode: several processes, addressed as across machines (``-i``/``-a``).
 
-Two processes replay the sample with learning on and must decide exactly what one process
-decides: the same trades, supervisor verdicts, PPO updates, CLM decisions and registry
-versions. The embedded store is opened by one of them only (the one that runs the decision
-engine: the rows travel there by the flow's own exchange), the summary is printed once. And
-a Kafka topic's partitions are shared between the processes.
+Two processes replay the sample with learning on (and recovery snapshots every second) and
+must decide exactly what one process decides: the same trades, supervisor verdicts, PPO
+updates, CLM decisions and registry versions. The embedded store is opened by one of them
+only (the one that runs the decision engine: the rows travel there by the flow's own
+exchange), the summary is printed once. And a Kafka topic's partitions are shared between
+the processes.
 """
 
 from __future__ import annotations
@@ -88,7 +89,12 @@ def test_two_processes_decide_and_learn_like_one(settings: Settings, trained_reg
     shutil.copytree(trained_registry, two)
     env = {**os.environ, **LEARNING_ON, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(two),
            "QT_TICKS": str(sample_ticks)}
-    cluster_procs = _start_cluster(["dataflows.live"], env, 2)
+    recovery = home / "recovery"  # with recovery on, a snapshot every second: it must not
+    recovery.mkdir()              # change what is decided (kill -9 + resume: see the README)
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "2"], check=True,
+                   cwd=PROJECT_ROOT, env=env, capture_output=True)
+    cluster_procs = _start_cluster(["dataflows.live", "-r", str(recovery), "-s", "1", "-b", "0"],
+                                   env, 2)
 
     # one process, in this one (the session's store), from the same registry
     one = tmp_path / "one_registry"
