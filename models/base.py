@@ -14,14 +14,18 @@ one thread (:func:`cap_threads`).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from schemas.features import FeatureVector
 from schemas.signals import Action
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODEL_NAMES = ("xgboost", "lightgbm", "nhits", "patchtst")
 
@@ -45,6 +49,11 @@ class SignalModel(Protocol):
         NaN confidence) into HOLD with confidence 0 and counts it."""
         ...
 
+    def vote_arrays(self, batch: VectorBatch) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` as arrays: class ids (0 HOLD, 1 BUY, 2 SELL) and confidences,
+        one per vector of ``batch`` (what the ensemble calls: no per-vector Python)."""
+        ...
+
     def save(self, directory: Path) -> list[Path]:
         """Write the model's native artifact files into ``directory``; return their paths."""
         ...
@@ -57,6 +66,57 @@ class SignalModel(Protocol):
     def describe(self) -> dict[str, Any]:
         """Hyper-parameters and anything else worth recording in the registry."""
         ...
+
+
+class VectorBatch:
+    """Feature vectors scored together, with the arrays the models read built once.
+
+    Every model of the ensemble used to turn the same vectors into the same matrices (the
+    trees a feature matrix each, the forecasters a window matrix each); at a thousand symbols
+    that Python loop cost as much as a model. The ensemble hands one batch to every model
+    (:meth:`SignalModel.vote_arrays`), so each array is built once, on first use.
+    """
+
+    def __init__(self, vectors: Sequence[FeatureVector]) -> None:
+        self.vectors = vectors
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @functools.cached_property
+    def features(self) -> np.ndarray:
+        """``(n, len(FEATURE_NAMES))`` float64, the canonical column order."""
+        from models.dataset import feature_matrix
+
+        return feature_matrix(self.vectors)
+
+    @functools.cached_property
+    def windows(self) -> np.ndarray:
+        """``(n, L)`` one-bar log returns; raises if the vectors' windows differ in length."""
+        import numpy as np
+
+        lengths = {len(v.window) for v in self.vectors}
+        if len(lengths) > 1:
+            raise ValueError(f"windows of lengths {sorted(lengths)} in one batch")
+        return np.array([v.window for v in self.vectors], dtype=np.float64).reshape(
+            len(self.vectors), lengths.pop() if lengths else 0)
+
+    def column(self, name: str) -> np.ndarray:
+        """One feature for every vector (a view of :attr:`features`)."""
+        from operators.features import FEATURE_NAMES
+
+        return self.features[:, FEATURE_NAMES.index(name)]
+
+    def subset(self, index: Sequence[int]) -> VectorBatch:
+        """The batch of the vectors at ``index``, sharing the arrays built so far."""
+        import numpy as np
+
+        sub = VectorBatch([self.vectors[i] for i in index])
+        rows = np.asarray(index, dtype=np.intp)
+        for name in ("features", "windows"):
+            if name in self.__dict__:
+                sub.__dict__[name] = self.__dict__[name][rows]
+        return sub
 
 
 def check_fields(cls: type, d: dict[str, Any]) -> None:

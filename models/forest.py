@@ -182,8 +182,13 @@ class _Tree:
     threshold: Sequence[float]
     default_left: Sequence[bool]
     missing: Sequence[int]
-    leaf_of: Callable[[int], float]  # value of the leaf a negative child (or root) names
-    is_leaf: Callable[[int], bool]
+    leaves: dict[int, float]  # node id -> value, for the nodes that are leaves
+
+    def is_leaf(self, node: int) -> bool:
+        return node in self.leaves
+
+    def leaf_of(self, node: int) -> float:
+        return self.leaves[node]
 
 
 def _depth(t: _Tree, node: int = 0) -> int:
@@ -309,7 +314,7 @@ def read_ubjson(data: bytes) -> Any:
                 pos += size * count
                 return values.astype(values.dtype.newbyteorder("="))
             return [value(typ if typ is not None else next_marker()) for _ in range(count)]
-        items = []
+        items: list[Any] = []
         while True:
             m = next_marker()
             if m == b"]":
@@ -356,14 +361,13 @@ def xgboost_forest(model_bytes: bytes) -> Forest:
             raise ValueError("xgboost forest: vector leaves and categorical splits are not "
                              "supported")
         left = np.asarray(t["left_children"]).tolist()
-        cond = np.asarray(t["split_conditions"], dtype=np.float32)
+        cond = np.asarray(t["split_conditions"], dtype=np.float32).tolist()
         trees.append(_Tree(
             left=left, right=np.asarray(t["right_children"]).tolist(),
-            feature=np.asarray(t["split_indices"]).tolist(), threshold=cond.tolist(),
+            feature=np.asarray(t["split_indices"]).tolist(), threshold=cond,
             default_left=[bool(v) for v in np.asarray(t["default_left"]).tolist()],
             missing=[0] * len(left),
-            leaf_of=lambda node, cond=cond: float(cond[node]),
-            is_leaf=lambda node, left=left: left[node] == -1))
+            leaves={i: cond[i] for i, c in enumerate(left) if c == -1}))
     return _complete(trees, XGBOOST, n_features, n_classes,
                      np.asarray(model["tree_info"]).tolist(), base)
 
@@ -403,8 +407,7 @@ def lightgbm_forest(model_text: str) -> Forest:
         leaf_value = [float(v) for v in b["leaf_value"].split()]
         n_leaves = int(b["num_leaves"])
         if n_leaves == 1:
-            trees.append(_Tree([], [], [], [], [], [], leaf_of=lambda node, lv=leaf_value: lv[0],
-                               is_leaf=lambda node: True))
+            trees.append(_Tree([], [], [], [], [], [], leaves={0: leaf_value[0]}))
             continue
         # internal nodes 0..n-2; a child < 0 is leaf ~child. Leaves get ids n_internal + rank.
         n_int = n_leaves - 1
@@ -421,7 +424,6 @@ def lightgbm_forest(model_text: str) -> Forest:
             threshold=[float(v) for v in b["threshold"].split()],
             default_left=[bool(d & 2) for d in decision],
             missing=[(d >> 2) & 3 for d in decision],
-            leaf_of=lambda node, n_int=n_int, lv=leaf_value: lv[node - n_int],
-            is_leaf=lambda node, n_int=n_int: node >= n_int))
+            leaves={n_int + i: v for i, v in enumerate(leaf_value)}))
     tree_class = [i % n_classes for i in range(len(trees))]
     return _complete(trees, LIGHTGBM, n_features, n_classes, tree_class, [0.0] * n_classes)

@@ -20,20 +20,24 @@ Their ``forward`` is written for speed on batches of windows, not as a transcrip
 three attention projections are one matrix product, BatchNorm is one multiply-add with
 pre-computed coefficients, N-HiTS's interpolation is a matrix, the head's weights are permuted
 so that no transpose is copied. Those change the order of some floating-point sums, so results
-equal neuralforecast's to rounding, not bit for bit (tests/models/test_nets.py checks both in
+equal neuralforecast's to rounding, not bit for bit (tests/models/test_sequence.py checks it in
 float64 against the neuralforecast module, to 1e-9 of a basis point).
 
-A window is ``(n, L)`` one-bar log returns in model units (basis points; the caller scales)
-and the output ``(n, h)`` point forecasts in the same units. :func:`build_net` makes the
-module a ``params.json`` describes; :meth:`inference_copy` gives an eval-mode copy in another
-dtype with the derived (fused) weights computed once.
+Input is chunked: ``(C, B, L)``, C chunks of B windows of L one-bar log returns in model
+units (basis points; the caller scales), output ``(C, B, h)`` point forecasts. Every matrix
+product is per chunk (:func:`_linear`: a batched product of C products of one shape) or per
+window (attention), and every other operation per element or per window, so a chunk's result
+has the same bits whatever C is and a window's whatever its neighbours: the caller
+(:mod:`models.sequence`) relies on it for decisions that do not depend on batching.
+:func:`build_net` makes the module a ``params.json`` describes; :meth:`inference_copy` gives
+an eval-mode copy in another dtype with the derived (fused) weights computed once.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -117,35 +121,45 @@ class NHiTSNet(_Net):
         """Per block: pooling, the MLP's (weight, bias, relu-after) and the knots'
         interpolation matrix (``F.interpolate``'s own weights, applied to the identity)."""
         fast = []
-        for block in self.blocks:
+        for block in cast(Sequence[_NHiTSBlock], self.blocks):
             mods = list(block.layers)
-            steps = []
+            steps: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
             for i, m in enumerate(mods):
                 if isinstance(m, nn.Linear):
                     relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-                    steps.append((m.weight, m.bias, relu))
-            n_knots = steps[-1][0].shape[0] - self.input_size
+                    steps.append((m.weight.t(), m.bias, relu))
+            n_knots = steps[-1][0].shape[1] - self.input_size
             eye = torch.eye(n_knots, dtype=steps[-1][0].dtype).unsqueeze(1)
             interp = F.interpolate(eye, size=self.h, mode="linear")[:, 0, :]  # (knots, h)
             fast.append((block.pool, steps, interp))
         return fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Windows ``(n, L)`` -> forecasts ``(n, h)`` (all-finite windows: the mask is 1)."""
-        L = self.input_size
+        """Chunks of windows ``(C, B, L)`` -> forecasts ``(C, B, h)`` (all-finite windows:
+        neuralforecast's mask is 1). Every product is per chunk (:func:`_linear`)."""
+        C, B, L = x.shape
         residuals = x.flip(dims=(-1,))
-        forecast = x[:, -1:].expand(-1, self.h)  # level (naive-1), as neuralforecast starts
+        forecast = x[..., -1:].expand(C, B, self.h)  # level (naive-1), as neuralforecast
         for pool, steps, interp in self._derived():
             z = residuals
             if pool > 1:
-                z = F.max_pool1d(z.unsqueeze(1), pool, pool, ceil_mode=True).squeeze(1)
+                z = F.max_pool1d(z.reshape(C * B, 1, L), pool, pool, ceil_mode=True) \
+                    .view(C, B, -1)
             for w, b, relu in steps:
-                z = F.linear(z, w, b)
+                z = _linear(z, w, b)
                 if relu:
                     z = F.relu(z)
-            residuals = residuals - z[:, :L]
-            forecast = forecast + z[:, L:] @ interp
+            residuals = residuals - z[..., :L]
+            forecast = forecast + torch.bmm(z[..., L:], interp.expand(C, *interp.shape))
         return forecast
+
+
+def _linear(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``x @ wt + b`` (``wt``: a Linear's weight transposed) for ``x`` of shape
+    ``(C, M, K)``, as one batched product of C ``(M, K) x (K, N)`` products: each chunk's
+    result has the same bits whatever C is (a single ``(C * M, K)`` product would let BLAS
+    choose its kernel by C * M; tests/models/test_nets.py checks both claims)."""
+    return torch.baddbmm(b, x, wt.expand(x.shape[0], *wt.shape))
 
 
 # --- PatchTST ----------------------------------------------------------------------------------
@@ -156,13 +170,17 @@ class _Transpose(nn.Module):
         return x.transpose(1, 2)
 
 
+class _Scale(nn.Module):
+    def __init__(self, d: int, n_heads: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor((d // n_heads) ** -0.5), requires_grad=False)
+
+
 class _Attention(nn.Module):
     def __init__(self, d: int, n_heads: int) -> None:
         super().__init__()
         self.W_Q, self.W_K, self.W_V = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.sdp_attn = nn.Module()
-        self.sdp_attn.scale = nn.Parameter(torch.tensor((d // n_heads) ** -0.5),
-                                           requires_grad=False)
+        self.sdp_attn = _Scale(d, n_heads)
         self.to_out = nn.Sequential(nn.Linear(d, d), nn.Dropout(0.0))
 
 
@@ -174,6 +192,37 @@ class _EncoderLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Dropout(0.0),
                                 nn.Linear(d_ff, d))
         self.norm_ffn = nn.Sequential(_Transpose(), nn.BatchNorm1d(d), _Transpose())
+
+
+class _Encoder(nn.Module):
+    def __init__(self, d: int, n_heads: int, d_ff: int, n_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_EncoderLayer(d, n_heads, d_ff) for _ in range(n_layers)])
+
+
+class _Backbone(nn.Module):
+    def __init__(self, patch_len: int, n_patches: int, d: int, n_heads: int, d_ff: int,
+                 n_layers: int) -> None:
+        super().__init__()
+        self.W_P = nn.Linear(patch_len, d)
+        self.W_pos = nn.Parameter(torch.zeros(n_patches, d))
+        self.encoder = _Encoder(d, n_heads, d_ff, n_layers)
+
+
+class _Head(nn.Module):
+    def __init__(self, n_in: int, h: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, h)
+
+
+class _PatchTSTModel(nn.Module):
+    """neuralforecast's ``PatchTST.model`` (``PatchTST_backbone``): the key prefix."""
+
+    def __init__(self, patch_len: int, n_patches: int, d: int, n_heads: int, d_ff: int,
+                 n_layers: int, h: int) -> None:
+        super().__init__()
+        self.backbone = _Backbone(patch_len, n_patches, d, n_heads, d_ff, n_layers)
+        self.head = _Head(d * n_patches, h)
 
 
 class PatchTSTNet(_Net):
@@ -190,32 +239,25 @@ class PatchTSTNet(_Net):
         self.stride = int(stride)
         self.n_patches = int((input_size - self.patch_len) / stride + 1) + 1  # end padding
         self.d, self.n_heads, self.revin = int(hidden_size), int(n_heads), bool(revin)
-        self.model = nn.Module()
-        backbone = self.model.backbone = nn.Module()
-        backbone.W_P = nn.Linear(self.patch_len, hidden_size)
-        backbone.W_pos = nn.Parameter(torch.zeros(self.n_patches, hidden_size))
-        backbone.encoder = nn.Module()
-        backbone.encoder.layers = nn.ModuleList(
-            [_EncoderLayer(hidden_size, n_heads, linear_hidden_size)
-             for _ in range(encoder_layers)])
-        self.model.head = nn.Module()
-        self.model.head.linear = nn.Linear(hidden_size * self.n_patches, h)
+        self.model = _PatchTSTModel(self.patch_len, self.n_patches, hidden_size, n_heads,
+                                    linear_hidden_size, encoder_layers, h)
         self._fast: Any = None
 
     def _derive(self) -> dict[str, Any]:
         """Fused QKV weights, BatchNorm as scale and shift, the head's weight in
         (patch, channel) order: computed once per inference copy."""
         layers = []
-        for layer in self.model.backbone.encoder.layers:
+        for layer in cast(Sequence[_EncoderLayer], self.model.backbone.encoder.layers):
             att = layer.self_attn
             w_qkv = torch.cat([att.W_Q.weight, att.W_K.weight, att.W_V.weight])
             b_qkv = torch.cat([att.W_Q.bias, att.W_K.bias, att.W_V.bias])
-            layers.append((w_qkv, b_qkv, att.sdp_attn.scale.detach().clone(),
-                           att.to_out[0].weight, att.to_out[0].bias,
-                           *_bn_affine(layer.norm_attn[1]),
-                           layer.ff[0].weight, layer.ff[0].bias,
-                           layer.ff[3].weight, layer.ff[3].bias,
-                           *_bn_affine(layer.norm_ffn[1])))
+            out, ff_in, ff_out = (cast(nn.Linear, m) for m in
+                                  (att.to_out[0], layer.ff[0], layer.ff[3]))
+            layers.append((w_qkv.t(), b_qkv, att.sdp_attn.scale.detach().clone(),
+                           out.weight.t(), out.bias,
+                           *_bn_affine(cast(nn.BatchNorm1d, layer.norm_attn[1])),
+                           ff_in.weight.t(), ff_in.bias, ff_out.weight.t(), ff_out.bias,
+                           *_bn_affine(cast(nn.BatchNorm1d, layer.norm_ffn[1]))))
         head = self.model.head.linear
         # the head flattens (channel, patch); the encoder output is (patch, channel)
         w_head = head.weight.view(self.h, self.d, self.n_patches).transpose(1, 2) \
@@ -224,29 +266,30 @@ class PatchTSTNet(_Net):
         take = torch.cat([torch.arange(self.input_size), pad])
         starts = torch.arange(self.n_patches) * self.stride
         index = take[starts[:, None] + torch.arange(self.patch_len)[None, :]]  # (P, patch)
-        return {"layers": layers, "w_head": w_head, "b_head": head.bias,
-                "index": index.reshape(-1)}
+        return {"layers": layers, "w_head": w_head.t(), "b_head": head.bias,
+                "w_patch": self.model.backbone.W_P.weight.t(), "index": index.reshape(-1)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Windows ``(n, L)`` -> forecasts ``(n, h)``."""
+        """Chunks of windows ``(C, B, L)`` -> forecasts ``(C, B, h)``. Every product is per
+        chunk (:func:`_linear`) or per window (attention)."""
         f = self._derived()
-        n, P, D, H = x.shape[0], self.n_patches, self.d, self.n_heads
+        C, B, _ = x.shape
+        P, D, H = self.n_patches, self.d, self.n_heads
         dk = D // H
         if self.revin:
-            last = x[:, -1:]
-            std = torch.sqrt(x.var(dim=1, unbiased=False, keepdim=True) + REVIN_EPS)
+            last = x[..., -1:]
+            std = torch.sqrt(x.var(dim=-1, unbiased=False, keepdim=True) + REVIN_EPS)
             x = (x - last) / std
-        patches = x[:, f["index"]].view(n, P, self.patch_len)  # end padding + unfold
+        patches = x[..., f["index"]].view(C, B * P, self.patch_len)  # end padding + unfold
         bb = self.model.backbone
-        u = torch.addmm(bb.W_P.bias, patches.view(n * P, -1), bb.W_P.weight.t()) \
-            .view(n, P, D) + bb.W_pos
-        u = u.view(n * P, D)
+        u = (_linear(patches, f["w_patch"], bb.W_P.bias).view(C, B, P, D) + bb.W_pos) \
+            .view(C, B * P, D)
         prev = None
         for (w_qkv, b_qkv, scale, w_o, b_o, a1, c1, w1, b1, w2, b2, a2, c2) in f["layers"]:
-            # one copy puts q, k, v in (n * H, P, dk) blocks; a softmax written out is
-            # several times faster than torch.softmax over 8 scores
-            qkv = torch.addmm(b_qkv, u, w_qkv.t()).view(n, P, 3, H, dk) \
-                .permute(2, 0, 3, 1, 4).contiguous().view(3, n * H, P, dk)
+            # one copy puts q, k, v in (window * head, P, dk) blocks; a softmax written out
+            # is several times faster than torch.softmax over 8 scores
+            qkv = _linear(u, w_qkv, b_qkv).view(C * B, P, 3, H, dk) \
+                .permute(2, 0, 3, 1, 4).contiguous().view(3, C * B * H, P, dk)
             q, k, v = qkv[0], qkv[1], qkv[2]
             if prev is None:
                 scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
@@ -254,12 +297,12 @@ class PatchTSTNet(_Net):
                 scores = torch.baddbmm(prev, q, k.transpose(1, 2), alpha=scale)
             e = (scores - scores.amax(-1, keepdim=True)).exp_()
             attn = e.div_(e.sum(-1, keepdim=True))
-            out = torch.bmm(attn, v).view(n, H, P, dk).transpose(1, 2).reshape(n * P, D)
-            src = torch.addmm(b_o, out, w_o.t()).add_(u).mul_(a1).add_(c1)
-            hidden = F.gelu(torch.addmm(b1, src, w1.t()))
-            u = torch.addmm(b2, hidden, w2.t()).add_(src).mul_(a2).add_(c2)
+            out = torch.bmm(attn, v).view(C * B, H, P, dk).transpose(1, 2).reshape(C, B * P, D)
+            src = _linear(out, w_o, b_o).add_(u).mul_(a1).add_(c1)
+            hidden = F.gelu(_linear(src, w1, b1))
+            u = _linear(hidden, w2, b2).add_(src).mul_(a2).add_(c2)
             prev = scores
-        y = torch.addmm(f["b_head"], u.view(n, P * D), f["w_head"].t())
+        y = _linear(u.view(C, B, P * D), f["w_head"], f["b_head"])
         if self.revin:
             y = y * std + last
         return y

@@ -42,25 +42,30 @@ all: the trained weights run in the plain torch modules of :mod:`models.nets` (s
 start-up). How a batch is computed, and why:
 
 - **Fixed-shape float32 chunks.** The finite windows of a call are cut into chunks of exactly
-  ``chunk`` rows (N-HiTS 32, PatchTST 16), the last one padded with zero windows, and every
-  chunk runs the same forward on a tensor of the same shape. A float32 (or float64) forward's
-  last bits depend on the batch's shape: BLAS picks other kernels and summation orders for
-  other row counts (measured here: N-HiTS in float64 gave other bits for 45 of 72 batch
-  sizes/offsets tried, PatchTST for one row vs many). With one shape, a window's forecast
-  depends only on the window, never on which other windows shared its batch, so a replay
-  decides the same however its input was cut into items (pacing, a resume after a crash,
-  ``-w 1`` or ``-w 2``). tests/models/test_nets.py checks it: a window's forecast is the same
-  bits alone, in batches of 2 to 300 rows, at any position, beside any other windows.
+  ``chunk`` windows (N-HiTS 8, PatchTST 4), the last one padded with zero windows, and every
+  matrix product of the forward is computed per chunk: a batched product over the chunks
+  (:func:`models.nets._linear`, ``baddbmm`` with the weight expanded), never one product
+  over all rows. A forward's last bits depend on the shapes of its products: BLAS picks other
+  kernels and summation orders for other row counts (measured here, float64 as well:
+  neuralforecast's N-HiTS gave other bits for 45 of 72 batch sizes/offsets tried, PatchTST
+  for one window against many). With every product of one shape per chunk, a window's
+  forecast depends only on the window, never on which windows shared its batch or how many
+  there were, so a replay decides the same however its input was cut into items (pacing, a
+  resume after a crash, ``-w 1`` or ``-w 2``). tests/models/test_nets.py checks it: a
+  window's forecast has the same bits alone, in batches of 2 to 300 windows, at any
+  position, beside any other windows. Forwards take ``block`` chunks at a time (the same
+  bits; intermediates that fit the cache).
 - **float32, not float64.** The previous path ran float64 for that invariance (its batch
-  effects were ~1e-16 instead of ~1e-7). Fixed shapes make float64 unnecessary, and float32 is
-  ~2x faster on the GEMMs that dominate PatchTST (bench/bench_ensemble.py). The forecasts
-  differ from float64 by ~1e-6 bps (relative ~1e-6): a vote changes only if a forecast lies
-  that close to its threshold; on the bundled sample's replay no vote changed (see
-  tests/models/test_sequence.py and the bench's agreement line).
-- Eager torch, no TorchScript: a chunk is compute-bound, tracing saved little and cost start-up.
-- ONNX Runtime was not taken: another 20 MB dependency and an export step in the registry for
-  a model whose cost is GEMMs MKL already runs well; its fused kernels would bring the same
-  shape question.
+  effects were ~1e-16 instead of ~1e-7). Per-chunk products make float64 unnecessary, and
+  float32 runs PatchTST's products (most of its time) about twice as fast. The forecasts
+  differ from float64 by ~2e-6 bps: a vote changes only if a forecast is that close to its
+  threshold. On the bundled sample's replay days every vote's action was the same on both
+  paths, confidences within 2e-6 (bench/bench_ensemble.py prints this agreement).
+- Small chunks keep one symbol's decision cheap (one chunk of 4 or 8 windows); batching the
+  chunks keeps a thousand symbols' cheap (one call). Eager torch, no TorchScript: tracing
+  saved ~15% on one chunk and cost start-up time.
+- ONNX Runtime was not taken: another dependency and an export step for models whose cost is
+  matrix products that MKL already runs well; its fused kernels raise the same shape question.
 
 :meth:`~_SequenceModel.reference_forecast_windows` keeps the previous path (neuralforecast's
 module in float64, the TorchScript trace for one window) for the tests and the benchmark.
@@ -112,13 +117,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 import torch
 
-from models.base import Prediction, cap_threads, check_fields
+from models.base import Prediction, VectorBatch, cap_threads, check_fields
 from models.dataset import History
-from models.labels import LabelConfig, label_threshold
+from models.labels import LabelConfig
 from models.nets import build_net
 from operators.features import FEATURE_SET_VERSION
 from schemas.features import FeatureVector
-from schemas.signals import Action
+from schemas.signals import ACTION_OF, Action
 from schemas.timeutil import to_ms
 
 if TYPE_CHECKING:
@@ -242,6 +247,31 @@ def signal_from_forecast(cum_return: float, threshold: float) -> Prediction:
     return Action.HOLD, max(0.0, 1.0 - size / thr)
 
 
+def label_thresholds(vol_ewma: np.ndarray, spread_bps: np.ndarray,
+                     cfg: LabelConfig) -> np.ndarray:
+    """:func:`models.labels.label_threshold` for arrays (the same operations, in order)."""
+    spread = np.where(np.isnan(spread_bps), 0.0, spread_bps / 1e4)
+    vol = np.where(np.isnan(vol_ewma), 0.0, vol_ewma)
+    return np.maximum(cfg.round_trip_cost + spread, cfg.vol_mult * vol * math.sqrt(cfg.horizon))
+
+
+def votes_from_forecasts(cum_return: np.ndarray,
+                         threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`signal_from_forecast` for arrays: (class ids, confidences)."""
+    r = np.asarray(cum_return, dtype=np.float64)
+    t = np.asarray(threshold, dtype=np.float64)
+    thr = np.where(np.isfinite(t), np.maximum(t, MIN_THRESHOLD), MIN_THRESHOLD)
+    size = np.abs(r)
+    finite = np.isfinite(r)
+    with np.errstate(invalid="ignore"):
+        buy, sell = finite & (r > thr), finite & (r < -thr)
+        hold_conf = np.maximum(0.0, 1.0 - size / thr)
+        trade_conf = np.minimum(1.0, size / (2.0 * thr))
+    ids = np.where(buy, 1, np.where(sell, 2, 0))
+    conf = np.where(buy | sell, trade_conf, np.where(finite, hold_conf, 0.0))
+    return ids, conf
+
+
 # --- training data ----------------------------------------------------------------------------
 def training_frame(history: History, cut_ms: int | None = None) -> pd.DataFrame:
     """Long frame ``[unique_id, ds, y]`` of every symbol's bps returns before ``cut_ms``.
@@ -307,7 +337,8 @@ class _SequenceModel:
     nf_class: ClassVar[str]  # class name in neuralforecast.models
     params_cls: ClassVar[type[SeqParams]]
 
-    chunk: ClassVar[int]  # rows per forward: every forward has this shape (module docstring)
+    chunk: ClassVar[int]  # windows per chunk: every product has this shape (module docstring)
+    block: ClassVar[int]  # chunks per forward call (cache-sized intermediates; same bits)
 
     def __init__(self, module: torch.nn.Module, params: SeqParams, cfg: LabelConfig,
                  input_size: int, meta: dict[str, Any],
@@ -330,18 +361,19 @@ class _SequenceModel:
         self._reference: _Reference | None = None
 
     def _forward_chunks(self, y: np.ndarray) -> np.ndarray:
-        """(m, L) windows in bps -> (m, h) forecasts in bps, in chunks of :attr:`chunk` rows
-        (the last padded with zero windows): every forward has the same shape."""
-        B, L = self.chunk, self.input_size
-        out = np.empty((len(y), self.horizon), dtype=np.float64)
-        x = torch.empty((B, L), dtype=torch.float32)  # torch's allocation: same alignment
+        """(m, L) windows in bps -> (m, h) forecasts in bps: padded with zero windows to
+        whole chunks of :attr:`chunk` rows; every product of a forward is per chunk, so a
+        chunk's result does not depend on how many chunks run together (module docstring).
+        Forwards take :attr:`block` chunks at a time: intermediates that fit the cache."""
+        B, L, K = self.chunk, self.input_size, self.block
+        C = -(-len(y) // B)
+        x = torch.zeros((C * B, L), dtype=torch.float32)  # torch's allocation: aligned alike
+        x[:len(y)] = torch.from_numpy(y.astype(np.float32))
+        x = x.view(C, B, L)
         with torch.inference_mode():
-            for start in range(0, len(y), B):
-                part = y[start:start + B]
-                x.zero_()
-                x[:len(part)] = torch.from_numpy(part.astype(np.float32))
-                out[start:start + len(part)] = self._net(x)[:len(part)].numpy()
-        return out
+            out = torch.cat([self._net(x[i:i + K]) for i in range(0, C, K)]) if C > K \
+                else self._net(x)
+            return out.reshape(C * B, self.horizon)[:len(y)].numpy().astype(np.float64)
 
     # --- building and training -----------------------------------------------------------------
     @classmethod
@@ -463,22 +495,30 @@ class _SequenceModel:
         """(n, h) forecast one-bar log returns after each vector's bar (NaN rows in warm-up)."""
         if not vectors:
             return np.empty((0, self.horizon))
-        lengths = {len(v.window) for v in vectors}
+        return self._forecast_batch(VectorBatch(vectors))
+
+    def _forecast_batch(self, batch: VectorBatch) -> np.ndarray:
+        lengths = {len(v.window) for v in batch.vectors}
         if lengths != {self.input_size}:
             raise ValueError(f"{self.name}: windows of length {sorted(lengths)}, the model "
                              f"was trained on {self.input_size}")
-        return self.forecast_windows(np.array([v.window for v in vectors], dtype=np.float64))
+        return self.forecast_windows(batch.windows)
 
     def predict(self, vectors: Sequence[FeatureVector]) -> list[Prediction]:
         """One (action, confidence) per vector by the module docstring's rule."""
         if not vectors:
             return []
-        cum = self.forecast(vectors).sum(axis=1)  # NaN rows stay NaN -> HOLD, 0
-        out = []
-        for v, r in zip(vectors, cum, strict=True):
-            thr = label_threshold(v.values["vol_ewma"], v.values["spread_bps"], self.cfg)
-            out.append(signal_from_forecast(float(r), thr))
-        return out
+        ids, conf = self.vote_arrays(VectorBatch(vectors))
+        return [(ACTION_OF[a], c) for a, c in zip(ids.tolist(), conf.tolist(), strict=True)]
+
+    def vote_arrays(self, batch: VectorBatch) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` as (class ids, confidences): the rule of
+        :func:`signal_from_forecast` on arrays, the same floating-point operations."""
+        if not len(batch):
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        cum = self._forecast_batch(batch).sum(axis=1)  # NaN rows stay NaN -> HOLD, 0
+        thr = label_thresholds(batch.column("vol_ewma"), batch.column("spread_bps"), self.cfg)
+        return votes_from_forecasts(cum, thr)
 
     # --- artifacts --------------------------------------------------------------------------------
     def n_parameters(self) -> int:
@@ -625,7 +665,8 @@ class NHITSModel(_SequenceModel):
     name: ClassVar[str] = "nhits"
     nf_class: ClassVar[str] = "NHITS"
     params_cls: ClassVar[type[SeqParams]] = NHITSParams
-    chunk: ClassVar[int] = 32
+    chunk: ClassVar[int] = 8
+    block: ClassVar[int] = 64
 
 
 class PatchTSTModel(_SequenceModel):
@@ -634,4 +675,5 @@ class PatchTSTModel(_SequenceModel):
     name: ClassVar[str] = "patchtst"
     nf_class: ClassVar[str] = "PatchTST"
     params_cls: ClassVar[type[SeqParams]] = PatchTSTParams
-    chunk: ClassVar[int] = 16
+    chunk: ClassVar[int] = 4
+    block: ClassVar[int] = 32

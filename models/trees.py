@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
-from models.base import Prediction, cap_threads, check_fields
+from models.base import Prediction, VectorBatch, cap_threads, check_fields
 from models.dataset import TrainingSet, feature_matrix
 from models.forest import Forest, lightgbm_forest, xgboost_forest
 from operators.features import FEATURE_NAMES, FEATURE_SET_VERSION
@@ -194,14 +194,19 @@ class _TreeModel:
         """One (action, confidence) per vector: argmax class and its probability."""
         if not vectors:
             return []
-        return self.predict_matrix(feature_matrix(vectors))
+        best, conf = self._vote(feature_matrix(vectors))
+        return [(ACTION_OF[c], p) for c, p in zip(best.tolist(), conf.tolist(), strict=True)]
 
-    def predict_matrix(self, X: np.ndarray) -> list[Prediction]:
-        """:meth:`predict` on a ready feature matrix (the ensemble builds it once per batch)."""
+    def vote_arrays(self, batch: VectorBatch) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` as (class ids, confidences) on the batch's feature matrix."""
+        if not len(batch):
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        return self._vote(batch.features)
+
+    def _vote(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         proba = self.predict_proba(X)
         best = proba.argmax(axis=1)
-        conf = proba[np.arange(len(best)), best]
-        return [(ACTION_OF[c], p) for c, p in zip(best.tolist(), conf.tolist(), strict=True)]
+        return best, proba[np.arange(len(best)), best]
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError

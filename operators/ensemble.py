@@ -47,11 +47,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
 from metrics import METRICS
-from models.base import MODEL_LOCK, MODEL_NAMES
+from models.base import MODEL_LOCK, MODEL_NAMES, VectorBatch
 from schemas.features import FeatureStep, FeatureVector
 from schemas.learning import ShadowPrediction
 from schemas.signals import Action, Consensus, Signal, Vote
@@ -127,13 +128,24 @@ def decide(votes: Sequence[Vote], volatility: float, cfg: EnsembleConfig,
 # ---------------------------------------------------------------------------------------------
 
 Predict = Callable[[Sequence[FeatureVector]], list[tuple[Action, float]]]
+VoteArrays = Callable[[VectorBatch], tuple[np.ndarray, np.ndarray]]
+_ACTIONS = (Action.HOLD, Action.BUY, Action.SELL)  # by class id
 
 
 @dataclass
 class LoadedModel:
+    """A model version as the scorer calls it: ``predict`` (vectors -> (action, confidence)
+    pairs) and, for the project's models, ``vote_arrays`` (a shared :class:`VectorBatch` ->
+    class ids and confidences), the fast path at many symbols."""
+
     name: str
     version: str
     predict: Predict
+    vote_arrays: VoteArrays | None = None
+
+    @classmethod
+    def of(cls, name: str, version: str, model: Any) -> LoadedModel:
+        return cls(name, version, model.predict, getattr(model, "vote_arrays", None))
 
 
 class ModelSource:
@@ -164,7 +176,7 @@ class RegistryModels(ModelSource):
             del self._shadows[key]
         for name, version in sorted(wanted - set(self._shadows)):
             model = self.registry.load(name, version)
-            self._shadows[(name, version)] = LoadedModel(name, version, model.predict)
+            self._shadows[(name, version)] = LoadedModel.of(name, version, model)
             log.info("ensemble: %s %s votes in shadow", name, version)
         return [self._shadows[k] for k in sorted(self._shadows)]
 
@@ -177,7 +189,7 @@ class RegistryModels(ModelSource):
             held = self._loaded.get(name)
             if held is None or held.version != version:
                 model = self.registry.load(name, version)
-                held = self._loaded[name] = LoadedModel(name, version, model.predict)
+                held = self._loaded[name] = LoadedModel.of(name, version, model)
                 log.info("ensemble: %s %s is now voting", name, version)
             out.append(held)
         return out
@@ -211,29 +223,51 @@ def signal_of(vector: FeatureVector, votes: Sequence[Vote], cfg: EnsembleConfig,
                   tuple(votes), w)
 
 
-def model_votes(m: LoadedModel, vectors: Sequence[FeatureVector],
+def model_votes(m: LoadedModel, vectors: Sequence[FeatureVector] | VectorBatch,
                 failures: Counter) -> list[Vote]:
     """``m``'s vote on each vector; a raise, or a bad action or confidence, votes HOLD 0 and
-    is counted in ``failures`` (and logged, sparingly)."""
+    is counted in ``failures`` (and logged, sparingly). With ``vote_arrays`` the model scores
+    a shared :class:`VectorBatch` and the checks run on arrays."""
+    batch = vectors if isinstance(vectors, VectorBatch) else VectorBatch(vectors)
+    n = len(batch)
 
-    def failed(n: int, why: str) -> None:
-        failures[m.name] += n
+    def failed(k: int, why: str) -> None:
+        failures[m.name] += k
         if failures[m.name] <= 10 or failures[m.name] % 1000 == 0:
             log.warning("ensemble: model %s %s failed (%d so far): %s", m.name, m.version,
                         failures[m.name], why)
 
+    if m.vote_arrays is not None:
+        try:
+            ids, conf = m.vote_arrays(batch)
+            ids, conf = np.asarray(ids), np.asarray(conf, dtype=np.float64)
+            if ids.shape != (n,) or conf.shape != (n,):
+                raise ValueError(f"returned {ids.shape}/{conf.shape} votes for {n}")
+        except Exception as exc:  # a model failure must not stop trading decisions
+            failed(n, repr(exc))
+            return [Vote(m.name, m.version, Action.HOLD, 0.0, True)] * n
+        bad = ~((conf >= 0.0) & (conf <= 1.0) & (ids >= 0) & (ids <= 2))
+        name, version = m.name, m.version
+        out = [Vote(name, version, _ACTIONS[a], c)
+               for a, c in zip(np.where(bad, 0, ids).tolist(), conf.tolist(), strict=True)]
+        for i in np.flatnonzero(bad).tolist():
+            failed(1, _vote_problem(_ACTIONS[ids[i]] if ids[i] in (0, 1, 2) else ids[i],
+                                    float(conf[i])) or "bad vote")
+            out[i] = Vote(name, version, Action.HOLD, 0.0, True)
+        return out
+
     try:
-        preds = m.predict(vectors)
-        if len(preds) != len(vectors):
-            raise ValueError(f"returned {len(preds)} predictions for {len(vectors)}")
+        preds = m.predict(batch.vectors)
+        if len(preds) != n:
+            raise ValueError(f"returned {len(preds)} predictions for {n}")
     except Exception as exc:  # a model failure must not stop trading decisions
-        failed(len(vectors), repr(exc))
-        return [Vote(m.name, m.version, Action.HOLD, 0.0, True)] * len(vectors)
+        failed(n, repr(exc))
+        return [Vote(m.name, m.version, Action.HOLD, 0.0, True)] * n
     out = []
-    for action, conf in preds:
-        problem = _vote_problem(action, conf)
+    for action, value in preds:
+        problem = _vote_problem(action, value)
         if problem is None:
-            out.append(Vote(m.name, m.version, action, float(conf)))
+            out.append(Vote(m.name, m.version, action, float(value)))
         else:
             failed(1, problem)
             out.append(Vote(m.name, m.version, Action.HOLD, 0.0, True))
@@ -253,14 +287,16 @@ class Scorer:
     cfg: EnsembleConfig = field(default_factory=EnsembleConfig)
     failures: Counter = field(default_factory=Counter)
 
-    def votes(self, vectors: Sequence[FeatureVector]) -> list[list[Vote]]:
+    def votes(self, vectors: Sequence[FeatureVector],
+              batch: VectorBatch | None = None) -> list[list[Vote]]:
         """Per vector, one vote per production model (MODEL_NAMES order)."""
         per_vector: list[list[Vote]] = [[] for _ in vectors]
         if not vectors:
             return per_vector
+        batch = batch if batch is not None else VectorBatch(vectors)
         with MODEL_LOCK:
             for m in self.models.current():
-                scored = model_votes(m, vectors, self.failures)
+                scored = model_votes(m, batch, self.failures)
                 for out, vote in zip(per_vector, scored, strict=True):
                     out.append(vote)
         return per_vector
@@ -268,14 +304,18 @@ class Scorer:
     def all_votes(self, vectors: Sequence[FeatureVector]) -> list[tuple[Vote, ...]]:
         """Per vector, the votes of every production version and, on warm vectors, of every
         shadow version (a challenger votes beside production, never traded)."""
-        per_vector = self.votes(vectors)
+        batch = VectorBatch(vectors)
+        per_vector = self.votes(vectors, batch)
         warm = [i for i, v in enumerate(vectors) if v.warm]
         if warm:
             with MODEL_LOCK:
-                for m in self.models.shadows():
-                    shadow = model_votes(m, [vectors[i] for i in warm], self.failures)
-                    for i, vote in zip(warm, shadow, strict=True):
-                        per_vector[i].append(vote)
+                shadows = self.models.shadows()
+                if shadows:
+                    warm_batch = batch.subset(warm) if len(warm) < len(vectors) else batch
+                    for m in shadows:
+                        shadow = model_votes(m, warm_batch, self.failures)
+                        for i, vote in zip(warm, shadow, strict=True):
+                            per_vector[i].append(vote)
         return [tuple(vs) for vs in per_vector]
 
     def score(self, vectors: Sequence[FeatureVector]) -> list[Signal]:
@@ -317,7 +357,7 @@ class VoteBook:
         if m is None:
             with MODEL_LOCK:
                 loaded = self.registry.load(model, version)
-            m = self._models[key] = LoadedModel(model, version, loaded.predict)
+            m = self._models[key] = LoadedModel.of(model, version, loaded)
         self.late += 1
         with MODEL_LOCK:
             return model_votes(m, [vector], self.failures)[0]

@@ -227,3 +227,60 @@ def test_warm_start_refuses_the_other_library(trained, tree_split: Split) -> Non
     data, _, val, test = tree_split
     with pytest.raises(TypeError, match="warm-start only from a LightGBMModel"):
         LightGBMModel.train(data, val, test, base=trained["xgboost"])
+
+
+def _edge_rows(model: XGBoostModel | LightGBMModel, X: np.ndarray) -> np.ndarray:
+    """Real rows, then rows whose features sit exactly on split thresholds (where ``<`` and
+    ``<=`` part), on zero, NaN, +-inf and LightGBM's 1e-35 zero band."""
+    rng = np.random.default_rng(7)
+    f = model.forest
+    edges = []
+    for t in range(min(f.n_trees, 30)):
+        for pos in range(f.feature.shape[1]):
+            row = X[rng.integers(len(X))].copy()
+            row[f.feature[t, pos]] = float(f.threshold[t, pos])
+            edges.append(row)
+    odd = X[rng.integers(0, len(X), 400)].copy()
+    mask = rng.random(odd.shape)
+    odd[mask < 0.05] = np.nan
+    odd[(mask >= 0.05) & (mask < 0.08)] = 0.0
+    odd[(mask >= 0.08) & (mask < 0.09)] = 1e-36
+    odd[(mask >= 0.09) & (mask < 0.095)] = -np.inf
+    odd[(mask >= 0.095) & (mask < 0.1)] = np.inf
+    return np.vstack([X, *edges, odd]) if edges else np.vstack([X, odd])
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_numpy_forest_equals_the_library_bit_for_bit(cls, trained, tree_split: Split) -> None:
+    """The serving path (NumPy forest, no library import) gives the library's probabilities
+    to the last bit: same votes, same confidences, so the ensemble and sizing do not move."""
+    data, _, _, _ = tree_split
+    model = trained[cls.name]
+    X = _edge_rows(model, data.X)
+    want = model.reference_proba(X)
+    got = model.forest.predict_proba(X)
+    assert got.dtype == np.float64 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    # the big-batch path runs the library: the same bits either way
+    np.testing.assert_array_equal(model.predict_proba(X), want)
+    small = X[:3]
+    assert len(small) * model.forest.n_trees < 16_384
+    np.testing.assert_array_equal(model.predict_proba(small), want[:3])
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=_ids)
+def test_a_loaded_model_serves_from_the_artifact_without_its_booster(cls, trained,
+                                                                     tree_split: Split,
+                                                                     tmp_path: Path) -> None:
+    data, _, _, test = tree_split
+    model = trained[cls.name]
+    model.save(tmp_path)
+    loaded = cls.load(tmp_path)
+    X = data.X[test]
+    np.testing.assert_array_equal(loaded.forest.predict_proba(X), model.reference_proba(X))
+    assert loaded._booster is None  # served without building the library's booster
+    assert loaded.n_rounds() == model.booster.num_boosted_rounds() if cls is XGBoostModel \
+        else loaded.n_rounds() == model.booster.current_iteration()
+    again = tmp_path / "again"
+    loaded.save(again)  # a loaded model re-saves its artifact unchanged
+    assert (again / cls.model_file).read_bytes() == (tmp_path / cls.model_file).read_bytes()

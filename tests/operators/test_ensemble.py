@@ -155,3 +155,38 @@ def test_a_two_two_split_is_hold_even_when_one_pair_outweighs_the_other() -> Non
     heavy = {"xgboost": 0.4, "lightgbm": 0.05, "nhits": 0.35, "patchtst": 0.2}
     d = decide(votes((B, S, B, S)), 0.0, CFG, heavy)  # BUY pair 0.75 vs SELL pair 0.25
     assert d.action is H and d.buy_votes == pytest.approx(0.75)
+
+
+def test_array_voters_fail_like_predict_voters() -> None:
+    """The fast path (``vote_arrays`` on a shared batch) keeps the failure rules: a raise
+    fails every vote, a NaN / out-of-range confidence or an unknown class id fails that vote."""
+    import numpy as np
+
+    def arrays(ids, conf):
+        return lambda batch: (np.array(ids[:len(batch)]), np.array(conf[:len(batch)]))
+
+    def boom(batch):
+        raise RuntimeError("model exploded")
+
+    def unused(vs):
+        raise AssertionError("predict must not be called when vote_arrays exists")
+
+    models = [
+        LoadedModel("xgboost", "v1", unused, boom),
+        LoadedModel("lightgbm", "v2", unused, arrays([1, 1, 2], [0.9, math.nan, 0.7])),
+        LoadedModel("nhits", "v3", unused, arrays([1, 7, 0], [0.6, 0.6, 1.5])),
+        LoadedModel("patchtst", "v4", unused, arrays([1, 2, 0], [0.9, 0.8, 1.0])),
+    ]
+    scorer = Scorer(Fixed(models))
+    first, second, third = scorer.score([_vector(), _vector(), _vector()])
+    assert first.vote("xgboost") == Vote("xgboost", "v1", H, 0.0, failed=True)
+    assert first.vote("lightgbm") == Vote("lightgbm", "v2", B, 0.9)
+    assert first.vote("nhits") == Vote("nhits", "v3", B, 0.6)
+    assert second.vote("lightgbm") == Vote("lightgbm", "v2", H, 0.0, failed=True)  # NaN
+    assert second.vote("nhits") == Vote("nhits", "v3", H, 0.0, failed=True)  # class 7
+    assert second.vote("patchtst") == Vote("patchtst", "v4", S, 0.8)
+    assert third.vote("nhits") == Vote("nhits", "v3", H, 0.0, failed=True)  # 1.5 > 1
+    assert third.vote("lightgbm") == Vote("lightgbm", "v2", S, 0.7)
+    assert scorer.failures == {"xgboost": 3, "lightgbm": 1, "nhits": 2}
+    assert all(isinstance(v.confidence, float) for s in (first, second, third)
+               for v in s.votes)
