@@ -142,16 +142,18 @@ class TickValidator:
         n = len(rows)
         reason = np.full(n, None, dtype=object)
         stage = np.full(n, None, dtype=object)
+        free = np.ones(n, dtype=bool)  # no reason yet (cheaper than comparing the objects)
 
         def reject(mask: np.ndarray, why: str | Iterable[str], at: Stage) -> None:
-            fresh = mask & (reason == None)  # noqa: E711 - elementwise on an object array
+            fresh = mask & free
             if fresh.any():
                 idx = np.flatnonzero(fresh)
                 reason[idx] = why if isinstance(why, str) else np.asarray(why, object)[idx]
                 stage[idx] = at
+                free[idx] = False
 
         for i, why in rows.errors.items():
-            reason[i], stage[i] = why, Stage.DECODE
+            reason[i], stage[i], free[i] = why, Stage.DECODE, False
         if self.universe:
             known = np.isin(rows.symbol, list(self.universe))
             reject(~known, "unknown symbol", Stage.VALIDATE)
@@ -195,7 +197,7 @@ class TickValidator:
                                    strict=True)], Stage.VALIDATE)
 
         # time jumping ahead of the partition (module docstring); may hold back a tail
-        cand = np.flatnonzero(reason == None)  # noqa: E711
+        cand = np.flatnonzero(free)
         jumped, hold_at = self._jumps(rows.ts_ms[cand], rows.final)
         for k, ref in jumped:
             i = int(cand[k])
@@ -203,44 +205,24 @@ class TickValidator:
                          f"past the newest tick of its feed, {_when(ref)}, and the rows after "
                          "it are not")
             stage[i] = Stage.ORDER
+            free[i] = False
         if hold_at is not None:
             cut = int(cand[hold_at])
             self.held = rows.slice(cut, n)
             self.held.extra_dead = []  # undecodable lines go out with this block
             rows = rows.slice(0, cut)  # (rows_in then counts the held rows when they go out)
-            reason, stage, n = reason[:cut], stage[:cut], cut
+            reason, stage, free, n = reason[:cut], stage[:cut], free[:cut], cut
 
-        ok = reason == None  # noqa: E711
-        accepted: dict[str, np.ndarray] = {}
-        if ok.any():
-            good = np.flatnonzero(ok)
-            symbols = rows.symbol[good]
-            for sym in sorted(set(symbols.tolist())):
-                idx = good[symbols == sym]
-                ts = rows.ts_ms[idx]
-                prior = self.newest_ms.get(sym, NEVER)
-                newest_before = np.maximum.accumulate(np.concatenate(([prior], ts[:-1])))
-                late = ts < newest_before - self.max_backwards_ms
-                if late.any():
-                    bad = idx[late]
-                    reason[bad] = [f"time went backwards by {int(d)} ms"
-                                   for d in (newest_before[late] - ts[late])]
-                    stage[bad] = Stage.ORDER
-                    idx = idx[~late]
-                    ts = ts[~late]
-                if len(idx) == 0:
-                    continue
-                self.newest_ms[sym] = max(prior, int(ts.max()))
-                accepted[sym] = idx
-        # the partition clock: running max of the valid ticks' times, in input order
-        valid = np.zeros(n, dtype=bool)
-        for idx in accepted.values():
-            valid[idx] = True
-        times = np.where(valid, rows.ts_ms, NEVER)
-        clock = np.maximum.accumulate(np.concatenate(([self.clock_ms], times)))[1:]
+        batches: dict[str, TickBatch] = {}
+        clock = np.empty(0, dtype=np.int64)
+        if free.any():
+            good = np.flatnonzero(free)
+            kept, spans, clock = self._order(rows, good, reason, stage)
+            batches = _split(rows, kept, spans, clock)
+        elif n:
+            clock = np.full(n, self.clock_ms, dtype=np.int64)
         if n:
             self.clock_ms = int(clock[-1])
-        batches = {sym: _take(rows, sym, idx, clock) for sym, idx in accepted.items()}
 
         dead = DeadLetters()
         for src, row, raw, why in rows.extra_dead:
@@ -262,6 +244,62 @@ class TickValidator:
         self.blocks += 1
         return Validated(rows.partition, rows.rows_in, batches, dead, tag,
                          rows.input_bytes)
+
+    def _order(self, rows: TickRows, good: np.ndarray, reason: np.ndarray,
+               stage: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]], np.ndarray]:
+        """The "time going backwards" rule for all symbols at once: rejects the late rows
+        among ``good`` (in ``reason``/``stage``), moves each symbol's newest time, and returns
+        the accepted rows grouped by symbol (symbols sorted, input order inside), each
+        symbol's span in that order, and the partition clock at every row of the block.
+
+        One pass of numpy over the block, not one per symbol: a symbol's running maximum is a
+        running maximum over the whole block once every symbol's times are lifted above the
+        previous symbol's (offsets), and a symbol's newest time from earlier blocks enters as
+        a first row (floored just below the block's earliest time, which changes no verdict).
+        """
+        names, group = _factorize(rows.symbol[good])
+        order = np.argsort(group, kind="stable")
+        idx = good[order]
+        g = group[order]
+        ts = rows.ts_ms[idx]
+        counts = np.bincount(g, minlength=len(names))
+        heads = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        lo = int(ts.min()) - 1
+        prior = np.array([max(self.newest_ms.get(sym, NEVER), lo) for sym in names],
+                         dtype=np.int64)
+        span = max(int(ts.max()), int(prior.max())) - lo + 1
+        offset = np.arange(len(names), dtype=np.int64) * span
+        # each symbol's rows, led by its prior newest time, lifted by its offset
+        lifted = np.empty(len(ts) + len(names), dtype=np.int64)
+        pos = np.arange(len(ts)) + g + 1  # after the heads inserted before each group
+        head_pos = heads + np.arange(len(names))
+        lifted[pos] = ts - lo + offset[g]
+        lifted[head_pos] = prior - lo + offset
+        running = np.maximum.accumulate(lifted)
+        newest_before = running[pos - 1] - offset[g] + lo
+        late = ts < newest_before - self.max_backwards_ms
+        if late.any():
+            bad = idx[late]
+            reason[bad] = [f"time went backwards by {int(d)} ms"
+                           for d in (newest_before[late] - ts[late])]
+            stage[bad] = Stage.ORDER
+        keep = ~late
+        kept, gk = idx[keep], g[keep]
+        kept_counts = np.bincount(gk, minlength=len(names))
+        newest = running[head_pos + counts] - offset + lo  # the last row of each group
+        spans: list[tuple[str, int, int]] = []
+        at = 0
+        for sym, k, top in zip(names, kept_counts.tolist(), newest.tolist(),
+                               strict=True):
+            if k:
+                self.newest_ms[sym] = int(top)
+                spans.append((sym, at, at + k))
+                at += k
+        # the partition clock: running max of the accepted ticks' times, in input order
+        times = np.full(len(rows), NEVER, dtype=np.int64)
+        times[kept] = rows.ts_ms[kept]
+        clock = np.maximum.accumulate(np.concatenate(([self.clock_ms], times)))[1:]
+        return kept, spans, clock
 
     def _jumps(self, t: np.ndarray, final: bool) -> tuple[list[tuple[int, int]], int | None]:
         """Time jumps among the candidate rows' times ``t`` (input order): the positions
@@ -350,8 +388,47 @@ def _prepend(held: TickRows, rows: TickRows) -> TickRows:
     return merged
 
 
-def _take(rows: TickRows, symbol: str, idx: np.ndarray, clock: np.ndarray) -> TickBatch:
-    candle = None if rows.candle is None else tuple(a[idx] for a in rows.candle)
-    return TickBatch(symbol, rows.ts_ms[idx], rows.price[idx], rows.bid[idx], rows.ask[idx],
-                     rows.size[idx], rows.side[idx], rows.origin[idx],
-                     candle, clock[idx])  # type: ignore[arg-type]
+def _factorize(symbols: np.ndarray, peel: int = 4) -> tuple[list[str], np.ndarray]:
+    """The distinct symbols, sorted, and each row's index among them. A feed of a few
+    symbols is split by comparing against each in turn (one numpy pass per symbol); many
+    symbols by one hash pass over the rows (sorting the object array would cost a Python
+    comparison per step)."""
+    n = len(symbols)
+    hit = symbols == symbols[0]
+    if hit.all():
+        return [symbols[0]], np.zeros(n, dtype=np.intp)
+    first = np.zeros(n, dtype=np.intp)
+    seen: list[str] = [symbols[0]]
+    rest = np.flatnonzero(~hit)
+    while len(rest) and len(seen) < peel:
+        sym = symbols[rest[0]]
+        hit = symbols[rest] == sym
+        first[rest[hit]] = len(seen)
+        seen.append(sym)
+        rest = rest[~hit]
+    if len(rest):
+        codes = {sym: k for k, sym in enumerate(seen)}
+        first[rest] = np.fromiter((codes.setdefault(x, len(codes))
+                                   for x in symbols[rest].tolist()),
+                                  dtype=np.intp, count=len(rest))
+        seen = list(codes)
+    rank = sorted(range(len(seen)), key=seen.__getitem__)
+    remap = np.empty(len(seen), dtype=np.intp)
+    remap[rank] = np.arange(len(seen))
+    return [seen[i] for i in rank], remap[first]
+
+
+def _split(rows: TickRows, kept: np.ndarray, spans: list[tuple[str, int, int]],
+           clock: np.ndarray) -> dict[str, TickBatch]:
+    """One gather of every column in symbol order, then each symbol's batch as views of it
+    (one numpy call per column per block, not per symbol)."""
+    cols = [rows.ts_ms[kept], rows.price[kept], rows.bid[kept], rows.ask[kept],
+            rows.size[kept], rows.side[kept], rows.origin[kept], clock[kept]]
+    candle = None if rows.candle is None else [a[kept] for a in rows.candle]
+    out: dict[str, TickBatch] = {}
+    for sym, a, b in spans:
+        ts, px, bid, ask, size, side, origin, clk = (c[a:b] for c in cols)
+        out[sym] = TickBatch(sym, ts, px, bid, ask, size, side, origin,
+                             None if candle is None else (candle[0][a:b], candle[1][a:b],
+                                                          candle[2][a:b]), clk)
+    return out
