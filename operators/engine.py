@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ from schemas.timeutil import to_ms
 from schemas.trades import JoinedTrade, JoinSource, LearningEvent, TradeClosed
 
 log = logging.getLogger(__name__)
+# A manual stage change (python -m cli.registry) is looked for before a bar at most this often
+# (wall time): a person's change is seen within it, a replay pays one stat per interval.
+POLL_EVERY_S = 0.05
 
 
 class BarLearner(Protocol):
@@ -153,6 +157,7 @@ class DecisionEngine:
                                    state=state.get("models"))
         self.votes = VoteBook(registry)
         self.policy = PolicySource(registry, state.get("pinned"))
+        self._polled_at = -math.inf  # wall clock of the last look for manual stage changes
         self.sizer = Sizer(cfg.sizing, self.policy)
         self.weights = (DynamicWeights(cfg.ensemble.weights,
                                        pair_limit=cfg.ensemble.vote_threshold)
@@ -238,13 +243,14 @@ class DecisionEngine:
             return []
         out = EngineOutput()
         self.models.refresh()
-        polled = False
         while (ev := pf.pop(horizon)) is not None:
             if ev.kind is EventKind.DECIDE:
-                # a stage change made by hand votes from the first bar decided after it is
-                # seen: looked for once per run of ready events (one stat), not per bar
-                if not polled:
-                    polled = True
+                # a stage change made by hand votes from the next bar: looked for before a bar
+                # (one stat) when POLL_EVERY_S of wall time passed since the last look, so a
+                # replay's run of hundreds of ready bars costs one stat, not hundreds
+                now = time.monotonic()
+                if now - self._polled_at >= POLL_EVERY_S:
+                    self._polled_at = now
                     if self.models.poll():
                         self.policy.adopt()
                 bar = pf.bar(ev)

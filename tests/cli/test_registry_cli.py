@@ -301,8 +301,9 @@ def test_the_live_flow_decides_with_a_rollback_from_the_next_bar(
         monkeypatch, capsys) -> None:
     """A rollback by ``python -m cli.registry`` in another process, made while the live flow
     runs (it holds the embedded store, so the CLI's rows wait in the spool): the bars decided
-    up to the change vote with xgboost v0002 and size with ppo v0002, every bar after it with
-    v0001, learning off (the engine follows the registry) and on (it owns its versions)."""
+    before the change is seen vote with xgboost v0002 and size with ppo v0002, every bar after
+    with v0001, learning off (the engine follows the registry) and on (it owns its versions).
+    The CLI takes longer than the engine's polling interval, so the very next bar sees it."""
     reg = ModelRegistry(registry_copy)
     for model in ("xgboost", "ppo"):
         copy_version(reg, model, Stage.PRODUCTION)
@@ -313,8 +314,9 @@ def test_the_live_flow_decides_with_a_rollback_from_the_next_bar(
     decided: list[tuple[str, int, str | None]] = []
     decide = DecisionEngine._decide
 
-    def spy(self: DecisionEngine, symbol: str, clock: int, payload, out):
-        decision = decide(self, symbol, clock, payload, out)
+    def spy(self: DecisionEngine, symbol: str, *args):
+        decision = decide(self, symbol, *args)
+        out = args[-1]  # the engine's output of this step (its last argument)
         decided.append((symbol, to_ms(out.signals[-1].ts), self.policy.version))
         if len(decided) == ROLLBACK_AT:
             for model in ("xgboost", "ppo"):
