@@ -26,7 +26,9 @@ open bar carries over between batches in a few scalars (:class:`OpenBar`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass
+from datetime import datetime
 
 import bytewax.operators as op
 import numpy as np
@@ -74,19 +76,42 @@ class OpenBar:
             setattr(self, name, getattr(later, name))
 
     def to_bar(self, symbol: str, seconds: int) -> Bar:
-        if self.sized_v > 0:
-            vwap = self.sized_pv / self.sized_v
-        else:
-            vwap = self.unsized_p / self.unsized_n if self.unsized_n else self.close
-        q = self.quote_count
-        return Bar(
-            symbol=symbol, seconds=seconds, start=from_ms(self.start_ms),
-            end=from_ms(self.start_ms + seconds * 1000), open=self.open, high=self.high,
-            low=self.low, close=self.close, volume=self.volume, tick_count=self.tick_count,
-            vwap=vwap, buy_volume=self.buy_volume, sell_volume=self.sell_volume,
-            quote_count=q, spread_mean=self.spread_sum / q if q else math.nan,
-            spread_max=self.spread_max if q else math.nan,
-        )
+        return make_bar(symbol, seconds, self.start_ms, self.open, self.high, self.low,
+                        self.close, self.tick_count, self.unsized_n, self.quote_count,
+                        (self.volume, self.sized_pv, self.sized_v, self.unsized_p,
+                         self.buy_volume, self.sell_volume, self.spread_sum), self.spread_max)
+
+
+def make_bar(symbol: str, seconds: int, start_ms: int, open_: float, high: float, low: float,
+             close: float, tick_count: int, unsized_n: int, quote_count: int,
+             sums: Sequence[float], spread_max: float) -> Bar:
+    """A closed bar from its aggregates (``sums`` in :data:`SUM_FIELDS` order)."""
+    volume, sized_pv, sized_v, unsized_p, buy_volume, sell_volume, spread_sum = sums
+    vwap = sized_pv / sized_v if sized_v > 0 else unsized_p / unsized_n if unsized_n else close
+    q = quote_count
+    start, end = _bar_times(start_ms, seconds)
+    return Bar(
+        symbol=symbol, seconds=seconds, start=start, end=end, open=open_, high=high,
+        low=low, close=close, volume=volume, tick_count=tick_count,
+        vwap=vwap, buy_volume=buy_volume, sell_volume=sell_volume,
+        quote_count=q, spread_mean=spread_sum / q if q else math.nan,
+        spread_max=spread_max if q else math.nan,
+    )
+
+
+_TIMES: dict[tuple[int, int], tuple[datetime, datetime]] = {}
+
+
+def _bar_times(start_ms: int, seconds: int) -> tuple[datetime, datetime]:
+    """A bar's start and end datetimes; many symbols close the same minute, so the (immutable)
+    datetimes of recent bar starts are kept and shared."""
+    key = (start_ms, seconds)
+    times = _TIMES.get(key)
+    if times is None:
+        if len(_TIMES) >= 4096:
+            _TIMES.clear()
+        times = _TIMES[key] = (from_ms(start_ms), from_ms(start_ms + seconds * 1000))
+    return times
 
 
 SUM_FIELDS = ("volume", "sized_pv", "sized_v", "unsized_p", "buy_volume", "sell_volume",
@@ -113,26 +138,31 @@ class BarBuilder:
         if self.open_bar is not None:
             starts = np.maximum(starts, self.open_bar.start_ms)
         starts = np.maximum.accumulate(starts)  # a late tick joins the open bar
-        cut = np.flatnonzero(np.diff(starts)) + 1
+        cut = np.flatnonzero(starts[1:] != starts[:-1]) + 1
         first = np.concatenate(([0], cut))
         last = np.concatenate((cut - 1, [n - 1]))
         carry = self.open_bar
         continues = carry is not None and carry.start_ms == int(starts[0])
-        segments = _segments(ticks, starts, first, last, carry if continues else None)
+        agg = _aggregate(ticks, starts, first, last, carry if continues else None)
 
         closed: list[Bar] = []
         close_at: list[int] = []
-        if self.open_bar is not None:
+        k0 = 0
+        if carry is not None:
             if continues:
-                self.open_bar.merge(segments[0])
-                segments[0] = self.open_bar
+                carry.merge(agg.open_bar(0))
+                k0 = 1
+                if len(first) > 1:  # the carried bar closes at the next segment's first tick
+                    closed.append(carry.to_bar(self.symbol, self.seconds))
+                    close_at.append(int(first[1]))
             else:
-                closed.append(self.open_bar.to_bar(self.symbol, self.seconds))
+                closed.append(carry.to_bar(self.symbol, self.seconds))
                 close_at.append(0)
-        for k in range(len(segments) - 1):
-            closed.append(segments[k].to_bar(self.symbol, self.seconds))
-            close_at.append(int(first[k + 1]))
-        self.open_bar = segments[-1]
+        last_k = len(first) - 1
+        if k0 < last_k:
+            closed += agg.bars(self.symbol, self.seconds, k0, last_k)
+            close_at += first[k0 + 1:last_k + 1].tolist()
+        self.open_bar = carry if continues and last_k == 0 else agg.open_bar(last_k)
         return closed, close_at
 
     def flush(self) -> list[Bar]:
@@ -146,7 +176,8 @@ class BarBuilder:
     # --- as a stage (see operators.stage) --------------------------------------------------
     def push(self, item: SymbolTicks) -> list[BarStep]:
         bars, close_at = self.push_ticks(item.ticks)
-        clocks = [item.ticks.clock_at(i) for i in close_at]
+        t = item.ticks
+        clocks = (t.ts_ms if t.clock_ms is None else t.clock_ms)[close_at].tolist()
         return [BarStep(self.symbol, item.ticks, bars, close_at, item.tag, clocks)]
 
     def finish(self) -> list[BarStep]:
@@ -181,21 +212,70 @@ def build_bars(step_id: str, up: KeyedStream[SymbolTicks], seconds: int) -> Keye
         lambda item: BarBuilder(item.ticks.symbol, seconds), BarBuilder.restore))
 
 
-def _segments(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.ndarray,
-              carry: OpenBar | None) -> list[OpenBar]:
+class _Aggregates:
+    """The aggregates of each run of equal bar start in a batch, as columns."""
+
+    __slots__ = (
+        "closes",
+        "counts",
+        "highs",
+        "lows",
+        "opens",
+        "spread_max",
+        "starts",
+        "sums",
+    )
+
+    def __init__(self, starts: list[int], opens: list[float], highs: list[float],
+                 lows: list[float], closes: list[float], counts: list[list[int]],
+                 sums: list[list[float]], spread_max: list[float]) -> None:
+        self.starts, self.opens, self.highs, self.lows = starts, opens, highs, lows
+        self.closes, self.counts, self.sums, self.spread_max = closes, counts, sums, spread_max
+
+    def open_bar(self, k: int) -> OpenBar:
+        sm, ct = self.sums[k], self.counts[k]
+        return OpenBar(start_ms=self.starts[k], open=self.opens[k], high=self.highs[k],
+                       low=self.lows[k], close=self.closes[k], volume=sm[0], tick_count=ct[0],
+                       sized_pv=sm[1], sized_v=sm[2], unsized_p=sm[3], unsized_n=ct[1],
+                       buy_volume=sm[4], sell_volume=sm[5], quote_count=ct[2],
+                       spread_sum=sm[6], spread_max=self.spread_max[k])
+
+    def bars(self, symbol: str, seconds: int, a: int, b: int) -> list[Bar]:
+        """Bars of runs ``a .. b-1`` (closed, none of them carried over)."""
+        return [make_bar(symbol, seconds, st, o, h, lo, c, ct[0], ct[1], ct[2], sm, mx)
+                for st, o, h, lo, c, ct, sm, mx in zip(
+                    self.starts[a:b], self.opens[a:b], self.highs[a:b], self.lows[a:b],
+                    self.closes[a:b], self.counts[a:b], self.sums[a:b], self.spread_max[a:b],
+                    strict=True)]
+
+
+SEQUENTIAL_RUNS = 32  # runs up to this long are summed position by position, all at once
+
+
+def _aggregate(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.ndarray,
+               carry: OpenBar | None) -> _Aggregates:
     """Aggregates of each run of equal bar start. Sums are sequential (left to right, starting
     from ``carry``'s sums for the first run), so a bar's values do not depend on how its ticks
-    were split into batches: a file replay and a Kafka feed give bit-identical bars."""
+    were split into batches: a file replay and a Kafka feed give bit-identical bars.
+
+    Sequential sums of many short runs (a candle is a run of one) are made for all runs at
+    once, position by position (numpy's own reductions sum pairwise, in another order); a
+    long run is summed with its own cumulative sum.
+    """
     price = t.price
     if t.candle is None:
         opens = highs = lows = typical = price
     else:
         o, h, lo = t.candle
         is_candle = ~np.isnan(h)
-        opens = np.where(is_candle, o, price)
-        highs = np.where(is_candle, h, price)
-        lows = np.where(is_candle, lo, price)
-        typical = np.where(is_candle, (h + lo + price) / 3.0, price)
+        if is_candle.all():
+            opens, highs, lows = o, h, lo
+            typical = (h + lo + price) / 3.0
+        else:
+            opens = np.where(is_candle, o, price)
+            highs = np.where(is_candle, h, price)
+            lows = np.where(is_candle, lo, price)
+            typical = np.where(is_candle, (h + lo + price) / 3.0, price)
     size = t.size
     sized = size > 0  # NaN compares False: unknown sizes are "unsized"
     size0 = np.where(sized, size, 0.0)
@@ -205,23 +285,34 @@ def _segments(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.ndar
     terms = np.column_stack((size0, np.where(sized, typical * size0, 0.0), size0,
                              np.where(sized, 0.0, typical), np.where(t.side > 0, size0, 0.0),
                              np.where(t.side < 0, size0, 0.0), spread))
-    sums = np.empty((len(first), len(SUM_FIELDS)))
-    for k, (a, b) in enumerate(zip(first.tolist(), (last + 1).tolist(), strict=True)):
-        seg = terms[a:b]
-        if k == 0 and carry is not None:
-            seg = np.vstack((np.array([getattr(carry, f) for f in SUM_FIELDS]), seg))
-        sums[k] = np.cumsum(seg, axis=0)[-1]
-    counts = np.column_stack((last - first + 1, np.add.reduceat((~sized).astype(np.int64), first),
-                              np.add.reduceat(quoted.astype(np.int64), first)))
-    cols = zip(
-        starts[first].tolist(), opens[first].tolist(),
-        np.maximum.reduceat(highs, first).tolist(), np.minimum.reduceat(lows, first).tolist(),
-        price[last].tolist(), counts.tolist(), sums.tolist(),
-        np.maximum.reduceat(np.where(quoted, spread, -np.inf), first).tolist(),
-        strict=True,
-    )
-    return [OpenBar(start_ms=st, open=op_, high=hi, low=lo_, close=cl, volume=sm[0],
-                    tick_count=ct[0], sized_pv=sm[1], sized_v=sm[2], unsized_p=sm[3],
-                    unsized_n=ct[1], buy_volume=sm[4], sell_volume=sm[5], quote_count=ct[2],
-                    spread_sum=sm[6], spread_max=mx)
-            for st, op_, hi, lo_, cl, ct, sm, mx in cols]
+    lengths = last - first + 1
+    longest = int(lengths.max())
+    if longest <= SEQUENTIAL_RUNS:
+        sums = terms[first]  # a copy: the first term of each run
+        if carry is not None:
+            sums[0] = np.array([getattr(carry, f) for f in SUM_FIELDS]) + sums[0]
+        for j in range(1, longest):
+            more = np.flatnonzero(lengths > j)
+            sums[more] += terms[first[more] + j]
+    else:
+        sums = np.empty((len(first), len(SUM_FIELDS)))
+        for k, (a, b) in enumerate(zip(first.tolist(), (last + 1).tolist(), strict=True)):
+            seg = terms[a:b]
+            if k == 0 and carry is not None:
+                seg = np.vstack((np.array([getattr(carry, f) for f in SUM_FIELDS]), seg))
+            sums[k] = np.cumsum(seg, axis=0)[-1]
+    if longest == 1:
+        highs_k, lows_k = highs, lows
+        unsized = (~sized).astype(np.int64)
+        counts = np.column_stack((lengths, unsized, quoted.astype(np.int64)))
+        spread_max = np.where(quoted, spread, -np.inf)
+    else:
+        highs_k = np.maximum.reduceat(highs, first)
+        lows_k = np.minimum.reduceat(lows, first)
+        counts = np.column_stack((lengths,
+                                  np.add.reduceat((~sized).astype(np.int64), first),
+                                  np.add.reduceat(quoted.astype(np.int64), first)))
+        spread_max = np.maximum.reduceat(np.where(quoted, spread, -np.inf), first)
+    return _Aggregates(starts[first].tolist(), opens[first].tolist(), highs_k.tolist(),
+                       lows_k.tolist(), price[last].tolist(), counts.tolist(), sums.tolist(),
+                       spread_max.tolist())
