@@ -7,9 +7,12 @@ invocation: a fresh ``QT_HOME`` and a fresh copy of the registry, then
 (one process: no ``-i/-a``). Reported per run: ticks/s from the flow's own summary (streaming
 time, models loaded), the slowest process's wall time, the store's inserts (count, rows, rows
 per insert, inserts/s, seconds spent inserting, counted in the process that owns the embedded
-store), and whether the trades (``cli.analytics trades``) equal those of the first
-``--processes`` value. With ``--profile DIR``, each process runs under ``py-spy record``
-(raw collapsed stacks, ``DIR/<learning>_p<N>_<i>.txt``) and the busiest functions are printed.
+store), each process's CPU seconds before and after its flow is built (start-up, streaming),
+and whether the trades (``cli.analytics trades``) equal those of the first ``--processes``
+value. With ``--profile DIR``, each process runs under ``py-spy record --gil`` (samples of
+the thread holding the GIL: the Python work; chDB's inserts and other native work without
+the GIL show in the CPU figures only; raw collapsed stacks in ``DIR/<learning>_p<N>_<i>.txt``)
+and the busiest functions are printed.
 
 Learning on runs with ``QT_CLM_BLOCKING=true`` (training inside the engine's order) unless
 ``--clm-background``: a cycle trained in a background process arrives when it arrives, so
@@ -124,7 +127,8 @@ def run_cluster(ticks: Path, processes: int, registry: Path, learning: str, work
         cmd = [sys.executable, "-c", CHILD, str(home / f"inserts_{i}.json"), *args]
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
-            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "50", "-f", "raw",
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "-r", "50",
+                   "-f", "raw",
                    "-o", str(profile / f"{learning}_p{processes}_{i}.txt"), "--", *cmd]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -174,10 +175,12 @@ def validated_counts(v: Validated) -> Counts:
     """Rows, ticks and dead letters of a validated block, by stage and by reason kind."""
     c = {"rows_in": v.rows_in, "ticks": v.ticks, "dead_letters": len(v.dead),
          "input.bytes": v.input_bytes}
-    for stage, reason in zip(v.dead.stage, v.dead.reason, strict=True):
+    # counted by distinct (stage, reason) first: a month of quotes has 136k dead letters of
+    # one reason, and a Python loop per row was 6% of the flow's CPU
+    for (stage, reason), n in Counter(zip(v.dead.stage, v.dead.reason, strict=True)).items():
         for key in (f"dead_letters.{stage.value}",
                     f"{DEAD_LETTER_REASON}{stage.value}.{reason_kind(reason)}"):
-            c[key] = c.get(key, 0) + 1
+            c[key] = c.get(key, 0) + n
     return {k: n for k, n in c.items() if n}
 
 

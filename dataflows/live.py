@@ -25,7 +25,7 @@ from dataflows import graphs
 from models.base import MODEL_NAMES, POLICY_NAME
 from models.registry import REPAIR_COMMAND, open_registry, version_span
 from report.build import report_command
-from runtime import cluster, install_stop_handlers
+from runtime import cluster, install_stop_handlers, tune_gc
 from settings import Settings
 from storage.store import check_embedded_store, open_store
 
@@ -123,6 +123,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
         # the learning flow runs in its own process: python -m bytewax.run dataflows.learning
         graphs.publish_learning_events(decided, settings.trade_events)
     graphs.store("clickhouse", rows, settings, list(graphs.LIVE_TABLES))
+    tune_gc()  # start-up's objects frozen, fewer collections (runtime.py says why)
     started = time.monotonic()  # after the models are loaded: the summary measures streaming
     always = graphs.LEARNING_SUMMARY if graphs.inline_learning(settings) else ()
     graphs.print_summary(counts, started, "qt live run summary", settings, always,
