@@ -415,7 +415,8 @@ def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
         return owner_key
 
     keyed = op.key_on(f"{flow_step}_to_store_owner", merged, to_owner)
-    op.stateful_batch(flow_step, keyed, lambda _: StoreOwner(settings, flush_s))
+    written = op.stateful_batch(flow_step, keyed, lambda _: StoreOwner(settings, flush_s))
+    op.inspect(f"{flow_step}_end", written, lambda _step, _item: None)  # (emits nothing)
 
 
 LEARNING_SUMMARY = ("rl.transitions", "rl.updates", "clm.cycles", "clm.promoted")

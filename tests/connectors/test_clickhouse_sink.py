@@ -59,3 +59,53 @@ def test_an_insert_error_fails_the_next_write(store: Any) -> None:
     writer.write_batch([bad])
     with pytest.raises(Exception, match="no_such_column"):
         writer.flush()
+
+
+# --- where and how often rows are written ---------------------------------------------------
+def test_replays_insert_by_size_and_live_input_keeps_its_flush_period(settings: Any) -> None:
+    from connectors.clickhouse import REPLAY_FLUSH_SECONDS, flush_seconds
+
+    s = settings.replace(sink_flush_seconds=1.0)
+    assert flush_seconds(s) == REPLAY_FLUSH_SECONDS  # an unpaced file replay
+    assert flush_seconds(s.replace(replay_speed=10.0)) == 1.0  # paced: someone watches
+    assert flush_seconds(s.replace(ticks="kafka://h:9092/ticks")) == 1.0
+    assert flush_seconds(s, live=True) == 1.0
+    assert flush_seconds(s.replace(sink_flush_seconds=30.0)) == 30.0  # never shorter
+
+
+def test_every_block_is_written_by_the_engine_keys_owner(settings: Any, store: Any) -> None:
+    """The embedded store's writer is a stateful step on the engine's key: blocks from any
+    worker reach it, in order, and each snapshot stores what came before it."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, run_main
+
+    from connectors.clickhouse import STORE_OWNER
+    from dataflows import graphs
+    from schemas.tables import DEAD_LETTERS
+
+    flow = Dataflow("owner")
+    blocks = op.input("in", flow, TestingSource([block(3), block(4, 3), block(2, 7)], 1))
+    graphs.store("clickhouse", [blocks], settings, [DEAD_LETTERS])
+    run_main(flow)
+    assert stored(store) == 9 and STORE_OWNER.is_set()
+
+
+def test_a_block_of_a_table_the_flow_does_not_write_is_refused(settings: Any) -> None:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, run_main
+
+    from dataflows import graphs
+
+    flow = Dataflow("unknown_table")
+    graphs.store("clickhouse", [op.input("in", flow, TestingSource([block(1)]))], settings,
+                 ["bars"])
+    with pytest.raises(Exception) as raised:
+        run_main(flow)
+    causes: list[BaseException] = []
+    e: BaseException | None = raised.value
+    while e is not None:
+        causes.append(e)
+        e = e.__cause__
+    assert any("no table 'dead_letters'" in str(c) for c in causes), causes

@@ -105,3 +105,20 @@ def test_a_server_url_is_never_shown_with_its_password(settings, url: str) -> No
     with pytest.raises(StoreUnavailable) as bad:
         open_store(settings.replace(clickhouse_url=url))
     assert "s3cret" not in str(bad.value) and "user:***@" in str(bad.value)
+
+
+def test_a_deferred_store_opens_at_its_first_use_only(settings) -> None:
+    """In a cluster every process builds the engine's store; only the one that uses it opens
+    it (chDB allows one process per data path)."""
+    from storage.store import DeferredStore
+
+    unused = DeferredStore(settings)
+    unused.close()  # never opened: nothing to release, no lock taken
+    assert not unused.opened
+    used = DeferredStore(settings)
+    try:
+        assert used.query("queries/table_counts")[0]["dead_letters"] == 0
+        assert used.opened and used.description.startswith("embedded chDB")
+    finally:
+        used.close()
+    assert not used.opened
