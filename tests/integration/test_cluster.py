@@ -196,3 +196,19 @@ def test_cluster_position_from_bytewax_run_arguments(monkeypatch: pytest.MonkeyP
     set_cluster(None)
     assert cluster() == expected
     assert cluster().first == (expected.process_id == 0)
+
+
+def test_the_other_processes_wait_for_the_first_ones_models(tmp_path: Path,
+                                                            trained_registry: Path) -> None:
+    """Only the first process bootstraps an empty registry (it alone may use the embedded
+    store meanwhile); the others wait for every production model, and say why they stop."""
+    from dataflows.live import RegistryIncomplete, wait_for_models
+
+    slept: list[float] = []
+    empty = Settings.from_env({}, home=tmp_path, registry_path=tmp_path / "empty")
+    with pytest.raises(RegistryIncomplete, match="first process"):
+        wait_for_models(empty, timeout_s=1.0, sleep=slept.append)
+    assert slept == [0.5, 0.5]
+    ready = Settings.from_env({}, home=tmp_path, registry_path=trained_registry)
+    wait_for_models(ready, sleep=slept.append)
+    assert len(slept) == 2  # no wait
