@@ -52,6 +52,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
@@ -86,16 +87,44 @@ DAY_MS = 86_400_000
 TAU = 2.0 * math.pi
 
 
+RSI_ALPHA = 1.0 / RSI_PERIOD
+ATR_ALPHA = 1.0 / ATR_PERIOD
+FAST_ALPHA = 2.0 / (MACD_FAST + 1)
+SLOW_ALPHA = 2.0 / (MACD_SLOW + 1)
+SIGNAL_ALPHA = 2.0 / (MACD_SIGNAL + 1)
+
+
 def _ema(prev: float | None, x: float, alpha: float) -> float:
+    """The recursive EMA step (seeded with its first input); :meth:`FeatureEngine.update`
+    writes it out inline."""
     return x if prev is None else prev + alpha * (x - prev)
 
 
 def _zscore(x: float, hist: deque[float]) -> float:
-    if len(hist) < 2:
+    n = len(hist)
+    if n < 2:
         return NAN
-    m = sum(hist) / len(hist)
-    var = sum((h - m) ** 2 for h in hist) / len(hist)
+    m = sum(hist) / n
+    var = sum([(h - m) ** 2 for h in hist]) / n
     return 0.0 if var <= 0 else (x - m) / math.sqrt(var)
+
+
+_TIME_FEATURES: dict[datetime, tuple[float, float, float, float]] = {}
+
+
+def _time_features(end: datetime) -> tuple[float, float, float, float]:
+    """``tod_sin, tod_cos, dow_sin, dow_cos`` of a bar end; the symbols that close a bar
+    together share the one computation (recent bar ends are kept)."""
+    out = _TIME_FEATURES.get(end)
+    if out is None:
+        end_ms = to_ms(end)
+        tod = (end_ms % DAY_MS) / DAY_MS
+        dow = ((end_ms // DAY_MS) + 3) % 7 / 7.0  # 1970-01-01 was a Thursday; Monday = 0
+        if len(_TIME_FEATURES) >= 4096:
+            _TIME_FEATURES.clear()
+        out = _TIME_FEATURES[end] = (math.sin(TAU * tod), math.cos(TAU * tod),
+                                     math.sin(TAU * dow), math.cos(TAU * dow))
+    return out
 
 
 @dataclass
@@ -123,64 +152,76 @@ class FeatureEngine:
         self.returns = deque(self.returns, maxlen=self.seq_window)
 
     @property
+    def _day_scale(self) -> float:
+        return math.sqrt(86_400 / self.bar_seconds)
+
+    @property
     def warmup_bars(self) -> int:
         return max(max(RETURN_HORIZONS) + 1, MACD_SLOW + MACD_SIGNAL, self.seq_window + 1)
 
     def update(self, bar: Bar) -> FeatureVector:
+        """The features of ``bar`` (the module docstring's definitions). Written for speed
+        (one of these runs per bar of every symbol) but with the very operations, in the very
+        order, of the definitions: the values are bit for bit those of the plain formulas."""
         c = bar.close
-        prev = self.closes[-1] if self.closes else None
-        v: dict[str, float] = {}
-        for k in RETURN_HORIZONS:
-            v[f"ret_{k}"] = math.log(c / self.closes[-k]) if len(self.closes) >= k else NAN
-        if prev is not None:
-            r = math.log(c / prev)
+        closes = self.closes
+        nc = len(closes)
+        log = math.log
+        rets = [log(c / closes[-k]) if nc >= k else NAN for k in RETURN_HORIZONS]
+        high, low = bar.high, bar.low
+        if nc:
+            prev = closes[-1]
+            r = log(c / prev)
             self.returns.append(r)
-            self.var_ewma = _ema(self.var_ewma, r * r, EWMA_VOL_ALPHA)
+            ve = self.var_ewma
+            self.var_ewma = ve = r * r if ve is None else ve + EWMA_VOL_ALPHA * (r * r - ve)
             change = c - prev
-            self.gain = _ema(self.gain, max(change, 0.0), 1.0 / RSI_PERIOD)
-            self.loss = _ema(self.loss, max(-change, 0.0), 1.0 / RSI_PERIOD)
-            true_range = max(bar.high - bar.low, abs(bar.high - prev), abs(bar.low - prev))
+            up, down = max(change, 0.0), max(-change, 0.0)
+            g, lo_ = self.gain, self.loss
+            self.gain = g = up if g is None else g + RSI_ALPHA * (up - g)
+            self.loss = lo_ = down if lo_ is None else lo_ + RSI_ALPHA * (down - lo_)
+            true_range = max(high - low, abs(high - prev), abs(low - prev))
         else:
-            true_range = bar.high - bar.low
-        vol = NAN if self.var_ewma is None else math.sqrt(self.var_ewma)
-        v["vol_ewma"] = vol
-        v["vol_daily"] = vol * math.sqrt(86_400 / self.bar_seconds)
-        if self.gain is None or self.loss is None:
-            v["rsi_14"] = NAN
-        elif self.loss == 0:
-            v["rsi_14"] = 100.0 if self.gain > 0 else 50.0
+            ve, g, lo_ = self.var_ewma, self.gain, self.loss
+            true_range = high - low
+        vol = NAN if ve is None else math.sqrt(ve)
+        if g is None or lo_ is None:
+            rsi = NAN
+        elif lo_ == 0:
+            rsi = 100.0 if g > 0 else 50.0
         else:
-            v["rsi_14"] = 100.0 - 100.0 / (1.0 + self.gain / self.loss)
-        self.ema_fast = _ema(self.ema_fast, c, 2.0 / (MACD_FAST + 1))
-        self.ema_slow = _ema(self.ema_slow, c, 2.0 / (MACD_SLOW + 1))
-        macd = (self.ema_fast - self.ema_slow) / c
-        self.macd_sig = _ema(self.macd_sig, macd, 2.0 / (MACD_SIGNAL + 1))
-        v["macd"], v["macd_signal"], v["macd_hist"] = macd, self.macd_sig, macd - self.macd_sig
-        self.bb.append(c)
-        m = sum(self.bb) / len(self.bb)
-        sd = math.sqrt(sum((x - m) ** 2 for x in self.bb) / len(self.bb))
-        v["bb_pctb"] = 0.5 if sd <= 0 else (c - (m - BB_SIGMA * sd)) / (2 * BB_SIGMA * sd)
-        self.atr = _ema(self.atr, true_range, 1.0 / ATR_PERIOD)
-        v["atr_14"] = self.atr / c
-        v["volume_z"] = _zscore(bar.volume, self.volumes)
-        v["activity_z"] = _zscore(float(bar.tick_count), self.counts)
-        self.volumes.append(bar.volume)
-        self.counts.append(float(bar.tick_count))
-        v["range_hl"] = (bar.high - bar.low) / c
-        v["vwap_dist"] = (c - bar.vwap) / bar.vwap
-        v["spread_bps"] = bar.spread_mean / c * 1e4
-        flow = bar.buy_volume + bar.sell_volume
-        v["imbalance"] = (bar.buy_volume - bar.sell_volume) / flow if flow > 0 else NAN
-        end_ms = to_ms(bar.end)
-        tod = (end_ms % DAY_MS) / DAY_MS
-        dow = ((end_ms // DAY_MS) + 3) % 7 / 7.0  # 1970-01-01 was a Thursday; Monday = 0
-        v["tod_sin"], v["tod_cos"] = math.sin(TAU * tod), math.cos(TAU * tod)
-        v["dow_sin"], v["dow_cos"] = math.sin(TAU * dow), math.cos(TAU * dow)
-
-        self.closes.append(c)
+            rsi = 100.0 - 100.0 / (1.0 + g / lo_)
+        f, sl, ms = self.ema_fast, self.ema_slow, self.macd_sig
+        self.ema_fast = f = c if f is None else f + FAST_ALPHA * (c - f)
+        self.ema_slow = sl = c if sl is None else sl + SLOW_ALPHA * (c - sl)
+        macd = (f - sl) / c
+        self.macd_sig = ms = macd if ms is None else ms + SIGNAL_ALPHA * (macd - ms)
+        bb = self.bb
+        bb.append(c)
+        nb = len(bb)
+        m = sum(bb) / nb
+        sd = math.sqrt(sum([(x - m) ** 2 for x in bb]) / nb)
+        a = self.atr
+        self.atr = a = true_range if a is None else a + ATR_ALPHA * (true_range - a)
+        volume, ticks = bar.volume, float(bar.tick_count)
+        volume_z = _zscore(volume, self.volumes)
+        activity_z = _zscore(ticks, self.counts)
+        self.volumes.append(volume)
+        self.counts.append(ticks)
+        buy, sell = bar.buy_volume, bar.sell_volume
+        flow = buy + sell
+        vwap = bar.vwap
+        v = dict(zip(FEATURE_NAMES, (
+            *rets, vol, vol * self._day_scale, rsi, macd, ms, macd - ms,
+            0.5 if sd <= 0 else (c - (m - BB_SIGMA * sd)) / (2 * BB_SIGMA * sd),
+            a / c, volume_z, activity_z, (high - low) / c, (c - vwap) / vwap,
+            bar.spread_mean / c * 1e4, (buy - sell) / flow if flow > 0 else NAN,
+            *_time_features(bar.end)), strict=True))
+        closes.append(c)
         self.bars_seen += 1
-        pad = self.seq_window - len(self.returns)
-        window = (NAN,) * pad + tuple(self.returns)
+        returns = self.returns
+        pad = self.seq_window - len(returns)
+        window = (NAN,) * pad + tuple(returns) if pad > 0 else tuple(returns)
         return FeatureVector(
             symbol=self.symbol, ts=bar.end, bar_start=bar.start,
             feature_set=FEATURE_SET_VERSION, warm=self.bars_seen >= self.warmup_bars,
