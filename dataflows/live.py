@@ -7,6 +7,20 @@ with a one-screen summary when the input ends.
 
 When the registry has no production models (a fresh clone), the flow first trains them on
 ``QT_BOOTSTRAP_TICKS`` (the bundled sample), saying so.
+
+Several processes (Bytewax's cluster mode, addressed as they would be across machines)::
+
+    python -m bytewax.run dataflows.live -i 0 -a "host0:2101;host1:2101"   # on host0
+    python -m bytewax.run dataflows.live -i 1 -a "host0:2101;host1:2101"   # on host1
+    python -m bytewax.testing dataflows.live -p 2                          # both, locally
+
+Every process builds the same flow; input partitions (files, Kafka partitions) and symbols
+are spread over the workers of all of them, and the decision engine runs on one worker, in
+the same order as with one process (same trades, PPO updates and promotions). The embedded
+store is opened only by the process that runs the engine: every table row travels there
+through the flow (``graphs.store``); with ``QT_CLICKHOUSE_URL`` each process inserts its own.
+Process 0 bootstraps an empty registry while the others wait; they share ``QT_HOME``'s
+registry directory (on one machine, or a shared one), and one of them prints the summary.
 """
 
 from __future__ import annotations
