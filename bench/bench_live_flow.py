@@ -1,143 +1,218 @@
-"""Benchmark: the live flow end to end against a bare Bytewax pass-through.
+"""Benchmark: the live flow against the market-data-only flow and a pass-through of the same
+blocks, on the same file, in one invocation.
 
-All run in the same invocation, each in a fresh child process, over the same file:
+Three flows, each ``python -m bytewax.run`` in a fresh child process with a fresh ``QT_HOME``:
 
-- ``passthrough``: the file's rows, 1,000 per source batch, source -> sink, nothing else; once
-  as raw text lines and once as rows split into fields by Python's ``csv`` module (what a
-  row-at-a-time flow would carry);
-- ``live``: ``python -m bytewax.run dataflows.live`` (validation, bars, features, the
-  four-model ensemble, the bias window, PPO sizing, paper execution, ClickHouse writes to a
-  fresh embedded store), reading its own end-of-run summary; once per ``--workers`` value.
+- ``blocks``: the replay source's blocks (the very ``TickRows`` items the live flow reads,
+  ``QT_REPLAY_BLOCK_BYTES`` each) straight to a count: what reading and decoding the file
+  costs, the floor of any flow over it;
+- ``market data``: source -> validation -> bars -> features -> ClickHouse (bars, features,
+  dead letters) with its summary: the live flow without scoring, decisions and execution;
+- ``live``: ``dataflows.live`` (learning off by default: ``--learning on`` turns it on).
 
-Rates are rows (ticks) per second of flow time, from the moment the dataflow is built (models
-loaded) to its end, so the interpreter's start-up, imports and model loading are excluded from
-both; the live child's whole wall time is printed too. Peak memory is each child's max RSS.
-The models come from ``--registry`` or, by default, a registry bootstrapped on the bundled
-sample in a separate child first (so training memory does not count).
+Rates are input rows per second of flow time, from the built dataflow (models loaded) to its
+end, read from each flow's own summary, so interpreter start-up, imports and model loading are
+excluded; the child's wall time and peak RSS are printed too. All three read the same rows,
+so their rate ratios are ratios of their times. ``--repeats N`` runs the three flows N times,
+interleaved, and reports each ratio per round (adjacent runs share the machine's load) and
+their median. ``--processes 1 2`` runs each flow as one process and as a cluster of two
+(``python -m bytewax.testing FLOW -p 2``).
 
-    python bench/bench_live_flow.py [--ticks FILE] [--workers 1 2] [--registry DIR]
+The models come from ``--registry`` or a registry bootstrapped once on the bundled sample
+(cached in ``--cache``).
+
+    python bench/bench_live_flow.py [--ticks FILE] [--repeats 3] [--workers 1]
+        [--processes 1] [--learning off] [--registry DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the factories import Bytewax in the child, not here
+    from bytewax.dataflow import Dataflow
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TICKS = (ROOT.parent / "shared" / "data" / "quotes"
                  / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz")
-
-PASSTHROUGH = r'''
-import csv, gzip, json, sys, time
-from bytewax.dataflow import Dataflow
-import bytewax.operators as op
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from bytewax.testing import run_main
-
-PATH, MODE = sys.argv[1], sys.argv[2]
-
-class Lines(StatefulSourcePartition):
-    def __init__(self):
-        self.f = gzip.open(PATH, "rt", newline="")
-        if MODE == "csv":
-            self.f = csv.reader(self.f)
-        next(self.f)
-    def next_batch(self):
-        batch = [line for _, line in zip(range(1000), self.f)]
-        if not batch:
-            raise StopIteration
-        return batch
-    def snapshot(self):
-        return None
-
-class Source(FixedPartitionedSource):
-    def list_parts(self): return ["file"]
-    def build_part(self, step_id, for_part, resume_state): return Lines()
-
-COUNT = [0]
-class Count(StatelessSinkPartition):
-    def write_batch(self, items): COUNT[0] += len(items)
-class Sink(DynamicSink):
-    def build(self, step_id, worker_index, worker_count): return Count()
-
-t0 = time.monotonic()
-flow = Dataflow("passthrough")
-op.output("out", op.input("in", flow, Source()), Sink())
-run_main(flow)
-elapsed = time.monotonic() - t0
-print(json.dumps({"rows": COUNT[0], "elapsed_s": elapsed, "rows_per_s": COUNT[0] / elapsed}))
-'''
+FLOWS = {  # name -> the bytewax.run import string of its dataflow
+    "blocks": "bench.bench_live_flow:blocks_flow()",
+    "market data": "bench.bench_live_flow:market_data_flow()",
+    "live": "dataflows.live",
+}
+TRAINED = ("xgboost", "lightgbm", "nhits", "patchtst", "ppo")
 
 
-def run_child(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
-    """Run a child; return it with its peak RSS in MB (measured with /usr/bin/time)."""
-    with tempfile.NamedTemporaryFile("r") as rss:
-        proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *args], cwd=ROOT,
-                              env=env, capture_output=True, text=True, check=False)
-        text = rss.read().strip().splitlines()
-    return proc, (float(text[-1]) / 1024 if text and text[-1].isdigit() else float("nan"))
+# --- the flows the children run ---------------------------------------------------------------
+def blocks_flow() -> Dataflow:
+    """Source -> a count of its blocks' rows, with the live flow's summary step."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+
+    from dataflows import graphs
+    from settings import Settings
+
+    settings = Settings.from_env()
+    _tune_gc()
+    flow = Dataflow("blocks")
+    blocks = op.input("ticks", flow, graphs.tick_source(settings))
+    counts = op.map("count", blocks, lambda r: {"rows_in": r.rows_in, "ticks": r.rows_in})
+    graphs.print_summary([counts], time.monotonic(), "blocks summary", settings)
+    return flow
 
 
-def run_live(ticks: Path, workers: int, registry: Path) -> dict:
+def market_data_flow() -> Dataflow:
+    """The market-data half of the live flow, stored and summarised as the live flow does."""
+    from bytewax.dataflow import Dataflow
+
+    from dataflows import graphs
+    from settings import Settings
+
+    settings = Settings.from_env()
+    _tune_gc()
+    flow = Dataflow("market_data")
+    md = graphs.market_data(flow, settings)
+    graphs.store("clickhouse", graphs.market_data_rows(md), settings,
+                 list(graphs.MARKET_DATA_TABLES))
+    graphs.print_summary(graphs.market_data_counts(md), time.monotonic(),
+                         "market data summary", settings)
+    return flow
+
+
+def _tune_gc() -> None:
+    """The live flow's garbage-collector settings, where this checkout has them."""
+    try:
+        from runtime import tune_gc
+    except ImportError:
+        return
+    tune_gc()
+
+
+# --- running and reading them -----------------------------------------------------------------
+SUMMARY_LINE = re.compile(r"^\s+([a-zA-Z][a-zA-Z /()]+?)\s{2,}([\d,.]+)(?: s)?$", re.M)
+
+
+@dataclass
+class Run:
+    flow: str
+    processes: int
+    rows: float
+    ticks: float
+    elapsed_s: float
+    wall_s: float
+    peak_rss_mb: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def run_flow(name: str, ticks: Path, registry: Path, workers: int, processes: int,
+             learning: bool) -> Run:
     with tempfile.TemporaryDirectory() as home:
+        reg = Path(home) / "registry"
+        shutil.copytree(registry, reg)
         env = {**os.environ, "QT_HOME": home, "QT_TICKS": str(ticks),
-               "QT_REGISTRY_DIR": str(registry)}
-        t0 = time.monotonic()
-        proc, rss = run_child([sys.executable, "-m", "bytewax.run", "dataflows.live",
-                               "-w", str(workers)], env)
-        wall = time.monotonic() - t0
+               "QT_REGISTRY_DIR": str(reg), "QT_LEARNING": "true" if learning else "false",
+               "QT_PROGRESS": "never", "PYTHONPATH": str(ROOT)}
+        if processes > 1:
+            cmd = [sys.executable, "-m", "bytewax.testing", FLOWS[name], "-p", str(processes),
+                   "-w", str(workers)]
+        else:
+            cmd = [sys.executable, "-m", "bytewax.run", FLOWS[name], "-w", str(workers)]
+        with tempfile.NamedTemporaryFile("r") as rss:
+            t0 = time.monotonic()
+            proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+            wall = time.monotonic() - t0
+            lines = rss.read().strip().splitlines()
     if proc.returncode != 0:
-        raise SystemExit(f"live flow failed:\n{proc.stderr[-4000:]}")
+        raise SystemExit(f"{name} flow failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     counts = {m[1].strip(): float(m[2].replace(",", "")) for m in
-              re.finditer(r"^\s+([a-z /]+?)\s{2,}([\d,.]+)(?: s)?$", proc.stdout, re.M)}
-    return {"ticks": counts["ticks"], "dead_letters": counts["dead letters"],
-            "rows": counts["input rows"], "elapsed_s": counts["elapsed"],
-            "ticks_per_s": counts["ticks/s"], "process_wall_s": wall,
-            "peak_rss_mb": rss, "summary": proc.stdout}
+              SUMMARY_LINE.finditer(proc.stdout)}
+    peak = float(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
+    return Run(name, processes, counts["input rows"], counts["ticks"], counts["elapsed"], wall,
+               peak)
 
 
-def run_passthrough(ticks: Path, mode: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PASSTHROUGH, str(ticks), mode], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def ensure_registry(path: Path | None, cache: Path) -> Path:
+    """A trained registry: ``path``, or one bootstrapped once on the bundled sample."""
+    if path is not None:
+        return path
+    registry = cache / "registry"
+    if not all((registry / m / "stages.json").exists() for m in TRAINED):
+        shutil.rmtree(registry, ignore_errors=True)
+        with tempfile.TemporaryDirectory() as home:
+            env = {**os.environ, "QT_HOME": home, "QT_REGISTRY_DIR": str(registry)}
+            print(f"bootstrapping a registry in {registry} (once)", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "cli.bootstrap"], cwd=ROOT, env=env,
+                           check=True, capture_output=True)
+    return registry
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ticks", type=Path, default=DEFAULT_TICKS)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--processes", type=int, nargs="+", default=[1])
+    ap.add_argument("--learning", choices=("off", "on"), default="off")
+    ap.add_argument("--flows", nargs="+", choices=list(FLOWS), default=list(FLOWS))
     ap.add_argument("--registry", type=Path, help="trained registry (default: bootstrap one)")
+    ap.add_argument("--cache", type=Path,
+                    default=Path(tempfile.gettempdir()) / "qt_bench_live_flow")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        registry = args.registry
-        if registry is None:
-            registry = Path(tmp) / "registry"
-            env = {**os.environ, "QT_HOME": tmp, "QT_REGISTRY_DIR": str(registry)}
-            subprocess.run([sys.executable, "-m", "cli.bootstrap"], cwd=ROOT, env=env,
-                           check=True, capture_output=True)
-        live = {w: run_live(args.ticks, w, registry) for w in args.workers}
-    bare = {mode: run_passthrough(args.ticks, mode) for mode in ("lines", "csv")}
-    print(live[args.workers[0]].pop("summary"))
-    for w, run in live.items():
-        run.pop("summary", None)
-        print(f"live flow (-w {w}): {run['ticks']:,.0f} ticks + "
-              f"{run['dead_letters']:,.0f} dead letters = {run['rows']:,.0f} rows in "
-              f"{run['elapsed_s']:.2f} s -> {run['ticks_per_s']:,.0f} ticks/s "
-              f"(process wall {run['process_wall_s']:.1f} s, peak RSS "
-              f"{run['peak_rss_mb']:.0f} MB)")
-    for mode, b in bare.items():
-        ratios = ", ".join(f"-w {w}: {run['ticks_per_s'] / b['rows_per_s']:.2f}"
-                           for w, run in live.items())
-        print(f"bare pass-through ({mode}): {b['rows']:,} rows in {b['elapsed_s']:.2f} s -> "
-              f"{b['rows_per_s']:,.0f} rows/s; ratio live/pass-through {ratios}")
+    registry = ensure_registry(args.registry, args.cache)
+    rounds: list[dict[tuple[str, int], Run]] = []
+    for r in range(args.repeats):
+        got: dict[tuple[str, int], Run] = {}
+        for p in args.processes:
+            for name in args.flows:
+                run = got[(name, p)] = run_flow(name, args.ticks, registry, args.workers, p,
+                                                args.learning == "on")
+                print(f"round {r + 1}: {name:<11} -p {p} -w {args.workers}: {run.rows:,.0f} rows "
+                      f"({run.ticks:,.0f} ticks) in {run.elapsed_s:.2f} s -> "
+                      f"{run.rows_per_s:,.0f} rows/s (wall {run.wall_s:.1f} s, peak RSS "
+                      f"{run.peak_rss_mb:,.0f} MB)", file=sys.stderr, flush=True)
+        rounds.append(got)
+    report(rounds, args)
+
+
+def report(rounds: list[dict[tuple[str, int], Run]], args: argparse.Namespace) -> None:
+    print(f"== bench_live_flow: {args.ticks.name}, learning {args.learning}, -w {args.workers}, "
+          f"{args.repeats} rounds ==")
+    for key in rounds[0]:
+        runs = [r[key] for r in rounds]
+        med = statistics.median(x.rows_per_s for x in runs)
+        ticks = statistics.median(x.ticks / x.elapsed_s for x in runs)
+        print(f"{key[0]:<11} -p {key[1]}: median {med:>10,.0f} rows/s ({ticks:,.0f} ticks/s), "
+              f"elapsed {', '.join(f'{x.elapsed_s:.2f}' for x in runs)} s, peak RSS "
+              f"{max(x.peak_rss_mb for x in runs):,.0f} MB")
+    pairs = [("live", "market data"), ("live", "blocks"), ("market data", "blocks")]
+    for p in args.processes:
+        for a, b in pairs:
+            if (a, p) in rounds[0] and (b, p) in rounds[0]:
+                ratios = [r[(a, p)].rows_per_s / r[(b, p)].rows_per_s for r in rounds]
+                print(f"{a} / {b} (-p {p}): median {statistics.median(ratios):.2f} "
+                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+    if len(args.processes) > 1:
+        one = args.processes[0]
+        for name in args.flows:
+            for p in args.processes[1:]:
+                ratios = [r[(name, p)].rows_per_s / r[(name, one)].rows_per_s for r in rounds]
+                print(f"{name}: -p {p} / -p {one}: median {statistics.median(ratios):.2f} "
+                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 if __name__ == "__main__":
