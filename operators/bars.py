@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import bytewax.operators as op
 import numpy as np
@@ -36,6 +37,7 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
 from operators.stage import stage_builder
+from operators.validate import ShardTicks
 from schemas.bars import Bar, BarStep
 from schemas.decisions import NO_CLOCK
 from schemas.ticks import SymbolTicks, TickBatch
@@ -143,7 +145,8 @@ class BarBuilder:
         last = np.concatenate((cut - 1, [n - 1]))
         carry = self.open_bar
         continues = carry is not None and carry.start_ms == int(starts[0])
-        agg = _aggregate(ticks, starts, first, last, carry if continues else None)
+        agg = _aggregate(ticks, starts, first, last,
+                         [(0, carry)] if continues and carry is not None else ())
 
         closed: list[Bar] = []
         close_at: list[int] = []
@@ -203,13 +206,141 @@ def _no_ticks(symbol: str) -> TickBatch:
                      np.zeros(0, np.int8))
 
 
+class ShardSymbol(NamedTuple):
+    """One symbol's part of a :class:`ShardBarStep`: its own ticks (a view of the step's), where
+    they start in the step's ticks, and its bars' range in the step's bars."""
+
+    symbol: str
+    ticks: TickBatch
+    offset: int
+    bars_from: int
+    bars_to: int
+
+
+@dataclass(slots=True)
+class ShardBarStep(BarStep):
+    """The bars one piece of a shard closed (:class:`operators.validate.ShardTicks`): a
+    :class:`BarStep` over the piece's ticks (symbol after symbol; ``symbol`` is the shard key,
+    ``close_index`` indexes the piece's ticks), with each symbol's part in ``symbols``."""
+
+    symbols: list[ShardSymbol] = field(default_factory=list)
+
+
+class ShardBars:
+    """Builds the bars of every symbol of one shard, a piece (several symbols) at a time: one
+    pass of numpy over the piece's ticks, whatever the number of symbols, and the bars of
+    each symbol exactly those of its own :class:`BarBuilder` (the same rules, the same sums in
+    the same order; tests/operators/test_shards.py checks it)."""
+
+    def __init__(self, seconds: int, open_bars: dict[str, OpenBar] | None = None) -> None:
+        if seconds <= 0:
+            raise ValueError(f"bar length must be positive, got {seconds}s")
+        self.seconds = seconds
+        self.bar_ms = seconds * 1000
+        self.open_bars: dict[str, OpenBar] = dict(open_bars or {})
+
+    def push(self, item: SymbolTicks) -> list[ShardBarStep]:
+        t = item.ticks
+        if isinstance(item, ShardTicks):
+            spans, batches = item.symbols, item.batches
+        else:  # one symbol's piece
+            spans, batches = [(t.symbol, 0, len(t))], [t]
+        n = len(t)
+        if n == 0:
+            return [ShardBarStep(t.symbol, t, [], [], item.tag, [], [
+                ShardSymbol(sym, b, a, 0, 0) for (sym, a, _), b in zip(spans, batches,
+                                                                     strict=True)])]
+        k = len(spans)
+        lengths = np.array([b - a for _, a, b in spans], dtype=np.intp)
+        sym_of = np.repeat(np.arange(k), lengths)
+        opened = [self.open_bars.get(sym) for sym, _, _ in spans]
+        floor = np.array([NEVER_MS if o is None else o.start_ms for o in opened],
+                         dtype=np.int64)
+        starts = np.maximum((t.ts_ms // self.bar_ms) * self.bar_ms, floor[sym_of])
+        starts = _running_max_by_group(starts, sym_of, k)  # a late tick joins the open bar
+        cut = np.flatnonzero((starts[1:] != starts[:-1]) | (sym_of[1:] != sym_of[:-1])) + 1
+        first = np.concatenate(([0], cut))
+        last = np.concatenate((cut - 1, [n - 1]))
+        seg_sym = sym_of[first]
+        seg_lo = np.searchsorted(seg_sym, np.arange(k)).tolist()
+        seg_hi = [*seg_lo[1:], len(first)]
+        head_starts = starts[first[seg_lo]].tolist()
+        continues = [o is not None and o.start_ms == st for o, st in zip(opened, head_starts,
+                                                                          strict=True)]
+        agg = _aggregate(t, starts, first, last,
+                         [(seg_lo[i], o) for i, o in enumerate(opened)
+                          if continues[i] and o is not None])
+        firsts = first.tolist()
+        bars: list[Bar] = []
+        close_at: list[int] = []
+        parts: list[ShardSymbol] = []
+        for i, ((sym, off, _), batch) in enumerate(zip(spans, batches, strict=True)):
+            lo, hi, carry = seg_lo[i], seg_hi[i], opened[i]
+            b0 = len(bars)
+            k0 = lo
+            if carry is not None:
+                if continues[i]:
+                    carry.merge(agg.open_bar(lo))
+                    k0 = lo + 1
+                    if hi - lo > 1:  # the carried bar closes at the next run's first tick
+                        bars.append(carry.to_bar(sym, self.seconds))
+                        close_at.append(firsts[lo + 1])
+                else:
+                    bars.append(carry.to_bar(sym, self.seconds))
+                    close_at.append(off)
+            if k0 < hi - 1:
+                bars += agg.bars(sym, self.seconds, k0, hi - 1)
+                close_at += firsts[k0 + 1:hi]
+            self.open_bars[sym] = (carry if continues[i] and hi - lo == 1 and carry is not None
+                                   else agg.open_bar(hi - 1))
+            parts.append(ShardSymbol(sym, batch, off, b0, len(bars)))
+        clock = t.ts_ms if t.clock_ms is None else t.clock_ms
+        return [ShardBarStep(t.symbol, t, bars, close_at, item.tag, clock[close_at].tolist(),
+                             parts)]
+
+    def finish(self) -> list[ShardBarStep]:
+        """End of input: every symbol's open bar closes (symbols in order)."""
+        if not self.open_bars:
+            return []
+        bars, parts = [], []
+        for sym in sorted(self.open_bars):
+            parts.append(ShardSymbol(sym, _no_ticks(sym), 0, len(bars), len(bars) + 1))
+            bars.append(self.open_bars[sym].to_bar(sym, self.seconds))
+        self.open_bars = {}
+        return [ShardBarStep("", _no_ticks(""), bars, [0] * len(bars), None,
+                             [NO_CLOCK] * len(bars), parts)]
+
+    def snapshot(self) -> tuple[int, dict[str, tuple]]:
+        return self.seconds, {sym: astuple(o) for sym, o in self.open_bars.items()}
+
+    @classmethod
+    def restore(cls, snapshot: tuple[int, dict[str, tuple]]) -> ShardBars:
+        seconds, state = snapshot
+        return cls(seconds, {sym: OpenBar(*s) for sym, s in state.items()})
+
+
+NEVER_MS = -(2**62)
+
+
+def _running_max_by_group(x: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+    """``np.maximum.accumulate`` restarted at every group (``group`` ascending): each group's
+    values are lifted above the previous group's, accumulated once, and put back."""
+    if groups == 1:
+        return np.maximum.accumulate(x)
+    lo = int(x.min())
+    span = int(x.max()) - lo + 1
+    offset = group.astype(np.int64) * span
+    return np.maximum.accumulate(x - lo + offset) - offset + lo
+
+
 @operator
 def build_bars(step_id: str, up: KeyedStream[SymbolTicks], seconds: int) -> KeyedStream[BarStep]:
-    """Per-symbol event-time bars of ``seconds`` length (see the module docstring)."""
+    """Event-time bars of ``seconds`` length (see the module docstring), per shard of symbols
+    (:func:`operators.validate.shard_of`): a :class:`ShardBarStep` per piece."""
     if seconds <= 0:
         raise ValueError(f"{step_id}: bar length must be positive, got {seconds}s")
     return op.stateful("bars", up, stage_builder(
-        lambda item: BarBuilder(item.ticks.symbol, seconds), BarBuilder.restore))
+        lambda _: ShardBars(seconds), ShardBars.restore))
 
 
 class _Aggregates:
@@ -249,14 +380,20 @@ class _Aggregates:
                     strict=True)]
 
 
+def _carry_sums(carries: Sequence[tuple[int, OpenBar]]) -> np.ndarray:
+    """The running sums of open bars, one row each, in :data:`SUM_FIELDS` order."""
+    return np.array([[getattr(o, f) for f in SUM_FIELDS] for _, o in carries])
+
+
 SEQUENTIAL_RUNS = 32  # runs up to this long are summed position by position, all at once
 
 
 def _aggregate(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.ndarray,
-               carry: OpenBar | None) -> _Aggregates:
+               carries: Sequence[tuple[int, OpenBar]] = ()) -> _Aggregates:
     """Aggregates of each run of equal bar start. Sums are sequential (left to right, starting
-    from ``carry``'s sums for the first run), so a bar's values do not depend on how its ticks
-    were split into batches: a file replay and a Kafka feed give bit-identical bars.
+    from the sums of the open bar a run continues, ``carries``: (run, open bar)), so a bar's
+    values do not depend on how its ticks were split into batches: a file replay and a Kafka
+    feed give bit-identical bars.
 
     Sequential sums of many short runs (a candle is a run of one) are made for all runs at
     once, position by position (numpy's own reductions sum pairwise, in another order); a
@@ -289,17 +426,19 @@ def _aggregate(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.nda
     longest = int(lengths.max())
     if longest <= SEQUENTIAL_RUNS:
         sums = terms[first]  # a copy: the first term of each run
-        if carry is not None:
-            sums[0] = np.array([getattr(carry, f) for f in SUM_FIELDS]) + sums[0]
+        if carries:
+            at = np.array([k for k, _ in carries], dtype=np.intp)
+            sums[at] = _carry_sums(carries) + sums[at]
         for j in range(1, longest):
             more = np.flatnonzero(lengths > j)
             sums[more] += terms[first[more] + j]
     else:
         sums = np.empty((len(first), len(SUM_FIELDS)))
+        carried = dict(carries)
         for k, (a, b) in enumerate(zip(first.tolist(), (last + 1).tolist(), strict=True)):
             seg = terms[a:b]
-            if k == 0 and carry is not None:
-                seg = np.vstack((np.array([getattr(carry, f) for f in SUM_FIELDS]), seg))
+            if k in carried:
+                seg = np.vstack((_carry_sums([(k, carried[k])]), seg))
             sums[k] = np.cumsum(seg, axis=0)[-1]
     if longest == 1:
         highs_k, lows_k = highs, lows

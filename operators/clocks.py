@@ -89,12 +89,13 @@ class PartitionClocks:
         part.expected[p.seq] = p
         part.advance()
 
-    def arrived(self, tag: BlockTag | None) -> None:
-        """A piece of a block arrived (pieces without a tag were closed at end of input)."""
+    def arrived(self, tag: BlockTag | None, symbols: int = 1) -> None:
+        """A piece of a block arrived, carrying ``symbols`` of the block's symbols (a block's
+        ``parts`` counts symbols; pieces without a tag were closed at end of input)."""
         if tag is None:
             return
         part = self._part(tag.partition)
-        part.arrived[tag.seq] = part.arrived.get(tag.seq, 0) + 1
+        part.arrived[tag.seq] = part.arrived.get(tag.seq, 0) + symbols
         part.advance()
 
     def horizon(self) -> float:

@@ -40,6 +40,7 @@ from bytewax.dataflow import Stream, operator
 
 from learning.rl_learner import LearnerConfig, PolicyLearner, transition_of
 from models.base import MODEL_NAMES
+from operators.bars import ShardBarStep
 from operators.clocks import PartitionClocks
 from operators.ensemble import EnsembleConfig, ScoredStep, VoteBook, shadow_votes, signal_of
 from operators.portfolio import EventKind, ExecConfig, ExecEvent, Portfolio
@@ -202,11 +203,22 @@ class DecisionEngine:
         bs = fs.bar_step
         if bs is None:
             raise ValueError(f"engine: the feature step of {step.symbol} carries no bar step")
-        bars = [(ci, clock, to_ms(bar.end), (vector, votes))
-                for ci, clock, bar, vector, votes in zip(
-                    bs.close_index, bs.clocks, bs.bars, fs.vectors, step.votes, strict=True)]
-        self.portfolio.add(step.symbol, bs.ticks, bars)
-        self.clocks.arrived(fs.tag)
+        if not isinstance(bs, ShardBarStep):  # one symbol's step
+            bars = [(ci, clock, to_ms(bar.end), (vector, votes))
+                    for ci, clock, bar, vector, votes in zip(
+                        bs.close_index, bs.clocks, bs.bars, fs.vectors, step.votes,
+                        strict=True)]
+            self.portfolio.add(step.symbol, bs.ticks, bars)
+            self.clocks.arrived(fs.tag)
+            return
+        # several symbols' ticks and bars (operators.bars.ShardBarStep), symbol by symbol
+        for sym, ticks, offset, a, b in bs.symbols:
+            bars = [(ci - offset, clock, to_ms(bar.end), (vector, votes))
+                    for ci, clock, bar, vector, votes in zip(
+                        bs.close_index[a:b], bs.clocks[a:b], bs.bars[a:b], fs.vectors[a:b],
+                        step.votes[a:b], strict=True)]
+            self.portfolio.add(sym, ticks, bars)
+        self.clocks.arrived(fs.tag, len(bs.symbols))
 
     def finish(self) -> list[EngineOutput]:
         """End of input: everything left, then open positions closed and learners told."""

@@ -58,6 +58,7 @@ import bytewax.operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
+from operators.bars import ShardBarStep
 from operators.stage import stage_builder
 from schemas.bars import Bar, BarStep
 from schemas.features import FeatureStep, FeatureVector
@@ -265,11 +266,58 @@ def features_for_bars(bars: Iterable[Bar], bar_seconds: int,
     return out
 
 
+@dataclass(slots=True)
+class ShardFeatureStep(FeatureStep):
+    """The feature vectors of a :class:`~operators.bars.ShardBarStep`, one per bar in its
+    order (``bar_step`` says which symbol each belongs to)."""
+
+
+class ShardFeatures:
+    """The feature engines of one shard's symbols, fed a shard's bar step at a time."""
+
+    def __init__(self, bar_seconds: int, seq_window: int,
+                 engines: dict[str, FeatureEngine] | None = None) -> None:
+        self.bar_seconds, self.seq_window = bar_seconds, seq_window
+        self.engines: dict[str, FeatureEngine] = dict(engines or {})
+
+    def push(self, step: BarStep) -> list[FeatureStep]:
+        if not isinstance(step, ShardBarStep):  # one symbol's step
+            return self._engine(step.symbol).push(step)
+        vectors: list[FeatureVector] = []
+        bars = step.bars
+        for part in step.symbols:
+            if part.bars_to > part.bars_from:
+                update = self._engine(part.symbol).update
+                vectors += [update(b) for b in bars[part.bars_from:part.bars_to]]
+        return [ShardFeatureStep(step.symbol, vectors, step.tag, step.clocks, step)]
+
+    def _engine(self, symbol: str) -> FeatureEngine:
+        eng = self.engines.get(symbol)
+        if eng is None:
+            eng = self.engines[symbol] = FeatureEngine(symbol, self.bar_seconds,
+                                                       self.seq_window)
+        return eng
+
+    def finish(self) -> list[FeatureStep]:
+        return []
+
+    def snapshot(self) -> tuple[int, int, dict[str, dict]]:
+        return (self.bar_seconds, self.seq_window,
+                {sym: eng.snapshot() for sym, eng in self.engines.items()})
+
+    @classmethod
+    def restore(cls, state: tuple[int, int, dict[str, dict]]) -> ShardFeatures:
+        bar_seconds, seq_window, engines = state
+        return cls(bar_seconds, seq_window,
+                   {sym: FeatureEngine.restore(e) for sym, e in engines.items()})
+
+
 @operator
 def compute_features(step_id: str, up: KeyedStream[BarStep], bar_seconds: int,
                      seq_window: int) -> KeyedStream[FeatureStep]:
-    """Per-symbol features on every closed bar (see the module docstring)."""
+    """Features on every closed bar (see the module docstring), per shard of symbols as the
+    bars come (:class:`ShardFeatureStep`)."""
     if seq_window < 2:
         raise ValueError(f"{step_id}: seq_window must be at least 2, got {seq_window}")
     return op.stateful("features", up, stage_builder(
-        lambda step: FeatureEngine(step.symbol, bar_seconds, seq_window), FeatureEngine.restore))
+        lambda _: ShardFeatures(bar_seconds, seq_window), ShardFeatures.restore))
