@@ -37,7 +37,7 @@ from metrics import DEAD_LETTER_REASON, METRICS, reason_kind
 from models.labels import LabelConfig
 from models.registry import ModelRegistry, open_registry
 from operators.bars import build_bars
-from operators.engine import EngineConfig, EngineDeps, EngineOutput, decide_and_trade
+from operators.engine import ENGINE_KEY, EngineConfig, EngineDeps, EngineOutput, decide_and_trade
 from operators.ensemble import EnsembleConfig, RegistryModels, ScoredStep, Scorer, score_votes
 from operators.features import compute_features
 from operators.sizing import PolicySource
@@ -85,8 +85,6 @@ from storage.store import DeferredStore, Store
 
 log = logging.getLogger(__name__)
 KAFKA_PRODUCER = {"linger.ms": "5"}
-ENGINE_KEY = "engine"  # the decision engine's one key (operators/engine.py)
-LEARNER_KEY = "learner"  # the learning flow's one key (learning/learner.py)
 
 
 def lazy_flow(build: Callable[[], Dataflow]) -> Callable[[str], Dataflow]:

@@ -26,7 +26,7 @@ from cli.errors import UserError
 from connectors.kafka import KafkaUrl
 from connectors.stoppable import Stoppable
 from dataflows import graphs
-from learning.learner import Sequenced
+from learning.learner import LEARNER_KEY, Sequenced
 from runtime import install_stop_handlers, tune_gc
 from schemas import codec
 from schemas.dead_letters import DeadLetters, Stage
@@ -70,7 +70,7 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     decoded = op.map("decode", messages, decode)
     learned = graphs.learning(decoded, settings)
     graphs.store("clickhouse", [graphs.learned_rows(learned)], settings,
-                 graphs.LEARNING_TABLES, owner_key=graphs.LEARNER_KEY, live=True)
+                 graphs.LEARNING_TABLES, owner_key=LEARNER_KEY, live=True)
     tune_gc()  # start-up's objects frozen, fewer collections (runtime.py says why)
     started = time.monotonic()
     counts = [graphs.learned_counts(learned),

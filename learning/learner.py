@@ -47,6 +47,8 @@ from schemas.tables import trade_outcome
 from schemas.trades import JoinedTrade, LearningEvent
 
 log = logging.getLogger(__name__)
+# The learning flow's one key: the learners see events in one order on one worker.
+LEARNER_KEY = "learner"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +184,7 @@ class OrderedLearner:
 def learn_in_order(step_id: str, events: Stream[Sequenced | DeadLetters],
                    deps: LearnerDeps) -> Stream[LearnedOutput]:
     """The learners on one key, over the live engine's ordered learning events."""
-    keyed = op.key_on("one_learner", events, lambda _: "learner")
+    keyed = op.key_on("one_learner", events, lambda _: LEARNER_KEY)
     out = op.stateful("learner", keyed, stage_builder(
         lambda _: OrderedLearner(deps), lambda state: OrderedLearner(deps, state)))
     return op.key_rm("unkey", out)

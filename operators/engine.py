@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 # A manual stage change (python -m cli.registry) is looked for before a bar at most this often
 # (wall time): a person's change is seen within it, a replay pays one stat per interval.
 POLL_EVERY_S = 0.05
+# The engine's one key: every decision in one order on one worker (and, in a cluster, the
+# worker whose process owns the embedded store: dataflows.graphs routes rows to it).
+ENGINE_KEY = "engine"
 
 
 class BarLearner(Protocol):
@@ -368,7 +371,7 @@ def decide_and_trade(step_id: str, scored: Stream[ScoredStep], progress: Stream[
                      cfg: EngineConfig, deps: EngineDeps) -> Stream[EngineOutput]:
     """The decision engine on one key (see the module docstring)."""
     merged = op.merge("with_progress", scored, progress)
-    keyed = op.key_on("one_engine", merged, lambda _: "engine")
+    keyed = op.key_on("one_engine", merged, lambda _: ENGINE_KEY)
     out = op.stateful("engine", keyed, stage_builder(
         lambda _: DecisionEngine(cfg, deps),
         lambda state: DecisionEngine(cfg, deps, state)))
