@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol
 
 import bytewax.operators as op
@@ -65,6 +66,7 @@ from schemas.timeutil import to_ms
 from schemas.trades import JoinedTrade, JoinSource, LearningEvent, TradeClosed
 
 log = logging.getLogger(__name__)
+_MODEL_VERSION = attrgetter("model", "version")
 # A manual stage change (python -m cli.registry) is looked for before a bar at most this often
 # (wall time): a person's change is seen within it, a replay pays one stat per interval.
 POLL_EVERY_S = 0.05
@@ -179,6 +181,7 @@ class DecisionEngine:
             if version is not None:
                 self.policy.pin(version)
         self.clm = None if deps.clm is None else deps.clm(self.models, state.get("clm"))
+        self._expected: list[tuple[str, str]] | None = None  # production (model, version)s
         self.max_waiting: int = state.get("max_waiting", 0)
         self.seq: int = state.get("seq", 0)  # of the published learning events
 
@@ -258,6 +261,7 @@ class DecisionEngine:
             return []
         out = EngineOutput()
         self.models.refresh()
+        self._expected = None  # the production versions may have changed
         while (ev := pf.pop(horizon)) is not None:
             if ev.kind is EventKind.DECIDE:
                 # a stage change made by hand votes from the next bar: looked for before a bar
@@ -266,6 +270,7 @@ class DecisionEngine:
                 now = time.monotonic()
                 if now - self._polled_at >= POLL_EVERY_S:
                     self._polled_at = now
+                    self._expected = None
                     if self.models.poll():
                         self.policy.adopt()
                 bar = pf.bar(ev)
@@ -303,6 +308,7 @@ class DecisionEngine:
             bar = ScoredBar(symbol, bar_end_ms, vector, signal, shadow)
             if self.clm is not None:
                 out.learned(self.clm.on_bar(bar))
+                self._expected = None  # the learner may have promoted a challenger
             if self.deps.publish:
                 self._publish(bar, out)
         return decision
@@ -313,14 +319,12 @@ class DecisionEngine:
         are the engine's versions (nearly always) they are taken as they are, the same votes
         :meth:`VoteBook.vote` would find; otherwise the book looks each one up (or scores it)."""
         prod = self.models.production
-        n = len(MODEL_NAMES)
-        if len(scored) >= n:
-            for i in range(n):
-                v, m = scored[i], MODEL_NAMES[i]
-                if v.model != m or v.version != prod[m]:
-                    break
-            else:
-                return list(scored[:n])
+        expected = self._expected
+        if expected is None:  # recomputed after anything that can change production
+            expected = self._expected = [(m, prod[m]) for m in MODEL_NAMES]
+        head = list(scored[:len(expected)])
+        if list(map(_MODEL_VERSION, head)) == expected:
+            return head
         return [self.votes.vote(m, prod[m], vector, scored) for m in MODEL_NAMES]
 
     def _publish(self, event: LearningEvent, out: EngineOutput) -> None:
@@ -345,6 +349,7 @@ class DecisionEngine:
                 out.updates += self.rl.push(joined)
             if self.clm is not None:
                 out.cycles += self.clm.on_trade(joined)
+                self._expected = None
 
     def _book_counts(self) -> Counter:
         counts = Counter({f"execution.{k}": v for k, v in self.portfolio.counts().items()
