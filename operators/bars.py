@@ -6,8 +6,12 @@ time reaches its end (the first tick of a later bar) or at end of input. A late 
 than the newest, within ``QT_MAX_BACKWARDS_MS``, accepted by validation) goes into the open bar:
 bars never reopen. Bars exist only for intervals with ticks.
 
-Aggregation is vectorised: segments of equal bar start are reduced with ``np.*.reduceat``; the
-open bar carries over between batches in a few scalars (:class:`OpenBar`).
+Aggregation is vectorised: runs of equal bar start are reduced with ``np.*.reduceat`` (sums
+position by position, in tick order: numpy's own sums are pairwise, another order); the open
+bar carries over between batches in a few scalars (:class:`OpenBar`). In the flow the step is
+keyed by shard (:func:`operators.validate.shard_of`): :class:`ShardBars` builds the bars of
+all the symbols of a piece in one pass, runs split by symbol as well, the bars bit for bit
+those of each symbol's own :class:`BarBuilder` (which training and the tests use).
 
 >>> import numpy as np
 >>> from schemas.ticks import TickBatch

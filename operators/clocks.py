@@ -1,10 +1,11 @@
 """How far the input is complete: each input partition's event-time clock, and their minimum.
 
 Every validated input block sends a :class:`~schemas.decisions.Progress` message (its
-partition, sequence number, how many per-symbol pieces it was split into, and the partition's
-clock after it) straight to the decision engine, and each piece reaches the engine through
-bars, features and scoring with the block's tag. A partition's clock advances to a block's
-clock once that block's message and all its pieces have arrived, blocks in sequence. Because a
+partition, sequence number, how many symbols it has ticks of, and the partition's clock after
+it) straight to the decision engine, and each piece (one per shard of symbols) reaches the
+engine through bars, features and scoring with the block's tag, counting the symbols it
+carries. A partition's clock advances to a block's clock once that block's message and all
+its symbols have arrived, blocks in sequence. Because a
 partition's clock never decreases along its input, every event keyed by a clock below
 :meth:`PartitionClocks.horizon` has then arrived, from every partition: the engine processes
 exactly those, so its order does not depend on workers or timing.

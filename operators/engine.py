@@ -1,8 +1,9 @@
 """The decision engine: every bar decided, every order filled, every trade learned from, in one
 event-time order.
 
-Upstream, per symbol and in parallel, the flow builds bars and features and scores every
-model version's votes (:func:`operators.ensemble.score_votes`). Everything that couples
+Upstream, per shard of symbols and in parallel, the flow builds bars and features and scores
+every model version's votes (:func:`operators.ensemble.score_votes`); a shard's piece reaches
+the engine as one item, taken symbol by symbol. Everything that couples
 symbols or feeds back from outcomes to decisions happens here, on one key, in the order of
 :mod:`operators.portfolio` (clock, symbol, tick, kind), once every input partition's clock has
 passed an event (:mod:`operators.clocks`):
