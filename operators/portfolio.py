@@ -271,6 +271,18 @@ class TickTape:
         if drop:
             del self.blocks[:drop], self.starts[:drop]
 
+    def compact(self) -> None:
+        """Copy the blocks that are views of a larger block (validation hands each symbol a
+        view of its block's arrays): a symbol that goes quiet must not keep a whole block of
+        every symbol's ticks alive."""
+        for k, t in enumerate(self.blocks):
+            base = t.ts_ms.base
+            if base is not None and base.size > len(t):
+                self.blocks[k] = t.take(np.arange(len(t)))
+
+    def holds_views(self) -> bool:
+        return any(t.ts_ms.base is not None for t in self.blocks)
+
     def copy(self) -> TickTape:
         """A tape sharing the (never modified) blocks."""
         tape = TickTape()
@@ -401,6 +413,7 @@ class Portfolio:
         self._heap: list[tuple[int, str, int, int]] = []
         self._scheduled: dict[str, tuple[int, str, int, int]] = {}
         self._touched: set[str] = set()  # books whose tape or cursor moved since the last trim
+        self._views: set[str] = set()  # books whose kept ticks are views of a larger block
         self.waiting = 0  # bars waiting for their decision (the decision queue)
 
     # --- input ------------------------------------------------------------------------------
@@ -611,8 +624,13 @@ class Portfolio:
 
     def trim(self) -> None:
         """Forget ticks no event can need again (before each symbol's processing point); only
-        books that moved since the last trim can have anything to forget."""
+        books that moved since the last trim can have anything to forget. A book that kept a
+        view of a block (:meth:`TickTape.compact`) and did not move since gets its own copy:
+        a busy symbol's ticks are replaced before that happens, a quiet one's copied once."""
         touched, self._touched = self._touched, set()
+        for symbol in self._views - touched:
+            self.books[symbol].tape.compact()
+        self._views &= touched
         for symbol in touched:
             b = self.books[symbol]
             keep = b.cursor
@@ -621,6 +639,8 @@ class Portfolio:
             if b.order is not None:
                 keep = min(keep, b.order.search_from)
             b.tape.trim(keep)
+            if b.tape.holds_views():
+                self._views.add(symbol)
 
     def counts(self) -> Counter:
         total: Counter = Counter()

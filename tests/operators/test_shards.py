@@ -223,3 +223,23 @@ def test_a_shard_of_one_symbol_is_its_builder(price: float) -> None:
     (ref,) = BarBuilder("T:S029", 60).push(SymbolTicks(v.tag, v.batches["T:S029"]))
     assert step.bars == ref.bars and step.close_index == ref.close_index
     assert step.clocks == ref.clocks
+
+
+def test_a_quiet_symbol_keeps_a_copy_of_its_ticks_not_the_whole_block() -> None:
+    """Validation hands each symbol a view of its block; the execution tape of a symbol that
+    goes quiet copies what it keeps, so the block's other symbols' ticks can be freed."""
+    from operators.portfolio import ExecConfig, Portfolio
+
+    blocks = validated_blocks(ticks_of(2, 200, ("T:S029", "T:S057")), [100])
+    pf = Portfolio(ExecConfig())
+    for sym, batch in blocks[0].batches.items():
+        assert batch.ts_ms.base is not None  # a view
+        pf.add(sym, batch, [])
+    pf.trim()
+    assert all(b.tape.blocks[-1].ts_ms.base is not None for b in pf.books.values())
+    pf.add("T:S029", blocks[1].batches["T:S029"], [])  # T:S057 is quiet from now on
+    pf.trim()
+    busy, quiet = pf.books["T:S029"].tape, pf.books["T:S057"].tape
+    assert busy.blocks[-1].ts_ms.base is not None
+    assert all(t.ts_ms.base is None for t in quiet.blocks)
+    assert np.array_equal(quiet.blocks[-1].price, blocks[0].batches["T:S057"].price)
