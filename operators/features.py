@@ -151,10 +151,9 @@ class FeatureEngine:
 
     def __post_init__(self) -> None:
         self.returns = deque(self.returns, maxlen=self.seq_window)
-
-    @property
-    def _day_scale(self) -> float:
-        return math.sqrt(86_400 / self.bar_seconds)
+        # constants of this engine, kept out of its snapshot (names starting with "_")
+        self._day_scale = math.sqrt(86_400 / self.bar_seconds)
+        self._warmup = self.warmup_bars
 
     @property
     def warmup_bars(self) -> int:
@@ -217,17 +216,15 @@ class FeatureEngine:
             0.5 if sd <= 0 else (c - (m - BB_SIGMA * sd)) / (2 * BB_SIGMA * sd),
             a / c, volume_z, activity_z, (high - low) / c, (c - vwap) / vwap,
             bar.spread_mean / c * 1e4, (buy - sell) / flow if flow > 0 else NAN,
-            *_time_features(bar.end)), strict=True))
+            *_time_features(bar.end)), strict=False))  # 22 values: FEATURE_NAMES
         closes.append(c)
         self.bars_seen += 1
         returns = self.returns
         pad = self.seq_window - len(returns)
         window = (NAN,) * pad + tuple(returns) if pad > 0 else tuple(returns)
-        return FeatureVector(
-            symbol=self.symbol, ts=bar.end, bar_start=bar.start,
-            feature_set=FEATURE_SET_VERSION, warm=self.bars_seen >= self.warmup_bars,
-            close=c, values=v, window=window,
-        )
+        # (symbol, ts, bar_start, feature_set, warm, close, values, window)
+        return FeatureVector(self.symbol, bar.end, bar.start, FEATURE_SET_VERSION,
+                             self.bars_seen >= self._warmup, c, v, window)
 
     # --- as a stage (see operators.stage) --------------------------------------------------
     def push(self, step: BarStep) -> list[FeatureStep]:
@@ -238,7 +235,7 @@ class FeatureEngine:
         return []
 
     def snapshot(self) -> dict:
-        state = dict(vars(self))
+        state = {k: val for k, val in vars(self).items() if not k.startswith("_")}
         for k, val in state.items():
             if isinstance(val, deque):
                 state[k] = list(val)
