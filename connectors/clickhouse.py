@@ -65,7 +65,7 @@ class _TableBuffer:
         self.since = 0.0
 
 
-_PARTITIONS: weakref.WeakSet[ClickHousePartition] = weakref.WeakSet()
+_PARTITIONS: weakref.WeakSet[TableWriter] = weakref.WeakSet()
 _PARTITIONS_LOCK = threading.Lock()
 
 

@@ -263,7 +263,8 @@ class _Prober:
         """Is the partition readable, and (``verify``) does its log still reach ``offset``?"""
         t = self._timing.probe_timeout_s
         if self._admin is None:
-            self._admin = AdminClient({**self._config, "logger": RDKAFKA_LOG})
+            conf: dict[str, Any] = {**self._config, "logger": RDKAFKA_LOG}
+            self._admin = AdminClient(conf)
         try:
             return self._check(offset, started, verify, t)
         finally:
@@ -332,7 +333,8 @@ class _Prober:
             while time.monotonic() < deadline:
                 for m in consumer.consume(16, 0.05):
                     err = m.error()
-                    if err is None and m.offset() >= offset:
+                    at = m.offset()
+                    if err is None and at is not None and at >= offset:
                         return True
                     if err is not None and err.code() in _OUT_OF_RANGE:
                         return False
@@ -662,7 +664,8 @@ class KafkaTickSource(FixedPartitionedSource[TickRows, Snapshot]):
     def list_parts(self) -> list[str]:
         """The topic's partitions, ``topic/idx``; waits up to ``outage_s`` for an unreachable
         broker or a missing topic (one warning line), then fails naming them."""
-        admin = AdminClient({**self._client_config(), "logger": RDKAFKA_LOG})
+        conf: dict[str, Any] = {**self._client_config(), "logger": RDKAFKA_LOG}
+        admin = AdminClient(conf)
         topic = self.url.topic
         start = self._clock()
         warned = False

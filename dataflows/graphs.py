@@ -10,7 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -157,7 +157,8 @@ def market_data_rows(md: MarketData, features: bool = True) -> list[Stream[Table
 
 
 def market_data_counts(md: MarketData,
-                       training: tuple[datetime, datetime] | None = None) -> list[Stream[Counts]]:
+                       training: tuple[datetime, datetime] | None = None,
+                       ) -> list[Stream[Any]]:
     """The summary's market-data counters; with the production models' ``training`` span,
     also how many bars fall inside it (the summary says whether the run is out-of-sample)."""
     return [
@@ -433,7 +434,7 @@ def progress_line(settings: Settings) -> Callable[[], ProgressLine | None]:
                                 lag=live)
 
 
-def print_summary(counts: list[Stream[Counts | PnlPoint | EventTime]], started: float,
+def print_summary(counts: Sequence[Stream[Any]], started: float,
                   title: str, settings: Settings, always: tuple[str, ...] = (),
                   footer: str = "") -> None:
     """The run's totals: a progress line while it runs (``QT_PROGRESS``), Prometheus metrics

@@ -111,7 +111,7 @@ class ContinuousLearner:
         self.recent: deque[tuple[int, tuple[float, ...]]] = deque(state.get("recent", ()))
         self.perf_reference: float | None = state.get("perf_reference")
         self.perf_since: int | None = state.get("perf_since")
-        self.pending: list[ClmCycle | DriftCheck] = []
+        self.pending: list[ClmCycle] = []
         if fresh:
             self.perf_reference = self._trained_hit_rate()
             self.pending += self._adopt_orphans()
@@ -122,7 +122,8 @@ class ContinuousLearner:
 
     # --- inputs ------------------------------------------------------------------------------
     def on_bar(self, bar: ScoredBar) -> list[ClmCycle | DriftCheck]:
-        out, self.pending = self.pending, []
+        out: list[ClmCycle | DriftCheck] = [*self.pending]
+        self.pending = []
         if not self.cfg.enabled:
             return out
         self.runner.archive(bar.vector)
@@ -137,7 +138,7 @@ class ContinuousLearner:
         self.runner.observe(joined)
         return []
 
-    def finish(self) -> list[ClmCycle | DriftCheck]:
+    def finish(self) -> list[ClmCycle]:
         """End of input: wait for a training cycle; a shadow test carries over to the next run
         (module docstring)."""
         out, self.pending = self.pending, []

@@ -518,6 +518,7 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
     metrics: dict[str, dict[str, float]] = {}
     warm: dict[str, dict[str, Any]] = {}
     fit_seconds: dict[str, float] = {}
+    model: Any  # a trained model of any of the four kinds (each has save())
     for name in MODEL_NAMES:
         variants = [name] + ([warm_name(name)] if name in warm_from else [])
         for variant in variants:

@@ -225,7 +225,8 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
                      metrics={f"ensemble.{k}": v for k, v in metrics["ensemble"].items()},
                      params={"trigger": "bootstrap"})
     versions: dict[str, ModelVersion] = {}
-    for name, model in [*models.items(), (POLICY_NAME, policy)]:
+    artifacts: list[tuple[str, Any]] = [*models.items(), (POLICY_NAME, policy)]
+    for name, model in artifacts:
         versions[name] = registry.publish(
             name, model.save, stage=Stage.PRODUCTION, feature_set=FEATURE_SET_VERSION,
             data_from=data_from, data_to=data_to, metrics=metrics[name],

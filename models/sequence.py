@@ -586,7 +586,7 @@ def _windows_batch(y: torch.Tensor) -> dict[str, torch.Tensor | None]:
 class _PointForecast(torch.nn.Module):
     """Windows (n, L, 1) -> point forecasts (n, h, 1): the module plus its loss's domain map."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: Any) -> None:  # a neuralforecast model (Lightning module)
         super().__init__()
         self.module = module
 
@@ -594,7 +594,7 @@ class _PointForecast(torch.nn.Module):
         return self.module.loss.domain_map(self.module(_windows_batch(y)))
 
 
-def _trace_one(module: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+def _trace_one(module: Any, example: torch.Tensor) -> torch.jit.ScriptModule:
     """TorchScript trace of the module for one window (Lightning's guard on ``trainer`` is
     lifted the way its own ``to_torchscript`` does)."""
     import warnings
@@ -619,7 +619,7 @@ class _Reference:
             module = model._build(model.params, model.input_size, model.horizon,
                                   int(model.meta.get("seed", 0)))
         module.load_state_dict(model.module.state_dict())
-        self.module = module.double().eval()
+        self.module: Any = module.double().eval()
         self.traced_one: torch.jit.ScriptModule | None = None
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:

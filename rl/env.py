@@ -93,7 +93,7 @@ def bar_decision(vector: FeatureVector, action: Action, confidence: float) -> Ba
     return BarDecision(vector.symbol, end, end, signal, vector, None)
 
 
-def env_decision(state: np.ndarray, raw: Sequence[float], bounds: ActionBounds,
+def env_decision(state: np.ndarray, raw: Sequence[float] | np.ndarray, bounds: ActionBounds,
                  equity_usd: float) -> SizingDecision:
     """The sizing record of an action taken in the environment (mapped as live)."""
     size, tp, sl, degenerate = map_action(raw, equity_usd, bounds)
@@ -185,7 +185,8 @@ class SizingEnv(gym.Env):
         sized = sized_from(decision, self.config.sizing, self.bounds, req.state.equity_usd)
         opened = self.portfolio.complete_fill(req, sized)
         self.portfolio.done(self._fill)
-        reward, info = 0.0, {"request": req, "sized": sized}
+        reward = 0.0
+        info: dict[str, Any] = {"request": req, "sized": sized}
         if opened:
             trade = opened[0].event
             assert isinstance(trade, TradeOpened)

@@ -156,7 +156,7 @@ def _affine(a: float, lo: float, hi: float) -> float:
     return lo + (min(max(a, -1.0), 1.0) + 1.0) * 0.5 * (hi - lo)
 
 
-def map_action(raw: Sequence[float], equity_usd: float,
+def map_action(raw: Sequence[float] | np.ndarray, equity_usd: float,
                bounds: ActionBounds) -> tuple[float, float, float, bool]:
     """Raw PPO action -> (position_size_usd, tp_pct, sl_pct, degenerate).
 
