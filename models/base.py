@@ -165,4 +165,4 @@ def skip_dynamo_import() -> None:
         if (wrapped is not None and code is not None
                 and code.co_filename.replace("\\", "/").endswith("torch/_compile.py")
                 and getattr(wrapped, "__dynamo_disable", None) is None):
-            wrapped.__dynamo_disable = wrapped  # type: ignore[attr-defined]
+            wrapped.__dynamo_disable = wrapped

@@ -145,7 +145,10 @@ class EngineOutput:
     def learned(self, records: list[ClmCycle | DriftCheck]) -> None:
         """File the continuous learner's records."""
         for r in records:
-            (self.drift if isinstance(r, DriftCheck) else self.cycles).append(r)
+            if isinstance(r, DriftCheck):
+                self.drift.append(r)
+            else:
+                self.cycles.append(r)
 
 
 class DecisionEngine:

@@ -23,12 +23,17 @@ from runtime import STOP
 V = TypeVar("V")
 W = TypeVar("W")
 S = TypeVar("S")
+V_in = TypeVar("V_in", contravariant=True)
+W_out = TypeVar("W_out", covariant=True)
+S_out = TypeVar("S_out", covariant=True)
 
 
-class Stage(Protocol[V, W, S]):
-    def push(self, value: V) -> Iterable[W]: ...
-    def finish(self) -> Iterable[W]: ...
-    def snapshot(self) -> S: ...
+class Stage(Protocol[V_in, W_out, S_out]):
+    """A stage's plain-Python interface: items in, outputs out, a snapshot for recovery."""
+
+    def push(self, value: V_in) -> Iterable[W_out]: ...
+    def finish(self) -> Iterable[W_out]: ...
+    def snapshot(self) -> S_out: ...
 
 
 class StageLogic(StatefulLogic[V, W, Any], Generic[V, W, S]):

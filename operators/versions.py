@@ -51,7 +51,7 @@ class ActiveModels:
         self._seen = registry.generation()  # before reading: a change after it is noticed
         if state is not None:
             self.production = dict(state["production"])
-            self.shadows = [tuple(x) for x in state["shadows"]]  # type: ignore[misc]
+            self.shadows = [(model, version) for model, version in state["shadows"]]
             self.manual: int = state.get("manual", registry.manual_changes())
             self._seen = None  # check the registry at the first bar
         else:

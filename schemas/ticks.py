@@ -227,7 +227,7 @@ class TickRows:
             sources=sources, src=src, row_no=cat("row_no"), ts_ms=cat("ts_ms"),
             symbol=cat("symbol"), origin=cat("origin"), price=cat("price"), bid=cat("bid"),
             ask=cat("ask"), size=cat("size"), side=cat("side"),
-            candle=candle,  # type: ignore[arg-type]
+            candle=candle,
             errors=errors, extra_dead=[d for p in parts for d in p.extra_dead],
             raw_text=[raw[i] for i in order],
         )
@@ -277,7 +277,7 @@ class TickBatch:
         candle = None if self.candle is None else tuple(a[idx] for a in self.candle)
         return TickBatch(self.symbol, self.ts_ms[idx], self.price[idx], self.bid[idx],
                          self.ask[idx], self.size[idx], self.side[idx], self.origin[idx],
-                         candle,  # type: ignore[arg-type]
+                         candle,
                          None if self.clock_ms is None else self.clock_ms[idx])
 
     def clock_at(self, i: int) -> int:
