@@ -185,7 +185,8 @@ class DecisionEngine:
             if version is not None:
                 self.policy.pin(version)
         self.clm = None if deps.clm is None else deps.clm(self.models, state.get("clm"))
-        self._expected: list[tuple[str, str]] | None = None  # production (model, version)s
+        self._stamp: tuple[str, ...] | None = None  # the versions _expected was made of
+        self._expected: list[tuple[str, str]] = []  # production (model, version)s
         self.max_waiting: int = state.get("max_waiting", 0)
         self.seq: int = state.get("seq", 0)  # of the published learning events
 
@@ -265,7 +266,6 @@ class DecisionEngine:
             return []
         out = EngineOutput()
         self.models.refresh()
-        self._expected = None  # the production versions may have changed
         while (ev := pf.pop(horizon)) is not None:
             if ev.kind is EventKind.DECIDE:
                 # a stage change made by hand votes from the next bar: looked for before a bar
@@ -274,7 +274,6 @@ class DecisionEngine:
                 now = time.monotonic()
                 if now - self._polled_at >= POLL_EVERY_S:
                     self._polled_at = now
-                    self._expected = None
                     if self.models.poll():
                         self.policy.adopt()
                 bar = pf.bar(ev)
@@ -312,7 +311,6 @@ class DecisionEngine:
             bar = ScoredBar(symbol, bar_end_ms, vector, signal, shadow)
             if self.clm is not None:
                 out.learned(self.clm.on_bar(bar))
-                self._expected = None  # the learner may have promoted a challenger
             if self.deps.publish:
                 self._publish(bar, out)
         return decision
@@ -323,9 +321,11 @@ class DecisionEngine:
         are the engine's versions (nearly always) they are taken as they are, the same votes
         :meth:`VoteBook.vote` would find; otherwise the book looks each one up (or scores it)."""
         prod = self.models.production
+        stamp = tuple(prod.values())
+        if stamp != self._stamp:  # production changed (a refresh, a poll, a promotion)
+            self._stamp = stamp
+            self._expected = [(m, prod[m]) for m in MODEL_NAMES]
         expected = self._expected
-        if expected is None:  # recomputed after anything that can change production
-            expected = self._expected = [(m, prod[m]) for m in MODEL_NAMES]
         head = list(scored[:len(expected)])
         if list(map(_MODEL_VERSION, head)) == expected:
             return head
@@ -353,7 +353,6 @@ class DecisionEngine:
                 out.updates += self.rl.push(joined)
             if self.clm is not None:
                 out.cycles += self.clm.on_trade(joined)
-                self._expected = None
 
     def _book_counts(self) -> Counter:
         counts = Counter({f"execution.{k}": v for k, v in self.portfolio.counts().items()
