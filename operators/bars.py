@@ -306,7 +306,8 @@ class ShardBars:
         """End of input: every symbol's open bar closes (symbols in order)."""
         if not self.open_bars:
             return []
-        bars, parts = [], []
+        bars: list[Bar] = []
+        parts: list[ShardSymbol] = []
         for sym in sorted(self.open_bars):
             parts.append(ShardSymbol(sym, _no_ticks(sym), 0, len(bars), len(bars) + 1))
             bars.append(self.open_bars[sym].to_bar(sym, self.seconds))

@@ -117,7 +117,7 @@ class Event(NamedTuple):
 
     kind: EventKind
     symbol: str
-    index: int
+    index: int  # type: ignore[assignment]  # (a field named like tuple.index, which it hides)
     clock: int
 
 

@@ -248,7 +248,7 @@ class TickValidator:
             reason, stage, free, n = reason[:cut], stage[:cut], free[:cut], cut
 
         batches: dict[str, TickBatch] = {}
-        shards: list[tuple[str, ShardTicks]] = []
+        shards: list[ShardSpans] = []
         clock = np.empty(0, dtype=np.int64)
         if free.any():
             good = np.flatnonzero(free)
@@ -277,10 +277,10 @@ class TickValidator:
         tag = BlockTag(rows.partition, self.blocks, len(batches), self.clock_ms, rows.final,
                        rows.idle)
         self.blocks += 1
-        for _, piece in shards:
-            piece.tag = tag
+        pieces = [(key, ShardTicks(tag, ticks, members, views))
+                  for key, ticks, members, views in shards]
         return Validated(rows.partition, rows.rows_in, batches, dead, tag,
-                         rows.input_bytes, shards)
+                         rows.input_bytes, pieces)
 
     def _order(self, rows: TickRows, good: np.ndarray, reason: np.ndarray,
                stage: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]], np.ndarray]:
@@ -457,11 +457,15 @@ def _factorize(symbols: np.ndarray, peel: int = 4) -> tuple[list[str], np.ndarra
     return [seen[i] for i in rank], remap[first]
 
 
+ShardSpans = tuple[str, TickBatch, list[tuple[str, int, int]], list[TickBatch]]
+
+
 def _split(rows: TickRows, kept: np.ndarray, spans: list[tuple[str, int, int]],
-           clock: np.ndarray) -> tuple[dict[str, TickBatch], list[tuple[str, ShardTicks]]]:
+           clock: np.ndarray) -> tuple[dict[str, TickBatch], list[ShardSpans]]:
     """One gather of every column in (shard, symbol) order, then each symbol's batch and each
-    shard's piece as views of it (one numpy call per column per block, not per symbol).
-    The symbols' batches come in symbol order; the shards' pieces in key order."""
+    shard's ticks as views of it (one numpy call per column per block, not per symbol).
+    The symbols' batches come in symbol order; the shards (key, ticks, each member's span in
+    them, the members' batches) in key order."""
     cols = [rows.ts_ms[kept], rows.price[kept], rows.bid[kept], rows.ask[kept],
             rows.size[kept], rows.side[kept], rows.origin[kept], clock[kept]]
     candle = None if rows.candle is None else [a[kept] for a in rows.candle]
@@ -473,7 +477,7 @@ def _split(rows: TickRows, kept: np.ndarray, spans: list[tuple[str, int, int]],
                                                       candle[2][a:b]), clk)
 
     batches = {sym: view(sym, a, b) for sym, a, b in spans}
-    shards: list[tuple[str, ShardTicks]] = []
+    shards: list[ShardSpans] = []
     k = 0
     while k < len(spans):
         key, start = shard_of(spans[k][0]), spans[k][1]
@@ -482,9 +486,8 @@ def _split(rows: TickRows, kept: np.ndarray, spans: list[tuple[str, int, int]],
             end += 1
         members = spans[k:end]
         stop = members[-1][2]
-        shards.append((key, ShardTicks(
-            None, view(key, start, stop),  # type: ignore[arg-type] - tagged by the caller
-            [(sym, a - start, b - start) for sym, a, b in members],
-            [batches[sym] for sym, _, _ in members])))
+        shards.append((key, view(key, start, stop),
+                       [(sym, a - start, b - start) for sym, a, b in members],
+                       [batches[sym] for sym, _, _ in members]))
         k = end
     return dict(sorted(batches.items())), shards

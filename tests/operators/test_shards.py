@@ -23,7 +23,7 @@ from operators.bars import BarBuilder, ShardBars, ShardBarStep
 from operators.engine import DecisionEngine, EngineConfig, EngineDeps
 from operators.ensemble import ScoredStep
 from operators.features import FeatureEngine, ShardFeatures
-from operators.validate import NEVER, TickValidator, Validated, shard_of
+from operators.validate import NEVER, ShardTicks, TickValidator, Validated, shard_of
 from schemas.decisions import Progress
 from schemas.signals import Action, Vote
 from schemas.ticks import Aggressor, SymbolTicks, Tick, TickOrigin, tick_rows_from_ticks
@@ -90,11 +90,14 @@ def test_shard_pieces_bars_and_features_equal_the_per_symbol_code(seed: int,
     got_vectors: dict[str, list] = {}
     for v in blocks:
         pieces = v.pieces()
-        assert sorted(sym for _, p in pieces for sym, _, _ in p.symbols) == sorted(v.batches)
+        assert all(isinstance(p, ShardTicks) for _, p in pieces)
+        assert sorted(sym for _, p in pieces for sym, _, _ in p.symbols  # type: ignore[attr-defined]
+                      ) == sorted(v.batches)
         for key, piece in pieces:
-            for sym, a, b in piece.symbols:
+            assert isinstance(piece, ShardTicks)
+            for sym, lo, hi in piece.symbols:
                 assert shard_of(sym) == key
-                assert np.array_equal(piece.ticks.ts_ms[a:b], v.batches[sym].ts_ms)
+                assert np.array_equal(piece.ticks.ts_ms[lo:hi], v.batches[sym].ts_ms)
             (step,) = shards.setdefault(key, ShardBars(60)).push(piece)
             _collect(step, got, feats.setdefault(key, ShardFeatures(60, 8)), got_vectors)
     for key, stage in sorted(shards.items()):
@@ -162,7 +165,7 @@ def test_the_engine_takes_a_shard_piece_like_its_symbols_one_by_one(
         trained_registry: Path) -> None:
     """Signals, verdicts and trades from shard pieces equal those from per-symbol items."""
     registry = ModelRegistry(trained_registry)
-    versions = {m: registry.production_version(m) for m in MODEL_NAMES}
+    versions = {m: str(registry.production_version(m)) for m in MODEL_NAMES}
     rng = random.Random(5)
     votes_of: dict = {}
 
