@@ -14,7 +14,9 @@ import re
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^/?#\s]*)@")
 _SECRET_PARAM = re.compile(
     r"(?P<key>[?&;](?:[\w.\-]*(?:password|passwd|pwd|secret|token|api[_\-]?key)[\w.\-]*)=)"
-    r"(?P<value>[^&;#\s]*)", re.IGNORECASE)
+    r"(?P<value>[^&;#\s]*)",
+    re.IGNORECASE,
+)
 
 
 class UserError(Exception):

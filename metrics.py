@@ -35,8 +35,7 @@ COUNTERS: dict[str, tuple[str, str, str | None, str | None]] = {
     "signals.buy": ("signals", "Ensemble signals by action.", "action", "buy"),
     "signals.sell": ("signals", "Ensemble signals by action.", "action", "sell"),
     "signals.hold": ("signals", "Ensemble signals by action.", "action", "hold"),
-    "signals.blocked": ("supervisor_blocks", "Signals blocked by the bias window.", None,
-                        None),
+    "signals.blocked": ("supervisor_blocks", "Signals blocked by the bias window.", None, None),
     "trades.opened": ("trades_opened", "Positions opened.", None, None),
     "rl.updates": ("rl_updates", "PPO policy updates published.", None, None),
     "clm.cycles": ("clm_cycles", "Continuous-learning cycles started.", None, None),
@@ -78,30 +77,54 @@ class Metrics:
             if self.enabled:
                 return
             r = self._registry
-            self._events = Counter(f"{PREFIX}_events", "Every other counter of the run.",
-                                   ["event"], registry=r)
-            self._dead = Counter(f"{PREFIX}_dead_letters", "Dead letters by stage and reason.",
-                                 ["stage", "reason"], registry=r)
-            self._failures = Counter(f"{PREFIX}_model_failures",
-                                     "Model calls that raised (the model voted HOLD 0).",
-                                     ["model"], registry=r)
-            self._trades_closed = Counter(f"{PREFIX}_trades_closed", "Positions closed.",
-                                          registry=r)
-            self._pnl = Gauge(f"{PREFIX}_net_pnl", "Net PnL of the closed trades (quote "
-                              "currency).", registry=r)
-            self._latency = Histogram(f"{PREFIX}_inference_seconds",
-                                      "Ensemble inference time per symbol block.",
-                                      buckets=LATENCY_BUCKETS, registry=r)
-            self._queue = Gauge(f"{PREFIX}_decision_queue", "Bars waiting for the decision "
-                                "engine (every partition's clock must pass them).", registry=r)
-            self._lag = Gauge(f"{PREFIX}_consumer_lag", "Messages behind the newest offset, "
-                              "per topic partition.", ["partition"], registry=r)
-            self._event_lag = Gauge(f"{PREFIX}_event_time_lag_seconds", "Wall clock minus the "
-                                    "newest event time decided.", registry=r)
+            self._events = Counter(
+                f"{PREFIX}_events", "Every other counter of the run.", ["event"], registry=r
+            )
+            self._dead = Counter(
+                f"{PREFIX}_dead_letters",
+                "Dead letters by stage and reason.",
+                ["stage", "reason"],
+                registry=r,
+            )
+            self._failures = Counter(
+                f"{PREFIX}_model_failures",
+                "Model calls that raised (the model voted HOLD 0).",
+                ["model"],
+                registry=r,
+            )
+            self._trades_closed = Counter(
+                f"{PREFIX}_trades_closed", "Positions closed.", registry=r
+            )
+            self._pnl = Gauge(
+                f"{PREFIX}_net_pnl", "Net PnL of the closed trades (quote currency).", registry=r
+            )
+            self._latency = Histogram(
+                f"{PREFIX}_inference_seconds",
+                "Ensemble inference time per symbol block.",
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+            self._queue = Gauge(
+                f"{PREFIX}_decision_queue",
+                "Bars waiting for the decision engine (every partition's clock must pass them).",
+                registry=r,
+            )
+            self._lag = Gauge(
+                f"{PREFIX}_consumer_lag",
+                "Messages behind the newest offset, per topic partition.",
+                ["partition"],
+                registry=r,
+            )
+            self._event_lag = Gauge(
+                f"{PREFIX}_event_time_lag_seconds",
+                "Wall clock minus the newest event time decided.",
+                registry=r,
+            )
             for metric, doc, label, _ in COUNTERS.values():
                 if metric not in self._counters:
-                    self._counters[metric] = Counter(f"{PREFIX}_{metric}", doc,
-                                                     [label] if label else [], registry=r)
+                    self._counters[metric] = Counter(
+                        f"{PREFIX}_{metric}", doc, [label] if label else [], registry=r
+                    )
             server, _ = start_http_server(port, addr=addr, registry=r)
             self.port = server.server_port
             self.enabled = True
@@ -118,9 +141,9 @@ class Metrics:
                 c = self._counters[metric]
                 (c.labels(value) if label else c).inc(n)
             elif key.startswith(MODEL_FAILURES):
-                self._failures.labels(key[len(MODEL_FAILURES):]).inc(n)
+                self._failures.labels(key[len(MODEL_FAILURES) :]).inc(n)
             elif key.startswith(DEAD_LETTER_REASON):
-                stage, _, reason = key[len(DEAD_LETTER_REASON):].partition(".")
+                stage, _, reason = key[len(DEAD_LETTER_REASON) :].partition(".")
                 self._dead.labels(stage, reason).inc(n)
             elif not key.startswith("dead_letters"):  # stage totals: the labelled family
                 self._events.labels(key).inc(n)

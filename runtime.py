@@ -60,8 +60,10 @@ def install_stop_handlers() -> None:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
-        sys.stderr.write(f"\n{name}: stopping: the sources end now, state is kept, the sinks "
-                         "flush and the summary follows (again to stop at once)\n")
+        sys.stderr.write(
+            f"\n{name}: stopping: the sources end now, state is kept, the sinks "
+            "flush and the summary follows (again to stop at once)\n"
+        )
         STOP.request(name)
 
     signal.signal(signal.SIGINT, handler)

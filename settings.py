@@ -47,12 +47,12 @@ class SupervisorScope(StrEnum):
 
 
 class ClmBudget(StrEnum):
-    FULL = "full"    # the tuned cycle budget (learning.trainer.CycleConfig)
+    FULL = "full"  # the tuned cycle budget (learning.trainer.CycleConfig)
     QUICK = "quick"  # a small one, for tests and demos
 
 
 class ProgressMode(StrEnum):
-    AUTO = "auto"      # redrawn on a terminal, a line every 30 s in a log
+    AUTO = "auto"  # redrawn on a terminal, a line every 30 s in a log
     ALWAYS = "always"  # a line every second, terminal or not
     NEVER = "never"
 
@@ -69,8 +69,9 @@ class Settings:
     """Pipeline configuration. Field docs are the reference for each ``QT_*`` variable."""
 
     # --- where things live ---------------------------------------------------------------
-    home: Path = _env("QT_HOME", "Local state directory (embedded store, registry, recovery).",
-                      Path(".qt"))
+    home: Path = _env(
+        "QT_HOME", "Local state directory (embedded store, registry, recovery).", Path(".qt")
+    )
     ticks: str = _env(
         "QT_TICKS",
         "Tick input: a file or glob (CSV, CSV.gz, zip, Parquet, Feather, JSON; the trades/"
@@ -86,9 +87,11 @@ class Settings:
         "http(s)://user:pass@host:port/db for a ClickHouse server.",
         "",
     )
-    database: str = _env("QT_CLICKHOUSE_DATABASE",
-                         "Database name in the embedded store (a server URL names its own).",
-                         "qt")
+    database: str = _env(
+        "QT_CLICKHOUSE_DATABASE",
+        "Database name in the embedded store (a server URL names its own).",
+        "qt",
+    )
 
     # --- input -----------------------------------------------------------------------------
     symbols: tuple[str, ...] = _env(
@@ -103,7 +106,8 @@ class Settings:
         0.0,
     )
     replay_block_bytes: int = _env(
-        "QT_REPLAY_BLOCK_BYTES", "Bytes of CSV parsed per chunk (one chunk = one stream item).",
+        "QT_REPLAY_BLOCK_BYTES",
+        "Bytes of CSV parsed per chunk (one chunk = one stream item).",
         1 << 20,
     )
     candle_seconds: int = _env(
@@ -141,28 +145,38 @@ class Settings:
         "the newest seen is accepted into the open bar; older ones are dead letters.",
         1000,
     )
-    kafka_batch_size: int = _env("QT_KAFKA_BATCH_SIZE",
-                                 "Messages per Kafka poll (one poll = one stream item).", 5000)
+    kafka_batch_size: int = _env(
+        "QT_KAFKA_BATCH_SIZE", "Messages per Kafka poll (one poll = one stream item).", 5000
+    )
     idle_partition_ms: int = _env(
         "QT_IDLE_PARTITION_MS",
         "Wall time a live input partition may have nothing to read before it stops holding "
-        "back the decisions of the others (it counts again with its next data).", 10_000)
+        "back the decisions of the others (it counts again with its next data).",
+        10_000,
+    )
     kafka_outage_s: float = _env(
         "QT_KAFKA_OUTAGE_S",
         "Seconds the Kafka source waits for a lost broker or partition to come back before "
         "the flow stops with an error naming them (resume from recovery: nothing is lost).",
-        120.0)
+        120.0,
+    )
     max_decision_queue: int = _env(
         "QT_MAX_DECISION_QUEUE",
         "Bars the decision engine may hold waiting for a slow input partition; beyond it, "
-        "that partition is treated as idle (a warning says which).", 200_000)
+        "that partition is treated as idle (a warning says which).",
+        200_000,
+    )
     metrics_port: int = _env(
         "QT_METRICS_PORT",
-        "Port of the Prometheus metrics endpoint (http://host:PORT/metrics). 0: off.", 0)
+        "Port of the Prometheus metrics endpoint (http://host:PORT/metrics). 0: off.",
+        0,
+    )
     progress: ProgressMode = _env(
         "QT_PROGRESS",
         "Progress line on stderr: auto (redrawn every second on a terminal, a line every 30 s "
-        "in a log), always (a line every second) or never.", ProgressMode.AUTO)
+        "in a log), always (a line every second) or never.",
+        ProgressMode.AUTO,
+    )
 
     # --- bars and features -----------------------------------------------------------------
     bar_seconds: int = _env("QT_BAR_SECONDS", "Bar length in seconds (event time).", 60)
@@ -173,139 +187,188 @@ class Settings:
     )
 
     # --- storage -----------------------------------------------------------------------------
-    sink_batch_rows: int = _env("QT_SINK_BATCH_ROWS",
-                                "Rows buffered per table before an insert.", 50_000)
+    sink_batch_rows: int = _env(
+        "QT_SINK_BATCH_ROWS", "Rows buffered per table before an insert.", 50_000
+    )
     sink_flush_seconds: float = _env(
         "QT_SINK_FLUSH_SECONDS", "Longest time a row waits in the sink buffer.", 1.0
     )
 
     # --- labels, models, ensemble ---------------------------------------------------------
     registry_path: Path | None = _env(
-        "QT_REGISTRY_DIR", "Model registry directory. Empty: $QT_HOME/registry.", None)
+        "QT_REGISTRY_DIR", "Model registry directory. Empty: $QT_HOME/registry.", None
+    )
     label_horizon_bars: int = _env(
         "QT_LABEL_HORIZON_BARS",
-        "Bars ahead whose return labels a bar (and that the sequence models forecast).", 10)
+        "Bars ahead whose return labels a bar (and that the sequence models forecast).",
+        10,
+    )
     label_vol_mult: float = _env(
         "QT_LABEL_VOL_MULT",
-        "Label threshold = max(round-trip costs, this x EWMA volatility x sqrt(horizon)).", 1.0)
+        "Label threshold = max(round-trip costs, this x EWMA volatility x sqrt(horizon)).",
+        1.0,
+    )
     fee_bps: float = _env("QT_FEE_BPS", "Fee per fill, basis points of notional.", 0.5)
-    slippage_bps: float = _env("QT_SLIPPAGE_BPS",
-                               "Slippage per fill, basis points, on top of the quoted side.", 0.5)
-    vote_threshold: float = _env("QT_ENSEMBLE_VOTE_THRESHOLD",
-                                 "Summed model weight a BUY or SELL needs (audit: 0.6).", 0.6)
+    slippage_bps: float = _env(
+        "QT_SLIPPAGE_BPS", "Slippage per fill, basis points, on top of the quoted side.", 0.5
+    )
+    vote_threshold: float = _env(
+        "QT_ENSEMBLE_VOTE_THRESHOLD", "Summed model weight a BUY or SELL needs (audit: 0.6).", 0.6
+    )
     high_vol_threshold: float = _env(
         "QT_ENSEMBLE_HIGH_VOL",
         "Daily-scaled EWMA volatility above which a signal needs more confidence (audit: 5%).",
-        0.05)
+        0.05,
+    )
     high_vol_min_confidence: float = _env(
         "QT_ENSEMBLE_HIGH_VOL_MIN_CONFIDENCE",
-        "Confidence a signal needs when volatility is high (audit: 0.70).", 0.70)
+        "Confidence a signal needs when volatility is high (audit: 0.70).",
+        0.70,
+    )
     bootstrap_ticks: str = _env(
         "QT_BOOTSTRAP_TICKS",
         "Ticks the first run trains on when the registry is empty. Default: the bundled FXCM "
         "days before the replayed sample (2014-05-01..05), so the default run is out-of-sample.",
-        str(SAMPLE_TRAINING_TICKS))
+        str(SAMPLE_TRAINING_TICKS),
+    )
 
     # --- model supervisor (bias window) --------------------------------------------------
     supervisor_mode: SupervisorMode = _env(
-        "QT_MODEL_SUPERVISOR_MODE", "ENFORCED (block), OBSERVE (record only) or OFF.",
-        SupervisorMode.ENFORCED)
+        "QT_MODEL_SUPERVISOR_MODE",
+        "ENFORCED (block), OBSERVE (record only) or OFF.",
+        SupervisorMode.ENFORCED,
+    )
     supervisor_bias_threshold: float = _env(
         "QT_MODEL_SUPERVISOR_BIAS_THRESHOLD",
-        "A BUY (SELL) is blocked while the BUY (SELL) share of the window exceeds this.", 0.70)
+        "A BUY (SELL) is blocked while the BUY (SELL) share of the window exceeds this.",
+        0.70,
+    )
     supervisor_min_samples: int = _env(
-        "QT_MODEL_SUPERVISOR_MIN_SAMPLES", "Signals in the window before bias is judged.", 20)
-    supervisor_window: int = _env("QT_MODEL_SUPERVISOR_WINDOW",
-                                  "Signals the window keeps (bounded).", 100)
+        "QT_MODEL_SUPERVISOR_MIN_SAMPLES", "Signals in the window before bias is judged.", 20
+    )
+    supervisor_window: int = _env(
+        "QT_MODEL_SUPERVISOR_WINDOW", "Signals the window keeps (bounded).", 100
+    )
     supervisor_scope: SupervisorScope = _env(
-        "QT_MODEL_SUPERVISOR_SCOPE", "global (one window, the audit's) or symbol.",
-        SupervisorScope.GLOBAL)
+        "QT_MODEL_SUPERVISOR_SCOPE",
+        "global (one window, the audit's) or symbol.",
+        SupervisorScope.GLOBAL,
+    )
 
     # --- RL sizing (PPO) --------------------------------------------------------------------
     rl_enabled: bool = _env("QT_RL_V3_ENABLED", "Size trades with the PPO policy.", True)
     rl_shadow_mode: bool = _env(
         "QT_RL_V3_SHADOW_MODE",
-        "Compute and record the RL decision but trade QT_FIXED_POSITION_USD.", False)
+        "Compute and record the RL decision but trade QT_FIXED_POSITION_USD.",
+        False,
+    )
     rl_training_enabled: bool = _env(
         "QT_RL_V3_TRAINING_ENABLED",
-        "Act stochastically and update the policy from closed trades.", True)
+        "Act stochastically and update the policy from closed trades.",
+        True,
+    )
     rl_checkpoint_dir: Path | None = _env(
-        "QT_RL_V3_CHECKPOINT_DIR", "PPO checkpoints. Empty: the registry's ppo folder.", None)
-    rl_update_interval: int = _env("QT_RL_V3_UPDATE_INTERVAL",
-                                   "Transitions per PPO update.", 100)
+        "QT_RL_V3_CHECKPOINT_DIR", "PPO checkpoints. Empty: the registry's ppo folder.", None
+    )
+    rl_update_interval: int = _env("QT_RL_V3_UPDATE_INTERVAL", "Transitions per PPO update.", 100)
     rl_max_policy_lag: int = _env(
         "QT_RL_V3_MAX_POLICY_LAG",
         "Transitions recorded more than this many policy versions ago are dropped (counted).",
-        2)
+        2,
+    )
 
     # --- paper execution -----------------------------------------------------------------
     start_equity: float = _env(
         "QT_START_EQUITY",
         "Paper equity, split equally into one sub-account per symbol: QT_START_EQUITY / N, with "
         "N the number of QT_SYMBOLS, or QT_SUBACCOUNTS when QT_SYMBOLS is empty.",
-        100_000.0)
+        100_000.0,
+    )
     subaccounts: int = _env(
-        "QT_SUBACCOUNTS", "N of the equity split when QT_SYMBOLS does not list the symbols.", 10)
+        "QT_SUBACCOUNTS", "N of the equity split when QT_SYMBOLS does not list the symbols.", 10
+    )
     fixed_position_usd: float = _env(
-        "QT_FIXED_POSITION_USD", "Trade size when RL is off or in shadow mode.", 1_000.0)
-    max_holding_seconds: int = _env("QT_MAX_HOLDING_SECONDS",
-                                    "A position is closed after this long (event time).", 3600)
+        "QT_FIXED_POSITION_USD", "Trade size when RL is off or in shadow mode.", 1_000.0
+    )
+    max_holding_seconds: int = _env(
+        "QT_MAX_HOLDING_SECONDS", "A position is closed after this long (event time).", 3600
+    )
     exec_latency_ms: int = _env(
         "QT_EXEC_LATENCY_MS",
-        "A decision made at a bar close fills at the first tick at least this much later.", 0)
+        "A decision made at a bar close fills at the first tick at least this much later.",
+        0,
+    )
 
     # --- learning -------------------------------------------------------------------------
-    learning: bool = _env("QT_LEARNING",
-                          "Run the learning graph in the live process (embedded mode).", True)
+    learning: bool = _env(
+        "QT_LEARNING", "Run the learning graph in the live process (embedded mode).", True
+    )
     trade_events: str = _env(
         "QT_TRADE_EVENTS",
         "kafka://host:port/trade-events to publish/consume trade events; empty: in-process.",
-        "")
+        "",
+    )
     join_ttl_hours: float = _env(
         "QT_JOIN_TTL_HOURS",
         "Event time a trade's half waits for the other before it is a dead letter (keep it "
-        "above QT_MAX_HOLDING_SECONDS).", 24.0)
+        "above QT_MAX_HOLDING_SECONDS).",
+        24.0,
+    )
     clm_enabled: bool = _env("QT_CLM_ENABLED", "Continuous learning on.", True)
-    clm_retrain_hours: float = _env("QT_CLM_RETRAIN_HOURS",
-                                    "Time trigger period (event time).", 168.0)
+    clm_retrain_hours: float = _env(
+        "QT_CLM_RETRAIN_HOURS", "Time trigger period (event time).", 168.0
+    )
     clm_drift_hours: float = _env("QT_CLM_DRIFT_HOURS", "Drift check period (event time).", 24.0)
-    clm_perf_hours: float = _env("QT_CLM_PERF_HOURS",
-                                 "Performance check period (event time).", 6.0)
+    clm_perf_hours: float = _env("QT_CLM_PERF_HOURS", "Performance check period (event time).", 6.0)
     clm_drift_threshold: float = _env(
         "QT_CLM_DRIFT_THRESHOLD",
         "Drift beyond sampling noise that triggers retraining: the recent window's mean PSI "
         "against the training data, less the level same-size windows of the training data "
-        "reach by chance (95%).", 0.05)
-    clm_shadow_min: int = _env("QT_CLM_SHADOW_MIN",
-                               "Scored shadow bars before a challenger is first judged.", 100)
+        "reach by chance (95%).",
+        0.05,
+    )
+    clm_shadow_min: int = _env(
+        "QT_CLM_SHADOW_MIN", "Scored shadow bars before a challenger is first judged.", 100
+    )
     clm_shadow_max: int = _env(
         "QT_CLM_SHADOW_MAX",
         "Scored shadow bars after which a challenger not proven better or worse is retired "
         "as unproven (the sequential test looks at QT_CLM_SHADOW_MIN x 2^k bars up to this).",
-        3200)
-    clm_auto_retrain: bool = _env("QT_CLM_AUTO_RETRAIN", "Triggers start cycles by themselves.",
-                                  True)
+        3200,
+    )
+    clm_auto_retrain: bool = _env(
+        "QT_CLM_AUTO_RETRAIN", "Triggers start cycles by themselves.", True
+    )
     clm_auto_promote: bool = _env(
-        "QT_CLM_AUTO_PROMOTE", "Promote a challenger that is more than 2% better.", True)
+        "QT_CLM_AUTO_PROMOTE", "Promote a challenger that is more than 2% better.", True
+    )
     clm_promote_margin: float = _env(
         "QT_CLM_PROMOTE_MARGIN",
         "Relative macro-F1 improvement over production a challenger must be proven to have.",
-        0.02)
+        0.02,
+    )
     clm_promote_confidence: float = _env(
         "QT_CLM_PROMOTE_CONFIDENCE",
         "Confidence at which a challenger must be proven better (or not better) than "
-        "production, on the same bars, allowing for serial correlation.", 0.95)
+        "production, on the same bars, allowing for serial correlation.",
+        0.95,
+    )
     clm_lookback_days: float = _env("QT_CLM_LOOKBACK_DAYS", "Training window of a cycle.", 90.0)
     clm_blocking: bool = _env(
         "QT_CLM_BLOCKING",
         "Wait for a cycle's training in the flow (deterministic replays and tests). Default: "
-        "train in a child process while the flow keeps going.", False)
-    clm_budget: ClmBudget = _env("QT_CLM_BUDGET",
-                           "Training budget of a cycle: full (tuned, < 60 s on 10 symbols x 10 "
-                           "days) or quick (tests).", ClmBudget.FULL)
+        "train in a child process while the flow keeps going.",
+        False,
+    )
+    clm_budget: ClmBudget = _env(
+        "QT_CLM_BUDGET",
+        "Training budget of a cycle: full (tuned, < 60 s on 10 symbols x 10 "
+        "days) or quick (tests).",
+        ClmBudget.FULL,
+    )
     dynamic_weights: bool = _env(
-        "QT_DYNAMIC_WEIGHTS", "Ensemble weights follow recent realised accuracy (bounded).",
-        False)
+        "QT_DYNAMIC_WEIGHTS", "Ensemble weights follow recent realised accuracy (bounded).", False
+    )
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -357,8 +420,7 @@ class Settings:
             default = _default(f)
             value = getattr(self, f.name)
             if value != default:
-                out[f.metadata["env"]] = (",".join(value) if isinstance(value, tuple)
-                                          else str(value))
+                out[f.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
         return out
 
     @classmethod

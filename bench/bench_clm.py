@@ -54,8 +54,9 @@ TRAIN_TICKS = DATA / "candles" / "bittrex_10altBTC_1m_2018-01-20.csv.gz"
 LIVE_TICKS = DATA / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"
 
 
-def run_cycle(job: TrainingJob, history: History, label_cfg: LabelConfig, config: CycleConfig,
-              out_dir: Path) -> CycleResult:
+def run_cycle(
+    job: TrainingJob, history: History, label_cfg: LabelConfig, config: CycleConfig, out_dir: Path
+) -> CycleResult:
     """Start a cycle and poll it to the end the way a dataflow step would."""
     job.start(history, None, label_cfg, config, out_dir)
     while True:
@@ -69,18 +70,24 @@ def print_cycle(result: CycleResult) -> None:
     s = result.seconds
     in_child = s["total"]
     overhead = (result.wall_seconds or 0.0) - in_child
-    print(f"cycle: {result.rows['train']:,} training rows ({result.rows['symbols']} symbols), "
-          f"{result.rows['val']:,} validation rows, {result.rows['seq_bars']:,} bars for the "
-          f"sequence models")
+    print(
+        f"cycle: {result.rows['train']:,} training rows ({result.rows['symbols']} symbols), "
+        f"{result.rows['val']:,} validation rows, {result.rows['seq_bars']:,} bars for the "
+        f"sequence models"
+    )
     print(f"  {'child start-up, imports, history IPC':<38} {overhead:6.1f} s")
     print(f"  {'labels and split':<38} {s['prepare']:6.1f} s")
     for name in MODEL_NAMES:
         m = result.metrics[name]
-        print(f"  {name + ' (fit, save, validate)':<38} {s[name]:6.1f} s   val macro-F1 "
-              f"{m['val_macro_f1']:.3f}, accuracy {m['val_accuracy']:.3f}, "
-              f"{int(m['val_calls'])} calls, hit rate {m['val_call_hit_rate']:.3f}")
-    print(f"  {'total (start -> result)':<38} {result.wall_seconds:6.1f} s   (baseline "
-          f"macro-F1 {result.metrics['baseline']['val_macro_f1']:.3f}; target < 60 s)")
+        print(
+            f"  {name + ' (fit, save, validate)':<38} {s[name]:6.1f} s   val macro-F1 "
+            f"{m['val_macro_f1']:.3f}, accuracy {m['val_accuracy']:.3f}, "
+            f"{int(m['val_calls'])} calls, hit rate {m['val_call_hit_rate']:.3f}"
+        )
+    print(
+        f"  {'total (start -> result)':<38} {result.wall_seconds:6.1f} s   (baseline "
+        f"macro-F1 {result.metrics['baseline']['val_macro_f1']:.3f}; target < 60 s)"
+    )
 
 
 class LiveLoad:
@@ -96,14 +103,22 @@ class LiveLoad:
     def _run(self) -> None:
         while True:
             home = tempfile.mkdtemp(dir=self.tmp)
-            env = {**os.environ, "QT_HOME": home, "QT_TICKS": str(self.ticks),
-                   "QT_REGISTRY_DIR": str(self.registry)}
+            env = {
+                **os.environ,
+                "QT_HOME": home,
+                "QT_TICKS": str(self.ticks),
+                "QT_REGISTRY_DIR": str(self.registry),
+            }
             with self.lock:
                 if self.stopped:
                     return
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "bytewax.run", "dataflows.live"], cwd=ROOT, env=env,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    [sys.executable, "-m", "bytewax.run", "dataflows.live"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             self.proc.wait()
 
     def __enter__(self) -> LiveLoad:
@@ -122,8 +137,9 @@ class LiveLoad:
 class Trainer(threading.Thread):
     """Keeps a training cycle running until stopped (a new one starts when one ends)."""
 
-    def __init__(self, history: History, label_cfg: LabelConfig, config: CycleConfig,
-                 tmp: Path) -> None:
+    def __init__(
+        self, history: History, label_cfg: LabelConfig, config: CycleConfig, tmp: Path
+    ) -> None:
         super().__init__(daemon=True)
         self.history, self.label_cfg, self.config, self.tmp = history, label_cfg, config, tmp
         self.stop = threading.Event()
@@ -150,9 +166,12 @@ def main() -> None:
     ap.add_argument("--registry", type=Path, help="trained registry (default: bootstrap one)")
     ap.add_argument("--repeat", type=int, default=1, help="live runs alone / while training")
     ap.add_argument("--skip-live", action="store_true", help="time the cycle only")
-    ap.add_argument("--flow-clm", action="store_true",
-                    help="leave the live flow's own CLM on (default: QT_CLM_ENABLED=false in "
-                         "its child, so the bench's cycles are the only training)")
+    ap.add_argument(
+        "--flow-clm",
+        action="store_true",
+        help="leave the live flow's own CLM on (default: QT_CLM_ENABLED=false in "
+        "its child, so the bench's cycles are the only training)",
+    )
     args = ap.parse_args()
     if not args.flow_clm:
         os.environ["QT_CLM_ENABLED"] = "false"  # read by the live flow's children
@@ -162,9 +181,11 @@ def main() -> None:
 
     t0 = time.perf_counter()
     history = history_from_ticks(str(args.train_ticks), settings)
-    print(f"history: {args.train_ticks.name}, {sum(map(len, history.vectors.values())):,} bars "
-          f"of {len(history.symbols)} symbols, built in {time.perf_counter() - t0:.1f} s "
-          "(not part of the cycle)")
+    print(
+        f"history: {args.train_ticks.name}, {sum(map(len, history.vectors.values())):,} bars "
+        f"of {len(history.symbols)} symbols, built in {time.perf_counter() - t0:.1f} s "
+        "(not part of the cycle)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -178,12 +199,20 @@ def main() -> None:
         if registry is None:
             registry = tmp / "registry"
             env = {**os.environ, "QT_HOME": str(tmp / "boot"), "QT_REGISTRY_DIR": str(registry)}
-            subprocess.run([sys.executable, "-m", "cli.bootstrap"], cwd=ROOT, env=env,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "cli.bootstrap"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
         with LiveLoad(args.live_ticks, registry, tmp), TrainingJob() as job:
             loaded = run_cycle(job, history, label_cfg, config, tmp / "cycle-under-load")
-        print(f"cycle while the live flow runs: {loaded.wall_seconds:.1f} s (" + ", ".join(
-            f"{k} {v:.1f}" for k, v in loaded.seconds.items()) + "; target < 60 s)")
+        print(
+            f"cycle while the live flow runs: {loaded.wall_seconds:.1f} s ("
+            + ", ".join(f"{k} {v:.1f}" for k, v in loaded.seconds.items())
+            + "; target < 60 s)"
+        )
         alone: list[float] = []
         during: list[float] = []
         for i in range(args.repeat):
@@ -201,15 +230,19 @@ def main() -> None:
             if not overlapped:
                 print("  warning: no cycle was running when the flow ended")
             during.append(run["ticks_per_s"])
-            print(f"live flow on {args.live_ticks.name}: alone {alone[-1]:,.0f} ticks/s, while "
-                  f"training {during[-1]:,.0f} ticks/s (ratio {during[-1] / alone[-1]:.2f}; "
-                  f"flow {run['elapsed_s']:.1f} s, process {run['process_wall_s']:.1f} s, "
-                  f"started {delay:.0f} s after the job; "
-                  f"{len(trainer.cycles)} cycle(s) finished meanwhile)")
+            print(
+                f"live flow on {args.live_ticks.name}: alone {alone[-1]:,.0f} ticks/s, while "
+                f"training {during[-1]:,.0f} ticks/s (ratio {during[-1] / alone[-1]:.2f}; "
+                f"flow {run['elapsed_s']:.1f} s, process {run['process_wall_s']:.1f} s, "
+                f"started {delay:.0f} s after the job; "
+                f"{len(trainer.cycles)} cycle(s) finished meanwhile)"
+            )
     if args.repeat > 1:
         a, d = statistics.median(alone), statistics.median(during)
-        print(f"median: alone {a:,.0f} ticks/s, while training {d:,.0f} ticks/s "
-              f"(ratio {d / a:.2f}; target >= 0.70)")
+        print(
+            f"median: alone {a:,.0f} ticks/s, while training {d:,.0f} ticks/s "
+            f"(ratio {d / a:.2f}; target >= 0.70)"
+        )
     else:
         print(f"ratio {during[0] / alone[0]:.2f} (target >= 0.70)")
 

@@ -38,12 +38,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TICKS = (ROOT.parent / "shared" / "data" / "quotes"
-                 / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz")
+DEFAULT_TICKS = (
+    ROOT.parent / "shared" / "data" / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"
+)
 
 # Each process: count the store's inserts (in whichever process owns the store), then run
 # bytewax.run as `python -m bytewax.run` would (its argv, so runtime.cluster() reads -i/-a).
-CHILD = r'''
+CHILD = r"""
 import atexit, collections, json, runpy, sys, time
 from dataflows import graphs
 from storage import store as st
@@ -94,7 +95,7 @@ def dump():
 atexit.register(dump)
 sys.argv = ["bytewax.run", *argv]
 runpy.run_module("bytewax.run", run_name="__main__", alter_sys=True)
-'''
+"""
 
 LEARNING_ON = {"QT_LEARNING": "true", "QT_CLM_BLOCKING": "true"}
 LEARNING_OFF = {"QT_LEARNING": "false"}
@@ -107,16 +108,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cluster(ticks: Path, processes: int, registry: Path, learning: str, work: Path,
-                profile: Path | None, background: bool) -> dict:
+def run_cluster(
+    ticks: Path,
+    processes: int,
+    registry: Path,
+    learning: str,
+    work: Path,
+    profile: Path | None,
+    background: bool,
+) -> dict:
     home = work / f"{learning}_p{processes}"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     reg = home / "registry"
     shutil.copytree(registry, reg)
-    env = {**os.environ, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(reg),
-           "QT_TICKS": str(ticks), "QT_PROGRESS": "never", "OMP_NUM_THREADS": "1",
-           **(LEARNING_ON if learning == "on" else LEARNING_OFF)}
+    env = {
+        **os.environ,
+        "QT_HOME": str(home),
+        "QT_REGISTRY_DIR": str(reg),
+        "QT_TICKS": str(ticks),
+        "QT_PROGRESS": "never",
+        "OMP_NUM_THREADS": "1",
+        **(LEARNING_ON if learning == "on" else LEARNING_OFF),
+    }
     if background:
         env.pop("QT_CLM_BLOCKING", None)
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
@@ -127,11 +141,24 @@ def run_cluster(ticks: Path, processes: int, registry: Path, learning: str, work
         cmd = [sys.executable, "-c", CHILD, str(home / f"inserts_{i}.json"), *args]
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
-            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "-r", "50",
-                   "-f", "raw",
-                   "-o", str(profile / f"{learning}_p{processes}_{i}.txt"), "--", *cmd]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+            cmd = [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--gil",
+                "-r",
+                "50",
+                "-f",
+                "raw",
+                "-o",
+                str(profile / f"{learning}_p{processes}_{i}.txt"),
+                "--",
+                *cmd,
+            ]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     outs = []
     for p in procs:
         out, err = p.communicate()
@@ -156,17 +183,34 @@ def run_cluster(ticks: Path, processes: int, registry: Path, learning: str, work
         rows.update(s["rows"])
         busy += sum(s["busy_s"].values())
         span = max(span, s["span_s"])
-    trades = subprocess.run([sys.executable, "-m", "cli.analytics", "trades", "--json"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    trades = subprocess.run(
+        [sys.executable, "-m", "cli.analytics", "trades", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     n_ins, n_rows = sum(inserts.values()), sum(rows.values())
-    return {"processes": processes, "learning": learning, "ticks": counts["ticks"],
-            "elapsed_s": counts["elapsed"], "ticks_per_s": counts["ticks/s"],
-            "trades_opened": counts.get("trades opened", 0), "wall_s": wall,
-            "inserts": n_ins, "rows": n_rows, "rows_per_insert": n_rows / max(n_ins, 1),
-            "inserts_per_s": n_ins / counts["elapsed"], "insert_busy_s": busy,
-            "insert_owners": owners, "by_table": {t: (inserts[t], rows[t]) for t in inserts},
-            "cpu": cpu,
-            "trades": trades, "summary": summary}
+    return {
+        "processes": processes,
+        "learning": learning,
+        "ticks": counts["ticks"],
+        "elapsed_s": counts["elapsed"],
+        "ticks_per_s": counts["ticks/s"],
+        "trades_opened": counts.get("trades opened", 0),
+        "wall_s": wall,
+        "inserts": n_ins,
+        "rows": n_rows,
+        "rows_per_insert": n_rows / max(n_ins, 1),
+        "inserts_per_s": n_ins / counts["elapsed"],
+        "insert_busy_s": busy,
+        "insert_owners": owners,
+        "by_table": {t: (inserts[t], rows[t]) for t in inserts},
+        "cpu": cpu,
+        "trades": trades,
+        "summary": summary,
+    }
 
 
 def busiest(profile: Path, limit: int = 25) -> str:
@@ -198,9 +242,12 @@ def main() -> None:
     ap.add_argument("--learning", nargs="+", choices=["off", "on"], default=["off", "on"])
     ap.add_argument("--registry", type=Path, help="trained registry (default: bootstrap one)")
     ap.add_argument("--profile", type=Path, help="py-spy profiles of every process, here")
-    ap.add_argument("--clm-background", action="store_true",
-                    help="learning on with training in a background process (the default "
-                         "deployment; trades may then differ between runs)")
+    ap.add_argument(
+        "--clm-background",
+        action="store_true",
+        help="learning on with training in a background process (the default "
+        "deployment; trades may then differ between runs)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -208,35 +255,53 @@ def main() -> None:
         if registry is None:
             registry = work / "registry"
             env = {**os.environ, "QT_HOME": tmp, "QT_REGISTRY_DIR": str(registry)}
-            subprocess.run([sys.executable, "-m", "cli.bootstrap"], cwd=ROOT, env=env,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "cli.bootstrap"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
         for learning in args.learning:
-            runs = [run_cluster(args.ticks, n, registry, learning, work, args.profile,
-                                args.clm_background) for n in args.processes]
+            runs = [
+                run_cluster(
+                    args.ticks, n, registry, learning, work, args.profile, args.clm_background
+                )
+                for n in args.processes
+            ]
             base = runs[0]
             print(f"== learning {learning}: {args.ticks.name}")
             for r in runs:
                 same = "same trades" if r["trades"] == base["trades"] else "TRADES DIFFER"
-                print(f"{r['processes']} process(es): {r['ticks']:,.0f} ticks in "
-                      f"{r['elapsed_s']:.1f} s -> {r['ticks_per_s']:,.0f} ticks/s "
-                      f"({r['ticks_per_s'] / base['ticks_per_s']:.2f}x), wall "
-                      f"{r['wall_s']:.1f} s, {r['trades_opened']:.0f} trades opened, {same}")
-                print(f"   store: {r['inserts']} inserts of {r['rows']:,} rows "
-                      f"({r['rows_per_insert']:,.0f} rows/insert, "
-                      f"{r['inserts_per_s']:.1f} inserts/s, {r['insert_busy_s']:.2f} s "
-                      f"inserting, {r['insert_owners']} process(es) inserting); by table: "
-                      + ", ".join(f"{t} {n}/{rows:,}" for t, (n, rows)
-                                  in sorted(r["by_table"].items())))
-                print("   CPU s (start-up / streaming) per process: " + ", ".join(
-                    f"{a:.1f} / {b:.1f}" for a, b in r["cpu"]))
+                print(
+                    f"{r['processes']} process(es): {r['ticks']:,.0f} ticks in "
+                    f"{r['elapsed_s']:.1f} s -> {r['ticks_per_s']:,.0f} ticks/s "
+                    f"({r['ticks_per_s'] / base['ticks_per_s']:.2f}x), wall "
+                    f"{r['wall_s']:.1f} s, {r['trades_opened']:.0f} trades opened, {same}"
+                )
+                print(
+                    f"   store: {r['inserts']} inserts of {r['rows']:,} rows "
+                    f"({r['rows_per_insert']:,.0f} rows/insert, "
+                    f"{r['inserts_per_s']:.1f} inserts/s, {r['insert_busy_s']:.2f} s "
+                    f"inserting, {r['insert_owners']} process(es) inserting); by table: "
+                    + ", ".join(
+                        f"{t} {n}/{rows:,}" for t, (n, rows) in sorted(r["by_table"].items())
+                    )
+                )
+                print(
+                    "   CPU s (start-up / streaming) per process: "
+                    + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in r["cpu"])
+                )
             one = sum(b for _, b in base["cpu"])
             for r in runs[1:]:
                 busiest_s = max(b for _, b in r["cpu"])
                 total = sum(b for _, b in r["cpu"])
-                print(f"   {r['processes']} processes: streaming CPU {total:.1f} s in all "
-                      f"({total / one:.2f}x one process's {one:.1f} s), busiest process "
-                      f"{busiest_s:.1f} s: on {r['processes']} free cores at most "
-                      f"{one / busiest_s:.2f}x one process")
+                print(
+                    f"   {r['processes']} processes: streaming CPU {total:.1f} s in all "
+                    f"({total / one:.2f}x one process's {one:.1f} s), busiest process "
+                    f"{busiest_s:.1f} s: on {r['processes']} free cores at most "
+                    f"{one / busiest_s:.2f}x one process"
+                )
     if args.profile is not None:
         print(busiest(args.profile))
 

@@ -100,8 +100,7 @@ def rows_of(history: History, scale: float = 1.0) -> Rows:
         if scale == 1.0:
             vectors = history.vectors[symbol]
         else:
-            bars = [_scaled(b, history.bars[symbol][0].close, scale)
-                    for b in history.bars[symbol]]
+            bars = [_scaled(b, history.bars[symbol][0].close, scale) for b in history.bars[symbol]]
             vectors = features_for_bars(bars, settings.bar_seconds, settings.seq_window)
         warm = [v for v in vectors if v.warm]
         X.append(feature_matrix(warm))
@@ -114,14 +113,21 @@ def rows_of(history: History, scale: float = 1.0) -> Rows:
 
 def _scaled(bar: Bar, anchor: float, k: float) -> Bar:
     """``p -> anchor * (p / anchor) ** k`` on every price; the spread keeps its bps."""
+
     def f(p: float) -> float:
         return anchor * math.exp(k * math.log(p / anchor))
 
     ratio = f(bar.close) / bar.close
-    return dataclasses.replace(bar, open=f(bar.open), high=f(bar.high), low=f(bar.low),
-                               close=f(bar.close), vwap=f(bar.vwap),
-                               spread_mean=bar.spread_mean * ratio,
-                               spread_max=bar.spread_max * ratio)
+    return dataclasses.replace(
+        bar,
+        open=f(bar.open),
+        high=f(bar.high),
+        low=f(bar.low),
+        close=f(bar.close),
+        vwap=f(bar.vwap),
+        spread_mean=bar.spread_mean * ratio,
+        spread_max=bar.spread_max * ratio,
+    )
 
 
 Check = tuple[np.ndarray, np.ndarray]  # reference mask, recent mask
@@ -135,9 +141,14 @@ def stretches(ts: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
 
 
-def same_regime(data: Rows, hours: float, rng: np.random.Generator, lagged: bool = False,
-                ref_symbol: str | None = None, recent_symbol: str | None = None
-                ) -> Iterator[tuple[Check, tuple[int, int]]]:
+def same_regime(
+    data: Rows,
+    hours: float,
+    rng: np.random.Generator,
+    lagged: bool = False,
+    ref_symbol: str | None = None,
+    recent_symbol: str | None = None,
+) -> Iterator[tuple[Check, tuple[int, int]]]:
     """Endless draws of the *same regime* protocol (see the module docstring)."""
     L = int(hours * HOUR)
     per_day = 1440 * (1 if ref_symbol else data.symbols)
@@ -170,8 +181,7 @@ def trading_days(data: Rows) -> list[int]:
     return sorted(days, key=lambda d: float(np.sqrt(np.mean(r1[day == d] ** 2))))
 
 
-def volatile_stretches(data: Rows, hours: float, avoid: np.ndarray, count: int = 3
-                       ) -> list[int]:
+def volatile_stretches(data: Rows, hours: float, avoid: np.ndarray, count: int = 3) -> list[int]:
     """Starts of the ``count`` most volatile non-overlapping windows of ``hours`` (RMS of
     ``ret_1``, hourly starts, at least 90% of a full window's rows, none on ``avoid`` days)."""
     L = int(hours * HOUR)
@@ -180,8 +190,11 @@ def volatile_stretches(data: Rows, hours: float, avoid: np.ndarray, count: int =
     lo = np.searchsorted(data.ts, starts, side="right")
     hi = np.searchsorted(data.ts, starts + L, side="right")
     full = 0.9 * L / 60_000 * data.symbols
-    ok = ((hi - lo) >= full) & ~np.isin(starts // DAY, avoid) \
+    ok = (
+        ((hi - lo) >= full)
+        & ~np.isin(starts // DAY, avoid)
         & ~np.isin((starts + L - 1) // DAY, avoid)
+    )
     rms = np.where(ok, np.sqrt((r2[hi] - r2[lo]) / np.maximum(hi - lo, 1)), -1.0)
     picked: list[int] = []
     for k in np.argsort(-rms):
@@ -192,8 +205,9 @@ def volatile_stretches(data: Rows, hours: float, avoid: np.ndarray, count: int =
     return picked
 
 
-def calm_to_volatile(data: Rows, hours: float, rng: np.random.Generator
-                     ) -> Iterator[tuple[Check, tuple[int, int]]]:
+def calm_to_volatile(
+    data: Rows, hours: float, rng: np.random.Generator
+) -> Iterator[tuple[Check, tuple[int, int]]]:
     """Reference: the two calmest trading days; window: about one of the three most volatile
     stretches of the check's length (start shifted uniformly by up to a quarter of it)."""
     L = int(hours * HOUR)
@@ -207,8 +221,7 @@ def calm_to_volatile(data: Rows, hours: float, rng: np.random.Generator
             yield (ref, rec), (t, t + L)
 
 
-def neff_expected_psi(reference: FeatureReference, rows: Rows, ref: np.ndarray,
-                      n: int) -> float:
+def neff_expected_psi(reference: FeatureReference, rows: Rows, ref: np.ndarray, n: int) -> float:
     """The analytic alternative: ``(bins - 1)(tau / n_ref + tau / n)`` per scored feature,
     ``tau`` the integrated autocorrelation time of its bin index per symbol (summed to the
     first lag under 0.05, at most a day), mean over the scored features."""
@@ -228,8 +241,8 @@ def neff_expected_psi(reference: FeatureReference, rows: Rows, ref: np.ndarray,
             if len(x) < 2 or not x.any():
                 continue
             spec = np.fft.rfft(x, 2 * len(x))
-            acf = np.fft.irfft(spec * np.conj(spec))[:min(len(x), 1441)]
-            acf_sum[:len(acf)] += acf / acf[0] * len(x)
+            acf = np.fft.irfft(spec * np.conj(spec))[: min(len(x), 1441)]
+            acf_sum[: len(acf)] += acf / acf[0] * len(x)
             weight += len(x)
         rho = acf_sum / max(weight, 1)
         below = np.flatnonzero(rho[1:] < 0.05)
@@ -239,21 +252,30 @@ def neff_expected_psi(reference: FeatureReference, rows: Rows, ref: np.ndarray,
     return float(np.mean(out)) if out else 0.0
 
 
-def scores(ref_rows: Rows, ref: np.ndarray, rec_rows: Rows, rec: np.ndarray
-           ) -> dict[str, float]:
+def scores(ref_rows: Rows, ref: np.ndarray, rec_rows: Rows, rec: np.ndarray) -> dict[str, float]:
     """Every method's score of one check (compare with the threshold)."""
     reference = FeatureReference.fit(ref_rows.X[ref], ts_ms=ref_rows.ts[ref])
     X, ts = rec_rows.X[rec], rec_rows.ts[rec]
     final = reference.drift_check(X, ts)
     pooled = reference.drift_check(X)
-    return {"raw": final.raw, "raw-iid": final.raw - iid_expected_psi(reference, len(X)),
-            "raw-neff": final.raw - neff_expected_psi(reference, ref_rows, ref, len(X)),
-            "raw-mean": final.raw - pooled.expected, "pooled": pooled.corrected,
-            "final": final.corrected}
+    return {
+        "raw": final.raw,
+        "raw-iid": final.raw - iid_expected_psi(reference, len(X)),
+        "raw-neff": final.raw - neff_expected_psi(reference, ref_rows, ref, len(X)),
+        "raw-mean": final.raw - pooled.expected,
+        "pooled": pooled.corrected,
+        "final": final.corrected,
+    }
 
 
-def run(name: str, draws: Iterator[tuple[Check, tuple[int, int]]], ref_rows: Rows,
-        rec_rows: Rows, n: int, threshold: float) -> dict[str, float]:
+def run(
+    name: str,
+    draws: Iterator[tuple[Check, tuple[int, int]]],
+    ref_rows: Rows,
+    rec_rows: Rows,
+    n: int,
+    threshold: float,
+) -> dict[str, float]:
     """Fire rates of every method over ``n`` draws; prints one table row."""
     values: dict[str, list[float]] = {m: [] for m in METHODS}
     for _ in range(n):
@@ -261,8 +283,12 @@ def run(name: str, draws: Iterator[tuple[Check, tuple[int, int]]], ref_rows: Row
         for m, v in scores(ref_rows, ref, rec_rows, rec).items():
             values[m].append(v)
     rates = {m: float(np.mean(np.array(values[m]) > threshold)) for m in METHODS}
-    print(f"{name:<36}{n:>7}" + "".join(f"{rates[m]:>9.1%}" for m in METHODS)
-          + f"{np.median(values['raw']):>9.3f}{np.median(values['final']):>9.3f}", flush=True)
+    print(
+        f"{name:<36}{n:>7}"
+        + "".join(f"{rates[m]:>9.1%}" for m in METHODS)
+        + f"{np.median(values['raw']):>9.3f}{np.median(values['final']):>9.3f}",
+        flush=True,
+    )
     return rates
 
 
@@ -282,16 +308,17 @@ def main() -> None:
     fx, bt = rows_of(fx_h), rows_of(bt_h)
     fx2, bt2, fx15 = rows_of(fx_h, 2.0), rows_of(bt_h, 2.0), rows_of(fx_h, 1.5)
     assert all(np.array_equal(a.ts, b.ts) for a, b in ((fx, fx2), (bt, bt2), (fx, fx15)))
-    print(f"rows: FXCM {len(fx.X):,} ({fx.symbols} symbols), Bittrex {len(bt.X):,} "
-          f"({bt.symbols} symbols); built in {time.perf_counter() - t0:.0f} s; "
-          f"threshold {threshold:g}")
+    print(
+        f"rows: FXCM {len(fx.X):,} ({fx.symbols} symbols), Bittrex {len(bt.X):,} "
+        f"({bt.symbols} symbols); built in {time.perf_counter() - t0:.0f} s; "
+        f"threshold {threshold:g}"
+    )
     eur, nzd = "FXCM:EURUSD", "FXCM:NZDUSD"
     Draws = Callable[[float, np.random.Generator], Iterator[tuple[Check, tuple[int, int]]]]
     scenarios: list[tuple[str, Draws, Rows, Rows]] = [
         ("FA  FXCM same regime", lambda h, g: same_regime(fx, h, g), fx, fx),
         ("FA  Bittrex same regime", lambda h, g: same_regime(bt, h, g), bt, bt),
-        ("DET FXCM EURUSD -> NZDUSD",
-         lambda h, g: same_regime(fx, h, g, False, eur, nzd), fx, fx),
+        ("DET FXCM EURUSD -> NZDUSD", lambda h, g: same_regime(fx, h, g, False, eur, nzd), fx, fx),
         ("DET FXCM calm -> volatile", lambda h, g: calm_to_volatile(fx, h, g), fx, fx),
         ("DET FXCM returns x2", lambda h, g: same_regime(fx, h, g), fx, fx2),
         ("DET Bittrex returns x2", lambda h, g: same_regime(bt, h, g), bt, bt2),
@@ -299,8 +326,11 @@ def main() -> None:
         ("(stress) FXCM, window 0-5 d later", lambda h, g: same_regime(fx, h, g, True), fx, fx),
         ("(stress) Bittrex, 0-5 d later", lambda h, g: same_regime(bt, h, g, True), bt, bt),
     ]
-    print(f"\n{'share of checks that fire':<36}{'checks':>7}"
-          + "".join(f"{m:>9}" for m in METHODS) + f"{'med raw':>9}{'med fin':>9}")
+    print(
+        f"\n{'share of checks that fire':<36}{'checks':>7}"
+        + "".join(f"{m:>9}" for m in METHODS)
+        + f"{'med raw':>9}{'med fin':>9}"
+    )
     for hours in args.hours:
         print(f"-- recent window {hours:g} h")
         for name, draws, ref_rows, rec_rows in scenarios:

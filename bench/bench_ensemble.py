@@ -70,19 +70,25 @@ class Fixed(ModelSource):
 def old_predict(model: Any) -> Callable[[Sequence[FeatureVector]], list[tuple[Action, float]]]:
     """The pre-issue-11 ``predict`` of a model, through its reference methods."""
     if isinstance(model, XGBoostModel | LightGBMModel):
+
         def trees(vectors: Sequence[FeatureVector]) -> list[tuple[Action, float]]:
             proba = model.reference_proba(feature_matrix(vectors))
             best = proba.argmax(axis=1)
             conf = proba[np.arange(len(best)), best]
             return [(ACTION_OF[int(c)], float(p)) for c, p in zip(best, conf, strict=True)]
+
         return trees
 
     def seq(vectors: Sequence[FeatureVector]) -> list[tuple[Action, float]]:
         windows = np.array([v.window for v in vectors], dtype=np.float64)
         cum = model.reference_forecast_windows(windows).sum(axis=1)
-        return [signal_from_forecast(float(r), label_threshold(
-            v.values["vol_ewma"], v.values["spread_bps"], model.cfg))
-            for v, r in zip(vectors, cum, strict=True)]
+        return [
+            signal_from_forecast(
+                float(r), label_threshold(v.values["vol_ewma"], v.values["spread_bps"], model.cfg)
+            )
+            for v, r in zip(vectors, cum, strict=True)
+        ]
+
     return seq
 
 
@@ -93,8 +99,11 @@ def train_models(tree_rounds: int | None) -> dict[str, Any]:
     data = build_training_set(history, labels)
     train, val, _ = time_split(data.ts_ms, gap=20)
     cut = int(data.ts_ms[val].min())
-    tree = (TreeParams() if tree_rounds is None else
-            TreeParams(max_rounds=tree_rounds, early_stopping_rounds=tree_rounds))
+    tree = (
+        TreeParams()
+        if tree_rounds is None
+        else TreeParams(max_rounds=tree_rounds, early_stopping_rounds=tree_rounds)
+    )
     return {
         "xgboost": XGBoostModel.train(data, train, val, tree),
         "lightgbm": LightGBMModel.train(data, train, val, tree),
@@ -139,31 +148,35 @@ def main() -> None:
     every = [v for s in vectors.symbols for v in vectors.vectors[s]]
     warm = [v for v in every if v.warm and np.isfinite(v.window).all()]
     cfg = EnsembleConfig()
-    old = Scorer(Fixed([LoadedModel(n, "old", old_predict(models[n])) for n in MODEL_NAMES]),
-                 cfg)
+    old = Scorer(Fixed([LoadedModel(n, "old", old_predict(models[n])) for n in MODEL_NAMES]), cfg)
     new = Scorer(Fixed([LoadedModel.of(n, "new", models[n]) for n in MODEL_NAMES]), cfg)
     trees = {n: models[n].forest.n_trees for n in ("xgboost", "lightgbm")}
-    print(f"models: {'registry ' + args.registry if args.registry else 'trained here'}; "
-          f"trees: xgboost {trees['xgboost']}, lightgbm {trees['lightgbm']}")
+    print(
+        f"models: {'registry ' + args.registry if args.registry else 'trained here'}; "
+        f"trees: xgboost {trees['xgboost']}, lightgbm {trees['lightgbm']}"
+    )
 
     # agreement on every vector of the replay days (warm-up bars included)
     a, b = old.score(every), new.score(every)
     same_action = sum(x.action == y.action for x, y in zip(a, b, strict=True))
-    print(f"agreement on {len(every)} bars of the sample's replay days: {same_action} "
-          f"signals with the same action")
+    print(
+        f"agreement on {len(every)} bars of the sample's replay days: {same_action} "
+        f"signals with the same action"
+    )
     for i, name in enumerate(MODEL_NAMES):
         va = [s.votes[i] for s in a]
         vb = [s.votes[i] for s in b]
         acts = sum(x.action == y.action for x, y in zip(va, vb, strict=True))
         diff = max(abs(x.confidence - y.confidence) for x, y in zip(va, vb, strict=True))
-        print(f"  {name:<9} votes: {acts} same action, max |confidence difference| "
-              f"{diff:.3g}")
+        print(f"  {name:<9} votes: {acts} same action, max |confidence difference| {diff:.3g}")
     conf = max(abs(x.confidence - y.confidence) for x, y in zip(a, b, strict=True))
     print(f"  ensemble confidence: max |difference| {conf:.3g}")
 
     rng = np.random.default_rng(0)
-    batches = {n: [[warm[i] for i in rng.choice(len(warm), n, replace=False)]
-                   for _ in range(3)] for n in SIZES}
+    batches = {
+        n: [[warm[i] for i in rng.choice(len(warm), n, replace=False)] for _ in range(3)]
+        for n in SIZES
+    }
     times: dict[tuple[str, int], list[float]] = {}
     for n in SIZES:  # warm both paths (traces, lazy imports) before timing
         old.score(batches[n][0])
@@ -175,8 +188,10 @@ def main() -> None:
             for label, scorer in (("old", old), ("new", new)):
                 t = cpu_ms(functools.partial(score_times, scorer, batch, reps))
                 times.setdefault((label, n), []).append(t / reps / n)
-    print(f"per decision (CPU ms, median of {args.rounds} rounds; a decision = every model's "
-          f"vote + the ensemble's rules):")
+    print(
+        f"per decision (CPU ms, median of {args.rounds} rounds; a decision = every model's "
+        f"vote + the ensemble's rules):"
+    )
     print(f"  {'symbols':>7}  {'old':>8}  {'new':>8}  old/new")
     for n in SIZES:
         o = statistics.median(times[("old", n)])
@@ -189,8 +204,10 @@ def main() -> None:
             assert m.vote_arrays is not None
             call = functools.partial(vote_fresh, m.vote_arrays, batches[n][0])
             row.append(statistics.median(cpu_ms(call) for _ in range(5)))
-        print(f"  {m.name:<9} " + "  ".join(f"{n:>4}: {t:7.3f}" for n, t in
-                                          zip(SIZES, row, strict=True)))
+        print(
+            f"  {m.name:<9} "
+            + "  ".join(f"{n:>4}: {t:7.3f}" for n, t in zip(SIZES, row, strict=True))
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ if TYPE_CHECKING:  # the factories import Bytewax in the child, not here
     from bytewax.dataflow import Dataflow
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TICKS = (ROOT.parent / "shared" / "data" / "quotes"
-                 / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz")
+DEFAULT_TICKS = (
+    ROOT.parent / "shared" / "data" / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"
+)
 FLOWS = {  # name -> the bytewax.run import string of its dataflow
     "blocks": "bench.bench_live_flow:blocks_flow()",
     "market data": "bench.bench_live_flow:market_data_flow()",
@@ -83,10 +84,12 @@ def market_data_flow() -> Dataflow:
     _tune_gc()
     flow = Dataflow("market_data")
     md = graphs.market_data(flow, settings)
-    graphs.store("clickhouse", graphs.market_data_rows(md), settings,
-                 list(graphs.MARKET_DATA_TABLES))
-    graphs.print_summary(graphs.market_data_counts(md), time.monotonic(),
-                         "market data summary", settings)
+    graphs.store(
+        "clickhouse", graphs.market_data_rows(md), settings, list(graphs.MARKET_DATA_TABLES)
+    )
+    graphs.print_summary(
+        graphs.market_data_counts(md), time.monotonic(), "market data summary", settings
+    )
     return flow
 
 
@@ -118,32 +121,55 @@ class Run:
         return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def run_flow(name: str, ticks: Path, registry: Path, workers: int, processes: int,
-             learning: bool) -> Run:
+def run_flow(
+    name: str, ticks: Path, registry: Path, workers: int, processes: int, learning: bool
+) -> Run:
     with tempfile.TemporaryDirectory() as home:
         reg = Path(home) / "registry"
         shutil.copytree(registry, reg)
-        env = {**os.environ, "QT_HOME": home, "QT_TICKS": str(ticks),
-               "QT_REGISTRY_DIR": str(reg), "QT_LEARNING": "true" if learning else "false",
-               "QT_PROGRESS": "never", "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "QT_HOME": home,
+            "QT_TICKS": str(ticks),
+            "QT_REGISTRY_DIR": str(reg),
+            "QT_LEARNING": "true" if learning else "false",
+            "QT_PROGRESS": "never",
+            "PYTHONPATH": str(ROOT),
+        }
         if processes > 1:
-            cmd = [sys.executable, "-m", "bytewax.testing", FLOWS[name], "-p", str(processes),
-                   "-w", str(workers)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bytewax.testing",
+                FLOWS[name],
+                "-p",
+                str(processes),
+                "-w",
+                str(workers),
+            ]
         else:
             cmd = [sys.executable, "-m", "bytewax.run", FLOWS[name], "-w", str(workers)]
         with tempfile.NamedTemporaryFile("r") as rss:
             t0 = time.monotonic()
-            proc = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd],
-                                  cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                ["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             wall = time.monotonic() - t0
             lines = rss.read().strip().splitlines()
     if proc.returncode != 0:
         raise SystemExit(f"{name} flow failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    counts = {m[1].strip(): float(m[2].replace(",", "")) for m in
-              SUMMARY_LINE.finditer(proc.stdout)}
+    counts = {
+        m[1].strip(): float(m[2].replace(",", "")) for m in SUMMARY_LINE.finditer(proc.stdout)
+    }
     peak = float(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
-    return Run(name, processes, counts["input rows"], counts["ticks"], counts["elapsed"], wall,
-               peak)
+    return Run(
+        name, processes, counts["input rows"], counts["ticks"], counts["elapsed"], wall, peak
+    )
 
 
 def ensure_registry(path: Path | None, cache: Path) -> Path:
@@ -156,8 +182,13 @@ def ensure_registry(path: Path | None, cache: Path) -> Path:
         with tempfile.TemporaryDirectory() as home:
             env = {**os.environ, "QT_HOME": home, "QT_REGISTRY_DIR": str(registry)}
             print(f"bootstrapping a registry in {registry} (once)", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "cli.bootstrap"], cwd=ROOT, env=env,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "cli.bootstrap"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
     return registry
 
 
@@ -170,8 +201,9 @@ def main() -> None:
     ap.add_argument("--learning", choices=("off", "on"), default="off")
     ap.add_argument("--flows", nargs="+", choices=list(FLOWS), default=list(FLOWS))
     ap.add_argument("--registry", type=Path, help="trained registry (default: bootstrap one)")
-    ap.add_argument("--cache", type=Path,
-                    default=Path(tempfile.gettempdir()) / "qt_bench_live_flow")
+    ap.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "qt_bench_live_flow"
+    )
     args = ap.parse_args()
     registry = ensure_registry(args.registry, args.cache)
     rounds: list[dict[tuple[str, int], Run]] = []
@@ -179,40 +211,53 @@ def main() -> None:
         got: dict[tuple[str, int], Run] = {}
         for p in args.processes:
             for name in args.flows:
-                run = got[(name, p)] = run_flow(name, args.ticks, registry, args.workers, p,
-                                                args.learning == "on")
-                print(f"round {r + 1}: {name:<11} -p {p} -w {args.workers}: {run.rows:,.0f} rows "
-                      f"({run.ticks:,.0f} ticks) in {run.elapsed_s:.2f} s -> "
-                      f"{run.rows_per_s:,.0f} rows/s (wall {run.wall_s:.1f} s, peak RSS "
-                      f"{run.peak_rss_mb:,.0f} MB)", file=sys.stderr, flush=True)
+                run = got[(name, p)] = run_flow(
+                    name, args.ticks, registry, args.workers, p, args.learning == "on"
+                )
+                print(
+                    f"round {r + 1}: {name:<11} -p {p} -w {args.workers}: {run.rows:,.0f} rows "
+                    f"({run.ticks:,.0f} ticks) in {run.elapsed_s:.2f} s -> "
+                    f"{run.rows_per_s:,.0f} rows/s (wall {run.wall_s:.1f} s, peak RSS "
+                    f"{run.peak_rss_mb:,.0f} MB)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         rounds.append(got)
     report(rounds, args)
 
 
 def report(rounds: list[dict[tuple[str, int], Run]], args: argparse.Namespace) -> None:
-    print(f"== bench_live_flow: {args.ticks.name}, learning {args.learning}, -w {args.workers}, "
-          f"{args.repeats} rounds ==")
+    print(
+        f"== bench_live_flow: {args.ticks.name}, learning {args.learning}, -w {args.workers}, "
+        f"{args.repeats} rounds =="
+    )
     for key in rounds[0]:
         runs = [r[key] for r in rounds]
         med = statistics.median(x.rows_per_s for x in runs)
         ticks = statistics.median(x.ticks / x.elapsed_s for x in runs)
-        print(f"{key[0]:<11} -p {key[1]}: median {med:>10,.0f} rows/s ({ticks:,.0f} ticks/s), "
-              f"elapsed {', '.join(f'{x.elapsed_s:.2f}' for x in runs)} s, peak RSS "
-              f"{max(x.peak_rss_mb for x in runs):,.0f} MB")
+        print(
+            f"{key[0]:<11} -p {key[1]}: median {med:>10,.0f} rows/s ({ticks:,.0f} ticks/s), "
+            f"elapsed {', '.join(f'{x.elapsed_s:.2f}' for x in runs)} s, peak RSS "
+            f"{max(x.peak_rss_mb for x in runs):,.0f} MB"
+        )
     pairs = [("live", "market data"), ("live", "blocks"), ("market data", "blocks")]
     for p in args.processes:
         for a, b in pairs:
             if (a, p) in rounds[0] and (b, p) in rounds[0]:
                 ratios = [r[(a, p)].rows_per_s / r[(b, p)].rows_per_s for r in rounds]
-                print(f"{a} / {b} (-p {p}): median {statistics.median(ratios):.2f} "
-                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+                print(
+                    f"{a} / {b} (-p {p}): median {statistics.median(ratios):.2f} "
+                    f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+                )
     if len(args.processes) > 1:
         one = args.processes[0]
         for name in args.flows:
             for p in args.processes[1:]:
                 ratios = [r[(name, p)].rows_per_s / r[(name, one)].rows_per_s for r in rounds]
-                print(f"{name}: -p {p} / -p {one}: median {statistics.median(ratios):.2f} "
-                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+                print(
+                    f"{name}: -p {p} / -p {one}: median {statistics.median(ratios):.2f} "
+                    f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+                )
 
 
 if __name__ == "__main__":

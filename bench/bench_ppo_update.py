@@ -34,21 +34,35 @@ def main() -> None:
     env = SizingEnv(history.bars, signals, EnvConfig.from_settings(settings, 2))
     runtime = pretrain(env, 2_048, seed=0)
     rng = np.random.default_rng(0)
-    states = [RLState(1.0, s.vol_daily, 0.5, 0.0, 0.0, 0.0, s.confidence, 1.0 if
-                      s.side.value == "BUY" else -1.0, equity_usd=10_000.0)
-              for s in signals[:64]]
+    states = [
+        RLState(
+            1.0,
+            s.vol_daily,
+            0.5,
+            0.0,
+            0.0,
+            0.0,
+            s.confidence,
+            1.0 if s.side.value == "BUY" else -1.0,
+            equity_usd=10_000.0,
+        )
+        for s in signals[:64]
+    ]
     times = []
     for _ in range(args.repeats):
         decisions = runtime.act_batch(states, stochastic=True)
-        batch = [Transition.from_decision(d, float(rng.normal(0, 0.01)), d.state)
-                 for d in decisions]
+        batch = [
+            Transition.from_decision(d, float(rng.normal(0, 0.01)), d.state) for d in decisions
+        ]
         t0 = time.perf_counter()
         m = runtime.update(batch)
         times.append(time.perf_counter() - t0)
         assert m.transitions == 64 and m.param_change_norm > 0
-    print(f"PPO update, 64 transitions: median {statistics.median(times) * 1000:.1f} ms, "
-          f"min {min(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms "
-          f"({args.repeats} updates; target <= 50 ms)")
+    print(
+        f"PPO update, 64 transitions: median {statistics.median(times) * 1000:.1f} ms, "
+        f"min {min(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms "
+        f"({args.repeats} updates; target <= 50 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -99,10 +99,15 @@ def mean_ci(values: list[float], scale: float, unit: str) -> str:
     """Mean over the challenger seeds (the independent units here) with a 95% t interval."""
     v = np.asarray(values) * scale
     m = float(v.mean())
-    half = (t_quantile(0.975, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
-            if len(v) > 1 else math.nan)
-    return (f"{m:+.2f}{unit} [{m - half:+.2f}, {m + half:+.2f}] (seeds {v.min():+.2f} to "
-            f"{v.max():+.2f})")
+    half = (
+        t_quantile(0.975, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+        if len(v) > 1
+        else math.nan
+    )
+    return (
+        f"{m:+.2f}{unit} [{m - half:+.2f}, {m + half:+.2f}] (seeds {v.min():+.2f} to "
+        f"{v.max():+.2f})"
+    )
 
 
 def prepare(ticks: Path, settings: Settings, label_cfg: LabelConfig, seeds: int) -> HeldOut:
@@ -113,32 +118,46 @@ def prepare(ticks: Path, settings: Settings, label_cfg: LabelConfig, seeds: int)
     t1 = time.monotonic()
     n_sym = len(history.symbols)
     train, val, held = time_split(data.ts_ms, FRACTIONS, gap=label_cfg.horizon * n_sym)
-    print(f"history: {len(data):,} labelled bars, {n_sym} symbols, replayed and labelled in "
-          f"{t1 - t0:.1f} s")
-    print(f"split: train {len(train):,}, validation {len(val):,}, held out {len(held):,} bars "
-          f"({iso(from_ms(int(data.ts_ms[held[0]])))} to "
-          f"{iso(from_ms(int(data.ts_ms[held[-1]])))})")
-    models = [XGBoostModel.train(data, train, val, TreeParams(), seed)
-              for seed in range(seeds + 1)]
+    print(
+        f"history: {len(data):,} labelled bars, {n_sym} symbols, replayed and labelled in "
+        f"{t1 - t0:.1f} s"
+    )
+    print(
+        f"split: train {len(train):,}, validation {len(val):,}, held out {len(held):,} bars "
+        f"({iso(from_ms(int(data.ts_ms[held[0]])))} to "
+        f"{iso(from_ms(int(data.ts_ms[held[-1]])))})"
+    )
+    models = [XGBoostModel.train(data, train, val, TreeParams(), seed) for seed in range(seeds + 1)]
     X = data.X[held]
     calls = [m.predict_proba(X).argmax(axis=1).astype(np.int64) for m in models]
     spread = np.array([data.vectors[i].values["spread_bps"] for i in held])
     cost = label_cfg.round_trip_cost + np.where(np.isnan(spread), 0.0, spread) / 1e4
     y = data.y[held]
     f1 = [macro_f1(y, c) for c in calls]
-    print(f"models: XGBoost seed 0 (production) and seeds 1-{seeds} (challengers), trained in "
-          f"{time.monotonic() - t1:.1f} s; held-out macro-F1 production {f1[0]:.4f}, "
-          f"challengers {min(f1[1:]):.4f} to {max(f1[1:]):.4f}")
-    return HeldOut(y, data.ts_ms[held], data.symbols[held], data.forward_return[held], cost,
-                   calls[0], calls[1:])
+    print(
+        f"models: XGBoost seed 0 (production) and seeds 1-{seeds} (challengers), trained in "
+        f"{time.monotonic() - t1:.1f} s; held-out macro-F1 production {f1[0]:.4f}, "
+        f"challengers {min(f1[1:]):.4f} to {max(f1[1:]):.4f}"
+    )
+    return HeldOut(
+        y,
+        data.ts_ms[held],
+        data.symbols[held],
+        data.forward_return[held],
+        cost,
+        calls[0],
+        calls[1:],
+    )
 
 
 def starts_of(held: HeldOut, starts: int, window: int) -> list[int]:
     """``starts`` first rows of bar closes, evenly spread so each has ``window`` bars after."""
     last = len(held.y) - window - 1
     if last < 0:
-        raise SystemExit(f"held-out period has {len(held.y)} bars, fewer than a {window}-bar "
-                         "window: lower --max-bars")
+        raise SystemExit(
+            f"held-out period has {len(held.y)} bars, fewer than a {window}-bar "
+            "window: lower --max-bars"
+        )
     out = []
     for s in np.linspace(0, last, starts).astype(int):
         while s > 0 and held.ts[s - 1] == held.ts[s]:
@@ -162,8 +181,7 @@ class Trials:
         return [r for r in self.results if r.decision is Decision.PROMOTE]
 
 
-def old_rule(y: np.ndarray, production: np.ndarray, challenger: np.ndarray,
-             margin: float) -> bool:
+def old_rule(y: np.ndarray, production: np.ndarray, challenger: np.ndarray, margin: float) -> bool:
     """The audit's point rule, before evidence: promote when the challenger's macro-F1 on
     the window is more than ``margin`` (relative) above production's."""
     known = y >= 0
@@ -180,8 +198,16 @@ def run_trials(held: HeldOut, cfg: EvidenceConfig, starts: list[int], share: flo
             w = slice(st, st + window)
             c = chal[w] if share == 0 else told(chal[w], held.y[w], share, (s, j, 1))
             t = time.perf_counter()
-            r = judge(held.ts[w], held.symbols[w], held.y[w], held.production[w], c,
-                      held.fwd[w], held.cost[w], cfg)
+            r = judge(
+                held.ts[w],
+                held.symbols[w],
+                held.y[w],
+                held.production[w],
+                c,
+                held.fwd[w],
+                held.cost[w],
+                cfg,
+            )
             out.seconds.append(time.perf_counter() - t)
             out.results.append(r)
     return out
@@ -191,8 +217,7 @@ def describe(trials: Trials) -> str:
     counts = Counter(r.decision for r in trials.results)
     bars = [r.n for r in trials.results if r.decision.final]
     parts = ", ".join(f"{d} {counts.get(d, 0)}" for d in Decision)
-    return f"{parts}; median bars at a decision {statistics.median(bars):.0f}" if bars \
-        else parts
+    return f"{parts}; median bars at a decision {statistics.median(bars):.0f}" if bars else parts
 
 
 def whole_period(held: HeldOut, share: float) -> tuple[list[float], list[float]]:
@@ -214,20 +239,31 @@ def bench_file(ticks: Path, args: argparse.Namespace) -> None:
     label_cfg = LabelConfig.from_settings(settings)
     print(f"\n== {ticks.name} " + "=" * max(0, 70 - len(ticks.name)))
     held = prepare(ticks, settings, label_cfg, args.seeds)
-    cfg = EvidenceConfig.from_settings(settings, confidence=args.confidence,
-                                       max_bars=args.max_bars, spending=args.spending)
+    cfg = EvidenceConfig.from_settings(
+        settings, confidence=args.confidence, max_bars=args.max_bars, spending=args.spending
+    )
     starts = starts_of(held, args.starts, cfg.max_bars + 64)
     n = len(held.challengers) * len(starts)
-    print(f"test: margin {cfg.margin:.0%}, confidence {cfg.confidence:.0%}, looks at "
-          f"{'/'.join(map(str, cfg.schedule))} bars, spending t^{cfg.spending:g}, "
-          f"{cfg.resamples} resamples, blocks >= {cfg.horizon} bar closes, "
-          f">= {cfg.min_blocks} blocks a look")
+    print(
+        f"test: margin {cfg.margin:.0%}, confidence {cfg.confidence:.0%}, looks at "
+        f"{'/'.join(map(str, cfg.schedule))} bars, spending t^{cfg.spending:g}, "
+        f"{cfg.resamples} resamples, blocks >= {cfg.horizon} bar closes, "
+        f">= {cfg.min_blocks} blocks a look"
+    )
     print(f"trials: {len(held.challengers)} challenger seeds x {len(starts)} start points = {n}")
 
     window = slice(starts[0], starts[0] + cfg.max_bars + 64)
     t = time.perf_counter()  # the first call also solves and caches the look boundaries
-    judge(held.ts[window], held.symbols[window], held.y[window], held.production[window],
-          held.challengers[0][window], held.fwd[window], held.cost[window], cfg)
+    judge(
+        held.ts[window],
+        held.symbols[window],
+        held.y[window],
+        held.production[window],
+        held.challengers[0][window],
+        held.fwd[window],
+        held.cost[window],
+        cfg,
+    )
     cold = time.perf_counter() - t
     aa = run_trials(held, cfg, starts, 0.0)
     old = 0
@@ -241,13 +277,17 @@ def bench_file(ticks: Path, args: argparse.Namespace) -> None:
     near_k = sum(aa.results[i].decision is Decision.PROMOTE for i in near)
     print("A/A, equal skill (other seeds):")
     print(f"  false promotion      {rate(len(aa.promoted()), n)}")
-    print(f"    of which by seeds >= +1% better over the whole held-out period "
-          f"{near_k} (in {len(near)} trials), by the others {len(aa.promoted()) - near_k} "
-          f"(in {n - len(near)} trials)")
+    print(
+        f"    of which by seeds >= +1% better over the whole held-out period "
+        f"{near_k} (in {len(near)} trials), by the others {len(aa.promoted()) - near_k} "
+        f"(in {n - len(near)} trials)"
+    )
     print(f"  decisions            {describe(aa)}")
     print(f"  old rule (> {cfg.margin:.0%} at {cfg.min_bars} bars) promotes {rate(old, n)}")
-    print(f"  whole held-out: macro-F1 {mean_ci(rel, 100, '%')}, profit "
-          f"{mean_ci(econ, 1e4, ' bps/bar')}")
+    print(
+        f"  whole held-out: macro-F1 {mean_ci(rel, 100, '%')}, profit "
+        f"{mean_ci(econ, 1e4, ' bps/bar')}"
+    )
 
     for k, share in enumerate([args.share, *args.curve]):
         tr = run_trials(held, cfg, starts, share)
@@ -255,43 +295,63 @@ def bench_file(ticks: Path, args: argparse.Namespace) -> None:
         prom = tr.promoted()
         label = "power" if k == 0 else "  curve"
         print(f"{label}: challenger told the realised label on {share:.0%} of bars")
-        print(f"  whole held-out: macro-F1 {mean_ci(rel, 100, '%')}, profit "
-              f"{mean_ci(econ, 1e4, ' bps/bar')}")
+        print(
+            f"  whole held-out: macro-F1 {mean_ci(rel, 100, '%')}, profit "
+            f"{mean_ci(econ, 1e4, ' bps/bar')}"
+        )
         med = f", median {statistics.median(r.n for r in prom):.0f} bars" if prom else ""
         print(f"  promoted             {rate(len(prom), n)}{med}")
         print(f"  decisions            {describe(tr)}")
         if k == 0:
             lows = [r.improvement_low for r in prom]
             if lows:
-                print(f"  at promotion: lower bound of the improvement median "
-                      f"{statistics.median(lows):+.1%}, estimate median "
-                      f"{statistics.median(r.improvement for r in prom):+.1%}")
+                print(
+                    f"  at promotion: lower bound of the improvement median "
+                    f"{statistics.median(lows):+.1%}, estimate median "
+                    f"{statistics.median(r.improvement for r in prom):+.1%}"
+                )
             aa.seconds.extend(tr.seconds)
     ms = sorted(s * 1e3 for s in aa.seconds)
-    print(f"judge() per call on {cfg.max_bars + 64} bars: median {statistics.median(ms):.1f} ms, "
-          f"95th percentile {ms[int(0.95 * len(ms))]:.1f} ms, max {ms[-1]:.1f} ms; first call "
-          f"(solves the look boundaries) {cold * 1e3:.1f} ms")
+    print(
+        f"judge() per call on {cfg.max_bars + 64} bars: median {statistics.median(ms):.1f} ms, "
+        f"95th percentile {ms[int(0.95 * len(ms))]:.1f} ms, max {ms[-1]:.1f} ms; first call "
+        f"(solves the look boundaries) {cold * 1e3:.1f} ms"
+    )
     print(f"run time {time.monotonic() - started:.1f} s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ticks", type=Path, action="append",
-                    help="tick file (repeat for several); default: the Bittrex candles and the "
-                         "FXCM quotes month of ../shared/data")
+    ap.add_argument(
+        "--ticks",
+        type=Path,
+        action="append",
+        help="tick file (repeat for several); default: the Bittrex candles and the "
+        "FXCM quotes month of ../shared/data",
+    )
     ap.add_argument("--seeds", type=int, default=32, help="challenger seeds")
     ap.add_argument("--starts", type=int, default=10, help="start points per seed")
-    ap.add_argument("--share", type=float, default=0.10,
-                    help="edge of the power trials: share of bars told the realised label")
-    ap.add_argument("--curve", type=lambda s: [float(x) for x in s.split(",") if x],
-                    default=[0.05, 0.20], help="more shares for the power curve")
+    ap.add_argument(
+        "--share",
+        type=float,
+        default=0.10,
+        help="edge of the power trials: share of bars told the realised label",
+    )
+    ap.add_argument(
+        "--curve",
+        type=lambda s: [float(x) for x in s.split(",") if x],
+        default=[0.05, 0.20],
+        help="more shares for the power curve",
+    )
     ap.add_argument("--max-bars", type=int, default=EvidenceConfig().max_bars)
     ap.add_argument("--confidence", type=float, default=EvidenceConfig().confidence)
     ap.add_argument("--spending", type=float, default=EvidenceConfig().spending)
     args = ap.parse_args()
     cap_threads(1)
-    files = args.ticks or [DATA / "candles" / "bittrex_10altBTC_1m_2018-01-20.csv.gz",
-                           DATA / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"]
+    files = args.ticks or [
+        DATA / "candles" / "bittrex_10altBTC_1m_2018-01-20.csv.gz",
+        DATA / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz",
+    ]
     for f in files:
         bench_file(f, args)
 

@@ -76,8 +76,10 @@ def build_input(symbols: int, hours: float | None, cache: Path) -> Path:
                     g.write(f"{ts},{sym},{o},{h},{lo},{c},{v}\n")
                     continue
                 s = 1.0 + k / 100.0
-                g.write(f"{ts},{sym}_K{k:03d},{float(o) * s!r},{float(h) * s!r},"
-                        f"{float(lo) * s!r},{float(c) * s!r},{v}\n")
+                g.write(
+                    f"{ts},{sym}_K{k:03d},{float(o) * s!r},{float(h) * s!r},"
+                    f"{float(lo) * s!r},{float(c) * s!r},{v}\n"
+                )
     tmp.rename(out)
     return out
 
@@ -92,8 +94,13 @@ def ensure_registry(path: Path | None, cache: Path) -> Path:
         with tempfile.TemporaryDirectory() as home:
             env = {**os.environ, "QT_HOME": home, "QT_REGISTRY_DIR": str(registry)}
             print(f"bootstrapping a registry in {registry} (once)", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "cli.bootstrap"], cwd=ROOT, env=env,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "cli.bootstrap"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
     return registry
 
 
@@ -108,8 +115,7 @@ class Case:
     @property
     def label(self) -> str:
         par = f"-p {self.processes}" if self.processes > 1 else f"-w {self.workers}"
-        return (f"{self.symbols:>5} symbols, learning {'on ' if self.learning else 'off'}, "
-                f"{par}")
+        return f"{self.symbols:>5} symbols, learning {'on ' if self.learning else 'off'}, {par}"
 
 
 SUMMARY_LINE = re.compile(r"^\s+([a-zA-Z][a-zA-Z /()]+?)\s{2,}([\d,.]+)(?: s)?$", re.M)
@@ -120,36 +126,68 @@ def run_case(case: Case, ticks: Path, registry: Path, profile: Path | None) -> d
     with tempfile.TemporaryDirectory() as home:
         reg = Path(home) / "registry"
         shutil.copytree(registry, reg)
-        env = {**os.environ, "QT_HOME": home, "QT_TICKS": str(ticks), "QT_REGISTRY_DIR": str(reg),
-               "QT_LEARNING": "true" if case.learning else "false", "QT_PROGRESS": "never",
-               "PYTHONPATH": str(case.code)}
+        env = {
+            **os.environ,
+            "QT_HOME": home,
+            "QT_TICKS": str(ticks),
+            "QT_REGISTRY_DIR": str(reg),
+            "QT_LEARNING": "true" if case.learning else "false",
+            "QT_PROGRESS": "never",
+            "PYTHONPATH": str(case.code),
+        }
         if case.processes > 1:
-            flow = [sys.executable, "-m", "bytewax.testing", "dataflows.live",
-                    "-p", str(case.processes), "-w", str(case.workers)]
+            flow = [
+                sys.executable,
+                "-m",
+                "bytewax.testing",
+                "dataflows.live",
+                "-p",
+                str(case.processes),
+                "-w",
+                str(case.workers),
+            ]
         else:
-            flow = [sys.executable, "-m", "bytewax.run", "dataflows.live",
-                    "-w", str(case.workers)]
+            flow = [sys.executable, "-m", "bytewax.run", "dataflows.live", "-w", str(case.workers)]
         with tempfile.NamedTemporaryFile("r") as rss:
             cmd = ["/usr/bin/time", "-o", rss.name, "-f", "%M", *flow]
             if profile is not None:  # py-spy outside: the peak RSS stays the flow's
                 spy = Path(sys.executable).with_name("py-spy")
-                cmd = [str(spy), "record", "--format", "speedscope", "-r", "50",
-                       "--subprocesses", "-o", str(profile), "--", *cmd]
+                cmd = [
+                    str(spy),
+                    "record",
+                    "--format",
+                    "speedscope",
+                    "-r",
+                    "50",
+                    "--subprocesses",
+                    "-o",
+                    str(profile),
+                    "--",
+                    *cmd,
+                ]
             t0 = time.monotonic()
-            proc = subprocess.run(cmd,
-                                  cwd=case.code, env=env, capture_output=True, text=True,
-                                  check=False)
+            proc = subprocess.run(
+                cmd, cwd=case.code, env=env, capture_output=True, text=True, check=False
+            )
             wall = time.monotonic() - t0
             lines = rss.read().strip().splitlines()
     if proc.returncode != 0:
         raise SystemExit(f"{case.label} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    counts = {m[1].strip(): float(m[2].replace(",", "")) for m in
-              SUMMARY_LINE.finditer(proc.stdout)}
+    counts = {
+        m[1].strip(): float(m[2].replace(",", "")) for m in SUMMARY_LINE.finditer(proc.stdout)
+    }
     peak = float(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
     bars, elapsed = counts.get("bars", 0.0), counts.get("elapsed", float("nan"))
-    return {"bars": bars, "elapsed_s": elapsed, "bars_per_s": bars / elapsed if elapsed else 0.0,
-            "wall_s": wall, "peak_rss_mb": peak, "trades": counts.get("trades opened", 0.0),
-            "rl_updates": counts.get("RL updates", 0.0), "summary": proc.stdout}
+    return {
+        "bars": bars,
+        "elapsed_s": elapsed,
+        "bars_per_s": bars / elapsed if elapsed else 0.0,
+        "wall_s": wall,
+        "peak_rss_mb": peak,
+        "trades": counts.get("trades opened", 0.0),
+        "rl_updates": counts.get("RL updates", 0.0),
+        "summary": proc.stdout,
+    }
 
 
 # --- profile summary ------------------------------------------------------------------------
@@ -205,8 +243,10 @@ def profile_breakdown(path: Path) -> Counter:
 
 def print_breakdown(label: str, counts: Counter) -> None:
     total = sum(counts.values()) or 1
-    print(f"  profile {label}: " + ", ".join(
-        f"{name} {n / total:.1%}" for name, n in counts.most_common()))
+    print(
+        f"  profile {label}: "
+        + ", ".join(f"{name} {n / total:.1%}" for name, n in counts.most_common())
+    )
 
 
 def main() -> None:
@@ -217,8 +257,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1])
     ap.add_argument("--processes", type=int, nargs="+", default=[1])
     ap.add_argument("--registry", type=Path, help="trained registry (default: bootstrap one)")
-    ap.add_argument("--cache", type=Path,
-                    default=Path(tempfile.gettempdir()) / "qt_bench_scale")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "qt_bench_scale")
     ap.add_argument("--compare", type=Path, help="another checkout to run the same cases with")
     ap.add_argument("--profile", type=Path, help="record each case with py-spy into DIR")
     ap.add_argument("--json", type=Path, help="write every figure to this file")
@@ -239,55 +278,87 @@ def main() -> None:
                             args.profile.mkdir(parents=True, exist_ok=True)
                             prof = args.profile / (
                                 f"{'base' if code != ROOT else 'head'}_{n}sym_"
-                                f"{'on' if case.learning else 'off'}_w{w}_p{p}.speedscope.json")
+                                f"{'on' if case.learning else 'off'}_w{w}_p{p}.speedscope.json"
+                            )
                         r = run_case(case, ticks, registry, prof)
                         r["profile"] = None if prof is None else str(prof)
                         results.append((case, r))
-                        print(f"{case.label} [{code.name}]: {r['bars']:,.0f} bars in "
-                              f"{r['elapsed_s']:.1f} s -> {r['bars_per_s']:,.0f} bars/s "
-                              f"(wall {r['wall_s']:.1f} s), peak RSS {r['peak_rss_mb']:,.0f} MB, "
-                              f"{r['trades']:,.0f} trades, {r['rl_updates']:,.0f} RL updates",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"{case.label} [{code.name}]: {r['bars']:,.0f} bars in "
+                            f"{r['elapsed_s']:.1f} s -> {r['bars_per_s']:,.0f} bars/s "
+                            f"(wall {r['wall_s']:.1f} s), peak RSS {r['peak_rss_mb']:,.0f} MB, "
+                            f"{r['trades']:,.0f} trades, {r['rl_updates']:,.0f} RL updates",
+                            file=sys.stderr,
+                            flush=True,
+                        )
     report(results, codes, args)
 
 
 def report(results: list[tuple[Case, dict]], codes: list[Path], args: argparse.Namespace) -> None:
     smallest = min(args.symbols)
-    base_rss = {(c.learning, c.workers, c.processes, c.code): r["peak_rss_mb"]
-                for c, r in results if c.symbols == smallest}
+    base_rss = {
+        (c.learning, c.workers, c.processes, c.code): r["peak_rss_mb"]
+        for c, r in results
+        if c.symbols == smallest
+    }
     what = f"first {args.hours:g} h of {DAY}" if args.hours else DAY
     print(f"== bench_scale: {what}, 1m candles ==")
-    print(f"{'case':<38} {'code':<10} {'bars':>10} {'bars/s':>9} {'wall s':>8} "
-          f"{'peak MB':>8} {'MB/sym':>7} {'marg MB/sym':>11}")
+    print(
+        f"{'case':<38} {'code':<10} {'bars':>10} {'bars/s':>9} {'wall s':>8} "
+        f"{'peak MB':>8} {'MB/sym':>7} {'marg MB/sym':>11}"
+    )
     for c, r in results:
         base = base_rss.get((c.learning, c.workers, c.processes, c.code), float("nan"))
-        marginal = ((r["peak_rss_mb"] - base) / (c.symbols - smallest)
-                    if c.symbols > smallest else float("nan"))
+        marginal = (
+            (r["peak_rss_mb"] - base) / (c.symbols - smallest)
+            if c.symbols > smallest
+            else float("nan")
+        )
         r["rss_per_symbol_mb"] = r["peak_rss_mb"] / c.symbols
         r["marginal_rss_per_symbol_mb"] = marginal
-        print(f"{c.label:<38} {c.code.name:<10} {r['bars']:>10,.0f} {r['bars_per_s']:>9,.0f} "
-              f"{r['wall_s']:>8.1f} {r['peak_rss_mb']:>8,.0f} {r['rss_per_symbol_mb']:>7.2f} "
-              f"{marginal:>11.2f}")
+        print(
+            f"{c.label:<38} {c.code.name:<10} {r['bars']:>10,.0f} {r['bars_per_s']:>9,.0f} "
+            f"{r['wall_s']:>8.1f} {r['peak_rss_mb']:>8,.0f} {r['rss_per_symbol_mb']:>7.2f} "
+            f"{marginal:>11.2f}"
+        )
         if r["profile"]:
             print_breakdown(c.code.name, profile_breakdown(Path(r["profile"])))
     if len(codes) == 2:
         print("ratios (this checkout / --compare), bars/s and peak RSS:")
         for (c, r), (_, r2) in zip(results[::2], results[1::2], strict=True):
-            print(f"  {c.label:<38} {r['bars_per_s'] / r2['bars_per_s']:>6.2f}x bars/s, "
-                  f"{r['peak_rss_mb'] / r2['peak_rss_mb']:>5.2f}x RSS")
-    off = {(c.symbols, c.workers, c.processes, c.code): r["bars_per_s"]
-           for c, r in results if not c.learning}
+            print(
+                f"  {c.label:<38} {r['bars_per_s'] / r2['bars_per_s']:>6.2f}x bars/s, "
+                f"{r['peak_rss_mb'] / r2['peak_rss_mb']:>5.2f}x RSS"
+            )
+    off = {
+        (c.symbols, c.workers, c.processes, c.code): r["bars_per_s"]
+        for c, r in results
+        if not c.learning
+    }
     for c, r in results:
         key = (c.symbols, c.workers, c.processes, c.code)
         if c.learning and key in off:
-            print(f"  learning on / off, {c.label[:13]} [{c.code.name}]: "
-                  f"{r['bars_per_s'] / off[key]:.2f}")
+            print(
+                f"  learning on / off, {c.label[:13]} [{c.code.name}]: "
+                f"{r['bars_per_s'] / off[key]:.2f}"
+            )
     if args.json:
-        args.json.write_text(json.dumps([{"symbols": c.symbols, "learning": c.learning,
-                                          "workers": c.workers, "processes": c.processes,
-                                          "code": str(c.code),
-                                          **{k: v for k, v in r.items() if k != "summary"}}
-                                         for c, r in results], indent=1))
+        args.json.write_text(
+            json.dumps(
+                [
+                    {
+                        "symbols": c.symbols,
+                        "learning": c.learning,
+                        "workers": c.workers,
+                        "processes": c.processes,
+                        "code": str(c.code),
+                        **{k: v for k, v in r.items() if k != "summary"},
+                    }
+                    for c, r in results
+                ],
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

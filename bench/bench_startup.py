@@ -32,8 +32,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-HEAVY = ("neuralforecast", "lightning", "pytorch_lightning", "ray", "optuna", "sklearn",
-         "scipy", "xgboost", "lightgbm", "torch._dynamo", "pandas")
+HEAVY = (
+    "neuralforecast",
+    "lightning",
+    "pytorch_lightning",
+    "ray",
+    "optuna",
+    "sklearn",
+    "scipy",
+    "xgboost",
+    "lightgbm",
+    "torch._dynamo",
+    "pandas",
+)
 
 PHASES = r"""
 import json, os, sys, time
@@ -60,9 +71,14 @@ def proc_cpu(pid: int) -> float:
 def first_tick(env: dict[str, str], root: Path) -> tuple[float, float]:
     """(wall, cpu) seconds from launch to the first progress line."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.live"], cwd=root,
-                         env={**env, "QT_PROGRESS": "always"}, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "dataflows.live"],
+        cwd=root,
+        env={**env, "QT_PROGRESS": "always"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert p.stderr is not None
     try:
         for line in p.stderr:
@@ -76,17 +92,22 @@ def first_tick(env: dict[str, str], root: Path) -> tuple[float, float]:
 
 def phases(env: dict[str, str], root: Path) -> dict:
     code = f"HEAVY = {HEAVY!r}\n" + PHASES
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--root", type=Path, action="append",
-                    help="checkout(s) to measure, alternating in one run (default: this one); "
-                         "e.g. a git worktree of an older commit, to compare")
+    ap.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        help="checkout(s) to measure, alternating in one run (default: this one); "
+        "e.g. a git worktree of an older commit, to compare",
+    )
     args = ap.parse_args()
     roots = args.root or [ROOT]
     if "QT_HOME" not in os.environ:
@@ -108,6 +129,7 @@ def main() -> None:
         print(f"  build the flow (models)    {med['build_wall']:6.2f} / {med['build_cpu']:5.2f}")
         print(f"  launch -> first tick       {med['first_wall']:6.2f} / {med['first_cpu']:5.2f}")
         print(f"  heavy libraries imported: {', '.join(heavy[root]) or 'none'}")
+
 
 if __name__ == "__main__":
     main()

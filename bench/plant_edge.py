@@ -40,16 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from schemas.timeutil import parse_iso, to_ms
 from settings import PROJECT_ROOT
 
-MONTH = PROJECT_ROOT.parent / "shared" / "data" / "quotes" / \
-    "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"
+MONTH = (
+    PROJECT_ROOT.parent / "shared" / "data" / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"
+)
 HORIZON, LOOKBACK = 10, 5
 
 
 DECAY = 0.98
 
 
-def planted_offsets(ts_ms: np.ndarray, mid: np.ndarray, start_ms: int,
-                    bps: float) -> np.ndarray:
+def planted_offsets(ts_ms: np.ndarray, mid: np.ndarray, start_ms: int, bps: float) -> np.ndarray:
     """The log offset of each tick of one symbol (module docstring)."""
     minute = ts_ms // 60_000
     bars, first = np.unique(minute, return_index=True)
@@ -62,7 +62,7 @@ def planted_offsets(ts_ms: np.ndarray, mid: np.ndarray, start_ms: int,
     for k in range(n):
         prev = offset[k - 1] if k else 0.0
         if bars[k] * 60_000 >= start_ms:
-            step[k] = bps / 1e4 / HORIZON * signs[max(0, k - HORIZON):k].sum() / HORIZON
+            step[k] = bps / 1e4 / HORIZON * signs[max(0, k - HORIZON) : k].sum() / HORIZON
         offset[k] = DECAY * prev + step[k]
         if k >= LOOKBACK:  # the close the trader sees, planted offset included
             seen = close[k] + offset[k] - close[k - LOOKBACK] - offset[k - LOOKBACK]
@@ -81,18 +81,23 @@ def edge_bps(ts_ms: np.ndarray, mid: np.ndarray, start_ms: int) -> tuple[float, 
     last = np.r_[first[1:], len(minute)] - 1
     c = np.log(mid[last])
     t = minute[last] * 60_000
-    gain = np.sign(c[LOOKBACK:-HORIZON] - c[:-LOOKBACK - HORIZON]) * \
-        (c[LOOKBACK + HORIZON:] - c[LOOKBACK:-HORIZON])
+    gain = np.sign(c[LOOKBACK:-HORIZON] - c[: -LOOKBACK - HORIZON]) * (
+        c[LOOKBACK + HORIZON :] - c[LOOKBACK:-HORIZON]
+    )
     after = t[LOOKBACK:-HORIZON] >= start_ms
     return float(gain[~after].mean() * 1e4), float(gain[after].mean() * 1e4)
 
 
-def plant(src: Path, out: Path, start: datetime,
-          bps: float) -> dict[str, float | tuple[float, float]]:
-    df = pd.read_csv(src, dtype={"symbol": str, "bid": np.float64, "ask": np.float64},
-                     keep_default_na=False, na_values={"bid": [""], "ask": [""]})
-    ts_ms = (pd.to_datetime(df["ts"], utc=True).to_numpy("datetime64[ms]")
-             .astype(np.int64))
+def plant(
+    src: Path, out: Path, start: datetime, bps: float
+) -> dict[str, float | tuple[float, float]]:
+    df = pd.read_csv(
+        src,
+        dtype={"symbol": str, "bid": np.float64, "ask": np.float64},
+        keep_default_na=False,
+        na_values={"bid": [""], "ask": [""]},
+    )
+    ts_ms = pd.to_datetime(df["ts"], utc=True).to_numpy("datetime64[ms]").astype(np.int64)
     offset = np.zeros(len(df))
     stats: dict[str, float | tuple[float, float]] = {}
     for symbol in sorted(df["symbol"].unique()):
@@ -132,25 +137,36 @@ def analyse(evaluation: Path, start: datetime) -> None:
     for c in cycles:
         promoted = sorted(k for k, d in c["decisions"].items() if d == "promoted")
         after = c["data_to"] is not None and to_ms(c["data_to"]) > start_ms
-        print(f"  {c['cycle_id']}  trigger={c['trigger']:<11} status={c['status']:<9} "
-              f"trained to {c['data_to']}  {'(after the edge)' if after else ''}  "
-              f"promoted={promoted}")
+        print(
+            f"  {c['cycle_id']}  trigger={c['trigger']:<11} status={c['status']:<9} "
+            f"trained to {c['data_to']}  {'(after the edge)' if after else ''}  "
+            f"promoted={promoted}"
+        )
     used = [u for u in updates if u["transitions"] > 0]
     first = min((to_ms(u["ts"]) for u in used), default=None)
-    print(f"PPO updates with transitions: {len(used)}"
-          + ("" if first is None else f", first at {from_ms(first)}"))
-    along = [t for t in trades if t["sizing"] == "rl" and math.isfinite(t["entry_ret_5"])
-             and t["entry_ret_5"] != 0
-             and (t["side"] == "long") == (t["entry_ret_5"] > 0)
-             and to_ms(t["entry_ts"]) >= start_ms]
-    for name, group in (("before", [t for t in along if first is None
-                                    or to_ms(t["entry_ts"]) <= first]),
-                        ("after", [t for t in along if first is not None
-                                   and to_ms(t["entry_ts"]) > first])):
+    print(
+        f"PPO updates with transitions: {len(used)}"
+        + ("" if first is None else f", first at {from_ms(first)}")
+    )
+    along = [
+        t
+        for t in trades
+        if t["sizing"] == "rl"
+        and math.isfinite(t["entry_ret_5"])
+        and t["entry_ret_5"] != 0
+        and (t["side"] == "long") == (t["entry_ret_5"] > 0)
+        and to_ms(t["entry_ts"]) >= start_ms
+    ]
+    for name, group in (
+        ("before", [t for t in along if first is None or to_ms(t["entry_ts"]) <= first]),
+        ("after", [t for t in along if first is not None and to_ms(t["entry_ts"]) > first]),
+    ):
         sizes = [t["size_usd"] for t in group]
         mean = f"{np.mean(sizes):,.1f}" if sizes else "-"
-        print(f"  trades in the edge's direction {name} the first update: {len(group)}, "
-              f"mean size {mean} USD")
+        print(
+            f"  trades in the edge's direction {name} the first update: {len(group)}, "
+            f"mean size {mean} USD"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,8 +182,10 @@ def main(argv: list[str] | None = None) -> None:
         analyse(args.analyse, start)
         return
     stats = plant(args.ticks, args.out, start, args.bps)
-    print(f"wrote {args.out}: +-{args.bps:g} bps over {HORIZON} bars after each "
-          f"{LOOKBACK}-bar move, from {args.start}")
+    print(
+        f"wrote {args.out}: +-{args.bps:g} bps over {HORIZON} bars after each "
+        f"{LOOKBACK}-bar move, from {args.start}"
+    )
     for k, v in stats.items():
         print(f"  {k}: " + (f"{v[0]:+.2f} / {v[1]:+.2f}" if isinstance(v, tuple) else f"{v:.1f}"))
 

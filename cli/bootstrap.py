@@ -27,9 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     store = open_store(settings)
     try:
-        bootstrap(settings, open_registry(settings, store), ticks=args.ticks,
-                  config=BootstrapConfig.quick() if args.quick else None,
-                  archive=store_features(store))
+        bootstrap(
+            settings,
+            open_registry(settings, store),
+            ticks=args.ticks,
+            config=BootstrapConfig.quick() if args.quick else None,
+            archive=store_features(store),
+        )
     finally:
         store.close()
 

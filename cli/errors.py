@@ -78,8 +78,7 @@ _previous: Callable[[type[BaseException], BaseException, TracebackType | None], 
 _previous = None
 
 
-def excepthook(etype: type[BaseException], value: BaseException,
-               tb: TracebackType | None) -> None:
+def excepthook(etype: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     """Print a user error as ``error: <message>`` and exit 2; anything else as before."""
     message = None if debug() else user_message(value)
     if message is None:

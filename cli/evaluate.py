@@ -31,29 +31,37 @@ def _when(text: str) -> datetime:
     try:
         return parse_iso(text if "T" in text else f"{text}T00:00:00Z").astimezone(UTC)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an ISO date or time, e.g. "
-                                         "2014-05-06 or 2014-05-06T12:00:00Z") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected an ISO date or time, e.g. 2014-05-06 or 2014-05-06T12:00:00Z"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ticks", required=True, help="tick files (QT_TICKS file forms, CSV/CSV.gz)")
-    ap.add_argument("--train-until", required=True, type=_when,
-                    help="train on the data before this time (UTC), replay the rest")
+    ap.add_argument(
+        "--train-until",
+        required=True,
+        type=_when,
+        help="train on the data before this time (UTC), replay the rest",
+    )
     ap.add_argument("--out", type=Path, help="also write the report to this file")
     ap.add_argument("--quick", action="store_true", help="tiny models (tests, smoke runs)")
     ap.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
     args = ap.parse_args(argv)
     settings = Settings.from_env()
-    evaluation = run_evaluation(args.ticks, args.train_until, settings, quick=args.quick,
-                                confidence=args.confidence)
+    evaluation = run_evaluation(
+        args.ticks, args.train_until, settings, quick=args.quick, confidence=args.confidence
+    )
     report = evaluation.render()
     print(report)
     if args.out is not None:
         args.out.write_text(report + "\n")
     store_evaluation(evaluation, settings)
-    print(f"stored as evaluation {evaluation.evaluation_id}: "
-          "python -m cli.analytics evaluations", file=sys.stderr)
+    print(
+        f"stored as evaluation {evaluation.evaluation_id}: python -m cli.analytics evaluations",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

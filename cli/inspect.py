@@ -106,8 +106,9 @@ def describe_row(rows: TickRows, i: int) -> str:
     t = rows.tick(i)
     parts = [iso(t.ts), t.symbol, t.origin.value]
     if not math.isnan(t.open):
-        parts.append(f"open={_num(t.open)} high={_num(t.high)} low={_num(t.low)} "
-                     f"close={_num(t.price)}")
+        parts.append(
+            f"open={_num(t.open)} high={_num(t.high)} low={_num(t.low)} close={_num(t.price)}"
+        )
     elif not math.isnan(t.bid) or not math.isnan(t.ask):
         parts.append(f"bid={_num(t.bid)} ask={_num(t.ask)} mid={_num(t.price)}")
     else:
@@ -123,8 +124,9 @@ def inspect(paths: Sequence[Path], settings: Settings, first: int = 5) -> list[P
     """Decode and validate ``paths`` as a replay would (see the module docstring)."""
     options = LayoutOptions.from_settings(settings)
     layouts = {p: file_layout(p, options) for p in paths}
-    source = ReplaySource(paths, settings.candle_seconds, settings.replay_block_bytes,
-                          layouts=options)
+    source = ReplaySource(
+        paths, settings.candle_seconds, settings.replay_block_bytes, layouts=options
+    )
     reports = []
     for name, group in source.groups().items():
         files = {p.name: FileReport(p, layouts[p]) for p in group}
@@ -143,8 +145,9 @@ def inspect(paths: Sequence[Path], settings: Settings, first: int = 5) -> list[P
     return reports
 
 
-def _count_rows(rows: TickRows, files: dict[str, FileReport], report: PartitionReport,
-                first: int) -> None:
+def _count_rows(
+    rows: TickRows, files: dict[str, FileReport], report: PartitionReport, first: int
+) -> None:
     if len(rows):
         for k, n in zip(*np.unique(rows.src, return_counts=True), strict=True):
             files[rows.sources[int(k)]].rows += int(n)
@@ -163,8 +166,7 @@ def _count_outcome(validated, files: dict[str, FileReport], report: PartitionRep
         report.last_ms = hi if report.last_ms is None else max(report.last_ms, hi)
     wanted = {r.key: r for r in report.first_rows if r.fate == "tick"}
     dead = validated.dead
-    for src, row, reason, raw in zip(dead.source, dead.row, dead.reason, dead.raw,
-                                     strict=True):
+    for src, row, reason, raw in zip(dead.source, dead.row, dead.reason, dead.raw, strict=True):
         files[src].dead += 1
         kind = reason_kind(reason)
         seen = report.reasons.get(kind)
@@ -181,32 +183,39 @@ def render(reports: Sequence[PartitionReport]) -> str:
     out: list[str] = []
     for rep in reports:
         if len(rep.files) > 1:
-            out.append(f"== replay partition: {len(rep.files)} files sharing symbols, merged "
-                       "in event time ==")
+            out.append(
+                f"== replay partition: {len(rep.files)} files sharing symbols, merged "
+                "in event time =="
+            )
         for f in rep.files:
             layout = f.layout
             read_as = "" if layout.convert is None else f" (read as {layout.origin.value}s)"
             length = "" if layout.candle_ms is None else f", candles of {layout.candle_ms:,} ms"
-            out += [f"{f.path}",
-                    f"  layout        {layout.name}{read_as}{length}",
-                    f"  detected by   {layout.why}",
-                    f"  rows          {f.rows:,} ({f.rows - f.dead:,} ticks, {f.dead:,} dead "
-                    "letters)"]
+            out += [
+                f"{f.path}",
+                f"  layout        {layout.name}{read_as}{length}",
+                f"  detected by   {layout.why}",
+                f"  rows          {f.rows:,} ({f.rows - f.dead:,} ticks, {f.dead:,} dead letters)",
+            ]
         ticks = sum(rep.symbols.values())
         if len(rep.files) > 1:
-            out.append(f"  all files     {rep.rows:,} rows, {ticks:,} ticks, {rep.dead:,} dead "
-                       "letters")
-        out.append("  symbols       " + (", ".join(
-            f"{s} ({n:,} ticks)" for s, n in sorted(rep.symbols.items())) or "none"))
+            out.append(
+                f"  all files     {rep.rows:,} rows, {ticks:,} ticks, {rep.dead:,} dead letters"
+            )
+        out.append(
+            "  symbols       "
+            + (", ".join(f"{s} ({n:,} ticks)" for s, n in sorted(rep.symbols.items())) or "none")
+        )
         if rep.first_ms is not None and rep.last_ms is not None:
-            out.append(f"  time span     {iso(from_ms(rep.first_ms))} .. "
-                       f"{iso(from_ms(rep.last_ms))} (event times of the ticks)")
+            out.append(
+                f"  time span     {iso(from_ms(rep.first_ms))} .. "
+                f"{iso(from_ms(rep.last_ms))} (event times of the ticks)"
+            )
         if rep.reasons:
             out.append(f"  dead letters  {rep.dead:,}, by reason:")
             for kind, r in sorted(rep.reasons.items(), key=lambda kv: -kv[1].count):
                 out.append(f"    {r.count:>12,}  {kind}")
-                out.append(f"    {'':>12}  e.g. {r.where}: {r.example[:100]} | raw: "
-                           f"{r.raw[:80]!r}")
+                out.append(f"    {'':>12}  e.g. {r.where}: {r.example[:100]} | raw: {r.raw[:80]!r}")
         else:
             out.append("  dead letters  none")
         if rep.first_rows:
@@ -218,8 +227,7 @@ def render(reports: Sequence[PartitionReport]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m cli.inspect",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m cli.inspect", description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", help="files, globs or comma-separated lists of them")
     ap.add_argument("--first", type=int, default=5, help="first rows to show (default 5)")
     args = ap.parse_args(argv)
@@ -229,4 +237,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -94,9 +94,11 @@ def ensure_topic(brokers: str, topic: str, partitions: int, timeout: float = 30.
     existing = meta.topics.get(topic)
     if existing is not None and existing.error is None:
         return len(existing.partitions)
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions,
-                                            replication_factor=1)],
-                                  operation_timeout=timeout, request_timeout=timeout)
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
     try:
         futures[topic].result(timeout=timeout)
     except KafkaException as exc:  # created concurrently by someone else: fine
@@ -183,9 +185,15 @@ def _pump(parts: list[ReplayPartition], publisher: _Publisher) -> None:
                 time.sleep(min(max(wait, 0.0), 1.0))
 
 
-def produce(paths: Sequence[Path], url: KafkaUrl, partitions: int = 1, speed: float = 0.0,
-            candle_seconds: int = 60, config: dict[str, str | int | float] | None = None,
-            flush_timeout: float = 60.0) -> ProduceStats:
+def produce(
+    paths: Sequence[Path],
+    url: KafkaUrl,
+    partitions: int = 1,
+    speed: float = 0.0,
+    candle_seconds: int = 60,
+    config: dict[str, str | int | float] | None = None,
+    flush_timeout: float = 60.0,
+) -> ProduceStats:
     """Publish every row of ``paths`` to ``url``'s topic; returns what was delivered."""
     brokers = ",".join(url.brokers)
     stats = ProduceStats(topic_partitions=ensure_topic(brokers, url.topic, partitions))
@@ -207,15 +215,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = Settings.from_env()
     parser = argparse.ArgumentParser(
         prog="python -m cli.produce",
-        description="Publish tick files (CSV, CSV.gz, Parquet) to a Kafka topic as JSON ticks.")
+        description="Publish tick files (CSV, CSV.gz, Parquet) to a Kafka topic as JSON ticks.",
+    )
     parser.add_argument("files", help="a file, a glob, or a comma-separated list of them")
     parser.add_argument("url", help="kafka://host:port[,host:port]/topic")
-    parser.add_argument("--partitions", type=int, default=1,
-                        help="partitions when the topic is created (default 1)")
-    parser.add_argument("--speed", type=float, default=0.0,
-                        help="0 = as fast as possible (default), 1 = real time, N = N x real time")
-    parser.add_argument("--candle-seconds", type=int, default=defaults.candle_seconds,
-                        help="length of input candles (QT_CANDLE_SECONDS)")
+    parser.add_argument(
+        "--partitions", type=int, default=1, help="partitions when the topic is created (default 1)"
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="0 = as fast as possible (default), 1 = real time, N = N x real time",
+    )
+    parser.add_argument(
+        "--candle-seconds",
+        type=int,
+        default=defaults.candle_seconds,
+        help="length of input candles (QT_CANDLE_SECONDS)",
+    )
     args = parser.parse_args(argv)
     if args.partitions < 1:
         parser.error("--partitions must be at least 1")

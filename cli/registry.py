@@ -61,8 +61,14 @@ from storage.store import Store, StoreUnavailable, open_store
 errors.install()  # a user error is one line, not a traceback (cli/errors.py)
 
 MODELS = tuple(LOADERS)  # xgboost, lightgbm, nhits, patchtst, ppo, feature_reference
-KEY_METRICS = ("test_macro_f1", "val_macro_f1", "test_call_hit_rate", "ensemble.test_macro_f1",
-               "mean_reward", "transitions")
+KEY_METRICS = (
+    "test_macro_f1",
+    "val_macro_f1",
+    "test_call_hit_rate",
+    "ensemble.test_macro_f1",
+    "mean_reward",
+    "transitions",
+)
 
 
 def who(command: str) -> str:
@@ -89,18 +95,19 @@ class Session:
                 if store == "need":
                     raise
                 self.unavailable = errors.redact(str(exc)).split(";")[0]
-        self.registry: ModelRegistry = open_registry(settings, self.store,
-                                                     spool=self.store is None)
+        self.registry: ModelRegistry = open_registry(settings, self.store, spool=self.store is None)
         if self.store is not None:
             self.registry.flush_records()
 
     def note_spooled(self) -> None:
         """Say on stderr that the change's rows wait in the spool (no store now)."""
         if self.store is None and self.unavailable:
-            print(f"note: model_registry not written now ({self.unavailable}); the change "
-                  "waits in the registry's unrecorded.jsonl and is recorded by the next "
-                  "process with the store (a running live flow: at its next bar)",
-                  file=sys.stderr)
+            print(
+                f"note: model_registry not written now ({self.unavailable}); the change "
+                "waits in the registry's unrecorded.jsonl and is recorded by the next "
+                "process with the store (a running live flow: at its next bar)",
+                file=sys.stderr,
+            )
 
     def close(self) -> None:
         """Close the store, if one was opened."""
@@ -120,8 +127,9 @@ def _version(registry: ModelRegistry, model: str, version: str) -> str:
     """``version`` if ``model`` has it on disk, else a UserError naming both."""
     on_disk = registry.version_names(model)
     if version not in on_disk:
-        raise errors.UserError(f"{model} has no version {version} (versions on disk: "
-                               f"{version_span(on_disk)})")
+        raise errors.UserError(
+            f"{model} has no version {version} (versions on disk: {version_span(on_disk)})"
+        )
     return version
 
 
@@ -145,8 +153,12 @@ def _key_metrics(metrics: Mapping[str, float], n: int = 2) -> str:
     return " ".join(f"{k}={metrics[k]:.4g}" for k in found)
 
 
-def describe(registry: ModelRegistry, model: str, version: str,
-             stages: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def describe(
+    registry: ModelRegistry,
+    model: str,
+    version: str,
+    stages: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One version: its manifest, stage, history and each file's checksum status (``stages``:
     the model's, read once by the caller; None: read here)."""
     try:
@@ -156,10 +168,17 @@ def describe(registry: ModelRegistry, model: str, version: str,
     stages = registry.stages(model) if stages is None else stages
     entry = stages.get(version, {"stage": Stage.CANDIDATE.value})
     check = registry.check_files(model, version)
-    return {"model": model, "version": version, "stage": entry["stage"],
-            "promoted_at": entry.get("promoted_at"), "files": check.files,
-            "integrity": _integrity(check.files), "problems": check.problems,
-            "history": registry.history(model, version), "manifest": manifest}
+    return {
+        "model": model,
+        "version": version,
+        "stage": entry["stage"],
+        "promoted_at": entry.get("promoted_at"),
+        "files": check.files,
+        "integrity": _integrity(check.files),
+        "problems": check.problems,
+        "history": registry.history(model, version),
+        "manifest": manifest,
+    }
 
 
 def list_rows(registry: ModelRegistry) -> list[dict[str, Any]]:
@@ -178,25 +197,46 @@ def list_rows(registry: ModelRegistry) -> list[dict[str, Any]]:
         for version in versions:
             d = describe(registry, model, version, stages)
             m = d["manifest"]
-            rows.append({"model": model, "version": version, "stage": d["stage"],
-                         "data_from": m.get("data_from"), "data_to": m.get("data_to"),
-                         "metrics": m.get("metrics", {}), "created_at": m.get("created_at"),
-                         "promoted_at": d["promoted_at"], "files": d["files"],
-                         "integrity": d["integrity"]})
+            rows.append(
+                {
+                    "model": model,
+                    "version": version,
+                    "stage": d["stage"],
+                    "data_from": m.get("data_from"),
+                    "data_to": m.get("data_to"),
+                    "metrics": m.get("metrics", {}),
+                    "created_at": m.get("created_at"),
+                    "promoted_at": d["promoted_at"],
+                    "files": d["files"],
+                    "integrity": d["integrity"],
+                }
+            )
     return rows
 
 
 def _listing(rows: list[dict[str, Any]]) -> str:
     """The ``list`` table."""
+
     def when(text: str | None) -> str:
         return _day(parse_iso(text)) if text else ""
 
-    return render([{"model": r["model"], "version": r["version"], "stage": r["stage"],
-                    "trained on": (f"{when(r['data_from'])} .. {when(r['data_to'])}"
-                                   if r.get("data_from") else ""),
-                    "key metrics": _key_metrics(r.get("metrics", {})),
-                    "created": when(r.get("created_at")), "files": r.get("integrity", "")}
-                   for r in rows], max_width=80)
+    return render(
+        [
+            {
+                "model": r["model"],
+                "version": r["version"],
+                "stage": r["stage"],
+                "trained on": (
+                    f"{when(r['data_from'])} .. {when(r['data_to'])}" if r.get("data_from") else ""
+                ),
+                "key metrics": _key_metrics(r.get("metrics", {})),
+                "created": when(r.get("created_at")),
+                "files": r.get("integrity", ""),
+            }
+            for r in rows
+        ],
+        max_width=80,
+    )
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -218,14 +258,19 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         registry = session.registry
         version = args.version or registry.production_version(model)
         if version is None:
-            raise errors.UserError(f"{model} has no production version; name one: python -m "
-                                   f"cli.registry show {model} VERSION (versions on disk: "
-                                   f"{version_span(registry.version_names(model))})")
+            raise errors.UserError(
+                f"{model} has no production version; name one: python -m "
+                f"cli.registry show {model} VERSION (versions on disk: "
+                f"{version_span(registry.version_names(model))})"
+            )
         d = describe(registry, model, _version(registry, model, version))
         if not d["manifest"]:
             raise errors.UserError(d["problems"][0])
-        records = ([] if session.store is None else session.store.query(
-            "queries/model_registry_history", model=model, version=version))
+        records = (
+            []
+            if session.store is None
+            else session.store.query("queries/model_registry_history", model=model, version=version)
+        )
     finally:
         session.close()
     if args.json:
@@ -234,28 +279,51 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     m = d["manifest"]
     print(f"{model} {version}: {d['stage']}")
-    print(_pairs({"sha256": m["sha256"], "feature set": m["feature_set"],
-                  "trained on": (f"{m['data_from']} .. {m['data_to']}"
-                                 if m.get("data_from") else "(not recorded)"),
-                  "created": m["created_at"], "promoted": d["promoted_at"] or "",
-                  "publish key": m.get("key") or "",
-                  "params": json.dumps(m.get("params", {}), sort_keys=True)}))
+    print(
+        _pairs(
+            {
+                "sha256": m["sha256"],
+                "feature set": m["feature_set"],
+                "trained on": (
+                    f"{m['data_from']} .. {m['data_to']}"
+                    if m.get("data_from")
+                    else "(not recorded)"
+                ),
+                "created": m["created_at"],
+                "promoted": d["promoted_at"] or "",
+                "publish key": m.get("key") or "",
+                "params": json.dumps(m.get("params", {}), sort_keys=True),
+            }
+        )
+    )
     print("metrics")
-    print(_pairs({k: f"{v:.6g}" for k, v in sorted(m.get("metrics", {}).items())})
-          or "  (none)")
+    print(_pairs({k: f"{v:.6g}" for k, v in sorted(m.get("metrics", {}).items())}) or "  (none)")
     print("files")
-    print(_pairs({name: f"{status:<12}  {m['files'].get(name, '')[:16]}"
-                  for name, status in d["files"].items()}))
+    print(
+        _pairs(
+            {
+                name: f"{status:<12}  {m['files'].get(name, '')[:16]}"
+                for name, status in d["files"].items()
+            }
+        )
+    )
     print(f"stage history ({HISTORY})")
-    print("\n".join(f"  {h['at']}  {h['stage']:<10}  {h['by']}" for h in d["history"])
-          or f"  (none kept: changed before the registry kept {HISTORY})")
+    print(
+        "\n".join(f"  {h['at']}  {h['stage']:<10}  {h['by']}" for h in d["history"])
+        or f"  (none kept: changed before the registry kept {HISTORY})"
+    )
     print("model_registry rows the table still holds (updated_at, stage, promoted_at)")
     if session.store is None:
         print(f"  (not read: {session.unavailable})")
     else:
-        print("\n".join(f"  {iso(r['updated_at'])}  {r['stage']:<10}  "
-                        f"{iso(r['promoted_at']) if r['promoted_at'] else ''}"
-                        for r in records) or "  (none)")
+        print(
+            "\n".join(
+                f"  {iso(r['updated_at'])}  {r['stage']:<10}  "
+                f"{iso(r['promoted_at']) if r['promoted_at'] else ''}"
+                for r in records
+            )
+            or "  (none)"
+        )
     return 0
 
 
@@ -286,8 +354,9 @@ def _checked(registry: ModelRegistry, model: str, version: str, doing: str) -> N
         raise errors.UserError(f"cannot {doing} {model} {version}: {exc}") from None
 
 
-def _same_features(registry: ModelRegistry, model: str, version: str, current: str | None,
-                   doing: str) -> None:
+def _same_features(
+    registry: ModelRegistry, model: str, version: str, current: str | None, doing: str
+) -> None:
     """Refuse a version trained on another feature set than the production one's."""
     if current is None:
         return
@@ -296,7 +365,8 @@ def _same_features(registry: ModelRegistry, model: str, version: str, current: s
     if have != want:
         raise errors.UserError(
             f"cannot {doing} {model} {version}: it was trained on feature set {want}, "
-            f"production {current} (and the live flow) use {have}")
+            f"production {current} (and the live flow) use {have}"
+        )
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
@@ -312,8 +382,10 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
         _same_features(registry, model, version, current, "promote")
         registry.set_stage(model, version, Stage.PRODUCTION, who("promote"), manual=True)
         was = f" ({current} retired)" if current else ""
-        return (f"{model}: {version} is production{was}; the live flow decides with it from "
-                "its next bar")
+        return (
+            f"{model}: {version} is production{was}; the live flow decides with it from "
+            "its next bar"
+        )
 
     return _change(settings, promote)
 
@@ -330,11 +402,14 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
         try:
             mv = registry.roll_back(model, who("rollback"))
         except IntegrityError as exc:
-            raise errors.UserError(f"cannot roll {model} back to {previous}: {exc}; promote "
-                                   "another version instead") from None
+            raise errors.UserError(
+                f"cannot roll {model} back to {previous}: {exc}; promote another version instead"
+            ) from None
         was = f" ({current} retired)" if current else ""
-        return (f"{model}: rolled back to {mv.version}{was}; the live flow decides with it "
-                "from its next bar")
+        return (
+            f"{model}: rolled back to {mv.version}{was}; the live flow decides with it "
+            "from its next bar"
+        )
 
     return _change(settings, rollback)
 
@@ -350,7 +425,8 @@ def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
             raise errors.UserError(
                 f"{model} {version} is the production version and a model keeps one: roll back "
                 f"(python -m cli.registry rollback {model}) or promote another version "
-                f"(python -m cli.registry promote {model} VERSION), which retires it")
+                f"(python -m cli.registry promote {model} VERSION), which retires it"
+            )
         if stage is Stage.RETIRED:
             return f"{model} {version} is retired already; nothing changed"
         registry.set_stage(model, version, Stage.RETIRED, who("retire"), manual=True)
@@ -370,9 +446,11 @@ def problems(registry: ModelRegistry) -> tuple[list[str], int]:
         versions = registry.version_names(model)
         try:
             if versions and production_of(registry.stages(model)) is None:
-                lines.append(f"{model}: no production version ({version_span(versions)} on "
-                             f"disk); rebuild its stages with: python -m cli.registry repair "
-                             f"{model}")
+                lines.append(
+                    f"{model}: no production version ({version_span(versions)} on "
+                    f"disk); rebuild its stages with: python -m cli.registry repair "
+                    f"{model}"
+                )
         except StagesMissing as exc:
             lines.append(f"{model}: {exc}")
         for version in versions:
@@ -387,8 +465,10 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     for line in lines:
         print(line)
     if lines:
-        print(f"{len(lines)} problem(s) in the model registry {settings.registry_dir}",
-              file=sys.stderr)
+        print(
+            f"{len(lines)} problem(s) in the model registry {settings.registry_dir}",
+            file=sys.stderr,
+        )
         return 1
     print(f"ok: {checked} versions of {len(MODELS)} models, every file matches its checksum")
     return 0
@@ -411,8 +491,10 @@ def _confirm(question: str, yes: bool) -> bool:
     if yes:
         return True
     if not sys.stdin.isatty():
-        raise errors.UserError("repair: not confirmed (stdin is not a terminal); run again with "
-                               "--yes to write the stages shown above")
+        raise errors.UserError(
+            "repair: not confirmed (stdin is not a terminal); run again with "
+            "--yes to write the stages shown above"
+        )
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
@@ -422,8 +504,10 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
     probe = open_registry(settings)
     broken = {m: why for m in models if (why := _needs_repair(probe, m)) is not None}
     if not broken:
-        print(f"nothing to repair: {STAGES} of {', '.join(models)} readable, with a production "
-              "version")
+        print(
+            f"nothing to repair: {STAGES} of {', '.join(models)} readable, with a production "
+            "version"
+        )
         return 0
     session = Session(settings, "need")
     assert session.store is not None
@@ -444,8 +528,10 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
             for note in notes:
                 print(f"  note: {note}")
             if production_of(stages) is None:
-                print(f"  note: no production version recorded; after the repair promote one: "
-                      f"python -m cli.registry promote {model} VERSION")
+                print(
+                    f"  note: no production version recorded; after the repair promote one: "
+                    f"python -m cli.registry promote {model} VERSION"
+                )
         if plans:
             paths = ", ".join(str(registry.model_dir(m) / STAGES) for m in plans)
             if not _confirm(f"write {paths}?", args.yes):
@@ -460,7 +546,8 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
         raise errors.UserError(
             f"cannot repair: {'; '.join(cannot)}; nothing to rebuild from: restore {STAGES} "
             "from a backup, or point QT_HOME / QT_CLICKHOUSE_URL at the store this registry "
-            "was used with")
+            "was used with"
+        )
     return 0
 
 
@@ -468,19 +555,28 @@ def _plan(registry: ModelRegistry, model: str, stages: Mapping[str, Mapping[str,
     """What a repair will write, a line per version with its files' integrity."""
     return "\n".join(
         f"  {v}  {e['stage']:<10}  promoted {e.get('promoted_at') or '-':<24}  files "
-        f"{_integrity(registry.check_files(model, v).files)}" for v, e in stages.items())
+        f"{_integrity(registry.check_files(model, v).files)}"
+        for v, e in stages.items()
+    )
 
 
 # --- entry point ------------------------------------------------------------------------------
-COMMANDS = {"list": cmd_list, "show": cmd_show, "promote": cmd_promote,
-            "rollback": cmd_rollback, "retire": cmd_retire, "verify": cmd_verify,
-            "repair": cmd_repair}
+COMMANDS = {
+    "list": cmd_list,
+    "show": cmd_show,
+    "promote": cmd_promote,
+    "rollback": cmd_rollback,
+    "retire": cmd_retire,
+    "verify": cmd_verify,
+    "repair": cmd_repair,
+}
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line (module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m cli.registry",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m cli.registry", description=__doc__.split("\n\n")[0]
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="every model's versions, stage, metrics, checksums")
     p.add_argument("--json", action="store_true", help="one JSON object per version")

@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     text = build_report(Settings.from_env(), args.symbol)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out.resolve()} ({args.out.stat().st_size:,} bytes) in "
-          f"{time.monotonic() - started:.1f} s")
+    print(
+        f"wrote {args.out.resolve()} ({args.out.stat().st_size:,} bytes) in "
+        f"{time.monotonic() - started:.1f} s"
+    )
 
 
 if __name__ == "__main__":

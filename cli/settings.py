@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "--env":
         current = Settings.from_env()
         for env, _, _ in Settings.reference():
-            field = next(f for f in current.__dataclass_fields__.values()
-                         if f.metadata["env"] == env)
+            field = next(
+                f for f in current.__dataclass_fields__.values() if f.metadata["env"] == env
+            )
             print(f"{env}={errors.redact(str(getattr(current, field.name)))}")
         return
     print(markdown())

@@ -54,8 +54,11 @@ def flush_seconds(settings: Settings, live: bool | None = None) -> float:
     unpaced replay, where fewer, larger inserts cost less and nobody watches the rows arrive."""
     if live is None:
         live = settings.ticks.startswith("kafka://") or settings.replay_speed > 0
-    return settings.sink_flush_seconds if live else max(settings.sink_flush_seconds,
-                                                         REPLAY_FLUSH_SECONDS)
+    return (
+        settings.sink_flush_seconds
+        if live
+        else max(settings.sink_flush_seconds, REPLAY_FLUSH_SECONDS)
+    )
 
 
 class _TableBuffer:
@@ -88,8 +91,7 @@ def _start_flusher() -> None:
     global _flusher
     with _PARTITIONS_LOCK:
         if _flusher is None:
-            _flusher = threading.Thread(target=_flush_due_forever, name="sink-flusher",
-                                        daemon=True)
+            _flusher = threading.Thread(target=_flush_due_forever, name="sink-flusher", daemon=True)
             _flusher.start()
 
 
@@ -106,8 +108,13 @@ class TableWriter:
     """Buffered, asynchronous inserts of table blocks (the sink's partitions, and the CLM's
     feature archive, which must know when its rows are stored)."""
 
-    def __init__(self, store: Store, batch_rows: int, flush_seconds: float,
-                 on_written: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        batch_rows: int,
+        flush_seconds: float,
+        on_written: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._lock = threading.RLock()
         with _PARTITIONS_LOCK:
             _PARTITIONS.add(self)
@@ -157,7 +164,8 @@ class TableWriter:
             else:
                 data = [row for b in blocks for row in b.data]
             self.pending.append(
-                (table, self.store.insert_async(table, columns, data, col_oriented)))
+                (table, self.store.insert_async(table, columns, data, col_oriented))
+            )
         buf.blocks, buf.rows = [], 0
 
     def _reap(self, wait: bool) -> None:
@@ -207,8 +215,11 @@ class StoreOwner(StatefulBatchLogic[TableRows, None, None]):
     def __init__(self, settings: Settings, flush_s: float) -> None:
         self.writer = TableWriter(open_store(settings), settings.sink_batch_rows, flush_s)
         STORE_OWNER.set()
-        log.info("this process (pid %d) owns the embedded store %s", os.getpid(),
-                 self.writer.store.description)
+        log.info(
+            "this process (pid %d) owns the embedded store %s",
+            os.getpid(),
+            self.writer.store.description,
+        )
 
     def on_batch(self, values: list[TableRows]) -> tuple[list[None], bool]:
         self.writer.write_batch(values)
@@ -226,8 +237,9 @@ class StoreOwner(StatefulBatchLogic[TableRows, None, None]):
 class ClickHouseSink(FixedPartitionedSink[TableRows, None]):
     """Sink of ``(table, TableRows)`` items; one partition per table."""
 
-    def __init__(self, settings: Settings, tables: Sequence[str],
-                 flush_s: float | None = None) -> None:
+    def __init__(
+        self, settings: Settings, tables: Sequence[str], flush_s: float | None = None
+    ) -> None:
         self.settings = settings
         self.tables = list(tables)
         self.flush_s = settings.sink_flush_seconds if flush_s is None else flush_s
@@ -239,10 +251,11 @@ class ClickHouseSink(FixedPartitionedSink[TableRows, None]):
         try:
             return self.tables.index(item_key)
         except ValueError:
-            raise ValueError(f"ClickHouseSink: no partition for table {item_key!r}; "
-                             f"known tables {self.tables}") from None
+            raise ValueError(
+                f"ClickHouseSink: no partition for table {item_key!r}; known tables {self.tables}"
+            ) from None
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: None) -> ClickHousePartition:
-        return ClickHousePartition(open_store(self.settings), self.settings.sink_batch_rows,
-                                   self.flush_s)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> ClickHousePartition:
+        return ClickHousePartition(
+            open_store(self.settings), self.settings.sink_batch_rows, self.flush_s
+        )

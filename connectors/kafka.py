@@ -80,17 +80,28 @@ Snapshot = tuple[int, int]
 
 # librdkafka error codes of one bad message (it becomes a dead letter, reading goes on); any
 # other consumer error is about the broker or the partition and triggers a health probe.
-_BAD_MESSAGE = frozenset({
-    KafkaError._BAD_MSG, KafkaError.INVALID_MSG,  # a corrupt message (CRC)
-    KafkaError.INVALID_RECORD, KafkaError._KEY_DESERIALIZATION,
-    KafkaError._VALUE_DESERIALIZATION,
-})
+_BAD_MESSAGE = frozenset(
+    {
+        KafkaError._BAD_MSG,
+        KafkaError.INVALID_MSG,  # a corrupt message (CRC)
+        KafkaError.INVALID_RECORD,
+        KafkaError._KEY_DESERIALIZATION,
+        KafkaError._VALUE_DESERIALIZATION,
+    }
+)
 # metadata answers that mean "the broker answered: the topic is not there"
-_NO_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
-                       KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_ID})
+_NO_TOPIC = frozenset(
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_ID,
+    }
+)
 _OUT_OF_RANGE = frozenset({KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET})
-_STOPPED = ("the flow stopped; resume with the same command and -r to continue from the last "
-            "snapshot")
+_STOPPED = (
+    "the flow stopped; resume with the same command and -r to continue from the last snapshot"
+)
 
 
 @dataclass(frozen=True)
@@ -119,11 +130,11 @@ class KafkaUrl:
 class Timing:
     """How often and how long the source checks on a partition (seconds)."""
 
-    probe_timeout_s: float = 2.0   # one probe's metadata and offset requests
-    retry_s: float = 1.0           # between probes of a lost partition
-    quiet_probe_s: float = 5.0     # a quiet partition is checked this often (loss can be silent)
-    empty_poll_s: float = 0.01     # pause after an empty poll: no busy loop on a quiet topic
-    verify_s: float = 1.0          # reading back the last message read (offset past the end?)
+    probe_timeout_s: float = 2.0  # one probe's metadata and offset requests
+    retry_s: float = 1.0  # between probes of a lost partition
+    quiet_probe_s: float = 5.0  # a quiet partition is checked this often (loss can be silent)
+    empty_poll_s: float = 0.01  # pause after an empty poll: no busy loop on a quiet topic
+    verify_s: float = 1.0  # reading back the last message read (offset past the end?)
 
 
 class _RdkafkaLog:
@@ -165,14 +176,14 @@ class IdleTimer:
 class Probe:
     """What one health check of a partition found (on the probe thread)."""
 
-    offset: int                   # the partition's offset when the probe started
-    started: float                # clock time it started
-    error: str | None = None      # why the partition cannot be read now; None: it can
-    broker_down: bool = False     # the error is the broker itself (not the topic) not answering
+    offset: int  # the partition's offset when the probe started
+    started: float  # clock time it started
+    error: str | None = None  # why the partition cannot be read now; None: it can
+    broker_down: bool = False  # the error is the broker itself (not the topic) not answering
     topic_id: str | None = None
-    low: int = -1                 # first offset on the broker
-    high: int = -1                # end of the log (Tansu may understate it: see ``reaches``)
-    reaches: bool | None = None   # the log still holds ``offset - 1`` (checked if high < offset)
+    low: int = -1  # first offset on the broker
+    high: int = -1  # end of the log (Tansu may understate it: see ``reaches``)
+    reaches: bool | None = None  # the log still holds ``offset - 1`` (checked if high < offset)
 
 
 def resume_point(offset: int, probe: Probe, known_id: str | None) -> tuple[int, str | None]:
@@ -181,21 +192,29 @@ def resume_point(offset: int, probe: Probe, known_id: str | None) -> tuple[int, 
     if offset < 0:  # nothing read yet: the logical start (OFFSET_BEGINNING) still applies
         return offset, None
     if known_id and probe.topic_id and probe.topic_id != known_id:
-        return probe.low, (f"the topic was recreated (topic id {known_id} -> {probe.topic_id}): "
-                           f"what was in it is gone; reading on from its first offset "
-                           f"{probe.low} instead of {offset}")
+        return probe.low, (
+            f"the topic was recreated (topic id {known_id} -> {probe.topic_id}): "
+            f"what was in it is gone; reading on from its first offset "
+            f"{probe.low} instead of {offset}"
+        )
     if probe.reaches is False and probe.high < offset:
         if known_id and probe.topic_id == known_id:  # same topic, shorter log: new data from high
-            return probe.high, (f"offset {offset} is beyond the end {probe.high} of the log (the "
-                                f"broker lost messages {probe.high}..{offset - 1}, which were "
-                                f"read); reading on from {probe.high}")
-        return probe.low, (f"offset {offset} is beyond the end {probe.high} of the topic (it came "
-                           f"back empty or was recreated); reading on from what is there, "
-                           f"offset {probe.low}")
+            return probe.high, (
+                f"offset {offset} is beyond the end {probe.high} of the log (the "
+                f"broker lost messages {probe.high}..{offset - 1}, which were "
+                f"read); reading on from {probe.high}"
+            )
+        return probe.low, (
+            f"offset {offset} is beyond the end {probe.high} of the topic (it came "
+            f"back empty or was recreated); reading on from what is there, "
+            f"offset {probe.low}"
+        )
     if probe.low >= 0 and offset < probe.low:
-        return probe.low, (f"offset {offset} is below the first offset {probe.low} on the broker "
-                           f"(messages {offset}..{probe.low - 1} were deleted before they were "
-                           f"read); reading on from {probe.low}")
+        return probe.low, (
+            f"offset {offset} is below the first offset {probe.low} on the broker "
+            f"(messages {offset}..{probe.low - 1} were deleted before they were "
+            f"read); reading on from {probe.low}"
+        )
     return offset, None
 
 
@@ -295,15 +314,19 @@ class _Prober:
         topic = self._topic
         try:
             desc = self._admin.describe_topics(TopicCollection([topic]), request_timeout=t)[
-                topic].result(timeout=t + 1.0)
+                topic
+            ].result(timeout=t + 1.0)
         except KafkaException as exc:
-            if _error_code(exc) not in (KafkaError._UNSUPPORTED_FEATURE,
-                                        KafkaError.UNSUPPORTED_VERSION):
+            if _error_code(exc) not in (
+                KafkaError._UNSUPPORTED_FEATURE,
+                KafkaError.UNSUPPORTED_VERSION,
+            ):
                 raise
             meta = self._admin.list_topics(timeout=t).topics.get(topic)
             if meta is None or meta.error is not None:
-                raise KafkaException(meta.error if meta is not None
-                                     else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)) from exc
+                raise KafkaException(
+                    meta.error if meta is not None else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
+                ) from exc
             return {i: p.leader for i, p in meta.partitions.items()}, None
         leaders = {p.id: (p.leader.id if p.leader is not None else -1) for p in desc.partitions}
         return leaders, str(desc.topic_id) if desc.topic_id is not None else None
@@ -324,9 +347,16 @@ class _Prober:
         point past that end is confirmed by reading back before it is trusted. A fresh consumer
         each time: librdkafka 2.16 crashed (SIGSEGV in its metadata cache) fetching with a
         consumer that had known the topic before it was recreated."""
-        consumer = Consumer({**self._config, "group.id": "BYTEWAX_IGNORED",
-                             "enable.auto.commit": "false", "enable.partition.eof": "false",
-                             "auto.offset.reset": "error", "logger": RDKAFKA_LOG})
+        consumer = Consumer(
+            {
+                **self._config,
+                "group.id": "BYTEWAX_IGNORED",
+                "enable.auto.commit": "false",
+                "enable.partition.eof": "false",
+                "auto.offset.reset": "error",
+                "logger": RDKAFKA_LOG,
+            }
+        )
         try:
             consumer.assign([TopicPartition(self._topic, self._idx, offset)])
             deadline = time.monotonic() + self._timing.verify_s
@@ -349,11 +379,23 @@ ProbeFn = Callable[[int, float, bool], Probe]
 class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
     """One Kafka partition: blocks of ticks, idle markers, and the outage watch (module doc)."""
 
-    def __init__(self, *, url: KafkaUrl, idx: int, resume_state: Snapshot | None,
-                 consumer_config: dict[str, Any], batch_size: int, idle_ms: float | None,
-                 outage_s: float, timing: Timing, clock: Clock, outages: _Outages,
-                 consumer_factory: Callable[[dict[str, Any]], ConsumerLike] = Consumer,
-                 probe: ProbeFn | None = None, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        url: KafkaUrl,
+        idx: int,
+        resume_state: Snapshot | None,
+        consumer_config: dict[str, Any],
+        batch_size: int,
+        idle_ms: float | None,
+        outage_s: float,
+        timing: Timing,
+        clock: Clock,
+        outages: _Outages,
+        consumer_factory: Callable[[dict[str, Any]], ConsumerLike] = Consumer,
+        probe: ProbeFn | None = None,
+        executor: Executor | None = None,
+    ) -> None:
         self.url = url
         self.idx = idx
         self.name = f"{url.topic}/{idx}"
@@ -371,22 +413,35 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
         self._ended = False
         self._awake: datetime | None = None
         # health
-        self._last_data = now          # last real block (or the start)
-        self._assigned_at = now        # last (re)assignment of the consumer
+        self._last_data = now  # last real block (or the start)
+        self._assigned_at = now  # last (re)assignment of the consumer
         self._last_probe = -float("inf")
         self._probe_future: Future[Probe] | None = None
         self._trouble: tuple[float, str] | None = None  # first sign of trouble since healthy
         self._lost: tuple[float, str, bool] | None = None  # (since, reason, broker down)
         self._topic_id: str | None = None
-        self._prober = probe if probe is not None else _Prober(
-            {k: v for k, v in consumer_config.items() if k not in _CONSUMER_ONLY},
-            url.topic, idx, timing)
-        self._executor = executor if executor is not None else ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"kafka-probe-{self.name}")
+        self._prober = (
+            probe
+            if probe is not None
+            else _Prober(
+                {k: v for k, v in consumer_config.items() if k not in _CONSUMER_ONLY},
+                url.topic,
+                idx,
+                timing,
+            )
+        )
+        self._executor = (
+            executor
+            if executor is not None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-probe-{self.name}")
+        )
         self._verify = self._offset >= 0  # a resumed offset: is it still inside the log?
         self._consumer_factory = consumer_factory
-        self._consumer_config = {**consumer_config, "error_cb": self._on_error,
-                                 "logger": RDKAFKA_LOG}
+        self._consumer_config = {
+            **consumer_config,
+            "error_cb": self._on_error,
+            "logger": RDKAFKA_LOG,
+        }
         self._consumer: ConsumerLike | None = self._new_consumer()
         self._request_probe(now)  # learn the topic id now; check a resumed offset at once
 
@@ -413,8 +468,9 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
         self._watch(now)
         if block is None and self._idle is not None and self._idle.due(now):
             out.append(TickRows.idle_marker(self.name, self._next_seq()))
-        self._awake = (None if msgs else
-                       datetime.now(UTC) + timedelta(seconds=self._timing.empty_poll_s))
+        self._awake = (
+            None if msgs else datetime.now(UTC) + timedelta(seconds=self._timing.empty_poll_s)
+        )
         return out
 
     def _next_seq(self) -> int:
@@ -501,8 +557,7 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
             try:
                 probe = fut.result()
             except Exception as exc:  # a failing probe must not look like a healthy partition
-                probe = Probe(self._offset, now, f"health probe failed: {exc!r}",
-                              broker_down=True)
+                probe = Probe(self._offset, now, f"health probe failed: {exc!r}", broker_down=True)
             self._apply(probe, now)
         if self._lost is not None:
             since, reason, broker_down = self._lost
@@ -525,9 +580,15 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
         recreated = bool(self._topic_id and probe.topic_id and probe.topic_id != self._topic_id)
         if stale:
             if recreated:
-                log.warning("Kafka topic %s partition %d was recreated (topic id %s -> %s) while "
-                            "it was read; reading on at offset %d", self.url.topic, self.idx,
-                            self._topic_id, probe.topic_id, self._offset)
+                log.warning(
+                    "Kafka topic %s partition %d was recreated (topic id %s -> %s) while "
+                    "it was read; reading on at offset %d",
+                    self.url.topic,
+                    self.idx,
+                    self._topic_id,
+                    probe.topic_id,
+                    self._offset,
+                )
             if self._lost is not None:
                 self._back(now, None)
         else:
@@ -541,13 +602,20 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
                 self._back(now, offset)
             elif offset != self._offset:
                 self._reassign(offset, now, fresh=recreated)
-            elif (probe.high > self._offset >= 0
-                  and probe.started - max(self._last_data, self._assigned_at)
-                  >= self._timing.quiet_probe_s):
-                log.warning("Kafka topic %s partition %d: nothing read for %.0f s at offset %d "
-                            "though the log goes on to %d: re-assigned the consumer",
-                            self.url.topic, self.idx, now - self._last_data, self._offset,
-                            probe.high)
+            elif (
+                probe.high > self._offset >= 0
+                and probe.started - max(self._last_data, self._assigned_at)
+                >= self._timing.quiet_probe_s
+            ):
+                log.warning(
+                    "Kafka topic %s partition %d: nothing read for %.0f s at offset %d "
+                    "though the log goes on to %d: re-assigned the consumer",
+                    self.url.topic,
+                    self.idx,
+                    now - self._last_data,
+                    self._offset,
+                    probe.high,
+                )
                 self._reassign(self._offset, now)
         if recreated:  # new offsets: dead-letter ids must not collide with the old topic's
             self._source = f"kafka:{self.name}@{probe.topic_id}"
@@ -562,14 +630,18 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
             probe = replace(probe, error=reason)
             self._lost = (since, probe.error or "", probe.broker_down)
             if probe.broker_down:
-                line = (f"Kafka broker {self.url.bootstrap} unreachable ({probe.error}; topic "
-                        f"{self.url.topic}, partition {self.idx} at offset {self._offset}): "
-                        f"waiting up to {self._outage_s:g} s for it, then reading on from the "
-                        f"last offsets")
+                line = (
+                    f"Kafka broker {self.url.bootstrap} unreachable ({probe.error}; topic "
+                    f"{self.url.topic}, partition {self.idx} at offset {self._offset}): "
+                    f"waiting up to {self._outage_s:g} s for it, then reading on from the "
+                    f"last offsets"
+                )
             else:
-                line = (f"Kafka topic {self.url.topic} partition {self.idx} unavailable on "
-                        f"broker {self.url.bootstrap} ({probe.error}): waiting up to "
-                        f"{self._outage_s:g} s for it, then reading on from offset {self._offset}")
+                line = (
+                    f"Kafka topic {self.url.topic} partition {self.idx} unavailable on "
+                    f"broker {self.url.bootstrap} ({probe.error}): waiting up to "
+                    f"{self._outage_s:g} s for it, then reading on from offset {self._offset}"
+                )
             self._outages.lost(self.name, line)
             # No consumer while it is lost: one that knew the old topic fetching from a
             # recreated one is where librdkafka 2.16 crashed; a new one is made when it is back.
@@ -579,8 +651,12 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
             if probe.broker_down and was_down:  # the first words for it were the clearest
                 return
             if probe.error != reason:
-                log.info("Kafka topic %s partition %d still unavailable: %s", self.url.topic,
-                         self.idx, probe.error)
+                log.info(
+                    "Kafka topic %s partition %d still unavailable: %s",
+                    self.url.topic,
+                    self.idx,
+                    probe.error,
+                )
             self._lost = (since, probe.error or reason, probe.broker_down)
 
     def _back(self, now: float, offset: int | None) -> None:
@@ -588,9 +664,12 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
         since = self._lost[0]
         self._lost = None
         at = "" if offset is None else f" at offset {offset}"
-        self._outages.back(self.name, f"Kafka topic {self.url.topic} partition {self.idx} "
-                                      f"readable again after {now - since:.1f} s (broker "
-                                      f"{self.url.bootstrap}): reading on{at}")
+        self._outages.back(
+            self.name,
+            f"Kafka topic {self.url.topic} partition {self.idx} "
+            f"readable again after {now - since:.1f} s (broker "
+            f"{self.url.bootstrap}): reading on{at}",
+        )
 
     def _reassign(self, offset: int, now: float, fresh: bool = False) -> None:
         """Read on at ``offset``; ``fresh``: with a new consumer (after an outage or a recreated
@@ -610,11 +689,15 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
 
     def _stopped_line(self, secs: float, reason: str, broker_down: bool) -> str:
         if broker_down:
-            what = (f"Kafka broker {self.url.bootstrap} unreachable for {secs:.0f} s "
-                    f"(topic {self.url.topic}; {reason})")
+            what = (
+                f"Kafka broker {self.url.bootstrap} unreachable for {secs:.0f} s "
+                f"(topic {self.url.topic}; {reason})"
+            )
         else:
-            what = (f"Kafka topic {self.url.topic} partition {self.idx} unavailable on broker "
-                    f"{self.url.bootstrap} for {secs:.0f} s ({reason})")
+            what = (
+                f"Kafka topic {self.url.topic} partition {self.idx} unavailable on broker "
+                f"{self.url.bootstrap} for {secs:.0f} s ({reason})"
+            )
         return f"{what}; {_STOPPED}"
 
     # --- Bytewax -----------------------------------------------------------------------------
@@ -630,21 +713,37 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
 
 
 # consumer settings that make no sense for the probe's admin client
-_CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "enable.partition.eof",
-                            "auto.offset.reset", "error_cb", "logger"})
+_CONSUMER_ONLY = frozenset(
+    {
+        "group.id",
+        "enable.auto.commit",
+        "enable.partition.eof",
+        "auto.offset.reset",
+        "error_cb",
+        "logger",
+    }
+)
 
 
 class KafkaTickSource(FixedPartitionedSource[TickRows, Snapshot]):
     """JSON ticks from a Kafka topic, one :class:`TickRows` block per poll and partition, with
     idle markers (``idle_ms``, tail mode) and an outage watch (``outage_s``): module doc."""
 
-    def __init__(self, url: KafkaUrl, batch_size: int = 5000,
-                 add_config: dict[str, str] | None = None, *, idle_ms: float | None = None,
-                 outage_s: float = 120.0, timing: Timing | None = None,
-                 clock: Clock = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 consumer_factory: Callable[[dict[str, Any]], ConsumerLike] = Consumer,
-                 probe_factory: Callable[[int], ProbeFn] | None = None,
-                 executor_factory: Callable[[], Executor] | None = None) -> None:
+    def __init__(
+        self,
+        url: KafkaUrl,
+        batch_size: int = 5000,
+        add_config: dict[str, str] | None = None,
+        *,
+        idle_ms: float | None = None,
+        outage_s: float = 120.0,
+        timing: Timing | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        consumer_factory: Callable[[dict[str, Any]], ConsumerLike] = Consumer,
+        probe_factory: Callable[[int], ProbeFn] | None = None,
+        executor_factory: Callable[[], Executor] | None = None,
+    ) -> None:
         self.url = url
         self.batch_size = batch_size
         self.add_config = dict(add_config or {})
@@ -688,13 +787,19 @@ class KafkaTickSource(FixedPartitionedSource[TickRows, Snapshot]):
                 log.error(line)
                 raise RuntimeError(line)
             if not warned:
-                log.warning("%s (topic %s; %s): waiting up to %g s for it", what, topic, reason,
-                            self.outage_s)
+                log.warning(
+                    "%s (topic %s; %s): waiting up to %g s for it",
+                    what,
+                    topic,
+                    reason,
+                    self.outage_s,
+                )
                 warned = True
             self._sleep(min(self.timing.retry_s, self.outage_s - waited))
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: Snapshot | None) -> _KafkaTickPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Snapshot | None
+    ) -> _KafkaTickPartition:
         topic, idx = for_part.rsplit("/", 1)
         assert topic == self.url.topic, f"cannot resume {for_part!r} from topic {self.url.topic}"
         config = {
@@ -707,9 +812,17 @@ class KafkaTickSource(FixedPartitionedSource[TickRows, Snapshot]):
             **self._client_config(),
         }
         return _KafkaTickPartition(
-            url=self.url, idx=int(idx), resume_state=resume_state, consumer_config=config,
-            batch_size=self.batch_size, idle_ms=self.idle_ms, outage_s=self.outage_s,
-            timing=self.timing, clock=self._clock, outages=self._outages,
+            url=self.url,
+            idx=int(idx),
+            resume_state=resume_state,
+            consumer_config=config,
+            batch_size=self.batch_size,
+            idle_ms=self.idle_ms,
+            outage_s=self.outage_s,
+            timing=self.timing,
+            clock=self._clock,
+            outages=self._outages,
             consumer_factory=self._consumer_factory,
             probe=self._probe_factory(int(idx)) if self._probe_factory else None,
-            executor=self._executor_factory() if self._executor_factory else None)
+            executor=self._executor_factory() if self._executor_factory else None,
+        )

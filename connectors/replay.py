@@ -64,8 +64,15 @@ from connectors.layouts.base import DamagedFile, FileLayout, InputFileError, Lay
 from connectors.layouts.detect import LAYOUT_HINT
 from schemas.ticks import LAYOUTS, TS_MISSING, TickRows, decode_table
 
-__all__ = ["InputFileError", "MissingInputError", "ReplaySource", "check_tick_files",
-           "expand_paths", "file_layout", "group_by_symbols"]
+__all__ = [
+    "InputFileError",
+    "MissingInputError",
+    "ReplaySource",
+    "check_tick_files",
+    "expand_paths",
+    "file_layout",
+    "group_by_symbols",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +80,13 @@ NEVER = -(2**62)
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_SUFFIXES = (".gz", ".gzip", ".tgz")
-ARROW_COMPRESSED = {".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4",
-                    ".br": "brotli"}  # decompressed by Arrow
+ARROW_COMPRESSED = {
+    ".bz2": "bz2",
+    ".zst": "zstd",
+    ".zstd": "zstd",
+    ".lz4": "lz4",
+    ".br": "brotli",
+}  # decompressed by Arrow
 HEADER_LIMIT = 64 * 1024  # a header line longer than this is not a tick file's
 _COMPRESSED_CHUNK = 1 << 18
 _LONGEST_LINE = 1 << 20  # a "line" longer than this is handed on as is (Arrow rejects it)
@@ -96,16 +108,20 @@ def expand_paths(spec: str, setting: str = "QT_TICKS") -> list[Path]:
             where = "" if os.path.isabs(os.path.expanduser(part)) else f" (in {os.getcwd()})"
             raise MissingInputError(
                 f"{setting}: no file matches {part}{where}; give an existing file, a glob or a "
-                "comma-separated list of them (CSV, CSV.gz or Parquet tick files)")
+                "comma-separated list of them (CSV, CSV.gz or Parquet tick files)"
+            )
         paths.extend(Path(m) for m in matches if Path(m).is_file())
     if not paths:
-        raise MissingInputError(f"{setting}={spec!r} names no files (only directories?); give "
-                                "tick files, e.g. dir/*.csv.gz")
+        raise MissingInputError(
+            f"{setting}={spec!r} names no files (only directories?); give "
+            "tick files, e.g. dir/*.csv.gz"
+        )
     return list(dict.fromkeys(paths))
 
 
-def check_tick_files(spec: str, setting: str = "QT_TICKS",
-                     options: LayoutOptions | None = None) -> list[Path]:
+def check_tick_files(
+    spec: str, setting: str = "QT_TICKS", options: LayoutOptions | None = None
+) -> list[Path]:
     """The files of ``spec``, each checked to be a replayable tick file (its layout is
     recognised): an unusable one is an :class:`InputFileError` before anything starts."""
     paths = expand_paths(spec, setting)
@@ -136,10 +152,11 @@ class _ZipMember:
         file.seek(start)
         local = file.read(30)
         if len(local) < 30 or local[:4] != ZIP_MAGIC:
-            raise InputFileError(f"{path}: not a readable zip file (no local file header); "
-                                 "re-create or re-download it")
-        flags, method, crc, size, name_len, extra_len = (
-            struct.unpack("<4x2xHH4xIIxxxxHH", local))
+            raise InputFileError(
+                f"{path}: not a readable zip file (no local file header); "
+                "re-create or re-download it"
+            )
+        flags, method, crc, size, name_len, extra_len = struct.unpack("<4x2xHH4xIIxxxxHH", local)
         self.name = file.read(name_len).decode("utf-8", errors="replace")
         if info is not None:
             crc, size = info.CRC, info.compress_size
@@ -148,12 +165,16 @@ class _ZipMember:
         if flags & 0x01:
             raise InputFileError(f"{path}: the zip is encrypted; unzip it and give the CSV")
         if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise InputFileError(f"{path}: the zip's {self.name} is compressed with method "
-                                 f"{method} (deflate or stored are read); unzip it and give "
-                                 "the CSV, or re-zip it")
+            raise InputFileError(
+                f"{path}: the zip's {self.name} is compressed with method "
+                f"{method} (deflate or stored are read); unzip it and give "
+                "the CSV, or re-zip it"
+            )
         if detect.table_format(Path(self.name)) is not None:
-            raise InputFileError(f"{path}: the zip holds {self.name}; only a CSV is read from "
-                                 "a zip: unzip it and give the file")
+            raise InputFileError(
+                f"{path}: the zip holds {self.name}; only a CSV is read from "
+                "a zip: unzip it and give the file"
+            )
         file.seek(start + 30 + name_len + extra_len)
         self._stored = method == zipfile.ZIP_STORED
         self._expected_crc, self._left = crc, size
@@ -169,11 +190,11 @@ class _ZipMember:
         except (zipfile.BadZipFile, OSError):  # no central directory: a zip cut short
             return None
         if len(infos) != 1:
-            names = ", ".join(i.filename for i in infos[:4]) + (", ..." if len(infos) > 4
-                                                                 else "")
+            names = ", ".join(i.filename for i in infos[:4]) + (", ..." if len(infos) > 4 else "")
             raise InputFileError(
                 f"{path}: the zip holds {len(infos)} files ({names}); expected one CSV file, "
-                "as data.binance.vision ships them: unzip it and give the files")
+                "as data.binance.vision ships them: unzip it and give the files"
+            )
         return infos[0]
 
     def read(self, size: int) -> bytes:
@@ -238,8 +259,9 @@ class _TextStream(io.RawIOBase):
         try:
             self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
-            raise InputFileError(f"{path}: cannot be read ({exc.strerror}); check the path "
-                                 "and its permissions") from None
+            raise InputFileError(
+                f"{path}: cannot be read ({exc.strerror}); check the path and its permissions"
+            ) from None
         head = self._file.read(4)
         self._file.seek(0)
         self._gz: zlib._Decompress | None = None
@@ -261,10 +283,12 @@ class _TextStream(io.RawIOBase):
             raise InputFileError(
                 f"{path}: not gzip-compressed (the name ends in {suffix} but the content does "
                 "not start with the gzip signature); give a gzip-compressed CSV, or rename "
-                "the file if it is plain CSV")
+                "the file if it is plain CSV"
+            )
         elif suffix in ARROW_COMPRESSED:  # read through our file: its position is progress
-            self._arrow = pa.CompressedInputStream(pa.PythonFile(self._file, mode="r"),
-                                                   ARROW_COMPRESSED[suffix])
+            self._arrow = pa.CompressedInputStream(
+                pa.PythonFile(self._file, mode="r"), ARROW_COMPRESSED[suffix]
+            )
         self._position = 0
 
     def readable(self) -> bool:
@@ -277,8 +301,11 @@ class _TextStream(io.RawIOBase):
             self._position = self._file.tell()
         except (OSError, ValueError):  # closed: the last position known
             return self._position
-        inflate = self._gz if self._gz is not None else (
-            self._zip.inflate if self._zip is not None else None)
+        inflate = (
+            self._gz
+            if self._gz is not None
+            else (self._zip.inflate if self._zip is not None else None)
+        )
         if inflate is not None:  # read, but not yet decompressed
             self._position -= len(inflate.unconsumed_tail) + len(inflate.unused_data)
         return self._position
@@ -386,14 +413,17 @@ class _TextStream(io.RawIOBase):
             head += chunk
         line, newline, _ = head.partition(b"\n")
         if not newline and self.failure is not None:
-            what = ("truncated" if self.failure == "truncated"
-                    else f"corrupt ({self.detail})")
-            raise InputFileError(f"{self.path}: the compressed file is {what} before the end "
-                                 "of its header line; re-create or re-download it")
+            what = "truncated" if self.failure == "truncated" else f"corrupt ({self.detail})"
+            raise InputFileError(
+                f"{self.path}: the compressed file is {what} before the end "
+                "of its header line; re-create or re-download it"
+            )
         if not newline and len(head) >= HEADER_LIMIT:
-            raise InputFileError(f"{self.path}: no header line in its first "
-                                 f"{HEADER_LIMIT // 1024} KiB: not a CSV tick file; "
-                                 f"{LAYOUT_HINT}")
+            raise InputFileError(
+                f"{self.path}: no header line in its first "
+                f"{HEADER_LIMIT // 1024} KiB: not a CSV tick file; "
+                f"{LAYOUT_HINT}"
+            )
         if not head:
             return []
         text = head.decode("utf-8", errors="replace").split("\n")
@@ -424,7 +454,7 @@ def _salvage(decompressor: zlib._Decompress, data: bytes, piece: int = 4096) -> 
     while i < len(data):
         before = d.copy()
         try:
-            out.append(d.decompress(data[i:i + piece]))
+            out.append(d.decompress(data[i : i + piece]))
         except zlib.error:
             if piece == 1:
                 break
@@ -457,8 +487,9 @@ def file_layout(path: Path, options: LayoutOptions | None = None) -> FileLayout:
     if not lines or not lines[0]:
         raise InputFileError(f"{path}: the file is empty (no header line); {LAYOUT_HINT}")
     if "\0" in lines[0] or "\ufffd" in lines[0]:
-        raise InputFileError(f"{path}: not a CSV text file (binary content in its first "
-                             f"line); {LAYOUT_HINT}")
+        raise InputFileError(
+            f"{path}: not a CSV text file (binary content in its first line); {LAYOUT_HINT}"
+        )
     return detect.text_layout(path, lines, member, options)
 
 
@@ -474,17 +505,22 @@ def file_symbols(path: Path, options: LayoutOptions | None = None) -> set[str]:
     else:
         table = pa_csv.read_csv(
             pa.PythonFile(_open_text(path), mode="r"),
-            read_options=pa_csv.ReadOptions(skip_rows=1 if layout.header else 0,
-                                            column_names=list(layout.columns)),
-            parse_options=pa_csv.ParseOptions(quote_char=False,
-                                              invalid_row_handler=lambda _: "skip"),
+            read_options=pa_csv.ReadOptions(
+                skip_rows=1 if layout.header else 0, column_names=list(layout.columns)
+            ),
+            parse_options=pa_csv.ParseOptions(
+                quote_char=False, invalid_row_handler=lambda _: "skip"
+            ),
             convert_options=pa_csv.ConvertOptions(
-                include_columns=columns, column_types={c: pa.string() for c in columns}))
+                include_columns=columns, column_types={c: pa.string() for c in columns}
+            ),
+        )
     return {s for s in layout.symbols_of(table).unique().to_pylist() if s}
 
 
-def group_by_symbols(paths: Sequence[Path],
-                     options: LayoutOptions | None = None) -> list[list[Path]]:
+def group_by_symbols(
+    paths: Sequence[Path], options: LayoutOptions | None = None
+) -> list[list[Path]]:
     """Connected components of files that share at least one symbol (union-find)."""
     if len(paths) == 1:
         return [list(paths)]
@@ -517,8 +553,15 @@ def group_by_symbols(paths: Sequence[Path],
 class FileBlocks:
     """Decoded blocks of one file. ``skip_rows``/``skip_bad_through`` resume mid-file."""
 
-    def __init__(self, path: Path, candle_ms: int, block_bytes: int, skip_rows: int = 0,
-                 skip_bad_through: int = 0, options: LayoutOptions | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        candle_ms: int,
+        block_bytes: int,
+        skip_rows: int = 0,
+        skip_bad_through: int = 0,
+        options: LayoutOptions | None = None,
+    ) -> None:
         self.path = path
         self.name = path.name
         self.layout = file_layout(path, options)
@@ -553,14 +596,20 @@ class FileBlocks:
         self._stream = _open_text(self.path)
         reader = pa_csv.open_csv(
             pa.PythonFile(self._stream, mode="r"),
-            read_options=pa_csv.ReadOptions(use_threads=False, block_size=block_bytes,
-                                            skip_rows=1 if self.layout.header else 0,
-                                            column_names=list(names)),
-            parse_options=pa_csv.ParseOptions(quote_char=False, ignore_empty_lines=False,
-                                              invalid_row_handler=self._on_invalid),
+            read_options=pa_csv.ReadOptions(
+                use_threads=False,
+                block_size=block_bytes,
+                skip_rows=1 if self.layout.header else 0,
+                column_names=list(names),
+            ),
+            parse_options=pa_csv.ParseOptions(
+                quote_char=False, ignore_empty_lines=False, invalid_row_handler=self._on_invalid
+            ),
             convert_options=pa_csv.ConvertOptions(
-                column_types={c: pa.string() for c in names}, strings_can_be_null=True,
-                null_values=[""]),
+                column_types={c: pa.string() for c in names},
+                strings_can_be_null=True,
+                null_values=[""],
+            ),
         )
         return iter(reader)
 
@@ -626,21 +675,30 @@ class FileBlocks:
             return []
         self._reported = True
         if self._stream is not None and self._stream.failure is not None:
-            what, detail, partial = (self._stream.failure, self._stream.detail,
-                                     self._stream.partial)
+            what, detail, partial = (
+                self._stream.failure,
+                self._stream.detail,
+                self._stream.partial,
+            )
             row = max(self._next_line, self._stream.lines + 1)
         elif self._broken is not None:
             (what, detail), partial, row = self._broken, "", self._next_line
         else:
             return []
         unit = "compressed stream" if self._stream is not None else "file"
-        reason = (f"file truncated: the {unit} ended at row {row} before its end"
-                  if what == "truncated" else
-                  f"file corrupt: the {unit} could not be read from row {row} on ({detail})")
+        reason = (
+            f"file truncated: the {unit} ended at row {row} before its end"
+            if what == "truncated"
+            else f"file corrupt: the {unit} could not be read from row {row} on ({detail})"
+        )
         if row <= self._skip_bad_through:  # emitted before the resume
             return []
-        log.warning("warning: %s: %s; the rows before it were replayed, the rest of the file "
-                    "is one dead letter", self.path, reason)
+        log.warning(
+            "warning: %s: %s; the rows before it were replayed, the rest of the file "
+            "is one dead letter",
+            self.path,
+            reason,
+        )
         return [(self.name, row, partial[:1000], reason)]
 
     def next_block(self) -> TickRows | None:
@@ -656,14 +714,27 @@ class FileBlocks:
             n = 0 if batch is None else batch.num_rows
             self._unpassed_bad.update(line for line, _ in bad)
             line_no = self._line_numbers(n)
-            extra = [(self.name, line, text, "not a row of the "
-                      f"{self.layout.name} layout ({len(text.split(','))} fields)")
-                     for line, text in bad if line > self._skip_bad_through]
+            extra = [
+                (
+                    self.name,
+                    line,
+                    text,
+                    f"not a row of the {self.layout.name} layout ({len(text.split(','))} fields)",
+                )
+                for line, text in bad
+                if line > self._skip_bad_through
+            ]
             extra += damage
             if batch is None:
-                rows = decode_table(pa.RecordBatch.from_pylist(
-                    [], schema=pa.schema([(c, pa.string()) for c in LAYOUTS[self.origin]])),
-                    self.origin, self.name, 0, self.candle_ms)
+                rows = decode_table(
+                    pa.RecordBatch.from_pylist(
+                        [], schema=pa.schema([(c, pa.string()) for c in LAYOUTS[self.origin]])
+                    ),
+                    self.origin,
+                    self.name,
+                    0,
+                    self.candle_ms,
+                )
             else:
                 rows = self._decode(batch)
             rows.row_no = line_no
@@ -744,9 +815,16 @@ class ReplayState:
 
 
 class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
-    def __init__(self, name: str, paths: Sequence[Path], candle_ms: int, block_bytes: int,
-                 speed: float, resume: ReplayState | None,
-                 options: LayoutOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        paths: Sequence[Path],
+        candle_ms: int,
+        block_bytes: int,
+        speed: float,
+        resume: ReplayState | None,
+        options: LayoutOptions | None = None,
+    ) -> None:
         self.name = name
         self.seq = 0 if resume is None else resume.seq
         consumed = {} if resume is None else resume.consumed
@@ -767,8 +845,11 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
     def _merged_block(self) -> TickRows | None:
         for c in self.cursors:
             c.fill()
-        live = [c for c in self.cursors if c.pending is not None and
-                (len(c.pending) or c.pending.extra_dead)]
+        live = [
+            c
+            for c in self.cursors
+            if c.pending is not None and (len(c.pending) or c.pending.extra_dead)
+        ]
         if not live:
             return None
         if len(live) == 1:
@@ -850,11 +931,14 @@ class ReplayPartition(StatefulSourcePartition[TickRows, ReplayState]):
         held: dict[str, int] = {}
         if self._ready is not None and len(self._ready):
             names, counts = np.unique(self._ready.src, return_counts=True)
-            held = {self._ready.sources[int(k)]: int(n) for k, n in zip(names, counts,
-                                                                       strict=True)}
-        return ReplayState(self.seq, {
-            c.blocks.name: (c.emitted_rows - held.get(c.blocks.name, 0), c.emitted_bad_through)
-            for c in self.cursors})
+            held = {self._ready.sources[int(k)]: int(n) for k, n in zip(names, counts, strict=True)}
+        return ReplayState(
+            self.seq,
+            {
+                c.blocks.name: (c.emitted_rows - held.get(c.blocks.name, 0), c.emitted_bad_through)
+                for c in self.cursors
+            },
+        )
 
 
 class ReplaySource(FixedPartitionedSource[TickRows, ReplayState]):
@@ -864,9 +948,14 @@ class ReplaySource(FixedPartitionedSource[TickRows, ReplayState]):
     ``QT_TICKS_COLUMNS``, ``QT_TICKS_TS_UNIT``); by default those of the environment.
     """
 
-    def __init__(self, paths: Sequence[Path], candle_seconds: int = 60,
-                 block_bytes: int = 1 << 20, speed: float = 0.0,
-                 layouts: LayoutOptions | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        candle_seconds: int = 60,
+        block_bytes: int = 1 << 20,
+        speed: float = 0.0,
+        layouts: LayoutOptions | None = None,
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.options = layouts or LayoutOptions.from_env()
         for p in self.paths:
@@ -880,18 +969,30 @@ class ReplaySource(FixedPartitionedSource[TickRows, ReplayState]):
     def groups(self) -> dict[str, list[Path]]:
         with self._lock:
             if self._groups is None:
-                self._groups = {"+".join(p.name for p in g): g
-                                for g in group_by_symbols(self.paths, self.options)}
+                self._groups = {
+                    "+".join(p.name for p in g): g
+                    for g in group_by_symbols(self.paths, self.options)
+                }
             return self._groups
 
     def list_parts(self) -> list[str]:
         return list(self.groups())
 
-    def build_part(self, step_id: str, for_part: str,
-                   resume_state: ReplayState | None) -> ReplayPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: ReplayState | None
+    ) -> ReplayPartition:
         paths = self.groups().get(for_part)
         if paths is None:
-            raise ValueError(f"{step_id}: no replay partition {for_part!r} (input files changed "
-                             "since the recovery snapshot?)")
-        return ReplayPartition(for_part, paths, self.candle_ms, self.block_bytes, self.speed,
-                               resume_state, self.options)
+            raise ValueError(
+                f"{step_id}: no replay partition {for_part!r} (input files changed "
+                "since the recovery snapshot?)"
+            )
+        return ReplayPartition(
+            for_part,
+            paths,
+            self.candle_ms,
+            self.block_bytes,
+            self.speed,
+            resume_state,
+            self.options,
+        )

@@ -107,12 +107,19 @@ def tick_source(settings: Settings) -> Source[TickRows]:
     ``QT_IDLE_PARTITION_MS``; a lost broker or partition is waited for ``QT_KAFKA_OUTAGE_S``),
     anything else for files."""
     if settings.ticks.startswith("kafka://"):
-        return KafkaTickSource(KafkaUrl.parse(settings.ticks), settings.kafka_batch_size,
-                               idle_ms=settings.idle_partition_ms,
-                               outage_s=settings.kafka_outage_s)
-    return ReplaySource(expand_paths(settings.ticks), settings.candle_seconds,
-                        settings.replay_block_bytes, settings.replay_speed,
-                        LayoutOptions.from_settings(settings))
+        return KafkaTickSource(
+            KafkaUrl.parse(settings.ticks),
+            settings.kafka_batch_size,
+            idle_ms=settings.idle_partition_ms,
+            outage_s=settings.kafka_outage_s,
+        )
+    return ReplaySource(
+        expand_paths(settings.ticks),
+        settings.candle_seconds,
+        settings.replay_block_bytes,
+        settings.replay_speed,
+        LayoutOptions.from_settings(settings),
+    )
 
 
 @dataclass
@@ -125,8 +132,9 @@ class MarketData:
     partitions: list[str]
 
 
-def market_data(flow: Dataflow, settings: Settings,
-                source: Source[TickRows] | None = None) -> MarketData:
+def market_data(
+    flow: Dataflow, settings: Settings, source: Source[TickRows] | None = None
+) -> MarketData:
     """source -> validate -> per-symbol bars -> features."""
     source = source if source is not None else tick_source(settings)
     partitions = []
@@ -145,52 +153,80 @@ def market_data_rows(md: MarketData, features: bool = True) -> list[Stream[Table
     """Table blocks of the market-data streams (bars, dead letters, and features unless the
     engine's continuous learner archives them itself)."""
     rows = [
-        op.filter_map("dead_letter_rows", md.validated,
-                      lambda v: dead_letter_rows(v.dead) if len(v.dead) else None),
-        op.filter_map("bar_rows", op.key_rm("bars_unkeyed", md.bars),
-                      lambda s: bar_rows(s.bars) if s.bars else None),
+        op.filter_map(
+            "dead_letter_rows",
+            md.validated,
+            lambda v: dead_letter_rows(v.dead) if len(v.dead) else None,
+        ),
+        op.filter_map(
+            "bar_rows",
+            op.key_rm("bars_unkeyed", md.bars),
+            lambda s: bar_rows(s.bars) if s.bars else None,
+        ),
     ]
     if features:
-        rows.append(op.filter_map("feature_rows", op.key_rm("features_unkeyed", md.features),
-                                  lambda s: feature_rows(s.vectors) if s.vectors else None))
+        rows.append(
+            op.filter_map(
+                "feature_rows",
+                op.key_rm("features_unkeyed", md.features),
+                lambda s: feature_rows(s.vectors) if s.vectors else None,
+            )
+        )
     return rows
 
 
-def market_data_counts(md: MarketData,
-                       training: tuple[datetime, datetime] | None = None,
-                       ) -> list[Stream[Any]]:
+def market_data_counts(
+    md: MarketData,
+    training: tuple[datetime, datetime] | None = None,
+) -> list[Stream[Any]]:
     """The summary's market-data counters; with the production models' ``training`` span,
     also how many bars fall inside it (the summary says whether the run is out-of-sample)."""
     return [
         op.map("count_validated", md.validated, validated_counts),
         op.flat_map("count_bars", md.bars, lambda kv: _bar_counts(kv[1].bars, training)),
-        op.map("count_features", md.features, lambda kv: {
-            "features": len(kv[1].vectors),
-            "features.warm": sum(1 for v in kv[1].vectors if v.warm)}),
+        op.map(
+            "count_features",
+            md.features,
+            lambda kv: {
+                "features": len(kv[1].vectors),
+                "features.warm": sum(1 for v in kv[1].vectors if v.warm),
+            },
+        ),
     ]
 
 
 def validated_counts(v: Validated) -> Counts:
     """Rows, ticks and dead letters of a validated block, by stage and by reason kind."""
-    c = {"rows_in": v.rows_in, "ticks": v.ticks, "dead_letters": len(v.dead),
-         "input.bytes": v.input_bytes}
+    c = {
+        "rows_in": v.rows_in,
+        "ticks": v.ticks,
+        "dead_letters": len(v.dead),
+        "input.bytes": v.input_bytes,
+    }
     # counted by distinct (stage, reason) first: a month of quotes has 136k dead letters of
     # one reason, and a Python loop per row was 6% of the flow's CPU
     for (stage, reason), n in Counter(zip(v.dead.stage, v.dead.reason, strict=True)).items():
-        for key in (f"dead_letters.{stage.value}",
-                    f"{DEAD_LETTER_REASON}{stage.value}.{reason_kind(reason)}"):
+        for key in (
+            f"dead_letters.{stage.value}",
+            f"{DEAD_LETTER_REASON}{stage.value}.{reason_kind(reason)}",
+        ):
             c[key] = c.get(key, 0) + n
     return {k: n for k, n in c.items() if n}
 
 
-def _bar_counts(bars: list[Bar], training: tuple[datetime, datetime] | None,
-                ) -> list[Counts | EventTime]:
+def _bar_counts(
+    bars: list[Bar],
+    training: tuple[datetime, datetime] | None,
+) -> list[Counts | EventTime]:
     """Bars closed (and how many fall in the models' training span), and the event time
     they reached, for the progress line."""
     if not bars:
         return []
-    inside = 0 if training is None else sum(training[0] <= b.start and b.end <= training[1]
-                                            for b in bars)
+    inside = (
+        0
+        if training is None
+        else sum(training[0] <= b.start and b.end <= training[1] for b in bars)
+    )
     counts = {"bars": len(bars), **({"bars.in_training": inside} if inside else {})}
     return [counts, EventTime(max(to_ms(b.end) for b in bars))]
 
@@ -200,8 +236,9 @@ def scoring(md: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
     models loaded now so the flow does not pay for imports and loading at its first bar)."""
     models = RegistryModels(open_registry(settings))
     models.current()
-    return score_votes("ensemble", md.features,
-                       Scorer(models, EnsembleConfig.from_settings(settings)))
+    return score_votes(
+        "ensemble", md.features, Scorer(models, EnsembleConfig.from_settings(settings))
+    )
 
 
 def inline_learning(settings: Settings) -> bool:
@@ -209,11 +246,17 @@ def inline_learning(settings: Settings) -> bool:
     return settings.learning and not settings.trade_events.startswith("kafka://")
 
 
-def engine(md: MarketData, scored: KeyedStream[ScoredStep],
-           settings: Settings) -> Stream[EngineOutput]:
+def engine(
+    md: MarketData, scored: KeyedStream[ScoredStep], settings: Settings
+) -> Stream[EngineOutput]:
     """scored bars + input progress -> the decision engine (decisions, trades, learning)."""
-    progress = op.map("progress", md.validated, lambda v: Progress(
-        v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final, v.tag.idle))
+    progress = op.map(
+        "progress",
+        md.validated,
+        lambda v: Progress(
+            v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final, v.tag.idle
+        ),
+    )
     # the registry's records, the CLM's data: opened where the engine runs, when it first
     # needs them (in a cluster, the other processes never open the embedded store)
     store = DeferredStore(settings)
@@ -221,8 +264,13 @@ def engine(md: MarketData, scored: KeyedStream[ScoredStep],
     registry = open_registry(settings, store)
     cfg = EngineConfig.from_settings(settings)
     publish = settings.trade_events.startswith("kafka://")
-    deps = EngineDeps(registry, md.partitions, learning=inline_learning(settings),
-                      publish=publish, dynamic_weights=settings.dynamic_weights)
+    deps = EngineDeps(
+        registry,
+        md.partitions,
+        learning=inline_learning(settings),
+        publish=publish,
+        dynamic_weights=settings.dynamic_weights,
+    )
     if deps.learning:
         learner_cfg = LearnerConfig.from_settings(settings)
         if learner_cfg.enabled:
@@ -233,21 +281,28 @@ def engine(md: MarketData, scored: KeyedStream[ScoredStep],
     return decide_and_trade("engine", op.key_rm("scored_unkeyed", scored), progress, cfg, deps)
 
 
-def _clm_factory(settings: Settings, registry: ModelRegistry,
-                 store: Store) -> Callable[[ActiveModels, Any], ContinuousLearner]:
+def _clm_factory(
+    settings: Settings, registry: ModelRegistry, store: Store
+) -> Callable[[ActiveModels, Any], ContinuousLearner]:
     trainer = InlineTraining() if settings.clm_blocking else TrainingJob()
     atexit.register(trainer.shutdown)
     cfg = ClmConfig.from_settings(settings)
     label_cfg = LabelConfig.from_settings(settings)
     archive = TableWriter(store, settings.sink_batch_rows, flush_seconds(settings))
-    clm_deps = ClmDeps(registry, store, trainer, RetrainRequests(settings.clm_dir),
-                       settings.clm_dir,
-                       CycleConfig.quick() if settings.clm_budget == "quick" else CycleConfig(),
-                       archive)
+    clm_deps = ClmDeps(
+        registry,
+        store,
+        trainer,
+        RetrainRequests(settings.clm_dir),
+        settings.clm_dir,
+        CycleConfig.quick() if settings.clm_budget == "quick" else CycleConfig(),
+        archive,
+    )
 
     def build(models: ActiveModels, state: Any) -> ContinuousLearner:
-        runner = CycleRunner(clm_deps, label_cfg, cfg.lookback_ms,
-                             None if state is None else state["runner"])
+        runner = CycleRunner(
+            clm_deps, label_cfg, cfg.lookback_ms, None if state is None else state["runner"]
+        )
         return ContinuousLearner(cfg, label_cfg, runner, models, state)
 
     return build
@@ -255,6 +310,7 @@ def _clm_factory(settings: Settings, registry: ModelRegistry,
 
 def engine_rows(out: Stream[EngineOutput]) -> Stream[TableRows]:
     """Table blocks of everything the engine decided and learned."""
+
     def rows(o: EngineOutput) -> list[TableRows]:
         blocks = []
         if o.signals:
@@ -280,6 +336,7 @@ def engine_rows(out: Stream[EngineOutput]) -> Stream[TableRows]:
 
 def engine_counts(out: Stream[EngineOutput]) -> Stream[Counts | PnlPoint]:
     """The summary's counters of the engine's outputs, and the closed trades' PnL."""
+
     def counts(o: EngineOutput) -> list[Counts | PnlPoint]:
         c: Counts = dict(o.counts)
 
@@ -333,14 +390,21 @@ def publish_learning_events(out: Stream[EngineOutput], url: str) -> None:
     Kafka topic (``QT_TRADE_EVENTS=kafka://host:port/trade-events``), all with one key so that
     one partition keeps the order, for the learning flow in another process."""
     target = KafkaUrl.parse(url)
-    messages = op.flat_map("learning_event_messages", out, lambda o: [
-        KafkaSinkMessage(b"engine", encode_event(event, seq)) for seq, event in o.published])
-    op.output("learning_events_out", messages,
-              KafkaSink(list(target.brokers), target.topic, add_config=KAFKA_PRODUCER))
+    messages = op.flat_map(
+        "learning_event_messages",
+        out,
+        lambda o: [
+            KafkaSinkMessage(b"engine", encode_event(event, seq)) for seq, event in o.published
+        ],
+    )
+    op.output(
+        "learning_events_out",
+        messages,
+        KafkaSink(list(target.brokers), target.topic, add_config=KAFKA_PRODUCER),
+    )
 
 
-def learning(events: Stream[Sequenced | DeadLetters],
-             settings: Settings) -> Stream[LearnedOutput]:
+def learning(events: Stream[Sequenced | DeadLetters], settings: Settings) -> Stream[LearnedOutput]:
     """The live flow's ordered learning events -> the learners (the learning process of the
     Kafka deployment; the embedded live flow runs the same learners inside its engine)."""
     # the join's fallback, the CLM's data, the registry's records: opened where the learner runs
@@ -353,8 +417,9 @@ def learning(events: Stream[Sequenced | DeadLetters],
 
     registry = open_registry(settings, store)
     learner_cfg = LearnerConfig.from_settings(settings)
-    deps = LearnerDeps(registry, int(settings.join_ttl_hours * 3_600_000), stored_entry,
-                       learner_cfg.weights)
+    deps = LearnerDeps(
+        registry, int(settings.join_ttl_hours * 3_600_000), stored_entry, learner_cfg.weights
+    )
     if learner_cfg.enabled:
         deps.rl = lambda policy, state: PolicyLearner(learner_cfg, registry, policy, state)
     if settings.clm_enabled:
@@ -392,8 +457,14 @@ def learned_counts(out: Stream[LearnedOutput]) -> Stream[Counts]:
     return op.map("learned_counts", out, counts)
 
 
-def store(flow_step: str, blocks: list[Stream[TableRows]], settings: Settings,
-          tables: list[str], owner_key: str = ENGINE_KEY, live: bool | None = None) -> None:
+def store(
+    flow_step: str,
+    blocks: list[Stream[TableRows]],
+    settings: Settings,
+    tables: list[str],
+    owner_key: str = ENGINE_KEY,
+    live: bool | None = None,
+) -> None:
     """Write table blocks to ClickHouse. A server: one sink, one partition per table, on any
     worker of any process. The embedded store: every block to the worker of ``owner_key``,
     the key of the step that uses the store itself (the engine's, the learner's), so that
@@ -429,26 +500,50 @@ def progress_line(settings: Settings) -> Callable[[], ProgressLine | None]:
     live = settings.ticks.startswith("kafka://")
     size = 0 if live else sum(p.stat().st_size for p in expand_paths(settings.ticks))
     always = settings.progress == "always"
-    return lambda: ProgressLine(tty=False if always else None,
-                                log_every_s=1.0 if always else 30.0, input_bytes=size,
-                                lag=live)
+    return lambda: ProgressLine(
+        tty=False if always else None,
+        log_every_s=1.0 if always else 30.0,
+        input_bytes=size,
+        lag=live,
+    )
 
 
-def print_summary(counts: Sequence[Stream[Any]], started: float,
-                  title: str, settings: Settings, always: tuple[str, ...] = (),
-                  footer: str = "") -> None:
+def print_summary(
+    counts: Sequence[Stream[Any]],
+    started: float,
+    title: str,
+    settings: Settings,
+    always: tuple[str, ...] = (),
+    footer: str = "",
+) -> None:
     """The run's totals: a progress line while it runs (``QT_PROGRESS``), Prometheus metrics
     (``QT_METRICS_PORT``), and the summary (with ``footer``) on stdout at its end."""
     if settings.metrics_port:  # one port per process of a cluster: port + process id
         METRICS.serve(settings.metrics_port + cluster().process_id)
         log.info("metrics on http://0.0.0.0:%d/metrics", METRICS.port)
-    summary = run_summary("summary", op.merge("all_counts", *counts), started,
-                          settings.start_equity, always, progress_line(settings))
-    op.output("print_summary", op.map("render", summary, lambda s: s.render(title) + footer),
-              StdOutSink())
+    summary = run_summary(
+        "summary",
+        op.merge("all_counts", *counts),
+        started,
+        settings.start_equity,
+        always,
+        progress_line(settings),
+    )
+    op.output(
+        "print_summary", op.map("render", summary, lambda s: s.render(title) + footer), StdOutSink()
+    )
 
 
 MARKET_DATA_TABLES = [BARS, FEATURES, DEAD_LETTERS]
-LIVE_TABLES = [*MARKET_DATA_TABLES, SIGNALS, VERDICTS, TRADES, SHADOW_PREDICTIONS,
-               TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES, DRIFT_CHECKS]
+LIVE_TABLES = [
+    *MARKET_DATA_TABLES,
+    SIGNALS,
+    VERDICTS,
+    TRADES,
+    SHADOW_PREDICTIONS,
+    TRADE_OUTCOMES,
+    RL_UPDATES,
+    CLM_CYCLES,
+    DRIFT_CHECKS,
+]
 LEARNING_TABLES = [TRADE_OUTCOMES, RL_UPDATES, CLM_CYCLES, DRIFT_CHECKS, FEATURES, DEAD_LETTERS]

@@ -46,14 +46,14 @@ def decode(msg: object) -> Sequenced | DeadLetters:
         try:
             seq, event = decode_sequenced(m.value or b"")
             if seq is None:
-                raise ValueError("no seq: a learning event carries its number in the live "
-                                 "engine's order")
+                raise ValueError(
+                    "no seq: a learning event carries its number in the live engine's order"
+                )
             return Sequenced(seq, event)
         except (codec.SchemaError, ValueError) as exc:
             reason = str(exc)[:300]
     dead = DeadLetters()
-    dead.add(source, m.offset if m.offset is not None else -1, None, "", Stage.DECODE, reason,
-             raw)
+    dead.add(source, m.offset if m.offset is not None else -1, None, "", Stage.DECODE, reason, raw)
     return dead
 
 
@@ -61,23 +61,42 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     settings = settings or Settings.from_env()
     install_stop_handlers()
     if not settings.trade_events.startswith("kafka://"):
-        raise UserError("dataflows.learning reads QT_TRADE_EVENTS=kafka://host:port/topic; "
-                        "with the embedded store the live flow runs the learning graph itself")
+        raise UserError(
+            "dataflows.learning reads QT_TRADE_EVENTS=kafka://host:port/topic; "
+            "with the embedded store the live flow runs the learning graph itself"
+        )
     url = KafkaUrl.parse(settings.trade_events)
     flow = Dataflow("learning")
-    messages = op.input("trade_events", flow, Stoppable(KafkaSource(
-        list(url.brokers), [url.topic], tail=url.tail, raise_on_errors=False)))
+    messages = op.input(
+        "trade_events",
+        flow,
+        Stoppable(
+            KafkaSource(list(url.brokers), [url.topic], tail=url.tail, raise_on_errors=False)
+        ),
+    )
     decoded = op.map("decode", messages, decode)
     learned = graphs.learning(decoded, settings)
-    graphs.store("clickhouse", [graphs.learned_rows(learned)], settings,
-                 graphs.LEARNING_TABLES, owner_key=LEARNER_KEY, live=True)
+    graphs.store(
+        "clickhouse",
+        [graphs.learned_rows(learned)],
+        settings,
+        graphs.LEARNING_TABLES,
+        owner_key=LEARNER_KEY,
+        live=True,
+    )
     tune_gc()  # start-up's objects frozen, fewer collections (runtime.py says why)
     started = time.monotonic()
-    counts = [graphs.learned_counts(learned),
-              op.filter_map("count_decode_dead", decoded, lambda d: {"dead_letters": len(d)}
-                            if isinstance(d, DeadLetters) else None)]
-    graphs.print_summary(counts, started, "qt learning run summary", settings,
-                         graphs.LEARNING_SUMMARY)
+    counts = [
+        graphs.learned_counts(learned),
+        op.filter_map(
+            "count_decode_dead",
+            decoded,
+            lambda d: {"dead_letters": len(d)} if isinstance(d, DeadLetters) else None,
+        ),
+    ]
+    graphs.print_summary(
+        counts, started, "qt learning run summary", settings, graphs.LEARNING_SUMMARY
+    )
     return flow
 
 

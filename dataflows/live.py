@@ -51,8 +51,11 @@ class RegistryIncomplete(UserError):
 BOOTSTRAP_WAIT_S = 900.0  # how long a cluster's other processes wait for the first's bootstrap
 
 
-def wait_for_models(settings: Settings, timeout_s: float = BOOTSTRAP_WAIT_S,
-                    sleep: Callable[[float], None] = time.sleep) -> None:
+def wait_for_models(
+    settings: Settings,
+    timeout_s: float = BOOTSTRAP_WAIT_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """In a cluster, the processes after the first wait until the registry has a production
     version of every model: the first process bootstraps an empty registry (it alone may use
     the embedded store meanwhile), and every process must load the same versions."""
@@ -66,10 +69,14 @@ def wait_for_models(settings: Settings, timeout_s: float = BOOTSTRAP_WAIT_S,
             raise RegistryIncomplete(
                 f"model registry {settings.registry_dir}: no production version of every model "
                 f"after {timeout_s:.0f} s; the cluster's first process (-i 0) makes them: see "
-                "its output")
+                "its output"
+            )
         if not said:
-            print(f"waiting for the cluster's first process to bootstrap the model registry "
-                  f"{settings.registry_dir}", file=sys.stderr)
+            print(
+                f"waiting for the cluster's first process to bootstrap the model registry "
+                f"{settings.registry_dir}",
+                file=sys.stderr,
+            )
             said = True
         sleep(0.5)
         waited += 0.5
@@ -102,20 +109,28 @@ def ensure_models(settings: Settings) -> None:
     if any(on_disk.values()):
         what = "; ".join(
             f"{m} has no production version ({version_span(on_disk[m])} on disk)"
-            if on_disk[m] else f"{m} has no versions" for m in missing)
+            if on_disk[m]
+            else f"{m} has no versions"
+            for m in missing
+        )
         raise RegistryIncomplete(
             f"model registry {settings.registry_dir}: {what}; nothing was retrained (that "
             "would retire the other models' production versions): restore the registry from a "
             f"backup or rebuild its stages with: {REPAIR_COMMAND}; or point QT_REGISTRY_DIR at "
-            "an empty directory to train every model from scratch")
-    print(f"model registry {settings.registry_dir} has no production models: bootstrapping "
-          f"on {settings.bootstrap_ticks} first", file=sys.stderr)
+            "an empty directory to train every model from scratch"
+        )
+    print(
+        f"model registry {settings.registry_dir} has no production models: bootstrapping "
+        f"on {settings.bootstrap_ticks} first",
+        file=sys.stderr,
+    )
     from models.bootstrap import bootstrap, store_features
 
     store = open_store(settings)
     try:
-        bootstrap(settings, open_registry(settings, store), out=sys.stderr,
-                  archive=store_features(store))
+        bootstrap(
+            settings, open_registry(settings, store), out=sys.stderr, archive=store_features(store)
+        )
     finally:
         store.close()
 
@@ -129,8 +144,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     scored = graphs.scoring(market, settings)
     decided = graphs.engine(market, scored, settings)
     archived = graphs.inline_learning(settings) and settings.clm_enabled
-    rows = [*graphs.market_data_rows(market, features=not archived),
-            graphs.engine_rows(decided)]
+    rows = [*graphs.market_data_rows(market, features=not archived), graphs.engine_rows(decided)]
     training = open_registry(settings).production_span(MODEL_NAMES)
     counts = [*graphs.market_data_counts(market, training), graphs.engine_counts(decided)]
     if settings.trade_events.startswith("kafka://"):
@@ -140,8 +154,14 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     tune_gc()  # start-up's objects frozen, fewer collections (runtime.py says why)
     started = time.monotonic()  # after the models are loaded: the summary measures streaming
     always = graphs.LEARNING_SUMMARY if graphs.inline_learning(settings) else ()
-    graphs.print_summary(counts, started, "qt live run summary", settings, always,
-                         footer=f"\nreport: {report_command(settings)}")
+    graphs.print_summary(
+        counts,
+        started,
+        "qt live run summary",
+        settings,
+        always,
+        footer=f"\nreport: {report_command(settings)}",
+    )
     return flow
 
 

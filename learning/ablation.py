@@ -84,8 +84,9 @@ class DailyPanel:
         return cls(pnl, n, wins)
 
 
-def _metrics(pnl: np.ndarray, n: np.ndarray, wins: np.ndarray,
-             start_equity: float) -> dict[str, np.ndarray]:
+def _metrics(
+    pnl: np.ndarray, n: np.ndarray, wins: np.ndarray, start_equity: float
+) -> dict[str, np.ndarray]:
     """Each metric of rows of days (``pnl`` etc. shaped (resamples, days))."""
     with np.errstate(invalid="ignore", divide="ignore"):
         total_n = n.sum(axis=-1)
@@ -121,8 +122,14 @@ class MetricRow:
         return 0
 
 
-def compare(off: DailyPanel, on: DailyPanel, start_equity: float, confidence: float = 0.95,
-            resamples: int = 10_000, seed: int = 0) -> list[MetricRow]:
+def compare(
+    off: DailyPanel,
+    on: DailyPanel,
+    start_equity: float,
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> list[MetricRow]:
     """Each metric off and on, the difference and its paired day-bootstrap interval (none
     with fewer than :data:`MIN_DAYS` days: a handful of days cannot say how the next would
     go)."""
@@ -138,37 +145,45 @@ def compare(off: DailyPanel, on: DailyPanel, start_equity: float, confidence: fl
         a, b = float(point_off[m]), float(point_on[m])
         d = boot_on[m] - boot_off[m]
         d = d[np.isfinite(d)]
-        low, high = (np.percentile(d, [tail, 100 - tail]) if len(d) and days >= MIN_DAYS
-                     else (math.nan,) * 2)
+        low, high = (
+            np.percentile(d, [tail, 100 - tail]) if len(d) and days >= MIN_DAYS else (math.nan,) * 2
+        )
         rows.append(MetricRow(m, a, b, b - a, float(low), float(high)))
     return rows
 
 
-def verdict(rows: Sequence[MetricRow], learned: dict[str, int], confidence: float,
-            same_trades: bool = False) -> str:
+def verdict(
+    rows: Sequence[MetricRow], learned: dict[str, int], confidence: float, same_trades: bool = False
+) -> str:
     """The evaluation in plain words (net PnL decides; what learning did is said too, and when
     both arms took exactly the same trades, that only the sizes differ)."""
     pnl = next(r for r in rows if r.metric == "net_pnl")
     level = f"{confidence:.0%}"
     span = f"on - off = {pnl.diff:+,.2f} [{pnl.low:+,.2f}, {pnl.high:+,.2f}]"
     if math.isnan(pnl.low):
-        head = (f"Too few days of market data for an interval (fewer than {MIN_DAYS}): "
-                f"on - off = {pnl.diff:+,.2f} says nothing about skill.")
+        head = (
+            f"Too few days of market data for an interval (fewer than {MIN_DAYS}): "
+            f"on - off = {pnl.diff:+,.2f} says nothing about skill."
+        )
     elif pnl.significant > 0:
         head = f"Learning on earned more than learning off, significant at {level}: {span}."
     elif pnl.significant < 0:
         head = f"Learning on earned less than learning off, significant at {level}: {span}."
     else:
         head = f"No significant difference in net PnL at {level}: {span}."
-    did = (f" Learning made {_n(learned['rl_updates'], 'PPO update')} and "
-           f"{_n(learned['clm_cycles'], 'CLM cycle')} ("
-           f"{_n(learned['promotions'], 'challenger')} promoted, "
-           f"{learned['retirements']} retired).")
+    did = (
+        f" Learning made {_n(learned['rl_updates'], 'PPO update')} and "
+        f"{_n(learned['clm_cycles'], 'CLM cycle')} ("
+        f"{_n(learned['promotions'], 'challenger')} promoted, "
+        f"{learned['retirements']} retired)."
+    )
     if learned["rl_updates"] == 0 and learned["promotions"] == 0:
         did += " Nothing it learned changed a decision, so the arms can only differ by noise."
     elif same_trades:
-        did += (" Both arms took exactly the same trades: the difference is only the position "
-                "sizes the updated policy chose.")
+        did += (
+            " Both arms took exactly the same trades: the difference is only the position "
+            "sizes the updated policy chose."
+        )
     return head + did
 
 
@@ -193,19 +208,26 @@ class Evaluation:
     extra: list[str] = field(default_factory=list)
 
     def render(self) -> str:
-        head = [f"== learning ablation {self.evaluation_id} " + "=" * 20,
-                f"  ticks        {', '.join(self.ticks)}",
-                f"  trained on   everything before {iso(self.train_until)}",
-                f"  replayed     {iso(self.replay_from)[:10]} .. {iso(self.replay_to)[:10]} "
-                f"({self.days} days with market data)",
-                f"  settings     {json.dumps(self.settings, sort_keys=True) or '{}'}", ""]
-        cols = f"  {'metric':<14}{'off':>14}{'on':>14}{'on - off':>14}   " \
-               f"{self.confidence:.0%} interval"
+        head = [
+            f"== learning ablation {self.evaluation_id} " + "=" * 20,
+            f"  ticks        {', '.join(self.ticks)}",
+            f"  trained on   everything before {iso(self.train_until)}",
+            f"  replayed     {iso(self.replay_from)[:10]} .. {iso(self.replay_to)[:10]} "
+            f"({self.days} days with market data)",
+            f"  settings     {json.dumps(self.settings, sort_keys=True) or '{}'}",
+            "",
+        ]
+        cols = (
+            f"  {'metric':<14}{'off':>14}{'on':>14}{'on - off':>14}   "
+            f"{self.confidence:.0%} interval"
+        )
         lines = [cols, "  " + "-" * (len(cols) - 2)]
         for r in self.rows:
             fmt = _FORMATS[r.metric]
-            lines.append(f"  {r.metric:<14}{fmt(r.off):>14}{fmt(r.on):>14}{fmt(r.diff):>14}"
-                         f"   [{fmt(r.low)}, {fmt(r.high)}]")
+            lines.append(
+                f"  {r.metric:<14}{fmt(r.off):>14}{fmt(r.on):>14}{fmt(r.diff):>14}"
+                f"   [{fmt(r.low)}, {fmt(r.high)}]"
+            )
         for m in LEARNING:
             lines.append(f"  {m:<14}{self.learned['off'][m]:>14}{self.learned['on'][m]:>14}")
         tail = ["", *self.extra, f"  {self.verdict}", "=" * 60]
@@ -231,8 +253,9 @@ def file_digest(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def split_ticks(files: Sequence[Path], until: datetime, out_dir: Path
-                ) -> tuple[list[Path], list[Path], list[int]]:
+def split_ticks(
+    files: Sequence[Path], until: datetime, out_dir: Path
+) -> tuple[list[Path], list[Path], list[int]]:
     """Each file cut at ``until`` into ``out_dir/train-*`` and ``out_dir/replay-*`` (CSV.gz,
     header kept); returns the files and the UTC days (ms // DAY_MS) the replay has rows on.
 
@@ -248,28 +271,31 @@ def split_ticks(files: Sequence[Path], until: datetime, out_dir: Path
         opener = gzip.open if path.suffix == ".gz" else open
         stem = path.name.removesuffix(".gz").removesuffix(".csv")
         a, b = out_dir / f"train-{stem}.csv.gz", out_dir / f"replay-{stem}.csv.gz"
-        with opener(path, "rt", newline="") as src, \
-                gzip.open(a, "wt", compresslevel=1) as ta, \
-                gzip.open(b, "wt", compresslevel=1) as tb:
+        with (
+            opener(path, "rt", newline="") as src,
+            gzip.open(a, "wt", compresslevel=1) as ta,
+            gzip.open(b, "wt", compresslevel=1) as tb,
+        ):
             header = src.readline()
             ta.write(header)
             tb.write(header)
             n_train = n_replay = 0
             for line in src:
-                if line[:len(cut)] < cut and line[:24] < cut:
+                if line[: len(cut)] < cut and line[:24] < cut:
                     ta.write(line)
                     n_train += 1
                     continue
                 tb.write(line)
                 n_replay += 1
-                days.add(to_ms(datetime.fromisoformat(line[:line.index(",")])) // DAY_MS)
+                days.add(to_ms(datetime.fromisoformat(line[: line.index(",")])) // DAY_MS)
         if n_train:
             train.append(a)
         if n_replay:
             replay.append(b)
     if not train or not replay:
-        raise ValueError(f"--train-until {cut} leaves nothing to "
-                         f"{'train on' if not train else 'replay'}")
+        raise ValueError(
+            f"--train-until {cut} leaves nothing to {'train on' if not train else 'replay'}"
+        )
     return train, replay, sorted(days)
 
 
@@ -279,23 +305,36 @@ ARM_ENV = {
 }
 
 
-def run_arm(arm: str, home: Path, registry: Path, train: Sequence[Path],
-            replay: Sequence[Path], log: TextIO) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def run_arm(
+    arm: str, home: Path, registry: Path, train: Sequence[Path], replay: Sequence[Path], log: TextIO
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One arm in its own process, home, store and registry (chDB allows one data path per
     process), with the user's other QT_* settings: :func:`arm_main` there."""
-    env = {**os.environ, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(registry),
-           "QT_RL_V3_CHECKPOINT_DIR": "", "QT_TICKS": ",".join(str(p) for p in replay),
-           "QT_CLICKHOUSE_URL": "", **ARM_ENV[arm]}
+    env = {
+        **os.environ,
+        "QT_HOME": str(home),
+        "QT_REGISTRY_DIR": str(registry),
+        "QT_RL_V3_CHECKPOINT_DIR": "",
+        "QT_TICKS": ",".join(str(p) for p in replay),
+        "QT_CLICKHOUSE_URL": "",
+        **ARM_ENV[arm],
+    }
     print(f"evaluate: replaying with learning {arm} ...", file=log, flush=True)
     result = home / "result.json"
-    proc = subprocess.run([sys.executable, "-m", "learning.ablation", str(result),
-                           *(str(p) for p in train)],
-                          cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "learning.ablation", str(result), *(str(p) for p in train)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
     log.write(proc.stdout)
     if proc.returncode != 0:
-        raise RuntimeError(f"the learning-{arm} replay failed (exit {proc.returncode}); "
-                           f"its output is above")
+        raise RuntimeError(
+            f"the learning-{arm} replay failed (exit {proc.returncode}); its output is above"
+        )
     doc = json.loads(result.read_text())
     for t in doc["trades"]:
         t["exit_ts"] = parse_iso(t["exit_ts"])
@@ -327,14 +366,23 @@ def arm_main(result: Path, train: Sequence[Path]) -> None:
         store.close()
     for t in trades:
         t["exit_ts"], t["entry_ts"] = iso(t["exit_ts"]), iso(t["entry_ts"])
-    result.write_text(json.dumps({"trades": trades,
-                                  "learned": {k: int(counts[k]) for k in LEARNING}}))
+    result.write_text(
+        json.dumps({"trades": trades, "learned": {k: int(counts[k]) for k in LEARNING}})
+    )
 
 
 # settings an evaluation sets itself, per arm (the others shape both arms and are reported)
-OWN_SETTINGS = {"QT_HOME", "QT_TICKS", "QT_REGISTRY_DIR", "QT_LEARNING", "QT_CLM_BLOCKING",
-                "QT_CLICKHOUSE_URL", "QT_RL_V3_CHECKPOINT_DIR", "QT_CLICKHOUSE_DATABASE",
-                "QT_BOOTSTRAP_TICKS"}
+OWN_SETTINGS = {
+    "QT_HOME",
+    "QT_TICKS",
+    "QT_REGISTRY_DIR",
+    "QT_LEARNING",
+    "QT_CLM_BLOCKING",
+    "QT_CLICKHOUSE_URL",
+    "QT_RL_V3_CHECKPOINT_DIR",
+    "QT_CLICKHOUSE_DATABASE",
+    "QT_BOOTSTRAP_TICKS",
+}
 
 
 def changed_settings(settings: Settings) -> dict[str, str]:
@@ -343,28 +391,46 @@ def changed_settings(settings: Settings) -> dict[str, str]:
     return {k: redact(v) for k, v in settings.changed().items() if k not in OWN_SETTINGS}
 
 
-def bootstrap_registry(settings: Settings, directory: Path, train: Sequence[Path],
-                       quick: bool, log: TextIO) -> None:
+def bootstrap_registry(
+    settings: Settings, directory: Path, train: Sequence[Path], quick: bool, log: TextIO
+) -> None:
     """Train all five models on ``train`` into a registry at ``directory`` (seeded)."""
     from models.bootstrap import BootstrapConfig, bootstrap
     from models.registry import ModelRegistry
 
-    print(f"evaluate: training on {', '.join(p.name for p in train)} ...", file=log,
-          flush=True)
-    bootstrap(settings, ModelRegistry(directory), ticks=",".join(str(p) for p in train),
-              config=BootstrapConfig.quick() if quick else None, out=log, progress=False)
+    print(f"evaluate: training on {', '.join(p.name for p in train)} ...", file=log, flush=True)
+    bootstrap(
+        settings,
+        ModelRegistry(directory),
+        ticks=",".join(str(p) for p in train),
+        config=BootstrapConfig.quick() if quick else None,
+        out=log,
+        progress=False,
+    )
 
 
-def run_evaluation(ticks: str, train_until: datetime, settings: Settings, quick: bool = False,
-                   confidence: float = 0.95, log: TextIO = sys.stderr,
-                   report_extra: Callable[[dict[str, list[dict[str, Any]]]], list[str]]
-                   | None = None) -> Evaluation:
+def run_evaluation(
+    ticks: str,
+    train_until: datetime,
+    settings: Settings,
+    quick: bool = False,
+    confidence: float = 0.95,
+    log: TextIO = sys.stderr,
+    report_extra: Callable[[dict[str, list[dict[str, Any]]]], list[str]] | None = None,
+) -> Evaluation:
     """The whole ablation (module docstring); its work files go to
     ``$QT_HOME/evaluations/<id>`` (replaced on every run)."""
     files = expand_paths(ticks)
     changed = changed_settings(settings)
-    key = json.dumps({"files": file_digest(files), "until": iso(train_until),
-                      "settings": changed, "quick": quick}, sort_keys=True)
+    key = json.dumps(
+        {
+            "files": file_digest(files),
+            "until": iso(train_until),
+            "settings": changed,
+            "quick": quick,
+        },
+        sort_keys=True,
+    )
     evaluation_id = hashlib.sha256(key.encode()).hexdigest()[:12]
     work = settings.home / "evaluations" / evaluation_id
     shutil.rmtree(work, ignore_errors=True)
@@ -377,15 +443,31 @@ def run_evaluation(ticks: str, train_until: datetime, settings: Settings, quick:
         home = work / arm
         shutil.copytree(base, home / "registry")
         trades[arm], learned[arm] = run_arm(arm, home, home / "registry", train, replay, log)
-    rows = compare(DailyPanel.of(trades["off"], days), DailyPanel.of(trades["on"], days),
-                   settings.start_equity, confidence)
-    return Evaluation(
-        evaluation_id, [p.name for p in files], train_until, from_ms(days[0] * DAY_MS),
-        from_ms((days[-1] + 1) * DAY_MS - 1), len(days), changed, rows, learned,
-        verdict(rows, learned["on"], confidence,
-                {t["trade_id"] for t in trades["off"]} == {t["trade_id"] for t in trades["on"]}),
+    rows = compare(
+        DailyPanel.of(trades["off"], days),
+        DailyPanel.of(trades["on"], days),
+        settings.start_equity,
         confidence,
-        report_extra(trades) if report_extra is not None else [])
+    )
+    return Evaluation(
+        evaluation_id,
+        [p.name for p in files],
+        train_until,
+        from_ms(days[0] * DAY_MS),
+        from_ms((days[-1] + 1) * DAY_MS - 1),
+        len(days),
+        changed,
+        rows,
+        learned,
+        verdict(
+            rows,
+            learned["on"],
+            confidence,
+            {t["trade_id"] for t in trades["off"]} == {t["trade_id"] for t in trades["on"]},
+        ),
+        confidence,
+        report_extra(trades) if report_extra is not None else [],
+    )
 
 
 def store_evaluation(e: Evaluation, settings: Settings) -> None:
@@ -393,13 +475,46 @@ def store_evaluation(e: Evaluation, settings: Settings) -> None:
     from storage.store import open_store
 
     created = datetime.now().astimezone()
-    rows = [(e.evaluation_id, r.metric, r.off, r.on, r.diff, r.low, r.high, e.confidence,
-             ",".join(e.ticks), e.train_until, e.replay_from, e.replay_to,
-             json.dumps(e.settings, sort_keys=True), e.verdict, created) for r in e.rows]
-    rows += [(e.evaluation_id, m, float(e.learned["off"][m]), float(e.learned["on"][m]),
-              float(e.learned["on"][m] - e.learned["off"][m]), math.nan, math.nan,
-              e.confidence, ",".join(e.ticks), e.train_until, e.replay_from, e.replay_to,
-              json.dumps(e.settings, sort_keys=True), e.verdict, created) for m in LEARNING]
+    rows = [
+        (
+            e.evaluation_id,
+            r.metric,
+            r.off,
+            r.on,
+            r.diff,
+            r.low,
+            r.high,
+            e.confidence,
+            ",".join(e.ticks),
+            e.train_until,
+            e.replay_from,
+            e.replay_to,
+            json.dumps(e.settings, sort_keys=True),
+            e.verdict,
+            created,
+        )
+        for r in e.rows
+    ]
+    rows += [
+        (
+            e.evaluation_id,
+            m,
+            float(e.learned["off"][m]),
+            float(e.learned["on"][m]),
+            float(e.learned["on"][m] - e.learned["off"][m]),
+            math.nan,
+            math.nan,
+            e.confidence,
+            ",".join(e.ticks),
+            e.train_until,
+            e.replay_from,
+            e.replay_to,
+            json.dumps(e.settings, sort_keys=True),
+            e.verdict,
+            created,
+        )
+        for m in LEARNING
+    ]
     store = open_store(settings)
     try:
         store.insert("evaluations", EVALUATION_COLUMNS, rows)
@@ -407,9 +522,23 @@ def store_evaluation(e: Evaluation, settings: Settings) -> None:
         store.close()
 
 
-EVALUATION_COLUMNS = ("evaluation_id", "metric", "off", "on", "diff", "diff_low", "diff_high",
-                      "confidence", "ticks", "train_until", "replay_from", "replay_to",
-                      "settings", "verdict", "created_ts")
+EVALUATION_COLUMNS = (
+    "evaluation_id",
+    "metric",
+    "off",
+    "on",
+    "diff",
+    "diff_low",
+    "diff_high",
+    "confidence",
+    "ticks",
+    "train_until",
+    "replay_from",
+    "replay_to",
+    "settings",
+    "verdict",
+    "created_ts",
+)
 
 
 if __name__ == "__main__":  # an arm's process (run_arm)

@@ -83,25 +83,41 @@ class ClmConfig:
 
     @classmethod
     def from_settings(cls, s: Settings) -> ClmConfig:
-        return cls(s.clm_enabled, s.clm_auto_retrain, s.clm_auto_promote,
-                   s.clm_drift_threshold, EvidenceConfig.from_settings(s),
-                   int(s.clm_lookback_days * 86_400_000), s.clm_blocking, s.clm_budget,
-                   TriggerConfig.from_settings(s))
+        return cls(
+            s.clm_enabled,
+            s.clm_auto_retrain,
+            s.clm_auto_promote,
+            s.clm_drift_threshold,
+            EvidenceConfig.from_settings(s),
+            int(s.clm_lookback_days * 86_400_000),
+            s.clm_blocking,
+            s.clm_budget,
+            TriggerConfig.from_settings(s),
+        )
 
 
 class ContinuousLearner:
     """The CLM state machine (plain Python; one per engine). See the module docstring."""
 
-    def __init__(self, cfg: ClmConfig, label_cfg: LabelConfig, runner: CycleRunner,
-                 models: ActiveModels, state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ClmConfig,
+        label_cfg: LabelConfig,
+        runner: CycleRunner,
+        models: ActiveModels,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.label_cfg = label_cfg
         self.runner = runner
         self.models = models
         fresh = state is None
         state = state or {}
-        self.schedule = (TriggerSchedule.restore(cfg.triggers, state["schedule"])
-                         if "schedule" in state else TriggerSchedule(cfg.triggers))
+        self.schedule = (
+            TriggerSchedule.restore(cfg.triggers, state["schedule"])
+            if "schedule" in state
+            else TriggerSchedule(cfg.triggers)
+        )
         self.now_ms: int = state.get("now_ms", -(2**62))
         self.next_eval_ms: int = state.get("next_eval_ms", 0)
         self.judge = ShadowJudge(label_cfg, state.get("judge"))
@@ -147,8 +163,9 @@ class ContinuousLearner:
         if self.cycle is not None and self.cycle.status is CycleStatus.SHADOW:
             out += self._evaluate(self.now_ms)
             if self.cycle is not None:
-                self.cycle.note("input ended before the shadow test concluded; the next run "
-                                "continues it")
+                self.cycle.note(
+                    "input ended before the shadow test concluded; the next run continues it"
+                )
                 out.append(self.cycle.record(self.now_ms))
         self.runner.flush()
         return out
@@ -206,8 +223,9 @@ class ContinuousLearner:
             self.cycle = None  # failed
         return records
 
-    def _check(self, check: Check, now: int,
-               records: list[ClmCycle | DriftCheck]) -> tuple[Trigger, str] | None:
+    def _check(
+        self, check: Check, now: int, records: list[ClmCycle | DriftCheck]
+    ) -> tuple[Trigger, str] | None:
         if check is Check.TIME:
             return Trigger.TIME, f"{self.cfg.triggers.retrain_hours:g} h since the last cycle"
         if check is Check.DRIFT:
@@ -220,7 +238,8 @@ class ContinuousLearner:
                     f"drift {record.corrected:.4f} beyond noise (raw PSI {record.raw:.4f}, "
                     f"noise {record.null_level:.4f}, {record.rows} rows) > "
                     f"{self.cfg.drift_threshold:g} over the last "
-                    f"{self.cfg.triggers.drift_hours:g} h")
+                    f"{self.cfg.triggers.drift_hours:g} h"
+                )
             return None
         return self._performance(now)
 
@@ -237,11 +256,23 @@ class ContinuousLearner:
         if len(recent) < 100:
             return None
         ref: FeatureReference = registry.load(REFERENCE, version)
-        score = ref.drift_check(np.array([v for _, v in recent], dtype=np.float64),
-                                ts_ms=np.array([t for t, _ in recent], dtype=np.int64))
-        return DriftCheck(from_ms(now), version, score.rows, score.method, score.raw,
-                          score.score, score.expected, score.null, score.corrected,
-                          self.cfg.drift_threshold, score.drifted(self.cfg.drift_threshold))
+        score = ref.drift_check(
+            np.array([v for _, v in recent], dtype=np.float64),
+            ts_ms=np.array([t for t, _ in recent], dtype=np.int64),
+        )
+        return DriftCheck(
+            from_ms(now),
+            version,
+            score.rows,
+            score.method,
+            score.raw,
+            score.score,
+            score.expected,
+            score.null,
+            score.corrected,
+            self.cfg.drift_threshold,
+            score.drifted(self.cfg.drift_threshold),
+        )
 
     def _performance(self, now: int) -> tuple[Trigger, str] | None:
         period = self.cfg.triggers.period_ms(Check.PERFORMANCE)
@@ -255,7 +286,8 @@ class ContinuousLearner:
         if performance_degraded(hits, calls, self.perf_reference):
             return Trigger.PERFORMANCE, (
                 f"ensemble call hit rate {hits}/{calls} below its reference "
-                f"{self.perf_reference:.3f}")
+                f"{self.perf_reference:.3f}"
+            )
         return None
 
     def _trained_hit_rate(self) -> float | None:
@@ -278,8 +310,11 @@ class ContinuousLearner:
         assert cycle is not None
         self.next_eval_ms = now + EVAL_EVERY_MS
         changed = False
-        promoted_models = {name.split(".")[0] for name, d in cycle.decisions.items()
-                           if d == ChallengerDecision.PROMOTED}
+        promoted_models = {
+            name.split(".")[0]
+            for name, d in cycle.decisions.items()
+            if d == ChallengerDecision.PROMOTED
+        }
         for name, version in cycle.versions.items():
             if name in cycle.decisions:
                 continue
@@ -287,23 +322,33 @@ class ContinuousLearner:
             key = (model, version)
             if key not in self.models.shadows:  # taken out of shadow by hand: its stage stays
                 stage = self.runner.registry.get(model, version).stage.value
-                self._decide(cycle, name, key, ChallengerDecision.ABANDONED,
-                             f"moved to {stage} by hand (python -m cli.registry) during the "
-                             "shadow test", retire=False)
+                self._decide(
+                    cycle,
+                    name,
+                    key,
+                    ChallengerDecision.ABANDONED,
+                    f"moved to {stage} by hand (python -m cli.registry) during the shadow test",
+                    retire=False,
+                )
                 changed = True
                 continue
             if model in promoted_models:
-                self._decide(cycle, name, key, ChallengerDecision.SUPERSEDED,
-                             "another variant of this model was promoted first")
+                self._decide(
+                    cycle,
+                    name,
+                    key,
+                    ChallengerDecision.SUPERSEDED,
+                    "another variant of this model was promoted first",
+                )
                 changed = True
                 continue
             rows = self.judge.rows.get(key)
             if rows is None or len(rows) == 0:
                 continue
-            evidence = judge_challenger(rows.arrays(), self.cfg.evidence,
-                                        seed=f"{cycle.cycle_id}/{name}")
-            cycle.shadow_metrics.update({f"{name}.{k}": v
-                                         for k, v in evidence.metrics().items()})
+            evidence = judge_challenger(
+                rows.arrays(), self.cfg.evidence, seed=f"{cycle.cycle_id}/{name}"
+            )
+            cycle.shadow_metrics.update({f"{name}.{k}": v for k, v in evidence.metrics().items()})
             changed = True
             decision = evidence.decision
             if decision.value == "wait":
@@ -313,19 +358,26 @@ class ContinuousLearner:
                     self.models.promote(model, version)
                     promoted_models.add(model)
                     self._on_promotion(cycle, now)
-                    self._decide(cycle, name, key, ChallengerDecision.PROMOTED, evidence.reason,
-                                 retire=False)
+                    self._decide(
+                        cycle, name, key, ChallengerDecision.PROMOTED, evidence.reason, retire=False
+                    )
                 else:
-                    self._decide(cycle, name, key, ChallengerDecision.QUALIFIED,
-                                 evidence.reason + " (QT_CLM_AUTO_PROMOTE is off: kept as a "
-                                 "candidate to promote by hand)", retire=False)
+                    self._decide(
+                        cycle,
+                        name,
+                        key,
+                        ChallengerDecision.QUALIFIED,
+                        evidence.reason + " (QT_CLM_AUTO_PROMOTE is off: kept as a "
+                        "candidate to promote by hand)",
+                        retire=False,
+                    )
                     self.models.park(model, version)
             elif decision.value == "retire_not_better":
-                self._decide(cycle, name, key, ChallengerDecision.RETIRED_NOT_BETTER,
-                             evidence.reason)
+                self._decide(
+                    cycle, name, key, ChallengerDecision.RETIRED_NOT_BETTER, evidence.reason
+                )
             else:
-                self._decide(cycle, name, key, ChallengerDecision.RETIRED_UNPROVEN,
-                             evidence.reason)
+                self._decide(cycle, name, key, ChallengerDecision.RETIRED_UNPROVEN, evidence.reason)
         if len(cycle.decisions) == len(cycle.versions):
             if cycle.reference_version and not cycle.reference_promoted:
                 self.runner.retire_reference(cycle)
@@ -334,8 +386,15 @@ class ContinuousLearner:
             return [cycle.record(now)]
         return [cycle.record(now)] if changed else []
 
-    def _decide(self, cycle: Cycle, name: str, key: tuple[str, str],
-                decision: ChallengerDecision, reason: str, retire: bool = True) -> None:
+    def _decide(
+        self,
+        cycle: Cycle,
+        name: str,
+        key: tuple[str, str],
+        decision: ChallengerDecision,
+        reason: str,
+        retire: bool = True,
+    ) -> None:
         cycle.decisions[name] = decision
         cycle.reasons[name] = reason
         if retire:
@@ -368,11 +427,17 @@ class ContinuousLearner:
     # --- recovery ------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         self.runner.flush()  # the archive holds every bar this snapshot counts as done
-        return {"schedule": self.schedule.snapshot(), "now_ms": self.now_ms,
-                "next_eval_ms": self.next_eval_ms, "judge": self.judge.snapshot(),
-                "cycle": None if self.cycle is None else self.cycle.copy(),
-                "recent": list(self.recent), "perf_reference": self.perf_reference,
-                "perf_since": self.perf_since, "runner": self.runner.snapshot()}
+        return {
+            "schedule": self.schedule.snapshot(),
+            "now_ms": self.now_ms,
+            "next_eval_ms": self.next_eval_ms,
+            "judge": self.judge.snapshot(),
+            "cycle": None if self.cycle is None else self.cycle.copy(),
+            "recent": list(self.recent),
+            "perf_reference": self.perf_reference,
+            "perf_since": self.perf_since,
+            "runner": self.runner.snapshot(),
+        }
 
 
 __all__ = ["MIN_TRAIN_ROWS", "ClmConfig", "ContinuousLearner"]

@@ -88,37 +88,62 @@ class Cycle:
 
     def challengers(self) -> list[tuple[str, str]]:
         """(model, version) of every challenger still waiting for its verdict."""
-        return [(name.split(".")[0], v) for name, v in self.versions.items()
-                if name not in self.decisions]
+        return [
+            (name.split(".")[0], v)
+            for name, v in self.versions.items()
+            if name not in self.decisions
+        ]
 
     def note(self, text: str) -> None:
         self.reason += f"; {text}"
 
     def record(self, now_ms: int) -> ClmCycle:
-        return ClmCycle(self.cycle_id, self.trigger, self.reason, self.status,
-                        from_ms(self.started_ms),
-                        None if self.data_from is None else from_ms(self.data_from),
-                        None if self.data_to is None else from_ms(self.data_to), self.rows,
-                        dict(self.train_metrics), dict(self.shadow_metrics),
-                        dict(self.versions), {k: str(v) for k, v in self.decisions.items()},
-                        from_ms(now_ms), dict(self.reasons), self.reference_version)
+        return ClmCycle(
+            self.cycle_id,
+            self.trigger,
+            self.reason,
+            self.status,
+            from_ms(self.started_ms),
+            None if self.data_from is None else from_ms(self.data_from),
+            None if self.data_to is None else from_ms(self.data_to),
+            self.rows,
+            dict(self.train_metrics),
+            dict(self.shadow_metrics),
+            dict(self.versions),
+            {k: str(v) for k, v in self.decisions.items()},
+            from_ms(now_ms),
+            dict(self.reasons),
+            self.reference_version,
+        )
 
     def copy(self) -> Cycle:
-        return replace(self, train_metrics=dict(self.train_metrics),
-                       shadow_metrics=dict(self.shadow_metrics), versions=dict(self.versions),
-                       decisions=dict(self.decisions), reasons=dict(self.reasons))
+        return replace(
+            self,
+            train_metrics=dict(self.train_metrics),
+            shadow_metrics=dict(self.shadow_metrics),
+            versions=dict(self.versions),
+            decisions=dict(self.decisions),
+            reasons=dict(self.reasons),
+        )
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Cycle:
         return cls(
-            cycle_id=row["cycle_id"], trigger=row["trigger"], reason=row["reason"],
-            started_ms=to_ms(row["started_ts"]), status=CycleStatus(row["status"]),
+            cycle_id=row["cycle_id"],
+            trigger=row["trigger"],
+            reason=row["reason"],
+            started_ms=to_ms(row["started_ts"]),
+            status=CycleStatus(row["status"]),
             data_from=None if row["data_from"] is None else to_ms(row["data_from"]),
             data_to=None if row["data_to"] is None else to_ms(row["data_to"]),
-            rows=int(row["rows"]), train_metrics=dict(row["train_metrics"]),
-            shadow_metrics=dict(row["shadow_metrics"]), versions=dict(row["versions"]),
+            rows=int(row["rows"]),
+            train_metrics=dict(row["train_metrics"]),
+            shadow_metrics=dict(row["shadow_metrics"]),
+            versions=dict(row["versions"]),
             decisions={k: ChallengerDecision(v) for k, v in row["decisions"].items()},
-            reasons=dict(row["reasons"]), reference_version=row["reference_version"])
+            reasons=dict(row["reasons"]),
+            reference_version=row["reference_version"],
+        )
 
 
 @dataclass
@@ -138,15 +163,21 @@ class ClmDeps:
 class CycleRunner:
     """Starts, trains and publishes cycles (module docstring)."""
 
-    def __init__(self, deps: ClmDeps, label_cfg: LabelConfig, lookback_ms: int,
-                 state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        deps: ClmDeps,
+        label_cfg: LabelConfig,
+        lookback_ms: int,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         self.deps = deps
         self.label_cfg = label_cfg
         self.lookback_ms = lookback_ms
         state = state or {}
         self.cycles: int = state.get("cycles", 0)
         self.trade_rows: deque[tuple[FeatureVector, int, int]] = deque(
-            state.get("trade_rows", ()), maxlen=20_000)
+            state.get("trade_rows", ()), maxlen=20_000
+        )
         self.waiting_manual: str | None = state.get("waiting_manual")
         self.retry_ms: int = state.get("retry_ms", 0)
         self.cycle: Cycle | None = None
@@ -182,9 +213,16 @@ class CycleRunner:
         side = Action.BUY if j.opened.side is Side.LONG else Action.SELL
         label = CLASS_OF[side] if won else CLASS_OF[Action.HOLD]
         e = j.opened.entry
-        vector = FeatureVector(j.opened.symbol, j.opened.entry_ts, j.opened.entry_ts,
-                               e.feature_set, True, j.opened.entry_price, dict(e.features),
-                               e.window)
+        vector = FeatureVector(
+            j.opened.symbol,
+            j.opened.entry_ts,
+            j.opened.entry_ts,
+            e.feature_set,
+            True,
+            j.opened.entry_price,
+            dict(e.features),
+            e.window,
+        )
         self.trade_rows.append((vector, label, to_ms(j.closed.exit_ts)))
 
     def manual(self, now: int) -> tuple[Trigger, str] | None:
@@ -192,8 +230,9 @@ class CycleRunner:
         claimed = self.deps.requests.claim()
         if claimed:
             reasons = "; ".join(str(r.get("reason", "manual")) for r in claimed)
-            self.waiting_manual = (f"{self.waiting_manual}; {reasons}" if self.waiting_manual
-                                   else reasons)
+            self.waiting_manual = (
+                f"{self.waiting_manual}; {reasons}" if self.waiting_manual else reasons
+            )
         if self.waiting_manual is None or now < self.retry_ms:
             return None
         return Trigger.MANUAL, self.waiting_manual
@@ -201,8 +240,12 @@ class CycleRunner:
     # --- a cycle -------------------------------------------------------------------------------
     def _vectors(self, since: int, until: int) -> list[FeatureVector]:
         self.flush()
-        rows = self.deps.store.query("queries/features_between", feature_set=FEATURE_SET_VERSION,
-                                     since=from_ms(since), until=from_ms(until))
+        rows = self.deps.store.query(
+            "queries/features_between",
+            feature_set=FEATURE_SET_VERSION,
+            since=from_ms(since),
+            until=from_ms(until),
+        )
         return [codec.from_row(FeatureVector, r) for r in rows]
 
     def start(self, trigger: Trigger, reason: str, now: int) -> list[ClmCycle]:
@@ -227,7 +270,8 @@ class CycleRunner:
         warm_vectors = [v for vs in history.vectors.values() for v in vs if v.warm]
         cycle.reference_json = FeatureReference.fit(
             feature_matrix(warm_vectors),
-            ts_ms=np.array([to_ms(v.ts) for v in warm_vectors], dtype=np.int64)).to_json()
+            ts_ms=np.array([to_ms(v.ts) for v in warm_vectors], dtype=np.int64),
+        ).to_json()
         self._train(cycle, history, now)
         return [cycle.record(now)]
 
@@ -239,8 +283,14 @@ class CycleRunner:
             version = self.registry.production_version(name)
             if version is not None:
                 warm_from[name] = self.registry.verified_path(name, version)
-        self.deps.trainer.start(history, self._extra_rows(now), self.label_cfg,
-                                self.deps.train_config, work, warm_from=warm_from)
+        self.deps.trainer.start(
+            history,
+            self._extra_rows(now),
+            self.label_cfg,
+            self.deps.train_config,
+            work,
+            warm_from=warm_from,
+        )
 
     def restart(self, cycle: Cycle, now: int) -> list[ClmCycle]:
         """Train a cycle again after a resume lost its training process."""
@@ -254,19 +304,25 @@ class CycleRunner:
 
     def _extra_rows(self, now: int) -> TrainingSet | None:
         """Closed trades' entry features labelled by outcome, known by ``now``."""
-        rows = [(v, y, exit_ms) for v, y, exit_ms in self.trade_rows
-                if v.feature_set == FEATURE_SET_VERSION and exit_ms <= now]
+        rows = [
+            (v, y, exit_ms)
+            for v, y, exit_ms in self.trade_rows
+            if v.feature_set == FEATURE_SET_VERSION and exit_ms <= now
+        ]
         if not rows:
             return None
         vectors = [v for v, _, _ in rows]
         n = len(rows)
-        return TrainingSet(X=feature_matrix(vectors),
-                           y=np.array([y for _, y, _ in rows], np.int64),
-                           ts_ms=np.array([to_ms(v.ts) for v in vectors], dtype=np.int64),
-                           symbols=np.array([v.symbol for v in vectors], dtype=object),
-                           forward_return=np.full(n, np.nan), threshold=np.full(n, np.nan),
-                           vectors=vectors,
-                           label_end_ms=np.array([e for _, _, e in rows], dtype=np.int64))
+        return TrainingSet(
+            X=feature_matrix(vectors),
+            y=np.array([y for _, y, _ in rows], np.int64),
+            ts_ms=np.array([to_ms(v.ts) for v in vectors], dtype=np.int64),
+            symbols=np.array([v.symbol for v in vectors], dtype=object),
+            forward_return=np.full(n, np.nan),
+            threshold=np.full(n, np.nan),
+            vectors=vectors,
+            label_end_ms=np.array([e for _, _, e in rows], dtype=np.int64),
+        )
 
     def poll(self, cycle: Cycle, now: int) -> list[ClmCycle] | None:
         """The cycle's records once its training ended (None while it runs)."""
@@ -295,26 +351,39 @@ class CycleRunner:
         cycle.data_from, cycle.data_to = result.train_from_ms, result.val_from_ms
         for name in sorted(result.paths, key=_challenger_order):
             metrics = result.metrics.get(name, {})
-            cycle.train_metrics.update({f"{name}.{k}": float(v) for k, v in metrics.items()
-                                        if isinstance(v, int | float)})
+            cycle.train_metrics.update(
+                {f"{name}.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+            )
             model = name.split(".")[0]
             mv = registry.publish(
-                model, copy_writer(Path(result.paths[name])), stage=Stage.SHADOW,
-                feature_set=FEATURE_SET_VERSION, data_from=from_ms(result.train_from_ms),
-                data_to=from_ms(result.val_from_ms), metrics=metrics,
+                model,
+                copy_writer(Path(result.paths[name])),
+                stage=Stage.SHADOW,
+                feature_set=FEATURE_SET_VERSION,
+                data_from=from_ms(result.train_from_ms),
+                data_to=from_ms(result.val_from_ms),
+                metrics=metrics,
                 params={"trigger": cycle.trigger, "cycle": cycle.cycle_id, "challenger": name},
-                key=f"{cycle.cycle_id}/{name}")
+                key=f"{cycle.cycle_id}/{name}",
+            )
             cycle.versions[name] = mv.version
         for key, seconds in result.seconds.items():
             cycle.train_metrics[f"seconds.{key}"] = float(seconds)
         reference = FeatureReference.from_json(cycle.reference_json)
         ensemble = result.metrics.get("ensemble", {})
         cycle.reference_version = registry.publish(
-            REFERENCE, reference.save, stage=Stage.SHADOW, feature_set=FEATURE_SET_VERSION,
-            data_from=from_ms(result.train_from_ms), data_to=from_ms(result.val_from_ms),
-            metrics={f"ensemble.{k}": float(v) for k, v in ensemble.items()
-                     if isinstance(v, int | float)},
-            params={"cycle": cycle.cycle_id}, key=f"{cycle.cycle_id}/reference").version
+            REFERENCE,
+            reference.save,
+            stage=Stage.SHADOW,
+            feature_set=FEATURE_SET_VERSION,
+            data_from=from_ms(result.train_from_ms),
+            data_to=from_ms(result.val_from_ms),
+            metrics={
+                f"ensemble.{k}": float(v) for k, v in ensemble.items() if isinstance(v, int | float)
+            },
+            params={"cycle": cycle.cycle_id},
+            key=f"{cycle.cycle_id}/reference",
+        ).version
         shutil.rmtree(cycle.work_dir, ignore_errors=True)
         cycle.status = CycleStatus.SHADOW
         return [cycle.record(now)]
@@ -327,8 +396,9 @@ class CycleRunner:
         self.registry.set_stage(REFERENCE, cycle.reference_version, Stage.RETIRED)
 
     # --- challengers an earlier run left in shadow --------------------------------------------
-    def resume_orphans(self, shadows: list[tuple[str, str]], now: int
-                       ) -> tuple[Cycle | None, list[tuple[str, str, ClmCycle | None]]]:
+    def resume_orphans(
+        self, shadows: list[tuple[str, str]], now: int
+    ) -> tuple[Cycle | None, list[tuple[str, str, ClmCycle | None]]]:
         """Resume the cycle the shadow versions belong to (read back from ``clm_cycles``), or
         give the ones that cannot be resumed back for retirement with their cycle's record."""
         by_cycle: dict[str, list[tuple[str, str]]] = {}
@@ -338,19 +408,23 @@ class CycleRunner:
         resumed: Cycle | None = None
         retired: list[tuple[str, str, ClmCycle | None]] = []
         for cycle_id in sorted(by_cycle):
-            rows = (self.deps.store.query("queries/clm_cycle_by_id", cycle_id=cycle_id)
-                    if cycle_id else [])
+            rows = (
+                self.deps.store.query("queries/clm_cycle_by_id", cycle_id=cycle_id)
+                if cycle_id
+                else []
+            )
             members = by_cycle[cycle_id]
             if rows and resumed is None and rows[0]["status"] == CycleStatus.SHADOW:
                 resumed = Cycle.from_row(rows[0])
                 live = set(members)
                 for name, version in list(resumed.versions.items()):
-                    if name not in resumed.decisions and \
-                            (name.split(".")[0], version) not in live:
+                    if name not in resumed.decisions and (name.split(".")[0], version) not in live:
                         resumed.decisions[name] = ChallengerDecision.ABANDONED
                         resumed.reasons[name] = "no longer in shadow in the registry"
-                resumed.note("shadow test resumed by a new run (earlier paired bars are not "
-                             "kept: the test starts again)")
+                resumed.note(
+                    "shadow test resumed by a new run (earlier paired bars are not "
+                    "kept: the test starts again)"
+                )
                 self.cycle = resumed
                 continue
             record = None
@@ -363,16 +437,21 @@ class CycleRunner:
                         cycle.reasons[name] = "left in shadow by an earlier run; retired"
                 record = cycle.record(now if now > 0 else cycle.started_ms)
             for model, version in members:
-                log.warning("retiring orphan shadow challenger %s %s (cycle %r)", model,
-                            version, cycle_id)
+                log.warning(
+                    "retiring orphan shadow challenger %s %s (cycle %r)", model, version, cycle_id
+                )
                 retired.append((model, version, None))
             if record is not None:
                 retired[-1] = (*retired[-1][:2], record)
         return resumed, retired
 
     def snapshot(self) -> dict[str, Any]:
-        return {"cycles": self.cycles, "trade_rows": list(self.trade_rows),
-                "waiting_manual": self.waiting_manual, "retry_ms": self.retry_ms}
+        return {
+            "cycles": self.cycles,
+            "trade_rows": list(self.trade_rows),
+            "waiting_manual": self.waiting_manual,
+            "retry_ms": self.retry_ms,
+        }
 
 
 def _challenger_order(name: str) -> tuple[int, str]:

@@ -57,10 +57,10 @@ CALENDAR_FEATURES: tuple[str, ...] = ("tod_sin", "tod_cos", "dow_sin", "dow_cos"
 DEFAULT_SCORED: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in CALENDAR_FEATURES)
 
 HOUR_MS = 3_600_000
-CHUNK_MS = 15 * 60_000     # null windows are runs of whole 15-minute chunks of the reference
-NULL_QUANTILE = 0.95       # the noise level subtracted: this quantile of the null windows
-NULL_WINDOWS = 96          # windows measured per window size, evenly spaced
-NULL_STEP = math.sqrt(2)   # ratio between consecutive window sizes of the null tables
+CHUNK_MS = 15 * 60_000  # null windows are runs of whole 15-minute chunks of the reference
+NULL_QUANTILE = 0.95  # the noise level subtracted: this quantile of the null windows
+NULL_WINDOWS = 96  # windows measured per window size, evenly spaced
+NULL_STEP = math.sqrt(2)  # ratio between consecutive window sizes of the null tables
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,10 @@ def _shares(counts: np.ndarray) -> np.ndarray:
 class NullPoint:
     """The score of same-size windows of the reference against the rest of it (no drift)."""
 
-    rows: int          # window size, rows
-    windows: int       # windows measured
-    mean: float        # their mean score: the expected score without drift
-    level: float       # their NULL_QUANTILE quantile: the noise level subtracted
+    rows: int  # window size, rows
+    windows: int  # windows measured
+    mean: float  # their mean score: the expected score without drift
+    level: float  # their NULL_QUANTILE quantile: the noise level subtracted
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,10 @@ class NullTable:
         k = int(np.searchsorted([p.rows for p in pts], rows))
         a, b = pts[k - 1], pts[k]
         t = math.log(rows / a.rows) / math.log(b.rows / a.rows)
-        return tuple(x + t * (y - x) if min(x, y) <= 0 else x * (y / x) ** t  # type: ignore
-                     for x, y in ((a.mean, b.mean), (a.level, b.level)))
+        return tuple(
+            x + t * (y - x) if min(x, y) <= 0 else x * (y / x) ** t  # type: ignore
+            for x, y in ((a.mean, b.mean), (a.level, b.level))
+        )
 
 
 def _slope(a: NullPoint, b: NullPoint) -> float:
@@ -193,9 +195,15 @@ class DriftScore:
 
     def to_dict(self) -> dict[str, Any]:
         """Flat record of the check (what to store beside a cycle or in a log)."""
-        return {"raw": self.raw, "score": self.score, "expected": self.expected,
-                "null": self.null, "corrected": self.corrected, "rows": self.rows,
-                "method": self.method}
+        return {
+            "raw": self.raw,
+            "score": self.score,
+            "expected": self.expected,
+            "null": self.null,
+            "corrected": self.corrected,
+            "rows": self.rows,
+            "method": self.method,
+        }
 
     def summary(self) -> str:
         """One line for a cycle's reason: both scores and the noise level between them.
@@ -203,8 +211,10 @@ class DriftScore:
         >>> DriftScore(0.31, 0.3, 0.1, 0.2, 0.1, 1440, "seasonal").summary()
         'drift 0.1000 beyond noise (score 0.3000 - null 0.2000; raw PSI 0.3100, 1440 rows)'
         """
-        return (f"drift {self.corrected:.4f} beyond noise (score {self.score:.4f} - null "
-                f"{self.null:.4f}; raw PSI {self.raw:.4f}, {self.rows} rows)")
+        return (
+            f"drift {self.corrected:.4f} beyond noise (score {self.score:.4f} - null "
+            f"{self.null:.4f}; raw PSI {self.raw:.4f}, {self.rows} rows)"
+        )
 
 
 @dataclass(frozen=True)
@@ -227,10 +237,16 @@ class FeatureReference:
         return tuple(f.name for f in self.features)
 
     @classmethod
-    def fit(cls, X: np.ndarray, names: Sequence[str] = FEATURE_NAMES,
-            scored: Sequence[str] | None = None, bins: int = 10,
-            epsilon: float = 1e-4, ts_ms: np.ndarray | Sequence[int] | None = None,
-            quantile: float = NULL_QUANTILE) -> FeatureReference:
+    def fit(
+        cls,
+        X: np.ndarray,
+        names: Sequence[str] = FEATURE_NAMES,
+        scored: Sequence[str] | None = None,
+        bins: int = 10,
+        epsilon: float = 1e-4,
+        ts_ms: np.ndarray | Sequence[int] | None = None,
+        quantile: float = NULL_QUANTILE,
+    ) -> FeatureReference:
         """Bins from ``X`` (rows x ``names``); ``scored`` defaults to all but calendar features.
 
         ``ts_ms``: each row's bar close time (ms; rows in any order, all symbols; symbols
@@ -246,8 +262,11 @@ class FeatureReference:
             raise ValueError("cannot fit a drift reference on zero rows")
         if bins < 2 or not 0 < epsilon < 1:
             raise ValueError(f"bins={bins}, epsilon={epsilon}: need bins >= 2, 0 < epsilon < 1")
-        scored = tuple(n for n in names if n not in CALENDAR_FEATURES) if scored is None \
+        scored = (
+            tuple(n for n in names if n not in CALENDAR_FEATURES)
+            if scored is None
             else tuple(scored)
+        )
         unknown = sorted(set(scored) - set(names))
         if unknown:
             raise ValueError(f"scored features {unknown} are not columns of X")
@@ -256,8 +275,9 @@ class FeatureReference:
         for j, name in enumerate(names):
             col = X[:, j]
             finite = col[np.isfinite(col)]
-            edges = tuple(float(e) for e in np.unique(np.quantile(finite, qs))) \
-                if len(finite) else ()
+            edges = (
+                tuple(float(e) for e in np.unique(np.quantile(finite, qs))) if len(finite) else ()
+            )
             if len(edges) == 1:  # constant: below / equal / above, so a lower value shows too
                 edges = (float(np.nextafter(edges[0], -np.inf)), edges[0])
             fb = FeatureBins(name, edges, ())
@@ -277,8 +297,7 @@ class FeatureReference:
     def _check_shape(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(self.features):
-            raise ValueError(f"X_recent has shape {X.shape}, expected (rows, "
-                             f"{len(self.features)})")
+            raise ValueError(f"X_recent has shape {X.shape}, expected (rows, {len(self.features)})")
         if len(X) == 0:
             raise ValueError("PSI of an empty window is undefined")
         return X
@@ -286,9 +305,10 @@ class FeatureReference:
     def psi(self, X_recent: np.ndarray) -> dict[str, float]:
         """PSI of every feature (scored or not) between the reference and ``X_recent``."""
         X = self._check_shape(X_recent)
-        return {f.name: psi_of_shares(np.asarray(f.shares), f.counts(X[:, j]) / len(X),
-                                      self.epsilon)
-                for j, f in enumerate(self.features)}
+        return {
+            f.name: psi_of_shares(np.asarray(f.shares), f.counts(X[:, j]) / len(X), self.epsilon)
+            for j, f in enumerate(self.features)
+        }
 
     def drift_score(self, X_recent: np.ndarray) -> float:
         """Mean PSI over the scored features: the raw score, sampling noise included."""
@@ -318,8 +338,9 @@ class FeatureReference:
             out[f.name] = float(_psi(expected, f.counts(X[:, j]) / len(X), self.epsilon))
         return out
 
-    def drift_check(self, X_recent: np.ndarray,
-                    ts_ms: np.ndarray | Sequence[int] | None = None) -> DriftScore:
+    def drift_check(
+        self, X_recent: np.ndarray, ts_ms: np.ndarray | Sequence[int] | None = None
+    ) -> DriftScore:
         """One drift check: the raw score, its no-drift null at this size, the corrected score.
 
         ``X_recent``: the recent window's warm feature rows (all symbols, ``names`` order);
@@ -338,8 +359,7 @@ class FeatureReference:
             seasonal = self.seasonal_psi(X_recent, np.asarray(ts_ms))
             score = float(np.mean([seasonal[k] for k in self.scored]))
             mean, level = self.null_seasonal.at(n)
-            return DriftScore(raw, score, mean, level, score - level, n, "seasonal",
-                              per_feature)
+            return DriftScore(raw, score, mean, level, score - level, n, "seasonal", per_feature)
         if self.null_pooled is not None:
             mean, level = self.null_pooled.at(n)
             return DriftScore(raw, raw, mean, level, raw - level, n, "pooled", per_feature)
@@ -349,47 +369,73 @@ class FeatureReference:
     # --- persistence (plain JSON; a registry artifact) ---------------------------------------
     def to_dict(self) -> dict[str, Any]:
         def table(t: NullTable | None) -> list[list[float]] | None:
-            return None if t is None else [[p.rows, p.windows, p.mean, p.level]
-                                           for p in t.points]
+            return None if t is None else [[p.rows, p.windows, p.mean, p.level] for p in t.points]
 
         return {
-            "format": FORMAT, "rows": self.rows, "bins": self.bins, "epsilon": self.epsilon,
-            "scored": list(self.scored), "hour_rows": list(self.hour_rows),
-            "null": {"chunk_ms": CHUNK_MS, "quantile": self.null_quantile,
-                     "pooled": table(self.null_pooled),
-                     "seasonal": table(self.null_seasonal)},
-            "features": [{"name": f.name, "edges": list(f.edges), "shares": list(f.shares),
-                          "hourly": [list(h) for h in f.hourly]}
-                         for f in self.features],
+            "format": FORMAT,
+            "rows": self.rows,
+            "bins": self.bins,
+            "epsilon": self.epsilon,
+            "scored": list(self.scored),
+            "hour_rows": list(self.hour_rows),
+            "null": {
+                "chunk_ms": CHUNK_MS,
+                "quantile": self.null_quantile,
+                "pooled": table(self.null_pooled),
+                "seasonal": table(self.null_seasonal),
+            },
+            "features": [
+                {
+                    "name": f.name,
+                    "edges": list(f.edges),
+                    "shares": list(f.shares),
+                    "hourly": [list(h) for h in f.hourly],
+                }
+                for f in self.features
+            ],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureReference:
         if d.get("format") not in (FORMAT, FORMAT_V1):
-            raise ValueError(f"not a drift reference: format {d.get('format')!r}, "
-                             f"expected {FORMAT!r} or {FORMAT_V1!r}")
-        features = tuple(FeatureBins(f["name"], tuple(float(e) for e in f["edges"]),
-                                     tuple(float(s) for s in f["shares"]),
-                                     tuple(tuple(int(c) for c in h) for h in f.get("hourly", ())))
-                         for f in d["features"])
+            raise ValueError(
+                f"not a drift reference: format {d.get('format')!r}, "
+                f"expected {FORMAT!r} or {FORMAT_V1!r}"
+            )
+        features = tuple(
+            FeatureBins(
+                f["name"],
+                tuple(float(e) for e in f["edges"]),
+                tuple(float(s) for s in f["shares"]),
+                tuple(tuple(int(c) for c in h) for h in f.get("hourly", ())),
+            )
+            for f in d["features"]
+        )
         for f in features:
             if len(f.shares) != len(f.edges) + 2 or not math.isclose(sum(f.shares), 1.0):
                 raise ValueError(f"drift reference feature {f.name}: shares do not fit edges")
-            if f.hourly and (len(f.hourly) != 24 or any(len(h) != len(f.shares)
-                                                        for h in f.hourly)):
+            if f.hourly and (len(f.hourly) != 24 or any(len(h) != len(f.shares) for h in f.hourly)):
                 raise ValueError(f"drift reference feature {f.name}: hourly counts do not fit")
         null = d.get("null") or {}
 
         def table(rows: list[list[float]] | None) -> NullTable | None:
             if not rows:
                 return None
-            return NullTable(tuple(NullPoint(int(r[0]), int(r[1]), float(r[2]), float(r[3]))
-                                   for r in rows))
+            return NullTable(
+                tuple(NullPoint(int(r[0]), int(r[1]), float(r[2]), float(r[3])) for r in rows)
+            )
 
-        return cls(features, tuple(d["scored"]), int(d["rows"]), int(d["bins"]),
-                   float(d["epsilon"]), tuple(int(h) for h in d.get("hour_rows", ())),
-                   table(null.get("pooled")), table(null.get("seasonal")),
-                   float(null.get("quantile", NULL_QUANTILE)))
+        return cls(
+            features,
+            tuple(d["scored"]),
+            int(d["rows"]),
+            int(d["bins"]),
+            float(d["epsilon"]),
+            tuple(int(h) for h in d.get("hour_rows", ())),
+            table(null.get("pooled")),
+            table(null.get("seasonal")),
+            float(null.get("quantile", NULL_QUANTILE)),
+        )
 
     def to_json(self) -> str:
         # allow_nan=False: edges come from finite values, so this is strict JSON
@@ -424,8 +470,9 @@ def _hour_of_day(ts_ms: np.ndarray) -> np.ndarray:
     return (ts_ms // HOUR_MS % 24).astype(np.int64)
 
 
-def _with_nulls(ref: FeatureReference, X: np.ndarray, ts: np.ndarray,
-                quantile: float) -> FeatureReference:
+def _with_nulls(
+    ref: FeatureReference, X: np.ndarray, ts: np.ndarray, quantile: float
+) -> FeatureReference:
     """Hourly counts and the null tables of a reference fitted on ``X`` at times ``ts``."""
     scored_idx = [ref.names.index(n) for n in ref.scored]
     if not scored_idx:
@@ -444,23 +491,43 @@ def _with_nulls(ref: FeatureReference, X: np.ndarray, ts: np.ndarray,
     features = list(ref.features)
     for k, j in enumerate(scored_idx):
         f = features[j]
-        features[j] = FeatureBins(f.name, f.edges, f.shares,
-                                  tuple(tuple(int(c) for c in hourly[h, k, :len(f.shares)])
-                                        for h in range(24)))
+        features[j] = FeatureBins(
+            f.name,
+            f.edges,
+            f.shares,
+            tuple(tuple(int(c) for c in hourly[h, k, : len(f.shares)]) for h in range(24)),
+        )
     pooled, seasonal = [], []
     for n, windows, pooled_scores, seasonal_scores in _null_scores(C, chunk_hod, ref.epsilon):
-        pooled.append(NullPoint(n, windows, float(pooled_scores.mean()),
-                                float(np.quantile(pooled_scores, quantile))))
-        seasonal.append(NullPoint(n, windows, float(seasonal_scores.mean()),
-                                  float(np.quantile(seasonal_scores, quantile))))
-    return FeatureReference(tuple(features), ref.scored, ref.rows, ref.bins, ref.epsilon,
-                            tuple(int(r) for r in hourly[:, 0, :].sum(axis=1)),
-                            NullTable(tuple(pooled)) if pooled else None,
-                            NullTable(tuple(seasonal)) if seasonal else None, quantile)
+        pooled.append(
+            NullPoint(
+                n, windows, float(pooled_scores.mean()), float(np.quantile(pooled_scores, quantile))
+            )
+        )
+        seasonal.append(
+            NullPoint(
+                n,
+                windows,
+                float(seasonal_scores.mean()),
+                float(np.quantile(seasonal_scores, quantile)),
+            )
+        )
+    return FeatureReference(
+        tuple(features),
+        ref.scored,
+        ref.rows,
+        ref.bins,
+        ref.epsilon,
+        tuple(int(r) for r in hourly[:, 0, :].sum(axis=1)),
+        NullTable(tuple(pooled)) if pooled else None,
+        NullTable(tuple(seasonal)) if seasonal else None,
+        quantile,
+    )
 
 
-def _null_scores(C: np.ndarray, hod: np.ndarray, epsilon: float
-                 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+def _null_scores(
+    C: np.ndarray, hod: np.ndarray, epsilon: float
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Scores of same-size windows of the reference against the rest of it (the null).
 
     For each size of a geometric grid (one chunk's rows, then x sqrt(2), up to half the
@@ -486,23 +553,30 @@ def _null_scores(C: np.ndarray, hod: np.ndarray, epsilon: float
         want, target = int(target), target * NULL_STEP
         last = int(np.searchsorted(cum_rows, total_rows - want, side="right")) - 1
         starts = np.unique(np.linspace(0, max(last, 0), NULL_WINDOWS).astype(np.int64))
-        ends = np.clip(np.searchsorted(cum_rows, cum_rows[starts] + want, side="left"),
-                       starts + 1, M)
+        ends = np.clip(
+            np.searchsorted(cum_rows, cum_rows[starts] + want, side="left"), starts + 1, M
+        )
         rows = (cum_rows[ends] - cum_rows[starts]).astype(np.float64)
         size = round(float(np.median(rows)))  # whole chunks: about ``want`` rows
         if size <= last_size:
             continue
         last_size = size
-        window = prefix[ends] - prefix[starts]                   # (K, S, bins)
+        window = prefix[ends] - prefix[starts]  # (K, S, bins)
         pool = total - window
         actual = window / rows[:, None, None]
         pooled_score = _psi(_shares(pool), actual, epsilon).mean(axis=-1)
-        window_h = np.stack([ph[np.searchsorted(idx, ends)] - ph[np.searchsorted(idx, starts)]
-                             for idx, ph in zip(by_hour, prefix_h, strict=True)], axis=1)
-        pool_h = hourly[None] - window_h                         # (K, 24, S, bins)
+        window_h = np.stack(
+            [
+                ph[np.searchsorted(idx, ends)] - ph[np.searchsorted(idx, starts)]
+                for idx, ph in zip(by_hour, prefix_h, strict=True)
+            ],
+            axis=1,
+        )
+        pool_h = hourly[None] - window_h  # (K, 24, S, bins)
         weights = window_h[:, :, 0, :].sum(axis=-1) / rows[:, None]
         seen = pool_h[:, :, 0, :].sum(axis=-1) > 0
-        expected = np.einsum("kh,khsb->ksb", weights * seen, _shares(pool_h)) \
-            + (weights * ~seen).sum(axis=1)[:, None, None] * _shares(pool)
+        expected = np.einsum("kh,khsb->ksb", weights * seen, _shares(pool_h)) + (
+            weights * ~seen
+        ).sum(axis=1)[:, None, None] * _shares(pool)
         seasonal_score = _psi(expected, actual, epsilon).mean(axis=-1)
         yield size, len(starts), pooled_score, seasonal_score

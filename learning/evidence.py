@@ -46,8 +46,13 @@ _GRID_STEP = 0.002  # spacing of the Brownian-motion grid in spending_bounds (z 
 
 # per-close count columns: tp and predicted per class for production, then challenger; true
 # per class; economic sums of production and challenger; bars
-_TP_P, _PR_P, _TP_C, _PR_C, _TRUE = (slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12),
-                                     slice(12, 15))
+_TP_P, _PR_P, _TP_C, _PR_C, _TRUE = (
+    slice(0, 3),
+    slice(3, 6),
+    slice(6, 9),
+    slice(9, 12),
+    slice(12, 15),
+)
 _ECON_P, _ECON_C, _BARS = 15, 16, 17
 _COLUMNS = 18
 
@@ -91,14 +96,15 @@ class EvidenceConfig:
         if not 0.5 < self.confidence < 1:
             raise ValueError(f"confidence {self.confidence} must be in (0.5, 1)")
         if not 1 <= self.min_bars <= self.max_bars:
-            raise ValueError(f"need 1 <= min_bars ({self.min_bars}) <= max_bars "
-                             f"({self.max_bars})")
+            raise ValueError(f"need 1 <= min_bars ({self.min_bars}) <= max_bars ({self.max_bars})")
         if self.horizon < 1 or self.bar_ms < 1:
             raise ValueError(f"horizon {self.horizon} and bar_ms {self.bar_ms} must be >= 1")
         seed_value(self.seed)
         if self.resamples < 100 or self.min_blocks < 3 or self.spending <= 0:
-            raise ValueError(f"resamples {self.resamples} >= 100, min_blocks "
-                             f"{self.min_blocks} >= 3 and spending {self.spending} > 0 needed")
+            raise ValueError(
+                f"resamples {self.resamples} >= 100, min_blocks "
+                f"{self.min_blocks} >= 3 and spending {self.spending} > 0 needed"
+            )
 
     @classmethod
     def from_settings(cls, s: Settings, **overrides: Any) -> EvidenceConfig:
@@ -177,14 +183,18 @@ class PromotionEvidence:
 
     def metrics(self) -> dict[str, float]:
         """The numeric fields as floats (a ``clm_cycles`` metrics map; NaN where undefined)."""
-        return {f.name: float(getattr(self, f.name)) for f in fields(self)
-                if f.name not in ("decision", "reason")}
+        return {
+            f.name: float(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("decision", "reason")
+        }
 
 
 # --- the sequential boundaries -----------------------------------------------------------------
 @lru_cache(maxsize=256)
-def spending_bounds(fractions: tuple[float, ...], alpha: float,
-                    spending: float = 2.0) -> tuple[float, ...]:
+def spending_bounds(
+    fractions: tuple[float, ...], alpha: float, spending: float = 2.0
+) -> tuple[float, ...]:
     """Upper z boundaries of a one-sided group-sequential test with ``alpha * t ** spending``
     spent by information fraction ``t`` (increasing, last <= 1): the first look gets all alpha
     spent up to it.
@@ -194,13 +204,14 @@ def spending_bounds(fractions: tuple[float, ...], alpha: float,
     >>> [round(c, 2) for c in spending_bounds((0.25, 0.5, 1.0), 0.05)]
     [2.73, 2.3, 1.7]
     """
-    spent = [alpha * t ** spending for t in fractions]
+    spent = [alpha * t**spending for t in fractions]
     increments = (spent[0], *(b - a for a, b in pairwise(spent)))
     return boundaries_from_increments(fractions, increments)
 
 
-def boundaries_from_increments(fractions: Sequence[float],
-                               increments: Sequence[float]) -> tuple[float, ...]:
+def boundaries_from_increments(
+    fractions: Sequence[float], increments: Sequence[float]
+) -> tuple[float, ...]:
     """z boundaries ``c_k`` with ``P(Z_1 <= c_1, ..., Z_k > c_k) = increments[k]`` for
     ``Z_k = W(t_k) / sqrt(t_k)``, W a standard Brownian motion (the large-sample law of a
     statistic computed on growing prefixes). The density of ``W(t_k)`` below the boundaries is
@@ -212,13 +223,15 @@ def boundaries_from_increments(fractions: Sequence[float],
     half = 10.0 * math.sqrt(max(t[-1], 1.0))
     x = np.arange(-half, half + h / 2, h)
     out: list[float] = []
-    density = np.exp(-x ** 2 / (2 * t[0])) / math.sqrt(2 * math.pi * t[0])
+    density = np.exp(-(x**2) / (2 * t[0])) / math.sqrt(2 * math.pi * t[0])
     for k, (tk, a) in enumerate(zip(t, increments, strict=True)):
         if k:
             dt = tk - t[k - 1]
-            kx = np.arange(-math.ceil(8 * math.sqrt(dt) / h), math.ceil(8 * math.sqrt(dt) / h)
-                           + 1) * h
-            kernel = np.exp(-kx ** 2 / (2 * dt)) / math.sqrt(2 * math.pi * dt) * h
+            kx = (
+                np.arange(-math.ceil(8 * math.sqrt(dt) / h), math.ceil(8 * math.sqrt(dt) / h) + 1)
+                * h
+            )
+            kernel = np.exp(-(kx**2) / (2 * dt)) / math.sqrt(2 * math.pi * dt) * h
             density = _convolve_same(density, kernel)
         if a <= 0:  # nothing to spend here: the boundary is at infinity
             out.append(math.inf)
@@ -245,7 +258,7 @@ def _convolve_same(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     nfft = 1 << (size - 1).bit_length()
     full = np.fft.irfft(np.fft.rfft(a, nfft) * np.fft.rfft(kernel, nfft), nfft)[:size]
     start = (len(kernel) - 1) // 2
-    return np.maximum(full[start:start + len(a)], 0.0)
+    return np.maximum(full[start : start + len(a)], 0.0)
 
 
 def t_quantile(p: float, df: float) -> float:
@@ -259,10 +272,13 @@ def t_quantile(p: float, df: float) -> float:
         raise ValueError(f"degrees of freedom {df} must be > 0")
     z = _NORMAL.inv_cdf(p)
     z2 = z * z
-    return z * (1 + (z2 + 1) / (4 * df) + (5 * z2 ** 2 + 16 * z2 + 3) / (96 * df ** 2)
-                + (3 * z2 ** 3 + 19 * z2 ** 2 + 17 * z2 - 15) / (384 * df ** 3)
-                + (79 * z2 ** 4 + 776 * z2 ** 3 + 1482 * z2 ** 2 - 1920 * z2 - 945)
-                / (92160 * df ** 4))
+    return z * (
+        1
+        + (z2 + 1) / (4 * df)
+        + (5 * z2**2 + 16 * z2 + 3) / (96 * df**2)
+        + (3 * z2**3 + 19 * z2**2 + 17 * z2 - 15) / (384 * df**3)
+        + (79 * z2**4 + 776 * z2**3 + 1482 * z2**2 - 1920 * z2 - 945) / (92160 * df**4)
+    )
 
 
 # --- bars -> per-close counts --------------------------------------------------------------------
@@ -307,10 +323,16 @@ class _Closes:
     n_symbols: int
 
 
-def _fold(ts_ms: Sequence[int] | np.ndarray, symbol: Sequence[Any] | np.ndarray,
-          y: Sequence[int] | np.ndarray, prod: Sequence[Any] | np.ndarray,
-          chal: Sequence[Any] | np.ndarray, fwd: Sequence[float] | np.ndarray,
-          cost: float | Sequence[float] | np.ndarray, bar_ms: int) -> _Closes:
+def _fold(
+    ts_ms: Sequence[int] | np.ndarray,
+    symbol: Sequence[Any] | np.ndarray,
+    y: Sequence[int] | np.ndarray,
+    prod: Sequence[Any] | np.ndarray,
+    chal: Sequence[Any] | np.ndarray,
+    fwd: Sequence[float] | np.ndarray,
+    cost: float | Sequence[float] | np.ndarray,
+    bar_ms: int,
+) -> _Closes:
     """Validate the bars, drop unrealised ones (``y == -1``) and sum counts per bar close."""
     ts = np.asarray(ts_ms, dtype=np.int64)
     sym = np.asarray(symbol)
@@ -320,8 +342,10 @@ def _fold(ts_ms: Sequence[int] | np.ndarray, symbol: Sequence[Any] | np.ndarray,
     k = np.broadcast_to(np.asarray(cost, dtype=np.float64), ts.shape)
     lengths = {len(a) for a in (ts, sym, yy, p, c, r, k)}
     if len(lengths) != 1 or ts.ndim != 1:
-        raise ValueError("ts_ms, symbol, y, prod, chal, fwd and cost must be 1-d and as long as "
-                         f"each other (lengths {sorted(lengths)})")
+        raise ValueError(
+            "ts_ms, symbol, y, prod, chal, fwd and cost must be 1-d and as long as "
+            f"each other (lengths {sorted(lengths)})"
+        )
     keep = yy != UNLABELLED
     ts, sym, yy, p, c, r, k = ts[keep], sym[keep], yy[keep], p[keep], c[keep], r[keep], k[keep]
     for name, arr in (("labels", yy), ("production", p), ("challenger", c)):
@@ -390,9 +414,12 @@ def _block_length(closes: int, cfg: EvidenceConfig) -> int:
 def _stats(total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(F1 prod, F1 chal, econ prod per bar, econ chal per bar) of count rows (..., columns)."""
     bars = np.maximum(total[..., _BARS], 1.0)
-    return (_f1(total[..., _TP_P], total[..., _PR_P], total[..., _TRUE]),
-            _f1(total[..., _TP_C], total[..., _PR_C], total[..., _TRUE]),
-            total[..., _ECON_P] / bars, total[..., _ECON_C] / bars)
+    return (
+        _f1(total[..., _TP_P], total[..., _PR_P], total[..., _TRUE]),
+        _f1(total[..., _TP_C], total[..., _PR_C], total[..., _TRUE]),
+        total[..., _ECON_P] / bars,
+        total[..., _ECON_C] / bars,
+    )
 
 
 def _look(counts: np.ndarray, cfg: EvidenceConfig, look: int) -> _Look:
@@ -402,8 +429,8 @@ def _look(counts: np.ndarray, cfg: EvidenceConfig, look: int) -> _Look:
     k = math.ceil(closes / L)
     last = closes - (k - 1) * L  # the last block of a resample is cut to keep `closes` closes
     wrapped = np.concatenate([np.zeros((1, _COLUMNS)), counts, counts[:L]]).cumsum(axis=0)
-    full = wrapped[L:L + closes] - wrapped[:closes]  # block of L closes starting at each close
-    part = wrapped[last:last + closes] - wrapped[:closes]
+    full = wrapped[L : L + closes] - wrapped[:closes]  # block of L closes starting at each close
+    part = wrapped[last : last + closes] - wrapped[:closes]
     rng = np.random.default_rng([seed_value(cfg.seed), look])
     starts = rng.integers(0, closes, size=(cfg.resamples, k))
     total = np.einsum("bkc->bc", full[starts[:, :-1]]) + part[starts[:, -1]]  # 2x .sum()
@@ -417,15 +444,26 @@ def _look(counts: np.ndarray, cfg: EvidenceConfig, look: int) -> _Look:
     k_d = _inflation(counts @ _gradient(sums, p_f1 > 0, cfg.margin), L)
     bars = max(float(sums[_BARS]), 1.0)
     diff_hat = c_e - p_e
-    k_e = _inflation((counts[:, _ECON_C] - counts[:, _ECON_P] - diff_hat * counts[:, _BARS])
-                     / bars, L)
+    k_e = _inflation(
+        (counts[:, _ECON_C] - counts[:, _ECON_P] - diff_hat * counts[:, _BARS]) / bars, L
+    )
     se = math.sqrt(k_d) * float(np.std(d, ddof=1))
     z = d_hat / se if se > 0 else math.copysign(math.inf, d_hat) if d_hat else 0.0
     cov = k_d * np.cov(np.stack([f1_c, f1_p]))
-    return _Look(n=int(sums[_BARS]), blocks=closes // L, block=L, f1_p=p_f1, f1_c=c_f1,
-                 econ_p=p_e, econ_c=c_e, z=z, var_c=float(cov[0, 0]), var_p=float(cov[1, 1]),
-                 cov=float(cov[0, 1]),
-                 econ_se=math.sqrt(k_e) * float(np.std(e_c - e_p, ddof=1)))
+    return _Look(
+        n=int(sums[_BARS]),
+        blocks=closes // L,
+        block=L,
+        f1_p=p_f1,
+        f1_c=c_f1,
+        econ_p=p_e,
+        econ_c=c_e,
+        z=z,
+        var_c=float(cov[0, 0]),
+        var_p=float(cov[1, 1]),
+        cov=float(cov[0, 1]),
+        econ_se=math.sqrt(k_e) * float(np.std(e_c - e_p, ddof=1)),
+    )
 
 
 def _gradient(sums: np.ndarray, prod_scores: bool, margin: float) -> np.ndarray:
@@ -437,7 +475,7 @@ def _gradient(sums: np.ndarray, prod_scores: bool, margin: float) -> np.ndarray:
         den = sums[pr] + sums[_TRUE]
         safe = np.where(den > 0, den, 1.0)
         g_tp = np.where(den > 0, 2 / safe, 0.0) / 3
-        g_den = np.where(den > 0, -2 * sums[tp] / safe ** 2, 0.0) / 3
+        g_den = np.where(den > 0, -2 * sums[tp] / safe**2, 0.0) / 3
         out[tp] += w * g_tp
         out[pr] += w * g_den
         out[_TRUE] += w * g_den
@@ -449,7 +487,7 @@ def _cbb_variance(u: np.ndarray, block: int) -> float:
     converge to for a linear statistic): ``T / block`` times the variance of the block sums."""
     T = len(u)
     wrapped = np.concatenate([[0.0], np.cumsum(np.concatenate([u, u[:block]]))])
-    return T / block * float(np.var(wrapped[block:block + T] - wrapped[:T]))
+    return T / block * float(np.var(wrapped[block : block + T] - wrapped[:T]))
 
 
 def _inflation(u: np.ndarray, L: int) -> float:
@@ -475,9 +513,9 @@ def _fieller(lk: _Look, c: float) -> tuple[float, float]:
     """Relative improvements ``rho`` with ``|F1_c - (1 + rho) F1_p| <= c * se``: the test's
     own interval for ``F1_c / F1_p - 1`` (unbounded when production's F1 is not itself
     significantly above 0)."""
-    a = lk.f1_p ** 2 - c * c * lk.var_p
+    a = lk.f1_p**2 - c * c * lk.var_p
     b = lk.f1_c * lk.f1_p - c * c * lk.cov
-    q = lk.f1_c ** 2 - c * c * lk.var_c
+    q = lk.f1_c**2 - c * c * lk.var_c
     if a <= 0:
         return -math.inf, math.inf
     root = math.sqrt(max(b * b - a * q, 0.0))
@@ -493,40 +531,74 @@ def _bps(v: float) -> str:
     return f"{v * 1e4:+.1f}"
 
 
-def _evidence(decision: Decision, reason: str, look: int, lk: _Look, c: float,
-              cfg: EvidenceConfig, closes: _Closes, n_avail: int) -> PromotionEvidence:
+def _evidence(
+    decision: Decision,
+    reason: str,
+    look: int,
+    lk: _Look,
+    c: float,
+    cfg: EvidenceConfig,
+    closes: _Closes,
+    n_avail: int,
+) -> PromotionEvidence:
     lo, hi = _fieller(lk, c) if math.isfinite(c) else (math.nan, math.nan)
     diff = lk.econ_c - lk.econ_p
     half = c * lk.econ_se
     return PromotionEvidence(
-        decision=decision, reason=reason, look=look, looks=len(cfg.schedule), n=lk.n,
-        n_available=n_avail, n_blocks=lk.blocks, block_closes=lk.block,
-        n_symbols=closes.n_symbols, production_f1=lk.f1_p, challenger_f1=lk.f1_c,
+        decision=decision,
+        reason=reason,
+        look=look,
+        looks=len(cfg.schedule),
+        n=lk.n,
+        n_available=n_avail,
+        n_blocks=lk.blocks,
+        block_closes=lk.block,
+        n_symbols=closes.n_symbols,
+        production_f1=lk.f1_p,
+        challenger_f1=lk.f1_c,
         improvement=lk.f1_c / lk.f1_p - 1 if lk.f1_p > 0 else math.nan,
-        improvement_low=lo, improvement_high=hi, production_econ=lk.econ_p,
-        challenger_econ=lk.econ_c, econ_diff=diff,
+        improvement_low=lo,
+        improvement_high=hi,
+        production_econ=lk.econ_p,
+        challenger_econ=lk.econ_c,
+        econ_diff=diff,
         econ_diff_low=diff - half if math.isfinite(c) else math.nan,
-        econ_diff_high=diff + half if math.isfinite(c) else math.nan, z=lk.z, critical=c,
-        margin=cfg.margin, confidence=cfg.confidence)
+        econ_diff_high=diff + half if math.isfinite(c) else math.nan,
+        z=lk.z,
+        critical=c,
+        margin=cfg.margin,
+        confidence=cfg.confidence,
+    )
 
 
 def _describe(lk: _Look, c: float, cfg: EvidenceConfig) -> tuple[str, str]:
     """('macro-F1 +6.1% [+2.4%, +9.9%] at 95%', 'earns +0.8 bps/bar more [-0.2, +1.9]')."""
     lo, hi = _fieller(lk, c)
     rel = lk.f1_c / lk.f1_p - 1 if lk.f1_p > 0 else math.nan
-    f1 = (f"macro-F1 {_pct(rel)} [{_pct(lo)}, {_pct(hi)}] at {cfg.confidence:.0%}"
-          if lk.f1_p > 0 else f"macro-F1 {lk.f1_c:.3f} vs 0 at {cfg.confidence:.0%}")
+    f1 = (
+        f"macro-F1 {_pct(rel)} [{_pct(lo)}, {_pct(hi)}] at {cfg.confidence:.0%}"
+        if lk.f1_p > 0
+        else f"macro-F1 {lk.f1_c:.3f} vs 0 at {cfg.confidence:.0%}"
+    )
     diff = lk.econ_c - lk.econ_p
-    econ = (f"earns {_bps(diff)} bps/bar {'more' if diff >= 0 else 'less'} "
-            f"[{_bps(diff - c * lk.econ_se)}, {_bps(diff + c * lk.econ_se)}]")
+    econ = (
+        f"earns {_bps(diff)} bps/bar {'more' if diff >= 0 else 'less'} "
+        f"[{_bps(diff - c * lk.econ_se)}, {_bps(diff + c * lk.econ_se)}]"
+    )
     return f1, econ
 
 
-def judge(ts_ms: Sequence[int] | np.ndarray, symbol: Sequence[Any] | np.ndarray,
-          y: Sequence[int] | np.ndarray, prod: Sequence[Any] | np.ndarray,
-          chal: Sequence[Any] | np.ndarray, fwd: Sequence[float] | np.ndarray,
-          cost: float | Sequence[float] | np.ndarray, config: EvidenceConfig | None = None,
-          seed: int | str | None = None) -> PromotionEvidence:
+def judge(
+    ts_ms: Sequence[int] | np.ndarray,
+    symbol: Sequence[Any] | np.ndarray,
+    y: Sequence[int] | np.ndarray,
+    prod: Sequence[Any] | np.ndarray,
+    chal: Sequence[Any] | np.ndarray,
+    fwd: Sequence[float] | np.ndarray,
+    cost: float | Sequence[float] | np.ndarray,
+    config: EvidenceConfig | None = None,
+    seed: int | str | None = None,
+) -> PromotionEvidence:
     """The decision on all bars scored by both models so far (see the module docstring).
 
     One row per bar: close time (ms), symbol, realised label (``-1``: not yet, left out),
@@ -554,39 +626,68 @@ def judge(ts_ms: Sequence[int] | np.ndarray, symbol: Sequence[Any] | np.ndarray,
             if m // _block_length(m, cfg) < cfg.min_blocks:
                 continue
             first = i
-            bounds = spending_bounds(tuple(n / cfg.max_bars for n in schedule[i - 1:]),
-                                     cfg.alpha, cfg.spending)
+            bounds = spending_bounds(
+                tuple(n / cfg.max_bars for n in schedule[i - 1 :]), cfg.alpha, cfg.spending
+            )
         c_z = bounds[i - first]
         lk = _look(closes.counts[:m], cfg, i)
-        c = (t_quantile(_NORMAL.cdf(c_z), lk.blocks - 1) if _NORMAL.cdf(c_z) < 1
-             else math.inf)
+        c = t_quantile(_NORMAL.cdf(c_z), lk.blocks - 1) if _NORMAL.cdf(c_z) < 1 else math.inf
         f1, econ = _describe(lk, c, cfg)
         if lk.z > c and lk.econ_c >= lk.econ_p:
-            return _evidence(Decision.PROMOTE, f"promoted: {f1}, {econ}", i, lk, c, cfg,
-                             closes, n_avail)
+            return _evidence(
+                Decision.PROMOTE, f"promoted: {f1}, {econ}", i, lk, c, cfg, closes, n_avail
+            )
         if lk.z < -c:
-            return _evidence(Decision.RETIRE_NOT_BETTER,
-                             f"not better: {f1}, not more than {_pct(cfg.margin)}", i, lk, c,
-                             cfg, closes, n_avail)
+            return _evidence(
+                Decision.RETIRE_NOT_BETTER,
+                f"not better: {f1}, not more than {_pct(cfg.margin)}",
+                i,
+                lk,
+                c,
+                cfg,
+                closes,
+                n_avail,
+            )
         if n_k == cfg.max_bars:
             why = f"better but {econ}" if lk.z > c else f"not significant: {f1}"
-            return _evidence(Decision.RETIRE_UNPROVEN, f"unproven after {lk.n} bars: {why}", i,
-                             lk, c, cfg, closes, n_avail)
+            return _evidence(
+                Decision.RETIRE_UNPROVEN,
+                f"unproven after {lk.n} bars: {why}",
+                i,
+                lk,
+                c,
+                cfg,
+                closes,
+                n_avail,
+            )
         last = (i, lk, c)
     if last is not None:
         i, lk, c = last
         f1, econ = _describe(lk, c, cfg)
         why = f"better but {econ}" if lk.z > c else f"not significant yet: {f1}"
-        return _evidence(Decision.WAIT, f"{why}; next look at {schedule[i]} bars", i, lk, c,
-                         cfg, closes, n_avail)
+        return _evidence(
+            Decision.WAIT, f"{why}; next look at {schedule[i]} bars", i, lk, c, cfg, closes, n_avail
+        )
     return _waiting(closes, n_avail, cfg)
 
 
-def judge_challenger(rows: Mapping[str, np.ndarray], config: EvidenceConfig | None = None,
-                     seed: int | str | None = None) -> PromotionEvidence:
+def judge_challenger(
+    rows: Mapping[str, np.ndarray],
+    config: EvidenceConfig | None = None,
+    seed: int | str | None = None,
+) -> PromotionEvidence:
     """:func:`judge` on named columns ``ts_ms, symbol, y, prod, chal, fwd, cost``."""
-    return judge(rows["ts_ms"], rows["symbol"], rows["y"], rows["prod"], rows["chal"],
-                 rows["fwd"], rows["cost"], config, seed)
+    return judge(
+        rows["ts_ms"],
+        rows["symbol"],
+        rows["y"],
+        rows["prod"],
+        rows["chal"],
+        rows["fwd"],
+        rows["cost"],
+        config,
+        seed,
+    )
 
 
 def _waiting(closes: _Closes, n_avail: int, cfg: EvidenceConfig) -> PromotionEvidence:
@@ -596,19 +697,39 @@ def _waiting(closes: _Closes, n_avail: int, cfg: EvidenceConfig) -> PromotionEvi
     p_f1, c_f1, p_e, c_e = (float(v) for v in _stats(total))
     L = _block_length(len(closes.counts), cfg) if n_avail else cfg.horizon
     blocks = len(closes.counts) // L
-    lk = _Look(n=n_avail, blocks=blocks, block=L, f1_p=p_f1, f1_c=c_f1, econ_p=p_e,
-               econ_c=c_e, z=math.nan, var_c=math.nan, var_p=math.nan, cov=math.nan,
-               econ_se=math.nan)
+    lk = _Look(
+        n=n_avail,
+        blocks=blocks,
+        block=L,
+        f1_p=p_f1,
+        f1_c=c_f1,
+        econ_p=p_e,
+        econ_c=c_e,
+        z=math.nan,
+        var_c=math.nan,
+        var_p=math.nan,
+        cov=math.nan,
+        econ_se=math.nan,
+    )
     if n_avail < cfg.min_bars:
         reason = f"waiting: {n_avail} of {cfg.min_bars} bars"
     else:
-        reason = (f"waiting: {n_avail} bars make {blocks} blocks of {L} bar closes; a look "
-                  f"needs {cfg.min_blocks}")
+        reason = (
+            f"waiting: {n_avail} bars make {blocks} blocks of {L} bar closes; a look "
+            f"needs {cfg.min_blocks}"
+        )
     if n_avail >= cfg.max_bars:
-        return _evidence(Decision.RETIRE_UNPROVEN,
-                         f"unproven after {n_avail} bars: only {blocks} blocks of {L} bar "
-                         f"closes, a look needs {cfg.min_blocks}", len(schedule), lk,
-                         math.nan, cfg, closes, n_avail)
+        return _evidence(
+            Decision.RETIRE_UNPROVEN,
+            f"unproven after {n_avail} bars: only {blocks} blocks of {L} bar "
+            f"closes, a look needs {cfg.min_blocks}",
+            len(schedule),
+            lk,
+            math.nan,
+            cfg,
+            closes,
+            n_avail,
+        )
     return _evidence(Decision.WAIT, reason, 0, lk, math.nan, cfg, closes, n_avail)
 
 
@@ -624,16 +745,27 @@ class ShadowEvidence:
         self._chunks: list[tuple[np.ndarray, ...]] = []
         self._result: PromotionEvidence | None = None
 
-    def add(self, ts_ms: Sequence[int] | np.ndarray, symbol: Sequence[Any] | np.ndarray,
-            y: Sequence[int] | np.ndarray, prod: Sequence[Any] | np.ndarray,
-            chal: Sequence[Any] | np.ndarray, fwd: Sequence[float] | np.ndarray,
-            cost: float | Sequence[float] | np.ndarray) -> None:
+    def add(
+        self,
+        ts_ms: Sequence[int] | np.ndarray,
+        symbol: Sequence[Any] | np.ndarray,
+        y: Sequence[int] | np.ndarray,
+        prod: Sequence[Any] | np.ndarray,
+        chal: Sequence[Any] | np.ndarray,
+        fwd: Sequence[float] | np.ndarray,
+        cost: float | Sequence[float] | np.ndarray,
+    ) -> None:
         """Append bars (same columns as :func:`judge`)."""
         ts = np.atleast_1d(np.asarray(ts_ms, dtype=np.int64))
-        chunk = (ts, np.atleast_1d(np.asarray(symbol)), np.atleast_1d(np.asarray(y)),
-                 np.atleast_1d(np.asarray(prod)), np.atleast_1d(np.asarray(chal)),
-                 np.atleast_1d(np.asarray(fwd, dtype=np.float64)),
-                 np.broadcast_to(np.asarray(cost, dtype=np.float64), ts.shape))
+        chunk = (
+            ts,
+            np.atleast_1d(np.asarray(symbol)),
+            np.atleast_1d(np.asarray(y)),
+            np.atleast_1d(np.asarray(prod)),
+            np.atleast_1d(np.asarray(chal)),
+            np.atleast_1d(np.asarray(fwd, dtype=np.float64)),
+            np.broadcast_to(np.asarray(cost, dtype=np.float64), ts.shape),
+        )
         if len({len(a) for a in chunk}) != 1:
             raise ValueError("every column of a chunk must have the same length")
         self._chunks.append(chunk)
@@ -646,8 +778,11 @@ class ShadowEvidence:
     def result(self) -> PromotionEvidence:
         """The current decision (cached until more bars arrive; final decisions stay)."""
         if self._result is None:
-            cols = [np.concatenate(col) for col in zip(*self._chunks, strict=True)] \
-                if self._chunks else [np.zeros(0, dtype=np.int64)] * 7
+            cols = (
+                [np.concatenate(col) for col in zip(*self._chunks, strict=True)]
+                if self._chunks
+                else [np.zeros(0, dtype=np.int64)] * 7
+            )
             ts_ms, symbol, y, prod, chal, fwd, cost = cols
             self._result = judge(ts_ms, symbol, y, prod, chal, fwd, cost, config=self.config)
         return self._result

@@ -42,11 +42,17 @@ class Labeler:
 
     def __init__(self, cfg: LabelConfig, state: dict[str, list[tuple]] | None = None) -> None:
         self.cfg = cfg
-        self.pending: dict[str, deque[tuple]] = {
-            s: deque(v) for s, v in (state or {}).items()}
+        self.pending: dict[str, deque[tuple]] = {s: deque(v) for s, v in (state or {}).items()}
 
-    def push(self, symbol: str, ts_ms: int, close: float, vol_ewma: float, spread_bps: float,
-             payload: Any) -> list[tuple[Any, int, float, float]]:
+    def push(
+        self,
+        symbol: str,
+        ts_ms: int,
+        close: float,
+        vol_ewma: float,
+        spread_bps: float,
+        payload: Any,
+    ) -> list[tuple[Any, int, float, float]]:
         """Add a bar; returns ``(payload, label, forward return, cost)`` of the bar whose
         label this close realised (at most one)."""
         q = self.pending.setdefault(symbol, deque())
@@ -85,8 +91,16 @@ class PairedRows:
     def __len__(self) -> int:
         return len(self.y)
 
-    def add(self, ts_ms: int, symbol: str, y: int, production: int, challenger: int,
-            fwd: float, cost: float) -> None:
+    def add(
+        self,
+        ts_ms: int,
+        symbol: str,
+        y: int,
+        production: int,
+        challenger: int,
+        fwd: float,
+        cost: float,
+    ) -> None:
         self.ts_ms.append(ts_ms)
         self.symbol.append(symbol)
         self.y.append(y)
@@ -96,18 +110,26 @@ class PairedRows:
         self.cost.append(cost)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"ts_ms": np.asarray(self.ts_ms, dtype=np.int64),
-                "symbol": np.asarray(self.symbol, dtype=object),
-                "y": np.asarray(self.y, dtype=np.int64),
-                "prod": np.asarray(self.production, dtype=np.int64),
-                "chal": np.asarray(self.challenger, dtype=np.int64),
-                "fwd": np.asarray(self.fwd, dtype=np.float64),
-                "cost": np.asarray(self.cost, dtype=np.float64)}
+        return {
+            "ts_ms": np.asarray(self.ts_ms, dtype=np.int64),
+            "symbol": np.asarray(self.symbol, dtype=object),
+            "y": np.asarray(self.y, dtype=np.int64),
+            "prod": np.asarray(self.production, dtype=np.int64),
+            "chal": np.asarray(self.challenger, dtype=np.int64),
+            "fwd": np.asarray(self.fwd, dtype=np.float64),
+            "cost": np.asarray(self.cost, dtype=np.float64),
+        }
 
     def copy(self) -> PairedRows:
-        return PairedRows(list(self.ts_ms), list(self.symbol), list(self.y),
-                          list(self.production), list(self.challenger), list(self.fwd),
-                          list(self.cost))
+        return PairedRows(
+            list(self.ts_ms),
+            list(self.symbol),
+            list(self.y),
+            list(self.production),
+            list(self.challenger),
+            list(self.fwd),
+            list(self.cost),
+        )
 
 
 class ShadowJudge:
@@ -117,7 +139,8 @@ class ShadowJudge:
         state = state or {}
         self.labeler = Labeler(cfg, state.get("pending"))
         self.rows: dict[tuple[str, str], PairedRows] = {
-            k: v.copy() for k, v in state.get("rows", {}).items()}
+            k: v.copy() for k, v in state.get("rows", {}).items()
+        }
         self.calls: deque[tuple[int, bool]] = deque(state.get("calls", ()), maxlen=100_000)
 
     def watch(self, key: tuple[str, str]) -> None:
@@ -132,13 +155,22 @@ class ShadowJudge:
         if not v.warm:
             return
         production = {vote.model: CLASS_OF[vote.action] for vote in bar.signal.votes}
-        shadow = {(s.model, s.version): CLASS_OF[s.action] for s in bar.shadow
-                  if (s.model, s.version) in self.rows}
-        payload = (bar.ts_ms, CLASS_OF[bar.signal.action], production, shadow,
-                   v.values["vol_ewma"], v.values["spread_bps"])
-        for old, y, fwd, cost in self.labeler.push(bar.symbol, bar.ts_ms, v.close,
-                                                   v.values["vol_ewma"],
-                                                   v.values["spread_bps"], payload):
+        shadow = {
+            (s.model, s.version): CLASS_OF[s.action]
+            for s in bar.shadow
+            if (s.model, s.version) in self.rows
+        }
+        payload = (
+            bar.ts_ms,
+            CLASS_OF[bar.signal.action],
+            production,
+            shadow,
+            v.values["vol_ewma"],
+            v.values["spread_bps"],
+        )
+        for old, y, fwd, cost in self.labeler.push(
+            bar.symbol, bar.ts_ms, v.close, v.values["vol_ewma"], v.values["spread_bps"], payload
+        ):
             ts, ensemble, prod, chal, vol, spread = old
             if ensemble in (_BUY, _SELL):
                 self.calls.append((ts, self.labeler.threshold_hit(ensemble, fwd, vol, spread)))
@@ -153,6 +185,8 @@ class ShadowJudge:
         return sum(recent), len(recent)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"pending": self.labeler.snapshot(),
-                "rows": {k: v.copy() for k, v in self.rows.items()},
-                "calls": list(self.calls)}
+        return {
+            "pending": self.labeler.snapshot(),
+            "rows": {k: v.copy() for k, v in self.rows.items()},
+            "calls": list(self.calls),
+        }

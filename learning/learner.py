@@ -71,8 +71,9 @@ class LearnedOutput:
     counts: Counter = field(default_factory=Counter)
 
     def __bool__(self) -> bool:
-        return bool(self.outcomes or self.updates or self.cycles or self.drift or self.dead
-                    or self.counts)
+        return bool(
+            self.outcomes or self.updates or self.cycles or self.drift or self.dead or self.counts
+        )
 
     def learned(self, records: list[ClmCycle | DriftCheck]) -> None:
         for r in records:
@@ -102,8 +103,9 @@ class OrderedLearner:
         state = state or {}
         self.next_seq: int = state.get("next_seq", 0)
         self.joins = TradeJoins(deps.ttl_ms, deps.lookup, state.get("joins"))
-        self.models = ActiveModels(deps.registry, owned=deps.clm is not None,
-                                   state=state.get("models"))
+        self.models = ActiveModels(
+            deps.registry, owned=deps.clm is not None, state=state.get("models")
+        )
         self.votes = VoteBook(deps.registry)
         self.policy = PolicySource(deps.registry, state.get("pinned"))
         self.rl = None if deps.rl is None else deps.rl(self.policy, state.get("rl"))
@@ -122,15 +124,20 @@ class OrderedLearner:
             out.counts["learning.duplicates"] += 1
             return [out]
         if item.seq > self.next_seq:
-            log.warning("learning events %d..%d are missing from the stream (started late, or "
-                        "the topic lost them)", self.next_seq, item.seq - 1)
+            log.warning(
+                "learning events %d..%d are missing from the stream (started late, or "
+                "the topic lost them)",
+                self.next_seq,
+                item.seq - 1,
+            )
             out.counts["learning.missing"] += item.seq - self.next_seq
         self.next_seq = item.seq + 1
         event = item.event
         if isinstance(event, ScoredBar):
             if self.clm is not None:
-                scored = [Vote(s.model, s.version, s.action, s.confidence, s.failed)
-                          for s in event.shadow]
+                scored = [
+                    Vote(s.model, s.version, s.action, s.confidence, s.failed) for s in event.shadow
+                ]
                 shadow = shadow_votes(self.votes, self.models.shadows, event.vector, scored)
                 bar = ScoredBar(event.symbol, event.ts_ms, event.vector, event.signal, shadow)
                 out.learned(self.clm.on_bar(bar))
@@ -144,8 +151,7 @@ class OrderedLearner:
             out.dead.append(j)
             out.counts["dead_letters.join"] += len(j)
             return
-        out.outcomes.append(trade_outcome(j, trade_reward(j.opened, j.closed,
-                                                          self.deps.weights)))
+        out.outcomes.append(trade_outcome(j, trade_reward(j.opened, j.closed, self.deps.weights)))
         out.counts[f"trades.joined.{j.source.value}"] += 1
         if transition_of(j, self.deps.weights) is not None:
             out.counts["rl.transitions"] += 1
@@ -174,17 +180,25 @@ class OrderedLearner:
         return [out] if out else []
 
     def snapshot(self) -> dict[str, Any]:
-        return {"next_seq": self.next_seq, "joins": self.joins.snapshot(),
-                "models": self.models.snapshot(), "pinned": self.policy.pinned,
-                "rl": None if self.rl is None else self.rl.snapshot(),
-                "clm": None if self.clm is None else self.clm.snapshot()}
+        return {
+            "next_seq": self.next_seq,
+            "joins": self.joins.snapshot(),
+            "models": self.models.snapshot(),
+            "pinned": self.policy.pinned,
+            "rl": None if self.rl is None else self.rl.snapshot(),
+            "clm": None if self.clm is None else self.clm.snapshot(),
+        }
 
 
 @operator
-def learn_in_order(step_id: str, events: Stream[Sequenced | DeadLetters],
-                   deps: LearnerDeps) -> Stream[LearnedOutput]:
+def learn_in_order(
+    step_id: str, events: Stream[Sequenced | DeadLetters], deps: LearnerDeps
+) -> Stream[LearnedOutput]:
     """The learners on one key, over the live engine's ordered learning events."""
     keyed = op.key_on("one_learner", events, lambda _: LEARNER_KEY)
-    out = op.stateful("learner", keyed, stage_builder(
-        lambda _: OrderedLearner(deps), lambda state: OrderedLearner(deps, state)))
+    out = op.stateful(
+        "learner",
+        keyed,
+        stage_builder(lambda _: OrderedLearner(deps), lambda state: OrderedLearner(deps, state)),
+    )
     return op.key_rm("unkey", out)

@@ -65,8 +65,9 @@ class LearnerConfig:
 
     @classmethod
     def from_settings(cls, s: Settings) -> LearnerConfig:
-        return cls(s.rl_update_interval, s.rl_max_policy_lag,
-                   s.rl_enabled and s.rl_training_enabled)
+        return cls(
+            s.rl_update_interval, s.rl_max_policy_lag, s.rl_enabled and s.rl_training_enabled
+        )
 
 
 def transition_of(j: JoinedTrade, weights: RewardWeights) -> Transition | None:
@@ -74,15 +75,21 @@ def transition_of(j: JoinedTrade, weights: RewardWeights) -> Transition | None:
     rl = j.opened.entry.rl
     if j.opened.entry.sizing is not Sizing.RL or not rl.stochastic:
         return None
-    return Transition.from_decision(rl, trade_reward(j.opened, j.closed, weights),
-                                    j.closed.exit_state)
+    return Transition.from_decision(
+        rl, trade_reward(j.opened, j.closed, weights), j.closed.exit_state
+    )
 
 
 class PolicyLearner:
     """Collects transitions and updates the policy in use (plain Python)."""
 
-    def __init__(self, cfg: LearnerConfig, registry: Any, policy: PolicySource,
-                 state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        registry: Any,
+        policy: PolicySource,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         if cfg.update_interval < 1:
             raise ValueError(f"QT_RL_V3_UPDATE_INTERVAL must be >= 1, got {cfg.update_interval}")
         self.cfg = cfg
@@ -130,25 +137,47 @@ class PolicyLearner:
             m = runtime.update(batch, max_lag=self.cfg.max_lag)
             if m.transitions:
                 version = self.registry.publish(
-                    POLICY_NAME, runtime.save, stage=Stage.PRODUCTION,
-                    feature_set=FEATURE_SET_VERSION, data_from=from_ms(self.oldest_ms),
+                    POLICY_NAME,
+                    runtime.save,
+                    stage=Stage.PRODUCTION,
+                    feature_set=FEATURE_SET_VERSION,
+                    data_from=from_ms(self.oldest_ms),
                     data_to=from_ms(self.newest_ms),
-                    metrics={"mean_reward": m.mean_reward, "transitions": m.transitions,
-                             "param_change_norm": m.param_change_norm},
+                    metrics={
+                        "mean_reward": m.mean_reward,
+                        "transitions": m.transitions,
+                        "param_change_norm": m.param_change_norm,
+                    },
                     params={"policy": runtime.version, "trigger": "rl_update"},
-                    key=runtime.version).version
+                    key=runtime.version,
+                ).version
                 self.policy.pin(version)
         assert version is not None
-        return RLUpdate(version, from_ms(self.newest_ms), m.version_before, m.version_after,
-                        m.transitions, m.dropped, m.mean_reward, m.policy_loss, m.value_loss,
-                        m.approx_kl, m.clip_fraction, m.param_change_norm, m.seconds)
+        return RLUpdate(
+            version,
+            from_ms(self.newest_ms),
+            m.version_before,
+            m.version_after,
+            m.transitions,
+            m.dropped,
+            m.mean_reward,
+            m.policy_loss,
+            m.value_loss,
+            m.approx_kl,
+            m.clip_fraction,
+            m.param_change_norm,
+            m.seconds,
+        )
 
     def finish(self) -> list[RLUpdate]:
         """End of input: a partial batch waits for the next run (module docstring)."""
         if self.cfg.enabled and self.buffer and self.policy.version is not None:
-            doc = {"after": self.policy.version, "oldest_ms": self.oldest_ms,
-                   "newest_ms": self.newest_ms,
-                   "transitions": [t.to_dict() for t in self.buffer]}
+            doc = {
+                "after": self.policy.version,
+                "oldest_ms": self.oldest_ms,
+                "newest_ms": self.newest_ms,
+                "transitions": [t.to_dict() for t in self.buffer],
+            }
             path = self.pending_path
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
@@ -173,18 +202,28 @@ class PolicyLearner:
         log.info("PPO: %d transitions carried over from the last run", len(self.buffer))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"buffer": list(self.buffer), "oldest_ms": self.oldest_ms,
-                "newest_ms": self.newest_ms, "counts": dict(self.counts),
-                "pinned": self.policy.pinned}
+        return {
+            "buffer": list(self.buffer),
+            "oldest_ms": self.oldest_ms,
+            "newest_ms": self.newest_ms,
+            "counts": dict(self.counts),
+            "pinned": self.policy.pinned,
+        }
 
 
 @operator
-def learn_policy(step_id: str, joined: Stream[JoinedTrade], cfg: LearnerConfig,
-                 registry: Any) -> Stream[RLUpdate]:
+def learn_policy(
+    step_id: str, joined: Stream[JoinedTrade], cfg: LearnerConfig, registry: Any
+) -> Stream[RLUpdate]:
     """One learner for all symbols (PPO updates one policy), as its own step: the learning
     flow of the two-process deployment. The live flow's engine runs the same learner inline."""
     keyed = op.key_on("one_policy", joined, lambda _: POLICY_NAME)
-    out = op.stateful("ppo", keyed, stage_builder(
-        lambda _: PolicyLearner(cfg, registry, PolicySource(registry)),
-        lambda s: PolicyLearner(cfg, registry, PolicySource(registry), s)))
+    out = op.stateful(
+        "ppo",
+        keyed,
+        stage_builder(
+            lambda _: PolicyLearner(cfg, registry, PolicySource(registry)),
+            lambda s: PolicyLearner(cfg, registry, PolicySource(registry), s),
+        ),
+    )
     return op.key_rm("unkey", out)

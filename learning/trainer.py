@@ -98,8 +98,12 @@ from schemas.timeutil import from_ms, iso, to_ms
 WARM = ".warm"
 """Suffix of a warm-started variant's key in :class:`CycleResult` (``"xgboost.warm"``)."""
 
-MODEL_CLASSES: dict[str, Any] = {"xgboost": XGBoostModel, "lightgbm": LightGBMModel,
-                                 "nhits": NHITSModel, "patchtst": PatchTSTModel}
+MODEL_CLASSES: dict[str, Any] = {
+    "xgboost": XGBoostModel,
+    "lightgbm": LightGBMModel,
+    "nhits": NHITSModel,
+    "patchtst": PatchTSTModel,
+}
 """Model name -> class (its ``train``, ``load``), as :data:`models.base.MODEL_NAMES`."""
 SEQUENCE_MODELS = ("nhits", "patchtst")
 
@@ -177,8 +181,9 @@ class CycleConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0.0 < self.es_fraction < 1.0 - self.val_fraction:
-            raise ValueError(f"es_fraction must be in (0, 1 - val_fraction), got "
-                             f"{self.es_fraction}")
+            raise ValueError(
+                f"es_fraction must be in (0, 1 - val_fraction), got {self.es_fraction}"
+            )
         for name in ("seq_max_bars", "max_rows"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -188,32 +193,44 @@ class CycleConfig:
         if self.trade_label_ms < 0:
             raise ValueError(f"trade_label_ms must be >= 0, got {self.trade_label_ms}")
         if not 0.0 < self.warm_seq_step_fraction <= 1.0 or self.warm_seq_lr_scale <= 0.0:
-            raise ValueError("warm_seq_step_fraction must be in (0, 1] and warm_seq_lr_scale "
-                             f"> 0, got {self.warm_seq_step_fraction}, "
-                             f"{self.warm_seq_lr_scale}")
+            raise ValueError(
+                "warm_seq_step_fraction must be in (0, 1] and warm_seq_lr_scale "
+                f"> 0, got {self.warm_seq_step_fraction}, "
+                f"{self.warm_seq_lr_scale}"
+            )
 
     @classmethod
     def quick(cls) -> CycleConfig:
         """Tiny models for tests: seconds, not tens of seconds."""
-        return cls(tree=TreeParams(max_rounds=20, early_stopping_rounds=5),
-                   nhits=NHITSParams(max_steps=5), patchtst=PatchTSTParams(max_steps=5),
-                   seq_max_bars=2_000, min_rows=200)
+        return cls(
+            tree=TreeParams(max_rounds=20, early_stopping_rounds=5),
+            nhits=NHITSParams(max_steps=5),
+            patchtst=PatchTSTParams(max_steps=5),
+            seq_max_bars=2_000,
+            min_rows=200,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, for the registry's ``params`` and the ``clm_cycles`` row."""
-        return {"tree": self.tree.to_dict(), "nhits": self.nhits.to_dict(),
-                "patchtst": self.patchtst.to_dict(), "seq_max_bars": self.seq_max_bars,
-                "max_rows": self.max_rows, "val_fraction": self.val_fraction,
-                "es_fraction": self.es_fraction, "embargo_bars": self.embargo_bars,
-                "trade_label_ms": self.trade_label_ms,
-                "warm_seq_step_fraction": self.warm_seq_step_fraction,
-                "warm_seq_lr_scale": self.warm_seq_lr_scale,
-                "min_rows": self.min_rows, "seed": self.seed}
+        return {
+            "tree": self.tree.to_dict(),
+            "nhits": self.nhits.to_dict(),
+            "patchtst": self.patchtst.to_dict(),
+            "seq_max_bars": self.seq_max_bars,
+            "max_rows": self.max_rows,
+            "val_fraction": self.val_fraction,
+            "es_fraction": self.es_fraction,
+            "embargo_bars": self.embargo_bars,
+            "trade_label_ms": self.trade_label_ms,
+            "warm_seq_step_fraction": self.warm_seq_step_fraction,
+            "warm_seq_lr_scale": self.warm_seq_lr_scale,
+            "min_rows": self.min_rows,
+            "seed": self.seed,
+        }
 
     def fractions(self) -> tuple[float, float, float]:
         """Shares of train, early stopping and validation rows (before the purge)."""
-        return (1.0 - self.es_fraction - self.val_fraction, self.es_fraction,
-                self.val_fraction)
+        return (1.0 - self.es_fraction - self.val_fraction, self.es_fraction, self.val_fraction)
 
 
 @dataclass(frozen=True)
@@ -285,10 +302,12 @@ def recent_history(history: History, max_rows: int | None) -> History:
     """Each symbol's last ``max_rows / symbols`` vectors, without the bars (training reads
     only the feature vectors; leaving the bars out cuts the child's pickle by ~15%)."""
     n = per_symbol(max_rows, len(history.vectors))
-    return History(vectors={s: (vs[-n:] if n is not None else vs)
-                            for s, vs in history.vectors.items()},
-                   rows_in=history.rows_in, ticks=history.ticks,
-                   dead_letters=history.dead_letters)
+    return History(
+        vectors={s: (vs[-n:] if n is not None else vs) for s, vs in history.vectors.items()},
+        rows_in=history.rows_in,
+        ticks=history.ticks,
+        dead_letters=history.dead_letters,
+    )
 
 
 def history_before(history: History, cut_ms: int, max_bars: int | None) -> History:
@@ -301,13 +320,15 @@ def history_before(history: History, cut_ms: int, max_bars: int | None) -> Histo
     return out
 
 
-def history_between(history: History, from_ms: int, cut_ms: int, context: int,
-                    min_bars: int, max_bars: int | None) -> History:
+def history_between(
+    history: History, from_ms: int, cut_ms: int, context: int, min_bars: int, max_bars: int | None
+) -> History:
     """Per symbol, the vectors closing in ``[from_ms, cut_ms)`` with ``context`` bars before
     them (the input window of the first new target), at least ``min_bars`` and at most
     ``max_bars`` (the last ones) where the symbol has them before ``cut_ms``."""
     out = History()
     for symbol, vectors in history.vectors.items():
+
         def key(v: Any) -> int:
             return to_ms(v.ts)
 
@@ -326,8 +347,9 @@ def embargo_ms(history: History, label_cfg: LabelConfig, config: CycleConfig) ->
     return bars * bar_ms(history)
 
 
-def cycle_split(data: TrainingSet, config: CycleConfig,
-                embargo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cycle_split(
+    data: TrainingSet, config: CycleConfig, embargo: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train, early-stopping and validation indices of a cycle: :func:`purged_split` with
     the config's fractions and ``embargo`` ms (module docstring, step 2)."""
     train, es, val = purged_split(data.ts_ms, data.label_end_ms, config.fractions(), embargo)
@@ -340,13 +362,15 @@ def resolve_label_end(extra: TrainingSet, assumed_ms: int) -> tuple[TrainingSet,
     unknown = extra.label_end_ms == LABEL_END_UNKNOWN
     if not unknown.any():
         return extra, 0
-    ends = np.where(unknown, np.asarray(extra.ts_ms, dtype=np.int64) + assumed_ms,
-                    extra.label_end_ms)
+    ends = np.where(
+        unknown, np.asarray(extra.ts_ms, dtype=np.int64) + assumed_ms, extra.label_end_ms
+    )
     return dataclasses.replace(extra, label_end_ms=ends), int(unknown.sum())
 
 
-def concat_rows(data: TrainingSet, train_idx: np.ndarray, cut_ms: int,
-                extra: TrainingSet | None) -> tuple[TrainingSet, np.ndarray, int]:
+def concat_rows(
+    data: TrainingSet, train_idx: np.ndarray, cut_ms: int, extra: TrainingSet | None
+) -> tuple[TrainingSet, np.ndarray, int]:
     """``data`` with the ``extra`` rows whose label ends before ``cut_ms`` appended, the
     training indices extended by them, and how many extra rows were held out (label known at
     or after the cut, or never: :data:`~models.dataset.LABEL_END_UNKNOWN`).
@@ -356,14 +380,24 @@ def concat_rows(data: TrainingSet, train_idx: np.ndarray, cut_ms: int,
     """
     if extra is None or len(extra) == 0:
         return data, train_idx, 0
-    if tuple(extra.feature_names) != tuple(data.feature_names) or \
-            extra.X.shape[1:] != data.X.shape[1:]:
-        raise ValueError(f"extra_rows have columns {list(extra.feature_names)}, the training "
-                         f"set {list(data.feature_names)}")
-    lengths = {"X": len(extra.X), "y": len(extra.y), "ts_ms": len(extra.ts_ms),
-               "symbols": len(extra.symbols), "forward_return": len(extra.forward_return),
-               "threshold": len(extra.threshold), "vectors": len(extra.vectors),
-               "label_end_ms": len(extra.label_end_ms)}
+    if (
+        tuple(extra.feature_names) != tuple(data.feature_names)
+        or extra.X.shape[1:] != data.X.shape[1:]
+    ):
+        raise ValueError(
+            f"extra_rows have columns {list(extra.feature_names)}, the training "
+            f"set {list(data.feature_names)}"
+        )
+    lengths = {
+        "X": len(extra.X),
+        "y": len(extra.y),
+        "ts_ms": len(extra.ts_ms),
+        "symbols": len(extra.symbols),
+        "forward_return": len(extra.forward_return),
+        "threshold": len(extra.threshold),
+        "vectors": len(extra.vectors),
+        "label_end_ms": len(extra.label_end_ms),
+    }
     if len(set(lengths.values())) != 1:
         raise ValueError(f"extra_rows fields differ in length: {lengths}")
     keep = np.flatnonzero(np.asarray(extra.label_end_ms) < cut_ms)
@@ -386,8 +420,7 @@ def concat_rows(data: TrainingSet, train_idx: np.ndarray, cut_ms: int,
     return merged, idx, held_out
 
 
-def warm_window(ts_ms: np.ndarray, since_ms: int | None,
-                min_rows: int) -> tuple[int, str | None]:
+def warm_window(ts_ms: np.ndarray, since_ms: int | None, min_rows: int) -> tuple[int, str | None]:
     """Where a warm start's data begins: ``(from_ms, fallback)``; rows with
     ``ts >= from_ms`` train it.
 
@@ -402,8 +435,10 @@ def warm_window(ts_ms: np.ndarray, since_ms: int | None,
         new = len(ts) - int(np.searchsorted(ts, since_ms, "right"))
         if new >= min_rows:
             return int(since_ms) + 1, None
-        why = (f"only {new} rows after production's data end {iso(from_ms(int(since_ms)))} "
-               f"(fewer than min_rows={min_rows})")
+        why = (
+            f"only {new} rows after production's data end {iso(from_ms(int(since_ms)))} "
+            f"(fewer than min_rows={min_rows})"
+        )
     else:
         why = "production's data end is unknown"
     start = int(ts[max(0, len(ts) - min_rows)])
@@ -427,10 +462,13 @@ def _base_since(base: Any, since_ms: int | None) -> int | None:
 def _warm_seq_params(config_params: SeqParams, base: Any, config: CycleConfig) -> SeqParams:
     """The base's architecture and loss with this cycle's smaller fine-tuning budget."""
     steps = max(1, round(config_params.max_steps * config.warm_seq_step_fraction))
-    return replace(base.params, max_steps=steps,
-                   learning_rate=config_params.learning_rate * config.warm_seq_lr_scale,
-                   batch_size=config_params.batch_size,
-                   windows_batch_size=config_params.windows_batch_size)
+    return replace(
+        base.params,
+        max_steps=steps,
+        learning_rate=config_params.learning_rate * config.warm_seq_lr_scale,
+        batch_size=config_params.batch_size,
+        windows_batch_size=config_params.windows_batch_size,
+    )
 
 
 @dataclass
@@ -454,14 +492,20 @@ class _Prepared:
     @functools.cached_property
     def bar_ts(self) -> np.ndarray:
         """Close times of every bar in the window (all symbols, unsorted)."""
-        return np.array([to_ms(v.ts) for vs in self.history.vectors.values() for v in vs],
-                        dtype=np.int64)
+        return np.array(
+            [to_ms(v.ts) for vs in self.history.vectors.values() for v in vs], dtype=np.int64
+        )
 
 
-def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,
-              config: CycleConfig, out_dir: Path,
-              warm_from: Mapping[str, Path] | None = None,
-              since_ms: int | None = None) -> CycleResult:
+def train_all(
+    history: History,
+    extra_rows: TrainingSet | None,
+    label_cfg: LabelConfig,
+    config: CycleConfig,
+    out_dir: Path,
+    warm_from: Mapping[str, Path] | None = None,
+    since_ms: int | None = None,
+) -> CycleResult:
     """Retrain all four models on ``history`` (+ ``extra_rows``) into ``out_dir/<model>/``;
     with ``warm_from`` (model -> production artifact directory), also warm-start those
     models from production on the data after ``since_ms`` (when production's training data
@@ -492,8 +536,7 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
     seconds = {"prepare": time.perf_counter() - started}
 
     def report(pred: np.ndarray) -> dict[str, float]:
-        r = classification_report(data.y[val], pred, data.forward_return[val],
-                                   data.threshold[val])
+        r = classification_report(data.y[val], pred, data.forward_return[val], data.threshold[val])
         return {f"val_{k}": float(v) for k, v in r.items()}
 
     votes: dict[str, list[tuple[Any, float]]] = {}  # from-scratch models, for the ensemble
@@ -505,14 +548,18 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
         return report(_classes(preds))
 
     trainers = {
-        "xgboost": lambda: XGBoostModel.train(c.fit_data, c.fit_idx, c.es, config.tree,
-                                              config.seed),
-        "lightgbm": lambda: LightGBMModel.train(c.fit_data, c.fit_idx, c.es, config.tree,
-                                                config.seed),
-        "nhits": lambda: NHITSModel.train(c.seq_history, c.seq_cut, label_cfg, config.nhits,
-                                          config.seed),
-        "patchtst": lambda: PatchTSTModel.train(c.seq_history, c.seq_cut, label_cfg,
-                                                config.patchtst, config.seed),
+        "xgboost": lambda: XGBoostModel.train(
+            c.fit_data, c.fit_idx, c.es, config.tree, config.seed
+        ),
+        "lightgbm": lambda: LightGBMModel.train(
+            c.fit_data, c.fit_idx, c.es, config.tree, config.seed
+        ),
+        "nhits": lambda: NHITSModel.train(
+            c.seq_history, c.seq_cut, label_cfg, config.nhits, config.seed
+        ),
+        "patchtst": lambda: PatchTSTModel.train(
+            c.seq_history, c.seq_cut, label_cfg, config.patchtst, config.seed
+        ),
     }
     paths: dict[str, Path] = {}
     metrics: dict[str, dict[str, float]] = {}
@@ -526,8 +573,9 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
             if variant == name:
                 model = trainers[name]()
             else:
-                model, warm[variant] = _train_warm(name, warm_from[name], since_ms, c,
-                                                   label_cfg, config)
+                model, warm[variant] = _train_warm(
+                    name, warm_from[name], since_ms, c, label_cfg, config
+                )
                 if model is None:
                     continue
             fit_seconds[variant] = time.perf_counter() - t0
@@ -540,23 +588,39 @@ def train_all(history: History, extra_rows: TrainingSet | None, label_cfg: Label
     metrics["baseline"] = {"val_macro_f1": float(base_report["macro_f1"])}
     metrics["ensemble"] = report(ensemble_classes(votes, val_vectors))
     seconds["total"] = time.perf_counter() - started
-    rows = {"train": len(c.train), "extra": len(c.fit_idx) - len(c.train),
-            "extra_held_out": c.held_out, "extra_assumed_end": c.assumed, "es": len(c.es),
-            "val": len(val), "purged": len(data) - len(c.train) - len(c.es) - len(val),
-            "symbols": len(c.history.symbols),
-            "seq_bars": sum(len(v) for v in c.seq_history.vectors.values())}
+    rows = {
+        "train": len(c.train),
+        "extra": len(c.fit_idx) - len(c.train),
+        "extra_held_out": c.held_out,
+        "extra_assumed_end": c.assumed,
+        "es": len(c.es),
+        "val": len(val),
+        "purged": len(data) - len(c.train) - len(c.es) - len(val),
+        "symbols": len(c.history.symbols),
+        "seq_bars": sum(len(v) for v in c.seq_history.vectors.values()),
+    }
     return CycleResult(
-        out_dir=out_dir, paths=paths, metrics=metrics, rows=rows,
+        out_dir=out_dir,
+        paths=paths,
+        metrics=metrics,
+        rows=rows,
         train_from_ms=int(data.ts_ms[c.train].min()),
         train_to_ms=int(data.ts_ms[c.train].max()),
-        val_from_ms=int(data.ts_ms[val].min()), val_to_ms=int(data.ts_ms[val].max()),
-        seconds=seconds, pid=os.getpid(), es_from_ms=int(data.ts_ms[c.es].min()),
-        es_to_ms=int(data.ts_ms[c.es].max()), embargo_ms=c.embargo, warm=warm,
-        fit_seconds=fit_seconds)
+        val_from_ms=int(data.ts_ms[val].min()),
+        val_to_ms=int(data.ts_ms[val].max()),
+        seconds=seconds,
+        pid=os.getpid(),
+        es_from_ms=int(data.ts_ms[c.es].min()),
+        es_to_ms=int(data.ts_ms[c.es].max()),
+        embargo_ms=c.embargo,
+        warm=warm,
+        fit_seconds=fit_seconds,
+    )
 
 
-def ensemble_classes(votes: Mapping[str, list[tuple[Any, float]]],
-                     vectors: list[Any]) -> np.ndarray:
+def ensemble_classes(
+    votes: Mapping[str, list[tuple[Any, float]]], vectors: list[Any]
+) -> np.ndarray:
     """The audit ensemble's class on each vector from the four models' votes (the live
     rules, :func:`operators.ensemble.signal_of`, with the audit weights)."""
     cfg = EnsembleConfig()
@@ -567,19 +631,24 @@ def ensemble_classes(votes: Mapping[str, list[tuple[Any, float]]],
     return out
 
 
-def _prepare(history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,
-             config: CycleConfig) -> _Prepared:
+def _prepare(
+    history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig, config: CycleConfig
+) -> _Prepared:
     """Steps 1-3 of the module docstring: window, labels, purged slices, trade rows."""
     history = recent_history(history, config.max_rows)
     data = build_training_set(history, label_cfg)
     if len(data) < config.min_rows:
-        raise ValueError(f"training cycle: {len(data)} labelled rows, at least "
-                         f"{config.min_rows} are needed to train and validate")
+        raise ValueError(
+            f"training cycle: {len(data)} labelled rows, at least "
+            f"{config.min_rows} are needed to train and validate"
+        )
     embargo = embargo_ms(history, label_cfg, config)
     train, es, val = cycle_split(data, config, embargo)
     if len(train) == 0 or len(es) == 0 or len(val) == 0:
-        raise ValueError(f"training cycle: empty split (train {len(train)}, early stopping "
-                         f"{len(es)}, val {len(val)})")
+        raise ValueError(
+            f"training cycle: empty split (train {len(train)}, early stopping "
+            f"{len(es)}, val {len(val)})"
+        )
     assumed = 0
     if extra_rows is not None and len(extra_rows):
         extra_rows, assumed = resolve_label_end(extra_rows, config.trade_label_ms)
@@ -587,12 +656,31 @@ def _prepare(history: History, extra_rows: TrainingSet | None, label_cfg: LabelC
     fit_data, fit_idx, held_out = concat_rows(data, train, es_cut - embargo, extra_rows)
     seq_cut = int(data.ts_ms[val].min()) - embargo
     seq_cap = per_symbol(config.seq_max_bars, len(history.symbols))
-    return _Prepared(history, data, fit_data, fit_idx, train, es, val, embargo, seq_cut,
-                     seq_cap, history_before(history, seq_cut, seq_cap), held_out, assumed)
+    return _Prepared(
+        history,
+        data,
+        fit_data,
+        fit_idx,
+        train,
+        es,
+        val,
+        embargo,
+        seq_cut,
+        seq_cap,
+        history_before(history, seq_cut, seq_cap),
+        held_out,
+        assumed,
+    )
 
 
-def _train_warm(name: str, directory: Path, since_ms: int | None, c: _Prepared,
-                label_cfg: LabelConfig, config: CycleConfig) -> tuple[Any, dict[str, Any]]:
+def _train_warm(
+    name: str,
+    directory: Path,
+    since_ms: int | None,
+    c: _Prepared,
+    label_cfg: LabelConfig,
+    config: CycleConfig,
+) -> tuple[Any, dict[str, Any]]:
     """Model ``name`` warm-started from production's artifact in ``directory`` (module
     docstring), and how (``CycleResult.warm``); None and the reason if it cannot be."""
     info: dict[str, Any] = {"base": str(directory)}
@@ -600,10 +688,14 @@ def _train_warm(name: str, directory: Path, since_ms: int | None, c: _Prepared,
     context = _window_length_of(c.history)
     try:
         base = cls.load(directory)
-        if name in SEQUENCE_MODELS and (base.input_size, base.horizon) != \
-                (context, label_cfg.horizon):
-            raise ValueError(f"production has input {base.input_size} / horizon "
-                             f"{base.horizon}, the data {context} / {label_cfg.horizon}")
+        if name in SEQUENCE_MODELS and (base.input_size, base.horizon) != (
+            context,
+            label_cfg.horizon,
+        ):
+            raise ValueError(
+                f"production has input {base.input_size} / horizon "
+                f"{base.horizon}, the data {context} / {label_cfg.horizon}"
+            )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         info["skipped"] = f"production model not usable: {type(exc).__name__}: {exc}"
         return None, info
@@ -611,17 +703,23 @@ def _train_warm(name: str, directory: Path, since_ms: int | None, c: _Prepared,
     info["since_ms"] = since
     # Production's last labels end a horizon after its data end: inside validation?
     val_cut = int(c.data.ts_ms[c.val].min())
-    info["overlaps_val"] = since is not None and \
-        since + label_cfg.horizon * bar_ms(c.history) >= val_cut
+    info["overlaps_val"] = (
+        since is not None and since + label_cfg.horizon * bar_ms(c.history) >= val_cut
+    )
     if name in SEQUENCE_MODELS:
-        start, info["fallback"] = warm_window(c.bar_ts[c.bar_ts < c.seq_cut], since,
-                                              config.min_rows)
+        start, info["fallback"] = warm_window(
+            c.bar_ts[c.bar_ts < c.seq_cut], since, config.min_rows
+        )
         params = _warm_seq_params(getattr(config, name), base, config)
-        warm_history = history_between(c.history, start, c.seq_cut, context,
-                                       context + label_cfg.horizon + 1, c.seq_cap)
+        warm_history = history_between(
+            c.history, start, c.seq_cut, context, context + label_cfg.horizon + 1, c.seq_cap
+        )
         model = cls.train(warm_history, c.seq_cut, label_cfg, params, config.seed, base=base)
-        info.update(rows=sum(len(v) for v in warm_history.vectors.values()),
-                    steps=params.max_steps, learning_rate=params.learning_rate)
+        info.update(
+            rows=sum(len(v) for v in warm_history.vectors.values()),
+            steps=params.max_steps,
+            learning_rate=params.learning_rate,
+        )
     else:
         start, info["fallback"] = warm_window(c.data.ts_ms[c.train], since, config.min_rows)
         warm_idx = c.fit_idx[c.fit_data.ts_ms[c.fit_idx] >= start]
@@ -644,8 +742,11 @@ def copy_writer(src: Path) -> Callable[[Path], list[Path]]:
     cycle's artifact directory (the files as trained, nothing re-serialised)."""
 
     def write(directory: Path) -> list[Path]:
-        return [Path(shutil.copy2(p, Path(directory) / p.name))
-                for p in sorted(Path(src).iterdir()) if p.is_file()]
+        return [
+            Path(shutil.copy2(p, Path(directory) / p.name))
+            for p in sorted(Path(src).iterdir())
+            if p.is_file()
+        ]
 
     return write
 
@@ -662,8 +763,9 @@ def _child_init(priority: int, parent_pid: int) -> None:
     when the parent dies."""
     _set_priority(0, priority)
     cap_threads()
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="qt-parent-watch",
-                     daemon=True).start()
+    threading.Thread(
+        target=_exit_with_parent, args=(parent_pid,), name="qt-parent-watch", daemon=True
+    ).start()
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -697,10 +799,16 @@ class InlineTraining:
     def running(self) -> bool:
         return False
 
-    def start(self, history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,
-              config: CycleConfig, out_dir: Path,
-              warm_from: Mapping[str, Path] | None = None,
-              since_ms: int | None = None) -> None:
+    def start(
+        self,
+        history: History,
+        extra_rows: TrainingSet | None,
+        label_cfg: LabelConfig,
+        config: CycleConfig,
+        out_dir: Path,
+        warm_from: Mapping[str, Path] | None = None,
+        since_ms: int | None = None,
+    ) -> None:
         if self._result is not None or self._error is not None:
             raise RuntimeError("a training cycle's result was not collected with poll()")
         from models.base import MODEL_LOCK
@@ -709,8 +817,15 @@ class InlineTraining:
         started = time.perf_counter()
         try:
             with MODEL_LOCK:
-                result = train_all(recent_history(history, config.max_rows), extra_rows,
-                                   label_cfg, config, self._out_dir, warm_from, since_ms)
+                result = train_all(
+                    recent_history(history, config.max_rows),
+                    extra_rows,
+                    label_cfg,
+                    config,
+                    self._out_dir,
+                    warm_from,
+                    since_ms,
+                )
             self._result = replace(result, wall_seconds=time.perf_counter() - started)
         except Exception as exc:  # reported by poll(), as a child's failure would be
             self._error = exc
@@ -719,8 +834,9 @@ class InlineTraining:
         result, error = self._result, self._error
         self._result = self._error = None
         if error is not None:
-            raise TrainingError(f"training cycle into {self._out_dir} failed: "
-                                f"{type(error).__name__}: {error}") from error
+            raise TrainingError(
+                f"training cycle into {self._out_dir} failed: {type(error).__name__}: {error}"
+            ) from error
         return result
 
     def wait(self, timeout: float | None = None) -> CycleResult:
@@ -756,8 +872,9 @@ class TrainingJob:
 
     def __init__(self, niceness: int = 10) -> None:
         if niceness < 0:
-            raise ValueError(f"niceness must be >= 0 (a child cannot outrank the flow), "
-                             f"got {niceness}")
+            raise ValueError(
+                f"niceness must be >= 0 (a child cannot outrank the flow), got {niceness}"
+            )
         self.niceness = niceness
         self._executor: ProcessPoolExecutor | None = None
         self._future: Future[CycleResult] | None = None
@@ -768,28 +885,41 @@ class TrainingJob:
     def running(self) -> bool:
         return self._future is not None and not self._future.done()
 
-    def start(self, history: History, extra_rows: TrainingSet | None, label_cfg: LabelConfig,
-              config: CycleConfig, out_dir: Path,
-              warm_from: Mapping[str, Path] | None = None,
-              since_ms: int | None = None) -> None:
+    def start(
+        self,
+        history: History,
+        extra_rows: TrainingSet | None,
+        label_cfg: LabelConfig,
+        config: CycleConfig,
+        out_dir: Path,
+        warm_from: Mapping[str, Path] | None = None,
+        since_ms: int | None = None,
+    ) -> None:
         """Start a cycle and return at once (the child starts and imports in the background);
         the arguments are :func:`train_all`'s."""
         if self._future is not None:
-            raise RuntimeError("a training cycle is running or its result was not collected "
-                               "with poll(); one cycle at a time")
+            raise RuntimeError(
+                "a training cycle is running or its result was not collected "
+                "with poll(); one cycle at a time"
+            )
         self._close(kill=False)
         ctx = multiprocessing.get_context("spawn")
         priority = min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.niceness)
-        self._executor = ProcessPoolExecutor(max_workers=1, mp_context=ctx,
-                                             initializer=_child_init,
-                                             initargs=(priority, os.getpid()))
+        self._executor = ProcessPoolExecutor(
+            max_workers=1, mp_context=ctx, initializer=_child_init, initargs=(priority, os.getpid())
+        )
         self._out_dir = Path(out_dir)
         self._started = time.perf_counter()
         self._future = self._executor.submit(
-            train_all, recent_history(history, config.max_rows), extra_rows,
-            label_cfg, config, self._out_dir,
+            train_all,
+            recent_history(history, config.max_rows),
+            extra_rows,
+            label_cfg,
+            config,
+            self._out_dir,
             None if warm_from is None else {k: Path(v) for k, v in warm_from.items()},
-            since_ms)
+            since_ms,
+        )
         # The initializer runs only after the child's imports (~3 s of CPU): renice it now.
         for proc in list(getattr(self._executor, "_processes", {}).values()):
             _set_priority(proc.pid, priority)
@@ -805,8 +935,10 @@ class TrainingJob:
         try:
             result = future.result()
         except BaseException as exc:
-            raise TrainingError(f"training cycle into {self._out_dir} failed after {wall:.1f} "
-                                f"s in the child process: {type(exc).__name__}: {exc}") from exc
+            raise TrainingError(
+                f"training cycle into {self._out_dir} failed after {wall:.1f} "
+                f"s in the child process: {type(exc).__name__}: {exc}"
+            ) from exc
         return replace(result, wall_seconds=wall)
 
     def wait(self, timeout: float | None = None) -> CycleResult:

@@ -88,16 +88,23 @@ class TriggerConfig:
         return cls(s.clm_retrain_hours, s.clm_drift_hours, s.clm_perf_hours)
 
     def period_ms(self, check: Check) -> int:
-        hours = {Check.TIME: self.retrain_hours, Check.DRIFT: self.drift_hours,
-                 Check.PERFORMANCE: self.perf_hours}[check]
+        hours = {
+            Check.TIME: self.retrain_hours,
+            Check.DRIFT: self.drift_hours,
+            Check.PERFORMANCE: self.perf_hours,
+        }[check]
         return round(hours * HOUR_MS)
 
 
 class TriggerSchedule:
     """Event-time clocks of the three periodic checks (see the module docstring)."""
 
-    def __init__(self, cfg: TriggerConfig, next_ms: Mapping[Check, int] | None = None,
-                 last_cycle_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TriggerConfig,
+        next_ms: Mapping[Check, int] | None = None,
+        last_cycle_ms: int | None = None,
+    ) -> None:
         self.cfg = cfg
         self.periods = {c: cfg.period_ms(c) for c in Check}
         self.next_ms: dict[Check, int] = dict(next_ms or {})
@@ -129,18 +136,26 @@ class TriggerSchedule:
         return self.next_ms.get(check) if self.periods[check] > 0 else None
 
     def snapshot(self) -> dict[str, Any]:
-        return {"next_ms": {c.value: t for c, t in self.next_ms.items()},
-                "last_cycle_ms": self.last_cycle_ms}
+        return {
+            "next_ms": {c.value: t for c, t in self.next_ms.items()},
+            "last_cycle_ms": self.last_cycle_ms,
+        }
 
     @classmethod
     def restore(cls, cfg: TriggerConfig, state: Mapping[str, Any]) -> TriggerSchedule:
         """Resume with the saved due times (new periods apply from the next firing on)."""
-        return cls(cfg, {Check(c): int(t) for c, t in state["next_ms"].items()},
-                   state["last_cycle_ms"])
+        return cls(
+            cfg, {Check(c): int(t) for c, t in state["next_ms"].items()}, state["last_cycle_ms"]
+        )
 
 
-def performance_degraded(recent_wins: int, recent_trades: int, validation_hit_rate: float,
-                         min_trades: int = 10, tolerance: float = 0.05) -> bool:
+def performance_degraded(
+    recent_wins: int,
+    recent_trades: int,
+    validation_hit_rate: float,
+    min_trades: int = 10,
+    tolerance: float = 0.05,
+) -> bool:
     """The performance trigger: recent live results fell below what validation promised.
 
     Fires when the window holds at least ``min_trades`` closed trades (fewer say too little)
@@ -193,8 +208,12 @@ class RetrainRequests:
         if not _ID.match(rid):
             raise ValueError(f"request id {rid!r}: use letters, digits, '.', '_', '-'")
         final = self.requests / f"{rid}.json"
-        doc = {"id": rid, "trigger": Trigger.MANUAL.value, "reason": reason,
-               "submitted_at": iso(datetime.now(UTC))}
+        doc = {
+            "id": rid,
+            "trigger": Trigger.MANUAL.value,
+            "reason": reason,
+            "submitted_at": iso(datetime.now(UTC)),
+        }
         tmp = self.requests / f".tmp-{uuid.uuid4().hex}"
         try:
             with tmp.open("w") as f:
@@ -209,8 +228,11 @@ class RetrainRequests:
         return final
 
     def _unclaimed(self) -> list[Path]:
-        return sorted(p for p in self.requests.glob("*.json")
-                      if not p.name.startswith(".") and not (self.claimed / p.name).exists())
+        return sorted(
+            p
+            for p in self.requests.glob("*.json")
+            if not p.name.startswith(".") and not (self.claimed / p.name).exists()
+        )
 
     def pending(self) -> list[dict[str, Any]]:
         """Requests not claimed yet (read-only; another caller may claim them meanwhile)."""

@@ -99,7 +99,8 @@ class VectorBatch:
         if len(lengths) > 1:
             raise ValueError(f"windows of lengths {sorted(lengths)} in one batch")
         return np.array([v.window for v in self.vectors], dtype=np.float64).reshape(
-            len(self.vectors), lengths.pop() if lengths else 0)
+            len(self.vectors), lengths.pop() if lengths else 0
+        )
 
     def column(self, name: str) -> np.ndarray:
         """One feature for every vector (a view of :attr:`features`)."""
@@ -162,7 +163,10 @@ def skip_dynamo_import() -> None:
         method = getattr(Optimizer, name, None)
         wrapped = getattr(method, "__wrapped__", None)
         code = getattr(method, "__code__", None)
-        if (wrapped is not None and code is not None
-                and code.co_filename.replace("\\", "/").endswith("torch/_compile.py")
-                and getattr(wrapped, "__dynamo_disable", None) is None):
+        if (
+            wrapped is not None
+            and code is not None
+            and code.co_filename.replace("\\", "/").endswith("torch/_compile.py")
+            and getattr(wrapped, "__dynamo_disable", None) is None
+        ):
             wrapped.__dynamo_disable = wrapped

@@ -74,8 +74,12 @@ class BootstrapConfig:
 
     @classmethod
     def quick(cls) -> BootstrapConfig:
-        return cls(tree=TreeParams(max_rounds=40), nhits=NHITSParams(max_steps=30),
-                   patchtst=PatchTSTParams(max_steps=30), ppo_timesteps=512)
+        return cls(
+            tree=TreeParams(max_rounds=40),
+            nhits=NHITSParams(max_steps=30),
+            patchtst=PatchTSTParams(max_steps=30),
+            ppo_timesteps=512,
+        )
 
 
 @dataclass
@@ -86,8 +90,10 @@ class BootstrapReport:
     seconds: float
 
     def table(self) -> str:
-        head = f"{'model':<10} {'version':<8} {'split':<5} {'accuracy':>8} {'macro-F1':>8} " \
-               f"{'calls':>6} {'hit rate':>8}"
+        head = (
+            f"{'model':<10} {'version':<8} {'split':<5} {'accuracy':>8} {'macro-F1':>8} "
+            f"{'calls':>6} {'hit rate':>8}"
+        )
         lines = [head, "-" * len(head)]
         for name in (*MODEL_NAMES, "ensemble", "baseline"):
             m = self.metrics.get(name)
@@ -97,22 +103,29 @@ class BootstrapReport:
             for split in ("val", "test"):
                 if f"{split}_macro_f1" not in m:
                     continue
+
                 def num(key: str, m: dict = m, split: str = split) -> str:
                     value = m.get(f"{split}_{key}")
                     return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
 
                 calls = m.get(f"{split}_calls")
-                lines.append(f"{name:<10} {version:<8} {split:<5} {num('accuracy')} "
-                             f"{num('macro_f1')} {'-' if calls is None else int(calls):>6} "
-                             f"{num('call_hit_rate')}")
+                lines.append(
+                    f"{name:<10} {version:<8} {split:<5} {num('accuracy')} "
+                    f"{num('macro_f1')} {'-' if calls is None else int(calls):>6} "
+                    f"{num('call_hit_rate')}"
+                )
         ppo = self.metrics.get(POLICY_NAME)
         if ppo:
-            lines.append(f"{POLICY_NAME:<10} {self.versions[POLICY_NAME].version:<8} "
-                         f"pretrained on {int(ppo['signals'])} signals, "
-                         f"{int(ppo['timesteps'])} steps; mean reward per trade "
-                         f"{ppo['mean_reward']:.4f}")
-        lines.append(f"rows: train {self.rows['train']}, early stopping {self.rows['es']}, "
-                     f"val {self.rows['val']}, test {self.rows['test']}; {self.seconds:.1f} s")
+            lines.append(
+                f"{POLICY_NAME:<10} {self.versions[POLICY_NAME].version:<8} "
+                f"pretrained on {int(ppo['signals'])} signals, "
+                f"{int(ppo['timesteps'])} steps; mean reward per trade "
+                f"{ppo['mean_reward']:.4f}"
+            )
+        lines.append(
+            f"rows: train {self.rows['train']}, early stopping {self.rows['es']}, "
+            f"val {self.rows['val']}, test {self.rows['test']}; {self.seconds:.1f} s"
+        )
         return "\n".join(lines)
 
 
@@ -125,8 +138,9 @@ def _scores(prefix: str, data: TrainingSet, idx: np.ndarray, pred: np.ndarray) -
     return {f"{prefix}_{k}": float(v) for k, v in rep.items()}
 
 
-def ensemble_decisions(models: dict[str, SignalModel], vectors: Sequence[FeatureVector],
-                       cfg: EnsembleConfig) -> list[Decision]:
+def ensemble_decisions(
+    models: dict[str, SignalModel], vectors: Sequence[FeatureVector], cfg: EnsembleConfig
+) -> list[Decision]:
     """The ensemble's decisions on historical vectors (the live step's rules)."""
     preds = {name: models[name].predict(vectors) for name in MODEL_NAMES}
     out = []
@@ -136,8 +150,9 @@ def ensemble_decisions(models: dict[str, SignalModel], vectors: Sequence[Feature
     return out
 
 
-def policy_signals(history: History, models: dict[str, SignalModel], cfg: EnsembleConfig,
-                   minimum: int) -> list[SignalEvent]:
+def policy_signals(
+    history: History, models: dict[str, SignalModel], cfg: EnsembleConfig, minimum: int
+) -> list[SignalEvent]:
     """BUY/SELL signals the ensemble makes over the history; momentum signals top up."""
     out: list[SignalEvent] = []
     for symbol in history.symbols:
@@ -146,8 +161,9 @@ def policy_signals(history: History, models: dict[str, SignalModel], cfg: Ensemb
         decisions = ensemble_decisions(models, [vectors[i] for i in warm], cfg)
         for i, d in zip(warm, decisions, strict=True):
             if d.action is not Action.HOLD:
-                out.append(SignalEvent(symbol, i, d.action, d.confidence,
-                                       vectors[i].values["vol_daily"]))
+                out.append(
+                    SignalEvent(symbol, i, d.action, d.confidence, vectors[i].values["vol_daily"])
+                )
     if len(out) < minimum:
         for symbol in history.symbols:
             out.extend(momentum_signals(symbol, history.vectors[symbol]))
@@ -155,10 +171,15 @@ def policy_signals(history: History, models: dict[str, SignalModel], cfg: Ensemb
     return sorted(out, key=lambda e: (key[e.symbol][e.bar_index], e.symbol))
 
 
-def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = None,
-              config: BootstrapConfig | None = None, out: TextIO = sys.stdout,
-              progress: bool = True,
-              archive: Callable[[list[FeatureVector]], None] | None = None) -> BootstrapReport:
+def bootstrap(
+    settings: Settings,
+    registry: ModelRegistry,
+    ticks: str | None = None,
+    config: BootstrapConfig | None = None,
+    out: TextIO = sys.stdout,
+    progress: bool = True,
+    archive: Callable[[list[FeatureVector]], None] | None = None,
+) -> BootstrapReport:
     """Train and register all five models as production (see the module docstring).
 
     ``archive`` receives every feature vector of the training history (the live flow stores
@@ -174,13 +195,17 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
         archive([v for symbol in history.symbols for v in history.vectors[symbol]])
     data = build_training_set(history, label_cfg)
     if len(data) < 500:
-        raise ValueError(f"bootstrap: {ticks} gives {len(data)} labelled bars; at least 500 are "
-                         "needed to train and validate (more data, or a shorter QT_BAR_SECONDS)")
+        raise ValueError(
+            f"bootstrap: {ticks} gives {len(data)} labelled bars; at least 500 are "
+            "needed to train and validate (more data, or a shorter QT_BAR_SECONDS)"
+        )
     embargo = label_cfg.horizon * bar_ms(history)
     train, es, val, test = purged_split(data.ts_ms, data.label_end_ms, SPLIT, embargo)
     if min(len(train), len(es), len(val), len(test)) == 0:
-        raise ValueError(f"bootstrap: {ticks} gives an empty slice (train {len(train)}, early "
-                         f"stopping {len(es)}, validation {len(val)}, test {len(test)})")
+        raise ValueError(
+            f"bootstrap: {ticks} gives an empty slice (train {len(train)}, early "
+            f"stopping {len(es)}, validation {len(val)}, test {len(test)})"
+        )
     cut_ms = int(data.ts_ms[val].min()) - embargo  # sequence models see nothing after
     steps = _Steps(progress, out)
 
@@ -192,8 +217,9 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
     with steps("nhits"):
         models["nhits"] = NHITSModel.train(history, cut_ms, label_cfg, config.nhits, config.seed)
     with steps("patchtst"):
-        models["patchtst"] = PatchTSTModel.train(history, cut_ms, label_cfg, config.patchtst,
-                                                 config.seed)
+        models["patchtst"] = PatchTSTModel.train(
+            history, cut_ms, label_cfg, config.patchtst, config.seed
+        )
 
     metrics: dict[str, dict[str, float]] = {}
     ens_cfg = EnsembleConfig.from_settings(settings)
@@ -211,30 +237,45 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
         signals = policy_signals(history, models, ens_cfg, config.min_policy_signals)
         env = SizingEnv(history, signals, EnvConfig.from_settings(settings))
         policy = pretrain(env, config.ppo_timesteps, config.seed)
-        metrics[POLICY_NAME] = {"signals": float(len(signals)),
-                                "timesteps": float(config.ppo_timesteps),
-                                "mean_reward": _mean_reward(policy, env)}
+        metrics[POLICY_NAME] = {
+            "signals": float(len(signals)),
+            "timesteps": float(config.ppo_timesteps),
+            "mean_reward": _mean_reward(policy, env),
+        }
 
     # the span the models were fitted on: nothing from the validation slice on
     data_from, data_to = from_ms(int(data.ts_ms[train].min())), from_ms(int(data.ts_ms[val].min()))
     # the reference also carries the ensemble's held-out figures: the performance trigger
     # compares the live ensemble's realised call hit rate with them
-    registry.publish(REFERENCE, FeatureReference.fit(data.X[train], ts_ms=data.ts_ms[train]).save,
-                     stage=Stage.PRODUCTION, feature_set=FEATURE_SET_VERSION,
-                     data_from=data_from, data_to=data_to,
-                     metrics={f"ensemble.{k}": v for k, v in metrics["ensemble"].items()},
-                     params={"trigger": "bootstrap"})
+    registry.publish(
+        REFERENCE,
+        FeatureReference.fit(data.X[train], ts_ms=data.ts_ms[train]).save,
+        stage=Stage.PRODUCTION,
+        feature_set=FEATURE_SET_VERSION,
+        data_from=data_from,
+        data_to=data_to,
+        metrics={f"ensemble.{k}": v for k, v in metrics["ensemble"].items()},
+        params={"trigger": "bootstrap"},
+    )
     versions: dict[str, ModelVersion] = {}
     artifacts: list[tuple[str, Any]] = [*models.items(), (POLICY_NAME, policy)]
     for name, model in artifacts:
         versions[name] = registry.publish(
-            name, model.save, stage=Stage.PRODUCTION, feature_set=FEATURE_SET_VERSION,
-            data_from=data_from, data_to=data_to, metrics=metrics[name],
-            params={"source": ticks, "trigger": "bootstrap"})
-    report = BootstrapReport(versions, metrics,
-                             {"train": len(train), "es": len(es), "val": len(val),
-                              "test": len(test)},
-                             time.monotonic() - started)
+            name,
+            model.save,
+            stage=Stage.PRODUCTION,
+            feature_set=FEATURE_SET_VERSION,
+            data_from=data_from,
+            data_to=data_to,
+            metrics=metrics[name],
+            params={"source": ticks, "trigger": "bootstrap"},
+        )
+    report = BootstrapReport(
+        versions,
+        metrics,
+        {"train": len(train), "es": len(es), "val": len(val), "test": len(test)},
+        time.monotonic() - started,
+    )
     print(report.table(), file=out)
     return report
 
@@ -242,9 +283,10 @@ def bootstrap(settings: Settings, registry: ModelRegistry, ticks: str | None = N
 def store_features(store: Store) -> Callable[[list[FeatureVector]], None]:
     """An ``archive`` for :func:`bootstrap` that inserts the vectors into ``store``'s features
     table (idempotent: the table replaces rows by symbol and time)."""
+
     def archive(vectors: list[FeatureVector]) -> None:
         for i in range(0, len(vectors), 50_000):
-            block = feature_rows(vectors[i:i + 50_000])
+            block = feature_rows(vectors[i : i + 50_000])
             store.insert(block.table, block.columns, block.data)
 
     return archive
@@ -273,8 +315,7 @@ class _Steps:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=len(MODEL_NAMES) + 1, desc="training", unit=" model",
-                            file=out)
+            self.bar = tqdm(total=len(MODEL_NAMES) + 1, desc="training", unit=" model", file=out)
 
     def __call__(self, name: str) -> _Steps:
         self.name = name

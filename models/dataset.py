@@ -89,13 +89,17 @@ def bar_ms(history: History) -> int:
     return 0
 
 
-def history_from_ticks(spec: str, settings: Settings, progress: bool = False,
-                       keep_ticks: bool = False) -> History:
+def history_from_ticks(
+    spec: str, settings: Settings, progress: bool = False, keep_ticks: bool = False
+) -> History:
     """Replay ``spec`` (the ``QT_TICKS`` file forms) through validation, bars and features
     (and keep the bar steps with their ticks when ``keep_ticks``)."""
-    source = ReplaySource(expand_paths(spec), settings.candle_seconds,
-                          settings.replay_block_bytes,
-                          layouts=LayoutOptions.from_settings(settings))
+    source = ReplaySource(
+        expand_paths(spec),
+        settings.candle_seconds,
+        settings.replay_block_bytes,
+        layouts=LayoutOptions.from_settings(settings),
+    )
     history = History()
     bar_progress = None
     if progress:
@@ -109,7 +113,8 @@ def history_from_ticks(spec: str, settings: Settings, progress: bool = False,
             eng = engines.get(bar.symbol)
             if eng is None:
                 eng = engines[bar.symbol] = FeatureEngine(
-                    bar.symbol, settings.bar_seconds, settings.seq_window)
+                    bar.symbol, settings.bar_seconds, settings.seq_window
+                )
             history.add(bar, eng.update(bar))
 
     for part in source.list_parts():
@@ -174,17 +179,26 @@ class TrainingSet:
         else:
             self.label_end_ms = np.asarray(self.label_end_ms, dtype=np.int64)
             if self.label_end_ms.shape != (len(self.ts_ms),):
-                raise ValueError(f"label_end_ms has shape {self.label_end_ms.shape}, expected "
-                                 f"({len(self.ts_ms)},) like ts_ms")
+                raise ValueError(
+                    f"label_end_ms has shape {self.label_end_ms.shape}, expected "
+                    f"({len(self.ts_ms)},) like ts_ms"
+                )
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: np.ndarray) -> TrainingSet:
-        return TrainingSet(self.X[idx], self.y[idx], self.ts_ms[idx], self.symbols[idx],
-                           self.forward_return[idx], self.threshold[idx],
-                           [self.vectors[i] for i in idx], self.feature_names,
-                           self.label_end_ms[idx])
+        return TrainingSet(
+            self.X[idx],
+            self.y[idx],
+            self.ts_ms[idx],
+            self.symbols[idx],
+            self.forward_return[idx],
+            self.threshold[idx],
+            [self.vectors[i] for i in idx],
+            self.feature_names,
+            self.label_end_ms[idx],
+        )
 
 
 def feature_matrix(vectors: Sequence[FeatureVector]) -> np.ndarray:
@@ -209,8 +223,9 @@ def build_training_set(history: History, cfg: LabelConfig) -> TrainingSet:
         labels, fwd, thr = label_symbol(vectors, cfg)
         for i, (v, y, r, t) in enumerate(zip(vectors, labels, fwd, thr, strict=True)):
             if v.warm and y >= 0:
-                picked.append((to_ms(v.ts), symbol, v, int(y), float(r), float(t),
-                               to_ms(vectors[i + h].ts)))
+                picked.append(
+                    (to_ms(v.ts), symbol, v, int(y), float(r), float(t), to_ms(vectors[i + h].ts))
+                )
     picked.sort(key=lambda p: (p[0], p[1]))
     vectors = [p[2] for p in picked]
     return TrainingSet(
@@ -225,8 +240,9 @@ def build_training_set(history: History, cfg: LabelConfig) -> TrainingSet:
     )
 
 
-def purged_split(ts_ms: np.ndarray, label_end_ms: np.ndarray, fractions: Sequence[float],
-                 embargo_ms: int = 0) -> list[np.ndarray]:
+def purged_split(
+    ts_ms: np.ndarray, label_end_ms: np.ndarray, fractions: Sequence[float], embargo_ms: int = 0
+) -> list[np.ndarray]:
     """Indices of consecutive slices of time, one per fraction, purged at every cut.
 
     ``fractions`` (non-negative, summing to 1) share out the rows before the purge. Slice k
@@ -238,8 +254,7 @@ def purged_split(ts_ms: np.ndarray, label_end_ms: np.ndarray, fractions: Sequenc
     ts = np.asarray(ts_ms, dtype=np.int64)
     end = np.asarray(label_end_ms, dtype=np.int64)
     fracs = [float(f) for f in fractions]
-    if not fracs or any(f < 0 or not np.isfinite(f) for f in fracs) or \
-            abs(sum(fracs) - 1.0) > 1e-9:
+    if not fracs or any(f < 0 or not np.isfinite(f) for f in fracs) or abs(sum(fracs) - 1.0) > 1e-9:
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {tuple(fractions)}")
     if end.shape != ts.shape:
         raise ValueError(f"label_end_ms has shape {end.shape}, ts_ms {ts.shape}")
@@ -252,11 +267,14 @@ def purged_split(ts_ms: np.ndarray, label_end_ms: np.ndarray, fractions: Sequenc
     n = len(order)
     ranks = [min(n, int(n * sum(fracs[:k]) + 1e-9)) for k in range(1, len(fracs))]
     # Move every cut back to the first row of its timestamp: ties stay in one slice.
-    starts = [0] + [int(np.searchsorted(ts_sorted, ts_sorted[r], "left")) if r < n else n
-                    for r in ranks] + [n]
+    starts = (
+        [0]
+        + [int(np.searchsorted(ts_sorted, ts_sorted[r], "left")) if r < n else n for r in ranks]
+        + [n]
+    )
     out = []
     for k in range(len(fracs)):
-        idx = order[starts[k]:starts[k + 1]]
+        idx = order[starts[k] : starts[k + 1]]
         nxt = starts[k + 1]
         if nxt < n:  # a later slice starts at ts_sorted[nxt]: purge against it
             idx = idx[end[idx] < ts_sorted[nxt] - embargo_ms]
@@ -264,8 +282,9 @@ def purged_split(ts_ms: np.ndarray, label_end_ms: np.ndarray, fractions: Sequenc
     return out
 
 
-def time_split(ts_ms: np.ndarray, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-               gap: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def time_split(
+    ts_ms: np.ndarray, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), gap: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of train, validation and test rows: contiguous blocks of time, in that order.
 
     Cut points are row ranks: ``gap`` (in rows) is dropped after each cut so that a label
@@ -278,4 +297,4 @@ def time_split(ts_ms: np.ndarray, fractions: tuple[float, float, float] = (0.7, 
     n = len(order)
     a = int(n * fractions[0])
     b = int(n * (fractions[0] + fractions[1]))
-    return order[:a], order[a + gap:b], order[b + gap:]
+    return order[:a], order[a + gap : b], order[b + gap :]

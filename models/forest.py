@@ -121,7 +121,8 @@ class Forest:
                     left[r, c] = np.where(np.isnan(v[r, c]), special[0][at], special[1][at])
             pos = 2 * pos + 2 - left  # left child 2p+1, right 2p+2
         leaves = self.leaf.reshape(-1)[
-            (np.arange(T, dtype=np.int64) * self.leaf.shape[1])[None, :] + pos - internal]
+            (np.arange(T, dtype=np.int64) * self.leaf.shape[1])[None, :] + pos - internal
+        ]
         # per class, the library's order and precision: base, then tree by tree
         by_class = leaves.reshape(n, -1, self.n_classes).transpose(0, 2, 1)  # (n, K, rounds)
         start = np.broadcast_to(self.base.astype(dtype)[None, :, None], (n, self.n_classes, 1))
@@ -197,10 +198,16 @@ def _depth(t: _Tree, node: int = 0) -> int:
     return 1 + max(_depth(t, t.left[node]), _depth(t, t.right[node]))
 
 
-def _complete(trees: Sequence[_Tree], kind: str, n_features: int, n_classes: int,
-              tree_class: Sequence[int], base: Sequence[float]) -> Forest:
+def _complete(
+    trees: Sequence[_Tree],
+    kind: str,
+    n_features: int,
+    n_classes: int,
+    tree_class: Sequence[int],
+    base: Sequence[float],
+) -> Forest:
     depth = max([_depth(t) for t in trees], default=0)
-    internal, leaves = 2 ** depth - 1, 2 ** depth
+    internal, leaves = 2**depth - 1, 2**depth
     T = len(trees)
     dtype = np.float32 if kind == XGBOOST else np.float64
     feature = np.zeros((T, internal), dtype=np.int64)
@@ -210,12 +217,13 @@ def _complete(trees: Sequence[_Tree], kind: str, n_features: int, n_classes: int
     leaf = np.zeros((T, leaves), dtype=dtype)
 
     for i, t in enumerate(trees):
+
         def fill(node: int, pos: int, level: int, t: _Tree = t, i: int = i) -> None:
             if t.is_leaf(node):
                 # a leaf above the bottom: every leaf below this position carries its value
                 span = 2 ** (depth - level)
-                rank = (pos - (2 ** level - 1)) * span  # level order -> first leaf below
-                leaf[i, rank:rank + span] = t.leaf_of(node)
+                rank = (pos - (2**level - 1)) * span  # level order -> first leaf below
+                leaf[i, rank : rank + span] = t.leaf_of(node)
                 return
             feature[i, pos] = t.feature[node]
             threshold[i, pos] = t.threshold[node]
@@ -228,13 +236,23 @@ def _complete(trees: Sequence[_Tree], kind: str, n_features: int, n_classes: int
     tc = np.asarray(tree_class, dtype=np.int64)
     if T and not np.array_equal(tc, np.tile(np.arange(n_classes), T // n_classes)):
         raise ValueError(f"{kind}: trees are not one per class per round ({tc.tolist()[:12]})")
-    return Forest(kind, n_features, n_classes, depth, feature, threshold, default_left, missing,
-                  leaf, tc, np.asarray(base, dtype=dtype))
+    return Forest(
+        kind,
+        n_features,
+        n_classes,
+        depth,
+        feature,
+        threshold,
+        default_left,
+        missing,
+        leaf,
+        tc,
+        np.asarray(base, dtype=dtype),
+    )
 
 
 # --- XGBoost: UBJSON artifact ------------------------------------------------------------------
-_UBJ_SCALARS = {b"i": ">b", b"U": ">B", b"I": ">h", b"l": ">i", b"L": ">q", b"d": ">f",
-                b"D": ">d"}
+_UBJ_SCALARS = {b"i": ">b", b"U": ">B", b"I": ">h", b"l": ">i", b"L": ">q", b"d": ">f", b"D": ">d"}
 
 
 def read_ubjson(data: bytes) -> Any:
@@ -253,14 +271,14 @@ def read_ubjson(data: bytes) -> Any:
 
     def length() -> int:
         nonlocal pos
-        marker = bytes(view[pos:pos + 1])
+        marker = bytes(view[pos : pos + 1])
         pos += 1
         return int(scalar(marker))
 
     def string() -> str:
         nonlocal pos
         n = length()
-        text = bytes(view[pos:pos + n]).decode("utf-8")
+        text = bytes(view[pos : pos + n]).decode("utf-8")
         pos += n
         return text
 
@@ -284,7 +302,7 @@ def read_ubjson(data: bytes) -> Any:
 
     def next_marker() -> bytes:
         nonlocal pos
-        m = bytes(view[pos:pos + 1])
+        m = bytes(view[pos : pos + 1])
         pos += 1
         return m
 
@@ -292,7 +310,7 @@ def read_ubjson(data: bytes) -> Any:
         nonlocal pos
         out: dict[str, Any] = {}
         while True:
-            if bytes(view[pos:pos + 1]) == b"}":
+            if bytes(view[pos : pos + 1]) == b"}":
                 pos += 1
                 return out
             key = string()
@@ -301,10 +319,10 @@ def read_ubjson(data: bytes) -> Any:
     def arr() -> Any:
         nonlocal pos
         typ = None
-        if bytes(view[pos:pos + 1]) == b"$":
+        if bytes(view[pos : pos + 1]) == b"$":
             pos += 1
             typ = next_marker()
-        if bytes(view[pos:pos + 1]) == b"#":
+        if bytes(view[pos : pos + 1]) == b"#":
             pos += 1
             count = length()
             if typ in _UBJ_SCALARS:
@@ -357,19 +375,27 @@ def xgboost_forest(model_bytes: bytes) -> Forest:
     trees = []
     for t in model["trees"]:
         if int(t["tree_param"].get("size_leaf_vector", 1)) > 1 or np.any(
-                np.asarray(t["split_type"]) != 0):
-            raise ValueError("xgboost forest: vector leaves and categorical splits are not "
-                             "supported")
+            np.asarray(t["split_type"]) != 0
+        ):
+            raise ValueError(
+                "xgboost forest: vector leaves and categorical splits are not supported"
+            )
         left = np.asarray(t["left_children"]).tolist()
         cond = np.asarray(t["split_conditions"], dtype=np.float32).tolist()
-        trees.append(_Tree(
-            left=left, right=np.asarray(t["right_children"]).tolist(),
-            feature=np.asarray(t["split_indices"]).tolist(), threshold=cond,
-            default_left=[bool(v) for v in np.asarray(t["default_left"]).tolist()],
-            missing=[0] * len(left),
-            leaves={i: cond[i] for i, c in enumerate(left) if c == -1}))
-    return _complete(trees, XGBOOST, n_features, n_classes,
-                     np.asarray(model["tree_info"]).tolist(), base)
+        trees.append(
+            _Tree(
+                left=left,
+                right=np.asarray(t["right_children"]).tolist(),
+                feature=np.asarray(t["split_indices"]).tolist(),
+                threshold=cond,
+                default_left=[bool(v) for v in np.asarray(t["default_left"]).tolist()],
+                missing=[0] * len(left),
+                leaves={i: cond[i] for i, c in enumerate(left) if c == -1},
+            )
+        )
+    return _complete(
+        trees, XGBOOST, n_features, n_classes, np.asarray(model["tree_info"]).tolist(), base
+    )
 
 
 # --- LightGBM: text artifact -------------------------------------------------------------------
@@ -392,8 +418,9 @@ def lightgbm_forest(model_text: str) -> Forest:
             current.setdefault(k, v)
     objective = header.get("objective", "").split()
     if not objective or objective[0] not in ("multiclass", "softmax"):
-        raise ValueError(f"lightgbm forest: objective {header.get('objective')!r} is not "
-                         "multiclass")
+        raise ValueError(
+            f"lightgbm forest: objective {header.get('objective')!r} is not multiclass"
+        )
     n_classes = int(header["num_class"])
     per_round = int(header.get("num_tree_per_iteration", n_classes))
     if per_round != n_classes:
@@ -402,8 +429,9 @@ def lightgbm_forest(model_text: str) -> Forest:
     trees = []
     for b in blocks:
         if int(b.get("is_linear", "0")) or int(b.get("num_cat", "0")):
-            raise ValueError("lightgbm forest: linear trees and categorical splits are not "
-                             "supported")
+            raise ValueError(
+                "lightgbm forest: linear trees and categorical splits are not supported"
+            )
         leaf_value = [float(v) for v in b["leaf_value"].split()]
         n_leaves = int(b["num_leaves"])
         if n_leaves == 1:
@@ -418,12 +446,16 @@ def lightgbm_forest(model_text: str) -> Forest:
         def node_id(child: int, n_int: int = n_int) -> int:
             return child if child >= 0 else n_int + ~child
 
-        trees.append(_Tree(
-            left=[node_id(c) for c in raw_left], right=[node_id(c) for c in raw_right],
-            feature=[int(v) for v in b["split_feature"].split()],
-            threshold=[float(v) for v in b["threshold"].split()],
-            default_left=[bool(d & 2) for d in decision],
-            missing=[(d >> 2) & 3 for d in decision],
-            leaves={n_int + i: v for i, v in enumerate(leaf_value)}))
+        trees.append(
+            _Tree(
+                left=[node_id(c) for c in raw_left],
+                right=[node_id(c) for c in raw_right],
+                feature=[int(v) for v in b["split_feature"].split()],
+                threshold=[float(v) for v in b["threshold"].split()],
+                default_left=[bool(d & 2) for d in decision],
+                missing=[(d >> 2) & 3 for d in decision],
+                leaves={n_int + i: v for i, v in enumerate(leaf_value)},
+            )
+        )
     tree_class = [i % n_classes for i in range(len(trees))]
     return _complete(trees, LIGHTGBM, n_features, n_classes, tree_class, [0.0] * n_classes)

@@ -41,8 +41,11 @@ class LabelConfig:
 
     @classmethod
     def from_settings(cls, s: Settings) -> LabelConfig:
-        return cls(horizon=s.label_horizon_bars, vol_mult=s.label_vol_mult,
-                   round_trip_cost=2 * (s.fee_bps + s.slippage_bps) / 1e4)
+        return cls(
+            horizon=s.label_horizon_bars,
+            vol_mult=s.label_vol_mult,
+            round_trip_cost=2 * (s.fee_bps + s.slippage_bps) / 1e4,
+        )
 
 
 def label_threshold(vol_ewma: float, spread_bps: float, cfg: LabelConfig) -> float:
@@ -60,14 +63,16 @@ def classify(forward_return: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     return out
 
 
-def label_symbol(vectors: Sequence[FeatureVector],
-                 cfg: LabelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_symbol(
+    vectors: Sequence[FeatureVector], cfg: LabelConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, forward returns and thresholds for one symbol's vectors (in time order)."""
     closes = np.array([v.close for v in vectors], dtype=np.float64)
     fwd = np.full(len(closes), np.nan)
     h = cfg.horizon
     if len(closes) > h:
         fwd[:-h] = np.log(closes[h:] / closes[:-h])
-    thr = np.array([label_threshold(v.values["vol_ewma"], v.values["spread_bps"], cfg)
-                    for v in vectors])
+    thr = np.array(
+        [label_threshold(v.values["vol_ewma"], v.values["spread_bps"], cfg) for v in vectors]
+    )
     return classify(fwd, thr), fwd, thr

@@ -30,8 +30,9 @@ def macro_f1(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def classification_report(y: np.ndarray, p: np.ndarray, forward_return: np.ndarray,
-                          threshold: np.ndarray) -> dict[str, float]:
+def classification_report(
+    y: np.ndarray, p: np.ndarray, forward_return: np.ndarray, threshold: np.ndarray
+) -> dict[str, float]:
     y = np.asarray(y)
     p = np.asarray(p)
     calls = (p == 1) | (p == 2)
@@ -50,5 +51,7 @@ def classification_report(y: np.ndarray, p: np.ndarray, forward_return: np.ndarr
 def constant_baseline(y_train: np.ndarray, y_eval: np.ndarray) -> dict[str, float]:
     """Macro-F1 of always predicting the training set's majority class."""
     majority = int(np.bincount(y_train, minlength=3).argmax())
-    return {"majority_class": majority,
-            "macro_f1": macro_f1(y_eval, np.full(len(y_eval), majority))}
+    return {
+        "majority_class": majority,
+        "macro_f1": macro_f1(y_eval, np.full(len(y_eval), majority)),
+    }

@@ -77,8 +77,15 @@ class _Net(nn.Module):
 class _NHiTSBlock(nn.Module):
     """One identity-basis block: pooled residuals -> MLP -> theta (backcast | knots)."""
 
-    def __init__(self, input_size: int, h: int, n_theta: int, mlp_units: Sequence[Sequence[int]],
-                 pool: int, dropout: float) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        h: int,
+        n_theta: int,
+        mlp_units: Sequence[Sequence[int]],
+        pool: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.pool = int(pool)
         pooled = math.ceil(input_size / pool)
@@ -95,29 +102,39 @@ class _NHiTSBlock(nn.Module):
 class NHiTSNet(_Net):
     """neuralforecast's N-HiTS (univariate, no exogenous inputs) for inference."""
 
-    def __init__(self, input_size: int, h: int,
-                 mlp_units: Sequence[Sequence[int]] = ((512, 512),) * 3,
-                 n_pool_kernel_size: Sequence[int] = (2, 2, 1),
-                 n_freq_downsample: Sequence[int] = (4, 2, 1),
-                 dropout_prob_theta: float = 0.0, n_blocks: Sequence[int] | None = None,
-                 pooling_mode: str = "MaxPool1d", interpolation_mode: str = "linear",
-                 activation: str = "ReLU") -> None:
+    def __init__(
+        self,
+        input_size: int,
+        h: int,
+        mlp_units: Sequence[Sequence[int]] = ((512, 512),) * 3,
+        n_pool_kernel_size: Sequence[int] = (2, 2, 1),
+        n_freq_downsample: Sequence[int] = (4, 2, 1),
+        dropout_prob_theta: float = 0.0,
+        n_blocks: Sequence[int] | None = None,
+        pooling_mode: str = "MaxPool1d",
+        interpolation_mode: str = "linear",
+        activation: str = "ReLU",
+    ) -> None:
         super().__init__()
         if (pooling_mode, interpolation_mode, activation) != ("MaxPool1d", "linear", "ReLU"):
-            raise ValueError("NHiTSNet implements MaxPool1d pooling, linear interpolation and "
-                             f"ReLU only, got {pooling_mode}/{interpolation_mode}/{activation}")
+            raise ValueError(
+                "NHiTSNet implements MaxPool1d pooling, linear interpolation and "
+                f"ReLU only, got {pooling_mode}/{interpolation_mode}/{activation}"
+            )
         self.input_size, self.h = int(input_size), int(h)
         blocks = []
         for i, pool in enumerate(n_pool_kernel_size):
             for _ in range((n_blocks or [1] * len(n_pool_kernel_size))[i]):
                 n_theta = input_size + max(h // n_freq_downsample[i], 1)
-                blocks.append(_NHiTSBlock(input_size, h, n_theta, mlp_units, pool,
-                                          dropout_prob_theta))
+                blocks.append(
+                    _NHiTSBlock(input_size, h, n_theta, mlp_units, pool, dropout_prob_theta)
+                )
         self.blocks = nn.ModuleList(blocks)
         self._fast: Any = None
 
-    def _derive(self) -> list[tuple[int, list[tuple[torch.Tensor, torch.Tensor, bool]],
-                                    torch.Tensor]]:
+    def _derive(
+        self,
+    ) -> list[tuple[int, list[tuple[torch.Tensor, torch.Tensor, bool]], torch.Tensor]]:
         """Per block: pooling, the MLP's (weight, bias, relu-after) and the knots'
         interpolation matrix (``F.interpolate``'s own weights, applied to the identity)."""
         fast = []
@@ -143,8 +160,7 @@ class NHiTSNet(_Net):
         for pool, steps, interp in self._derived():
             z = residuals
             if pool > 1:
-                z = F.max_pool1d(z.reshape(C * B, 1, L), pool, pool, ceil_mode=True) \
-                    .view(C, B, -1)
+                z = F.max_pool1d(z.reshape(C * B, 1, L), pool, pool, ceil_mode=True).view(C, B, -1)
             for w, b, relu in steps:
                 z = _linear(z, w, b)
                 if relu:
@@ -189,8 +205,7 @@ class _EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = _Attention(d, n_heads)
         self.norm_attn = nn.Sequential(_Transpose(), nn.BatchNorm1d(d), _Transpose())
-        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Dropout(0.0),
-                                nn.Linear(d_ff, d))
+        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Dropout(0.0), nn.Linear(d_ff, d))
         self.norm_ffn = nn.Sequential(_Transpose(), nn.BatchNorm1d(d), _Transpose())
 
 
@@ -201,8 +216,9 @@ class _Encoder(nn.Module):
 
 
 class _Backbone(nn.Module):
-    def __init__(self, patch_len: int, n_patches: int, d: int, n_heads: int, d_ff: int,
-                 n_layers: int) -> None:
+    def __init__(
+        self, patch_len: int, n_patches: int, d: int, n_heads: int, d_ff: int, n_layers: int
+    ) -> None:
         super().__init__()
         self.W_P = nn.Linear(patch_len, d)
         self.W_pos = nn.Parameter(torch.zeros(n_patches, d))
@@ -218,8 +234,9 @@ class _Head(nn.Module):
 class _PatchTSTModel(nn.Module):
     """neuralforecast's ``PatchTST.model`` (``PatchTST_backbone``): the key prefix."""
 
-    def __init__(self, patch_len: int, n_patches: int, d: int, n_heads: int, d_ff: int,
-                 n_layers: int, h: int) -> None:
+    def __init__(
+        self, patch_len: int, n_patches: int, d: int, n_heads: int, d_ff: int, n_layers: int, h: int
+    ) -> None:
         super().__init__()
         self.backbone = _Backbone(patch_len, n_patches, d, n_heads, d_ff, n_layers)
         self.head = _Head(d * n_patches, h)
@@ -230,17 +247,34 @@ class PatchTSTNet(_Net):
     ``zeros`` positional encoding learned, BatchNorm, residual attention, flatten head,
     RevIN with ``subtract_last`` and no affine) for inference."""
 
-    def __init__(self, input_size: int, h: int, hidden_size: int = 128, n_heads: int = 16,
-                 encoder_layers: int = 3, linear_hidden_size: int = 256, patch_len: int = 16,
-                 stride: int = 8, revin: bool = True, **_ignored: Any) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        h: int,
+        hidden_size: int = 128,
+        n_heads: int = 16,
+        encoder_layers: int = 3,
+        linear_hidden_size: int = 256,
+        patch_len: int = 16,
+        stride: int = 8,
+        revin: bool = True,
+        **_ignored: Any,
+    ) -> None:
         super().__init__()
         self.input_size, self.h = int(input_size), int(h)
         self.patch_len = min(input_size + stride, patch_len)
         self.stride = int(stride)
         self.n_patches = int((input_size - self.patch_len) / stride + 1) + 1  # end padding
         self.d, self.n_heads, self.revin = int(hidden_size), int(n_heads), bool(revin)
-        self.model = _PatchTSTModel(self.patch_len, self.n_patches, hidden_size, n_heads,
-                                    linear_hidden_size, encoder_layers, h)
+        self.model = _PatchTSTModel(
+            self.patch_len,
+            self.n_patches,
+            hidden_size,
+            n_heads,
+            linear_hidden_size,
+            encoder_layers,
+            h,
+        )
         self._fast: Any = None
 
     def _derive(self) -> dict[str, Any]:
@@ -251,23 +285,43 @@ class PatchTSTNet(_Net):
             att = layer.self_attn
             w_qkv = torch.cat([att.W_Q.weight, att.W_K.weight, att.W_V.weight])
             b_qkv = torch.cat([att.W_Q.bias, att.W_K.bias, att.W_V.bias])
-            out, ff_in, ff_out = (cast(nn.Linear, m) for m in
-                                  (att.to_out[0], layer.ff[0], layer.ff[3]))
-            layers.append((w_qkv.t(), b_qkv, att.sdp_attn.scale.detach().clone(),
-                           out.weight.t(), out.bias,
-                           *_bn_affine(cast(nn.BatchNorm1d, layer.norm_attn[1])),
-                           ff_in.weight.t(), ff_in.bias, ff_out.weight.t(), ff_out.bias,
-                           *_bn_affine(cast(nn.BatchNorm1d, layer.norm_ffn[1]))))
+            out, ff_in, ff_out = (
+                cast(nn.Linear, m) for m in (att.to_out[0], layer.ff[0], layer.ff[3])
+            )
+            layers.append(
+                (
+                    w_qkv.t(),
+                    b_qkv,
+                    att.sdp_attn.scale.detach().clone(),
+                    out.weight.t(),
+                    out.bias,
+                    *_bn_affine(cast(nn.BatchNorm1d, layer.norm_attn[1])),
+                    ff_in.weight.t(),
+                    ff_in.bias,
+                    ff_out.weight.t(),
+                    ff_out.bias,
+                    *_bn_affine(cast(nn.BatchNorm1d, layer.norm_ffn[1])),
+                )
+            )
         head = self.model.head.linear
         # the head flattens (channel, patch); the encoder output is (patch, channel)
-        w_head = head.weight.view(self.h, self.d, self.n_patches).transpose(1, 2) \
-            .reshape(self.h, self.n_patches * self.d).contiguous()
+        w_head = (
+            head.weight.view(self.h, self.d, self.n_patches)
+            .transpose(1, 2)
+            .reshape(self.h, self.n_patches * self.d)
+            .contiguous()
+        )
         pad = torch.full((self.stride,), self.input_size - 1, dtype=torch.long)
         take = torch.cat([torch.arange(self.input_size), pad])
         starts = torch.arange(self.n_patches) * self.stride
         index = take[starts[:, None] + torch.arange(self.patch_len)[None, :]]  # (P, patch)
-        return {"layers": layers, "w_head": w_head.t(), "b_head": head.bias,
-                "w_patch": self.model.backbone.W_P.weight.t(), "index": index.reshape(-1)}
+        return {
+            "layers": layers,
+            "w_head": w_head.t(),
+            "b_head": head.bias,
+            "w_patch": self.model.backbone.W_P.weight.t(),
+            "index": index.reshape(-1),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Chunks of windows ``(C, B, L)`` -> forecasts ``(C, B, h)``. Every product is per
@@ -282,14 +336,20 @@ class PatchTSTNet(_Net):
             x = (x - last) / std
         patches = x[..., f["index"]].view(C, B * P, self.patch_len)  # end padding + unfold
         bb = self.model.backbone
-        u = (_linear(patches, f["w_patch"], bb.W_P.bias).view(C, B, P, D) + bb.W_pos) \
-            .view(C, B * P, D)
+        u = (_linear(patches, f["w_patch"], bb.W_P.bias).view(C, B, P, D) + bb.W_pos).view(
+            C, B * P, D
+        )
         prev = None
-        for (w_qkv, b_qkv, scale, w_o, b_o, a1, c1, w1, b1, w2, b2, a2, c2) in f["layers"]:
+        for w_qkv, b_qkv, scale, w_o, b_o, a1, c1, w1, b1, w2, b2, a2, c2 in f["layers"]:
             # one copy puts q, k, v in (window * head, P, dk) blocks; a softmax written out
             # is several times faster than torch.softmax over 8 scores
-            qkv = _linear(u, w_qkv, b_qkv).view(C * B, P, 3, H, dk) \
-                .permute(2, 0, 3, 1, 4).contiguous().view(3, C * B * H, P, dk)
+            qkv = (
+                _linear(u, w_qkv, b_qkv)
+                .view(C * B, P, 3, H, dk)
+                .permute(2, 0, 3, 1, 4)
+                .contiguous()
+                .view(3, C * B * H, P, dk)
+            )
             q, k, v = qkv[0], qkv[1], qkv[2]
             if prev is None:
                 scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
@@ -326,9 +386,13 @@ def build_net(nf_class: str, arch: Mapping[str, Any], input_size: int, h: int) -
         raise ValueError(f"no plain torch module for neuralforecast class {nf_class!r}")
     kwargs = dict(arch)
     if nf_class == "PatchTST":
-        for unsupported, default in (("revin_affine", False), ("revin_subtract_last", True),
-                                     ("res_attention", True), ("batch_normalization", False),
-                                     ("activation", "gelu")):
+        for unsupported, default in (
+            ("revin_affine", False),
+            ("revin_subtract_last", True),
+            ("res_attention", True),
+            ("batch_normalization", False),
+            ("activation", "gelu"),
+        ):
             if kwargs.pop(unsupported, default) != default:
                 raise ValueError(f"PatchTSTNet implements {unsupported}={default} only")
         kwargs.pop("dropout", None)

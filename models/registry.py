@@ -184,8 +184,13 @@ class FileCheck:
 class ModelRegistry:
     """Versioned model store. Thread-safe; several processes may read and change it."""
 
-    def __init__(self, root: Path, store: Store | None = None,
-                 model_dirs: Mapping[str, Path] | None = None, spool: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: Store | None = None,
+        model_dirs: Mapping[str, Path] | None = None,
+        spool: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = store
@@ -224,11 +229,19 @@ class ModelRegistry:
                     self._lock_fd = None
 
     # --- writing ----------------------------------------------------------------------------
-    def publish(self, model: str, write: Callable[[Path], list[Path]], *, stage: Stage,
-                feature_set: str, data_from: datetime | None = None,
-                data_to: datetime | None = None, metrics: Mapping[str, float] | None = None,
-                params: Mapping[str, Any] | None = None,
-                key: str | None = None) -> ModelVersion:
+    def publish(
+        self,
+        model: str,
+        write: Callable[[Path], list[Path]],
+        *,
+        stage: Stage,
+        feature_set: str,
+        data_from: datetime | None = None,
+        data_to: datetime | None = None,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> ModelVersion:
         """Write a new version with ``write(directory)`` and give it ``stage``.
 
         With a ``key`` that was published before, nothing is written or changed: the version
@@ -260,12 +273,16 @@ class ModelRegistry:
             with self._changing():
                 version = self._next_version(model)
                 manifest = {
-                    "model": model, "version": version, "files": files,
-                    "sha256": artifact_digest(files), "feature_set": feature_set,
+                    "model": model,
+                    "version": version,
+                    "files": files,
+                    "sha256": artifact_digest(files),
+                    "feature_set": feature_set,
                     "data_from": iso(data_from) if data_from else None,
                     "data_to": iso(data_to) if data_to else None,
                     "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-                    "params": dict(params or {}), "created_at": iso(created),
+                    "params": dict(params or {}),
+                    "created_at": iso(created),
                     "key": key,
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -298,16 +315,21 @@ class ModelRegistry:
         directory = self.model_dir(model)
         if not directory.is_dir():
             return []
-        return sorted(p.name for p in directory.glob("v[0-9]*")
-                      if p.name[1:].isdigit() and (p / MANIFEST).is_file())
+        return sorted(
+            p.name
+            for p in directory.glob("v[0-9]*")
+            if p.name[1:].isdigit() and (p / MANIFEST).is_file()
+        )
 
     def _next_version(self, model: str) -> str:
-        existing = [int(p.name[1:]) for p in self.model_dir(model).glob("v[0-9]*")
-                    if p.name[1:].isdigit()]
+        existing = [
+            int(p.name[1:]) for p in self.model_dir(model).glob("v[0-9]*") if p.name[1:].isdigit()
+        ]
         return f"v{max(existing, default=0) + 1:04d}"
 
-    def set_stage(self, model: str, version: str, stage: Stage, reason: str = "",
-                  manual: bool = False) -> ModelVersion:
+    def set_stage(
+        self, model: str, version: str, stage: Stage, reason: str = "", manual: bool = False
+    ) -> ModelVersion:
         """Move a version to ``stage``; a new production version retires the previous one.
         ``reason`` says who made the change (the history's ``by``); ``manual``: a person did,
         and an engine that owns its versions adopts it at its next bar."""
@@ -327,14 +349,21 @@ class ModelRegistry:
                 raise NoPreviousProduction(
                     f"{model}: no earlier production version to roll back to (production is "
                     f"{current or 'none'}; versions {version_span(list(stages))}); promote a "
-                    f"version instead: python -m cli.registry promote {model} VERSION")
+                    f"version instead: python -m cli.registry promote {model} VERSION"
+                )
             self.verified_path(model, previous)
-            self._set_stage_locked(model, previous, Stage.PRODUCTION, reason, True,
-                                   rollback=True)
+            self._set_stage_locked(model, previous, Stage.PRODUCTION, reason, True, rollback=True)
         return self.get(model, previous)
 
-    def _set_stage_locked(self, model: str, version: str, stage: Stage, reason: str,
-                          manual: bool = False, rollback: bool = False) -> None:
+    def _set_stage_locked(
+        self,
+        model: str,
+        version: str,
+        stage: Stage,
+        reason: str,
+        manual: bool = False,
+        rollback: bool = False,
+    ) -> None:
         """:meth:`set_stage` under :meth:`_changing` (``rollback``: mark what it retires)."""
         if not (self.model_dir(model) / version / MANIFEST).is_file():
             raise RegistryError(f"{model} {version}: no such version in {self.root}")
@@ -342,8 +371,11 @@ class ModelRegistry:
         now = iso(_now())
         changed = {version: stage}
         if stage is Stage.PRODUCTION:
-            changed |= {v: Stage.RETIRED for v, e in stages.items()
-                        if v != version and e["stage"] == Stage.PRODUCTION}
+            changed |= {
+                v: Stage.RETIRED
+                for v, e in stages.items()
+                if v != version and e["stage"] == Stage.PRODUCTION
+            }
         for v, new in changed.items():
             entry = dict(stages.get(v, {}))
             entry.pop("rolled_back", None)
@@ -355,24 +387,42 @@ class ModelRegistry:
             stages[v] = entry
         self._commit(model, stages, list(changed), reason, manual)
 
-    def replace_stages(self, model: str, stages: Mapping[str, Mapping[str, Any]],
-                       reason: str) -> None:
+    def replace_stages(
+        self, model: str, stages: Mapping[str, Mapping[str, Any]], reason: str
+    ) -> None:
         """Write a whole ``stages.json`` (a repair: :func:`stages_from_records`), as one
         manual change, recorded for every version it names."""
         with self._changing():
-            self._commit(model, {v: dict(e) for v, e in stages.items()}, sorted(stages),
-                         reason, True)
+            self._commit(
+                model, {v: dict(e) for v, e in stages.items()}, sorted(stages), reason, True
+            )
 
-    def _commit(self, model: str, stages: dict[str, dict[str, Any]], changed: list[str],
-                reason: str, manual: bool) -> None:
+    def _commit(
+        self,
+        model: str,
+        stages: dict[str, dict[str, Any]],
+        changed: list[str],
+        reason: str,
+        manual: bool,
+    ) -> None:
         """Write ``stages.json``, append the change to ``history.jsonl``, count it in
         ``generation.json``, record the rows (under :meth:`_changing`)."""
         _write_json_atomic(self.model_dir(model) / STAGES, stages)
         self._cache.pop(model, None)
         now = iso(_now())
         with (self.model_dir(model) / HISTORY).open("a") as f:
-            f.writelines(json.dumps({"at": now, "version": v, "stage": stages[v]["stage"],
-                                     "by": reason or "unnamed"}) + "\n" for v in changed)
+            f.writelines(
+                json.dumps(
+                    {
+                        "at": now,
+                        "version": v,
+                        "stage": stages[v]["stage"],
+                        "by": reason or "unnamed",
+                    }
+                )
+                + "\n"
+                for v in changed
+            )
         doc = self._generation_doc()
         doc["generation"] += 1
         doc["changed_at"], doc["by"] = now, reason
@@ -387,14 +437,26 @@ class ModelRegistry:
         elif self.spool:
             with (self.root / UNRECORDED).open("a") as f:
                 for row in rows:
-                    f.write(json.dumps([iso(x) if isinstance(x, datetime) else x
-                                        for x in row]) + "\n")
+                    f.write(
+                        json.dumps([iso(x) if isinstance(x, datetime) else x for x in row]) + "\n"
+                    )
 
     @staticmethod
     def _row(mv: ModelVersion) -> list[Any]:
         """A ``model_registry`` row (:data:`REGISTRY_COLUMNS`) of ``mv`` as it is now."""
-        return [mv.model, mv.version, mv.stage.value, mv.sha256, mv.feature_set, mv.data_from,
-                mv.data_to, mv.metrics, mv.created_at, mv.promoted_at, _now()]
+        return [
+            mv.model,
+            mv.version,
+            mv.stage.value,
+            mv.sha256,
+            mv.feature_set,
+            mv.data_from,
+            mv.data_to,
+            mv.metrics,
+            mv.created_at,
+            mv.promoted_at,
+            _now(),
+        ]
 
     def flush_records(self) -> int:
         """Record the rows of changes made without a store (``unrecorded.jsonl``) in
@@ -420,8 +482,7 @@ class ModelRegistry:
             except ValueError:  # a line cut short by a crash while it was appended
                 log.warning("model registry: skipping an unreadable line of %s", path)
                 continue
-            rows.append([_dt(x) if REGISTRY_COLUMNS[i] in _TIMES else x
-                         for i, x in enumerate(row)])
+            rows.append([_dt(x) if REGISTRY_COLUMNS[i] in _TIMES else x for i, x in enumerate(row)])
         if rows:
             self.store.insert("model_registry", REGISTRY_COLUMNS, rows)
         path.unlink()
@@ -470,26 +531,33 @@ class ModelRegistry:
         try:
             stages = json.loads(path.read_text())
             if not isinstance(stages, dict) or not all(
-                    isinstance(e, dict) and "stage" in e for e in stages.values()):
+                isinstance(e, dict) and "stage" in e for e in stages.values()
+            ):
                 raise ValueError("not a {version: {stage: ...}} object")
             for e in stages.values():
                 Stage(e["stage"])
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-            raise self._stages_missing(model, f"is corrupt ({exc})",
-                                       self.version_names(model)) from None
+            raise self._stages_missing(
+                model, f"is corrupt ({exc})", self.version_names(model)
+            ) from None
         except FileNotFoundError:  # replaced between the stat and the read: read it again
             return self._read_stages(model, fresh)
         self._cache[model] = _StagesCache(key, stages)
         return stages
 
     def _stages_missing(self, model: str, what: str, versions: list[str]) -> StagesMissing:
-        exist = ("(no versions)" if not versions else
-                 f"but version {versions[0]} exists" if len(versions) == 1 else
-                 f"but versions {version_span(versions)} exist")
+        exist = (
+            "(no versions)"
+            if not versions
+            else f"but version {versions[0]} exists"
+            if len(versions) == 1
+            else f"but versions {version_span(versions)} exist"
+        )
         return StagesMissing(
             f"model registry {self.model_dir(model)}: {STAGES} {what} {exist}; restore it "
             f"from a backup, or rebuild it from the model_registry table with: "
-            f"{REPAIR_COMMAND}")
+            f"{REPAIR_COMMAND}"
+        )
 
     def stages(self, model: str) -> dict[str, dict[str, Any]]:
         """A copy of ``model``'s ``stages.json`` (stage and promoted_at per version)."""
@@ -523,10 +591,16 @@ class ModelRegistry:
         m = self.manifest(model, version)
         entry = self._read_stages(model).get(version, {"stage": Stage.CANDIDATE.value})
         return ModelVersion(
-            model=model, version=version, stage=Stage(entry["stage"]), sha256=m["sha256"],
-            feature_set=m["feature_set"], data_from=_dt(m["data_from"]),
-            data_to=_dt(m["data_to"]), metrics=dict(m["metrics"]),
-            created_at=_dt(m["created_at"]), promoted_at=_dt(entry.get("promoted_at")),
+            model=model,
+            version=version,
+            stage=Stage(entry["stage"]),
+            sha256=m["sha256"],
+            feature_set=m["feature_set"],
+            data_from=_dt(m["data_from"]),
+            data_to=_dt(m["data_to"]),
+            metrics=dict(m["metrics"]),
+            created_at=_dt(m["created_at"]),
+            promoted_at=_dt(entry.get("promoted_at")),
         )
 
     def versions(self, model: str, stage: Stage | None = None) -> list[ModelVersion]:
@@ -548,8 +622,7 @@ class ModelRegistry:
     def versions_in(self, model: str, stage: Stage) -> list[str]:
         """Versions of ``model`` in ``stage`` (cheap, like :meth:`production_version`)."""
         with self._lock:
-            return sorted(v for v, e in self._read_stages(model).items()
-                          if e["stage"] == stage)
+            return sorted(v for v, e in self._read_stages(model).items() if e["stage"] == stage)
 
     def production_span(self, models: tuple[str, ...]) -> tuple[datetime, datetime] | None:
         """The event-time span the production versions of ``models`` were trained on (the
@@ -576,8 +649,9 @@ class ModelRegistry:
             m = self.manifest(model, version)
             recorded: dict[str, str] = dict(m["files"])
         except (ValueError, KeyError, TypeError) as exc:
-            return FileCheck({MANIFEST: "unreadable"},
-                             [f"{model} {version}: {MANIFEST} is unreadable ({exc})"])
+            return FileCheck(
+                {MANIFEST: "unreadable"}, [f"{model} {version}: {MANIFEST} is unreadable ({exc})"]
+            )
         files: dict[str, str] = {}
         problems: list[str] = []
         for name, digest in sorted(recorded.items()):
@@ -591,7 +665,8 @@ class ModelRegistry:
             if actual != digest:
                 problems.append(
                     f"{model} {version}: {name} has SHA-256 {actual[:12]}..., the registry "
-                    f"recorded {digest[:12]}...; refusing to load a modified artifact")
+                    f"recorded {digest[:12]}...; refusing to load a modified artifact"
+                )
         extra = sorted({p.name for p in directory.iterdir()} - set(recorded) - {MANIFEST})
         if extra:
             files |= dict.fromkeys(extra, "unexpected file")
@@ -632,14 +707,20 @@ def previous_production(stages: Mapping[str, Mapping[str, Any]]) -> str | None:
     were ever promoted, the one promoted last, skipping those a rollback retired (so rolling
     back twice goes two versions back; promote the rolled-back version to return to it)."""
     current = production_of(stages)
-    candidates = [(e["promoted_at"], v) for v, e in stages.items()
-                  if v != current and e["stage"] == Stage.RETIRED and e.get("promoted_at")
-                  and not rolled_back(e)]
+    candidates = [
+        (e["promoted_at"], v)
+        for v, e in stages.items()
+        if v != current
+        and e["stage"] == Stage.RETIRED
+        and e.get("promoted_at")
+        and not rolled_back(e)
+    ]
     return max(candidates)[1] if candidates else None
 
 
-def stages_from_records(on_disk: Sequence[str], rows: Sequence[Mapping[str, Any]]
-                        ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def stages_from_records(
+    on_disk: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """A ``stages.json`` rebuilt from ``model_registry`` rows (the latest row per version:
     ``version``, ``stage``, ``promoted_at``) for the versions on disk, and notes on what could
     not be taken as recorded: a version without a row is a candidate (it votes nowhere until
@@ -659,19 +740,34 @@ def stages_from_records(on_disk: Sequence[str], rows: Sequence[Mapping[str, Any]
             entry["promoted_at"] = iso(row["promoted_at"])
         stages[version] = entry
     for version in sorted(set(by_version) - set(on_disk)):
-        notes.append(f"{version}: recorded as {by_version[version]['stage']} but not on disk; "
-                     "left out")
-    producing = sorted((e.get("promoted_at", ""), v) for v, e in stages.items()
-                       if e["stage"] == Stage.PRODUCTION)
+        notes.append(
+            f"{version}: recorded as {by_version[version]['stage']} but not on disk; left out"
+        )
+    producing = sorted(
+        (e.get("promoted_at", ""), v) for v, e in stages.items() if e["stage"] == Stage.PRODUCTION
+    )
     for _, version in producing[:-1]:
         stages[version]["stage"] = Stage.RETIRED.value
-        notes.append(f"{version}: recorded as production too; retired (promoted earlier than "
-                     f"{producing[-1][1]})")
+        notes.append(
+            f"{version}: recorded as production too; retired (promoted earlier than "
+            f"{producing[-1][1]})"
+        )
     return stages, notes
 
 
-REGISTRY_COLUMNS = ("model", "version", "stage", "sha256", "feature_set", "data_from",
-                    "data_to", "metrics", "created_at", "promoted_at", "updated_at")
+REGISTRY_COLUMNS = (
+    "model",
+    "version",
+    "stage",
+    "sha256",
+    "feature_set",
+    "data_from",
+    "data_to",
+    "metrics",
+    "created_at",
+    "promoted_at",
+    "updated_at",
+)
 _TIMES = {"data_from", "data_to", "created_at", "promoted_at", "updated_at"}
 
 
@@ -695,7 +791,6 @@ def loader(model: str) -> Callable[[Path], Any]:
     return getattr(importlib.import_module(module), cls).load
 
 
-def open_registry(settings: Any, store: Store | None = None,
-                  spool: bool = False) -> ModelRegistry:
+def open_registry(settings: Any, store: Store | None = None, spool: bool = False) -> ModelRegistry:
     """The registry ``settings`` name (``QT_REGISTRY_DIR``, ``QT_RL_V3_CHECKPOINT_DIR``)."""
     return ModelRegistry(settings.registry_dir, store, {"ppo": settings.ppo_dir}, spool)

@@ -137,8 +137,13 @@ PARAMS_FILE = "params.json"
 FORMAT_VERSION = 1
 MIN_THRESHOLD = 1e-12
 LOSSES = ("mae", "mse", "huber")
-_QUIET_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric",
-                  "lightning.fabric", "neuralforecast")
+_QUIET_LOGGERS = (
+    "pytorch_lightning",
+    "lightning.pytorch",
+    "lightning_fabric",
+    "lightning.fabric",
+    "neuralforecast",
+)
 _TRAINER_KWARGS: dict[str, Any] = {
     "accelerator": "cpu",
     "devices": 1,
@@ -185,12 +190,20 @@ class SeqParams:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
     _TRAIN_FIELDS: ClassVar[tuple[str, ...]] = (
-        "max_steps", "learning_rate", "batch_size", "windows_batch_size", "loss")
+        "max_steps",
+        "learning_rate",
+        "batch_size",
+        "windows_batch_size",
+        "loss",
+    )
 
     def arch_kwargs(self) -> dict[str, Any]:
         """The architecture arguments of the neuralforecast class (everything else)."""
-        return {f.name: _listify(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name not in self._TRAIN_FIELDS}
+        return {
+            f.name: _listify(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in self._TRAIN_FIELDS
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return _listify_dict(dataclasses.asdict(self))
@@ -247,16 +260,16 @@ def signal_from_forecast(cum_return: float, threshold: float) -> Prediction:
     return Action.HOLD, max(0.0, 1.0 - size / thr)
 
 
-def label_thresholds(vol_ewma: np.ndarray, spread_bps: np.ndarray,
-                     cfg: LabelConfig) -> np.ndarray:
+def label_thresholds(vol_ewma: np.ndarray, spread_bps: np.ndarray, cfg: LabelConfig) -> np.ndarray:
     """:func:`models.labels.label_threshold` for arrays (the same operations, in order)."""
     spread = np.where(np.isnan(spread_bps), 0.0, spread_bps / 1e4)
     vol = np.where(np.isnan(vol_ewma), 0.0, vol_ewma)
     return np.maximum(cfg.round_trip_cost + spread, cfg.vol_mult * vol * math.sqrt(cfg.horizon))
 
 
-def votes_from_forecasts(cum_return: np.ndarray,
-                         threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def votes_from_forecasts(
+    cum_return: np.ndarray, threshold: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`signal_from_forecast` for arrays: (class ids, confidences)."""
     r = np.asarray(cum_return, dtype=np.float64)
     t = np.asarray(threshold, dtype=np.float64)
@@ -283,16 +296,24 @@ def training_frame(history: History, cut_ms: int | None = None) -> pd.DataFrame:
 
     frames = []
     for symbol in history.symbols:
-        ys = [v.window[-1] for v in history.vectors[symbol]
-              if (cut_ms is None or to_ms(v.ts) < cut_ms) and math.isfinite(v.window[-1])]
+        ys = [
+            v.window[-1]
+            for v in history.vectors[symbol]
+            if (cut_ms is None or to_ms(v.ts) < cut_ms) and math.isfinite(v.window[-1])
+        ]
         if ys:
             y = np.asarray(ys, dtype=np.float64) * TARGET_SCALE
-            frames.append(pd.DataFrame({"unique_id": symbol,
-                                        "ds": np.arange(len(y), dtype=np.int64), "y": y}))
+            frames.append(
+                pd.DataFrame({"unique_id": symbol, "ds": np.arange(len(y), dtype=np.int64), "y": y})
+            )
     if not frames:
-        return pd.DataFrame({"unique_id": pd.Series([], dtype=str),
-                             "ds": pd.Series([], dtype=np.int64),
-                             "y": pd.Series([], dtype=np.float64)})
+        return pd.DataFrame(
+            {
+                "unique_id": pd.Series([], dtype=str),
+                "ds": pd.Series([], dtype=np.int64),
+                "y": pd.Series([], dtype=np.float64),
+            }
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -340,9 +361,15 @@ class _SequenceModel:
     chunk: ClassVar[int]  # windows per chunk: every product has this shape (module docstring)
     block: ClassVar[int]  # chunks per forward call (cache-sized intermediates; same bits)
 
-    def __init__(self, module: torch.nn.Module, params: SeqParams, cfg: LabelConfig,
-                 input_size: int, meta: dict[str, Any],
-                 nf: NeuralForecast | None = None) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        params: SeqParams,
+        cfg: LabelConfig,
+        input_size: int,
+        meta: dict[str, Any],
+        nf: NeuralForecast | None = None,
+    ) -> None:
         """``module``: the trained weights, as neuralforecast's module (after :meth:`train`)
         or the plain one of :mod:`models.nets` (after :meth:`load`): same ``state_dict``."""
         cap_threads()
@@ -368,31 +395,47 @@ class _SequenceModel:
         B, L, K = self.chunk, self.input_size, self.block
         C = -(-len(y) // B)
         x = torch.zeros((C * B, L), dtype=torch.float32)  # torch's allocation: aligned alike
-        x[:len(y)] = torch.from_numpy(y.astype(np.float32))
+        x[: len(y)] = torch.from_numpy(y.astype(np.float32))
         x = x.view(C, B, L)
         with torch.inference_mode():
-            out = torch.cat([self._net(x[i:i + K]) for i in range(0, C, K)]) if C > K \
+            out = (
+                torch.cat([self._net(x[i : i + K]) for i in range(0, C, K)])
+                if C > K
                 else self._net(x)
-            return out.reshape(C * B, self.horizon)[:len(y)].numpy().astype(np.float64)
+            )
+            return out.reshape(C * B, self.horizon)[: len(y)].numpy().astype(np.float64)
 
     # --- building and training -----------------------------------------------------------------
     @classmethod
-    def _build(cls, params: SeqParams, input_size: int, horizon: int,
-               seed: int) -> torch.nn.Module:
+    def _build(cls, params: SeqParams, input_size: int, horizon: int, seed: int) -> torch.nn.Module:
         import neuralforecast.models as nfm
 
         klass = getattr(nfm, cls.nf_class)
-        return klass(h=horizon, input_size=input_size, loss=_loss(params.loss),
-                     scaler_type="identity", max_steps=params.max_steps,
-                     learning_rate=params.learning_rate, batch_size=params.batch_size,
-                     windows_batch_size=params.windows_batch_size,
-                     val_check_steps=params.max_steps, random_seed=seed,
-                     **params.arch_kwargs(), **_TRAINER_KWARGS)
+        return klass(
+            h=horizon,
+            input_size=input_size,
+            loss=_loss(params.loss),
+            scaler_type="identity",
+            max_steps=params.max_steps,
+            learning_rate=params.learning_rate,
+            batch_size=params.batch_size,
+            windows_batch_size=params.windows_batch_size,
+            val_check_steps=params.max_steps,
+            random_seed=seed,
+            **params.arch_kwargs(),
+            **_TRAINER_KWARGS,
+        )
 
     @classmethod
-    def train(cls, history: History, cut_ms: int | None, cfg: LabelConfig,
-              params: SeqParams | None = None, seed: int = 0,
-              base: Self | None = None) -> Self:
+    def train(
+        cls,
+        history: History,
+        cut_ms: int | None,
+        cfg: LabelConfig,
+        params: SeqParams | None = None,
+        seed: int = 0,
+        base: Self | None = None,
+    ) -> Self:
         """Fit on every symbol's bars that close before ``cut_ms`` (None: all of them).
 
         Pass the first validation time as ``cut_ms``, e.g. ``ts_ms[val_idx].min()`` from
@@ -405,8 +448,9 @@ class _SequenceModel:
 
         params = params or cls.params_cls()
         if not isinstance(params, cls.params_cls):
-            raise TypeError(f"{cls.__name__} needs {cls.params_cls.__name__}, "
-                            f"got {type(params).__name__}")
+            raise TypeError(
+                f"{cls.__name__} needs {cls.params_cls.__name__}, got {type(params).__name__}"
+            )
         input_size = _window_length(history)
         if base is not None:
             _check_base(cls, base, params, input_size, cfg)
@@ -417,8 +461,10 @@ class _SequenceModel:
         lengths = df.groupby("unique_id").size() if len(df) else pd.Series(dtype=int)
         keep = sorted(str(s) for s, n in lengths.items() if n >= need)
         if not keep:
-            raise ValueError(f"{cls.name}: no symbol has {need} bars before cut_ms={cut_ms} "
-                             f"(input {input_size} + horizon {cfg.horizon})")
+            raise ValueError(
+                f"{cls.name}: no symbol has {need} bars before cut_ms={cut_ms} "
+                f"(input {input_size} + horizon {cfg.horizon})"
+            )
         df = df[df["unique_id"].isin(keep)].reset_index(drop=True)
         cap_threads()
         started = time.perf_counter()
@@ -430,8 +476,12 @@ class _SequenceModel:
             nf.fit(df=df, val_size=0)
         fit_seconds = time.perf_counter() - started
         trained = nf.models[0]
-        last_ts = max(to_ms(v.ts) for s in keep for v in history.vectors[s]
-                      if cut_ms is None or to_ms(v.ts) < cut_ms)
+        last_ts = max(
+            to_ms(v.ts)
+            for s in keep
+            for v in history.vectors[s]
+            if cut_ms is None or to_ms(v.ts) < cut_ms
+        )
         meta = {
             "seed": int(seed),
             "feature_set": FEATURE_SET_VERSION,
@@ -487,8 +537,9 @@ class _SequenceModel:
     def _checked(self, windows: np.ndarray) -> np.ndarray:
         x = np.asarray(windows, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.input_size:
-            raise ValueError(f"{self.name}: expected windows of shape (n, {self.input_size}), "
-                             f"got {x.shape}")
+            raise ValueError(
+                f"{self.name}: expected windows of shape (n, {self.input_size}), got {x.shape}"
+            )
         return x
 
     def forecast(self, vectors: Sequence[FeatureVector]) -> np.ndarray:
@@ -500,8 +551,10 @@ class _SequenceModel:
     def _forecast_batch(self, batch: VectorBatch) -> np.ndarray:
         lengths = {len(v.window) for v in batch.vectors}
         if lengths != {self.input_size}:
-            raise ValueError(f"{self.name}: windows of length {sorted(lengths)}, the model "
-                             f"was trained on {self.input_size}")
+            raise ValueError(
+                f"{self.name}: windows of length {sorted(lengths)}, the model "
+                f"was trained on {self.input_size}"
+            )
         return self.forecast_windows(batch.windows)
 
     def predict(self, vectors: Sequence[FeatureVector]) -> list[Prediction]:
@@ -561,26 +614,43 @@ class _SequenceModel:
         if doc.get("model") != cls.name or doc.get("nf_class") != cls.nf_class:
             raise ValueError(f"{path}: saved by model {doc.get('model')!r}, not {cls.name!r}")
         if doc.get("target_scale") != TARGET_SCALE or doc.get("scaler_type") != "identity":
-            raise ValueError(f"{path}: target transform {doc.get('target_scale')!r} / "
-                             f"{doc.get('scaler_type')!r} differs from this code's")
+            raise ValueError(
+                f"{path}: target transform {doc.get('target_scale')!r} / "
+                f"{doc.get('scaler_type')!r} differs from this code's"
+            )
         params = cls.params_cls.from_dict(doc["params"])
         cfg = LabelConfig(**doc["label_config"])
         if int(doc["horizon"]) != cfg.horizon:
             raise ValueError(f"{path}: horizon {doc['horizon']} != label horizon {cfg.horizon}")
         state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
-        module = build_net(cls.nf_class, params.arch_kwargs(), int(doc["input_size"]),
-                           cfg.horizon)
+        module = build_net(cls.nf_class, params.arch_kwargs(), int(doc["input_size"]), cfg.horizon)
         module.load_state_dict(state, strict=True)
-        described = {"model", "format_version", "nf_class", "params", "input_size", "horizon",
-                     "scaler_type", "target", "target_scale", "label_config", "n_parameters"}
+        described = {
+            "model",
+            "format_version",
+            "nf_class",
+            "params",
+            "input_size",
+            "horizon",
+            "scaler_type",
+            "target",
+            "target_scale",
+            "label_config",
+            "n_parameters",
+        }
         meta = {k: v for k, v in doc.items() if k not in described}
         return cls(module, params, cfg, int(doc["input_size"]), meta)
 
 
 def _windows_batch(y: torch.Tensor) -> dict[str, torch.Tensor | None]:
     """neuralforecast's input dict for univariate windows without exogenous inputs."""
-    return {"insample_y": y, "insample_mask": torch.ones_like(y), "futr_exog": None,
-            "hist_exog": None, "stat_exog": None}
+    return {
+        "insample_y": y,
+        "insample_mask": torch.ones_like(y),
+        "futr_exog": None,
+        "hist_exog": None,
+        "stat_exog": None,
+    }
 
 
 class _PointForecast(torch.nn.Module):
@@ -603,8 +673,9 @@ def _trace_one(module: Any, example: torch.Tensor) -> torch.jit.ScriptModule:
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_PointForecast(module).eval(), example.clone(),
-                                     check_trace=False)
+            traced = torch.jit.trace(
+                _PointForecast(module).eval(), example.clone(), check_trace=False
+            )
             return torch.jit.freeze(traced)
     finally:
         module._jit_is_scripting = False
@@ -616,8 +687,9 @@ class _Reference:
 
     def __init__(self, model: _SequenceModel) -> None:
         with _contained():
-            module = model._build(model.params, model.input_size, model.horizon,
-                                  int(model.meta.get("seed", 0)))
+            module = model._build(
+                model.params, model.input_size, model.horizon, int(model.meta.get("seed", 0))
+            )
         module.load_state_dict(model.module.state_dict())
         self.module: Any = module.double().eval()
         self.traced_one: torch.jit.ScriptModule | None = None
@@ -630,20 +702,30 @@ class _Reference:
         return self.module.loss.domain_map(self.module(_windows_batch(y)))
 
 
-def _check_base(cls: type[_SequenceModel], base: _SequenceModel, params: SeqParams,
-                input_size: int, cfg: LabelConfig) -> None:
+def _check_base(
+    cls: type[_SequenceModel],
+    base: _SequenceModel,
+    params: SeqParams,
+    input_size: int,
+    cfg: LabelConfig,
+) -> None:
     """A fine-tune must rebuild ``base``'s module exactly: same class, architecture, loss,
     input size and horizon (only the training budget may differ)."""
     if not isinstance(base, cls):
-        raise TypeError(f"{cls.__name__} can fine-tune only a {cls.__name__}, "
-                        f"got {type(base).__name__}")
+        raise TypeError(
+            f"{cls.__name__} can fine-tune only a {cls.__name__}, got {type(base).__name__}"
+        )
     if params.arch_kwargs() != base.params.arch_kwargs() or params.loss != base.params.loss:
-        raise ValueError(f"{cls.name}: fine-tuning needs the base's architecture and loss; "
-                         f"pass dataclasses.replace(base.params, max_steps=..., "
-                         f"learning_rate=...)")
+        raise ValueError(
+            f"{cls.name}: fine-tuning needs the base's architecture and loss; "
+            f"pass dataclasses.replace(base.params, max_steps=..., "
+            f"learning_rate=...)"
+        )
     if (input_size, cfg.horizon) != (base.input_size, base.horizon):
-        raise ValueError(f"{cls.name}: base has input {base.input_size} / horizon "
-                         f"{base.horizon}, the data {input_size} / {cfg.horizon}")
+        raise ValueError(
+            f"{cls.name}: base has input {base.input_size} / horizon "
+            f"{base.horizon}, the data {input_size} / {cfg.horizon}"
+        )
 
 
 def _window_length(history: History) -> int:

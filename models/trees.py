@@ -138,8 +138,10 @@ def _check_split(data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray) 
     if tuple(data.feature_names) != FEATURE_NAMES:
         raise ValueError("training set columns differ from operators.features.FEATURE_NAMES")
     if len(train_idx) == 0 or len(val_idx) == 0:
-        raise ValueError("tree models need non-empty train and validation splits "
-                         f"(got {len(train_idx)} and {len(val_idx)} rows)")
+        raise ValueError(
+            "tree models need non-empty train and validation splits "
+            f"(got {len(train_idx)} and {len(val_idx)} rows)"
+        )
     if data.X.shape[1] != len(FEATURE_NAMES):
         raise ValueError(f"X has {data.X.shape[1]} columns, expected {len(FEATURE_NAMES)}")
 
@@ -237,17 +239,23 @@ class _TreeModel:
         if doc.get("model") != cls.name:
             raise ValueError(f"{path}: saved by model {doc.get('model')!r}, not {cls.name!r}")
         if doc.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {doc['format_version']} is newer than "
-                             f"this code's {FORMAT_VERSION}")
+            raise ValueError(
+                f"{path}: format_version {doc['format_version']} is newer than "
+                f"this code's {FORMAT_VERSION}"
+            )
         names = tuple(doc.get("feature_names") or ())
         if names != FEATURE_NAMES:
             missing = sorted(set(FEATURE_NAMES) - set(names))
             extra = sorted(set(names) - set(FEATURE_NAMES))
-            detail = (f"missing {missing}, unexpected {extra}" if missing or extra
-                      else "same names in a different order")
+            detail = (
+                f"missing {missing}, unexpected {extra}"
+                if missing or extra
+                else "same names in a different order"
+            )
             raise ValueError(
                 f"{path}: the model was trained on different feature columns than "
-                f"operators.features.FEATURE_NAMES ({detail}); retrain it")
+                f"operators.features.FEATURE_NAMES ({detail}); retrain it"
+            )
         params = TreeParams.from_dict(doc["params"])
         meta = {k: v for k, v in doc.items() if k not in ("params", "model", "feature_names")}
         return params, meta
@@ -263,13 +271,22 @@ class _TreeModel:
         }
 
 
-def _train_meta(data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray, seed: int,
-                params: TreeParams, rounds: int, best_score: float,
-                library_version: str, base: _TreeModel | None) -> dict[str, Any]:
+def _train_meta(
+    data: TrainingSet,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    seed: int,
+    params: TreeParams,
+    rounds: int,
+    best_score: float,
+    library_version: str,
+    base: _TreeModel | None,
+) -> dict[str, Any]:
     y_train = data.y[train_idx]
     per_class = balanced_weights(y_train) if params.balance_classes else np.ones(len(y_train))
-    class_weights = [float(per_class[y_train == c][0]) if np.any(y_train == c) else 0.0
-                     for c in range(N_CLASSES)]
+    class_weights = [
+        float(per_class[y_train == c][0]) if np.any(y_train == c) else 0.0 for c in range(N_CLASSES)
+    ]
     return {
         "seed": int(seed),
         "feature_set": FEATURE_SET_VERSION,
@@ -287,17 +304,20 @@ def _train_meta(data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray, s
 
 def _warm_meta(base: _TreeModel) -> dict[str, Any]:
     """What a warm-started model records of the model it continued (JSON-safe)."""
-    return {"base_rounds": base.n_rounds(),
-            "base_seed": base.meta.get("seed"),
-            "base_train_rows": base.meta.get("train_rows"),
-            "base_last_train_ts_ms": base.meta.get("last_train_ts_ms"),
-            "base_params": base.params.to_dict()}
+    return {
+        "base_rounds": base.n_rounds(),
+        "base_seed": base.meta.get("seed"),
+        "base_train_rows": base.meta.get("train_rows"),
+        "base_last_train_ts_ms": base.meta.get("last_train_ts_ms"),
+        "base_params": base.params.to_dict(),
+    }
 
 
 def _check_base(cls: type[_TreeModel], base: _TreeModel | None) -> None:
     if base is not None and not isinstance(base, cls):
-        raise TypeError(f"{cls.__name__} can warm-start only from a {cls.__name__}, "
-                        f"got {type(base).__name__}")
+        raise TypeError(
+            f"{cls.__name__} can warm-start only from a {cls.__name__}, got {type(base).__name__}"
+        )
 
 
 class XGBoostModel(_TreeModel):
@@ -306,8 +326,13 @@ class XGBoostModel(_TreeModel):
     name: ClassVar[str] = "xgboost"
     model_file: ClassVar[str] = "model.ubj"
 
-    def __init__(self, raw: bytes, params: TreeParams, meta: dict[str, Any],
-                 booster: xgb.Booster | None = None) -> None:
+    def __init__(
+        self,
+        raw: bytes,
+        params: TreeParams,
+        meta: dict[str, Any],
+        booster: xgb.Booster | None = None,
+    ) -> None:
         """``raw``: the model's UBJSON bytes (the artifact); ``booster`` if already built."""
         super().__init__(xgboost_forest(raw), params, meta)
         self._raw = bytes(raw)
@@ -341,9 +366,15 @@ class XGBoostModel(_TreeModel):
         }
 
     @classmethod
-    def train(cls, data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray,
-              params: TreeParams | None = None, seed: int = 0,
-              base: XGBoostModel | None = None) -> XGBoostModel:
+    def train(
+        cls,
+        data: TrainingSet,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        params: TreeParams | None = None,
+        seed: int = 0,
+        base: XGBoostModel | None = None,
+    ) -> XGBoostModel:
         """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only;
         with ``base``, continue boosting from its trees (module docstring)."""
         import xgboost as xgb
@@ -354,22 +385,37 @@ class XGBoostModel(_TreeModel):
         cap_threads()
         names = list(FEATURE_NAMES)
         y_tr, y_va = data.y[train_idx], data.y[val_idx]
-        dtrain = xgb.DMatrix(data.X[train_idx], label=y_tr, weight=_weights(y_tr, params),
-                             feature_names=names, nthread=1)
-        dval = xgb.DMatrix(data.X[val_idx], label=y_va, weight=_weights(y_va, params),
-                           feature_names=names, nthread=1)
-        booster = xgb.train(cls.native_params(params, seed), dtrain,
-                            num_boost_round=params.max_rounds, evals=[(dval, "val")],
-                            early_stopping_rounds=params.early_stopping_rounds,
-                            verbose_eval=False,
-                            xgb_model=None if base is None else base.booster)
+        dtrain = xgb.DMatrix(
+            data.X[train_idx],
+            label=y_tr,
+            weight=_weights(y_tr, params),
+            feature_names=names,
+            nthread=1,
+        )
+        dval = xgb.DMatrix(
+            data.X[val_idx],
+            label=y_va,
+            weight=_weights(y_va, params),
+            feature_names=names,
+            nthread=1,
+        )
+        booster = xgb.train(
+            cls.native_params(params, seed),
+            dtrain,
+            num_boost_round=params.max_rounds,
+            evals=[(dval, "val")],
+            early_stopping_rounds=params.early_stopping_rounds,
+            verbose_eval=False,
+            xgb_model=None if base is None else base.booster,
+        )
         rounds = booster.best_iteration + 1  # xgboost counts from 0, base's rounds included
         best_score = booster.best_score
         # Cut at the optimum and go through the artifact bytes: what is served is what is saved.
         raw = bytes(booster[:rounds].save_raw("ubj"))
         kept = xgb.Booster(model_file=bytearray(raw))
-        meta = _train_meta(data, train_idx, val_idx, seed, params, rounds, best_score,
-                           xgb.__version__, base)
+        meta = _train_meta(
+            data, train_idx, val_idx, seed, params, rounds, best_score, xgb.__version__, base
+        )
         return cls(raw, params, meta, kept)
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
@@ -394,8 +440,13 @@ class LightGBMModel(_TreeModel):
     name: ClassVar[str] = "lightgbm"
     model_file: ClassVar[str] = "model.txt"
 
-    def __init__(self, text: str, params: TreeParams, meta: dict[str, Any],
-                 booster: lgb.Booster | None = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        params: TreeParams,
+        meta: dict[str, Any],
+        booster: lgb.Booster | None = None,
+    ) -> None:
         """``text``: the model in LightGBM's text format (the artifact)."""
         super().__init__(lightgbm_forest(text), params, meta)
         self._text = text
@@ -429,9 +480,15 @@ class LightGBMModel(_TreeModel):
         }
 
     @classmethod
-    def train(cls, data: TrainingSet, train_idx: np.ndarray, val_idx: np.ndarray,
-              params: TreeParams | None = None, seed: int = 0,
-              base: LightGBMModel | None = None) -> LightGBMModel:
+    def train(
+        cls,
+        data: TrainingSet,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        params: TreeParams | None = None,
+        seed: int = 0,
+        base: LightGBMModel | None = None,
+    ) -> LightGBMModel:
         """Fit on ``train_idx``, stop early on ``val_idx``, keep the best rounds only;
         with ``base``, continue boosting from its trees (module docstring)."""
         import lightgbm as lgb
@@ -443,23 +500,40 @@ class LightGBMModel(_TreeModel):
         native = cls.native_params(params, seed)
         names = list(FEATURE_NAMES)
         y_tr, y_va = data.y[train_idx], data.y[val_idx]
-        dtrain = lgb.Dataset(data.X[train_idx], label=y_tr, weight=_weights(y_tr, params),
-                             feature_name=names, params=native, free_raw_data=True)
-        dval = lgb.Dataset(data.X[val_idx], label=y_va, weight=_weights(y_va, params),
-                           reference=dtrain, params=native)
-        booster = lgb.train(native, dtrain, num_boost_round=params.max_rounds,
-                            valid_sets=[dval], valid_names=["val"],
-                            init_model=None if base is None else base.booster,
-                            callbacks=[lgb.early_stopping(params.early_stopping_rounds,
-                                                          verbose=False)])
+        dtrain = lgb.Dataset(
+            data.X[train_idx],
+            label=y_tr,
+            weight=_weights(y_tr, params),
+            feature_name=names,
+            params=native,
+            free_raw_data=True,
+        )
+        dval = lgb.Dataset(
+            data.X[val_idx],
+            label=y_va,
+            weight=_weights(y_va, params),
+            reference=dtrain,
+            params=native,
+        )
+        booster = lgb.train(
+            native,
+            dtrain,
+            num_boost_round=params.max_rounds,
+            valid_sets=[dval],
+            valid_names=["val"],
+            init_model=None if base is None else base.booster,
+            callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
+        )
         # Both count base's rounds too (a merged booster: base's trees first).
-        rounds = booster.best_iteration if booster.best_iteration > 0 else \
-            booster.current_iteration()
+        rounds = (
+            booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+        )
         best_score = booster.best_score["val"]["multi_logloss"]
         # Cut at the optimum through the text artifact: what is served is what is saved.
         kept = lgb.Booster(model_str=booster.model_to_string(num_iteration=rounds))
-        meta = _train_meta(data, train_idx, val_idx, seed, params, rounds, best_score,
-                           lgb.__version__, base)
+        meta = _train_meta(
+            data, train_idx, val_idx, seed, params, rounds, best_score, lgb.__version__, base
+        )
         return cls(kept.model_to_string(num_iteration=-1), params, meta, kept)
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:

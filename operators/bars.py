@@ -59,9 +59,9 @@ class OpenBar:
     close: float
     volume: float
     tick_count: int
-    sized_pv: float      # sum(price * size) over ticks with a size
-    sized_v: float       # sum(size) over ticks with a size
-    unsized_p: float     # sum(price) over ticks without a size
+    sized_pv: float  # sum(price * size) over ticks with a size
+    sized_v: float  # sum(size) over ticks with a size
+    unsized_p: float  # sum(price) over ticks without a size
     unsized_n: int
     buy_volume: float
     sell_volume: float
@@ -82,25 +82,65 @@ class OpenBar:
             setattr(self, name, getattr(later, name))
 
     def to_bar(self, symbol: str, seconds: int) -> Bar:
-        return make_bar(symbol, seconds, self.start_ms, self.open, self.high, self.low,
-                        self.close, self.tick_count, self.unsized_n, self.quote_count,
-                        (self.volume, self.sized_pv, self.sized_v, self.unsized_p,
-                         self.buy_volume, self.sell_volume, self.spread_sum), self.spread_max)
+        return make_bar(
+            symbol,
+            seconds,
+            self.start_ms,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.tick_count,
+            self.unsized_n,
+            self.quote_count,
+            (
+                self.volume,
+                self.sized_pv,
+                self.sized_v,
+                self.unsized_p,
+                self.buy_volume,
+                self.sell_volume,
+                self.spread_sum,
+            ),
+            self.spread_max,
+        )
 
 
-def make_bar(symbol: str, seconds: int, start_ms: int, open_: float, high: float, low: float,
-             close: float, tick_count: int, unsized_n: int, quote_count: int,
-             sums: Sequence[float], spread_max: float) -> Bar:
+def make_bar(
+    symbol: str,
+    seconds: int,
+    start_ms: int,
+    open_: float,
+    high: float,
+    low: float,
+    close: float,
+    tick_count: int,
+    unsized_n: int,
+    quote_count: int,
+    sums: Sequence[float],
+    spread_max: float,
+) -> Bar:
     """A closed bar from its aggregates (``sums`` in :data:`SUM_FIELDS` order)."""
     volume, sized_pv, sized_v, unsized_p, buy_volume, sell_volume, spread_sum = sums
     vwap = sized_pv / sized_v if sized_v > 0 else unsized_p / unsized_n if unsized_n else close
     q = quote_count
     start, end = _bar_times(start_ms, seconds)
     return Bar(
-        symbol=symbol, seconds=seconds, start=start, end=end, open=open_, high=high,
-        low=low, close=close, volume=volume, tick_count=tick_count,
-        vwap=vwap, buy_volume=buy_volume, sell_volume=sell_volume,
-        quote_count=q, spread_mean=spread_sum / q if q else math.nan,
+        symbol=symbol,
+        seconds=seconds,
+        start=start,
+        end=end,
+        open=open_,
+        high=high,
+        low=low,
+        close=close,
+        volume=volume,
+        tick_count=tick_count,
+        vwap=vwap,
+        buy_volume=buy_volume,
+        sell_volume=sell_volume,
+        quote_count=q,
+        spread_mean=spread_sum / q if q else math.nan,
         spread_max=spread_max if q else math.nan,
     )
 
@@ -120,8 +160,15 @@ def _bar_times(start_ms: int, seconds: int) -> tuple[datetime, datetime]:
     return times
 
 
-SUM_FIELDS = ("volume", "sized_pv", "sized_v", "unsized_p", "buy_volume", "sell_volume",
-              "spread_sum")
+SUM_FIELDS = (
+    "volume",
+    "sized_pv",
+    "sized_v",
+    "unsized_p",
+    "buy_volume",
+    "sell_volume",
+    "spread_sum",
+)
 
 
 class BarBuilder:
@@ -149,8 +196,9 @@ class BarBuilder:
         last = np.concatenate((cut - 1, [n - 1]))
         carry = self.open_bar
         continues = carry is not None and carry.start_ms == int(starts[0])
-        agg = _aggregate(ticks, starts, first, last,
-                         [(0, carry)] if continues and carry is not None else ())
+        agg = _aggregate(
+            ticks, starts, first, last, [(0, carry)] if continues and carry is not None else ()
+        )
 
         closed: list[Bar] = []
         close_at: list[int] = []
@@ -168,7 +216,7 @@ class BarBuilder:
         last_k = len(first) - 1
         if k0 < last_k:
             closed += agg.bars(self.symbol, self.seconds, k0, last_k)
-            close_at += first[k0 + 1:last_k + 1].tolist()
+            close_at += first[k0 + 1 : last_k + 1].tolist()
         self.open_bar = carry if continues and last_k == 0 else agg.open_bar(last_k)
         return closed, close_at
 
@@ -206,8 +254,9 @@ class BarBuilder:
 
 def _no_ticks(symbol: str) -> TickBatch:
     e = np.zeros(0)
-    return TickBatch(symbol, np.zeros(0, np.int64), e, e, e, e, np.zeros(0, np.int8),
-                     np.zeros(0, np.int8))
+    return TickBatch(
+        symbol, np.zeros(0, np.int64), e, e, e, e, np.zeros(0, np.int8), np.zeros(0, np.int8)
+    )
 
 
 class ShardSymbol(NamedTuple):
@@ -251,15 +300,25 @@ class ShardBars:
             spans, batches = [(t.symbol, 0, len(t))], [t]
         n = len(t)
         if n == 0:
-            return [ShardBarStep(t.symbol, t, [], [], item.tag, [], [
-                ShardSymbol(sym, b, a, 0, 0) for (sym, a, _), b in zip(spans, batches,
-                                                                     strict=True)])]
+            return [
+                ShardBarStep(
+                    t.symbol,
+                    t,
+                    [],
+                    [],
+                    item.tag,
+                    [],
+                    [
+                        ShardSymbol(sym, b, a, 0, 0)
+                        for (sym, a, _), b in zip(spans, batches, strict=True)
+                    ],
+                )
+            ]
         k = len(spans)
         lengths = np.array([b - a for _, a, b in spans], dtype=np.intp)
         sym_of = np.repeat(np.arange(k), lengths)
         opened = [self.open_bars.get(sym) for sym, _, _ in spans]
-        floor = np.array([NEVER_MS if o is None else o.start_ms for o in opened],
-                         dtype=np.int64)
+        floor = np.array([NEVER_MS if o is None else o.start_ms for o in opened], dtype=np.int64)
         starts = np.maximum((t.ts_ms // self.bar_ms) * self.bar_ms, floor[sym_of])
         starts = _running_max_by_group(starts, sym_of, k)  # a late tick joins the open bar
         cut = np.flatnonzero((starts[1:] != starts[:-1]) | (sym_of[1:] != sym_of[:-1])) + 1
@@ -269,11 +328,16 @@ class ShardBars:
         seg_lo = np.searchsorted(seg_sym, np.arange(k)).tolist()
         seg_hi = [*seg_lo[1:], len(first)]
         head_starts = starts[first[seg_lo]].tolist()
-        continues = [o is not None and o.start_ms == st for o, st in zip(opened, head_starts,
-                                                                          strict=True)]
-        agg = _aggregate(t, starts, first, last,
-                         [(seg_lo[i], o) for i, o in enumerate(opened)
-                          if continues[i] and o is not None])
+        continues = [
+            o is not None and o.start_ms == st for o, st in zip(opened, head_starts, strict=True)
+        ]
+        agg = _aggregate(
+            t,
+            starts,
+            first,
+            last,
+            [(seg_lo[i], o) for i, o in enumerate(opened) if continues[i] and o is not None],
+        )
         firsts = first.tolist()
         bars: list[Bar] = []
         close_at: list[int] = []
@@ -294,13 +358,17 @@ class ShardBars:
                     close_at.append(off)
             if k0 < hi - 1:
                 bars += agg.bars(sym, self.seconds, k0, hi - 1)
-                close_at += firsts[k0 + 1:hi]
-            self.open_bars[sym] = (carry if continues[i] and hi - lo == 1 and carry is not None
-                                   else agg.open_bar(hi - 1))
+                close_at += firsts[k0 + 1 : hi]
+            self.open_bars[sym] = (
+                carry
+                if continues[i] and hi - lo == 1 and carry is not None
+                else agg.open_bar(hi - 1)
+            )
             parts.append(ShardSymbol(sym, batch, off, b0, len(bars)))
         clock = t.ts_ms if t.clock_ms is None else t.clock_ms
-        return [ShardBarStep(t.symbol, t, bars, close_at, item.tag, clock[close_at].tolist(),
-                             parts)]
+        return [
+            ShardBarStep(t.symbol, t, bars, close_at, item.tag, clock[close_at].tolist(), parts)
+        ]
 
     def finish(self) -> list[ShardBarStep]:
         """End of input: every symbol's open bar closes (symbols in order)."""
@@ -312,8 +380,11 @@ class ShardBars:
             parts.append(ShardSymbol(sym, _no_ticks(sym), 0, len(bars), len(bars) + 1))
             bars.append(self.open_bars[sym].to_bar(sym, self.seconds))
         self.open_bars = {}
-        return [ShardBarStep("", _no_ticks(""), bars, [0] * len(bars), None,
-                             [NO_CLOCK] * len(bars), parts)]
+        return [
+            ShardBarStep(
+                "", _no_ticks(""), bars, [0] * len(bars), None, [NO_CLOCK] * len(bars), parts
+            )
+        ]
 
     def snapshot(self) -> tuple[int, dict[str, tuple]]:
         return self.seconds, {sym: astuple(o) for sym, o in self.open_bars.items()}
@@ -344,8 +415,7 @@ def build_bars(step_id: str, up: KeyedStream[SymbolTicks], seconds: int) -> Keye
     (:func:`operators.validate.shard_of`): a :class:`ShardBarStep` per piece."""
     if seconds <= 0:
         raise ValueError(f"{step_id}: bar length must be positive, got {seconds}s")
-    return op.stateful("bars", up, stage_builder(
-        lambda _: ShardBars(seconds), ShardBars.restore))
+    return op.stateful("bars", up, stage_builder(lambda _: ShardBars(seconds), ShardBars.restore))
 
 
 class _Aggregates:
@@ -362,27 +432,57 @@ class _Aggregates:
         "sums",
     )
 
-    def __init__(self, starts: list[int], opens: list[float], highs: list[float],
-                 lows: list[float], closes: list[float], counts: list[list[int]],
-                 sums: list[list[float]], spread_max: list[float]) -> None:
+    def __init__(
+        self,
+        starts: list[int],
+        opens: list[float],
+        highs: list[float],
+        lows: list[float],
+        closes: list[float],
+        counts: list[list[int]],
+        sums: list[list[float]],
+        spread_max: list[float],
+    ) -> None:
         self.starts, self.opens, self.highs, self.lows = starts, opens, highs, lows
         self.closes, self.counts, self.sums, self.spread_max = closes, counts, sums, spread_max
 
     def open_bar(self, k: int) -> OpenBar:
         sm, ct = self.sums[k], self.counts[k]
-        return OpenBar(start_ms=self.starts[k], open=self.opens[k], high=self.highs[k],
-                       low=self.lows[k], close=self.closes[k], volume=sm[0], tick_count=ct[0],
-                       sized_pv=sm[1], sized_v=sm[2], unsized_p=sm[3], unsized_n=ct[1],
-                       buy_volume=sm[4], sell_volume=sm[5], quote_count=ct[2],
-                       spread_sum=sm[6], spread_max=self.spread_max[k])
+        return OpenBar(
+            start_ms=self.starts[k],
+            open=self.opens[k],
+            high=self.highs[k],
+            low=self.lows[k],
+            close=self.closes[k],
+            volume=sm[0],
+            tick_count=ct[0],
+            sized_pv=sm[1],
+            sized_v=sm[2],
+            unsized_p=sm[3],
+            unsized_n=ct[1],
+            buy_volume=sm[4],
+            sell_volume=sm[5],
+            quote_count=ct[2],
+            spread_sum=sm[6],
+            spread_max=self.spread_max[k],
+        )
 
     def bars(self, symbol: str, seconds: int, a: int, b: int) -> list[Bar]:
         """Bars of runs ``a .. b-1`` (closed, none of them carried over)."""
-        return [make_bar(symbol, seconds, st, o, h, lo, c, ct[0], ct[1], ct[2], sm, mx)
-                for st, o, h, lo, c, ct, sm, mx in zip(
-                    self.starts[a:b], self.opens[a:b], self.highs[a:b], self.lows[a:b],
-                    self.closes[a:b], self.counts[a:b], self.sums[a:b], self.spread_max[a:b],
-                    strict=True)]
+        return [
+            make_bar(symbol, seconds, st, o, h, lo, c, ct[0], ct[1], ct[2], sm, mx)
+            for st, o, h, lo, c, ct, sm, mx in zip(
+                self.starts[a:b],
+                self.opens[a:b],
+                self.highs[a:b],
+                self.lows[a:b],
+                self.closes[a:b],
+                self.counts[a:b],
+                self.sums[a:b],
+                self.spread_max[a:b],
+                strict=True,
+            )
+        ]
 
 
 def _carry_sums(carries: Sequence[tuple[int, OpenBar]]) -> np.ndarray:
@@ -393,8 +493,13 @@ def _carry_sums(carries: Sequence[tuple[int, OpenBar]]) -> np.ndarray:
 SEQUENTIAL_RUNS = 32  # runs up to this long are summed position by position, all at once
 
 
-def _aggregate(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.ndarray,
-               carries: Sequence[tuple[int, OpenBar]] = ()) -> _Aggregates:
+def _aggregate(
+    t: TickBatch,
+    starts: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    carries: Sequence[tuple[int, OpenBar]] = (),
+) -> _Aggregates:
     """Aggregates of each run of equal bar start. Sums are sequential (left to right, starting
     from the sums of the open bar a run continues, ``carries``: (run, open bar)), so a bar's
     values do not depend on how its ticks were split into batches: a file replay and a Kafka
@@ -424,9 +529,17 @@ def _aggregate(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.nda
     quoted = np.isfinite(t.bid) & np.isfinite(t.ask)
     spread = np.where(quoted, t.ask - t.bid, 0.0)
     # columns in SUM_FIELDS order
-    terms = np.column_stack((size0, np.where(sized, typical * size0, 0.0), size0,
-                             np.where(sized, 0.0, typical), np.where(t.side > 0, size0, 0.0),
-                             np.where(t.side < 0, size0, 0.0), spread))
+    terms = np.column_stack(
+        (
+            size0,
+            np.where(sized, typical * size0, 0.0),
+            size0,
+            np.where(sized, 0.0, typical),
+            np.where(t.side > 0, size0, 0.0),
+            np.where(t.side < 0, size0, 0.0),
+            spread,
+        )
+    )
     lengths = last - first + 1
     longest = int(lengths.max())
     if longest <= SEQUENTIAL_RUNS:
@@ -453,10 +566,21 @@ def _aggregate(t: TickBatch, starts: np.ndarray, first: np.ndarray, last: np.nda
     else:
         highs_k = np.maximum.reduceat(highs, first)
         lows_k = np.minimum.reduceat(lows, first)
-        counts = np.column_stack((lengths,
-                                  np.add.reduceat((~sized).astype(np.int64), first),
-                                  np.add.reduceat(quoted.astype(np.int64), first)))
+        counts = np.column_stack(
+            (
+                lengths,
+                np.add.reduceat((~sized).astype(np.int64), first),
+                np.add.reduceat(quoted.astype(np.int64), first),
+            )
+        )
         spread_max = np.maximum.reduceat(np.where(quoted, spread, -np.inf), first)
-    return _Aggregates(starts[first].tolist(), opens[first].tolist(), highs_k.tolist(),
-                       lows_k.tolist(), price[last].tolist(), counts.tolist(), sums.tolist(),
-                       spread_max.tolist())
+    return _Aggregates(
+        starts[first].tolist(),
+        opens[first].tolist(),
+        highs_k.tolist(),
+        lows_k.tolist(),
+        price[last].tolist(),
+        counts.tolist(),
+        sums.tolist(),
+        spread_max.tolist(),
+    )

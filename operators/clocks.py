@@ -73,11 +73,14 @@ class PartitionClock:
 class PartitionClocks:
     """The clocks of all input partitions (see the module docstring)."""
 
-    def __init__(self, partitions: Sequence[str] = (),
-                 state: dict[str, PartitionClock] | None = None) -> None:
+    def __init__(
+        self, partitions: Sequence[str] = (), state: dict[str, PartitionClock] | None = None
+    ) -> None:
         self.parts: dict[str, PartitionClock] = (
-            {p: PartitionClock() for p in partitions} if state is None
-            else {p: _copy(c) for p, c in state.items()})
+            {p: PartitionClock() for p in partitions}
+            if state is None
+            else {p: _copy(c) for p, c in state.items()}
+        )
 
     def _part(self, name: str) -> PartitionClock:
         part = self.parts.get(name)

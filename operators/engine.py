@@ -96,9 +96,14 @@ class EngineConfig:
 
     @classmethod
     def from_settings(cls, s: Any) -> EngineConfig:
-        return cls(EnsembleConfig.from_settings(s), SupervisorConfig.from_settings(s),
-                   ExecConfig.from_settings(s), SizingConfig.from_settings(s),
-                   LearnerConfig.from_settings(s), s.max_decision_queue)
+        return cls(
+            EnsembleConfig.from_settings(s),
+            SupervisorConfig.from_settings(s),
+            ExecConfig.from_settings(s),
+            SizingConfig.from_settings(s),
+            LearnerConfig.from_settings(s),
+            s.max_decision_queue,
+        )
 
     @property
     def reward(self) -> RewardWeights:
@@ -139,8 +144,15 @@ class EngineOutput:
     counts: Counter = field(default_factory=Counter)
 
     def __bool__(self) -> bool:
-        return bool(self.signals or self.trades or self.updates or self.cycles or self.counts
-                    or self.shadow or self.drift)
+        return bool(
+            self.signals
+            or self.trades
+            or self.updates
+            or self.cycles
+            or self.counts
+            or self.shadow
+            or self.drift
+        )
 
     def learned(self, records: list[ClmCycle | DriftCheck]) -> None:
         """File the continuous learner's records."""
@@ -154,30 +166,36 @@ class EngineOutput:
 class DecisionEngine:
     """The engine's state and event loop (plain Python; see the module docstring)."""
 
-    def __init__(self, cfg: EngineConfig, deps: EngineDeps,
-                 state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, cfg: EngineConfig, deps: EngineDeps, state: dict[str, Any] | None = None
+    ) -> None:
         self.cfg = cfg
         self.deps = deps
         state = state or {}
         registry = deps.registry
         self.clocks = PartitionClocks(deps.partitions, state.get("clocks"))
-        self.portfolio = (Portfolio.restore(cfg.execution, state["portfolio"])
-                          if "portfolio" in state else Portfolio(cfg.execution))
-        self.models = ActiveModels(registry, owned=deps.clm is not None,
-                                   state=state.get("models"))
+        self.portfolio = (
+            Portfolio.restore(cfg.execution, state["portfolio"])
+            if "portfolio" in state
+            else Portfolio(cfg.execution)
+        )
+        self.models = ActiveModels(registry, owned=deps.clm is not None, state=state.get("models"))
         self.votes = VoteBook(registry)
         self.policy = PolicySource(registry, state.get("pinned"))
         self._polled_at = -math.inf  # wall clock of the last look for manual stage changes
         self.sizer = Sizer(cfg.sizing, self.policy)
-        self.weights = (DynamicWeights(cfg.ensemble.weights,
-                                       pair_limit=cfg.ensemble.vote_threshold)
-                        if deps.dynamic_weights else None)
+        self.weights = (
+            DynamicWeights(cfg.ensemble.weights, pair_limit=cfg.ensemble.vote_threshold)
+            if deps.dynamic_weights
+            else None
+        )
         if self.weights is not None and "weights" in state:
             self.weights.restore(state["weights"])
         scope = cfg.supervisor.scope
         self.supervisors: dict[str, Supervisor] = {
             k: Supervisor.restore(cfg.supervisor, v)
-            for k, v in state.get("supervisors", {}).items()}
+            for k, v in state.get("supervisors", {}).items()
+        }
         self._global = scope == "global"
         self.rl = None if deps.rl is None else deps.rl(self.policy, state.get("rl"))
         if self.rl is not None and self.policy.pinned is None:
@@ -201,9 +219,13 @@ class DecisionEngine:
         if self.portfolio.waiting > self.cfg.max_queue:
             slow = self.clocks.force_idle()
             if slow is not None:
-                log.warning("decision engine: %d bars wait for input partition %s; treating it "
-                            "as idle (QT_MAX_DECISION_QUEUE=%d)", self.portfolio.waiting, slow,
-                            self.cfg.max_queue)
+                log.warning(
+                    "decision engine: %d bars wait for input partition %s; treating it "
+                    "as idle (QT_MAX_DECISION_QUEUE=%d)",
+                    self.portfolio.waiting,
+                    slow,
+                    self.cfg.max_queue,
+                )
                 out += self._run(self.clocks.horizon())
                 if out:
                     out[-1].counts["engine.partitions_forced_idle"] += 1
@@ -215,19 +237,28 @@ class DecisionEngine:
         if bs is None:
             raise ValueError(f"engine: the feature step of {step.symbol} carries no bar step")
         if not isinstance(bs, ShardBarStep):  # one symbol's step
-            bars = [(ci, clock, to_ms(bar.end), (vector, votes))
-                    for ci, clock, bar, vector, votes in zip(
-                        bs.close_index, bs.clocks, bs.bars, fs.vectors, step.votes,
-                        strict=True)]
+            bars = [
+                (ci, clock, to_ms(bar.end), (vector, votes))
+                for ci, clock, bar, vector, votes in zip(
+                    bs.close_index, bs.clocks, bs.bars, fs.vectors, step.votes, strict=True
+                )
+            ]
             self.portfolio.add(step.symbol, bs.ticks, bars)
             self.clocks.arrived(fs.tag)
             return
         # several symbols' ticks and bars (operators.bars.ShardBarStep), symbol by symbol
         for sym, ticks, offset, a, b in bs.symbols:
-            bars = [(ci - offset, clock, to_ms(bar.end), (vector, votes))
-                    for ci, clock, bar, vector, votes in zip(
-                        bs.close_index[a:b], bs.clocks[a:b], bs.bars[a:b], fs.vectors[a:b],
-                        step.votes[a:b], strict=True)]
+            bars = [
+                (ci - offset, clock, to_ms(bar.end), (vector, votes))
+                for ci, clock, bar, vector, votes in zip(
+                    bs.close_index[a:b],
+                    bs.clocks[a:b],
+                    bs.bars[a:b],
+                    fs.vectors[a:b],
+                    step.votes[a:b],
+                    strict=True,
+                )
+            ]
             self.portfolio.add(sym, ticks, bars)
         self.clocks.arrived(fs.tag, len(bs.symbols))
 
@@ -277,8 +308,9 @@ class DecisionEngine:
                     if self.models.poll():
                         self.policy.adopt()
                 bar = pf.bar(ev)
-                pf.apply(ev, bar, self._decide(ev.symbol, ev.clock, bar.bar_end_ms,
-                                               bar.payload, out))
+                pf.apply(
+                    ev, bar, self._decide(ev.symbol, ev.clock, bar.bar_end_ms, bar.payload, out)
+                )
             elif ev.kind is EventKind.FILL:
                 closes, request = pf.begin_fill(ev)
                 self._trades(closes, out)
@@ -291,8 +323,9 @@ class DecisionEngine:
         pf.trim()
         return [out] if out else []
 
-    def _decide(self, symbol: str, clock: int, bar_end_ms: int, payload: Any,
-                out: EngineOutput) -> BarDecision:
+    def _decide(
+        self, symbol: str, clock: int, bar_end_ms: int, payload: Any, out: EngineOutput
+    ) -> BarDecision:
         vector, scored = payload
         votes = self._production_votes(vector, scored)
         weights = None if self.weights is None else self.weights.current()
@@ -326,7 +359,7 @@ class DecisionEngine:
             self._stamp = stamp
             self._expected = [(m, prod[m]) for m in MODEL_NAMES]
         expected = self._expected
-        head = list(scored[:len(expected)])
+        head = list(scored[: len(expected)])
         if list(map(_MODEL_VERSION, head)) == expected:
             return head
         return [self.votes.vote(m, prod[m], vector, scored) for m in MODEL_NAMES]
@@ -343,8 +376,9 @@ class DecisionEngine:
             if not isinstance(e.event, TradeClosed) or not self.deps.learning:
                 continue
             joined = JoinedTrade(e.record.opened, e.event, JoinSource.STREAM)
-            out.outcomes.append(trade_outcome(
-                joined, trade_reward(joined.opened, joined.closed, self.cfg.reward)))
+            out.outcomes.append(
+                trade_outcome(joined, trade_reward(joined.opened, joined.closed, self.cfg.reward))
+            )
             if transition_of(joined, self.cfg.reward) is not None:
                 out.counts["rl.transitions"] += 1
             if self.weights is not None:
@@ -355,8 +389,13 @@ class DecisionEngine:
                 out.cycles += self.clm.on_trade(joined)
 
     def _book_counts(self) -> Counter:
-        counts = Counter({f"execution.{k}": v for k, v in self.portfolio.counts().items()
-                          if not k.startswith(("trades_", "exits.", "signals_blocked"))})
+        counts = Counter(
+            {
+                f"execution.{k}": v
+                for k, v in self.portfolio.counts().items()
+                if not k.startswith(("trades_", "exits.", "signals_blocked"))
+            }
+        )
         if self.votes.late:
             counts["ensemble.votes_scored_in_engine"] = self.votes.late
         return counts
@@ -364,23 +403,35 @@ class DecisionEngine:
     # --- recovery ------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return {
-            "clocks": self.clocks.snapshot(), "portfolio": self.portfolio.snapshot(),
-            "models": self.models.snapshot(), "pinned": self.policy.pinned,
+            "clocks": self.clocks.snapshot(),
+            "portfolio": self.portfolio.snapshot(),
+            "models": self.models.snapshot(),
+            "pinned": self.policy.pinned,
             "supervisors": {k: s.snapshot() for k, s in self.supervisors.items()},
             "weights": None if self.weights is None else self.weights.snapshot(),
             "rl": None if self.rl is None else self.rl.snapshot(),
             "clm": None if self.clm is None else self.clm.snapshot(),
-            "max_waiting": self.max_waiting, "seq": self.seq,
+            "max_waiting": self.max_waiting,
+            "seq": self.seq,
         }
 
 
 @operator
-def decide_and_trade(step_id: str, scored: Stream[ScoredStep], progress: Stream[Progress],
-                     cfg: EngineConfig, deps: EngineDeps) -> Stream[EngineOutput]:
+def decide_and_trade(
+    step_id: str,
+    scored: Stream[ScoredStep],
+    progress: Stream[Progress],
+    cfg: EngineConfig,
+    deps: EngineDeps,
+) -> Stream[EngineOutput]:
     """The decision engine on one key (see the module docstring)."""
     merged = op.merge("with_progress", scored, progress)
     keyed = op.key_on("one_engine", merged, lambda _: ENGINE_KEY)
-    out = op.stateful("engine", keyed, stage_builder(
-        lambda _: DecisionEngine(cfg, deps),
-        lambda state: DecisionEngine(cfg, deps, state)))
+    out = op.stateful(
+        "engine",
+        keyed,
+        stage_builder(
+            lambda _: DecisionEngine(cfg, deps), lambda state: DecisionEngine(cfg, deps, state)
+        ),
+    )
     return op.key_rm("unkey", out)

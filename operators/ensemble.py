@@ -68,8 +68,12 @@ from schemas.signals import Action, Consensus, Signal, Vote
 
 log = logging.getLogger(__name__)
 
-AUDIT_WEIGHTS: dict[str, float] = {"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30,
-                                   "patchtst": 0.20}
+AUDIT_WEIGHTS: dict[str, float] = {
+    "xgboost": 0.25,
+    "lightgbm": 0.25,
+    "nhits": 0.30,
+    "patchtst": 0.20,
+}
 MULTIPLIER = {Consensus.UNANIMOUS: 1.2, Consensus.STRONG: 1.1, Consensus.SPLIT: 0.8}
 
 
@@ -84,8 +88,11 @@ class EnsembleConfig:
 
     @classmethod
     def from_settings(cls, s: Any) -> EnsembleConfig:
-        return cls(vote_threshold=s.vote_threshold, high_vol=s.high_vol_threshold,
-                   high_vol_min_confidence=s.high_vol_min_confidence)
+        return cls(
+            vote_threshold=s.vote_threshold,
+            high_vol=s.high_vol_threshold,
+            high_vol_min_confidence=s.high_vol_min_confidence,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +105,12 @@ class Decision:
     vol_blocked: bool
 
 
-def decide(votes: Sequence[Vote], volatility: float, cfg: EnsembleConfig,
-           weights: Mapping[str, float] | None = None) -> Decision:
+def decide(
+    votes: Sequence[Vote],
+    volatility: float,
+    cfg: EnsembleConfig,
+    weights: Mapping[str, float] | None = None,
+) -> Decision:
     """Combine votes with the audit's rules (see the module docstring)."""
     weights = cfg.weights if weights is None else weights
     buy = sum(weights[v.model] for v in votes if v.action is Action.BUY)
@@ -126,8 +137,11 @@ def decide(votes: Sequence[Vote], volatility: float, cfg: EnsembleConfig,
     base = sum(weights[v.model] * v.confidence for v in agree) / w if w > 0 else 0.0
     confidence = min(1.0, base * MULTIPLIER[consensus])
     blocked = False
-    if (action is not Action.HOLD and volatility > cfg.high_vol
-            and not confidence > cfg.high_vol_min_confidence):
+    if (
+        action is not Action.HOLD
+        and volatility > cfg.high_vol
+        and not confidence > cfg.high_vol_min_confidence
+    ):
         action, blocked = Action.HOLD, True
     return Decision(action, confidence, consensus, buy, sell, blocked)
 
@@ -214,8 +228,12 @@ def _vote_problem(action: Any, conf: Any) -> str | None:
     return None
 
 
-def signal_of(vector: FeatureVector, votes: Sequence[Vote], cfg: EnsembleConfig,
-              weights: Mapping[str, float] | None = None) -> Signal:
+def signal_of(
+    vector: FeatureVector,
+    votes: Sequence[Vote],
+    cfg: EnsembleConfig,
+    weights: Mapping[str, float] | None = None,
+) -> Signal:
     """The ensemble's signal for one bar from its four votes (``votes`` in
     :data:`models.base.MODEL_NAMES` order). A warm-up vector's signal is HOLD (consensus
     ``warmup``) whatever the votes say: its features are incomplete."""
@@ -224,16 +242,44 @@ def signal_of(vector: FeatureVector, votes: Sequence[Vote], cfg: EnsembleConfig,
     vol = v.values["vol_daily"]
     w = tuple(weights[x.model] for x in votes)
     if not v.warm:
-        return Signal(v.symbol, v.ts, v.bar_start, Action.HOLD, 0.0, Consensus.WARMUP, 0.0, 0.0,
-                      vol, False, False, v.feature_set, tuple(votes), w)
+        return Signal(
+            v.symbol,
+            v.ts,
+            v.bar_start,
+            Action.HOLD,
+            0.0,
+            Consensus.WARMUP,
+            0.0,
+            0.0,
+            vol,
+            False,
+            False,
+            v.feature_set,
+            tuple(votes),
+            w,
+        )
     d = decide(votes, vol if vol == vol else 0.0, cfg, weights)
-    return Signal(v.symbol, v.ts, v.bar_start, d.action, d.confidence, d.consensus,
-                  d.buy_votes, d.sell_votes, vol, d.vol_blocked, True, v.feature_set,
-                  tuple(votes), w)
+    return Signal(
+        v.symbol,
+        v.ts,
+        v.bar_start,
+        d.action,
+        d.confidence,
+        d.consensus,
+        d.buy_votes,
+        d.sell_votes,
+        vol,
+        d.vol_blocked,
+        True,
+        v.feature_set,
+        tuple(votes),
+        w,
+    )
 
 
-def model_votes(m: LoadedModel, vectors: Sequence[FeatureVector] | VectorBatch,
-                failures: Counter) -> list[Vote]:
+def model_votes(
+    m: LoadedModel, vectors: Sequence[FeatureVector] | VectorBatch, failures: Counter
+) -> list[Vote]:
     """``m``'s vote on each vector; a raise, or a bad action or confidence, votes HOLD 0 and
     is counted in ``failures`` (and logged, sparingly). With ``vote_arrays`` the model scores
     a shared :class:`VectorBatch` and the checks run on arrays."""
@@ -243,8 +289,13 @@ def model_votes(m: LoadedModel, vectors: Sequence[FeatureVector] | VectorBatch,
     def failed(k: int, why: str) -> None:
         failures[m.name] += k
         if failures[m.name] <= 10 or failures[m.name] % 1000 == 0:
-            log.warning("ensemble: model %s %s failed (%d so far): %s", m.name, m.version,
-                        failures[m.name], why)
+            log.warning(
+                "ensemble: model %s %s failed (%d so far): %s",
+                m.name,
+                m.version,
+                failures[m.name],
+                why,
+            )
 
     if m.vote_arrays is not None:
         try:
@@ -257,11 +308,16 @@ def model_votes(m: LoadedModel, vectors: Sequence[FeatureVector] | VectorBatch,
             return [Vote(m.name, m.version, Action.HOLD, 0.0, True)] * n
         bad = ~((conf >= 0.0) & (conf <= 1.0) & (ids >= 0) & (ids <= 2))
         name, version = m.name, m.version
-        out = [Vote(name, version, _ACTIONS[a], c)
-               for a, c in zip(np.where(bad, 0, ids).tolist(), conf.tolist(), strict=True)]
+        out = [
+            Vote(name, version, _ACTIONS[a], c)
+            for a, c in zip(np.where(bad, 0, ids).tolist(), conf.tolist(), strict=True)
+        ]
         for i in np.flatnonzero(bad).tolist():
-            failed(1, _vote_problem(_ACTIONS[ids[i]] if ids[i] in (0, 1, 2) else ids[i],
-                                    float(conf[i])) or "bad vote")
+            failed(
+                1,
+                _vote_problem(_ACTIONS[ids[i]] if ids[i] in (0, 1, 2) else ids[i], float(conf[i]))
+                or "bad vote",
+            )
             out[i] = Vote(name, version, Action.HOLD, 0.0, True)
         return out
 
@@ -296,8 +352,9 @@ class Scorer:
     cfg: EnsembleConfig = field(default_factory=EnsembleConfig)
     failures: Counter = field(default_factory=Counter)
 
-    def votes(self, vectors: Sequence[FeatureVector],
-              batch: VectorBatch | None = None) -> list[list[Vote]]:
+    def votes(
+        self, vectors: Sequence[FeatureVector], batch: VectorBatch | None = None
+    ) -> list[list[Vote]]:
         """Per vector, one vote per production model (MODEL_NAMES order)."""
         per_vector: list[list[Vote]] = [[] for _ in vectors]
         if not vectors:
@@ -329,8 +386,9 @@ class Scorer:
 
     def score(self, vectors: Sequence[FeatureVector]) -> list[Signal]:
         """One signal per vector, each with every production model's vote."""
-        return [signal_of(v, vs, self.cfg)
-                for v, vs in zip(vectors, self.votes(vectors), strict=True)]
+        return [
+            signal_of(v, vs, self.cfg) for v, vs in zip(vectors, self.votes(vectors), strict=True)
+        ]
 
 
 @dataclass(slots=True)
@@ -356,8 +414,7 @@ class VoteBook:
         self.failures: Counter = Counter()
         self.late = 0  # votes computed here (for the summary)
 
-    def vote(self, model: str, version: str, vector: FeatureVector,
-             scored: Sequence[Vote]) -> Vote:
+    def vote(self, model: str, version: str, vector: FeatureVector, scored: Sequence[Vote]) -> Vote:
         for v in scored:
             if v.model == model and v.version == version:
                 return v
@@ -376,22 +433,30 @@ class VoteBook:
             del self._models[key]
 
 
-def shadow_votes(book: VoteBook, shadows: Sequence[tuple[str, str]], vector: FeatureVector,
-                 scored: Sequence[Vote]) -> tuple[ShadowPrediction, ...]:
+def shadow_votes(
+    book: VoteBook,
+    shadows: Sequence[tuple[str, str]],
+    vector: FeatureVector,
+    scored: Sequence[Vote],
+) -> tuple[ShadowPrediction, ...]:
     """The challengers' votes on a warm bar (none on a warm-up bar), as shadow predictions."""
     if not vector.warm:
         return ()
     out = []
     for model, version in shadows:
         v = book.vote(model, version, vector, scored)
-        out.append(ShadowPrediction(v.model, v.version, vector.symbol, vector.ts, v.action,
-                                    v.confidence, v.failed))
+        out.append(
+            ShadowPrediction(
+                v.model, v.version, vector.symbol, vector.ts, v.action, v.confidence, v.failed
+            )
+        )
     return tuple(out)
 
 
 @operator
-def score_votes(step_id: str, up: KeyedStream[FeatureStep],
-                scorer: Scorer) -> KeyedStream[ScoredStep]:
+def score_votes(
+    step_id: str, up: KeyedStream[FeatureStep], scorer: Scorer
+) -> KeyedStream[ScoredStep]:
     """Every model version's votes on every feature step that reaches this worker, in one
     batch per model (the parallel, expensive half of the ensemble; the engine decides).
 
@@ -408,7 +473,8 @@ def score_votes(step_id: str, up: KeyedStream[FeatureStep],
             raise RuntimeError(f"{step_id}: scoring {len(vectors)} vectors failed") from exc
         if vectors:
             METRICS.inference(time.perf_counter() - started)
-        return [(key, ScoredStep(key, step, [next(votes) for _ in step.vectors]))
-                for key, step in items]
+        return [
+            (key, ScoredStep(key, step, [next(votes) for _ in step.vectors])) for key, step in items
+        ]
 
     return op.flat_map_batch("score", up, score_batch)

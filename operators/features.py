@@ -74,12 +74,37 @@ Z_PERIOD = 20
 
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"ret_{k}" for k in RETURN_HORIZONS),
-    "vol_ewma", "vol_daily", "rsi_14", "macd", "macd_signal", "macd_hist", "bb_pctb",
-    "atr_14", "volume_z", "activity_z", "range_hl", "vwap_dist", "spread_bps", "imbalance",
-    "tod_sin", "tod_cos", "dow_sin", "dow_cos",
+    "vol_ewma",
+    "vol_daily",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_pctb",
+    "atr_14",
+    "volume_z",
+    "activity_z",
+    "range_hl",
+    "vwap_dist",
+    "spread_bps",
+    "imbalance",
+    "tod_sin",
+    "tod_cos",
+    "dow_sin",
+    "dow_cos",
 )
-_PARAMS = (RETURN_HORIZONS, EWMA_VOL_ALPHA, RSI_PERIOD, ATR_PERIOD, MACD_FAST, MACD_SLOW,
-           MACD_SIGNAL, BB_PERIOD, BB_SIGMA, Z_PERIOD)
+_PARAMS = (
+    RETURN_HORIZONS,
+    EWMA_VOL_ALPHA,
+    RSI_PERIOD,
+    ATR_PERIOD,
+    MACD_FAST,
+    MACD_SLOW,
+    MACD_SIGNAL,
+    BB_PERIOD,
+    BB_SIGMA,
+    Z_PERIOD,
+)
 _DIGEST = hashlib.sha256(repr((FEATURE_NAMES, _PARAMS)).encode()).hexdigest()
 FEATURE_SET_VERSION = f"fs1-{_DIGEST[:8]}"
 
@@ -123,8 +148,12 @@ def _time_features(end: datetime) -> tuple[float, float, float, float]:
         dow = ((end_ms // DAY_MS) + 3) % 7 / 7.0  # 1970-01-01 was a Thursday; Monday = 0
         if len(_TIME_FEATURES) >= 4096:
             _TIME_FEATURES.clear()
-        out = _TIME_FEATURES[end] = (math.sin(TAU * tod), math.cos(TAU * tod),
-                                     math.sin(TAU * dow), math.cos(TAU * dow))
+        out = _TIME_FEATURES[end] = (
+            math.sin(TAU * tod),
+            math.cos(TAU * tod),
+            math.sin(TAU * dow),
+            math.cos(TAU * dow),
+        )
     return out
 
 
@@ -211,25 +240,54 @@ class FeatureEngine:
         buy, sell = bar.buy_volume, bar.sell_volume
         flow = buy + sell
         vwap = bar.vwap
-        v = dict(zip(FEATURE_NAMES, (
-            *rets, vol, vol * self._day_scale, rsi, macd, ms, macd - ms,
-            0.5 if sd <= 0 else (c - (m - BB_SIGMA * sd)) / (2 * BB_SIGMA * sd),
-            a / c, volume_z, activity_z, (high - low) / c, (c - vwap) / vwap,
-            bar.spread_mean / c * 1e4, (buy - sell) / flow if flow > 0 else NAN,
-            *_time_features(bar.end)), strict=False))  # 22 values: FEATURE_NAMES
+        v = dict(
+            zip(
+                FEATURE_NAMES,
+                (
+                    *rets,
+                    vol,
+                    vol * self._day_scale,
+                    rsi,
+                    macd,
+                    ms,
+                    macd - ms,
+                    0.5 if sd <= 0 else (c - (m - BB_SIGMA * sd)) / (2 * BB_SIGMA * sd),
+                    a / c,
+                    volume_z,
+                    activity_z,
+                    (high - low) / c,
+                    (c - vwap) / vwap,
+                    bar.spread_mean / c * 1e4,
+                    (buy - sell) / flow if flow > 0 else NAN,
+                    *_time_features(bar.end),
+                ),
+                strict=False,
+            )
+        )  # 22 values: FEATURE_NAMES
         closes.append(c)
         self.bars_seen += 1
         returns = self.returns
         pad = self.seq_window - len(returns)
         window = (NAN,) * pad + tuple(returns) if pad > 0 else tuple(returns)
         # (symbol, ts, bar_start, feature_set, warm, close, values, window)
-        return FeatureVector(self.symbol, bar.end, bar.start, FEATURE_SET_VERSION,
-                             self.bars_seen >= self._warmup, c, v, window)
+        return FeatureVector(
+            self.symbol,
+            bar.end,
+            bar.start,
+            FEATURE_SET_VERSION,
+            self.bars_seen >= self._warmup,
+            c,
+            v,
+            window,
+        )
 
     # --- as a stage (see operators.stage) --------------------------------------------------
     def push(self, step: BarStep) -> list[FeatureStep]:
-        return [FeatureStep(self.symbol, [self.update(b) for b in step.bars], step.tag,
-                            step.clocks, step)]
+        return [
+            FeatureStep(
+                self.symbol, [self.update(b) for b in step.bars], step.tag, step.clocks, step
+            )
+        ]
 
     def finish(self) -> list[FeatureStep]:
         return []
@@ -250,8 +308,9 @@ class FeatureEngine:
         return eng
 
 
-def features_for_bars(bars: Iterable[Bar], bar_seconds: int,
-                      seq_window: int) -> list[FeatureVector]:
+def features_for_bars(
+    bars: Iterable[Bar], bar_seconds: int, seq_window: int
+) -> list[FeatureVector]:
     """Run the live feature code over historical bars (training sets are built from this)."""
     engines: dict[str, FeatureEngine] = {}
     out = []
@@ -272,8 +331,9 @@ class ShardFeatureStep(FeatureStep):
 class ShardFeatures:
     """The feature engines of one shard's symbols, fed a shard's bar step at a time."""
 
-    def __init__(self, bar_seconds: int, seq_window: int,
-                 engines: dict[str, FeatureEngine] | None = None) -> None:
+    def __init__(
+        self, bar_seconds: int, seq_window: int, engines: dict[str, FeatureEngine] | None = None
+    ) -> None:
         self.bar_seconds, self.seq_window = bar_seconds, seq_window
         self.engines: dict[str, FeatureEngine] = dict(engines or {})
 
@@ -285,36 +345,43 @@ class ShardFeatures:
         for part in step.symbols:
             if part.bars_to > part.bars_from:
                 update = self._engine(part.symbol).update
-                vectors += [update(b) for b in bars[part.bars_from:part.bars_to]]
+                vectors += [update(b) for b in bars[part.bars_from : part.bars_to]]
         return [ShardFeatureStep(step.symbol, vectors, step.tag, step.clocks, step)]
 
     def _engine(self, symbol: str) -> FeatureEngine:
         eng = self.engines.get(symbol)
         if eng is None:
-            eng = self.engines[symbol] = FeatureEngine(symbol, self.bar_seconds,
-                                                       self.seq_window)
+            eng = self.engines[symbol] = FeatureEngine(symbol, self.bar_seconds, self.seq_window)
         return eng
 
     def finish(self) -> list[FeatureStep]:
         return []
 
     def snapshot(self) -> tuple[int, int, dict[str, dict]]:
-        return (self.bar_seconds, self.seq_window,
-                {sym: eng.snapshot() for sym, eng in self.engines.items()})
+        return (
+            self.bar_seconds,
+            self.seq_window,
+            {sym: eng.snapshot() for sym, eng in self.engines.items()},
+        )
 
     @classmethod
     def restore(cls, state: tuple[int, int, dict[str, dict]]) -> ShardFeatures:
         bar_seconds, seq_window, engines = state
-        return cls(bar_seconds, seq_window,
-                   {sym: FeatureEngine.restore(e) for sym, e in engines.items()})
+        return cls(
+            bar_seconds, seq_window, {sym: FeatureEngine.restore(e) for sym, e in engines.items()}
+        )
 
 
 @operator
-def compute_features(step_id: str, up: KeyedStream[BarStep], bar_seconds: int,
-                     seq_window: int) -> KeyedStream[FeatureStep]:
+def compute_features(
+    step_id: str, up: KeyedStream[BarStep], bar_seconds: int, seq_window: int
+) -> KeyedStream[FeatureStep]:
     """Features on every closed bar (see the module docstring), per shard of symbols as the
     bars come (:class:`ShardFeatureStep`)."""
     if seq_window < 2:
         raise ValueError(f"{step_id}: seq_window must be at least 2, got {seq_window}")
-    return op.stateful("features", up, stage_builder(
-        lambda _: ShardFeatures(bar_seconds, seq_window), ShardFeatures.restore))
+    return op.stateful(
+        "features",
+        up,
+        stage_builder(lambda _: ShardFeatures(bar_seconds, seq_window), ShardFeatures.restore),
+    )

@@ -91,8 +91,14 @@ class ExecConfig:
 
     @classmethod
     def from_settings(cls, s: Any) -> ExecConfig:
-        return cls(s.fee_bps, s.slippage_bps, s.max_holding_seconds * 1000, s.exec_latency_ms,
-                   s.subaccount_equity, s.start_equity)
+        return cls(
+            s.fee_bps,
+            s.slippage_bps,
+            s.max_holding_seconds * 1000,
+            s.exec_latency_ms,
+            s.subaccount_equity,
+            s.start_equity,
+        )
 
     @property
     def fee(self) -> float:
@@ -214,8 +220,9 @@ class TickTape:
             self.starts.append(start)
             self.end += n
             k = n - 1
-            self.last = LastTick(int(ticks.ts_ms[k]), float(ticks.price[k]), float(ticks.bid[k]),
-                                 float(ticks.ask[k]))
+            self.last = LastTick(
+                int(ticks.ts_ms[k]), float(ticks.price[k]), float(ticks.bid[k]), float(ticks.ask[k])
+            )
         return start
 
     def locate(self, i: int) -> tuple[TickBatch, int]:
@@ -392,10 +399,14 @@ class SymbolBook:
 
     def copy(self) -> SymbolBook:
         """An independent copy (ticks shared: they are never modified)."""
-        book = replace(self, tape=self.tape.copy(), closes=deque(self.closes),
-                       order=None if self.order is None else replace(self.order),
-                       position=None if self.position is None else replace(self.position),
-                       counts=Counter(self.counts))
+        book = replace(
+            self,
+            tape=self.tape.copy(),
+            closes=deque(self.closes),
+            order=None if self.order is None else replace(self.order),
+            position=None if self.position is None else replace(self.position),
+            counts=Counter(self.counts),
+        )
         book.account = SubAccount.restore(self.account.snapshot())
         return book
 
@@ -423,8 +434,7 @@ class Portfolio:
             b = self.books[symbol] = SymbolBook(symbol, self.cfg)
         return b
 
-    def add(self, symbol: str, ticks: TickBatch,
-            bars: Sequence[tuple[int, int, int, Any]]) -> None:
+    def add(self, symbol: str, ticks: TickBatch, bars: Sequence[tuple[int, int, int, Any]]) -> None:
         """Add one symbol's ticks and the bars they closed: ``(close index in ticks, clock,
         bar end ms, payload)``; a close index of ``len(ticks)`` marks a bar closed at end of
         input (clock :data:`EOF_CLOCK`)."""
@@ -517,8 +527,12 @@ class Portfolio:
             px = b.tape.side_price(event.index, buy=b.position.side is Side.SHORT)
             out.append(self._close(b, event.index, px, ExitReason.OPPOSITE_SIGNAL, False))
         d = order.decision
-        state = b.account.state(vol_daily=b.last_vol, confidence=d.signal.confidence,
-                                direction=d.signal.action, exposure=self.ledger.exposure())
+        state = b.account.state(
+            vol_daily=b.last_vol,
+            confidence=d.signal.confidence,
+            direction=d.signal.action,
+            exposure=self.ledger.exposure(),
+        )
         return out, SizingRequest(event.symbol, d.bar_end_ms, event.index, state, d)
 
     def complete_fill(self, req: SizingRequest, sized: Sized | None) -> list[ExecEvent]:
@@ -534,21 +548,37 @@ class Portfolio:
         tp = entry * (1 + side.sign * sized.tp_pct / 100)
         sl = entry * (1 - side.sign * sized.sl_pct / 100)
         v = d.verdict
-        sup = (SupervisorAtEntry(v.mode, v.buy_share, v.sell_share, v.window_size, v.reason)
-               if v is not None else SupervisorAtEntry(SupervisorMode.OFF, math.nan, math.nan, 0,
-                                                       "supervisor off"))
+        sup = (
+            SupervisorAtEntry(v.mode, v.buy_share, v.sell_share, v.window_size, v.reason)
+            if v is not None
+            else SupervisorAtEntry(SupervisorMode.OFF, math.nan, math.nan, 0, "supervisor off")
+        )
         entry_state = EntryState(
-            features=dict(d.vector.values), feature_set=d.vector.feature_set,
-            window=tuple(d.vector.window), votes=d.signal.votes,
-            confidence=d.signal.confidence, consensus=d.signal.consensus,
-            volatility=d.signal.volatility, supervisor=sup, rl=sized.decision,
-            sizing=sized.sizing)
+            features=dict(d.vector.values),
+            feature_set=d.vector.feature_set,
+            window=tuple(d.vector.window),
+            votes=d.signal.votes,
+            confidence=d.signal.confidence,
+            consensus=d.signal.consensus,
+            volatility=d.signal.volatility,
+            supervisor=sup,
+            rl=sized.decision,
+            sizing=sized.sizing,
+        )
         ts = b.tape.ts(j)
         opened = TradeOpened(
-            trade_id=f"{req.symbol}@{iso(from_ms(d.bar_end_ms))}", symbol=req.symbol,
-            side=side, quantity=qty, entry_ts=from_ms(ts), entry_price=entry, tp_price=tp,
-            sl_price=sl, size_usd=sized.size_usd, entry_fee=cfg.fee * qty * entry,
-            entry=entry_state)
+            trade_id=f"{req.symbol}@{iso(from_ms(d.bar_end_ms))}",
+            symbol=req.symbol,
+            side=side,
+            quantity=qty,
+            entry_ts=from_ms(ts),
+            entry_price=entry,
+            tp_price=tp,
+            sl_price=sl,
+            size_usd=sized.size_usd,
+            entry_fee=cfg.fee * qty * entry,
+            entry=entry_state,
+        )
         b.position = Position(opened, side, qty, entry, ts, j, tp, sl, sized.size_usd)
         self.ledger.open_notional[req.symbol] = sized.size_usd
         b.exit, b.exit_scanned = None, j + 1
@@ -563,12 +593,14 @@ class Portfolio:
         assert hit is not None and hit.index == event.index
         return [self._close(b, hit.index, hit.price, hit.reason, hit.at_level)]
 
-    def _close(self, b: SymbolBook, index: int, base: float, reason: ExitReason,
-               at_level: bool) -> ExecEvent:
+    def _close(
+        self, b: SymbolBook, index: int, base: float, reason: ExitReason, at_level: bool
+    ) -> ExecEvent:
         p = b.position
         assert p is not None
-        closed = close_record(p, b.account, self.ledger, self.cfg, b.tape.ts(index), base,
-                              reason, b.last_vol)
+        closed = close_record(
+            p, b.account, self.ledger, self.cfg, b.tape.ts(index), base, reason, b.last_vol
+        )
         b.position, b.exit = None, None
         b.counts["trades_closed"] += 1
         b.counts[f"exits.{reason.value}"] += 1
@@ -585,19 +617,33 @@ class Portfolio:
             last = b.tape.last
             if b.position is not None and last is not None:
                 buy = b.position.side is Side.SHORT
-                px = (last.ask if buy and math.isfinite(last.ask) else
-                      last.bid if not buy and math.isfinite(last.bid) else last.price)
+                px = (
+                    last.ask
+                    if buy and math.isfinite(last.ask)
+                    else last.bid
+                    if not buy and math.isfinite(last.bid)
+                    else last.price
+                )
                 p = b.position
-                closed = close_record(p, b.account, self.ledger, self.cfg, last.ts_ms, px,
-                                      ExitReason.END_OF_INPUT, b.last_vol)
+                closed = close_record(
+                    p,
+                    b.account,
+                    self.ledger,
+                    self.cfg,
+                    last.ts_ms,
+                    px,
+                    ExitReason.END_OF_INPUT,
+                    b.last_vol,
+                )
                 b.position, b.exit = None, None
                 b.counts["trades_closed"] += 1
                 b.counts[f"exits.{ExitReason.END_OF_INPUT.value}"] += 1
                 out.append(ExecEvent(closed, TradeRecord(p.opened, closed)))
         return out
 
-    def preview_close(self, symbol: str,
-                      decide: Callable[[str, int], BarDecision]) -> TradeClosed | None:
+    def preview_close(
+        self, symbol: str, decide: Callable[[str, int], BarDecision]
+    ) -> TradeClosed | None:
         """How the open position of ``symbol`` will close, without changing anything: its own
         events are run on a copy (decisions from ``decide(symbol, bar end)``) until the
         position closes, by an exit, an opposite signal's fill, or the end of the input seen
@@ -651,8 +697,11 @@ class Portfolio:
     # --- recovery ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """An independent copy of the state (later processing does not change it)."""
-        return {"books": {s: b.copy() for s, b in self.books.items()},
-                "ledger": self.ledger.copy(), "scheduled": dict(self._scheduled)}
+        return {
+            "books": {s: b.copy() for s, b in self.books.items()},
+            "ledger": self.ledger.copy(),
+            "scheduled": dict(self._scheduled),
+        }
 
     @classmethod
     def restore(cls, cfg: ExecConfig, state: dict[str, Any]) -> Portfolio:
@@ -668,8 +717,16 @@ class Portfolio:
         return p
 
 
-def close_record(p: Position, account: SubAccount, ledger: Ledger, cfg: ExecConfig, ts: int,
-                 base: float, reason: ExitReason, vol: float) -> TradeClosed:
+def close_record(
+    p: Position,
+    account: SubAccount,
+    ledger: Ledger,
+    cfg: ExecConfig,
+    ts: int,
+    base: float,
+    reason: ExitReason,
+    vol: float,
+) -> TradeClosed:
     """Book the close of ``p`` at ``base`` (before slippage) into ``account`` and ``ledger``."""
     exit_px = base * (1 - p.side.sign * cfg.slip)
     gross = p.side.sign * p.qty * (exit_px - p.entry_price)
@@ -678,14 +735,24 @@ def close_record(p: Position, account: SubAccount, ledger: Ledger, cfg: ExecConf
     account.close_trade(net, p.notional)
     ledger.realised += net
     ledger.open_notional.pop(p.opened.symbol, None)
-    nxt = account.state(vol_daily=vol, confidence=0.0, direction=p.side.sign,
-                        exposure=ledger.exposure())
+    nxt = account.state(
+        vol_daily=vol, confidence=0.0, direction=p.side.sign, exposure=ledger.exposure()
+    )
     return TradeClosed(
-        trade_id=p.opened.trade_id, symbol=p.opened.symbol, side=p.side, exit_ts=from_ms(ts),
-        exit_price=exit_px, exit_reason=reason, gross_pnl=gross, fees=fees, net_pnl=net,
+        trade_id=p.opened.trade_id,
+        symbol=p.opened.symbol,
+        side=p.side,
+        exit_ts=from_ms(ts),
+        exit_price=exit_px,
+        exit_reason=reason,
+        gross_pnl=gross,
+        fees=fees,
+        net_pnl=net,
         pnl_pct=100.0 * net / (p.qty * p.entry_price),
         holding_seconds=(ts - p.entry_ms) / 1000.0,
-        exit_state=tuple(float(x) for x in nxt.to_array()), equity_after=account.equity)
+        exit_state=tuple(float(x) for x in nxt.to_array()),
+        equity_after=account.equity,
+    )
 
 
 def _side_of(action: Action) -> Side:
@@ -694,4 +761,3 @@ def _side_of(action: Action) -> Side:
     if action is Action.SELL:
         return Side.SHORT
     raise ValueError(f"no side for {action}")
-

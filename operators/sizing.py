@@ -127,8 +127,9 @@ class Sizer:
         return sized_from(d, self.cfg, runtime.bounds, state.equity_usd)
 
 
-def sized_from(d: SizingDecision, cfg: SizingConfig, bounds: ActionBounds,
-               equity_usd: float) -> Sized | None:
+def sized_from(
+    d: SizingDecision, cfg: SizingConfig, bounds: ActionBounds, equity_usd: float
+) -> Sized | None:
     """What is traded for a policy decision (module docstring): the policy's size, TP and SL;
     the fixed size when RL does not trade or the action was degenerate; nothing when the
     action or its log-probability is not finite."""
@@ -137,5 +138,10 @@ def sized_from(d: SizingDecision, cfg: SizingConfig, bounds: ActionBounds,
     if cfg.rl_trades and not d.degenerate:
         return Sized(d, Sizing.RL, d.position_size_usd, d.tp_pct, d.sl_pct)
     b = bounds
-    return Sized(d, Sizing.FIXED, min(cfg.fixed_size_usd, equity_usd),
-                 0.5 * (b.tp_min_pct + b.tp_max_pct), 0.5 * (b.sl_min_pct + b.sl_max_pct))
+    return Sized(
+        d,
+        Sizing.FIXED,
+        min(cfg.fixed_size_usd, equity_usd),
+        0.5 * (b.tp_min_pct + b.tp_max_pct),
+        0.5 * (b.sl_min_pct + b.sl_max_pct),
+    )

@@ -39,8 +39,9 @@ class Stage(Protocol[V_in, W_out, S_out]):
 class StageLogic(StatefulLogic[V, W, Any], Generic[V, W, S]):
     """Runs a :class:`Stage` for one key; never discards it (keys are symbols/partitions)."""
 
-    def __init__(self, create: Callable[[V], Stage], restore: Callable[[S], Stage],
-                 resume: S | None) -> None:
+    def __init__(
+        self, create: Callable[[V], Stage], restore: Callable[[S], Stage], resume: S | None
+    ) -> None:
         self._create = create
         self._stage: Stage | None = None if resume is None else restore(resume)
 
@@ -61,7 +62,8 @@ class StageLogic(StatefulLogic[V, W, Any], Generic[V, W, S]):
         return None if self._stage is None else self._stage.snapshot()
 
 
-def stage_builder(create: Callable[[V], Stage],
-                  restore: Callable[[Any], Stage]) -> Callable[[Any], StageLogic]:
+def stage_builder(
+    create: Callable[[V], Stage], restore: Callable[[Any], Stage]
+) -> Callable[[Any], StageLogic]:
     """The ``builder`` argument of ``op.stateful`` for a stage class."""
     return lambda resume: StageLogic(create, restore, resume)

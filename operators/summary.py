@@ -126,8 +126,10 @@ class Summary:
         inside = self.counts.get("bars.in_training", 0)
         if not inside:
             return "out-of-sample"
-        return (f"in-sample: {inside / self.counts['bars']:.0%} of replayed bars were in the "
-                "models' training data")
+        return (
+            f"in-sample: {inside / self.counts['bars']:.0%} of replayed bars were in the "
+            "models' training data"
+        )
 
     @property
     def ticks_per_second(self) -> float:
@@ -141,17 +143,22 @@ class Summary:
         lines += [f"  {LABELS.get(k, k):<{width}}  {self.counts[k]:>14,}" for k in keys]
         if self.counts.get("bars"):
             note = self.sample_note()
-            lines.append(f"  {'evaluation':<{width}}  {note:>14}" if note == "out-of-sample"
-                         else f"  WARNING {note}")
+            lines.append(
+                f"  {'evaluation':<{width}}  {note:>14}"
+                if note == "out-of-sample"
+                else f"  WARNING {note}"
+            )
         if self.pnl or "trades.opened" in self.counts:
             lines.append(f"  {'trades closed':<{width}}  {len(self.pnl):>14,}")
             lines.append(f"  {'win rate':<{width}}  {self.win_rate:>14.1%}")
             lines.append(f"  {'net PnL':<{width}}  {self.net_pnl:>14,.2f}")
             lines.append(f"  {'max drawdown':<{width}}  {self.max_drawdown:>14.2%}")
         if self.stopped:
-            lines.append(f"  STOPPED by {self.stopped}: open positions, bars and learning state "
-                         "are kept; run the same command to go on (with -r, from where it "
-                         "stopped)")
+            lines.append(
+                f"  STOPPED by {self.stopped}: open positions, bars and learning state "
+                "are kept; run the same command to go on (with -r, from where it "
+                "stopped)"
+            )
         lines.append(f"  {'elapsed':<{width}}  {self.elapsed_s:>12.1f} s")
         lines.append(f"  {'ticks/s':<{width}}  {self.ticks_per_second:>14,.0f}")
         lines.append("=" * 48)
@@ -173,9 +180,16 @@ class ProgressLine:
     '5,000 rows (25%) | 2,495 ticks/s | at 2014-05-06 00:00 | 2 trades | net PnL +1.50'
     """
 
-    def __init__(self, out: TextIO = sys.stderr, tty: bool | None = None, every_s: float = 1.0,
-                 log_every_s: float = 30.0, input_bytes: int = 0, lag: bool = False,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        out: TextIO = sys.stderr,
+        tty: bool | None = None,
+        every_s: float = 1.0,
+        log_every_s: float = 30.0,
+        input_bytes: int = 0,
+        lag: bool = False,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.out = out
         self.tty = out.isatty() if tty is None else tty
         self.every_s = every_s if self.tty else log_every_s
@@ -183,8 +197,15 @@ class ProgressLine:
         self._last = -math.inf
         self._width = 0
 
-    def update(self, totals: Counter, event_ms: int | None, trades: int, net_pnl: float,
-               started: float, now: float | None = None) -> str | None:
+    def update(
+        self,
+        totals: Counter,
+        event_ms: int | None,
+        trades: int,
+        net_pnl: float,
+        started: float,
+        now: float | None = None,
+    ) -> str | None:
         now = time.monotonic() if now is None else now
         if now - self._last < self.every_s:
             return None
@@ -244,17 +265,24 @@ class RunTotals:
             self.totals.update(item)
             METRICS.count(item)
         if self.progress is not None:
-            self.progress.update(self.totals, self.event_ms, len(self.closes), self.net_pnl,
-                                 self.started)
+            self.progress.update(
+                self.totals, self.event_ms, len(self.closes), self.net_pnl, self.started
+            )
         return []
 
     def finish(self) -> list[Summary]:
         if self.progress is not None:
             self.progress.done()
         ordered = sorted(self.closes, key=lambda p: (p.exit_ms, p.trade_id))
-        return [Summary(dict(self.totals), time.monotonic() - self.started,
-                        tuple(p.net_pnl for p in ordered), self.start_equity,
-                        STOP.signal_name if STOP.requested else None)]
+        return [
+            Summary(
+                dict(self.totals),
+                time.monotonic() - self.started,
+                tuple(p.net_pnl for p in ordered),
+                self.start_equity,
+                STOP.signal_name if STOP.requested else None,
+            )
+        ]
 
     def stopped(self) -> list[Summary]:
         return self.finish()  # the summary is printed after a stop too
@@ -264,19 +292,31 @@ class RunTotals:
 
 
 @operator
-def run_summary(step_id: str, counts: Stream[Counts | PnlPoint | EventTime], started: float,
-                start_equity: float = 0.0, always: tuple[str, ...] = (),
-                progress: Callable[[], ProgressLine | None] = lambda: None) -> Stream[Summary]:
+def run_summary(
+    step_id: str,
+    counts: Stream[Counts | PnlPoint | EventTime],
+    started: float,
+    start_equity: float = 0.0,
+    always: tuple[str, ...] = (),
+    progress: Callable[[], ProgressLine | None] = lambda: None,
+) -> Stream[Summary]:
     """Total the counters of a run; emits one :class:`Summary` at end of input. Keys in
     ``always`` are shown even when nothing counted them (0); ``progress`` makes the progress
     line (None: no line)."""
+
     def restore(state: tuple) -> RunTotals:
         totals, closes, event_ms = (*state, None)[:3]
-        return RunTotals(started, start_equity, Counter(totals), list(closes), event_ms,
-                         progress())
+        return RunTotals(started, start_equity, Counter(totals), list(closes), event_ms, progress())
 
     keyed = op.key_on("one_key", counts, lambda _: "run")
-    out = op.stateful("totals", keyed, stage_builder(
-        lambda _: RunTotals(started, start_equity, Counter(dict.fromkeys(always, 0)),
-                            progress=progress()), restore))
+    out = op.stateful(
+        "totals",
+        keyed,
+        stage_builder(
+            lambda _: RunTotals(
+                started, start_equity, Counter(dict.fromkeys(always, 0)), progress=progress()
+            ),
+            restore,
+        ),
+    )
     return op.key_rm("unkey", out)

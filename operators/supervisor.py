@@ -47,23 +47,30 @@ class SupervisorConfig:
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
-            raise ValueError(f"QT_MODEL_SUPERVISOR_SCOPE={self.scope!r}: expected one of "
-                             f"{SCOPES}")
+            raise ValueError(f"QT_MODEL_SUPERVISOR_SCOPE={self.scope!r}: expected one of {SCOPES}")
         if self.window < 1 or self.min_samples < 1 or not 0 < self.threshold <= 1:
-            raise ValueError(f"supervisor window {self.window}, min samples "
-                             f"{self.min_samples}, threshold {self.threshold}: out of range")
+            raise ValueError(
+                f"supervisor window {self.window}, min samples "
+                f"{self.min_samples}, threshold {self.threshold}: out of range"
+            )
 
     @classmethod
     def from_settings(cls, s: Any) -> SupervisorConfig:
-        return cls(SupervisorMode.parse(s.supervisor_mode), s.supervisor_bias_threshold,
-                   s.supervisor_min_samples, s.supervisor_window, s.supervisor_scope.lower())
+        return cls(
+            SupervisorMode.parse(s.supervisor_mode),
+            s.supervisor_bias_threshold,
+            s.supervisor_min_samples,
+            s.supervisor_window,
+            s.supervisor_scope.lower(),
+        )
 
 
 class BiasWindow:
     """The last ``size`` BUY/SELL actions, with running counts (O(1) per signal)."""
 
-    def __init__(self, size: int, min_samples: int, threshold: float,
-                 actions: Iterable[Action] = ()) -> None:
+    def __init__(
+        self, size: int, min_samples: int, threshold: float, actions: Iterable[Action] = ()
+    ) -> None:
         self.size, self.min_samples, self.threshold = size, min_samples, threshold
         self.actions: deque[Action] = deque(maxlen=size)
         self.buys = self.sells = 0
@@ -91,8 +98,13 @@ class BiasWindow:
         if action is Action.BUY and buy > self.threshold:
             return True, f"excessive LONG bias: {buy:.0%} BUY > {self.threshold:.0%}", buy, sell, n
         if action is Action.SELL and sell > self.threshold:
-            return (True, f"excessive SHORT bias: {sell:.0%} SELL > {self.threshold:.0%}", buy,
-                    sell, n)
+            return (
+                True,
+                f"excessive SHORT bias: {sell:.0%} SELL > {self.threshold:.0%}",
+                buy,
+                sell,
+                n,
+            )
         return False, "no bias detected", buy, sell, n
 
 
@@ -108,8 +120,9 @@ class Supervisor:
         if self.window is None:
             self.window = BiasWindow(self.cfg.window, self.cfg.min_samples, self.cfg.threshold)
 
-    def decide(self, step_symbol: str, clock: int, signal: Any, vector: Any,
-               bar_end_ms: int | None = None) -> BarDecision:
+    def decide(
+        self, step_symbol: str, clock: int, signal: Any, vector: Any, bar_end_ms: int | None = None
+    ) -> BarDecision:
         """Judge one signal (``bar_end_ms``: its time in ms, when the caller knows it)."""
         verdict = None
         if signal.action is not Action.HOLD and self.cfg.mode is not SupervisorMode.OFF:
@@ -120,11 +133,29 @@ class Supervisor:
                 reason = f"blocked: {reason}"
             elif biased:
                 reason = f"observed (not blocked): {reason}"
-            verdict = Verdict(step_symbol, signal.ts, signal.action, self.cfg.mode,
-                              self.cfg.scope, allowed, biased, reason, buy, sell, n, self.judged)
+            verdict = Verdict(
+                step_symbol,
+                signal.ts,
+                signal.action,
+                self.cfg.mode,
+                self.cfg.scope,
+                allowed,
+                biased,
+                reason,
+                buy,
+                sell,
+                n,
+                self.judged,
+            )
             self.judged += 1
-        return BarDecision(step_symbol, to_ms(signal.ts) if bar_end_ms is None else bar_end_ms,
-                           clock, signal, vector, verdict)
+        return BarDecision(
+            step_symbol,
+            to_ms(signal.ts) if bar_end_ms is None else bar_end_ms,
+            clock,
+            signal,
+            vector,
+            verdict,
+        )
 
     def snapshot(self) -> tuple[list[str], int]:
         assert self.window is not None
@@ -133,6 +164,7 @@ class Supervisor:
     @classmethod
     def restore(cls, cfg: SupervisorConfig, state: tuple[list[str], int]) -> Supervisor:
         actions, judged = state
-        window = BiasWindow(cfg.window, cfg.min_samples, cfg.threshold,
-                            [Action(a) for a in actions])
+        window = BiasWindow(
+            cfg.window, cfg.min_samples, cfg.threshold, [Action(a) for a in actions]
+        )
         return cls(cfg, window, judged)

@@ -104,16 +104,22 @@ class TradeJoiner:
     def push(self, event: TradeEvent, now_ms: int) -> list[JoinOut]:
         """Take one event; ``now_ms`` is the step's event clock (already advanced by it)."""
         if event.trade_id != self.trade_id:
-            raise ValueError(f"trade join state for {self.trade_id!r} got an event of trade "
-                             f"{event.trade_id!r}")
+            raise ValueError(
+                f"trade join state for {self.trade_id!r} got an event of trade {event.trade_id!r}"
+            )
         if self.joined_ms is not None:
             self.duplicates += 1
             return self.expire(now_ms)
         if self.done and now_ms - event_ms(event) > self.ttl_ms:
-            return [self._dead(event, f"{event.kind} arrived {now_ms - event_ms(event)} ms "
-                                      f"behind the event clock, past the TTL of {self.ttl_ms} "
-                                      "ms (a late event, or a duplicate of a trade already "
-                                      "joined and forgotten)")]
+            return [
+                self._dead(
+                    event,
+                    f"{event.kind} arrived {now_ms - event_ms(event)} ms "
+                    f"behind the event clock, past the TTL of {self.ttl_ms} "
+                    "ms (a late event, or a duplicate of a trade already "
+                    "joined and forgotten)",
+                )
+            ]
         out: list[JoinOut] = []
         if isinstance(event, TradeOpened):
             if self.opened is not None:
@@ -135,12 +141,20 @@ class TradeJoiner:
         """Apply the TTL at event clock ``now_ms``: resolve an expired half, drop a marker."""
         out: list[JoinOut] = []
         if self.opened is not None and now_ms - event_ms(self.opened) > self.ttl_ms:
-            out = [self._dead(self.opened, f"trade.opened never closed within TTL "
-                                           f"({self.ttl_ms} ms of event time)", clear=True)]
+            out = [
+                self._dead(
+                    self.opened,
+                    f"trade.opened never closed within TTL ({self.ttl_ms} ms of event time)",
+                    clear=True,
+                )
+            ]
         elif self.closed is not None and now_ms - event_ms(self.closed) > self.ttl_ms:
-            out = self._from_store(self.closed, f"trade.closed without its trade.opened (not "
-                                                f"in the stream nor the trades table): TTL "
-                                                f"({self.ttl_ms} ms of event time) expired")
+            out = self._from_store(
+                self.closed,
+                f"trade.closed without its trade.opened (not "
+                f"in the stream nor the trades table): TTL "
+                f"({self.ttl_ms} ms of event time) expired",
+            )
         if self.joined_ms is not None and now_ms - self.joined_ms > self.ttl_ms:
             self.joined_ms = None
         return out
@@ -148,12 +162,14 @@ class TradeJoiner:
     def finish(self) -> list[JoinOut]:
         """End of input: resolve a pending half now; a joined marker is kept."""
         if self.opened is not None and self.joined_ms is None:
-            return [self._dead(self.opened, "trade.opened never closed: end of input",
-                               clear=True)]
+            return [self._dead(self.opened, "trade.opened never closed: end of input", clear=True)]
         if self.closed is not None and self.joined_ms is None:
-            return self._from_store(self.closed, "trade.closed without its trade.opened (not "
-                                                 "in the stream nor the trades table): end of "
-                                                 "input")
+            return self._from_store(
+                self.closed,
+                "trade.closed without its trade.opened (not "
+                "in the stream nor the trades table): end of "
+                "input",
+            )
         return []
 
     # --- resolution ------------------------------------------------------------------------
@@ -163,11 +179,15 @@ class TradeJoiner:
         try:
             opened = self.lookup(self.trade_id)
         except IncompleteEntryState as exc:
-            return [self._dead(closed, f"stored entry state of the trade is incomplete: {exc}",
-                               clear=True)]
+            return [
+                self._dead(
+                    closed, f"stored entry state of the trade is incomplete: {exc}", clear=True
+                )
+            ]
         except Exception as exc:  # a store outage stops the flow; it must not lose the trade
-            raise RuntimeError(f"trade join: looking up the entry state of trade "
-                               f"{self.trade_id} failed: {exc}") from exc
+            raise RuntimeError(
+                f"trade join: looking up the entry state of trade {self.trade_id} failed: {exc}"
+            ) from exc
         if opened is not None:
             return self._join(opened, closed, JoinSource.STORE)
         if give_up is None:
@@ -175,8 +195,7 @@ class TradeJoiner:
             return []
         return [self._dead(closed, give_up, clear=True)]
 
-    def _join(self, opened: TradeOpened, closed: TradeClosed,
-              source: JoinSource) -> list[JoinOut]:
+    def _join(self, opened: TradeOpened, closed: TradeClosed, source: JoinSource) -> list[JoinOut]:
         """The one join of this trade (or two dead letters when the halves disagree)."""
         self.opened = self.closed = None
         self.joined_ms = max(event_ms(opened), event_ms(closed))
@@ -198,9 +217,15 @@ class TradeJoiner:
         if clear:
             self.opened = self.closed = None
         dead = DeadLetters()
-        dead.add(dead_letter_source(self.trade_id),
-                 OPENED_ROW if isinstance(event, TradeOpened) else CLOSED_ROW,
-                 event_ms(event), event.symbol, Stage.JOIN, reason, encode_event(event).decode())
+        dead.add(
+            dead_letter_source(self.trade_id),
+            OPENED_ROW if isinstance(event, TradeOpened) else CLOSED_ROW,
+            event_ms(event),
+            event.symbol,
+            Stage.JOIN,
+            reason,
+            encode_event(event).decode(),
+        )
         return dead
 
     # --- recovery --------------------------------------------------------------------------
@@ -226,16 +251,16 @@ class TradeJoins:
     deadline first (a heap: the states kept are one per trade of the last TTL).
     """
 
-    def __init__(self, ttl_ms: int, lookup: Lookup,
-                 state: dict[str, Any] | None = None) -> None:
+    def __init__(self, ttl_ms: int, lookup: Lookup, state: dict[str, Any] | None = None) -> None:
         if ttl_ms <= 0:
             raise ValueError(f"trade join TTL must be positive, got {ttl_ms} ms")
         self.ttl_ms, self.lookup = ttl_ms, lookup
         state = state or {}
         self.now_ms: int = state.get("now_ms", NEVER)
         self.joiners: dict[str, TradeJoiner] = {
-            tid: TradeJoiner.restore(ttl_ms, lookup, s) for tid, s in
-            state.get("joiners", {}).items()}
+            tid: TradeJoiner.restore(ttl_ms, lookup, s)
+            for tid, s in state.get("joiners", {}).items()
+        }
         self._deadlines: list[tuple[int, str]] = []
         for tid in sorted(self.joiners):
             self._schedule(self.joiners[tid])
@@ -244,8 +269,9 @@ class TradeJoins:
         self.now_ms = max(self.now_ms, event_ms(event))
         joiner = self.joiners.get(event.trade_id)
         if joiner is None:
-            joiner = self.joiners[event.trade_id] = TradeJoiner(event.trade_id, self.ttl_ms,
-                                                                self.lookup)
+            joiner = self.joiners[event.trade_id] = TradeJoiner(
+                event.trade_id, self.ttl_ms, self.lookup
+            )
         out = joiner.push(event, self.now_ms)
         self._settle(joiner)
         return out + self._expire()
@@ -286,5 +312,7 @@ class TradeJoins:
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {"now_ms": self.now_ms,
-                "joiners": {tid: j.snapshot() for tid, j in self.joiners.items()}}
+        return {
+            "now_ms": self.now_ms,
+            "joiners": {tid: j.snapshot() for tid, j in self.joiners.items()},
+        }

@@ -195,49 +195,71 @@ class TickValidator:
             is_quote = rows.origin == QUOTE
             # a quote's mid can overflow where its bid and ask do not: judge the quoted sides
             reject(~is_quote & ~np.isfinite(rows.price), "non-finite price", Stage.VALIDATE)
-            reject(is_quote & ~(np.isfinite(rows.bid) & np.isfinite(rows.ask)),
-                   "non-finite price", Stage.VALIDATE)
+            reject(
+                is_quote & ~(np.isfinite(rows.bid) & np.isfinite(rows.ask)),
+                "non-finite price",
+                Stage.VALIDATE,
+            )
             reject(~is_quote & (rows.price <= 0), "non-positive price", Stage.VALIDATE)
-            reject(is_quote & ((rows.bid <= 0) | (rows.ask <= 0)), "non-positive price",
-                   Stage.VALIDATE)
+            reject(
+                is_quote & ((rows.bid <= 0) | (rows.ask <= 0)), "non-positive price", Stage.VALIDATE
+            )
             reject(~is_quote & _outside(rows.price), PRICE_RANGE, Stage.VALIDATE)
-            reject(is_quote & (_outside(rows.bid) | _outside(rows.ask)), PRICE_RANGE,
-                   Stage.VALIDATE)
+            reject(
+                is_quote & (_outside(rows.bid) | _outside(rows.ask)), PRICE_RANGE, Stage.VALIDATE
+            )
             if rows.candle is not None:
                 o, h, lo = rows.candle
                 is_candle = ~np.isnan(h)
-                reject(is_candle & ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo)),
-                       "non-finite price", Stage.VALIDATE)
+                reject(
+                    is_candle & ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo)),
+                    "non-finite price",
+                    Stage.VALIDATE,
+                )
                 reject(is_candle & ((o <= 0) | (lo <= 0)), "non-positive price", Stage.VALIDATE)
-                reject(is_candle & (_outside(o) | _outside(h) | _outside(lo)), PRICE_RANGE,
-                       Stage.VALIDATE)
+                reject(
+                    is_candle & (_outside(o) | _outside(h) | _outside(lo)),
+                    PRICE_RANGE,
+                    Stage.VALIDATE,
+                )
             reject(rows.size < 0, "negative size", Stage.VALIDATE)
             reject(rows.size > SIZE_MAX, SIZE_RANGE, Stage.VALIDATE)
-            reject(is_quote & (rows.bid > rows.ask), "crossed quote (bid > ask)",
-                   Stage.VALIDATE)
+            reject(is_quote & (rows.bid > rows.ask), "crossed quote (bid > ask)", Stage.VALIDATE)
             if rows.candle is not None:
                 c = rows.price
-                reject(is_candle & ((h < lo) | (o > h) | (o < lo) | (c > h) | (c < lo)),
-                       "inconsistent candle", Stage.VALIDATE)
+                reject(
+                    is_candle & ((h < lo) | (o > h) | (o < lo) | (c > h) | (c < lo)),
+                    "inconsistent candle",
+                    Stage.VALIDATE,
+                )
         latest = self.now_ms() + FUTURE_MS
         early = rows.ts_ms < EARLIEST_MS
         late = rows.ts_ms > latest
         if early.any() or late.any():
-            reject(early | late, [
-                "" if not (e or f) else
-                f"time outside the sane range: {_when(t)} is "
-                + ("before 1990-01-01" if e else "more than 1 day after the wall clock")
-                for e, f, t in zip(early.tolist(), late.tolist(), rows.ts_ms.tolist(),
-                                   strict=True)], Stage.VALIDATE)
+            reject(
+                early | late,
+                [
+                    ""
+                    if not (e or f)
+                    else f"time outside the sane range: {_when(t)} is "
+                    + ("before 1990-01-01" if e else "more than 1 day after the wall clock")
+                    for e, f, t in zip(
+                        early.tolist(), late.tolist(), rows.ts_ms.tolist(), strict=True
+                    )
+                ],
+                Stage.VALIDATE,
+            )
 
         # time jumping ahead of the partition (module docstring); may hold back a tail
         cand = np.flatnonzero(free)
         jumped, hold_at = self._jumps(rows.ts_ms[cand], rows.final)
         for k, ref in jumped:
             i = int(cand[k])
-            reason[i] = (f"time jumped ahead: {_when(int(rows.ts_ms[i]))} is more than 1 day "
-                         f"past the newest tick of its feed, {_when(ref)}, and the rows after "
-                         "it are not")
+            reason[i] = (
+                f"time jumped ahead: {_when(int(rows.ts_ms[i]))} is more than 1 day "
+                f"past the newest tick of its feed, {_when(ref)}, and the rows after "
+                "it are not"
+            )
             stage[i] = Stage.ORDER
             free[i] = False
         if hold_at is not None:
@@ -270,20 +292,28 @@ class TickValidator:
                 idx = bad[stage[bad] == at]
                 if len(idx) == 0:
                     continue
-                dead.extend([rows.sources[s] for s in rows.src[idx]], rows.row_no[idx],
-                            ts[idx],
-                            rows.symbol[idx].tolist(), at, reason[idx].tolist(), rows.raw(idx))
+                dead.extend(
+                    [rows.sources[s] for s in rows.src[idx]],
+                    rows.row_no[idx],
+                    ts[idx],
+                    rows.symbol[idx].tolist(),
+                    at,
+                    reason[idx].tolist(),
+                    rows.raw(idx),
+                )
 
-        tag = BlockTag(rows.partition, self.blocks, len(batches), self.clock_ms, rows.final,
-                       rows.idle)
+        tag = BlockTag(
+            rows.partition, self.blocks, len(batches), self.clock_ms, rows.final, rows.idle
+        )
         self.blocks += 1
-        pieces = [(key, ShardTicks(tag, ticks, members, views))
-                  for key, ticks, members, views in shards]
-        return Validated(rows.partition, rows.rows_in, batches, dead, tag,
-                         rows.input_bytes, pieces)
+        pieces = [
+            (key, ShardTicks(tag, ticks, members, views)) for key, ticks, members, views in shards
+        ]
+        return Validated(rows.partition, rows.rows_in, batches, dead, tag, rows.input_bytes, pieces)
 
-    def _order(self, rows: TickRows, good: np.ndarray, reason: np.ndarray,
-               stage: np.ndarray) -> tuple[np.ndarray, list[tuple[str, int, int]], np.ndarray]:
+    def _order(
+        self, rows: TickRows, good: np.ndarray, reason: np.ndarray, stage: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[str, int, int]], np.ndarray]:
         """The "time going backwards" rule for all symbols at once: rejects the late rows
         among ``good`` (in ``reason``/``stage``), moves each symbol's newest time, and returns
         the accepted rows grouped by shard and symbol (:func:`shard_of`, then the symbol;
@@ -303,8 +333,7 @@ class TickValidator:
         counts = np.bincount(g, minlength=len(names))
         heads = np.concatenate(([0], np.cumsum(counts)[:-1]))
         lo = int(ts.min()) - 1
-        prior = np.array([max(self.newest_ms.get(sym, NEVER), lo) for sym in names],
-                         dtype=np.int64)
+        prior = np.array([max(self.newest_ms.get(sym, NEVER), lo) for sym in names], dtype=np.int64)
         span = max(int(ts.max()), int(prior.max())) - lo + 1
         offset = np.arange(len(names), dtype=np.int64) * span
         # each symbol's rows, led by its prior newest time, lifted by its offset
@@ -318,8 +347,9 @@ class TickValidator:
         late = ts < newest_before - self.max_backwards_ms
         if late.any():
             bad = idx[late]
-            reason[bad] = [f"time went backwards by {int(d)} ms"
-                           for d in (newest_before[late] - ts[late])]
+            reason[bad] = [
+                f"time went backwards by {int(d)} ms" for d in (newest_before[late] - ts[late])
+            ]
             stage[bad] = Stage.ORDER
         keep = ~late
         kept, gk = idx[keep], g[keep]
@@ -327,8 +357,7 @@ class TickValidator:
         newest = running[head_pos + counts] - offset + lo  # the last row of each group
         spans: list[tuple[str, int, int]] = []
         at = 0
-        for sym, k, top in zip(names, kept_counts.tolist(), newest.tolist(),
-                               strict=True):
+        for sym, k, top in zip(names, kept_counts.tolist(), newest.tolist(), strict=True):
             if k:
                 self.newest_ms[sym] = int(top)
                 spans.append((sym, at, at + k))
@@ -354,7 +383,7 @@ class TickValidator:
             if ref == NEVER:  # the partition's first tick: the sane range was its only test
                 ref, s = int(t[s]), s + 1
                 continue
-            seg = t[s:s + window]
+            seg = t[s : s + window]
             before = np.maximum.accumulate(np.concatenate(([ref], seg[:-1])))
             jumps = seg > before + MAX_JUMP_MS
             if not jumps.any():
@@ -363,7 +392,7 @@ class TickValidator:
                 continue
             j = int(np.argmax(jumps))
             k, ref = s + j, int(before[j])
-            after = t[k + 1:k + 1 + JUMP_CONFIRMATIONS]
+            after = t[k + 1 : k + 1 + JUMP_CONFIRMATIONS]
             if len(after) < JUMP_CONFIRMATIONS and not final:
                 return rejected, k
             if len(after) and bool((after > ref + MAX_JUMP_MS).all()):
@@ -390,8 +419,9 @@ class TickValidator:
 
 
 @operator
-def validate_ticks(step_id: str, up: Stream[TickRows], max_backwards_ms: int,
-                   universe: Iterable[str] = ()) -> Stream[Validated]:
+def validate_ticks(
+    step_id: str, up: Stream[TickRows], max_backwards_ms: int, universe: Iterable[str] = ()
+) -> Stream[Validated]:
     """Validate decoded input blocks, keyed by input partition (which owns its symbols)."""
     symbols = frozenset(universe)
 
@@ -399,8 +429,9 @@ def validate_ticks(step_id: str, up: Stream[TickRows], max_backwards_ms: int,
         return TickValidator(max_backwards_ms, symbols)
 
     keyed = op.key_on("by_partition", up, lambda rows: rows.partition)
-    out = op.stateful("validate", keyed, stage_builder(
-        lambda _: fresh(), lambda state: fresh().restored(state)))
+    out = op.stateful(
+        "validate", keyed, stage_builder(lambda _: fresh(), lambda state: fresh().restored(state))
+    )
     return op.key_rm("unkey", out)
 
 
@@ -422,7 +453,11 @@ def _prepend(held: TickRows, rows: TickRows) -> TickRows:
     """The held rows followed by a new block (keeping the block's provenance)."""
     merged = TickRows.concat([held, rows], np.arange(len(held) + len(rows)))
     merged.partition, merged.seq, merged.final, merged.idle = (
-        rows.partition, rows.seq, rows.final, rows.idle)
+        rows.partition,
+        rows.seq,
+        rows.final,
+        rows.idle,
+    )
     return merged
 
 
@@ -447,9 +482,11 @@ def _factorize(symbols: np.ndarray, peel: int = 4) -> tuple[list[str], np.ndarra
         rest = rest[~hit]
     if len(rest):
         codes = {sym: k for k, sym in enumerate(seen)}
-        first[rest] = np.fromiter((codes.setdefault(x, len(codes))
-                                   for x in symbols[rest].tolist()),
-                                  dtype=np.intp, count=len(rest))
+        first[rest] = np.fromiter(
+            (codes.setdefault(x, len(codes)) for x in symbols[rest].tolist()),
+            dtype=np.intp,
+            count=len(rest),
+        )
         seen = list(codes)
     rank = sorted(range(len(seen)), key=lambda i: (shard_of(seen[i]), seen[i]))
     remap = np.empty(len(seen), dtype=np.intp)
@@ -460,21 +497,39 @@ def _factorize(symbols: np.ndarray, peel: int = 4) -> tuple[list[str], np.ndarra
 ShardSpans = tuple[str, TickBatch, list[tuple[str, int, int]], list[TickBatch]]
 
 
-def _split(rows: TickRows, kept: np.ndarray, spans: list[tuple[str, int, int]],
-           clock: np.ndarray) -> tuple[dict[str, TickBatch], list[ShardSpans]]:
+def _split(
+    rows: TickRows, kept: np.ndarray, spans: list[tuple[str, int, int]], clock: np.ndarray
+) -> tuple[dict[str, TickBatch], list[ShardSpans]]:
     """One gather of every column in (shard, symbol) order, then each symbol's batch and each
     shard's ticks as views of it (one numpy call per column per block, not per symbol).
     The symbols' batches come in symbol order; the shards (key, ticks, each member's span in
     them, the members' batches) in key order."""
-    cols = [rows.ts_ms[kept], rows.price[kept], rows.bid[kept], rows.ask[kept],
-            rows.size[kept], rows.side[kept], rows.origin[kept], clock[kept]]
+    cols = [
+        rows.ts_ms[kept],
+        rows.price[kept],
+        rows.bid[kept],
+        rows.ask[kept],
+        rows.size[kept],
+        rows.side[kept],
+        rows.origin[kept],
+        clock[kept],
+    ]
     candle = None if rows.candle is None else [a[kept] for a in rows.candle]
 
     def view(name: str, a: int, b: int) -> TickBatch:
         ts, px, bid, ask, size, side, origin, clk = (c[a:b] for c in cols)
-        return TickBatch(name, ts, px, bid, ask, size, side, origin,
-                         None if candle is None else (candle[0][a:b], candle[1][a:b],
-                                                      candle[2][a:b]), clk)
+        return TickBatch(
+            name,
+            ts,
+            px,
+            bid,
+            ask,
+            size,
+            side,
+            origin,
+            None if candle is None else (candle[0][a:b], candle[1][a:b], candle[2][a:b]),
+            clk,
+        )
 
     batches = {sym: view(sym, a, b) for sym, a, b in spans}
     shards: list[ShardSpans] = []
@@ -486,8 +541,13 @@ def _split(rows: TickRows, kept: np.ndarray, spans: list[tuple[str, int, int]],
             end += 1
         members = spans[k:end]
         stop = members[-1][2]
-        shards.append((key, view(key, start, stop),
-                       [(sym, a - start, b - start) for sym, a, b in members],
-                       [batches[sym] for sym, _, _ in members]))
+        shards.append(
+            (
+                key,
+                view(key, start, stop),
+                [(sym, a - start, b - start) for sym, a, b in members],
+                [batches[sym] for sym, _, _ in members],
+            )
+        )
         k = end
     return dict(sorted(batches.items())), shards

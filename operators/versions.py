@@ -41,8 +41,13 @@ log = logging.getLogger(__name__)
 class ActiveModels:
     """Production and shadow versions per model, followed or owned (module docstring)."""
 
-    def __init__(self, registry: Any, owned: bool, names: Sequence[str] = MODEL_NAMES,
-                 state: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        registry: Any,
+        owned: bool,
+        names: Sequence[str] = MODEL_NAMES,
+        state: dict[str, Any] | None = None,
+    ) -> None:
         self.registry = registry
         self.owned = owned
         self.names = tuple(names)
@@ -62,11 +67,13 @@ class ActiveModels:
         for name in self.names:
             version = self.registry.production_version(name)
             if version is None:
-                raise RuntimeError(f"no production version of {name} in the model registry "
-                                   f"{self.registry.root}")
+                raise RuntimeError(
+                    f"no production version of {name} in the model registry {self.registry.root}"
+                )
             self.production[name] = version
-        self.shadows = [(n, v) for n in self.names
-                        for v in self.registry.versions_in(n, Stage.SHADOW)]
+        self.shadows = [
+            (n, v) for n in self.names for v in self.registry.versions_in(n, Stage.SHADOW)
+        ]
 
     def refresh(self) -> None:
         """Following: pick up the registry's current stages (cheap when nothing changed)."""
@@ -90,9 +97,11 @@ class ActiveModels:
         self.manual = manual
         if self.owned:
             self._adopt()
-        log.warning("model registry: adopted a manual change (%s): production %s",
-                    self.registry.last_manual_change(),
-                    ", ".join(f"{m} {v}" for m, v in self.production.items()))
+        log.warning(
+            "model registry: adopted a manual change (%s): production %s",
+            self.registry.last_manual_change(),
+            ", ".join(f"{m} {v}" for m, v in self.production.items()),
+        )
         return True
 
     def _adopt(self) -> None:
@@ -101,8 +110,9 @@ class ActiveModels:
             version = self.registry.production_version(name)
             if version is not None:
                 self.production[name] = version
-        self.shadows = [(m, v) for m, v in self.shadows
-                        if v in self.registry.versions_in(m, Stage.SHADOW)]
+        self.shadows = [
+            (m, v) for m, v in self.shadows if v in self.registry.versions_in(m, Stage.SHADOW)
+        ]
 
     def keys(self) -> set[tuple[str, str]]:
         return {*self.production.items(), *self.shadows}
@@ -132,5 +142,8 @@ class ActiveModels:
         self.shadows = [s for s in self.shadows if s != (model, version)]
 
     def snapshot(self) -> dict[str, Any]:
-        return {"production": dict(self.production), "shadows": list(self.shadows),
-                "manual": self.manual}
+        return {
+            "production": dict(self.production),
+            "shadows": list(self.shadows),
+            "manual": self.manual,
+        }

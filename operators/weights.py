@@ -45,8 +45,13 @@ from schemas.trades import JoinedTrade, Side
 class DynamicWeights:
     """Per-model weights from recent realised accuracy (thread-safe)."""
 
-    def __init__(self, base: Mapping[str, float], window: int = 50,
-                 min_trades: int = 10, pair_limit: float = 0.6) -> None:
+    def __init__(
+        self,
+        base: Mapping[str, float],
+        window: int = 50,
+        min_trades: int = 10,
+        pair_limit: float = 0.6,
+    ) -> None:
         self.base = dict(base)
         self.window = window
         self.min_trades = min_trades
@@ -106,8 +111,9 @@ def _max_pair(weights: Mapping[str, float]) -> float:
     return sum(top[:2])
 
 
-def _keep_three(weights: dict[str, float], base: Mapping[str, float],
-                limit: float) -> dict[str, float]:
+def _keep_three(
+    weights: dict[str, float], base: Mapping[str, float], limit: float
+) -> dict[str, float]:
     """``weights`` pulled toward ``base`` just enough that no two come within
     :data:`PAIR_MARGIN` of ``limit``."""
     limit -= PAIR_MARGIN

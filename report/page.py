@@ -81,28 +81,37 @@ svg.chart rect:hover { opacity: 0.7; }
 """
 
 
-def render_page(title: str, span: str, kpis: list[tuple[str, str]], meta: str,
-                sections: list[Section]) -> str:
+def render_page(
+    title: str, span: str, kpis: list[tuple[str, str]], meta: str, sections: list[Section]
+) -> str:
     """The whole document; every text is escaped, every SVG is inlined."""
     toc = "".join(
         f'<li><a href="#{esc(s.id)}">{esc(s.title)}</a><ol>'
         + "".join(f'<li><a href="#chart-{esc(c.id)}">{esc(c.title)}</a></li>' for c in s.charts)
-        + "</ol></li>" for s in sections)
+        + "</ol></li>"
+        for s in sections
+    )
     body = "".join(
         f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2><div class="grid">'
-        + "".join(_figure(c) for c in s.charts) + "</div></section>" for s in sections)
-    cards = "".join(f'<div class="kpi"><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>'
-                    for k, v in kpis)
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f'<header><h1>{esc(title)}</h1><p class="span">{esc(span)}</p>'
-            f'<dl class="kpis">{cards}</dl><p class="meta">{esc(meta)}</p></header>'
-            f'<nav class="toc" aria-label="contents"><ol>{toc}</ol></nav>'
-            f"<main>{body}</main></body></html>\n")
+        + "".join(_figure(c) for c in s.charts)
+        + "</div></section>"
+        for s in sections
+    )
+    cards = "".join(f'<div class="kpi"><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>' for k, v in kpis)
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        f'<header><h1>{esc(title)}</h1><p class="span">{esc(span)}</p>'
+        f'<dl class="kpis">{cards}</dl><p class="meta">{esc(meta)}</p></header>'
+        f'<nav class="toc" aria-label="contents"><ol>{toc}</ol></nav>'
+        f"<main>{body}</main></body></html>\n"
+    )
 
 
 def _figure(c: Chart) -> str:
     wide = ' class="wide"' if c.wide else ""
-    return (f'<figure id="chart-{esc(c.id)}"{wide}><h3>{esc(c.title)}</h3>{c.svg}'
-            f"<figcaption>{esc(c.caption)} <code>{esc(c.command)}</code></figcaption></figure>")
+    return (
+        f'<figure id="chart-{esc(c.id)}"{wide}><h3>{esc(c.title)}</h3>{c.svg}'
+        f"<figcaption>{esc(c.caption)} <code>{esc(c.command)}</code></figcaption></figure>"
+    )

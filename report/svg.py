@@ -26,8 +26,18 @@ WIDTH, HEIGHT = 640, 280
 WIDE = 1280  # the width of a chart that spans the page
 FONT_PX = 11
 CHAR_PX = 7.0  # mean advance of an 11 px sans-serif character (DejaVu Sans), for fitting labels
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 GOOD, BAD, NEUTRAL = "#2ca02c", "#d62728", "#7f7f7f"
 
 Format = Callable[[float], str]
@@ -71,8 +81,9 @@ def downsample(xs: Sequence[float], ys: Sequence[float], limit: int = MAX_POINTS
         mx = sum(xs[nlo:nhi]) / (nhi - nlo)
         my = sum(ys[nlo:nhi]) / (nhi - nlo)
         ax, ay = xs[a], ys[a]
-        a = max(range(lo, hi),
-                key=lambda j: abs((ax - mx) * (ys[j] - ay) - (ax - xs[j]) * (my - ay)))
+        a = max(
+            range(lo, hi), key=lambda j: abs((ax - mx) * (ys[j] - ay) - (ax - xs[j]) * (my - ay))
+        )
         picked.append(a)
     picked.append(n - 1)
     return picked
@@ -104,9 +115,26 @@ def number_format(ticks: Sequence[float], percent: bool = False) -> Format:
 
 
 _MINUTE, _HOUR, _DAY = 60, 3600, 86400
-TIME_STEPS = (_MINUTE, 2 * _MINUTE, 5 * _MINUTE, 10 * _MINUTE, 15 * _MINUTE, 30 * _MINUTE,
-              _HOUR, 2 * _HOUR, 3 * _HOUR, 6 * _HOUR, 12 * _HOUR, _DAY, 2 * _DAY, 7 * _DAY,
-              14 * _DAY, 28 * _DAY, 91 * _DAY, 364 * _DAY)
+TIME_STEPS = (
+    _MINUTE,
+    2 * _MINUTE,
+    5 * _MINUTE,
+    10 * _MINUTE,
+    15 * _MINUTE,
+    30 * _MINUTE,
+    _HOUR,
+    2 * _HOUR,
+    3 * _HOUR,
+    6 * _HOUR,
+    12 * _HOUR,
+    _DAY,
+    2 * _DAY,
+    7 * _DAY,
+    14 * _DAY,
+    28 * _DAY,
+    91 * _DAY,
+    364 * _DAY,
+)
 _MONDAY = 4 * _DAY  # 1970-01-05, the first Monday after the epoch: weeks start on Mondays
 
 
@@ -147,8 +175,9 @@ class Scale:
         return self.p0 + (v - self.lo) / (self.hi - self.lo) * (self.p1 - self.p0)
 
 
-def _domain(values: Sequence[float], pad: float, zero: bool,
-            flat: float = 0.0) -> tuple[float, float]:
+def _domain(
+    values: Sequence[float], pad: float, zero: bool, flat: float = 0.0
+) -> tuple[float, float]:
     """The values' range, padded; a single value gets +-``flat`` (default: 5% of it, or 1)."""
     vals = [v for v in values if math.isfinite(v)] or [0.0]
     lo, hi = min(vals), max(vals)
@@ -167,8 +196,11 @@ COUNTED = ("pt", "bar")  # the classes of data elements (data-points)
 
 def _drawable(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
     """Indices of the points to draw: the finite ones, downsampled."""
-    ok = [i for i, (x, y) in enumerate(zip(xs, ys, strict=True))
-          if math.isfinite(x) and math.isfinite(y)]
+    ok = [
+        i
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True))
+        if math.isfinite(x) and math.isfinite(y)
+    ]
     return [ok[i] for i in downsample([xs[i] for i in ok], [ys[i] for i in ok])]
 
 
@@ -210,9 +242,20 @@ class Figure:
     marks: list[_Mark] = field(default_factory=list)
 
     # marks --------------------------------------------------------------------------------
-    def line(self, xs: Sequence[float], ys: Sequence[float], name: str = "", *, color: str = "",
-             step: bool = False, titles: Sequence[str] | None = None, width: float = 1.5,
-             points: bool = True, dashed: bool = False, cls: str = "pt") -> int:
+    def line(
+        self,
+        xs: Sequence[float],
+        ys: Sequence[float],
+        name: str = "",
+        *,
+        color: str = "",
+        step: bool = False,
+        titles: Sequence[str] | None = None,
+        width: float = 1.5,
+        points: bool = True,
+        dashed: bool = False,
+        cls: str = "pt",
+    ) -> int:
         """A line (``step``: horizontal then vertical, for values that hold until the next
         one) through the finite points, downsampled to :data:`MAX_POINTS`; with ``points``,
         one circle of class ``cls`` per drawn point (``pt``: a datum of the chart; another
@@ -234,23 +277,43 @@ class Figure:
                 else:
                     d.append(f"L{_n(x)} {_n(y)}")
             dash = ' stroke-dasharray="5 3"' if dashed else ""
-            out = [f'<path class="ln" d="{"".join(d)}" fill="none" stroke="{col}" '
-                   f'stroke-width="{width}"{dash}/>']
+            out = [
+                f'<path class="ln" d="{"".join(d)}" fill="none" stroke="{col}" '
+                f'stroke-width="{width}"{dash}/>'
+            ]
             if points:
-                out += [f'<circle class="{esc(cls)}" cx="{_n(x)}" cy="{_n(y)}" r="{r}" '
-                        f'fill="{col}">'
-                        f'{_title(tips[i] if tips else None)}</circle>'
-                        for i, (x, y) in enumerate(pts)]
+                out += [
+                    f'<circle class="{esc(cls)}" cx="{_n(x)}" cy="{_n(y)}" r="{r}" '
+                    f'fill="{col}">'
+                    f"{_title(tips[i] if tips else None)}</circle>"
+                    for i, (x, y) in enumerate(pts)
+                ]
             return "".join(out)
 
-        self.marks.append(_Mark(draw, px, py, len(px) if points and cls in COUNTED else 0,
-                                (name, col, "line") if name else None))
+        self.marks.append(
+            _Mark(
+                draw,
+                px,
+                py,
+                len(px) if points and cls in COUNTED else 0,
+                (name, col, "line") if name else None,
+            )
+        )
         return len(px)
 
-    def markers(self, xs: Sequence[float], ys: Sequence[float], name: str = "", *,
-                colors: Sequence[str] | str = "", shape: str = "circle",
-                titles: Sequence[str] | None = None, labels: Sequence[str] | None = None,
-                cls: str = "pt", size: float = 4.0) -> int:
+    def markers(
+        self,
+        xs: Sequence[float],
+        ys: Sequence[float],
+        name: str = "",
+        *,
+        colors: Sequence[str] | str = "",
+        shape: str = "circle",
+        titles: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        cls: str = "pt",
+        size: float = 4.0,
+    ) -> int:
         """One marker per finite point (``circle``, ``up``, ``down``, ``diamond`` or
         ``cross``), with an optional tooltip and a small text label beside it; more than
         :data:`MAX_POINTS` are downsampled like a line."""
@@ -268,28 +331,56 @@ class Figure:
                 tip = _title(titles[i] if titles else None)
                 out.append(f'<g class="{esc(cls)}">{body}{tip}</g>')
                 if labels and labels[i]:
-                    out.append(f'<text class="lbl" x="{_n(sx(x) + size + 2)}" '
-                               f'y="{_n(sy(y) - size - 1)}">{esc(labels[i])}</text>')
+                    out.append(
+                        f'<text class="lbl" x="{_n(sx(x) + size + 2)}" '
+                        f'y="{_n(sy(y) - size - 1)}">{esc(labels[i])}</text>'
+                    )
             return "".join(out)
 
-        self.marks.append(_Mark(draw, xs, ys, len(xs) if cls in COUNTED else 0,
-                                (name, legend_col, shape) if name and xs else None))
+        self.marks.append(
+            _Mark(
+                draw,
+                xs,
+                ys,
+                len(xs) if cls in COUNTED else 0,
+                (name, legend_col, shape) if name and xs else None,
+            )
+        )
         return len(xs)
 
-    def segments(self, x0: Sequence[float], y0: Sequence[float], x1: Sequence[float],
-                 y1: Sequence[float], *, color: str = NEUTRAL, cls: str = "leg") -> None:
+    def segments(
+        self,
+        x0: Sequence[float],
+        y0: Sequence[float],
+        x1: Sequence[float],
+        y1: Sequence[float],
+        *,
+        color: str = NEUTRAL,
+        cls: str = "leg",
+    ) -> None:
         """Dashed connectors (e.g. a trade's entry to its exit); not data points."""
+
         def draw(sx: Scale, sy: Scale) -> str:
             return "".join(
                 f'<line class="{esc(cls)}" x1="{_n(sx(a))}" y1="{_n(sy(b))}" x2="{_n(sx(c))}" '
                 f'y2="{_n(sy(d))}" stroke="{color}" stroke-dasharray="3 2"/>'
-                for a, b, c, d in zip(x0, y0, x1, y1, strict=True))
+                for a, b, c, d in zip(x0, y0, x1, y1, strict=True)
+            )
 
         self.marks.append(_Mark(draw, [*x0, *x1], [*y0, *y1]))
 
-    def bars(self, x0: Sequence[float], x1: Sequence[float], ys: Sequence[float], *,
-             colors: Sequence[str] | str = "", titles: Sequence[str] | None = None,
-             name: str = "", cls: str = "bar", counts: Sequence[int] | None = None) -> None:
+    def bars(
+        self,
+        x0: Sequence[float],
+        x1: Sequence[float],
+        ys: Sequence[float],
+        *,
+        colors: Sequence[str] | str = "",
+        titles: Sequence[str] | None = None,
+        name: str = "",
+        cls: str = "bar",
+        counts: Sequence[int] | None = None,
+    ) -> None:
         """Vertical bars from 0 to each y over [x0, x1] (at least 1 px wide); ``counts`` puts
         a ``data-n`` on each bar (a histogram's bin counts)."""
         cols, legend_col = _colors(colors, len(ys))
@@ -304,17 +395,34 @@ class Figure:
                 top = min(sy(y), base)
                 h = abs(sy(y) - base)
                 n = f' data-n="{counts[i]}"' if counts is not None else ""
-                out.append(f'<rect class="{esc(cls)}"{n} x="{_n(left)}" y="{_n(top)}" '
-                           f'width="{_n(w)}" height="{_n(h)}" fill="{cols[i]}">'
-                           f'{_title(titles[i] if titles else None)}</rect>')
+                out.append(
+                    f'<rect class="{esc(cls)}"{n} x="{_n(left)}" y="{_n(top)}" '
+                    f'width="{_n(w)}" height="{_n(h)}" fill="{cols[i]}">'
+                    f"{_title(titles[i] if titles else None)}</rect>"
+                )
             return "".join(out)
 
-        self.marks.append(_Mark(draw, [*x0, *x1], [0.0, *ys], len(ys) if cls in COUNTED else 0,
-                                (name, legend_col, "bar") if name and ys else None))
+        self.marks.append(
+            _Mark(
+                draw,
+                [*x0, *x1],
+                [0.0, *ys],
+                len(ys) if cls in COUNTED else 0,
+                (name, legend_col, "bar") if name and ys else None,
+            )
+        )
 
-    def intervals(self, xs: Sequence[float], lo: Sequence[float], hi: Sequence[float],
-                  mid: Sequence[float], *, colors: Sequence[str] | str = "", name: str = "",
-                  titles: Sequence[str] | None = None) -> None:
+    def intervals(
+        self,
+        xs: Sequence[float],
+        lo: Sequence[float],
+        hi: Sequence[float],
+        mid: Sequence[float],
+        *,
+        colors: Sequence[str] | str = "",
+        name: str = "",
+        titles: Sequence[str] | None = None,
+    ) -> None:
         """A point (``pt``) with its interval as a whisker, per x."""
         xs, lo, hi, mid = list(xs), list(lo), list(hi), list(mid)
         cols, legend_col = _colors(colors, len(xs))
@@ -323,10 +431,12 @@ class Figure:
             out = []
             for i, x in enumerate(xs):
                 cx = _n(sx(x))
-                out.append(f'<g class="pt"><line x1="{cx}" x2="{cx}" y1="{_n(sy(lo[i]))}" '
-                           f'y2="{_n(sy(hi[i]))}" stroke="{cols[i]}" stroke-width="1.5"/>'
-                           f'<circle cx="{cx}" cy="{_n(sy(mid[i]))}" r="3.5" '
-                           f'fill="{cols[i]}"/>{_title(titles[i] if titles else None)}</g>')
+                out.append(
+                    f'<g class="pt"><line x1="{cx}" x2="{cx}" y1="{_n(sy(lo[i]))}" '
+                    f'y2="{_n(sy(hi[i]))}" stroke="{cols[i]}" stroke-width="1.5"/>'
+                    f'<circle cx="{cx}" cy="{_n(sy(mid[i]))}" r="3.5" '
+                    f'fill="{cols[i]}"/>{_title(titles[i] if titles else None)}</g>'
+                )
             return "".join(out)
 
         legend = (name, legend_col, "circle") if name and xs else None
@@ -334,18 +444,35 @@ class Figure:
 
     def hline(self, y: float, label: str = "", *, color: str = NEUTRAL) -> None:
         """A dashed horizontal reference line (a threshold, zero) with its label."""
+
         def draw(sx: Scale, sy: Scale) -> str:
             yy = _n(sy(y))
-            text = (f'<text class="ref" x="{_n(sx.p1 - 4)}" y="{_n(sy(y) - 3)}" '
-                    f'text-anchor="end" fill="{color}">{esc(label)}</text>') if label else ""
-            return (f'<line class="rule" x1="{_n(sx.p0)}" x2="{_n(sx.p1)}" y1="{yy}" y2="{yy}" '
-                    f'stroke="{color}" stroke-dasharray="4 3"/>{text}')
+            text = (
+                (
+                    f'<text class="ref" x="{_n(sx.p1 - 4)}" y="{_n(sy(y) - 3)}" '
+                    f'text-anchor="end" fill="{color}">{esc(label)}</text>'
+                )
+                if label
+                else ""
+            )
+            return (
+                f'<line class="rule" x1="{_n(sx.p0)}" x2="{_n(sx.p1)}" y1="{yy}" y2="{yy}" '
+                f'stroke="{color}" stroke-dasharray="4 3"/>{text}'
+            )
 
         self.marks.append(_Mark(draw, [], [y]))
 
-    def vlines(self, xs: Sequence[float], *, titles: Sequence[str] | None = None,
-               labels: Sequence[str] | None = None, color: str = NEUTRAL, cls: str = "vl",
-               name: str = "", width: float = 2.0) -> None:
+    def vlines(
+        self,
+        xs: Sequence[float],
+        *,
+        titles: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        color: str = NEUTRAL,
+        cls: str = "vl",
+        name: str = "",
+        width: float = 2.0,
+    ) -> None:
         """Vertical event lines across the plot (e.g. policy updates, group boundaries), with
         tooltips and a label at the top."""
         xs = list(xs)
@@ -353,13 +480,17 @@ class Figure:
         def draw(sx: Scale, sy: Scale) -> str:
             out = []
             for i, x in enumerate(xs):
-                out.append(f'<line class="{esc(cls)}" x1="{_n(sx(x))}" x2="{_n(sx(x))}" '
-                           f'y1="{_n(sy.p0)}" y2="{_n(sy.p1)}" stroke="{color}" '
-                           f'stroke-width="{width}" stroke-opacity="0.6">'
-                           f'{_title(titles[i] if titles else None)}</line>')
+                out.append(
+                    f'<line class="{esc(cls)}" x1="{_n(sx(x))}" x2="{_n(sx(x))}" '
+                    f'y1="{_n(sy.p0)}" y2="{_n(sy.p1)}" stroke="{color}" '
+                    f'stroke-width="{width}" stroke-opacity="0.6">'
+                    f"{_title(titles[i] if titles else None)}</line>"
+                )
                 if labels:
-                    out.append(f'<text class="lbl" x="{_n(sx(x) + 4)}" y="{_n(sy.p1 + 10)}">'
-                               f"{esc(labels[i])}</text>")
+                    out.append(
+                        f'<text class="lbl" x="{_n(sx(x) + 4)}" y="{_n(sy.p1 + 10)}">'
+                        f"{esc(labels[i])}</text>"
+                    )
             return "".join(out)
 
         self.marks.append(_Mark(draw, xs, [], 0, (name, color, "vline") if name and xs else None))
@@ -381,8 +512,9 @@ class Figure:
         ys = [y for m in self.marks for y in m.ys]
         ylo, yhi = self.y_domain or _domain(ys, 0.06, self.y_zero)
         sy = Scale(ylo, yhi, self.height - bottom, top)
-        yt = self.y_ticks if self.y_ticks is not None else _fit_y(sy, self.y_percent,
-                                                                  self.y_integer)
+        yt = (
+            self.y_ticks if self.y_ticks is not None else _fit_y(sy, self.y_percent, self.y_integer)
+        )
         left = max(40.0, max((_label_px(s) for _, s in yt), default=0.0) + 6)
         left += 16 if self.y_label else 0
         xlo, xhi = _domain(xs, 0.02, False, _HOUR if self.x_time else 0.0)
@@ -394,38 +526,55 @@ class Figure:
             xt = _fit_time(sx.lo, sx.hi, plot_w)
         else:
             xt = _fit_numbers(sx.lo, sx.hi, plot_w)
-        return "".join([_open(self.chart, self.rows, self.points, self.width, self.height),
-                        self._axes(sx, sy, xt, yt), *(m.svg(sx, sy) for m in self.marks),
-                        _legend(legend_rows, left, 14), "</svg>"])
+        return "".join(
+            [
+                _open(self.chart, self.rows, self.points, self.width, self.height),
+                self._axes(sx, sy, xt, yt),
+                *(m.svg(sx, sy) for m in self.marks),
+                _legend(legend_rows, left, 14),
+                "</svg>",
+            ]
+        )
 
-    def _axes(self, sx: Scale, sy: Scale, xt: list[tuple[float, str]],
-              yt: list[tuple[float, str]]) -> str:
+    def _axes(
+        self, sx: Scale, sy: Scale, xt: list[tuple[float, str]], yt: list[tuple[float, str]]
+    ) -> str:
         out = ['<g class="axes">']
         for t, label in yt:
             y = _n(sy(t))
-            out.append(f'<line class="gridline" x1="{_n(sx.p0)}" x2="{_n(sx.p1)}" y1="{y}" '
-                       f'y2="{y}"/><text x="{_n(sx.p0 - 6)}" y="{y}" dy="0.32em" text-anchor="end">'
-                       f"{esc(label)}</text>")
+            out.append(
+                f'<line class="gridline" x1="{_n(sx.p0)}" x2="{_n(sx.p1)}" y1="{y}" '
+                f'y2="{y}"/><text x="{_n(sx.p0 - 6)}" y="{y}" dy="0.32em" text-anchor="end">'
+                f"{esc(label)}</text>"
+            )
         base = _n(sy.p0)
-        out.append(f'<line class="axis" x1="{_n(sx.p0)}" x2="{_n(sx.p1)}" y1="{base}" '
-                   f'y2="{base}"/>')
+        out.append(
+            f'<line class="axis" x1="{_n(sx.p0)}" x2="{_n(sx.p1)}" y1="{base}" y2="{base}"/>'
+        )
         for t, label in xt:
             x = _n(sx(t))
             out.append(f'<line class="axis" x1="{x}" x2="{x}" y1="{base}" y2="{_n(sy.p0 + 4)}"/>')
             if self.x_rotate:
                 ty = _n(sy.p0 + 10)
-                out.append(f'<text x="{x}" y="{ty}" dy="0.32em" text-anchor="end" '
-                           f'transform="rotate(-40 {x} {ty})">{esc(label)}</text>')
+                out.append(
+                    f'<text x="{x}" y="{ty}" dy="0.32em" text-anchor="end" '
+                    f'transform="rotate(-40 {x} {ty})">{esc(label)}</text>'
+                )
             else:
-                out.append(f'<text x="{x}" y="{_n(sy.p0 + 16)}" text-anchor="middle">'
-                           f"{esc(label)}</text>")
+                out.append(
+                    f'<text x="{x}" y="{_n(sy.p0 + 16)}" text-anchor="middle">{esc(label)}</text>'
+                )
         if self.x_label:
-            out.append(f'<text x="{_n(sx.p1)}" y="{_n(sy.p0 + 30)}" text-anchor="end">'
-                       f"{esc(self.x_label)}</text>")
+            out.append(
+                f'<text x="{_n(sx.p1)}" y="{_n(sy.p0 + 30)}" text-anchor="end">'
+                f"{esc(self.x_label)}</text>"
+            )
         if self.y_label:
             mid = _n((sy.p0 + sy.p1) / 2)
-            out.append(f'<text x="10" y="{mid}" dy="0.32em" text-anchor="middle" '
-                       f'transform="rotate(-90 10 {mid})">{esc(self.y_label)}</text>')
+            out.append(
+                f'<text x="10" y="{mid}" dy="0.32em" text-anchor="middle" '
+                f'transform="rotate(-90 10 {mid})">{esc(self.y_label)}</text>'
+            )
         out.append("</g>")
         return "".join(out)
 
@@ -462,31 +611,41 @@ def _fit_numbers(lo: float, hi: float, plot_w: float) -> list[tuple[float, str]]
     return []
 
 
-def _thin(ticks: list[tuple[float, str]], sx: Scale,
-          slot: float | None = None) -> list[tuple[float, str]]:
+def _thin(
+    ticks: list[tuple[float, str]], sx: Scale, slot: float | None = None
+) -> list[tuple[float, str]]:
     """The given ticks, left to right, skipping any whose label would overlap the last one
     kept (a label needs ``slot`` px, default its width)."""
     kept: list[tuple[float, str]] = []
     for t, label in sorted(ticks):
         if not kept or sx(t) - sx(kept[-1][0]) >= (
-                slot or (_label_px(label) + _label_px(kept[-1][1])) / 2):
+            slot or (_label_px(label) + _label_px(kept[-1][1])) / 2
+        ):
             kept.append((t, label))
     return kept
 
 
 def _shape(shape: str, x: float, y: float, s: float, col: str) -> str:
     if shape == "up":
-        return (f'<path d="M{_n(x)} {_n(y - s)}L{_n(x + s)} {_n(y + s * 0.8)}'
-                f'L{_n(x - s)} {_n(y + s * 0.8)}Z" fill="{col}"/>')
+        return (
+            f'<path d="M{_n(x)} {_n(y - s)}L{_n(x + s)} {_n(y + s * 0.8)}'
+            f'L{_n(x - s)} {_n(y + s * 0.8)}Z" fill="{col}"/>'
+        )
     if shape == "down":
-        return (f'<path d="M{_n(x)} {_n(y + s)}L{_n(x + s)} {_n(y - s * 0.8)}'
-                f'L{_n(x - s)} {_n(y - s * 0.8)}Z" fill="{col}"/>')
+        return (
+            f'<path d="M{_n(x)} {_n(y + s)}L{_n(x + s)} {_n(y - s * 0.8)}'
+            f'L{_n(x - s)} {_n(y - s * 0.8)}Z" fill="{col}"/>'
+        )
     if shape == "diamond":
-        return (f'<path d="M{_n(x)} {_n(y - s)}L{_n(x + s)} {_n(y)}L{_n(x)} {_n(y + s)}'
-                f'L{_n(x - s)} {_n(y)}Z" fill="{col}"/>')
+        return (
+            f'<path d="M{_n(x)} {_n(y - s)}L{_n(x + s)} {_n(y)}L{_n(x)} {_n(y + s)}'
+            f'L{_n(x - s)} {_n(y)}Z" fill="{col}"/>'
+        )
     if shape == "cross":
-        return (f'<path d="M{_n(x - s)} {_n(y - s)}L{_n(x + s)} {_n(y + s)}M{_n(x - s)} '
-                f'{_n(y + s)}L{_n(x + s)} {_n(y - s)}" stroke="{col}" stroke-width="2"/>')
+        return (
+            f'<path d="M{_n(x - s)} {_n(y - s)}L{_n(x + s)} {_n(y + s)}M{_n(x - s)} '
+            f'{_n(y + s)}L{_n(x + s)} {_n(y - s)}" stroke="{col}" stroke-width="2"/>'
+        )
     return f'<circle cx="{_n(x)}" cy="{_n(y)}" r="{_n(s)}" fill="{col}" fill-opacity="0.85"/>'
 
 
@@ -509,8 +668,10 @@ def _legend(rows: list[list], left: float, top: float) -> str:
         x, y = left, top + 16 * r
         for name, col, shape in items:
             if shape in ("line", "vline"):
-                sw = f'<line x1="{_n(x)}" x2="{_n(x + 16)}" y1="{_n(y - 4)}" y2="{_n(y - 4)}" ' \
-                     f'stroke="{col}" stroke-width="2.5"/>'
+                sw = (
+                    f'<line x1="{_n(x)}" x2="{_n(x + 16)}" y1="{_n(y - 4)}" y2="{_n(y - 4)}" '
+                    f'stroke="{col}" stroke-width="2.5"/>'
+                )
             elif shape == "bar":
                 sw = f'<rect x="{_n(x + 3)}" y="{_n(y - 9)}" width="10" height="10" fill="{col}"/>'
             else:
@@ -521,11 +682,12 @@ def _legend(rows: list[list], left: float, top: float) -> str:
     return "".join(out)
 
 
-def _open(chart: str, rows: int, points: int, width: int, height: int,
-          extra: str = "") -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-chart="{esc(chart)}" '
-            f'data-rows="{rows}" data-points="{points}"{extra} viewBox="0 0 {width} {height}" '
-            f'role="img" font-size="{FONT_PX}">')
+def _open(chart: str, rows: int, points: int, width: int, height: int, extra: str = "") -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-chart="{esc(chart)}" '
+        f'data-rows="{rows}" data-points="{points}"{extra} viewBox="0 0 {width} {height}" '
+        f'role="img" font-size="{FONT_PX}">'
+    )
 
 
 # --- whole charts ---------------------------------------------------------------------------
@@ -534,16 +696,28 @@ def empty(chart: str, why: str, width: int = WIDTH, height: int = 120) -> str:
     plot."""
     lines = textwrap.wrap(f"no data: {why}", int((width - 40) / (CHAR_PX * 13 / FONT_PX)))
     first = height / 2 - 9 * (len(lines) - 1)
-    spans = "".join(f'<tspan x="{_n(width / 2)}" y="{_n(first + 18 * i)}">{esc(line)}</tspan>'
-                    for i, line in enumerate(lines))
-    return (_open(chart, 0, 0, width, height, ' data-empty="true"')
-            + f'<rect class="nodata-box" x="1" y="1" width="{width - 2}" height="{height - 2}" '
-            f'rx="6"/><text class="nodata" text-anchor="middle" dy="0.32em">{spans}</text></svg>')
+    spans = "".join(
+        f'<tspan x="{_n(width / 2)}" y="{_n(first + 18 * i)}">{esc(line)}</tspan>'
+        for i, line in enumerate(lines)
+    )
+    return (
+        _open(chart, 0, 0, width, height, ' data-empty="true"')
+        + f'<rect class="nodata-box" x="1" y="1" width="{width - 2}" height="{height - 2}" '
+        f'rx="6"/><text class="nodata" text-anchor="middle" dy="0.32em">{spans}</text></svg>'
+    )
 
 
-def hbars(chart: str, rows: int, labels: Sequence[str], values: Sequence[float], *,
-          titles: Sequence[str] | None = None, colors: Sequence[str] | None = None,
-          fmt: Format = lambda v: f"{v:,.0f}", width: int = WIDTH) -> str:
+def hbars(
+    chart: str,
+    rows: int,
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    titles: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+    fmt: Format = lambda v: f"{v:,.0f}",
+    width: int = WIDTH,
+) -> str:
     """Labelled horizontal bars, one ``bar`` per value (negative values to the left of a zero
     line), each with its value at its end; labels longer than 45% of the width are cut
     with an ellipsis (the tooltip has them whole)."""
@@ -562,13 +736,15 @@ def hbars(chart: str, rows: int, labels: Sequence[str], values: Sequence[float],
     for i, v in enumerate(values):
         y = 8 + i * (bar_h + gap)
         a, b = sorted((sx(0.0), sx(v)))
-        end = (f'<text x="{_n(b + 4)}"' if v >= 0 else f'<text x="{_n(a - 4)}" text-anchor="end"')
+        end = f'<text x="{_n(b + 4)}"' if v >= 0 else f'<text x="{_n(a - 4)}" text-anchor="end"'
         tip = titles[i] if titles else f"{labels[i]}: {fmt(v)}"
-        out.append(f'<text x="{_n(left - 6)}" y="{_n(y + bar_h / 2)}" dy="0.32em" '
-                   f'text-anchor="end">{esc(shown[i])}</text>'
-                   f'<rect class="bar" x="{_n(a)}" y="{y}" width="{_n(max(b - a, 1.0))}" '
-                   f'height="{bar_h}" fill="{cols[i]}">{_title(tip)}</rect>'
-                   f'{end} y="{_n(y + bar_h / 2)}" dy="0.32em">{esc(fmt(v))}</text>')
+        out.append(
+            f'<text x="{_n(left - 6)}" y="{_n(y + bar_h / 2)}" dy="0.32em" '
+            f'text-anchor="end">{esc(shown[i])}</text>'
+            f'<rect class="bar" x="{_n(a)}" y="{y}" width="{_n(max(b - a, 1.0))}" '
+            f'height="{bar_h}" fill="{cols[i]}">{_title(tip)}</rect>'
+            f'{end} y="{_n(y + bar_h / 2)}" dy="0.32em">{esc(fmt(v))}</text>'
+        )
     out.append(f'<line class="axis" x1="{zero}" x2="{zero}" y1="4" y2="{height - 4}"/></svg>')
     return "".join(out)
 
@@ -592,14 +768,29 @@ def bins(values: Sequence[float]) -> tuple[list[float], list[int]]:
     return [lo + i * width for i in range(k + 1)], counts
 
 
-def histogram(chart: str, rows: int, values: Sequence[float], x_label: str, *,
-              fmt: Format = lambda v: f"{v:,.4g}", color: str = PALETTE[0]) -> str:
+def histogram(
+    chart: str,
+    rows: int,
+    values: Sequence[float],
+    x_label: str,
+    *,
+    fmt: Format = lambda v: f"{v:,.4g}",
+    color: str = PALETTE[0],
+) -> str:
     """The distribution of ``values`` as bars (one ``bar`` per bin, with its count in
     ``data-n``); non-finite values are not counted."""
     edges, counts = bins(values)
-    fig = Figure(chart, rows, x_time=False, y_zero=True, y_integer=True, x_label=x_label,
-                 y_label="trades")
-    fig.bars(edges[:-1], edges[1:], counts, colors=color, counts=counts,
-             titles=[f"{fmt(a)} to {fmt(b)}: {c}"
-                     for a, b, c in zip(edges, edges[1:], counts, strict=False)])
+    fig = Figure(
+        chart, rows, x_time=False, y_zero=True, y_integer=True, x_label=x_label, y_label="trades"
+    )
+    fig.bars(
+        edges[:-1],
+        edges[1:],
+        counts,
+        colors=color,
+        counts=counts,
+        titles=[
+            f"{fmt(a)} to {fmt(b)}: {c}" for a, b, c in zip(edges, edges[1:], counts, strict=False)
+        ],
+    )
     return fig.svg()

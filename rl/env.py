@@ -76,8 +76,10 @@ class EnvConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> EnvConfig:
         """The live flow's numbers: the same equity split, costs, limits and sizing rules."""
-        values: dict[str, Any] = {"execution": ExecConfig.from_settings(settings),
-                                  "sizing": SizingConfig.from_settings(settings)}
+        values: dict[str, Any] = {
+            "execution": ExecConfig.from_settings(settings),
+            "sizing": SizingConfig.from_settings(settings),
+        }
         values.update(overrides)
         return cls(**values)
 
@@ -86,19 +88,43 @@ def bar_decision(vector: FeatureVector, action: Action, confidence: float) -> Ba
     """The decision a bar carries into execution (no supervisor verdict: the signals given
     are the tradable ones)."""
     votes = tuple(Vote(m, ENV_VERSION, action, confidence) for m in MODEL_NAMES)
-    signal = Signal(vector.symbol, vector.ts, vector.bar_start, action, confidence,
-                    Consensus.UNANIMOUS, 0.0, 0.0, vector.values.get("vol_daily", math.nan),
-                    False, vector.warm, vector.feature_set, votes, ())
+    signal = Signal(
+        vector.symbol,
+        vector.ts,
+        vector.bar_start,
+        action,
+        confidence,
+        Consensus.UNANIMOUS,
+        0.0,
+        0.0,
+        vector.values.get("vol_daily", math.nan),
+        False,
+        vector.warm,
+        vector.feature_set,
+        votes,
+        (),
+    )
     end = to_ms(vector.ts)
     return BarDecision(vector.symbol, end, end, signal, vector, None)
 
 
-def env_decision(state: np.ndarray, raw: Sequence[float] | np.ndarray, bounds: ActionBounds,
-                 equity_usd: float) -> SizingDecision:
+def env_decision(
+    state: np.ndarray, raw: Sequence[float] | np.ndarray, bounds: ActionBounds, equity_usd: float
+) -> SizingDecision:
     """The sizing record of an action taken in the environment (mapped as live)."""
     size, tp, sl, degenerate = map_action(raw, equity_usd, bounds)
-    return SizingDecision(tuple(float(x) for x in state), tuple(float(x) for x in raw), 0.0,
-                          0.0, ENV_VERSION, size, tp, sl, degenerate, True)
+    return SizingDecision(
+        tuple(float(x) for x in state),
+        tuple(float(x) for x in raw),
+        0.0,
+        0.0,
+        ENV_VERSION,
+        size,
+        tp,
+        sl,
+        degenerate,
+        True,
+    )
 
 
 class SizingEnv(gym.Env):
@@ -106,8 +132,9 @@ class SizingEnv(gym.Env):
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 -- gymnasium's convention
 
-    def __init__(self, history: History, signals: Iterable[SignalEvent],
-                 config: EnvConfig | None = None) -> None:
+    def __init__(
+        self, history: History, signals: Iterable[SignalEvent], config: EnvConfig | None = None
+    ) -> None:
         super().__init__()
         if not history.steps:
             raise ValueError("SizingEnv replays ticks: build the history with keep_ticks=True")
@@ -159,16 +186,23 @@ class SizingEnv(gym.Env):
             pf.done(ev)
         return None
 
-    def reset(self, *, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self.portfolio = Portfolio(self.config.execution)
         for symbol in sorted(self.history.steps):
             for step in self.history.steps[symbol]:
-                self.portfolio.add(symbol, step.ticks, [
-                    (ci, clock, to_ms(bar.end), None)
-                    for ci, clock, bar in zip(step.close_index, step.clocks, step.bars,
-                                              strict=True)])
+                self.portfolio.add(
+                    symbol,
+                    step.ticks,
+                    [
+                        (ci, clock, to_ms(bar.end), None)
+                        for ci, clock, bar in zip(
+                            step.close_index, step.clocks, step.bars, strict=True
+                        )
+                    ],
+                )
         self.trades = []
         self.request = self._next_request()
         if self.request is None:
@@ -202,8 +236,9 @@ class SizingEnv(gym.Env):
         return self.request.state.to_array(), float(reward), False, False, info
 
 
-def momentum_signals(symbol: str, vectors: Sequence[FeatureVector], min_strength: float = 1.0,
-                     horizon: int = 5) -> list[SignalEvent]:
+def momentum_signals(
+    symbol: str, vectors: Sequence[FeatureVector], min_strength: float = 1.0, horizon: int = 5
+) -> list[SignalEvent]:
     """A simple, documented signal rule for tests and bootstrapping without the ensemble.
 
     On each warm vector ``z = ret_h / (vol_ewma * sqrt(h))`` (the h-bar return in units of
@@ -220,6 +255,13 @@ def momentum_signals(symbol: str, vectors: Sequence[FeatureVector], min_strength
             continue
         z = ret / (vol * math.sqrt(horizon))
         if abs(z) >= min_strength:
-            out.append(SignalEvent(symbol, i, Action.BUY if z > 0 else Action.SELL,
-                                   abs(z) / (1.0 + abs(z)), v.values["vol_daily"]))
+            out.append(
+                SignalEvent(
+                    symbol,
+                    i,
+                    Action.BUY if z > 0 else Action.SELL,
+                    abs(z) / (1.0 + abs(z)),
+                    v.values["vol_daily"],
+                )
+            )
     return out

@@ -120,22 +120,35 @@ class Transition:
     stochastic: bool = True
 
     @classmethod
-    def from_decision(cls, decision: SizingDecision, reward: float,
-                      next_state: Sequence[float]) -> Transition:
-        return cls(decision.state, decision.raw_action, decision.log_prob, decision.value,
-                   float(reward), tuple(float(x) for x in next_state),
-                   decision.policy_version, decision.stochastic)
+    def from_decision(
+        cls, decision: SizingDecision, reward: float, next_state: Sequence[float]
+    ) -> Transition:
+        return cls(
+            decision.state,
+            decision.raw_action,
+            decision.log_prob,
+            decision.value,
+            float(reward),
+            tuple(float(x) for x in next_state),
+            decision.policy_version,
+            decision.stochastic,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Transition:
-        return cls(tuple(float(x) for x in d["state"]),
-                   tuple(float(x) for x in d["raw_action"]), float(d["log_prob"]),
-                   float(d["value"]), float(d["reward"]),
-                   tuple(float(x) for x in d["next_state"]), str(d["policy_version"]),
-                   bool(d["stochastic"]))
+        return cls(
+            tuple(float(x) for x in d["state"]),
+            tuple(float(x) for x in d["raw_action"]),
+            float(d["log_prob"]),
+            float(d["value"]),
+            float(d["reward"]),
+            tuple(float(x) for x in d["next_state"]),
+            str(d["policy_version"]),
+            bool(d["stochastic"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,15 +206,24 @@ def rollout_buffer(model: PPO, transitions: Sequence[Transition]) -> RolloutBuff
     ``return = reward``; the recorded (not recomputed) log-prob and value are what PPO's ratio
     and value clipping need.
     """
-    buf = RolloutBuffer(len(transitions), model.observation_space, model.action_space,
-                        device=model.device, gae_lambda=model.gae_lambda, gamma=model.gamma,
-                        n_envs=1)
+    buf = RolloutBuffer(
+        len(transitions),
+        model.observation_space,
+        model.action_space,
+        device=model.device,
+        gae_lambda=model.gae_lambda,
+        gamma=model.gamma,
+        n_envs=1,
+    )
     for t in transitions:
-        buf.add(np.asarray(t.state, dtype=np.float32)[None],
-                np.asarray(t.raw_action, dtype=np.float32)[None],
-                np.array([t.reward], dtype=np.float32), np.array([True]),
-                torch.tensor([t.value], dtype=torch.float32),
-                torch.tensor([t.log_prob], dtype=torch.float32))
+        buf.add(
+            np.asarray(t.state, dtype=np.float32)[None],
+            np.asarray(t.raw_action, dtype=np.float32)[None],
+            np.array([t.reward], dtype=np.float32),
+            np.array([True]),
+            torch.tensor([t.value], dtype=torch.float32),
+            torch.tensor([t.log_prob], dtype=torch.float32),
+        )
     buf.compute_returns_and_advantage(last_values=torch.zeros(1), dones=np.array([True]))
     return buf
 
@@ -238,17 +260,25 @@ class PolicyRuntime:
     seed and inputs draws the same actions). Not thread-safe; one per worker.
     """
 
-    def __init__(self, model: PPO, lineage: str, updates: int = 0,
-                 bounds: ActionBounds | None = None, params: PPOParams | None = None,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        model: PPO,
+        lineage: str,
+        updates: int = 0,
+        bounds: ActionBounds | None = None,
+        params: PPOParams | None = None,
+        seed: int | None = None,
+    ) -> None:
         policy = model.policy
         if not isinstance(policy, ActorCriticPolicy) or not policy.share_features_extractor:
             raise TypeError("PolicyRuntime needs an ActorCriticPolicy with a shared extractor")
         if not isinstance(policy.action_dist, DiagGaussianDistribution):
             raise TypeError("PolicyRuntime needs a diagonal Gaussian policy (no gSDE)")
         if model.observation_space.shape != (len(NAMES),):
-            raise ValueError(f"policy observes {model.observation_space.shape}, "
-                             f"the RL state has {len(NAMES)} components")
+            raise ValueError(
+                f"policy observes {model.observation_space.shape}, "
+                f"the RL state has {len(NAMES)} components"
+            )
         cap_threads(1)
         self.model = model
         self.lineage = lineage
@@ -265,8 +295,9 @@ class PolicyRuntime:
         return f"ppo-{self.lineage}-v{self.updates}"
 
     # ---------------------------------------------------------------------------- acting
-    def _forward(self, obs: np.ndarray, noise: np.ndarray | None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _forward(
+        self, obs: np.ndarray, noise: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(actions, log_probs, values) for a (n, 8) float32 batch.
 
         The torch part runs the policy's own modules (so the mode is exactly what
@@ -276,18 +307,21 @@ class PolicyRuntime:
         policy = self.model.policy
         with torch.no_grad():
             latent_pi, latent_vf = policy.mlp_extractor(
-                policy.features_extractor(torch.from_numpy(obs)))
+                policy.features_extractor(torch.from_numpy(obs))
+            )
             mean = policy.action_net(latent_pi).numpy()
             values = policy.value_net(latent_vf).numpy().reshape(-1)
             log_std = policy.log_std.numpy()
         std = np.exp(log_std)
         act = mean if noise is None else (mean + std * noise).astype(np.float32)
-        log_prob = (-((act - mean) ** 2) / (2 * std**2) - np.log(std)
-                    - np.float32(_HALF_LOG_2PI)).sum(axis=-1)
+        log_prob = (
+            -((act - mean) ** 2) / (2 * std**2) - np.log(std) - np.float32(_HALF_LOG_2PI)
+        ).sum(axis=-1)
         return act, log_prob, values
 
-    def act_batch(self, states: Sequence[RLState], stochastic: bool,
-                  noise: np.ndarray | None = None) -> list[SizingDecision]:
+    def act_batch(
+        self, states: Sequence[RLState], stochastic: bool, noise: np.ndarray | None = None
+    ) -> list[SizingDecision]:
         """Size several signals in one forward pass.
 
         ``noise`` (n, 3) standard-normal draws replace the runtime's RNG, e.g. to derive the
@@ -298,26 +332,40 @@ class PolicyRuntime:
         obs = np.stack([s.to_array() for s in states])
         eps = None
         if stochastic:
-            eps = (self.rng.standard_normal((len(states), ACTION_DIM)) if noise is None
-                   else np.asarray(noise, dtype=np.float64).reshape(len(states), ACTION_DIM))
+            eps = (
+                self.rng.standard_normal((len(states), ACTION_DIM))
+                if noise is None
+                else np.asarray(noise, dtype=np.float64).reshape(len(states), ACTION_DIM)
+            )
             eps = eps.astype(np.float32)
         actions, log_probs, values = self._forward(obs, eps)
         version = self.version
         out = []
         for s, o, a, lp, v in zip(states, obs, actions, log_probs, values, strict=True):
             size, tp, sl, degenerate = map_action(a, s.equity_usd, self.bounds)
-            out.append(SizingDecision(
-                state=tuple(float(x) for x in o), raw_action=tuple(float(x) for x in a),
-                log_prob=float(lp), value=float(v), policy_version=version,
-                position_size_usd=size, tp_pct=tp, sl_pct=sl, degenerate=degenerate,
-                stochastic=stochastic))
+            out.append(
+                SizingDecision(
+                    state=tuple(float(x) for x in o),
+                    raw_action=tuple(float(x) for x in a),
+                    log_prob=float(lp),
+                    value=float(v),
+                    policy_version=version,
+                    position_size_usd=size,
+                    tp_pct=tp,
+                    sl_pct=sl,
+                    degenerate=degenerate,
+                    stochastic=stochastic,
+                )
+            )
         return out
 
-    def act(self, state: RLState, stochastic: bool,
-            noise: np.ndarray | None = None) -> SizingDecision:
+    def act(
+        self, state: RLState, stochastic: bool, noise: np.ndarray | None = None
+    ) -> SizingDecision:
         """Size one signal (see :meth:`act_batch`)."""
-        return self.act_batch([state], stochastic, None if noise is None else
-                              np.asarray(noise).reshape(1, ACTION_DIM))[0]
+        return self.act_batch(
+            [state], stochastic, None if noise is None else np.asarray(noise).reshape(1, ACTION_DIM)
+        )[0]
 
     # ---------------------------------------------------------------------------- learning
     def _usable(self, t: Transition, max_lag: int | None) -> bool:
@@ -332,8 +380,9 @@ class PolicyRuntime:
                 return False
         return True
 
-    def update(self, transitions: Sequence[Transition],
-               max_lag: int | None = None) -> UpdateMetrics:
+    def update(
+        self, transitions: Sequence[Transition], max_lag: int | None = None
+    ) -> UpdateMetrics:
         """One PPO update from closed trades; bumps the version if any transition was used.
 
         Dropped (counted, not used): deterministic or non-finite records, and with ``max_lag``
@@ -347,8 +396,20 @@ class PolicyRuntime:
         before_version = self.version
         if not kept:
             nan = float("nan")
-            return UpdateMetrics(nan, nan, nan, nan, nan, nan, 0, dropped, 0.0, before_version,
-                                 before_version, time.perf_counter() - t0)
+            return UpdateMetrics(
+                nan,
+                nan,
+                nan,
+                nan,
+                nan,
+                nan,
+                0,
+                dropped,
+                0.0,
+                before_version,
+                before_version,
+                time.perf_counter() - t0,
+            )
         model = self.model
         buf = rollout_buffer(model, kept)
         before = _param_vector(model)
@@ -370,9 +431,13 @@ class PolicyRuntime:
             approx_kl=float(logged["train/approx_kl"]),
             clip_fraction=float(logged["train/clip_fraction"]),
             mean_reward=float(np.mean([t.reward for t in kept])),
-            transitions=len(kept), dropped=dropped, param_change_norm=change,
-            version_before=before_version, version_after=self.version,
-            seconds=time.perf_counter() - t0)
+            transitions=len(kept),
+            dropped=dropped,
+            param_change_norm=change,
+            version_before=before_version,
+            version_after=self.version,
+            seconds=time.perf_counter() - t0,
+        )
 
     # ---------------------------------------------------------------------------- artifacts
     def save(self, directory: Path) -> list[Path]:
@@ -381,12 +446,26 @@ class PolicyRuntime:
         directory.mkdir(parents=True, exist_ok=True)
         zip_path = directory / ZIP_NAME
         # episode bookkeeping of the pretraining run is not part of the policy
-        self.model.save(zip_path, exclude=["ep_info_buffer", "ep_success_buffer", "_last_obs",
-                                           "_last_episode_starts", "_last_original_obs"])
-        meta = {"format": FORMAT, "version": self.version, "lineage": self.lineage,
-                "updates": self.updates, "bounds": self.bounds.to_dict(),
-                "params": self.params.to_dict(), "state_names": list(NAMES),
-                "stable_baselines3": stable_baselines3.__version__}
+        self.model.save(
+            zip_path,
+            exclude=[
+                "ep_info_buffer",
+                "ep_success_buffer",
+                "_last_obs",
+                "_last_episode_starts",
+                "_last_original_obs",
+            ],
+        )
+        meta = {
+            "format": FORMAT,
+            "version": self.version,
+            "lineage": self.lineage,
+            "updates": self.updates,
+            "bounds": self.bounds.to_dict(),
+            "params": self.params.to_dict(),
+            "state_names": list(NAMES),
+            "stable_baselines3": stable_baselines3.__version__,
+        }
         json_path = directory / JSON_NAME
         json_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
         return [zip_path, json_path]
@@ -399,16 +478,22 @@ class PolicyRuntime:
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown policy format {meta.get('format')!r}")
         if tuple(meta["state_names"]) != NAMES:
-            raise ValueError(f"policy was trained on state {meta['state_names']}, "
-                             f"this code builds {list(NAMES)}")
+            raise ValueError(
+                f"policy was trained on state {meta['state_names']}, this code builds {list(NAMES)}"
+            )
         params = PPOParams.from_dict(meta["params"])
         zip_path = directory / ZIP_NAME
         cap_threads(1)
         skip_dynamo_import()  # SB3 builds an Adam: 1-2 s of torch._dynamo imports otherwise
-        model = PPO.load(zip_path, device="cpu",
-                         custom_objects=_custom_objects(zip_path, params))
-        return cls(model, meta["lineage"], int(meta["updates"]),
-                   ActionBounds.from_dict(meta["bounds"]), params, seed)
+        model = PPO.load(zip_path, device="cpu", custom_objects=_custom_objects(zip_path, params))
+        return cls(
+            model,
+            meta["lineage"],
+            int(meta["updates"]),
+            ActionBounds.from_dict(meta["bounds"]),
+            params,
+            seed,
+        )
 
 
 def _custom_objects(zip_path: Path, params: PPOParams) -> dict[str, Any]:
@@ -435,23 +520,36 @@ def _custom_objects(zip_path: Path, params: PPOParams) -> dict[str, Any]:
     return out
 
 
-def pretrain(env: gym.Env, timesteps: int, seed: int,
-             params: PPOParams | None = None) -> PolicyRuntime:
+def pretrain(
+    env: gym.Env, timesteps: int, seed: int, params: PPOParams | None = None
+) -> PolicyRuntime:
     """Train a fresh PPO on ``env`` (usually :class:`rl.env.SizingEnv`) for ``timesteps``."""
     cap_threads(1)
     params = params or PPOParams()
     arch = list(params.net_arch)
-    model = PPO("MlpPolicy", env, learning_rate=params.learning_rate, n_steps=params.n_steps,
-                batch_size=params.batch_size, n_epochs=params.n_epochs, gamma=params.gamma,
-                gae_lambda=params.gae_lambda, clip_range=params.clip_range,
-                ent_coef=params.ent_coef, vf_coef=params.vf_coef,
-                max_grad_norm=params.max_grad_norm, target_kl=params.target_kl,
-                policy_kwargs={"net_arch": {"pi": arch, "vf": arch},
-                               "log_std_init": params.log_std_init},
-                seed=seed, device="cpu", verbose=0)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=params.learning_rate,
+        n_steps=params.n_steps,
+        batch_size=params.batch_size,
+        n_epochs=params.n_epochs,
+        gamma=params.gamma,
+        gae_lambda=params.gae_lambda,
+        clip_range=params.clip_range,
+        ent_coef=params.ent_coef,
+        vf_coef=params.vf_coef,
+        max_grad_norm=params.max_grad_norm,
+        target_kl=params.target_kl,
+        policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "log_std_init": params.log_std_init},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
     model.set_logger(_silent_logger())
     model.learn(total_timesteps=timesteps)
     lineage = hashlib.sha256(_param_vector(model).numpy().tobytes()).hexdigest()[:12]
     bounds = getattr(env, "bounds", None)
-    return PolicyRuntime(model, lineage, 0,
-                         bounds if isinstance(bounds, ActionBounds) else None, params, seed)
+    return PolicyRuntime(
+        model, lineage, 0, bounds if isinstance(bounds, ActionBounds) else None, params, seed
+    )

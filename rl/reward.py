@@ -93,17 +93,30 @@ class RewardTerms:
     bound: float = 0.0
 
 
-def reward_terms(*, net_pnl: float, equity_at_entry: float, size_frac: float, vol_daily: float,
-                 drawdown_before: float, drawdown_after: float, weights: RewardWeights,
-                 raw_action: Sequence[float] = ()) -> RewardTerms:
+def reward_terms(
+    *,
+    net_pnl: float,
+    equity_at_entry: float,
+    size_frac: float,
+    vol_daily: float,
+    drawdown_before: float,
+    drawdown_after: float,
+    weights: RewardWeights,
+    raw_action: Sequence[float] = (),
+) -> RewardTerms:
     """Each term and the total (see the module docstring).
 
     Raises ``ValueError`` on a non-finite input, a non-positive equity or a negative size or
     volatility: a NaN reward would silently poison a PPO update, so it must never be built.
     """
-    args = {"net_pnl": net_pnl, "equity_at_entry": equity_at_entry, "size_frac": size_frac,
-            "vol_daily": vol_daily, "drawdown_before": drawdown_before,
-            "drawdown_after": drawdown_after}
+    args = {
+        "net_pnl": net_pnl,
+        "equity_at_entry": equity_at_entry,
+        "size_frac": size_frac,
+        "vol_daily": vol_daily,
+        "drawdown_before": drawdown_before,
+        "drawdown_after": drawdown_after,
+    }
     for name, v in args.items():
         if not math.isfinite(v):
             raise ValueError(f"reward input {name} is not finite: {v}")
@@ -115,26 +128,47 @@ def reward_terms(*, net_pnl: float, equity_at_entry: float, size_frac: float, vo
     risk = size_frac * vol_daily
     dd = max(0.0, drawdown_after - drawdown_before)
     bound = math.fsum(max(0.0, abs(a) - 1.0) ** 2 for a in raw_action if math.isfinite(a))
-    total = weights.scale * (pnl - weights.risk * risk - weights.drawdown * dd) \
-        - weights.bound * bound
+    total = (
+        weights.scale * (pnl - weights.risk * risk - weights.drawdown * dd) - weights.bound * bound
+    )
     return RewardTerms(pnl, risk, dd, total, bound)
 
 
-def reward(*, net_pnl: float, equity_at_entry: float, size_frac: float, vol_daily: float,
-           drawdown_before: float, drawdown_after: float, weights: RewardWeights,
-           raw_action: Sequence[float] = ()) -> float:
+def reward(
+    *,
+    net_pnl: float,
+    equity_at_entry: float,
+    size_frac: float,
+    vol_daily: float,
+    drawdown_before: float,
+    drawdown_after: float,
+    weights: RewardWeights,
+    raw_action: Sequence[float] = (),
+) -> float:
     """The scalar reward of one closed trade (:func:`reward_terms` ``.total``)."""
-    return reward_terms(net_pnl=net_pnl, equity_at_entry=equity_at_entry, size_frac=size_frac,
-                        vol_daily=vol_daily, drawdown_before=drawdown_before,
-                        drawdown_after=drawdown_after, weights=weights,
-                        raw_action=raw_action).total
+    return reward_terms(
+        net_pnl=net_pnl,
+        equity_at_entry=equity_at_entry,
+        size_frac=size_frac,
+        vol_daily=vol_daily,
+        drawdown_before=drawdown_before,
+        drawdown_after=drawdown_after,
+        weights=weights,
+        raw_action=raw_action,
+    ).total
 
 
 def trade_reward(opened: TradeOpened, closed: TradeClosed, weights: RewardWeights) -> float:
     """The reward of one closed trade from its two records (see the module docstring)."""
     equity_at_entry = closed.equity_after - closed.net_pnl
     state = opened.entry.rl.state
-    return reward(net_pnl=closed.net_pnl, equity_at_entry=equity_at_entry,
-                  size_frac=opened.size_usd / equity_at_entry, vol_daily=state[VOL],
-                  drawdown_before=state[DRAWDOWN], drawdown_after=closed.exit_state[DRAWDOWN],
-                  weights=weights, raw_action=opened.entry.rl.raw_action)
+    return reward(
+        net_pnl=closed.net_pnl,
+        equity_at_entry=equity_at_entry,
+        size_frac=opened.size_usd / equity_at_entry,
+        vol_daily=state[VOL],
+        drawdown_before=state[DRAWDOWN],
+        drawdown_after=closed.exit_state[DRAWDOWN],
+        weights=weights,
+        raw_action=opened.entry.rl.raw_action,
+    )

@@ -56,8 +56,14 @@ from schemas.rl import SizingDecision as SizingDecision  # re-exported: the RL v
 from schemas.signals import Action
 
 NAMES: tuple[str, ...] = (
-    "equity_ratio", "vol_daily", "win_rate", "mean_pnl_pct",
-    "drawdown", "exposure", "confidence", "direction",
+    "equity_ratio",
+    "vol_daily",
+    "win_rate",
+    "mean_pnl_pct",
+    "drawdown",
+    "exposure",
+    "confidence",
+    "direction",
 )
 STATE_LOW = np.array([0.0, 0.0, 0.0, -10.0, 0.0, 0.0, 0.0, -1.0], dtype=np.float32)
 STATE_HIGH = np.array([10.0, 1.0, 1.0, 10.0, 1.0, 10.0, 1.0, 1.0], dtype=np.float32)
@@ -136,8 +142,11 @@ class ActionBounds:
     sl_max_pct: float = 1.0
 
     def __post_init__(self) -> None:
-        pairs = ((self.min_frac, self.max_frac), (self.tp_min_pct, self.tp_max_pct),
-                 (self.sl_min_pct, self.sl_max_pct))
+        pairs = (
+            (self.min_frac, self.max_frac),
+            (self.tp_min_pct, self.tp_max_pct),
+            (self.sl_min_pct, self.sl_max_pct),
+        )
         for lo, hi in pairs:
             if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
                 raise ValueError(f"action bounds need 0 < lo <= hi, got {self!r}")
@@ -156,8 +165,9 @@ def _affine(a: float, lo: float, hi: float) -> float:
     return lo + (min(max(a, -1.0), 1.0) + 1.0) * 0.5 * (hi - lo)
 
 
-def map_action(raw: Sequence[float] | np.ndarray, equity_usd: float,
-               bounds: ActionBounds) -> tuple[float, float, float, bool]:
+def map_action(
+    raw: Sequence[float] | np.ndarray, equity_usd: float, bounds: ActionBounds
+) -> tuple[float, float, float, bool]:
     """Raw PPO action -> (position_size_usd, tp_pct, sl_pct, degenerate).
 
     Clipped affine map per coordinate (module docstring). Degenerate, with the safe default
@@ -172,8 +182,12 @@ def map_action(raw: Sequence[float] | np.ndarray, equity_usd: float,
     if len(vals) != ACTION_DIM or not all(math.isfinite(x) for x in vals):
         return bounds.min_frac * equity_usd, tp_mid, sl_mid, True
     frac = _affine(vals[0], bounds.min_frac, bounds.max_frac)
-    return (frac * equity_usd, _affine(vals[1], bounds.tp_min_pct, bounds.tp_max_pct),
-            _affine(vals[2], bounds.sl_min_pct, bounds.sl_max_pct), False)
+    return (
+        frac * equity_usd,
+        _affine(vals[1], bounds.tp_min_pct, bounds.tp_max_pct),
+        _affine(vals[2], bounds.sl_min_pct, bounds.sl_max_pct),
+        False,
+    )
 
 
 @dataclass
@@ -214,21 +228,40 @@ class SubAccount:
         self.recent_pnl_pct.append(pct)
         self.closed += 1
 
-    def state(self, *, vol_daily: float, confidence: float, direction: Action | str | float,
-              exposure: float) -> RLState:
+    def state(
+        self,
+        *,
+        vol_daily: float,
+        confidence: float,
+        direction: Action | str | float,
+        exposure: float,
+    ) -> RLState:
         """The RL state for a signal on this sub-account (``exposure`` is portfolio-wide)."""
         recent = self.recent_pnl_pct
         win_rate = sum(1 for p in recent if p > 0) / len(recent) if recent else 0.5
         mean_pnl = sum(recent) / len(recent) if recent else 0.0
-        return RLState(self.equity / self.start_equity, vol_daily, win_rate, mean_pnl,
-                       self.drawdown, exposure, confidence, direction_of(direction),
-                       equity_usd=self.equity)
+        return RLState(
+            self.equity / self.start_equity,
+            vol_daily,
+            win_rate,
+            mean_pnl,
+            self.drawdown,
+            exposure,
+            confidence,
+            direction_of(direction),
+            equity_usd=self.equity,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for Bytewax recovery snapshots."""
-        return {"start_equity": self.start_equity, "window": self.window, "equity": self.equity,
-                "peak": self.peak, "recent_pnl_pct": list(self.recent_pnl_pct),
-                "closed": self.closed}
+        return {
+            "start_equity": self.start_equity,
+            "window": self.window,
+            "equity": self.equity,
+            "peak": self.peak,
+            "recent_pnl_pct": list(self.recent_pnl_pct),
+            "closed": self.closed,
+        }
 
     @classmethod
     def restore(cls, snap: dict[str, Any]) -> SubAccount:

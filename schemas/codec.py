@@ -127,8 +127,9 @@ def _row_in(hint: Any) -> Conv:
     hint, _ = _strip_optional(hint)
     origin = typing.get_origin(hint)
     if hint is datetime:  # a store may hand back naive UTC; NULL stays None
-        return lambda v: (None if v is None else utc_ms(v) if v.tzinfo
-                          else utc_ms(v.replace(tzinfo=_UTC)))
+        return lambda v: (
+            None if v is None else utc_ms(v) if v.tzinfo else utc_ms(v.replace(tzinfo=_UTC))
+        )
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint
     if hint is float:
@@ -156,9 +157,15 @@ def _plan(cls: type) -> Plan:
             raise TypeError(f"{cls!r} is not an event dataclass")
         hints = typing.get_type_hints(cls)
         plan = _PLANS[cls] = tuple(
-            (f.name, _json_out(hints[f.name]), _json_in(hints[f.name]),
-             _row_out(hints[f.name]), _row_in(hints[f.name]))
-            for f in dataclasses.fields(cls))
+            (
+                f.name,
+                _json_out(hints[f.name]),
+                _json_in(hints[f.name]),
+                _row_out(hints[f.name]),
+                _row_in(hints[f.name]),
+            )
+            for f in dataclasses.fields(cls)
+        )
     return plan
 
 
@@ -167,8 +174,10 @@ def _required(cls: type) -> frozenset[str]:
     required = _REQUIRED.get(cls)
     if required is None:
         required = _REQUIRED[cls] = frozenset(
-            f.name for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
     return required
 
 

@@ -25,10 +25,10 @@ TS_UNKNOWN = np.iinfo(np.int64).min
 class Stage(StrEnum):
     """Where a record was rejected."""
 
-    DECODE = "decode"      # not a row of the expected layout / not a valid JSON tick
+    DECODE = "decode"  # not a row of the expected layout / not a valid JSON tick
     VALIDATE = "validate"  # a row, but its values are not a tradable tick
-    ORDER = "order"        # time went backwards for its symbol beyond the tolerance
-    JOIN = "join"          # a trade event that could not be joined (learning flow)
+    ORDER = "order"  # time went backwards for its symbol beyond the tolerance
+    JOIN = "join"  # a trade event that could not be joined (learning flow)
 
 
 def dead_letter_id(source: str, row: int) -> str:
@@ -62,8 +62,16 @@ class DeadLetters:
     def __len__(self) -> int:
         return len(self.row)
 
-    def add(self, source: str, row: int, ts_ms: int | None, symbol: str, stage: Stage,
-            reason: str, raw: str) -> None:
+    def add(
+        self,
+        source: str,
+        row: int,
+        ts_ms: int | None,
+        symbol: str,
+        stage: Stage,
+        reason: str,
+        raw: str,
+    ) -> None:
         self.source.append(source)
         self.row.append(int(row))
         self.ts_ms.append(TS_UNKNOWN if ts_ms is None else int(ts_ms))
@@ -72,9 +80,16 @@ class DeadLetters:
         self.reason.append(reason)
         self.raw.append(raw)
 
-    def extend(self, source: Sequence[str], row: Sequence[int], ts_ms: Sequence[int],
-               symbol: Sequence[str], stage: Stage, reason: Sequence[str],
-               raw: Sequence[str]) -> None:
+    def extend(
+        self,
+        source: Sequence[str],
+        row: Sequence[int],
+        ts_ms: Sequence[int],
+        symbol: Sequence[str],
+        stage: Stage,
+        reason: Sequence[str],
+        raw: Sequence[str],
+    ) -> None:
         """Append many rejections of one stage at once (vectorised validation)."""
         self.source.extend(source)
         self.row.extend(int(r) for r in row)
@@ -87,9 +102,16 @@ class DeadLetters:
     def __iter__(self) -> Iterator[DeadLetter]:
         for i in range(len(self)):
             ts = None if self.ts_ms[i] == TS_UNKNOWN else from_ms(self.ts_ms[i])
-            yield DeadLetter(dead_letter_id(self.source[i], self.row[i]), self.source[i],
-                             self.row[i], ts, self.symbol[i], self.stage[i], self.reason[i],
-                             self.raw[i])
+            yield DeadLetter(
+                dead_letter_id(self.source[i], self.row[i]),
+                self.source[i],
+                self.row[i],
+                ts,
+                self.symbol[i],
+                self.stage[i],
+                self.reason[i],
+                self.raw[i],
+            )
 
     def columns(self) -> dict[str, list]:
         """Column-oriented data for the ``dead_letters`` table (see sql/ddl)."""

@@ -14,16 +14,17 @@ NO_CLOCK = 2**62  # the decision clock of bars closed at end of input (after eve
 
 class SupervisorMode(StrEnum):
     ENFORCED = "ENFORCED"  # a biased signal does not trade
-    OBSERVE = "OBSERVE"    # the verdict is recorded, the signal trades anyway
-    OFF = "OFF"            # no window, no verdicts
+    OBSERVE = "OBSERVE"  # the verdict is recorded, the signal trades anyway
+    OFF = "OFF"  # no window, no verdicts
 
     @classmethod
     def parse(cls, text: str) -> SupervisorMode:
         try:
             return cls(text.strip().upper())
         except ValueError:
-            raise ValueError(f"QT_MODEL_SUPERVISOR_MODE={text!r}: expected ENFORCED, OBSERVE "
-                             "or OFF") from None
+            raise ValueError(
+                f"QT_MODEL_SUPERVISOR_MODE={text!r}: expected ENFORCED, OBSERVE or OFF"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,8 @@ class BarDecision:
     def tradable(self) -> bool:
         """A BUY/SELL the supervisor let through."""
         return self.signal.action is not Action.HOLD and (
-            self.verdict is None or self.verdict.allowed)
+            self.verdict is None or self.verdict.allowed
+        )
 
 
 @dataclass(frozen=True, slots=True)

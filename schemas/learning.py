@@ -15,7 +15,7 @@ class RLUpdate:
     """One PPO update from closed trades (a row of ``rl_updates``)."""
 
     registry_version: str
-    ts: datetime                 # event time: the newest exit among the transitions used
+    ts: datetime  # event time: the newest exit among the transitions used
     policy_before: str
     policy_after: str
     transitions: int
@@ -63,22 +63,22 @@ class TradeOutcome:
 class CycleStatus(StrEnum):
     """Where a CLM cycle is (the ``status`` column of ``clm_cycles``)."""
 
-    TRAINING = "training"    # its models are being trained
-    SHADOW = "shadow"        # its challengers vote beside production, judged on every bar
-    DECIDED = "decided"      # every challenger was promoted or retired
-    FAILED = "failed"        # it could not train (too little data, a training error)
+    TRAINING = "training"  # its models are being trained
+    SHADOW = "shadow"  # its challengers vote beside production, judged on every bar
+    DECIDED = "decided"  # every challenger was promoted or retired
+    FAILED = "failed"  # it could not train (too little data, a training error)
     ABANDONED = "abandoned"  # its challengers were retired without a verdict (see reasons)
 
 
 class ChallengerDecision(StrEnum):
     """What happened to one challenger (the ``decisions`` column of ``clm_cycles``)."""
 
-    PROMOTED = "promoted"                      # proven better: now production
-    QUALIFIED = "qualified"                    # proven better, QT_CLM_AUTO_PROMOTE off
+    PROMOTED = "promoted"  # proven better: now production
+    QUALIFIED = "qualified"  # proven better, QT_CLM_AUTO_PROMOTE off
     RETIRED_NOT_BETTER = "retired_not_better"  # proven not better by the margin
-    RETIRED_UNPROVEN = "retired_unproven"      # QT_CLM_SHADOW_MAX bars without a verdict
-    SUPERSEDED = "superseded"                  # another variant of its model was promoted
-    ABANDONED = "abandoned"                    # retired without a verdict (see the reason)
+    RETIRED_UNPROVEN = "retired_unproven"  # QT_CLM_SHADOW_MAX bars without a verdict
+    SUPERSEDED = "superseded"  # another variant of its model was promoted
+    ABANDONED = "abandoned"  # retired without a verdict (see the reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +91,17 @@ class ClmCycle:
     trigger: str
     reason: str
     status: CycleStatus
-    started_ts: datetime             # event time the trigger fired
+    started_ts: datetime  # event time the trigger fired
     data_from: datetime | None
     data_to: datetime | None
     rows: int
     train_metrics: dict[str, float]  # "<challenger>.<metric>"
     shadow_metrics: dict[str, float]  # "<challenger>.<evidence figure>"
-    versions: dict[str, str]         # challenger -> registry version
-    decisions: dict[str, str]        # challenger -> ChallengerDecision
+    versions: dict[str, str]  # challenger -> registry version
+    decisions: dict[str, str]  # challenger -> ChallengerDecision
     updated_ts: datetime
-    reasons: dict[str, str]          # challenger -> one line: why that decision
-    reference_version: str           # the cycle's drift reference (promoted with a model)
+    reasons: dict[str, str]  # challenger -> one line: why that decision
+    reference_version: str  # the cycle's drift reference (promoted with a model)
 
 
 @dataclass(frozen=True, slots=True)

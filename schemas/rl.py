@@ -36,5 +36,3 @@ class SizingDecision:
     def sl_frac(self) -> float:
         """Stop-loss distance as a fraction of the entry price (``sl_pct / 100``)."""
         return self.sl_pct / 100.0
-
-

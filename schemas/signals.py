@@ -36,9 +36,9 @@ class Consensus(StrEnum):
     """How many of the models agree with the ensemble's action (the audit's multipliers)."""
 
     UNANIMOUS = "unanimous"  # all models, x1.2
-    STRONG = "strong"        # all but one, x1.1
-    SPLIT = "split"          # anything less, x0.8
-    WARMUP = "warmup"        # features not warm yet: no model was asked
+    STRONG = "strong"  # all but one, x1.1
+    SPLIT = "split"  # anything less, x0.8
+    WARMUP = "warmup"  # features not warm yet: no model was asked
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,20 +66,57 @@ def dead_letter_rows(dead: DeadLetters) -> TableRows:
     return TableRows(DEAD_LETTERS, tuple(cols), list(cols.values()), column_oriented=True)
 
 
-SIGNAL_COLUMNS = ("symbol", "ts", "bar_start", "action", "confidence", "consensus", "buy_votes",
-                  "sell_votes", "volatility", "vol_blocked", "warm", "feature_set", "models",
-                  "versions", "actions", "confidences", "failed", "weights")
+SIGNAL_COLUMNS = (
+    "symbol",
+    "ts",
+    "bar_start",
+    "action",
+    "confidence",
+    "consensus",
+    "buy_votes",
+    "sell_votes",
+    "volatility",
+    "vol_blocked",
+    "warm",
+    "feature_set",
+    "models",
+    "versions",
+    "actions",
+    "confidences",
+    "failed",
+    "weights",
+)
 
 
 def signal_rows(signals: Sequence[Signal]) -> TableRows:
     """Signals with their votes as parallel arrays (see sql/ddl/050_signals.sql)."""
-    return TableRows(SIGNALS, SIGNAL_COLUMNS, [
-        (s.symbol, s.ts, s.bar_start, s.action.value, s.confidence, s.consensus.value,
-         s.buy_votes, s.sell_votes, s.volatility, s.vol_blocked, s.warm, s.feature_set,
-         [v.model for v in s.votes], [v.version for v in s.votes],
-         [v.action.value for v in s.votes], [v.confidence for v in s.votes],
-         [v.failed for v in s.votes], list(s.weights))
-        for s in signals])
+    return TableRows(
+        SIGNALS,
+        SIGNAL_COLUMNS,
+        [
+            (
+                s.symbol,
+                s.ts,
+                s.bar_start,
+                s.action.value,
+                s.confidence,
+                s.consensus.value,
+                s.buy_votes,
+                s.sell_votes,
+                s.volatility,
+                s.vol_blocked,
+                s.warm,
+                s.feature_set,
+                [v.model for v in s.votes],
+                [v.version for v in s.votes],
+                [v.action.value for v in s.votes],
+                [v.confidence for v in s.votes],
+                [v.failed for v in s.votes],
+                list(s.weights),
+            )
+            for s in signals
+        ],
+    )
 
 
 def verdict_rows(verdicts: Sequence[Verdict]) -> TableRows:
@@ -93,9 +130,20 @@ def trade_rows(records: Sequence[TradeRecord]) -> TableRows:
 def trade_outcome(j: JoinedTrade, reward: float) -> TradeOutcome:
     """The ``trade_outcomes`` record of a joined trade and the reward the learner gave it."""
     o, c = j.opened, j.closed
-    return TradeOutcome(o.trade_id, o.symbol, o.side.value, o.entry_ts, c.exit_ts,
-                        c.exit_reason.value, c.net_pnl, c.pnl_pct, o.entry.sizing.value,
-                        o.entry.rl.policy_version, reward, j.source.value)
+    return TradeOutcome(
+        o.trade_id,
+        o.symbol,
+        o.side.value,
+        o.entry_ts,
+        c.exit_ts,
+        c.exit_reason.value,
+        c.net_pnl,
+        c.pnl_pct,
+        o.entry.sizing.value,
+        o.entry.rl.policy_version,
+        reward,
+        j.source.value,
+    )
 
 
 def outcome_rows(outcomes: Sequence[TradeOutcome]) -> TableRows:

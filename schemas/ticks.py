@@ -35,8 +35,8 @@ TS_MISSING = np.iinfo(np.int64).min
 
 # Sane ranges of input values (documented with the other rules in operators/validate.py).
 PRICE_MIN = 1e-12  # far below any quoted price (1 satoshi = 1e-8), far above denormals
-PRICE_MAX = 1e12   # far above any price in any currency
-SIZE_MAX = 1e15    # trade sizes and candle volumes (the largest in ../shared/data: 1.3e8)
+PRICE_MAX = 1e12  # far above any price in any currency
+SIZE_MAX = 1e15  # trade sizes and candle volumes (the largest in ../shared/data: 1.3e8)
 # Epoch milliseconds a datetime can hold (0001-01-01 .. 9999-12-31T23:59:59.999Z): a time
 # outside cannot be represented and is a decode error, not a crash further down.
 MS_MIN = -62_135_596_800_000
@@ -49,8 +49,11 @@ class TickOrigin(StrEnum):
     CANDLE = "candle"
 
 
-ORIGIN_CODE: dict[TickOrigin, int] = {TickOrigin.TRADE: 0, TickOrigin.QUOTE: 1,
-                                      TickOrigin.CANDLE: 2}
+ORIGIN_CODE: dict[TickOrigin, int] = {
+    TickOrigin.TRADE: 0,
+    TickOrigin.QUOTE: 1,
+    TickOrigin.CANDLE: 2,
+}
 ORIGIN_BY_CODE: dict[int, TickOrigin] = {v: k for k, v in ORIGIN_CODE.items()}
 
 
@@ -161,13 +164,25 @@ class TickRows:
         return cls.empty(partition, seq, idle=True)
 
     @classmethod
-    def empty(cls, partition: str, seq: int, final: bool = False,
-              idle: bool = False) -> TickRows:
+    def empty(cls, partition: str, seq: int, final: bool = False, idle: bool = False) -> TickRows:
         f, i = np.zeros(0), np.zeros(0, dtype=np.int8)
-        return cls(sources=(), src=np.zeros(0, dtype=np.int16), row_no=np.zeros(0, np.int64),
-                   ts_ms=np.zeros(0, np.int64), symbol=np.zeros(0, dtype=object), origin=i,
-                   price=f, bid=f, ask=f, size=f, side=i, partition=partition, seq=seq,
-                   final=final, idle=idle)
+        return cls(
+            sources=(),
+            src=np.zeros(0, dtype=np.int16),
+            row_no=np.zeros(0, np.int64),
+            ts_ms=np.zeros(0, np.int64),
+            symbol=np.zeros(0, dtype=object),
+            origin=i,
+            price=f,
+            bid=f,
+            ask=f,
+            size=f,
+            side=i,
+            partition=partition,
+            seq=seq,
+            final=final,
+            idle=idle,
+        )
 
     @property
     def rows_in(self) -> int:
@@ -185,16 +200,25 @@ class TickRows:
         cols = [pc.fill_null(c.cast(pa.string()), "") for c in taken.columns]
         return pc.binary_join_element_wise(*cols, ",").to_pylist()
 
-
     def tick(self, i: int) -> Tick:
         """Row ``i`` as a :class:`Tick` (for rows without a decode error)."""
-        o, h, lo = (NAN, NAN, NAN) if self.candle is None else (
-            float(self.candle[0][i]), float(self.candle[1][i]), float(self.candle[2][i]))
+        o, h, lo = (
+            (NAN, NAN, NAN)
+            if self.candle is None
+            else (float(self.candle[0][i]), float(self.candle[1][i]), float(self.candle[2][i]))
+        )
         return Tick(
-            ts=from_ms(int(self.ts_ms[i])), symbol=str(self.symbol[i]),
-            origin=ORIGIN_BY_CODE[int(self.origin[i])], price=float(self.price[i]),
-            bid=float(self.bid[i]), ask=float(self.ask[i]), size=float(self.size[i]),
-            side=SIDE_BY_CODE[int(self.side[i])], open=o, high=h, low=lo,
+            ts=from_ms(int(self.ts_ms[i])),
+            symbol=str(self.symbol[i]),
+            origin=ORIGIN_BY_CODE[int(self.origin[i])],
+            price=float(self.price[i]),
+            bid=float(self.bid[i]),
+            ask=float(self.ask[i]),
+            size=float(self.size[i]),
+            side=SIDE_BY_CODE[int(self.side[i])],
+            open=o,
+            high=h,
+            low=lo,
         )
 
     @staticmethod
@@ -206,29 +230,45 @@ class TickRows:
         if len(parts) == 1 and np.array_equal(order, np.arange(len(parts[0]))):
             return parts[0]
         sources = tuple(dict.fromkeys(s for p in parts for s in p.sources))
+
         def cat(name: str) -> np.ndarray:
             return np.concatenate([getattr(p, name) for p in parts])[order]
+
         src = np.concatenate(
-            [np.array([sources.index(s) for s in p.sources], dtype=np.int16)[p.src]
-             for p in parts])[order]
+            [np.array([sources.index(s) for s in p.sources], dtype=np.int16)[p.src] for p in parts]
+        )[order]
         candle = None
         if any(p.candle is not None for p in parts):
             candle = tuple(
-                np.concatenate([p.candle[k] if p.candle is not None else np.full(len(p), NAN)
-                                for p in parts])[order]
-                for k in range(3))
+                np.concatenate(
+                    [p.candle[k] if p.candle is not None else np.full(len(p), NAN) for p in parts]
+                )[order]
+                for k in range(3)
+            )
         raw = [t for p in parts for t in p.raw(np.arange(len(p)))]
         offsets = np.cumsum([0] + [len(p) for p in parts])
         position = np.empty(len(order), dtype=np.int64)
         position[order] = np.arange(len(order))
-        errors = {int(position[offsets[k] + i]): r
-                  for k, p in enumerate(parts) for i, r in p.errors.items()}
+        errors = {
+            int(position[offsets[k] + i]): r
+            for k, p in enumerate(parts)
+            for i, r in p.errors.items()
+        }
         return TickRows(
-            sources=sources, src=src, row_no=cat("row_no"), ts_ms=cat("ts_ms"),
-            symbol=cat("symbol"), origin=cat("origin"), price=cat("price"), bid=cat("bid"),
-            ask=cat("ask"), size=cat("size"), side=cat("side"),
+            sources=sources,
+            src=src,
+            row_no=cat("row_no"),
+            ts_ms=cat("ts_ms"),
+            symbol=cat("symbol"),
+            origin=cat("origin"),
+            price=cat("price"),
+            bid=cat("bid"),
+            ask=cat("ask"),
+            size=cat("size"),
+            side=cat("side"),
             candle=candle,
-            errors=errors, extra_dead=[d for p in parts for d in p.extra_dead],
+            errors=errors,
+            extra_dead=[d for p in parts for d in p.extra_dead],
             raw_text=[raw[i] for i in order],
         )
 
@@ -237,16 +277,25 @@ class TickRows:
         sl = slice(start, stop)
         candle = None if self.candle is None else tuple(a[sl] for a in self.candle)
         return TickRows(
-            sources=self.sources, src=self.src[sl], row_no=self.row_no[sl],
-            ts_ms=self.ts_ms[sl], symbol=self.symbol[sl], origin=self.origin[sl],
-            price=self.price[sl], bid=self.bid[sl], ask=self.ask[sl], size=self.size[sl],
-            side=self.side[sl], candle=candle,  # type: ignore[arg-type]
+            sources=self.sources,
+            src=self.src[sl],
+            row_no=self.row_no[sl],
+            ts_ms=self.ts_ms[sl],
+            symbol=self.symbol[sl],
+            origin=self.origin[sl],
+            price=self.price[sl],
+            bid=self.bid[sl],
+            ask=self.ask[sl],
+            size=self.size[sl],
+            side=self.side[sl],
+            candle=candle,  # type: ignore[arg-type]
             errors={i - start: r for i, r in self.errors.items() if start <= i < stop},
             extra_dead=self.extra_dead if start == 0 else [],
-            raw_batch=None if self.raw_batch is None else self.raw_batch.slice(
-                start, stop - start),
+            raw_batch=None if self.raw_batch is None else self.raw_batch.slice(start, stop - start),
             raw_text=None if self.raw_text is None else self.raw_text[sl],
-            partition=self.partition, seq=self.seq, final=self.final,
+            partition=self.partition,
+            seq=self.seq,
+            final=self.final,
         )
 
 
@@ -275,17 +324,22 @@ class TickBatch:
 
     def take(self, idx: np.ndarray) -> TickBatch:
         candle = None if self.candle is None else tuple(a[idx] for a in self.candle)
-        return TickBatch(self.symbol, self.ts_ms[idx], self.price[idx], self.bid[idx],
-                         self.ask[idx], self.size[idx], self.side[idx], self.origin[idx],
-                         candle,
-                         None if self.clock_ms is None else self.clock_ms[idx])
+        return TickBatch(
+            self.symbol,
+            self.ts_ms[idx],
+            self.price[idx],
+            self.bid[idx],
+            self.ask[idx],
+            self.size[idx],
+            self.side[idx],
+            self.origin[idx],
+            candle,
+            None if self.clock_ms is None else self.clock_ms[idx],
+        )
 
     def clock_at(self, i: int) -> int:
         """The partition clock at tick ``i`` (the tick's own time outside a dataflow)."""
         return int((self.ts_ms if self.clock_ms is None else self.clock_ms)[i])
-
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,8 +432,9 @@ def _timestamps(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
     else:
         try:
             ns = pc.cast(col, pa.timestamp("ns", tz="UTC")).cast(pa.int64())
-            out = pc.fill_null(pc.floor(pc.divide(ns, 1_000_000)).cast(pa.int64()),
-                               TS_MISSING).to_numpy(zero_copy_only=False)
+            out = pc.fill_null(
+                pc.floor(pc.divide(ns, 1_000_000)).cast(pa.int64()), TS_MISSING
+            ).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             out = np.full(len(col), TS_MISSING, dtype=np.int64)
             for i, v in enumerate(col.to_pylist()):
@@ -425,8 +480,9 @@ def _symbols(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
     return out
 
 
-def decode_table(batch: pa.RecordBatch, origin: TickOrigin, source: str, first_row: int,
-                 candle_ms: int) -> TickRows:
+def decode_table(
+    batch: pa.RecordBatch, origin: TickOrigin, source: str, first_row: int, candle_ms: int
+) -> TickRows:
     """Decode one block of a file in a known layout into :class:`TickRows`."""
     n = batch.num_rows
     errors: dict[int, str] = {}
@@ -454,24 +510,35 @@ def decode_table(batch: pa.RecordBatch, origin: TickOrigin, source: str, first_r
             for i in np.flatnonzero(sizes > SIZE_MAX):
                 errors.setdefault(int(i), f"{name} outside the sane range (above {SIZE_MAX:g})")
     else:
-        candle = (_floats(col["open"], "open", errors, True),
-                  _floats(col["high"], "high", errors, True),
-                  _floats(col["low"], "low", errors, True))
+        candle = (
+            _floats(col["open"], "open", errors, True),
+            _floats(col["high"], "high", errors, True),
+            _floats(col["low"], "low", errors, True),
+        )
         price = _floats(col["close"], "close", errors, True)
         size = _floats(col["volume"], "volume", errors, False)
         bid = ask = nan
         ok = ts != TS_MISSING
         ts = np.where(ok, ts + (candle_ms - 1), ts)
     return TickRows(
-        sources=(source,), src=np.zeros(n, dtype=np.int16),
-        row_no=np.arange(first_row, first_row + n, dtype=np.int64), ts_ms=ts, symbol=symbol,
-        origin=np.full(n, ORIGIN_CODE[origin], dtype=np.int8), price=price, bid=bid, ask=ask,
-        size=size, side=side, candle=candle, errors=errors, raw_batch=batch,
+        sources=(source,),
+        src=np.zeros(n, dtype=np.int16),
+        row_no=np.arange(first_row, first_row + n, dtype=np.int64),
+        ts_ms=ts,
+        symbol=symbol,
+        origin=np.full(n, ORIGIN_CODE[origin], dtype=np.int8),
+        price=price,
+        bid=bid,
+        ask=ask,
+        size=size,
+        side=side,
+        candle=candle,
+        errors=errors,
+        raw_batch=batch,
     )
 
 
-def decode_messages(values: Sequence[bytes | None], source: str,
-                    row_no: Sequence[int]) -> TickRows:
+def decode_messages(values: Sequence[bytes | None], source: str, row_no: Sequence[int]) -> TickRows:
     """Decode Kafka JSON tick messages; a bad message becomes a row with an error."""
     n = len(values)
     ts = np.full(n, TS_MISSING, dtype=np.int64)
@@ -510,11 +577,20 @@ def decode_messages(values: Sequence[bytes | None], source: str,
         if not symbol[i]:
             errors[i] = "missing symbol"
     return TickRows(
-        sources=(source,), src=np.zeros(n, dtype=np.int16),
-        row_no=np.asarray(row_no, dtype=np.int64), ts_ms=ts, symbol=symbol, origin=origin,
-        price=cols["price"], bid=cols["bid"], ask=cols["ask"], size=cols["size"], side=side,
+        sources=(source,),
+        src=np.zeros(n, dtype=np.int16),
+        row_no=np.asarray(row_no, dtype=np.int64),
+        ts_ms=ts,
+        symbol=symbol,
+        origin=origin,
+        price=cols["price"],
+        bid=cols["bid"],
+        ask=cols["ask"],
+        size=cols["size"],
+        side=side,
         candle=(cols["open"], cols["high"], cols["low"]) if any_candle else None,
-        errors=errors, raw_text=raw,
+        errors=errors,
+        raw_text=raw,
     )
 
 

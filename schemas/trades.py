@@ -149,8 +149,11 @@ class TradeClosed:
 
 TradeEvent = TradeOpened | TradeClosed
 LearningEvent = TradeOpened | TradeClosed | ScoredBar
-_KINDS: dict[str, type] = {TradeOpened.kind: TradeOpened, TradeClosed.kind: TradeClosed,
-                           ScoredBar.kind: ScoredBar}
+_KINDS: dict[str, type] = {
+    TradeOpened.kind: TradeOpened,
+    TradeClosed.kind: TradeClosed,
+    ScoredBar.kind: ScoredBar,
+}
 
 
 def encode_event(event: LearningEvent, seq: int | None = None) -> bytes:
@@ -188,8 +191,10 @@ class TradeRecord:
     closed: TradeClosed | None = None
 
 
-def _exit(get: Callable[[TradeClosed], Any], while_open: Any = math.nan,
-          ) -> Callable[[TradeRecord], Any]:
+def _exit(
+    get: Callable[[TradeClosed], Any],
+    while_open: Any = math.nan,
+) -> Callable[[TradeRecord], Any]:
     """An exit column: ``get(closed)``, or ``while_open`` before the trade closed."""
     return lambda r: while_open if r.closed is None else get(r.closed)
 
@@ -261,36 +266,64 @@ def opened_from_row(row: dict[str, Any]) -> TradeOpened:
     when the opened event is not in its stream). Raises :class:`IncompleteEntryState` when
     the stored entry state is incomplete."""
     votes = tuple(
-        Vote(m, v, Action(a), float(c), bool(f)) for m, v, a, c, f in zip(
-            row["vote_models"], row["vote_versions"], row["vote_actions"],
-            row["vote_confidences"], row["vote_failed"], strict=True))
+        Vote(m, v, Action(a), float(c), bool(f))
+        for m, v, a, c, f in zip(
+            row["vote_models"],
+            row["vote_versions"],
+            row["vote_actions"],
+            row["vote_confidences"],
+            row["vote_failed"],
+            strict=True,
+        )
+    )
     rl = SizingDecision(
         state=tuple(float(x) for x in row["rl_state"]),
         raw_action=tuple(float(x) for x in row["rl_action"]),
-        log_prob=float(row["rl_log_prob"]), value=float(row["rl_value"]),
-        policy_version=row["policy_version"], position_size_usd=float(row["rl_size_usd"]),
-        tp_pct=float(row["rl_tp_pct"]), sl_pct=float(row["rl_sl_pct"]),
-        degenerate=bool(row["rl_degenerate"]), stochastic=bool(row["rl_stochastic"]))
+        log_prob=float(row["rl_log_prob"]),
+        value=float(row["rl_value"]),
+        policy_version=row["policy_version"],
+        position_size_usd=float(row["rl_size_usd"]),
+        tp_pct=float(row["rl_tp_pct"]),
+        sl_pct=float(row["rl_sl_pct"]),
+        degenerate=bool(row["rl_degenerate"]),
+        stochastic=bool(row["rl_stochastic"]),
+    )
     entry = EntryState(
         features={k: float(v) for k, v in row["features"].items()},
-        feature_set=row["feature_set"], window=tuple(float(x) for x in row["window"]),
-        votes=votes, confidence=float(row["confidence"]),
-        consensus=Consensus(row["consensus"]), volatility=float(row["volatility"]),
-        supervisor=SupervisorAtEntry(SupervisorMode(row["sup_mode"]), float(row["sup_buy_share"]),
-                                     float(row["sup_sell_share"]), int(row["sup_window_size"]),
-                                     row["sup_reason"]),
-        rl=rl, sizing=Sizing(row["sizing"]))
+        feature_set=row["feature_set"],
+        window=tuple(float(x) for x in row["window"]),
+        votes=votes,
+        confidence=float(row["confidence"]),
+        consensus=Consensus(row["consensus"]),
+        volatility=float(row["volatility"]),
+        supervisor=SupervisorAtEntry(
+            SupervisorMode(row["sup_mode"]),
+            float(row["sup_buy_share"]),
+            float(row["sup_sell_share"]),
+            int(row["sup_window_size"]),
+            row["sup_reason"],
+        ),
+        rl=rl,
+        sizing=Sizing(row["sizing"]),
+    )
     return TradeOpened(
-        trade_id=row["trade_id"], symbol=row["symbol"], side=Side(row["side"]),
-        quantity=float(row["quantity"]), entry_ts=row["entry_ts"],
-        entry_price=float(row["entry_price"]), tp_price=float(row["tp_price"]),
-        sl_price=float(row["sl_price"]), size_usd=float(row["size_usd"]),
-        entry_fee=float(row["entry_fee"]), entry=entry)
+        trade_id=row["trade_id"],
+        symbol=row["symbol"],
+        side=Side(row["side"]),
+        quantity=float(row["quantity"]),
+        entry_ts=row["entry_ts"],
+        entry_price=float(row["entry_price"]),
+        tp_price=float(row["tp_price"]),
+        sl_price=float(row["sl_price"]),
+        size_usd=float(row["size_usd"]),
+        entry_fee=float(row["entry_fee"]),
+        entry=entry,
+    )
 
 
 class JoinSource(StrEnum):
     STREAM = "stream"  # both halves came through the trade-events stream
-    STORE = "store"    # the opened half was read back from the trades table
+    STORE = "store"  # the opened half was read back from the trades table
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,21 +74,24 @@ class Store:
         return self._thread.submit(fn, *args, **kwargs).result()
 
     # --- writes ----------------------------------------------------------------------------
-    def insert_async(self, table: str, columns: Sequence[str], data: Sequence[Any],
-                     column_oriented: bool = False) -> Future[int]:
+    def insert_async(
+        self, table: str, columns: Sequence[str], data: Sequence[Any], column_oriented: bool = False
+    ) -> Future[int]:
         """Queue an insert on the store's thread; the future gives the row count."""
         n = len(data[0]) if column_oriented and data else len(data)
 
         def run() -> int:
             if n:
-                self._client.insert(table, data, column_names=list(columns),
-                                    column_oriented=column_oriented)
+                self._client.insert(
+                    table, data, column_names=list(columns), column_oriented=column_oriented
+                )
             return n
 
         return self._thread.submit(run)
 
-    def insert(self, table: str, columns: Sequence[str], data: Sequence[Any],
-               column_oriented: bool = False) -> int:
+    def insert(
+        self, table: str, columns: Sequence[str], data: Sequence[Any], column_oriented: bool = False
+    ) -> int:
         """Insert rows (or columns) into ``table``; returns the number of rows written."""
         return self.insert_async(table, columns, data, column_oriented).result()
 
@@ -154,12 +157,14 @@ class DeferredStore(Store):
     def description(self) -> str:  # type: ignore[override]
         return self._get().description
 
-    def insert_async(self, table: str, columns: Sequence[str], data: Sequence[Any],
-                     column_oriented: bool = False) -> Future[int]:
+    def insert_async(
+        self, table: str, columns: Sequence[str], data: Sequence[Any], column_oriented: bool = False
+    ) -> Future[int]:
         return self._get().insert_async(table, columns, data, column_oriented)
 
-    def insert(self, table: str, columns: Sequence[str], data: Sequence[Any],
-               column_oriented: bool = False) -> int:
+    def insert(
+        self, table: str, columns: Sequence[str], data: Sequence[Any], column_oriented: bool = False
+    ) -> int:
         return self._get().insert(table, columns, data, column_oriented)
 
     def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
@@ -205,7 +210,8 @@ def _home_problem(settings: Settings, path: Path, exc: OSError) -> StoreUnavaila
     why = exc.strerror or str(exc)
     return StoreUnavailable(
         f"QT_HOME={settings.home}: the embedded store {path} cannot be written ({why}); set "
-        "QT_HOME to a writable directory (or QT_CLICKHOUSE_URL to a ClickHouse server)")
+        "QT_HOME to a writable directory (or QT_CLICKHOUSE_URL to a ClickHouse server)"
+    )
 
 
 def _cause(exc: BaseException) -> str:
@@ -218,12 +224,14 @@ def _cause(exc: BaseException) -> str:
 def _lock_holder(status: Path) -> str:
     """``pid N, started T`` from chDB's status file, when it says so."""
     try:
-        fields = dict(line.split(": ", 1) for line in status.read_text().splitlines()
-                      if ": " in line)
+        fields = dict(
+            line.split(": ", 1) for line in status.read_text().splitlines() if ": " in line
+        )
     except OSError:
         return ""
-    held = ", ".join(f"{k} {fields[v]}" for k, v in (("pid", "PID"), ("started", "Started at"))
-                     if v in fields)
+    held = ", ".join(
+        f"{k} {fields[v]}" for k, v in (("pid", "PID"), ("started", "Started at")) if v in fields
+    )
     return f" ({held})" if held else ""
 
 
@@ -265,7 +273,8 @@ def _check_embedded(settings: Settings, path: Path) -> None:
         raise StoreUnavailable(
             f"QT_HOME={settings.home}: the embedded store {path} is in use by another "
             f"process{_lock_holder(status)}; chDB allows one process per store: wait for that "
-            "run to end (or stop it), or give this run its own QT_HOME") from None
+            "run to end (or stop it), or give this run its own QT_HOME"
+        ) from None
     finally:
         os.close(fd)  # closing releases the probe's lock
 
@@ -274,8 +283,9 @@ def _connect(settings: Settings, url: str) -> tuple[Client, str, str]:
     if url:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https"):
-            raise StoreUnavailable(f"QT_CLICKHOUSE_URL={redact(url)!r}: expected "
-                                   "http(s)://user:pass@host:port/db")
+            raise StoreUnavailable(
+                f"QT_CLICKHOUSE_URL={redact(url)!r}: expected http(s)://user:pass@host:port/db"
+            )
         database = parsed.path.strip("/") or "default"
         where = f"ClickHouse server {parsed.hostname}:{parsed.port}/{database}"
         driver_log = logging.getLogger("clickhouse_connect")
@@ -285,14 +295,18 @@ def _connect(settings: Settings, url: str) -> tuple[Client, str, str]:
             client = clickhouse_connect.get_client(
                 host=parsed.hostname,
                 port=parsed.port or (8443 if parsed.scheme == "https" else 8123),
-                username=parsed.username or "default", password=parsed.password or "",
-                database=database, secure=parsed.scheme == "https", tz_mode="aware",
+                username=parsed.username or "default",
+                password=parsed.password or "",
+                database=database,
+                secure=parsed.scheme == "https",
+                tz_mode="aware",
             )
         except Exception as exc:  # unreachable, refused, bad credentials, no such database
             raise StoreUnavailable(
                 f"QT_CLICKHOUSE_URL={redact(url)}: cannot connect to the {where} "
                 f"({_cause(exc)}); check the URL, the credentials and that the server is "
-                "running") from None
+                "running"
+            ) from None
         finally:
             driver_log.setLevel(level)
         return client, url, where
@@ -304,5 +318,8 @@ def _connect(settings: Settings, url: str) -> tuple[Client, str, str]:
     client = clickhouse_connect.get_client(interface="chdb", path=str(path), tz_mode="aware")
     client.command(sql_text("admin/create_database"), parameters={"db": settings.database})
     client.database = settings.database
-    return (client, f"chdb:{path}#{settings.database}",
-            f"embedded chDB {path} (database {settings.database})")
+    return (
+        client,
+        f"chdb:{path}#{settings.database}",
+        f"embedded chDB {path} (database {settings.database})",
+    )

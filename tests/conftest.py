@@ -21,8 +21,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _shared_data() -> Path:
-    candidates = [os.environ.get("QT_TEST_DATA", ""), PROJECT_ROOT.parent / "shared" / "data",
-                  Path("/work/shared/data")]
+    candidates = [
+        os.environ.get("QT_TEST_DATA", ""),
+        PROJECT_ROOT.parent / "shared" / "data",
+        Path("/work/shared/data"),
+    ]
     for c in candidates:
         if c and Path(c, "SOURCES.md").is_file():
             return Path(c)
@@ -55,8 +58,7 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(session_home: Path) -> Settings:
     """Settings on the session store, with a database of this test's own."""
-    return Settings.from_env({}, home=session_home,
-                             database=f"t_{uuid.uuid4().hex[:12]}")
+    return Settings.from_env({}, home=session_home, database=f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
@@ -86,8 +88,11 @@ def run_market():
         vectors: list = []
         validated: list = []
         op.output("bars_out", op.flat_map("b", md.bars, lambda kv: kv[1].bars), TestingSink(bars))
-        op.output("features_out", op.flat_map("f", md.features, lambda kv: kv[1].vectors),
-                  TestingSink(vectors))
+        op.output(
+            "features_out",
+            op.flat_map("f", md.features, lambda kv: kv[1].vectors),
+            TestingSink(vectors),
+        )
         op.output("validated_out", md.validated, TestingSink(validated))
         run_main(flow)
         return bars, vectors, validated
@@ -107,8 +112,14 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory, sample_ticks: Pat
     root = tmp_path_factory.mktemp("registry")
     s = Settings.from_env({}, registry_path=root)
     with open(os.devnull, "w") as quiet:
-        bootstrap(s, ModelRegistry(root), ticks=str(sample_ticks),
-                  config=BootstrapConfig.quick(), out=quiet, progress=False)
+        bootstrap(
+            s,
+            ModelRegistry(root),
+            ticks=str(sample_ticks),
+            config=BootstrapConfig.quick(),
+            out=quiet,
+            progress=False,
+        )
     return root
 
 

@@ -45,4 +45,4 @@ def test_a_config_follows_a_changed_setting(config: type) -> None:
 
 
 def test_defaults_are_settings_from_an_empty_environment() -> None:
-    assert DEFAULTS == Settings.from_env({})
+    assert Settings.from_env({}) == DEFAULTS

@@ -65,8 +65,9 @@ class LayoutOptions:
 
     def __post_init__(self) -> None:
         if self.ts_unit.strip().lower() not in TS_UNITS:
-            raise LayoutSettingError(f"QT_TICKS_TS_UNIT={self.ts_unit!r}: expected one of "
-                                     f"{', '.join(TS_UNITS)}")
+            raise LayoutSettingError(
+                f"QT_TICKS_TS_UNIT={self.ts_unit!r}: expected one of {', '.join(TS_UNITS)}"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LayoutOptions:
@@ -134,7 +135,8 @@ def internal_batch(origin: TickOrigin, n: int, cols: Mapping[str, pa.Array]) -> 
     """A batch in ``origin``'s internal layout; fields not given are empty (null)."""
     names = list(LAYOUTS[origin])
     return pa.RecordBatch.from_arrays(
-        [cols[c] if c in cols else pa.nulls(n, pa.string()) for c in names], names=names)
+        [cols[c] if c in cols else pa.nulls(n, pa.string()) for c in names], names=names
+    )
 
 
 def fixed_symbol(symbol: str, n: int) -> pa.Array:
@@ -144,10 +146,12 @@ def fixed_symbol(symbol: str, n: int) -> pa.Array:
 def maker_side(col: pa.Array, name: str, errors: dict[int, str]) -> pa.Array:
     """Binance's ``is_buyer_maker`` -> the aggressor: a maker buyer means the taker sold."""
     flag = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string())))
-    side = pc.if_else(pc.equal(flag, "true"), "sell",
-                      pc.if_else(pc.equal(flag, "false"), "buy", ""))
-    bad = pc.and_kleene(pc.invert(pc.is_in(flag, pa.array(["true", "false", ""]))),
-                        pc.is_valid(flag))
+    side = pc.if_else(
+        pc.equal(flag, "true"), "sell", pc.if_else(pc.equal(flag, "false"), "buy", "")
+    )
+    bad = pc.and_kleene(
+        pc.invert(pc.is_in(flag, pa.array(["true", "false", ""]))), pc.is_valid(flag)
+    )
     for i in np.flatnonzero(bad.to_numpy(zero_copy_only=False)):
         errors.setdefault(int(i), f"unparseable {name}: {str(col[int(i)].as_py())[:40]!r}")
     return side
@@ -195,8 +199,9 @@ def _iso(text: str) -> datetime | None:
         return None
 
 
-def guess_unit(samples: Sequence[object], units: Sequence[str] = ("s", "ms", "us", "ns"),
-               iso: bool = True) -> str | None:
+def guess_unit(
+    samples: Sequence[object], units: Sequence[str] = ("s", "ms", "us", "ns"), iso: bool = True
+) -> str | None:
     """The unit of a time column from its first values: the numbers must be times between
     1990 and 2100 in one of ``units``, all in the same one (a minority that fits none, rows
     that will be dead letters, does not stop it); text must be ISO-8601 with a UTC offset
@@ -214,8 +219,10 @@ def guess_unit(samples: Sequence[object], units: Sequence[str] = ("s", "ms", "us
             if dt is None:
                 raise UnitUnknown(f"{str(text)[:40]!r} is neither a number nor an ISO-8601 time")
             if dt.tzinfo is None:
-                raise UnitUnknown(f"ISO-8601 time {str(text)[:40]!r} has no UTC offset (event "
-                                  "times must be UTC: add 'Z' or '+00:00')")
+                raise UnitUnknown(
+                    f"ISO-8601 time {str(text)[:40]!r} has no UTC offset (event "
+                    "times must be UTC: add 'Z' or '+00:00')"
+                )
         return "iso"
     fits: dict[str, str] = {}
     misfits: list[str] = []
@@ -229,8 +236,10 @@ def guess_unit(samples: Sequence[object], units: Sequence[str] = ("s", "ms", "us
         shown = ", ".join(f"{v} in {u}" for u, v in fits.items())
         raise UnitUnknown(f"the values fit different units ({shown})")
     if not fits or 2 * len(misfits) > len(numbers):  # a damaged row or two may not fit
-        raise UnitUnknown(f"{misfits[0][:40]} is no time between 1990 and 2100 in any of "
-                          f"{', '.join(units)} since 1970")
+        raise UnitUnknown(
+            f"{misfits[0][:40]} is no time between 1990 and 2100 in any of "
+            f"{', '.join(units)} since 1970"
+        )
     return next(iter(fits))
 
 
@@ -243,11 +252,13 @@ def epoch_ms(col: pa.Array, unit: str, name: str, errors: dict[int, str]) -> pa.
     scale = UNIT_SCALE[unit]
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     if pa.types.is_integer(col.type):
-        return _ints_to_ms(pc.fill_null(col.cast(pa.int64()), 0).to_numpy(), valid, scale,
-                           name, errors)
+        return _ints_to_ms(
+            pc.fill_null(col.cast(pa.int64()), 0).to_numpy(), valid, scale, name, errors
+        )
     if pa.types.is_floating(col.type):
-        return _floats_to_ms(pc.fill_null(col.cast(pa.float64()), 0.0).to_numpy(), valid,
-                             scale, name, errors)
+        return _floats_to_ms(
+            pc.fill_null(col.cast(pa.float64()), 0.0).to_numpy(), valid, scale, name, errors
+        )
     text = col.cast(pa.string())
     try:
         ints = pc.cast(text, pa.int64())
@@ -259,12 +270,12 @@ def epoch_ms(col: pa.Array, unit: str, name: str, errors: dict[int, str]) -> pa.
         floats = pc.cast(text, pa.float64())
     except pa.ArrowInvalid:
         return _texts_to_ms(text.to_pylist(), scale, name, errors)
-    return _floats_to_ms(pc.fill_null(floats, 0.0).to_numpy(), valid, scale, name, errors,
-                         text)
+    return _floats_to_ms(pc.fill_null(floats, 0.0).to_numpy(), valid, scale, name, errors, text)
 
 
-def _ints_to_ms(v: np.ndarray, valid: np.ndarray, scale: int, name: str,
-                errors: dict[int, str]) -> pa.Array:
+def _ints_to_ms(
+    v: np.ndarray, valid: np.ndarray, scale: int, name: str, errors: dict[int, str]
+) -> pa.Array:
     if scale >= 1000:
         ms = v // (scale // 1000)
     else:  # seconds: * 1000 must not overflow
@@ -277,22 +288,28 @@ def _ints_to_ms(v: np.ndarray, valid: np.ndarray, scale: int, name: str,
     return pa.array(ms, type=pa.int64(), mask=~valid)
 
 
-def _floats_to_ms(x: np.ndarray, valid: np.ndarray, scale: int, name: str,
-                  errors: dict[int, str], text: pa.Array | None = None) -> pa.Array:
+def _floats_to_ms(
+    x: np.ndarray,
+    valid: np.ndarray,
+    scale: int,
+    name: str,
+    errors: dict[int, str],
+    text: pa.Array | None = None,
+) -> pa.Array:
     with np.errstate(invalid="ignore", over="ignore"):
         # to the microsecond first: 1723161254.087 s is 1723161254086.9998 ms as a float
         ms = np.floor(np.round(x * 1000.0 / scale, 3))
     bad = valid & ~(np.abs(ms) < 2.0**62)
     for i in np.flatnonzero(bad):
-        shown = (str(text[int(i)].as_py()).strip()[:40] if text is not None
-                 else repr(float(x[i])))
+        shown = str(text[int(i)].as_py()).strip()[:40] if text is not None else repr(float(x[i]))
         errors.setdefault(int(i), f"{name} out of range (cannot be represented): {shown}")
     valid = valid & ~bad
     return pa.array(np.where(valid, ms, 0).astype(np.int64), type=pa.int64(), mask=~valid)
 
 
-def _texts_to_ms(values: list[str | None], scale: int, name: str,
-                 errors: dict[int, str]) -> pa.Array:
+def _texts_to_ms(
+    values: list[str | None], scale: int, name: str, errors: dict[int, str]
+) -> pa.Array:
     """The slow path of a block with unreadable times: each value on its own."""
     out: list[int | None] = []
     for i, text in enumerate(values):
@@ -310,8 +327,9 @@ def _texts_to_ms(values: list[str | None], scale: int, name: str,
             else:
                 ms = value * 1000 // scale
             if ms is not None and not -(2**62) < ms < 2**62:
-                errors.setdefault(i, f"{name} out of range (cannot be represented): "
-                                     f"{stripped[:40]}")
+                errors.setdefault(
+                    i, f"{name} out of range (cannot be represented): {stripped[:40]}"
+                )
                 ms = None
         out.append(ms)
     return pa.array(out, type=pa.int64())
@@ -333,18 +351,27 @@ def interval_ms(text: str) -> int | None:
 
 
 def _text(t: pa.DataType) -> bool:
-    return (pa.types.is_string(t) or pa.types.is_large_string(t)
-            or (pa.types.is_dictionary(t) and _text(t.value_type)))
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or (pa.types.is_dictionary(t) and _text(t.value_type))
+    )
 
 
 def _number(t: pa.DataType) -> bool:
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-            or pa.types.is_null(t))
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_null(t)
+    )
 
 
 _FIELD_TYPES = {  # field -> (what it must hold, the column types that hold it)
-    "ts": ("times (numbers since 1970, ISO-8601 text or a UTC timestamp)",
-           lambda t: _number(t) or _text(t) or pa.types.is_timestamp(t)),
+    "ts": (
+        "times (numbers since 1970, ISO-8601 text or a UTC timestamp)",
+        lambda t: _number(t) or _text(t) or pa.types.is_timestamp(t),
+    ),
     "symbol": ("text", lambda t: _text(t) or pa.types.is_integer(t) or pa.types.is_null(t)),
     "side": ("text", lambda t: _text(t) or pa.types.is_null(t)),
 }
@@ -359,8 +386,9 @@ def check_types(path: Path, schema: pa.Schema, columns: Mapping[str, int]) -> No
         what, fits = _FIELD_TYPES.get(field_name, _NUMBERS)
         t = schema.field(i).type
         if not fits(t):
-            raise InputFileError(f"{path}: column {schema.names[i]!r} ({field_name}) is of "
-                                 f"type {t}; expected {what}")
+            raise InputFileError(
+                f"{path}: column {schema.names[i]!r} ({field_name}) is of type {t}; expected {what}"
+            )
 
 
 def parquet_batches(path: Path, rows: int) -> Iterator[pa.RecordBatch]:
@@ -372,8 +400,9 @@ def feather_batches(path: Path, rows: int) -> Iterator[pa.RecordBatch]:
     batch ends the file where it is, as a dead letter, after the batches before it)."""
     try:
         reader = pa.ipc.open_file(pa.memory_map(str(path)))
-        batches: Iterator[pa.RecordBatch] = (reader.get_batch(i)
-                                             for i in range(reader.num_record_batches))
+        batches: Iterator[pa.RecordBatch] = (
+            reader.get_batch(i) for i in range(reader.num_record_batches)
+        )
     except (OSError, pa.ArrowException):  # Feather version 1 (no IPC footer)
         batches = iter(pa_feather.read_table(path, memory_map=True).to_batches())
     for batch in batches:
@@ -385,8 +414,10 @@ def parquet_schema(path: Path) -> pa.Schema:
     try:
         return pq.ParquetFile(path).schema_arrow
     except (OSError, pa.ArrowException) as exc:
-        raise InputFileError(f"{path}: not a readable Parquet file ({exc}); give a Parquet "
-                             "file written by Arrow/pandas, or a CSV file") from None
+        raise InputFileError(
+            f"{path}: not a readable Parquet file ({exc}); give a Parquet "
+            "file written by Arrow/pandas, or a CSV file"
+        ) from None
 
 
 def feather_schema(path: Path) -> pa.Schema:
@@ -398,5 +429,7 @@ def feather_schema(path: Path) -> pa.Schema:
     try:  # Feather version 1 (no IPC footer)
         return pa_feather.read_table(path, memory_map=True).schema
     except (OSError, pa.ArrowException) as exc:
-        raise InputFileError(f"{path}: not a readable Feather file ({exc}); give a Feather "
-                             "file written by Arrow/pandas, or a CSV file") from None
+        raise InputFileError(
+            f"{path}: not a readable Feather file ({exc}); give a Feather "
+            "file written by Arrow/pandas, or a CSV file"
+        ) from None

@@ -53,8 +53,10 @@ from connectors.layouts.base import (
 )
 from schemas.ticks import TickOrigin
 
-NAME = re.compile(r"^(?P<symbol>[A-Za-z0-9_]+)-(?P<kind>trades|aggTrades|bookTicker|"
-                  r"\d+(?:s|m|h|d|w|mo))-(?P<date>\d{4}-\d{2}(?:-\d{2})?)$")
+NAME = re.compile(
+    r"^(?P<symbol>[A-Za-z0-9_]+)-(?P<kind>trades|aggTrades|bookTicker|"
+    r"\d+(?:s|m|h|d|w|mo))-(?P<date>\d{4}-\d{2}(?:-\d{2})?)$"
+)
 SNIFF_ROWS = 20  # first data rows whose times decide the unit
 
 
@@ -71,23 +73,76 @@ class Kind:
     maker: str | None = None  # the is_buyer_maker column (trades)
 
 
-KLINES = Kind("klines", TickOrigin.CANDLE, {12: (
-    "open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
-    "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore")}, "open_time",
-    {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"})
+KLINES = Kind(
+    "klines",
+    TickOrigin.CANDLE,
+    {
+        12: (
+            "open_time",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "close_time",
+            "quote_volume",
+            "count",
+            "taker_buy_volume",
+            "taker_buy_quote_volume",
+            "ignore",
+        )
+    },
+    "open_time",
+    {"open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume"},
+)
 _TRADES = ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker")
-TRADES = Kind("trades", TickOrigin.TRADE, {7: (*_TRADES, "is_best_match"), 6: _TRADES}, "time",
-              {"price": "price", "size": "qty"}, maker="is_buyer_maker")
-_AGG = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time",
-        "is_buyer_maker")
-AGG_TRADES = Kind("aggTrades", TickOrigin.TRADE, {8: (*_AGG, "is_best_match"), 7: _AGG},
-                  "transact_time", {"price": "price", "size": "quantity"},
-                  maker="is_buyer_maker")
-BOOK_TICKER = Kind("bookTicker", TickOrigin.QUOTE, {7: (
-    "update_id", "best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty",
-    "transaction_time", "event_time")}, "transaction_time",
-    {"bid": "best_bid_price", "bid_size": "best_bid_qty", "ask": "best_ask_price",
-     "ask_size": "best_ask_qty"})
+TRADES = Kind(
+    "trades",
+    TickOrigin.TRADE,
+    {7: (*_TRADES, "is_best_match"), 6: _TRADES},
+    "time",
+    {"price": "price", "size": "qty"},
+    maker="is_buyer_maker",
+)
+_AGG = (
+    "agg_trade_id",
+    "price",
+    "quantity",
+    "first_trade_id",
+    "last_trade_id",
+    "transact_time",
+    "is_buyer_maker",
+)
+AGG_TRADES = Kind(
+    "aggTrades",
+    TickOrigin.TRADE,
+    {8: (*_AGG, "is_best_match"), 7: _AGG},
+    "transact_time",
+    {"price": "price", "size": "quantity"},
+    maker="is_buyer_maker",
+)
+BOOK_TICKER = Kind(
+    "bookTicker",
+    TickOrigin.QUOTE,
+    {
+        7: (
+            "update_id",
+            "best_bid_price",
+            "best_bid_qty",
+            "best_ask_price",
+            "best_ask_qty",
+            "transaction_time",
+            "event_time",
+        )
+    },
+    "transaction_time",
+    {
+        "bid": "best_bid_price",
+        "bid_size": "best_bid_qty",
+        "ask": "best_ask_price",
+        "ask_size": "best_ask_qty",
+    },
+)
 KINDS = {k.title: k for k in (TRADES, AGG_TRADES, BOOK_TICKER)}
 
 
@@ -106,8 +161,10 @@ def detect(path: Path, stem: str, lines: list[str], options: LayoutOptions) -> F
     if kind is KLINES:
         candle_ms = interval_ms(m["kind"])
         if candle_ms is None:
-            raise InputFileError(f"{path}: Binance klines of interval {m['kind']} have no fixed "
-                                 "length; replay klines of 1s..1w")
+            raise InputFileError(
+                f"{path}: Binance klines of interval {m['kind']} have no fixed "
+                "length; replay klines of 1s..1w"
+            )
     pattern = f"SYMBOL-{'INTERVAL' if kind is KLINES else kind.title}-DATE"
     fields = [f.strip() for f in lines[0].split(",")]
     columns = kind.variants.get(len(fields))
@@ -115,7 +172,8 @@ def detect(path: Path, stem: str, lines: list[str], options: LayoutOptions) -> F
     if columns is None:
         raise InputFileError(
             f"{path}: named like Binance {kind.title} ({pattern}) but its first line has "
-            f"{len(fields)} fields; expected {expected}")
+            f"{len(fields)} fields; expected {expected}"
+        )
     header = not _is_int(fields[0])
     used = [kind.time, *kind.fields.values(), *([kind.maker] if kind.maker else [])]
     if header:
@@ -125,32 +183,48 @@ def detect(path: Path, stem: str, lines: list[str], options: LayoutOptions) -> F
             raise InputFileError(
                 f"{path}: named like Binance {kind.title} ({pattern}) but its header "
                 f"{lines[0][:120]!r} has no {', '.join(wrong)} where Binance's has; expected "
-                f"{expected}")
+                f"{expected}"
+            )
     at = columns.index(kind.time)
-    samples = [ln.split(",")[at] for ln in lines[1 if header else 0:][:SNIFF_ROWS]
-               if ln.count(",") == len(columns) - 1]
+    samples = [
+        ln.split(",")[at]
+        for ln in lines[1 if header else 0 :][:SNIFF_ROWS]
+        if ln.count(",") == len(columns) - 1
+    ]
     try:
         unit = guess_unit(samples, ("ms", "us"), iso=False) or "ms"
     except UnitUnknown as exc:
-        raise InputFileError(f"{path}: Binance {kind.title}: cannot tell the unit of "
-                             f"{kind.time}: {exc}; expected milliseconds or microseconds since "
-                             "1970") from None
+        raise InputFileError(
+            f"{path}: Binance {kind.title}: cannot tell the unit of "
+            f"{kind.time}: {exc}; expected milliseconds or microseconds since "
+            "1970"
+        ) from None
     symbol = options.symbol_prefix + m["symbol"]
-    why = (f"file name {stem} (data.binance.vision {kind.title}: {pattern}), "
-           f"{len(columns)} fields, {'a header' if header else 'no header'}, {kind.time} in "
-           f"{'µs' if unit == 'us' else 'ms'}; symbol {symbol} (QT_SYMBOL_PREFIX + file name)")
+    why = (
+        f"file name {stem} (data.binance.vision {kind.title}: {pattern}), "
+        f"{len(columns)} fields, {'a header' if header else 'no header'}, {kind.time} in "
+        f"{'µs' if unit == 'us' else 'ms'}; symbol {symbol} (QT_SYMBOL_PREFIX + file name)"
+    )
     return FileLayout(
-        name=f"Binance {kind.title}", origin=kind.origin, why=why, columns=columns,
-        header=header, convert=_converter(kind, unit, symbol), symbols=frozenset({symbol}),
-        candle_ms=candle_ms)
+        name=f"Binance {kind.title}",
+        origin=kind.origin,
+        why=why,
+        columns=columns,
+        header=header,
+        convert=_converter(kind, unit, symbol),
+        symbols=frozenset({symbol}),
+        candle_ms=candle_ms,
+    )
 
 
 def _converter(kind: Kind, unit: str, symbol: str):
     def convert(batch: pa.RecordBatch) -> Converted:
         errors: dict[int, str] = {}
         n = batch.num_rows
-        cols = {"ts": epoch_ms(batch.column(kind.time), unit, kind.time, errors),
-                "symbol": fixed_symbol(symbol, n)}
+        cols = {
+            "ts": epoch_ms(batch.column(kind.time), unit, kind.time, errors),
+            "symbol": fixed_symbol(symbol, n),
+        }
         cols.update({f: batch.column(c) for f, c in kind.fields.items()})
         if kind.maker:
             cols["side"] = maker_side(batch.column(kind.maker), kind.maker, errors)

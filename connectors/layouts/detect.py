@@ -42,14 +42,20 @@ LAYOUT_HINT = (
     + "; ".join(",".join(cols) for cols in LAYOUTS.values())
     + "; or Binance public data (SYMBOL-1m-DATE, SYMBOL-trades-DATE, SYMBOL-aggTrades-DATE, "
     "SYMBOL-bookTicker-DATE .csv/.zip), Tardis.dev trades/quotes CSV, freqtrade candles "
-    "(PAIR-TIMEFRAME .feather/.parquet/.json); or map its columns with QT_TICKS_COLUMNS")
+    "(PAIR-TIMEFRAME .feather/.parquet/.json); or map its columns with QT_TICKS_COLUMNS"
+)
 TEXT_SUFFIXES = (".zip", ".gz", ".gzip", ".tgz", ".bz2", ".zst", ".zstd", ".lz4", ".br")
-TABLE_FORMATS = {".parquet": "Parquet", ".pq": "Parquet", ".feather": "Feather",
-                 ".arrow": "Feather", ".ipc": "Feather"}
+TABLE_FORMATS = {
+    ".parquet": "Parquet",
+    ".pq": "Parquet",
+    ".feather": "Feather",
+    ".arrow": "Feather",
+    ".ipc": "Feather",
+}
 
 
 def table_format(path: Path) -> str | None:
-    """"Parquet", "Feather" or "JSON" for files read as tables (not as text), else None."""
+    """ "Parquet", "Feather" or "JSON" for files read as tables (not as text), else None."""
     name = path.name.lower()
     if name.endswith((".json", ".json.gz")):
         return "JSON"
@@ -58,8 +64,13 @@ def table_format(path: Path) -> str | None:
 
 def project_layout(origin: TickOrigin, why: str, read: Reader | None = None) -> FileLayout:
     """One of the project's own layouts: its batches need no conversion."""
-    return FileLayout(name=f"{origin.value}s", origin=origin, why=why,
-                      columns=LAYOUTS[origin] if read is None else (), read=read)
+    return FileLayout(
+        name=f"{origin.value}s",
+        origin=origin,
+        why=why,
+        columns=LAYOUTS[origin] if read is None else (),
+        read=read,
+    )
 
 
 def csv_stem(name: str) -> str:
@@ -69,8 +80,9 @@ def csv_stem(name: str) -> str:
     return name[:-4] if name.lower().endswith(".csv") else name
 
 
-def text_layout(path: Path, lines: Sequence[str], member: str | None,
-                options: LayoutOptions) -> FileLayout:
+def text_layout(
+    path: Path, lines: Sequence[str], member: str | None, options: LayoutOptions
+) -> FileLayout:
     """The layout of a text file from its first lines (``lines[0]`` is its first line, not
     empty) and name (or, zipped, its member's name)."""
     header = lines[0].split(",")
@@ -88,8 +100,7 @@ def text_layout(path: Path, lines: Sequence[str], member: str | None,
     found = tardis.detect(path, names) or mapped.detect_csv(path, names, lines, options)
     if found is not None:
         return found
-    raise InputFileError(f"{path}: unrecognised header {lines[0].strip()[:120]!r}; "
-                         f"{LAYOUT_HINT}")
+    raise InputFileError(f"{path}: unrecognised header {lines[0].strip()[:120]!r}; {LAYOUT_HINT}")
 
 
 def table_layout(path: Path, options: LayoutOptions) -> FileLayout:
@@ -98,23 +109,30 @@ def table_layout(path: Path, options: LayoutOptions) -> FileLayout:
     if kind == "JSON":
         found = freqtrade.detect_json(path, options)
         if found is None:
-            raise InputFileError(f"{path}: a JSON file not named like freqtrade candles "
-                                 f"({freqtrade.PATTERN}.json); {LAYOUT_HINT}")
+            raise InputFileError(
+                f"{path}: a JSON file not named like freqtrade candles "
+                f"({freqtrade.PATTERN}.json); {LAYOUT_HINT}"
+            )
         return found
-    schema, read = ((parquet_schema(path), parquet_batches) if kind == "Parquet" else
-                    (feather_schema(path), feather_batches))
+    schema, read = (
+        (parquet_schema(path), parquet_batches)
+        if kind == "Parquet"
+        else (feather_schema(path), feather_batches)
+    )
     try:
         origin = layout_of(schema.names)
     except ValueError:
         pass
     else:
         return project_layout(origin, f"{kind} columns {','.join(schema.names)}", read)
-    found = (freqtrade.detect_table(path, schema, read, options)
-             or mapped.detect_table(path, schema, read, options))
+    found = freqtrade.detect_table(path, schema, read, options) or mapped.detect_table(
+        path, schema, read, options
+    )
     if found is not None:
         return found
-    raise InputFileError(f"{path}: unrecognised columns {','.join(schema.names)[:120]!r}; "
-                         f"{LAYOUT_HINT}")
+    raise InputFileError(
+        f"{path}: unrecognised columns {','.join(schema.names)[:120]!r}; {LAYOUT_HINT}"
+    )
 
 
 def table_columns(path: Path, columns: Sequence[str]) -> pa.Table:
@@ -133,8 +151,7 @@ def table_rows(path: Path) -> int | None:
         if table_format(path) == "Feather":
             with pa.memory_map(str(path)) as source:
                 reader = pa.ipc.open_file(source)
-                return sum(reader.get_batch(i).num_rows
-                           for i in range(reader.num_record_batches))
+                return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     except (OSError, pa.ArrowException):
         return None
     return None

@@ -46,8 +46,10 @@ from connectors.layouts.base import (
 )
 from schemas.ticks import TickOrigin
 
-NAME = re.compile(r"^(?P<pair>[A-Za-z0-9_\-]+)-(?P<tf>\d+(?:Mo|mo|[smhdwM]))"
-                  r"(?:-(?P<type>[A-Za-z_]+))?$")
+NAME = re.compile(
+    r"^(?P<pair>[A-Za-z0-9_\-]+)-(?P<tf>\d+(?:Mo|mo|[smhdwM]))"
+    r"(?:-(?P<type>[A-Za-z_]+))?$"
+)
 SUFFIXES = (".feather", ".parquet", ".json.gz", ".json")
 COLUMNS = ("date", "open", "high", "low", "close", "volume")
 CANDLE_TYPES = {None: "spot", "spot": "spot", "futures": "futures"}
@@ -80,17 +82,21 @@ def _name(path: Path, options: LayoutOptions) -> tuple[str, int] | None:
         return None
     kind = CANDLE_TYPES.get(m["type"])
     if kind is None:
-        raise InputFileError(f"{path}: freqtrade candle type {m['type']!r} is not a traded "
-                             "price series; replay spot or futures candles")
+        raise InputFileError(
+            f"{path}: freqtrade candle type {m['type']!r} is not a traded "
+            "price series; replay spot or futures candles"
+        )
     candle_ms = interval_ms(m["tf"])
     if candle_ms is None:
-        raise InputFileError(f"{path}: freqtrade timeframe {m['tf']} has no fixed length; "
-                             "replay candles of 1s..1w")
+        raise InputFileError(
+            f"{path}: freqtrade timeframe {m['tf']} has no fixed length; replay candles of 1s..1w"
+        )
     return pair_symbol(m["pair"], options.symbol_prefix), candle_ms
 
 
-def detect_table(path: Path, schema: pa.Schema, read: Reader,
-                 options: LayoutOptions) -> FileLayout | None:
+def detect_table(
+    path: Path, schema: pa.Schema, read: Reader, options: LayoutOptions
+) -> FileLayout | None:
     """A Feather or Parquet file named like freqtrade candles (None if not so named)."""
     named = _name(path, options)
     if named is None:
@@ -102,20 +108,27 @@ def detect_table(path: Path, schema: pa.Schema, read: Reader,
         raise InputFileError(
             f"{path}: named like freqtrade candles ({PATTERN}) but has no "
             f"{', '.join(missing)} column; its columns: {','.join(schema.names)[:120]}; "
-            f"expected {','.join(COLUMNS)}")
+            f"expected {','.join(COLUMNS)}"
+        )
     date = schema.field(names.index("date")).type
     if pa.types.is_timestamp(date) and date.tz is None:
-        raise InputFileError(f"{path}: its date column has no time zone; event times must be "
-                             "UTC (freqtrade writes them so)")
+        raise InputFileError(
+            f"{path}: its date column has no time zone; event times must be "
+            "UTC (freqtrade writes them so)"
+        )
     if not (pa.types.is_timestamp(date) or pa.types.is_integer(date)):
         raise InputFileError(f"{path}: its date column is {date}; expected a UTC timestamp")
     check_types(path, schema, {c: names.index(c) for c in COLUMNS[1:]})
     return FileLayout(
-        name="freqtrade candles", origin=TickOrigin.CANDLE,
+        name="freqtrade candles",
+        origin=TickOrigin.CANDLE,
         why=f"file name {path.name} (freqtrade {PATTERN}), columns {','.join(COLUMNS)}; "
-            f"symbol {symbol} (QT_SYMBOL_PREFIX + pair)",
-        read=read, convert=_table_converter(schema.names, symbol), symbols=frozenset({symbol}),
-        candle_ms=candle_ms)
+        f"symbol {symbol} (QT_SYMBOL_PREFIX + pair)",
+        read=read,
+        convert=_table_converter(schema.names, symbol),
+        symbols=frozenset({symbol}),
+        candle_ms=candle_ms,
+    )
 
 
 def _table_converter(names: list[str], symbol: str):
@@ -148,14 +161,20 @@ def detect_json(path: Path, options: LayoutOptions) -> FileLayout | None:
     except (OSError, EOFError, zlib.error) as exc:
         raise InputFileError(f"{path}: cannot be read ({exc})") from None
     if not head.startswith(b"["):
-        raise InputFileError(f"{path}: named like freqtrade candles ({PATTERN}) but is not a "
-                             "JSON list; expected [[ms, open, high, low, close, volume], ...]")
+        raise InputFileError(
+            f"{path}: named like freqtrade candles ({PATTERN}) but is not a "
+            "JSON list; expected [[ms, open, high, low, close, volume], ...]"
+        )
     return FileLayout(
-        name="freqtrade candles", origin=TickOrigin.CANDLE,
+        name="freqtrade candles",
+        origin=TickOrigin.CANDLE,
         why=f"file name {path.name} (freqtrade {PATTERN}), a JSON list of [ms, open, high, "
-            f"low, close, volume]; symbol {symbol} (QT_SYMBOL_PREFIX + pair)",
-        read=json_batches, convert=_json_converter(symbol), symbols=frozenset({symbol}),
-        candle_ms=candle_ms)
+        f"low, close, volume]; symbol {symbol} (QT_SYMBOL_PREFIX + pair)",
+        read=json_batches,
+        convert=_json_converter(symbol),
+        symbols=frozenset({symbol}),
+        candle_ms=candle_ms,
+    )
 
 
 def _json_text(path: Path) -> tuple[bytes, DamagedFile | None]:
@@ -187,13 +206,13 @@ def _candles(text: bytes) -> tuple[list, DamagedFile | None]:
     decoder = json.JSONDecoder()
     items: list = []
     i = len(s) - len(s.lstrip())
-    if s[i:i + 1] != "[":
+    if s[i : i + 1] != "[":
         return [], DamagedFile("corrupt", "not a JSON list")
     i += 1
     while True:
         while i < len(s) and s[i] in " \t\r\n":
             i += 1
-        if s[i:i + 1] == "]":
+        if s[i : i + 1] == "]":
             return items, DamagedFile("corrupt", "unexpected data after the list")
         try:
             item, i = decoder.raw_decode(s, i)
@@ -203,7 +222,7 @@ def _candles(text: bytes) -> tuple[list, DamagedFile | None]:
         items.append(item)
         while i < len(s) and s[i] in " \t\r\n":
             i += 1
-        if s[i:i + 1] == ",":
+        if s[i : i + 1] == ",":
             i += 1
         elif i >= len(s):
             return items, DamagedFile("truncated", "json: the list ends before its ']'")
@@ -222,10 +241,14 @@ def _matrix(items: list) -> tuple[np.ndarray, np.ndarray]:
     m = np.full((len(items), len(COLUMNS)), np.nan)
     bad = np.zeros(len(items), dtype=bool)
     for i, row in enumerate(items):
-        values = [None if x is None else number(x) for x in row] if isinstance(
-            row, list) and len(row) == len(COLUMNS) else None
-        if values is None or any(v is None and x is not None for v, x in zip(
-                values, row, strict=True)):
+        values = (
+            [None if x is None else number(x) for x in row]
+            if isinstance(row, list) and len(row) == len(COLUMNS)
+            else None
+        )
+        if values is None or any(
+            v is None and x is not None for v, x in zip(values, row, strict=True)
+        ):
             bad[i] = True
             continue
         m[i] = [np.nan if v is None else v for v in values]
@@ -240,11 +263,13 @@ def json_batches(path: Path, rows: int) -> Iterator[pa.RecordBatch]:
     items, broken = _candles(text) if text or damage is None else ([], None)
     damage = damage or broken
     for start in range(0, len(items), rows):
-        chunk = items[start:start + rows]
+        chunk = items[start : start + rows]
         m, bad = _matrix(chunk)
         cols = [pa.array(m[:, k], mask=bad | np.isnan(m[:, k])) for k in range(len(COLUMNS))]
-        raw = pa.array([json.dumps(chunk[i])[:1000] if bad[i] else None
-                        for i in range(len(chunk))], type=pa.string())
+        raw = pa.array(
+            [json.dumps(chunk[i])[:1000] if bad[i] else None for i in range(len(chunk))],
+            type=pa.string(),
+        )
         yield pa.RecordBatch.from_arrays([*cols, raw], names=[*COLUMNS, "_raw"])
     if damage is not None:
         raise damage
@@ -264,9 +289,11 @@ def _json_converter(symbol: str):
         raw = values
         if malformed.any():
             joined = pc.binary_join_element_wise(
-                *[pc.fill_null(c.cast(pa.string()), "") for c in values.columns], ",")
-            raw = pa.RecordBatch.from_arrays([pc.coalesce(batch.column("_raw"), joined)],
-                                             names=["raw"])
+                *[pc.fill_null(c.cast(pa.string()), "") for c in values.columns], ","
+            )
+            raw = pa.RecordBatch.from_arrays(
+                [pc.coalesce(batch.column("_raw"), joined)], names=["raw"]
+            )
         return Converted(internal_batch(TickOrigin.CANDLE, n, cols), errors, raw)
 
     return convert

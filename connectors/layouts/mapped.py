@@ -45,8 +45,11 @@ from schemas.ticks import LAYOUTS, TickOrigin
 SETTING = "QT_TICKS_COLUMNS"
 CANDLE_ONLY = {"open", "high", "low", "close", "volume"}
 QUOTE_ONLY = {"bid", "ask", "bid_size", "ask_size"}
-REQUIRED = {TickOrigin.TRADE: ("ts", "price"), TickOrigin.QUOTE: ("ts", "bid", "ask"),
-            TickOrigin.CANDLE: ("ts", "open", "high", "low", "close")}
+REQUIRED = {
+    TickOrigin.TRADE: ("ts", "price"),
+    TickOrigin.QUOTE: ("ts", "bid", "ask"),
+    TickOrigin.CANDLE: ("ts", "open", "high", "low", "close"),
+}
 SNIFF_ROWS = 20
 
 
@@ -68,8 +71,10 @@ class ColumnMap:
             field_name, eq, column = (x.strip() for x in part.partition("="))
             field_name = field_name.lower()
             if not eq or not field_name or not column:
-                raise LayoutSettingError(f"{SETTING}: {part!r} is not field=column (e.g. "
-                                     "ts=open_time,price=close,symbol=@BTCUSDT)")
+                raise LayoutSettingError(
+                    f"{SETTING}: {part!r} is not field=column (e.g. "
+                    "ts=open_time,price=close,symbol=@BTCUSDT)"
+                )
             if field_name in pairs:
                 raise LayoutSettingError(f"{SETTING}: {field_name} is mapped twice")
             pairs[field_name] = column
@@ -78,25 +83,32 @@ class ColumnMap:
             raise LayoutSettingError(
                 f"{SETTING}: {', '.join(sorted(fields & CANDLE_ONLY))} (candles) and "
                 f"{', '.join(sorted(fields & QUOTE_ONLY))} (quotes) cannot be mapped together;"
-                " map the fields of one layout")
-        origin = (TickOrigin.CANDLE if fields & CANDLE_ONLY else
-                  TickOrigin.QUOTE if fields & QUOTE_ONLY else TickOrigin.TRADE)
+                " map the fields of one layout"
+            )
+        origin = (
+            TickOrigin.CANDLE
+            if fields & CANDLE_ONLY
+            else TickOrigin.QUOTE
+            if fields & QUOTE_ONLY
+            else TickOrigin.TRADE
+        )
         if origin is TickOrigin.CANDLE and "price" in pairs:
             if "close" in pairs:
-                raise LayoutSettingError(f"{SETTING}: price and close both name the candle "
-                                         "close")
+                raise LayoutSettingError(f"{SETTING}: price and close both name the candle close")
             pairs["close"] = pairs.pop("price")
         allowed = LAYOUTS[origin]
         unknown = [f for f in pairs if f not in allowed]
         if unknown:
             raise LayoutSettingError(
                 f"{SETTING}: {', '.join(unknown)} is not a field of the {origin.value}s layout"
-                f" the other fields make; its fields: {', '.join(allowed)}")
+                f" the other fields make; its fields: {', '.join(allowed)}"
+            )
         missing = [f for f in (*REQUIRED[origin], "symbol") if f not in pairs]
         if missing:
             raise LayoutSettingError(
                 f"{SETTING}: the {origin.value}s layout needs {', '.join(missing)} "
-                "(symbol=<column>, or symbol=@NAME for one symbol)")
+                "(symbol=<column>, or symbol=@NAME for one symbol)"
+            )
         symbol = pairs["symbol"][1:].strip() if pairs["symbol"].startswith("@") else None
         if symbol == "":
             raise LayoutSettingError(f"{SETTING}: symbol=@ needs a name (symbol=@BTCUSDT)")
@@ -121,7 +133,8 @@ def _check_columns(path: Path, cmap: ColumnMap, names: Sequence[str]) -> dict[st
         else:
             raise InputFileError(
                 f"{path}: {SETTING} maps {field_name} to column {column!r}, which the file "
-                f"does not have; its columns: {','.join(names)[:160]}")
+                f"does not have; its columns: {','.join(names)[:160]}"
+            )
     return index
 
 
@@ -134,11 +147,13 @@ def _unit(path: Path, options: LayoutOptions, column: str, samples: Sequence[obj
     except UnitUnknown as exc:
         raise InputFileError(
             f"{path}: cannot tell the unit of the ts column {column!r} from its first values: "
-            f"{exc}; set QT_TICKS_TS_UNIT to s, ms, us, ns or iso") from None
+            f"{exc}; set QT_TICKS_TS_UNIT to s, ms, us, ns or iso"
+        ) from None
 
 
-def detect_csv(path: Path, header: Sequence[str], lines: Sequence[str],
-               options: LayoutOptions) -> FileLayout | None:
+def detect_csv(
+    path: Path, header: Sequence[str], lines: Sequence[str], options: LayoutOptions
+) -> FileLayout | None:
     """A CSV with a header, read through ``QT_TICKS_COLUMNS`` (None when it is not set)."""
     if not options.columns.strip():
         return None
@@ -146,14 +161,18 @@ def detect_csv(path: Path, header: Sequence[str], lines: Sequence[str],
     names = tuple(h.strip() for h in header)
     index = _check_columns(path, cmap, names)
     at = index["ts"]
-    samples = [row[at] for row in (ln.split(",") for ln in lines[1:SNIFF_ROWS + 1])
-               if len(row) == len(names)]
+    samples = [
+        row[at]
+        for row in (ln.split(",") for ln in lines[1 : SNIFF_ROWS + 1])
+        if len(row) == len(names)
+    ]
     unit = _unit(path, options, names[at], samples)
     return _layout(path, cmap, names, index, unit, "header", read=None)
 
 
-def detect_table(path: Path, schema: pa.Schema, read: Reader,
-                 options: LayoutOptions) -> FileLayout | None:
+def detect_table(
+    path: Path, schema: pa.Schema, read: Reader, options: LayoutOptions
+) -> FileLayout | None:
     """A Parquet or Feather file read through ``QT_TICKS_COLUMNS`` (None when not set)."""
     if not options.columns.strip():
         return None
@@ -164,9 +183,11 @@ def detect_table(path: Path, schema: pa.Schema, read: Reader,
     ts_type = schema.field(index["ts"]).type
     if pa.types.is_timestamp(ts_type):
         if ts_type.tz is None:
-            raise InputFileError(f"{path}: the ts column {names[index['ts']]!r} is a timestamp "
-                                 "without time zone; event times must be UTC: store it with "
-                                 "tz=UTC")
+            raise InputFileError(
+                f"{path}: the ts column {names[index['ts']]!r} is a timestamp "
+                "without time zone; event times must be UTC: store it with "
+                "tz=UTC"
+            )
         unit = "timestamp"
     else:
         first = next(iter(read(path, SNIFF_ROWS)), None)
@@ -175,11 +196,20 @@ def detect_table(path: Path, schema: pa.Schema, read: Reader,
     return _layout(path, cmap, names, index, unit, "columns", read=read)
 
 
-def _layout(path: Path, cmap: ColumnMap, names: tuple[str, ...], index: dict[str, int],
-            unit: str, what: str, read: Reader | None) -> FileLayout:
+def _layout(
+    path: Path,
+    cmap: ColumnMap,
+    names: tuple[str, ...],
+    index: dict[str, int],
+    unit: str,
+    what: str,
+    read: Reader | None,
+) -> FileLayout:
     told = "QT_TICKS_TS_UNIT" if unit != "timestamp" else "the column type"
-    why = (f"{SETTING}={cmap.describe()} over its {what} "
-           f"({','.join(names)[:100]}); ts as {unit} ({told})")
+    why = (
+        f"{SETTING}={cmap.describe()} over its {what} "
+        f"({','.join(names)[:100]}); ts as {unit} ({told})"
+    )
     symbols: frozenset[str] | None = None
     symbol_columns: tuple[str, ...] = ()
     if cmap.symbol is not None:
@@ -191,9 +221,16 @@ def _layout(path: Path, cmap: ColumnMap, names: tuple[str, ...], index: dict[str
         return table.column(0)
 
     return FileLayout(
-        name=f"mapped {cmap.origin.value}s", origin=cmap.origin, why=why,
-        columns=names if read is None else (), convert=_converter(cmap, names, index, unit),
-        read=read, symbols=symbols, symbol_columns=symbol_columns, symbols_of=symbols_of)
+        name=f"mapped {cmap.origin.value}s",
+        origin=cmap.origin,
+        why=why,
+        columns=names if read is None else (),
+        convert=_converter(cmap, names, index, unit),
+        read=read,
+        symbols=symbols,
+        symbol_columns=symbol_columns,
+        symbols_of=symbols_of,
+    )
 
 
 def _converter(cmap: ColumnMap, names: tuple[str, ...], index: dict[str, int], unit: str):
@@ -202,8 +239,7 @@ def _converter(cmap: ColumnMap, names: tuple[str, ...], index: dict[str, int], u
     def convert(batch: pa.RecordBatch) -> Converted:
         errors: dict[int, str] = {}
         cols = {f: batch.column(i) for f, i in index.items()}
-        cols["ts"] = epoch_ms(cols["ts"], "ms" if unit == "timestamp" else unit, ts_name,
-                              errors)
+        cols["ts"] = epoch_ms(cols["ts"], "ms" if unit == "timestamp" else unit, ts_name, errors)
         if cmap.symbol is not None:
             cols["symbol"] = fixed_symbol(cmap.symbol, batch.num_rows)
         return Converted(internal_batch(cmap.origin, batch.num_rows, cols), errors)

@@ -27,22 +27,43 @@ import pyarrow.compute as pc
 from connectors.layouts.base import Converted, FileLayout, epoch_ms, internal_batch
 from schemas.ticks import TickOrigin
 
-TRADES: tuple[str, ...] = ("exchange", "symbol", "timestamp", "local_timestamp", "id", "side",
-                           "price", "amount")
-QUOTES: tuple[str, ...] = ("exchange", "symbol", "timestamp", "local_timestamp", "ask_amount",
-                           "ask_price", "bid_price", "bid_amount")
+TRADES: tuple[str, ...] = (
+    "exchange",
+    "symbol",
+    "timestamp",
+    "local_timestamp",
+    "id",
+    "side",
+    "price",
+    "amount",
+)
+QUOTES: tuple[str, ...] = (
+    "exchange",
+    "symbol",
+    "timestamp",
+    "local_timestamp",
+    "ask_amount",
+    "ask_price",
+    "bid_price",
+    "bid_amount",
+)
 FIELDS = {
     TickOrigin.TRADE: {"price": "price", "size": "amount"},
-    TickOrigin.QUOTE: {"bid": "bid_price", "ask": "ask_price", "bid_size": "bid_amount",
-                       "ask_size": "ask_amount"},
+    TickOrigin.QUOTE: {
+        "bid": "bid_price",
+        "ask": "ask_price",
+        "bid_size": "bid_amount",
+        "ask_size": "ask_amount",
+    },
 }
 
 
 def symbols_of(table: pa.Table | pa.RecordBatch) -> pa.Array:
     """``EXCHANGE:SYMBOL`` (null when either is missing: a decode dead letter)."""
     exchange = pc.utf8_upper(pc.utf8_trim_whitespace(table.column("exchange")))
-    return pc.binary_join_element_wise(exchange, pc.utf8_trim_whitespace(table.column("symbol")),
-                                       ":")
+    return pc.binary_join_element_wise(
+        exchange, pc.utf8_trim_whitespace(table.column("symbol")), ":"
+    )
 
 
 def detect(path: Path, header: Sequence[str]) -> FileLayout | None:
@@ -52,18 +73,24 @@ def detect(path: Path, header: Sequence[str]) -> FileLayout | None:
         return None
     title = "trades" if origin is TickOrigin.TRADE else "quotes"
     return FileLayout(
-        name=f"Tardis.dev {title}", origin=origin,
+        name=f"Tardis.dev {title}",
+        origin=origin,
         why=f"header {','.join(names)} (Tardis.dev {title} CSV; timestamp in µs; symbol "
-            "EXCHANGE:SYMBOL)",
-        columns=names, convert=_converter(origin), symbol_columns=("exchange", "symbol"),
-        symbols_of=symbols_of)
+        "EXCHANGE:SYMBOL)",
+        columns=names,
+        convert=_converter(origin),
+        symbol_columns=("exchange", "symbol"),
+        symbols_of=symbols_of,
+    )
 
 
 def _converter(origin: TickOrigin):
     def convert(batch: pa.RecordBatch) -> Converted:
         errors: dict[int, str] = {}
-        cols = {"ts": epoch_ms(batch.column("timestamp"), "us", "timestamp", errors),
-                "symbol": symbols_of(batch)}
+        cols = {
+            "ts": epoch_ms(batch.column("timestamp"), "us", "timestamp", errors),
+            "symbol": symbols_of(batch),
+        }
         cols.update({f: batch.column(c) for f, c in FIELDS[origin].items()})
         if origin is TickOrigin.TRADE:
             side = batch.column("side")

@@ -50,20 +50,19 @@ FORMAT_TIME_SERIES, FORMAT_TABLE = 0, 1
 class Panel:
     """One panel: which analytics query, how it is drawn and how big it is."""
 
-    query: str                    # sql/analytics/<query>.sql
+    query: str  # sql/analytics/<query>.sql
     title: str
-    kind: str                     # Grafana panel type: timeseries, table, barchart, stat
+    kind: str  # Grafana panel type: timeseries, table, barchart, stat
     width: int
     height: int = 8
-    pivot: bool = False           # time series whose string columns name the series
+    pivot: bool = False  # time series whose string columns name the series
     fields: tuple[str, ...] = ()  # draw only these columns (bar charts: x first)
 
 
 PANELS: tuple[Panel, ...] = (
     Panel("run_overview", "The run at a glance", "table", 24, 4),
     Panel("max_drawdown", "Realised equity and max drawdown", "stat", 9, 5),
-    Panel("entry_state_completeness", "Entry state completeness (expected: zeros)", "stat", 15,
-          5),
+    Panel("entry_state_completeness", "Entry state completeness (expected: zeros)", "stat", 15, 5),
     Panel("pnl_by_day", "PnL, win rate and Sharpe by day", "timeseries", 12),
     Panel("model_win_rate_by_day", "Win rate by model and day", "timeseries", 12, pivot=True),
     Panel("equity_curve", "Realised equity and drawdown after every trade", "table", 12),
@@ -116,13 +115,17 @@ def description(panel: Panel, sql: str) -> str:
         if not line.startswith("--"):
             break
         head.append(line.removeprefix("--").strip())
-    parts = [" ".join(head),
-             f"Query: sql/analytics/{panel.query}.sql, as `python -m cli.analytics "
-             f"{panel.query}` runs it."]
+    parts = [
+        " ".join(head),
+        f"Query: sql/analytics/{panel.query}.sql, as `python -m cli.analytics "
+        f"{panel.query}` runs it.",
+    ]
     for name, type_ in parameters(sql):
-        parts.append(f"Parameter {name} ({type_}) is the dashboard variable `{name}` (the text "
-                     f"box above the panels), written in as a quoted SQL string and cast to "
-                     f"{type_}.")
+        parts.append(
+            f"Parameter {name} ({type_}) is the dashboard variable `{name}` (the text "
+            f"box above the panels), written in as a quoted SQL string and cast to "
+            f"{type_}."
+        )
     if panel.kind == "timeseries":
         parts.append("The time range only places the points: the query reads every row.")
     return "\n\n".join(parts)
@@ -142,16 +145,33 @@ def _layout(panels: tuple[Panel, ...]) -> list[dict[str, int]]:
 def _visual(panel: Panel) -> tuple[dict[str, Any], dict[str, Any]]:
     """Panel ``options`` and ``fieldConfig.defaults`` for the panel's kind."""
     if panel.kind == "stat":
-        return ({"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                 "textMode": "value_and_name", "colorMode": "none", "graphMode": "none"}, {})
+        return (
+            {
+                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                "textMode": "value_and_name",
+                "colorMode": "none",
+                "graphMode": "none",
+            },
+            {},
+        )
     if panel.kind == "timeseries":
-        return ({"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                 "tooltip": {"mode": "multi", "sort": "none"}},
-                {"custom": {"drawStyle": "line", "showPoints": "always", "spanNulls": True}})
+        return (
+            {
+                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                "tooltip": {"mode": "multi", "sort": "none"},
+            },
+            {"custom": {"drawStyle": "line", "showPoints": "always", "spanNulls": True}},
+        )
     if panel.kind == "barchart":
-        return ({"xField": panel.fields[0], "orientation": "auto", "showValue": "auto",
-                 "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
-                {})
+        return (
+            {
+                "xField": panel.fields[0],
+                "orientation": "auto",
+                "showValue": "auto",
+                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            },
+            {},
+        )
     return {"showHeader": True, "cellHeight": "sm"}, {}
 
 
@@ -169,20 +189,23 @@ def build_panel(panel: Panel, panel_id: int, grid: dict[str, int]) -> dict[str, 
         "description": description(panel, sql),
         "gridPos": grid,
         "datasource": datasource,
-        "targets": [{
-            "refId": "A",
-            "datasource": datasource,
-            "editorType": "sql",
-            "queryType": "timeseries" if fmt == FORMAT_TIME_SERIES else "table",
-            "format": fmt,
-            "rawSql": grafana_sql(sql),
-        }],
+        "targets": [
+            {
+                "refId": "A",
+                "datasource": datasource,
+                "editorType": "sql",
+                "queryType": "timeseries" if fmt == FORMAT_TIME_SERIES else "table",
+                "format": fmt,
+                "rawSql": grafana_sql(sql),
+            }
+        ],
         "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": options,
     }
     if panel.fields:
-        out["transformations"] = [{"id": "filterFieldsByName",
-                                   "options": {"include": {"names": list(panel.fields)}}}]
+        out["transformations"] = [
+            {"id": "filterFieldsByName", "options": {"include": {"names": list(panel.fields)}}}
+        ]
     return out
 
 
@@ -194,19 +217,24 @@ def build_variables(panels: tuple[Panel, ...]) -> list[dict[str, Any]]:
     for panel in panels:
         for name, type_ in parameters(sql_file(panel.query).read_text()):
             if name not in defaults:
-                raise ValueError(f"{panel.query}: no dashboard default for parameter {name!r}; "
-                                 "add one to variable_defaults()")
+                raise ValueError(
+                    f"{panel.query}: no dashboard default for parameter {name!r}; "
+                    "add one to variable_defaults()"
+                )
             value = defaults[name]
-            out.setdefault(name, {
-                "type": "textbox",
-                "name": name,
-                "label": name,
-                "description": f"Query parameter {{{name}:{type_}}} of sql/analytics",
-                "query": value,
-                "current": {"text": value, "value": value},
-                "options": [{"selected": True, "text": value, "value": value}],
-                "hide": 0,
-            })
+            out.setdefault(
+                name,
+                {
+                    "type": "textbox",
+                    "name": name,
+                    "label": name,
+                    "description": f"Query parameter {{{name}:{type_}}} of sql/analytics",
+                    "query": value,
+                    "current": {"text": value, "value": value},
+                    "options": [{"selected": True, "text": value, "value": value}],
+                    "hide": 0,
+                },
+            )
     return list(out.values())
 
 
@@ -217,7 +245,7 @@ def build(panels: tuple[Panel, ...] = PANELS) -> dict[str, Any]:
         "uid": DASHBOARD_UID,
         "title": "qt-stream: what happened",
         "description": "Built from sql/analytics/*.sql by deploy/grafana/build_dashboard.py; "
-                       "do not edit here.",
+        "do not edit here.",
         "tags": ["qt-stream", "clickhouse"],
         "timezone": "utc",
         "editable": True,
@@ -229,8 +257,9 @@ def build(panels: tuple[Panel, ...] = PANELS) -> dict[str, Any]:
         "annotations": {"list": []},
         "links": [],
         "templating": {"list": build_variables(panels)},
-        "panels": [build_panel(p, i, g) for i, (p, g) in enumerate(zip(panels, grids,
-                                                                       strict=True), 1)],
+        "panels": [
+            build_panel(p, i, g) for i, (p, g) in enumerate(zip(panels, grids, strict=True), 1)
+        ],
     }
 
 
@@ -240,15 +269,19 @@ def render(dashboard: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true",
-                    help="do not write; exit 1 if the file differs from what would be built")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if the file differs from what would be built",
+    )
     args = ap.parse_args(argv)
     text = render(build())
     shown = OUTPUT.relative_to(SQL_DIR.parent)
     if args.check:
         if not OUTPUT.is_file() or OUTPUT.read_text() != text:
-            print(f"{shown} is stale: run python -m deploy.grafana.build_dashboard",
-                  file=sys.stderr)
+            print(
+                f"{shown} is stale: run python -m deploy.grafana.build_dashboard", file=sys.stderr
+            )
             return 1
         print(f"{shown} is up to date")
         return 0

@@ -26,10 +26,13 @@ def klines(shared_data: Path, tmp_path: Path, rows: int = 2000) -> Path:
         data = [ln.strip().split(",") for ln in itertools.islice(f, 1, rows + 1)]
     from schemas.timeutil import parse_iso, to_ms
 
-    lines = [f"{to_ms(parse_iso(r[0])) * 1000},{r[2]},{r[3]},{r[4]},{r[5]},{r[6]},0,0,0,0,0,0"
-             for r in data]
-    lines[4] = lines[4].replace(f",{data[4][3]},{data[4][4]},", f",{data[4][4]},{data[4][3]},",
-                                1)  # high < low
+    lines = [
+        f"{to_ms(parse_iso(r[0])) * 1000},{r[2]},{r[3]},{r[4]},{r[5]},{r[6]},0,0,0,0,0,0"
+        for r in data
+    ]
+    lines[4] = lines[4].replace(
+        f",{data[4][3]},{data[4][4]},", f",{data[4][4]},{data[4][3]},", 1
+    )  # high < low
     lines[6] = "soon" + lines[6]
     lines[8] = "1,2,3"
     lines[10], lines[11] = lines[11], lines[10]  # a minute back in time
@@ -38,8 +41,9 @@ def klines(shared_data: Path, tmp_path: Path, rows: int = 2000) -> Path:
     return path
 
 
-def test_inspect_counts_what_the_flow_dead_letters(shared_data: Path, tmp_path: Path,
-                                                   run_market) -> None:
+def test_inspect_counts_what_the_flow_dead_letters(
+    shared_data: Path, tmp_path: Path, run_market
+) -> None:
     path = klines(shared_data, tmp_path)
     (report,) = inspect([path], Settings.from_env({}), first=8)
     (f,) = report.files
@@ -48,9 +52,12 @@ def test_inspect_counts_what_the_flow_dead_letters(shared_data: Path, tmp_path: 
     _, _, validated = run_market(str(path))
     flow = Counter(reason_kind(d.reason) for v in validated for d in v.dead)
     assert {k: r.count for k, r in report.reasons.items()} == dict(flow)
-    assert set(flow) == {"inconsistent candle", "unparseable open_time: '…'",
-                         "not a row of the Binance klines layout (N fields)",
-                         "time went backwards by N ms"}
+    assert set(flow) == {
+        "inconsistent candle",
+        "unparseable open_time: '…'",
+        "not a row of the Binance klines layout (N fields)",
+        "time went backwards by N ms",
+    }
     assert f.dead == sum(flow.values()) == report.dead
     assert report.symbols == {"BINANCE:XRPETH": 2000 - f.dead}
     fates = [r.fate for r in report.first_rows]
@@ -59,11 +66,15 @@ def test_inspect_counts_what_the_flow_dead_letters(shared_data: Path, tmp_path: 
     assert report.first_rows[6].text.startswith("not decoded: 'soon")
     assert [r.where for r in report.first_rows][7:] == ["XRPETH-1m-2019-10-11.csv:8"]
     assert report.first_rows[0].text.startswith(
-        "2019-10-11T00:00:59.999Z BINANCE:XRPETH candle open=0.00141342 high=0.00141557")
+        "2019-10-11T00:00:59.999Z BINANCE:XRPETH candle open=0.00141342 high=0.00141557"
+    )
     text = render([report])
-    for needle in ("layout        Binance klines (read as candles), candles of 60,000 ms",
-                   "time span     2019-10-11T00:00:59.999Z", "dead letters  4, by reason:",
-                   "e.g. XRPETH-1m-2019-10-11.csv:9: not a row of the Binance klines layout"):
+    for needle in (
+        "layout        Binance klines (read as candles), candles of 60,000 ms",
+        "time span     2019-10-11T00:00:59.999Z",
+        "dead letters  4, by reason:",
+        "e.g. XRPETH-1m-2019-10-11.csv:9: not a row of the Binance klines layout",
+    ):
         assert needle in text, text
 
 
@@ -100,8 +111,9 @@ def test_inspect_reads_a_big_file_once(shared_data: Path, monkeypatch) -> None:
     assert size <= read[path] <= size + 4 * replay.HEADER_LIMIT
 
 
-def test_main_prints_the_report(shared_data: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_prints_the_report(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = klines(shared_data, tmp_path, rows=50)
     cli_inspect.main([str(path), "--first", "2"])
     out = capsys.readouterr().out
@@ -112,9 +124,14 @@ def test_main_prints_the_report(shared_data: Path, tmp_path: Path,
 def test_an_unusable_file_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "prices.csv"
     bad.write_text("when,what,px\n1,2,3\n")
-    proc = subprocess.run([sys.executable, "-m", "cli.inspect", str(bad)], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k != "QT_DEBUG"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.inspect", str(bad)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "QT_DEBUG"},
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: {bad}: unrecognised header 'when,what,px'; expected")
     assert proc.stderr.count("\n") == 1

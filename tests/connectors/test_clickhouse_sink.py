@@ -99,8 +99,9 @@ def test_a_block_of_a_table_the_flow_does_not_write_is_refused(settings: Any) ->
     from dataflows import graphs
 
     flow = Dataflow("unknown_table")
-    graphs.store("clickhouse", [op.input("in", flow, TestingSource([block(1)]))], settings,
-                 ["bars"])
+    graphs.store(
+        "clickhouse", [op.input("in", flow, TestingSource([block(1)]))], settings, ["bars"]
+    )
     with pytest.raises(Exception) as raised:
         run_main(flow)
     causes: list[BaseException] = []

@@ -30,8 +30,9 @@ from schemas.ticks import Tick, TickOrigin, TickRows
 
 BROKER = "10.1.2.3:9092"
 TOPIC = "ticks"
-TIMING = Timing(probe_timeout_s=0.2, retry_s=1.0, quiet_probe_s=5.0, empty_poll_s=0.01,
-                verify_s=0.1)
+TIMING = Timing(
+    probe_timeout_s=0.2, retry_s=1.0, quiet_probe_s=5.0, empty_poll_s=0.01, verify_s=0.1
+)
 
 
 class Clock:
@@ -122,8 +123,16 @@ class Broker:
 
     def probe(self, offset: int, started: float, verify: bool) -> Probe:
         self.probes.append((offset, verify))
-        return Probe(offset, started, self.error, self.broker_down, self.topic_id, self.low,
-                     self.high, self.reaches if verify else None)
+        return Probe(
+            offset,
+            started,
+            self.error,
+            self.broker_down,
+            self.topic_id,
+            self.low,
+            self.high,
+            self.reaches if verify else None,
+        )
 
 
 @dataclass
@@ -153,16 +162,29 @@ def harness(idle_ms: float | None = 1000, outage_s: float = 30.0, tail: bool = T
         return consumers[-1]
 
     url = KafkaUrl((BROKER,), TOPIC, tail)
-    source = KafkaTickSource(url, 100, idle_ms=idle_ms, outage_s=outage_s, timing=TIMING,
-                             clock=clock, consumer_factory=factory,
-                             probe_factory=lambda idx: broker.probe,
-                             executor_factory=InlineExecutor)
+    source = KafkaTickSource(
+        url,
+        100,
+        idle_ms=idle_ms,
+        outage_s=outage_s,
+        timing=TIMING,
+        clock=clock,
+        consumer_factory=factory,
+        probe_factory=lambda idx: broker.probe,
+        executor_factory=InlineExecutor,
+    )
     return Harness(clock, broker, consumers, source)
 
 
 def tick(i: int) -> bytes:
-    return Tick(ts=datetime(2014, 5, 6, 0, 0, i, tzinfo=UTC), symbol="FXCM:EURUSD",
-                origin=TickOrigin.QUOTE, price=1.00005, bid=1.0, ask=1.0001).to_json()
+    return Tick(
+        ts=datetime(2014, 5, 6, 0, 0, i, tzinfo=UTC),
+        symbol="FXCM:EURUSD",
+        origin=TickOrigin.QUOTE,
+        price=1.00005,
+        bid=1.0,
+        ask=1.0001,
+    ).to_json()
 
 
 def messages(first: int, n: int) -> list[Msg]:
@@ -175,8 +197,13 @@ T0 = 1000.0
 # --- idle markers ------------------------------------------------------------------------------
 def test_idle_timer_says_it_once_per_quiet_spell() -> None:
     timer = IdleTimer(2000, now=0.0)
-    assert [timer.due(t) for t in (0.5, 1.999, 2.0, 2.5, 60.0)] == [False, False, True, False,
-                                                                   False]
+    assert [timer.due(t) for t in (0.5, 1.999, 2.0, 2.5, 60.0)] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
     timer.data(61.0)
     assert [timer.due(t) for t in (62.0, 62.999, 63.0, 100.0)] == [False, False, True, False]
 
@@ -221,13 +248,15 @@ def test_the_end_of_the_topic_when_not_tailing_is_a_final_block() -> None:
 def test_bad_messages_are_dead_letter_rows_and_partition_errors_are_not() -> None:
     h = harness()
     part = h.part()
-    h.consumer.batches.append([
-        Msg(tick(1), 10),
-        Msg(b"not json", 11),
-        Msg(b"\x00garbage", 12, KafkaError(KafkaError._BAD_MSG, "crc mismatch")),
-        Msg(None, -1, KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "unknown topic")),
-        Msg(tick(2), 13),
-    ])
+    h.consumer.batches.append(
+        [
+            Msg(tick(1), 10),
+            Msg(b"not json", 11),
+            Msg(b"\x00garbage", 12, KafkaError(KafkaError._BAD_MSG, "crc mismatch")),
+            Msg(None, -1, KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "unknown topic")),
+            Msg(tick(2), 13),
+        ]
+    )
     (block,) = h.poll(part, T0 + 0.1)
     assert list(block.row_no) == [10, 11, 12, 13]  # row = offset
     assert block.sources == (f"kafka:{TOPIC}/0",)
@@ -254,13 +283,18 @@ def lose_broker(h: Harness, part: _KafkaTickPartition, at: float) -> None:
     """The broker goes away: the consumer reports it through its error callback."""
     h.broker.error, h.broker.broker_down = "no answer within 0.2 s", True
     h.clock.t = at
-    h.consumer.config["error_cb"](KafkaError(
-        KafkaError._TRANSPORT, f"GroupCoordinator: {BROKER}: Connect to ipv4#{BROKER} failed: "
-        "Connection refused (after 0ms in state CONNECT)"))
+    h.consumer.config["error_cb"](
+        KafkaError(
+            KafkaError._TRANSPORT,
+            f"GroupCoordinator: {BROKER}: Connect to ipv4#{BROKER} failed: "
+            "Connection refused (after 0ms in state CONNECT)",
+        )
+    )
 
 
 def test_a_lost_broker_gets_one_warning_and_the_flow_reads_on_when_it_is_back(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, logger="connectors.kafka")
     h = harness(idle_ms=None, outage_s=30.0)
     part = h.part()
@@ -273,7 +307,8 @@ def test_a_lost_broker_gets_one_warning_and_the_flow_reads_on_when_it_is_back(
     assert [r.getMessage() for r in warnings] == [
         f"Kafka broker {BROKER} unreachable (Connect to ipv4#{BROKER} failed: Connection refused; "
         f"topic {TOPIC}, partition 0 at offset 5): waiting up to 30 s for it, then reading on "
-        f"from the last offsets"]
+        f"from the last offsets"
+    ]
     assert len(h.broker.probes) > 10  # it keeps trying (about once a second)
     assert h.consumers[0].closed and len(h.consumers) == 1  # no consumer while it is lost
     assert part.snapshot() == (5, 1)  # nor a lost offset
@@ -283,14 +318,16 @@ def test_a_lost_broker_gets_one_warning_and_the_flow_reads_on_when_it_is_back(
     assert h.consumers[0].closed and h.consumer.assigned == [5]
     assert caplog.records[-1].getMessage() == (
         f"Kafka topic {TOPIC} partition 0 readable again after 19.0 s (broker {BROKER}): "
-        f"reading on at offset 5")
+        f"reading on at offset 5"
+    )
     h.consumer.batches.append(messages(5, 2))
     (block,) = h.poll(part, T0 + 21.5)
     assert list(block.row_no) == [5, 6] and block.sources == (f"kafka:{TOPIC}/0",)
 
 
 def test_an_outage_longer_than_outage_s_stops_the_flow_with_one_clear_line(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     h = harness(idle_ms=None, outage_s=10.0)
     part = h.part()
     h.poll(part, T0 + 0.1)
@@ -300,9 +337,11 @@ def test_an_outage_longer_than_outage_s_stops_the_flow_with_one_clear_line(
     with pytest.raises(RuntimeError) as err:
         h.poll(part, T0 + 11.0)
     line = str(err.value)
-    assert line == (f"Kafka broker {BROKER} unreachable for 10 s (topic {TOPIC}; Connect to "
-                    f"ipv4#{BROKER} failed: Connection refused); the flow stopped; resume with "
-                    "the same command and -r to continue from the last snapshot")
+    assert line == (
+        f"Kafka broker {BROKER} unreachable for 10 s (topic {TOPIC}; Connect to "
+        f"ipv4#{BROKER} failed: Connection refused); the flow stopped; resume with "
+        "the same command and -r to continue from the last snapshot"
+    )
     assert caplog.records[-1].levelno == logging.ERROR and caplog.records[-1].getMessage() == line
 
 
@@ -314,14 +353,19 @@ def test_a_missing_partition_is_waited_for_and_named() -> None:
     h.poll(part, T0 + 5.2)  # the quiet-partition check (a lost partition can be silent)
     h.poll(part, T0 + 5.3)
     h.poll(part, T0 + 10.1)
-    with pytest.raises(RuntimeError, match=(
+    with pytest.raises(
+        RuntimeError,
+        match=(
             f"Kafka topic {TOPIC} partition 0 unavailable on broker {BROKER} for 5 s "
-            f"\\(topic {TOPIC} has no partition 0\\); the flow stopped")):
+            f"\\(topic {TOPIC} has no partition 0\\); the flow stopped"
+        ),
+    ):
         h.poll(part, T0 + 10.3)
 
 
 def test_a_topic_recreated_during_an_outage_is_read_from_its_start(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Tansu's memory storage comes back empty; the producer recreates the topic."""
     h = harness(idle_ms=None)
     part = h.part()
@@ -334,8 +378,9 @@ def test_a_topic_recreated_during_an_outage_is_read_from_its_start(
     h.broker.error, h.broker.topic_id, h.broker.high = None, "B", 40
     h.poll(part, T0 + 5.0)
     assert h.consumer.assigned == [0]
-    assert any("the topic was recreated (topic id A -> B)" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "the topic was recreated (topic id A -> B)" in r.getMessage() for r in caplog.records
+    )
     h.consumer.batches.append(messages(0, 40))
     (block,) = h.poll(part, T0 + 5.5)
     # offsets start again at 0: its dead letters must not take the old topic's ids
@@ -398,18 +443,22 @@ def test_partitions_of_one_source_share_one_warning(caplog: pytest.LogCaptureFix
 
 
 # --- resume points -----------------------------------------------------------------------------
-@pytest.mark.parametrize(("offset", "changes", "known", "expected", "says"), [
-    (500, {}, "A", 500, None),
-    (-2, {"topic_id": "B"}, "A", -2, None),                        # nothing read yet
-    (500, {"topic_id": "B", "low": 0}, "A", 0, "recreated"),
-    (500, {"high": 20, "reaches": False}, None, 0, "came back empty"),
-    (500, {"high": 20, "reaches": False}, "A", 20, "lost messages 20..499"),
-    (500, {"high": 20, "reaches": True}, "A", 500, None),            # understated end
-    (500, {"high": 20, "reaches": None}, "A", 500, None),            # not verified: no claim
-    (5, {"low": 40, "high": 90}, "A", 40, "deleted before they were read"),
-])
-def test_resume_point(offset: int, changes: dict[str, Any], known: str | None, expected: int,
-                      says: str | None) -> None:
+@pytest.mark.parametrize(
+    ("offset", "changes", "known", "expected", "says"),
+    [
+        (500, {}, "A", 500, None),
+        (-2, {"topic_id": "B"}, "A", -2, None),  # nothing read yet
+        (500, {"topic_id": "B", "low": 0}, "A", 0, "recreated"),
+        (500, {"high": 20, "reaches": False}, None, 0, "came back empty"),
+        (500, {"high": 20, "reaches": False}, "A", 20, "lost messages 20..499"),
+        (500, {"high": 20, "reaches": True}, "A", 500, None),  # understated end
+        (500, {"high": 20, "reaches": None}, "A", 500, None),  # not verified: no claim
+        (5, {"low": 40, "high": 90}, "A", 40, "deleted before they were read"),
+    ],
+)
+def test_resume_point(
+    offset: int, changes: dict[str, Any], known: str | None, expected: int, says: str | None
+) -> None:
     probe = replace(Probe(offset, 0.0, topic_id="A", low=0, high=1000), **changes)
     got, note = resume_point(offset, probe, known)
     assert got == expected
@@ -418,7 +467,8 @@ def test_resume_point(offset: int, changes: dict[str, Any], known: str | None, e
 
 # --- listing partitions ------------------------------------------------------------------------
 def test_listing_partitions_of_an_unreachable_broker_waits_then_names_it(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = Clock()
 
     def sleep(s: float) -> None:
@@ -428,8 +478,10 @@ def test_listing_partitions_of_an_unreachable_broker_waits_then_names_it(
     source = KafkaTickSource(url, outage_s=3.0, timing=TIMING, clock=clock, sleep=sleep)
     with pytest.raises(RuntimeError) as err:
         source.list_parts()
-    assert str(err.value).startswith(f"Kafka broker 127.0.0.1:1 unreachable for 3 s (topic "
-                                     f"{TOPIC}; ")
-    assert str(err.value).endswith("resume with the same command and -r to continue from the "
-                                   "last snapshot")
+    assert str(err.value).startswith(
+        f"Kafka broker 127.0.0.1:1 unreachable for 3 s (topic {TOPIC}; "
+    )
+    assert str(err.value).endswith(
+        "resume with the same command and -r to continue from the last snapshot"
+    )
     assert sum(r.levelno == logging.WARNING for r in caplog.records) == 1

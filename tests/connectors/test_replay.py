@@ -67,23 +67,32 @@ def test_resume_from_a_snapshot_continues_exactly(shared_data: Path) -> None:
     assert tail[0].seq == head[-1].seq + 1
 
     def key(blocks: list[TickRows]) -> list[tuple]:
-        return [(b.sources[s], int(r), int(t)) for b in blocks
-                for s, r, t in zip(b.src, b.row_no, b.ts_ms, strict=True)]
+        return [
+            (b.sources[s], int(r), int(t))
+            for b in blocks
+            for s, r, t in zip(b.src, b.row_no, b.ts_ms, strict=True)
+        ]
 
     assert key(head) + key(tail) == key(whole)
 
 
 def test_parquet_replays_like_csv(shared_data: Path, tmp_path: Path) -> None:
     csv_path = shared_data / TRADES
-    table = pa_csv.read_csv(csv_path, convert_options=pa_csv.ConvertOptions(
-        column_types={"ts": pa.string(), "side": pa.string()}))
+    table = pa_csv.read_csv(
+        csv_path,
+        convert_options=pa_csv.ConvertOptions(
+            column_types={"ts": pa.string(), "side": pa.string()}
+        ),
+    )
     pq_path = tmp_path / "trades.parquet"
     pq.write_table(table, pq_path)
     a = drain(ReplaySource([csv_path]).build_part("t", csv_path.name, None))
     b = drain(ReplaySource([pq_path]).build_part("t", pq_path.name, None))
     for col in ("ts_ms", "price", "size", "side"):
-        np.testing.assert_array_equal(np.concatenate([x.__getattribute__(col) for x in a]),
-                                      np.concatenate([x.__getattribute__(col) for x in b]))
+        np.testing.assert_array_equal(
+            np.concatenate([x.__getattribute__(col) for x in a]),
+            np.concatenate([x.__getattribute__(col) for x in b]),
+        )
 
 
 def test_paced_replay_emits_the_same_rows_in_time_order(shared_data: Path) -> None:
@@ -92,8 +101,9 @@ def test_paced_replay_emits_the_same_rows_in_time_order(shared_data: Path) -> No
     paced_part = ReplaySource([path], speed=20_000.0).build_part("t", path.name, None)
     paced = drain(paced_part)
     assert len(paced) > len(fast)  # pacing releases rows as their time comes
-    np.testing.assert_array_equal(np.concatenate([b.ts_ms for b in paced]),
-                                  np.concatenate([b.ts_ms for b in fast]))
+    np.testing.assert_array_equal(
+        np.concatenate([b.ts_ms for b in paced]), np.concatenate([b.ts_ms for b in fast])
+    )
 
 
 def test_bad_spec_and_bad_header_are_clear_errors(tmp_path: Path) -> None:
@@ -135,8 +145,9 @@ def test_unusable_files_name_themselves(tmp_path: Path, name: str) -> None:
         ReplaySource([parquet])
 
 
-def test_gzip_is_recognised_by_its_signature_and_members_concatenate(tmp_path: Path,
-                                                                    shared_data: Path) -> None:
+def test_gzip_is_recognised_by_its_signature_and_members_concatenate(
+    tmp_path: Path, shared_data: Path
+) -> None:
     import gzip
 
     text = gzip.decompress((shared_data / REAL).read_bytes())
@@ -148,7 +159,8 @@ def test_gzip_is_recognised_by_its_signature_and_members_concatenate(tmp_path: P
 
 
 def test_a_truncated_file_replays_its_readable_rows_and_one_dead_letter(
-        tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     whole, _, _ = _rows_and_dead(shared_data / REAL)
     data = (shared_data / REAL).read_bytes()
     cut = tmp_path / "cut.csv.gz"
@@ -163,14 +175,16 @@ def test_a_truncated_file_replays_its_readable_rows_and_one_dead_letter(
     assert raw == "" or not raw.endswith("\n")  # the cut line, kept as the dead letter's raw
     assert [r.getMessage() for r in caplog.records] == [
         f"warning: {cut}: {reason}; the rows before it were replayed, the rest of the file is "
-        "one dead letter"]
+        "one dead letter"
+    ]
     # a resume after the dead letter went out does not send it again
     again, dead_again, _ = _rows_and_dead(cut, part.snapshot())
     assert again == [] and dead_again == []
 
 
 def test_a_corrupt_file_replays_its_readable_rows_and_one_dead_letter(
-        tmp_path: Path, shared_data: Path) -> None:
+    tmp_path: Path, shared_data: Path
+) -> None:
     # gzip checks its data at the end of a member (CRC-32): a wrong checksum is found after
     # the rows, which then all replay; trailing bytes that are not gzip are found there too
     whole, _, _ = _rows_and_dead(shared_data / REAL)
@@ -180,21 +194,25 @@ def test_a_corrupt_file_replays_its_readable_rows_and_one_dead_letter(
     bad.write_bytes(bytes(data))
     rows, dead, _ = _rows_and_dead(bad)
     assert rows == whole and len(dead) == 1 and dead[0][1] == whole[-1] + 1
-    assert dead[0][3] == (f"file corrupt: the compressed stream could not be read from row "
-                          f"{dead[0][1]} on (zlib: Error -3 while decompressing data: incorrect "
-                          "data check)")
+    assert dead[0][3] == (
+        f"file corrupt: the compressed stream could not be read from row "
+        f"{dead[0][1]} on (zlib: Error -3 while decompressing data: incorrect "
+        "data check)"
+    )
     tail = tmp_path / "tail.csv.gz"
     tail.write_bytes((shared_data / REAL).read_bytes() + b"not gzip")
     rows, dead, _ = _rows_and_dead(tail)
     assert rows == whole and [d[3] for d in dead] == [
         f"file corrupt: the compressed stream could not be read from row {whole[-1] + 1} on "
-        "(unexpected bytes after the compressed data)"]
+        "(unexpected bytes after the compressed data)"
+    ]
 
 
 def test_resume_of_a_paced_replay_rereads_what_pacing_held_back(shared_data: Path) -> None:
     path = shared_data / "quotes/truefx_USDJPY_2013-01-01_quotes.csv.gz"
-    whole = np.concatenate([b.row_no for b in drain(
-        ReplaySource([path]).build_part("t", path.name, None))])
+    whole = np.concatenate(
+        [b.row_no for b in drain(ReplaySource([path]).build_part("t", path.name, None))]
+    )
     paced = ReplaySource([path], speed=20_000.0).build_part("t", path.name, None)
     head = drain(paced, limit=3)
     assert paced._ready is not None and len(paced._ready)  # part of a block is held back
@@ -209,7 +227,8 @@ def test_the_text_stream_never_hands_arrow_more_than_it_asked_for(tmp_path: Path
     from connectors.replay import _TextStream
 
     raw = b"ts,symbol,price,size,side\n" + b"".join(
-        b"2024-01-01T00:00:%02d.000Z,A\xff\xfe,%d,1,buy\n" % (i % 60, i) for i in range(500))
+        b"2024-01-01T00:00:%02d.000Z,A\xff\xfe,%d,1,buy\n" % (i % 60, i) for i in range(500)
+    )
     path = tmp_path / "bytes.csv"
     path.write_bytes(raw)
     with _TextStream(path) as stream:

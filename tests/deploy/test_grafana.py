@@ -88,8 +88,10 @@ def test_the_dashboard_provider_reads_the_directory_compose_mounts_the_json_in()
 def test_compose_grafana_mounts_exactly_the_provisioning_and_waits_for_clickhouse() -> None:
     services = _compose()
     grafana = services["grafana"]
-    rel = {p: "./" + p.relative_to(PROJECT_ROOT).as_posix()
-           for p in (DATASOURCES.parent, PROVIDERS.parent, gen.OUTPUT.parent)}
+    rel = {
+        p: "./" + p.relative_to(PROJECT_ROOT).as_posix()
+        for p in (DATASOURCES.parent, PROVIDERS.parent, gen.OUTPUT.parent)
+    }
     assert _binds(grafana) == {
         f"{PROVISIONING}/datasources": rel[DATASOURCES.parent],
         f"{PROVISIONING}/dashboards": rel[PROVIDERS.parent],
@@ -99,8 +101,9 @@ def test_compose_grafana_mounts_exactly_the_provisioning_and_waits_for_clickhous
     assert grafana["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     # a pinned image and a pinned plugin, installed before provisioning runs
     assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"])
-    assert re.fullmatch(rf"{gen.PLUGIN_ID}@\d+\.\d+\.\d+",
-                        grafana["environment"]["GF_PLUGINS_PREINSTALL_SYNC"])
+    assert re.fullmatch(
+        rf"{gen.PLUGIN_ID}@\d+\.\d+\.\d+", grafana["environment"]["GF_PLUGINS_PREINSTALL_SYNC"]
+    )
     assert "3000:3000" in grafana["ports"]
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{_provider()['options']['path']}/{gen.OUTPUT.name}"
@@ -114,25 +117,27 @@ def test_the_datasource_reads_the_server_and_database_the_flows_write() -> None:
     assert jd["protocol"] == flows.scheme == "http" and jd["secure"] is False
     assert jd["port"] == flows.port
     assert f"{flows.port}" in {p.split(":")[-1] for p in services[jd["host"]]["ports"]}
-    assert jd["username"] == flows.username == services["clickhouse"]["environment"][
-        "CLICKHOUSE_USER"]
+    assert (
+        jd["username"] == flows.username == services["clickhouse"]["environment"]["CLICKHOUSE_USER"]
+    )
     database = flows.path.strip("/")
-    assert jd["defaultDatabase"] == database == services["clickhouse"]["environment"][
-        "CLICKHOUSE_DB"]
+    assert (
+        jd["defaultDatabase"] == database == services["clickhouse"]["environment"]["CLICKHOUSE_DB"]
+    )
     assert database == Settings.from_env({}).database  # the embedded store's name too
 
 
 # --- the dashboard ---------------------------------------------------------------------------
 def test_the_dashboard_file_is_exactly_what_the_generator_builds_now() -> None:
     assert gen.OUTPUT.read_text() == gen.render(gen.build()), (
-        "stale dashboard: run python -m deploy.grafana.build_dashboard")
+        "stale dashboard: run python -m deploy.grafana.build_dashboard"
+    )
     assert gen.main(["--check"]) == 0
 
 
 def _unmap(raw_sql: str) -> str:
     """Undo the documented parameter mapping: CAST(${name:sqlstring} AS Type) -> {name:Type}."""
-    return re.sub(r"CAST\(\$\{(\w+):sqlstring\} AS (\w+(?:\([^()]*\))?)\)", r"{\1:\2}",
-                  raw_sql)
+    return re.sub(r"CAST\(\$\{(\w+):sqlstring\} AS (\w+(?:\([^()]*\))?)\)", r"{\1:\2}", raw_sql)
 
 
 def test_every_panel_is_an_analytics_file_modulo_the_parameter_mapping() -> None:
@@ -142,8 +147,11 @@ def test_every_panel_is_an_analytics_file_modulo_the_parameter_mapping() -> None
     for panel in dash["panels"]:
         (target,) = panel["targets"]
         raw = target["rawSql"]
-        files = [p for p in (PROJECT_ROOT / "sql" / "analytics").glob("*.sql")
-                 if p.read_text() == _unmap(raw)]
+        files = [
+            p
+            for p in (PROJECT_ROOT / "sql" / "analytics").glob("*.sql")
+            if p.read_text() == _unmap(raw)
+        ]
         assert len(files) == 1, f"panel {panel['title']!r} is no sql/analytics file"
         queries.add(files[0].stem)
         # every Grafana variable in the SQL is a dashboard text box, and Grafana sees no other $
@@ -155,8 +163,9 @@ def test_every_panel_is_an_analytics_file_modulo_the_parameter_mapping() -> None
         assert target["editorType"] == "sql"
         assert (target["format"], target["queryType"]) in {(0, "timeseries"), (1, "table")}
     assert len(queries) == len(dash["panels"])  # one panel per chosen query
-    assert set(variables) == {n for q in queries
-                              for n, _ in gen.parameters(gen.sql_file(q).read_text())}
+    assert set(variables) == {
+        n for q in queries for n, _ in gen.parameters(gen.sql_file(q).read_text())
+    }
 
 
 def test_every_panel_uses_the_provisioned_datasource_and_the_grid_does_not_overlap() -> None:
@@ -170,8 +179,9 @@ def test_every_panel_uses_the_provisioned_datasource_and_the_grid_does_not_overl
         assert all(r == {"type": gen.PLUGIN_ID, "uid": _datasource()["uid"]} for r in refs)
         g = panel["gridPos"]
         assert g["w"] > 0 and g["h"] > 0 and g["x"] >= 0 and g["x"] + g["w"] <= 24
-        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
-                for y in range(g["y"], g["y"] + g["h"])}
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
         assert not mine & cells, f"panel {panel['title']!r} overlaps another"
         cells |= mine
 
@@ -183,59 +193,195 @@ TRADE_ID = "FXCM:EURUSD@2014-05-06T10:31:00.000Z"
 
 def _seed(store) -> None:
     """A row or two in every table the dashboard reads, so each query returns rows."""
+
     def put(table: str, rows: list[dict[str, Any]]) -> None:
         store.insert(table, list(rows[0]), [list(r.values()) for r in rows])
 
-    trade = {"trade_id": TRADE_ID, "symbol": "FXCM:EURUSD", "side": "long", "status": "closed",
-             "version": 2, "entry_ts": T0, "exit_ts": T0 + timedelta(minutes=30),
-             "net_pnl": 5.0, "pnl_pct": 0.05, "fees": 0.1, "exit_reason": "tp",
-             "vote_models": ["xgb", "lgbm"], "vote_versions": ["v1", "v1"],
-             "vote_actions": ["BUY", "SELL"], "features": {"ret_1": 0.1}, "rl_state": [0.1],
-             "rl_action": [0.5], "rl_log_prob": -1.2, "policy_version": "p1",
-             "sizing": "ppo", "rl_size_usd": 1000.0, "rl_tp_pct": 0.2, "rl_sl_pct": 0.1}
-    put("trades", [trade, {**trade, "trade_id": "FXCM:NZDUSD@2014-05-07T11:00:00.000Z",
-                           "symbol": "FXCM:NZDUSD", "side": "short", "net_pnl": -3.0,
-                           "pnl_pct": -0.03, "exit_reason": "sl",
-                           "entry_ts": T0 + timedelta(days=1),
-                           "exit_ts": T0 + timedelta(days=1, minutes=9)}])
-    put("supervisor_verdicts", [{"symbol": "FXCM:EURUSD", "ts": T0, "action": "BUY",
-                                 "allowed": False, "biased": True, "buy_share": 0.9,
-                                 "sell_share": 0.1}])
-    put("rl_updates", [{"registry_version": "p2", "ts": T0, "policy_before": "p1",
-                        "policy_after": "p2", "transitions": 64, "mean_reward": 0.01}])
-    put("drift_checks", [{"ts": T0, "reference": "v1", "rows": 500, "method": "psi",
-                          "raw": 0.3, "null_level": 0.1, "corrected": 0.2, "threshold": 0.15,
-                          "fired": True}])
-    put("clm_cycles", [{"cycle_id": "c1", "trigger": "drift", "status": "decided",
-                        "started_ts": T0, "updated_ts": T0,
-                        "versions": {"xgb": "v2", "xgb.warm": "v3"},
-                        "decisions": {"xgb": "promoted", "xgb.warm": "retired"},
-                        "train_metrics": {"seconds.xgb": 1.5, "xgb.val_macro_f1": 0.4},
-                        "shadow_metrics": {"xgb.production_f1": 0.3, "xgb.challenger_f1": 0.4,
-                                           "xgb.n": 120.0},
-                        "reasons": {"xgb": "better", "xgb.warm": "not better"}}])
-    put("signals", [{"symbol": "FXCM:EURUSD", "ts": T0, "bar_start": T0, "action": "BUY",
-                     "models": ["xgb"], "versions": ["v1"], "actions": ["BUY"]}])
-    put("shadow_predictions", [{"model": "xgb", "version": "v2", "symbol": "FXCM:EURUSD",
-                                "ts": T0, "action": "SELL"}])
-    put("trade_outcomes", [{"trade_id": TRADE_ID, "symbol": "FXCM:EURUSD", "side": "long",
-                             "entry_ts": T0, "exit_ts": T0 + timedelta(minutes=30),
-                             "exit_reason": "tp", "net_pnl": 5.0, "pnl_pct": 0.05,
-                             "sizing": "ppo", "policy_version": "p1", "reward": 0.0005,
-                             "joined_from": "stream"}])
-    put("dead_letters", [{"id": "ticks.csv.gz:7", "source": "ticks.csv.gz", "row": 7, "ts": T0,
-                          "symbol": "FXCM:EURUSD", "stage": "validate",
-                          "reason": "time went backwards by 1200 ms", "raw": "..."}])
-    put("evaluations", [{"evaluation_id": "e1", "metric": "net_pnl", "off": 1.0, "on": 2.0,
-                         "diff": 1.0, "diff_low": -0.5, "diff_high": 2.5, "confidence": 0.9,
-                         "train_until": T0, "replay_from": T0, "replay_to": T0,
-                         "verdict": "inconclusive", "created_ts": T0}])
+    trade = {
+        "trade_id": TRADE_ID,
+        "symbol": "FXCM:EURUSD",
+        "side": "long",
+        "status": "closed",
+        "version": 2,
+        "entry_ts": T0,
+        "exit_ts": T0 + timedelta(minutes=30),
+        "net_pnl": 5.0,
+        "pnl_pct": 0.05,
+        "fees": 0.1,
+        "exit_reason": "tp",
+        "vote_models": ["xgb", "lgbm"],
+        "vote_versions": ["v1", "v1"],
+        "vote_actions": ["BUY", "SELL"],
+        "features": {"ret_1": 0.1},
+        "rl_state": [0.1],
+        "rl_action": [0.5],
+        "rl_log_prob": -1.2,
+        "policy_version": "p1",
+        "sizing": "ppo",
+        "rl_size_usd": 1000.0,
+        "rl_tp_pct": 0.2,
+        "rl_sl_pct": 0.1,
+    }
+    put(
+        "trades",
+        [
+            trade,
+            {
+                **trade,
+                "trade_id": "FXCM:NZDUSD@2014-05-07T11:00:00.000Z",
+                "symbol": "FXCM:NZDUSD",
+                "side": "short",
+                "net_pnl": -3.0,
+                "pnl_pct": -0.03,
+                "exit_reason": "sl",
+                "entry_ts": T0 + timedelta(days=1),
+                "exit_ts": T0 + timedelta(days=1, minutes=9),
+            },
+        ],
+    )
+    put(
+        "supervisor_verdicts",
+        [
+            {
+                "symbol": "FXCM:EURUSD",
+                "ts": T0,
+                "action": "BUY",
+                "allowed": False,
+                "biased": True,
+                "buy_share": 0.9,
+                "sell_share": 0.1,
+            }
+        ],
+    )
+    put(
+        "rl_updates",
+        [
+            {
+                "registry_version": "p2",
+                "ts": T0,
+                "policy_before": "p1",
+                "policy_after": "p2",
+                "transitions": 64,
+                "mean_reward": 0.01,
+            }
+        ],
+    )
+    put(
+        "drift_checks",
+        [
+            {
+                "ts": T0,
+                "reference": "v1",
+                "rows": 500,
+                "method": "psi",
+                "raw": 0.3,
+                "null_level": 0.1,
+                "corrected": 0.2,
+                "threshold": 0.15,
+                "fired": True,
+            }
+        ],
+    )
+    put(
+        "clm_cycles",
+        [
+            {
+                "cycle_id": "c1",
+                "trigger": "drift",
+                "status": "decided",
+                "started_ts": T0,
+                "updated_ts": T0,
+                "versions": {"xgb": "v2", "xgb.warm": "v3"},
+                "decisions": {"xgb": "promoted", "xgb.warm": "retired"},
+                "train_metrics": {"seconds.xgb": 1.5, "xgb.val_macro_f1": 0.4},
+                "shadow_metrics": {
+                    "xgb.production_f1": 0.3,
+                    "xgb.challenger_f1": 0.4,
+                    "xgb.n": 120.0,
+                },
+                "reasons": {"xgb": "better", "xgb.warm": "not better"},
+            }
+        ],
+    )
+    put(
+        "signals",
+        [
+            {
+                "symbol": "FXCM:EURUSD",
+                "ts": T0,
+                "bar_start": T0,
+                "action": "BUY",
+                "models": ["xgb"],
+                "versions": ["v1"],
+                "actions": ["BUY"],
+            }
+        ],
+    )
+    put(
+        "shadow_predictions",
+        [{"model": "xgb", "version": "v2", "symbol": "FXCM:EURUSD", "ts": T0, "action": "SELL"}],
+    )
+    put(
+        "trade_outcomes",
+        [
+            {
+                "trade_id": TRADE_ID,
+                "symbol": "FXCM:EURUSD",
+                "side": "long",
+                "entry_ts": T0,
+                "exit_ts": T0 + timedelta(minutes=30),
+                "exit_reason": "tp",
+                "net_pnl": 5.0,
+                "pnl_pct": 0.05,
+                "sizing": "ppo",
+                "policy_version": "p1",
+                "reward": 0.0005,
+                "joined_from": "stream",
+            }
+        ],
+    )
+    put(
+        "dead_letters",
+        [
+            {
+                "id": "ticks.csv.gz:7",
+                "source": "ticks.csv.gz",
+                "row": 7,
+                "ts": T0,
+                "symbol": "FXCM:EURUSD",
+                "stage": "validate",
+                "reason": "time went backwards by 1200 ms",
+                "raw": "...",
+            }
+        ],
+    )
+    put(
+        "evaluations",
+        [
+            {
+                "evaluation_id": "e1",
+                "metric": "net_pnl",
+                "off": 1.0,
+                "on": 2.0,
+                "diff": 1.0,
+                "diff_low": -0.5,
+                "diff_high": 2.5,
+                "confidence": 0.9,
+                "train_until": T0,
+                "replay_from": T0,
+                "replay_to": T0,
+                "verdict": "inconclusive",
+                "created_ts": T0,
+            }
+        ],
+    )
 
 
 def _grafana(raw_sql: str, values: dict[str, str]) -> str:
     """Interpolate as Grafana does ``${name:sqlstring}``: the value in quotes, ``'`` doubled."""
-    out = re.sub(r"\$\{(\w+):sqlstring\}",
-                 lambda m: "'" + values[m[1]].replace("'", "''") + "'", raw_sql)
+    out = re.sub(
+        r"\$\{(\w+):sqlstring\}", lambda m: "'" + values[m[1]].replace("'", "''") + "'", raw_sql
+    )
     assert "$" not in out
     return out
 

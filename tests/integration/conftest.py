@@ -54,8 +54,9 @@ def _wait_ready(proc: subprocess.Popen, bootstrap: str, log: Path) -> None:
         except Exception as exc:  # refused / KafkaException while the listener comes up
             last = exc
             time.sleep(0.1)
-    raise RuntimeError(f"Tansu broker not ready after {STARTUP_TIMEOUT_S:.0f} s ({last}):\n"
-                       f"{_log_tail(log)}")
+    raise RuntimeError(
+        f"Tansu broker not ready after {STARTUP_TIMEOUT_S:.0f} s ({last}):\n{_log_tail(log)}"
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -80,11 +81,19 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("tansu") / "broker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [binary, "broker",
-             "--listener-url", f"tcp://{bootstrap}",
-             "--advertised-listener-url", f"tcp://{bootstrap}",
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                f"tcp://{bootstrap}",
+                "--advertised-listener-url",
+                f"tcp://{bootstrap}",
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         _wait_ready(proc, bootstrap, log)

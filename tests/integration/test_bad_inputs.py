@@ -35,13 +35,25 @@ HEADER = "ts,symbol,bid,ask,bid_size,ask_size"
 
 def _env(home: Path, registry: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
-    return {**env, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(registry),
-            "QT_LEARNING": "false", **extra}
+    return {
+        **env,
+        "QT_HOME": str(home),
+        "QT_REGISTRY_DIR": str(registry),
+        "QT_LEARNING": "false",
+        **extra,
+    }
 
 
 def _python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _live(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -67,12 +79,15 @@ def _ticks(name: str, content: bytes) -> Setup:
         path = tmp / name
         path.write_bytes(content)
         return {"QT_TICKS": str(path), "QT_REGISTRY_DIR": str(tmp / "empty")}, str(path)
+
     return setup
 
 
 def _missing(tmp: Path, registry: Path) -> tuple[dict[str, str], str]:
-    return ({"QT_TICKS": str(tmp / "nope.csv"), "QT_REGISTRY_DIR": str(tmp / "empty")},
-            f"QT_TICKS: no file matches {tmp / 'nope.csv'}")
+    return (
+        {"QT_TICKS": str(tmp / "nope.csv"), "QT_REGISTRY_DIR": str(tmp / "empty")},
+        f"QT_TICKS: no file matches {tmp / 'nope.csv'}",
+    )
 
 
 def _unwritable_home(tmp: Path, registry: Path) -> tuple[dict[str, str], str]:
@@ -91,7 +106,8 @@ def _stages_missing(tmp: Path, registry: Path) -> tuple[dict[str, str], str]:
     return {"QT_REGISTRY_DIR": str(copy)}, (
         f"model registry {copy / 'xgboost'}: stages.json is missing but version v0001 exists; "
         "restore it from a backup, or rebuild it from the model_registry table with: "
-        "python -m cli.registry repair")
+        "python -m cli.registry repair"
+    )
 
 
 def _bad_setting(tmp: Path, registry: Path) -> tuple[dict[str, str], str]:
@@ -100,13 +116,23 @@ def _bad_setting(tmp: Path, registry: Path) -> tuple[dict[str, str], str]:
 
 ERRORS: list[tuple[str, Setup, str]] = [
     ("missing path", _missing, ""),
-    ("empty file", _ticks("empty.csv", b""), ": the file is empty (no header line); expected "
-     "the header of a trades, quotes or candles file"),
-    ("unknown header", _ticks("other.csv", b"time,sym,px\n1,2,3\n"),
-     ": unrecognised header 'time,sym,px'; expected the header of a trades, quotes or candles"),
-    ("binary file named .csv.gz", _ticks("binary.csv.gz", bytes(range(256)) * 16),
-     ": not gzip-compressed (the name ends in .gz but the content does not start with the gzip "
-     "signature); give a gzip-compressed CSV"),
+    (
+        "empty file",
+        _ticks("empty.csv", b""),
+        ": the file is empty (no header line); expected "
+        "the header of a trades, quotes or candles file",
+    ),
+    (
+        "unknown header",
+        _ticks("other.csv", b"time,sym,px\n1,2,3\n"),
+        ": unrecognised header 'time,sym,px'; expected the header of a trades, quotes or candles",
+    ),
+    (
+        "binary file named .csv.gz",
+        _ticks("binary.csv.gz", bytes(range(256)) * 16),
+        ": not gzip-compressed (the name ends in .gz but the content does not start with the gzip "
+        "signature); give a gzip-compressed CSV",
+    ),
     ("QT_HOME not writable", _unwritable_home, "cannot be written"),
     ("registry without stages.json", _stages_missing, ""),
     ("broken setting", _bad_setting, ""),
@@ -114,8 +140,9 @@ ERRORS: list[tuple[str, Setup, str]] = [
 
 
 @pytest.mark.parametrize(("case", "setup", "says"), ERRORS, ids=[e[0] for e in ERRORS])
-def test_unusable_input_is_one_line(case: str, setup: Setup, says: str, tmp_path: Path,
-                                    trained_registry: Path) -> None:
+def test_unusable_input_is_one_line(
+    case: str, setup: Setup, says: str, tmp_path: Path, trained_registry: Path
+) -> None:
     extra, names = setup(tmp_path, trained_registry)
     env = _env(tmp_path / "home", trained_registry, **extra)
     proc = _live(env)
@@ -125,8 +152,7 @@ def test_unusable_input_is_one_line(case: str, setup: Setup, says: str, tmp_path
     assert lines[-1].startswith(f"error: {names}") and says in lines[-1], lines[-1]
 
 
-def test_a_second_flow_on_the_same_home_is_one_line(tmp_path: Path,
-                                                     trained_registry: Path) -> None:
+def test_a_second_flow_on_the_same_home_is_one_line(tmp_path: Path, trained_registry: Path) -> None:
     """chDB locks ``<QT_HOME>/clickhouse/status`` while a flow runs: hold that lock here."""
     home = tmp_path / "home"
     status = home / "clickhouse" / "status"
@@ -142,21 +168,26 @@ def test_a_second_flow_on_the_same_home_is_one_line(tmp_path: Path,
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: QT_HOME={home}: the embedded store {status.parent} is in use by another "
         f"process (pid {os.getpid()}, started 2026-01-01 00:00:00); chDB allows one process per "
-        "store: wait for that run to end (or stop it), or give this run its own QT_HOME")
+        "store: wait for that run to end (or stop it), or give this run its own QT_HOME"
+    )
 
 
 def test_qt_debug_keeps_the_traceback(tmp_path: Path, trained_registry: Path) -> None:
-    env = _env(tmp_path / "home", trained_registry, QT_TICKS=str(tmp_path / "nope.csv"),
-               QT_DEBUG="1")
+    env = _env(
+        tmp_path / "home", trained_registry, QT_TICKS=str(tmp_path / "nope.csv"), QT_DEBUG="1"
+    )
     proc = _live(env)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "MissingInputError: QT_TICKS: no file" in proc.stderr
 
 
 def test_settings_never_print_a_password(tmp_path: Path, trained_registry: Path) -> None:
-    env = _env(tmp_path / "home", trained_registry,
-               QT_CLICKHOUSE_URL="http://default:s3cret@db:8123/qt",
-               QT_TRADE_EVENTS="kafka://bob:hunter2@broker:9092/trade-events")
+    env = _env(
+        tmp_path / "home",
+        trained_registry,
+        QT_CLICKHOUSE_URL="http://default:s3cret@db:8123/qt",
+        QT_TRADE_EVENTS="kafka://bob:hunter2@broker:9092/trade-events",
+    )
     proc = _python(["cli.settings", "--env"], env)
     assert proc.returncode == 0
     assert "s3cret" not in proc.stdout and "hunter2" not in proc.stdout
@@ -164,14 +195,20 @@ def test_settings_never_print_a_password(tmp_path: Path, trained_registry: Path)
     assert "QT_TRADE_EVENTS=kafka://bob:***@broker:9092/trade-events" in proc.stdout
 
 
-@pytest.mark.parametrize(("text", "shown"), [
-    ("http://default:s3cret@db:8123/qt", "http://default:***@db:8123/qt"),
-    ("http://default:@db:8123/qt", "http://default:***@db:8123/qt"),
-    ("kafka://token@k1:9092,k2:9092/t", "kafka://***@k1:9092,k2:9092/t"),
-    ("https://u:p@ss@db/qt", "https://u:***@db/qt"),  # an unescaped @ in the password
-    ("kafka://k:9092/t?sasl.password=x&tail=false", "kafka://k:9092/t?sasl.password=***&tail=false"),
-    ("/data/ticks.csv.gz", "/data/ticks.csv.gz"),
-])
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://default:s3cret@db:8123/qt", "http://default:***@db:8123/qt"),
+        ("http://default:@db:8123/qt", "http://default:***@db:8123/qt"),
+        ("kafka://token@k1:9092,k2:9092/t", "kafka://***@k1:9092,k2:9092/t"),
+        ("https://u:p@ss@db/qt", "https://u:***@db/qt"),  # an unescaped @ in the password
+        (
+            "kafka://k:9092/t?sasl.password=x&tail=false",
+            "kafka://k:9092/t?sasl.password=***&tail=false",
+        ),
+        ("/data/ticks.csv.gz", "/data/ticks.csv.gz"),
+    ],
+)
 def test_one_redaction_helper(text: str, shown: str) -> None:
     from cli.errors import redact
 
@@ -190,7 +227,8 @@ def test_a_user_error_inside_a_bytewax_step_is_found_in_the_chain(tmp_path: Path
         "    raise errors.UserError(f'{x}: cannot be used; do this instead')\n"
         "flow = Dataflow('f')\n"
         "op.output('out', op.map('m', op.input('in', flow, TestingSource(['thing'])), step),\n"
-        "          TestingSink([]))\n")
+        "          TestingSink([]))\n"
+    )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{PROJECT_ROOT}"}
     env.pop("QT_DEBUG", None)
     proc = _python(["bytewax.run", "flow_with_user_error"], env)
@@ -199,12 +237,21 @@ def test_a_user_error_inside_a_bytewax_step_is_found_in_the_chain(tmp_path: Path
 
 
 def test_a_bug_keeps_its_traceback_with_credentials_redacted() -> None:
-    code = ("import logging\nfrom cli import errors\nerrors.install()\n"
-            "logging.getLogger('x').warning('to %s', 'http://u:pw1@h/db')\n"
-            "raise RuntimeError('http://u:pw2@h/db')\n")
+    code = (
+        "import logging\nfrom cli import errors\nerrors.install()\n"
+        "logging.getLogger('x').warning('to %s', 'http://u:pw1@h/db')\n"
+        "raise RuntimeError('http://u:pw2@h/db')\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "QT_DEBUG"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr
     assert "pw1" not in proc.stderr and "pw2" not in proc.stderr
     assert "to http://u:***@h/db" in proc.stderr
@@ -214,25 +261,49 @@ def test_a_bug_keeps_its_traceback_with_credentials_redacted() -> None:
 # --- row-level problems: dead letters with a reason, every clock unmoved ---------------------
 
 ROWS: list[tuple[str, str, Stage, str]] = [
-    ("time at the end of the calendar", "9999-12-31T23:59:59.999Z,{sym},86.7,86.8,,",
-     Stage.VALIDATE, "time outside the sane range: 9999-12-31T23:59:59.999Z is more than 1 day "
-     "after the wall clock"),
-    ("time far in the future", "9999-06-01T00:00:00.000Z,{sym},86.7,86.8,,", Stage.VALIDATE,
-     "time outside the sane range: 9999-06-01T00:00:00.000Z is more than 1 day after the wall "
-     "clock"),
-    ("time before 1990", "1989-12-31T23:59:59.000Z,{sym},86.7,86.8,,", Stage.VALIDATE,
-     "time outside the sane range: 1989-12-31T23:59:59.000Z is before 1990-01-01"),
-    ("time jumping years ahead", "2020-01-01T00:00:00.000Z,{sym},86.7,86.8,,", Stage.ORDER,
-     "time jumped ahead: 2020-01-01T00:00:00.000Z is more than 1 day past the newest tick of "
-     "its feed, {prev}, and the rows after it are not"),
-    ("bid overflowing a float", "{ts},{sym},1e309,86.8,,", Stage.DECODE,
-     "numeric overflow in bid: '1e309'"),
+    (
+        "time at the end of the calendar",
+        "9999-12-31T23:59:59.999Z,{sym},86.7,86.8,,",
+        Stage.VALIDATE,
+        "time outside the sane range: 9999-12-31T23:59:59.999Z is more than 1 day "
+        "after the wall clock",
+    ),
+    (
+        "time far in the future",
+        "9999-06-01T00:00:00.000Z,{sym},86.7,86.8,,",
+        Stage.VALIDATE,
+        "time outside the sane range: 9999-06-01T00:00:00.000Z is more than 1 day after the wall "
+        "clock",
+    ),
+    (
+        "time before 1990",
+        "1989-12-31T23:59:59.000Z,{sym},86.7,86.8,,",
+        Stage.VALIDATE,
+        "time outside the sane range: 1989-12-31T23:59:59.000Z is before 1990-01-01",
+    ),
+    (
+        "time jumping years ahead",
+        "2020-01-01T00:00:00.000Z,{sym},86.7,86.8,,",
+        Stage.ORDER,
+        "time jumped ahead: 2020-01-01T00:00:00.000Z is more than 1 day past the newest tick of "
+        "its feed, {prev}, and the rows after it are not",
+    ),
+    (
+        "bid overflowing a float",
+        "{ts},{sym},1e309,86.8,,",
+        Stage.DECODE,
+        "numeric overflow in bid: '1e309'",
+    ),
     ("prices whose mid overflows", "{ts},{sym},1e308,1e308,,", Stage.VALIDATE, PRICE_RANGE),
     ("price of 1e-308", "{ts},{sym},1e-308,86.8,,", Stage.VALIDATE, PRICE_RANGE),
     ("inf literal", "{ts},{sym},inf,86.8,,", Stage.VALIDATE, "non-finite price"),
     ("nan literal", "{ts},{sym},86.7,nan,,", Stage.VALIDATE, "non-finite price"),
-    ("size of 1e16", "{ts},{sym},86.7,86.8,1e16,", Stage.DECODE,
-     "bid_size outside the sane range (above 1e+15)"),
+    (
+        "size of 1e16",
+        "{ts},{sym},86.7,86.8,1e16,",
+        Stage.DECODE,
+        "bid_size outside the sane range (above 1e+15)",
+    ),
 ]
 AT = 100  # the bad row goes after this many real rows (line AT + 2 of the file)
 
@@ -240,14 +311,15 @@ AT = 100  # the bad row goes after this many real rows (line AT + 2 of the file)
 def _with_bad_row(real_rows: list[str], template: str) -> tuple[list[str], str]:
     before = real_rows[AT - 1]
     ts, sym = before.split(",")[:2]
-    return [*real_rows[:AT], template.format(ts=ts, sym=sym),
-            *real_rows[AT:2 * AT]], ts.replace("Z", "").ljust(23, "0") + "Z"
+    return [*real_rows[:AT], template.format(ts=ts, sym=sym), *real_rows[AT : 2 * AT]], ts.replace(
+        "Z", ""
+    ).ljust(23, "0") + "Z"
 
 
 @pytest.mark.parametrize(("case", "template", "stage", "reason"), ROWS, ids=[r[0] for r in ROWS])
-def test_bad_row_is_a_dead_letter_and_moves_no_clock(case: str, template: str, stage: Stage,
-                                                      reason: str, real_rows: list[str],
-                                                      tmp_path: Path) -> None:
+def test_bad_row_is_a_dead_letter_and_moves_no_clock(
+    case: str, template: str, stage: Stage, reason: str, real_rows: list[str], tmp_path: Path
+) -> None:
     lines, prev = _with_bad_row(real_rows, template)
     path = tmp_path / "quotes.csv"
     path.write_text("\n".join([HEADER, *lines]) + "\n")
@@ -263,23 +335,24 @@ def test_bad_row_is_a_dead_letter_and_moves_no_clock(case: str, template: str, s
                 dead += list(out.dead)
     except StopIteration:
         pass
-    assert [(d.row, d.stage, d.reason) for d in dead] == [
-        (AT + 2, stage, reason.format(prev=prev))]
+    assert [(d.row, d.stage, d.reason) for d in dead] == [(AT + 2, stage, reason.format(prev=prev))]
     assert ticks == 2 * AT  # every real row after it is still a tick
 
 
 def test_bad_rows_and_a_truncated_file_through_the_live_flow(
-        real_rows: list[str], shared_data: Path, tmp_path: Path,
-        trained_registry: Path) -> None:
+    real_rows: list[str], shared_data: Path, tmp_path: Path, trained_registry: Path
+) -> None:
     """The rows above in one file, beside a truncated .csv.gz: the flow finishes with its
     summary, warns about the cut file, and stores one dead letter per bad row and one for the
     unreadable rest of the cut file (read back with cli.analytics)."""
     lines, cursor, expected = list(real_rows[:AT]), AT, {}
     for _, template, stage, reason in ROWS:  # each bad row after a real one, 3 real ones after
         ts, sym = lines[-1].split(",")[:2]
-        expected[len(lines) + 2] = (stage.value, reason.format(
-            prev=ts.replace("Z", "").ljust(23, "0") + "Z"))
-        lines += [template.format(ts=ts, sym=sym), *real_rows[cursor:cursor + 3]]
+        expected[len(lines) + 2] = (
+            stage.value,
+            reason.format(prev=ts.replace("Z", "").ljust(23, "0") + "Z"),
+        )
+        lines += [template.format(ts=ts, sym=sym), *real_rows[cursor : cursor + 3]]
         cursor += 3
     rows_file = tmp_path / "quotes.csv"
     rows_file.write_text("\n".join([HEADER, *lines]) + "\n")
@@ -299,11 +372,16 @@ def test_bad_rows_and_a_truncated_file_through_the_live_flow(
     assert got == expected
     [truncated] = [d for d in dead if d["source"] == cut.name]
     assert truncated["stage"] == "decode" and truncated["reason"] == (
-        f"file truncated: the compressed stream ended at row {truncated['row']} before its end")
-    assert warning[0] == (f"warning: {cut}: {truncated['reason']}; the rows before it were "
-                          "replayed, the rest of the file is one dead letter")
-    counts = {m[1].strip(): int(m[2].replace(",", "")) for m in re.finditer(
-        r"^\s+([a-z /]+?)\s{2,}([\d,]+)$", proc.stdout, re.M)}
+        f"file truncated: the compressed stream ended at row {truncated['row']} before its end"
+    )
+    assert warning[0] == (
+        f"warning: {cut}: {truncated['reason']}; the rows before it were "
+        "replayed, the rest of the file is one dead letter"
+    )
+    counts = {
+        m[1].strip(): int(m[2].replace(",", ""))
+        for m in re.finditer(r"^\s+([a-z /]+?)\s{2,}([\d,]+)$", proc.stdout, re.M)
+    }
     assert counts["dead letters"] == len(dead) == len(expected) + 1
     assert counts["input rows"] == counts["ticks"] + counts["dead letters"]
     assert counts["input rows"] == len(lines) + truncated["row"] - 1  # the cut file's rows + 1

@@ -28,9 +28,16 @@ from runtime import ClusterPosition, cluster, set_cluster
 from settings import PROJECT_ROOT, Settings
 from tests.integration.conftest import _free_port
 
-LEARNING_ON = {"QT_LEARNING": "true", "QT_RL_V3_UPDATE_INTERVAL": "6",
-               "QT_CLM_RETRAIN_HOURS": "24", "QT_CLM_DRIFT_HOURS": "6", "QT_CLM_SHADOW_MIN": "50",
-               "QT_CLM_SHADOW_MAX": "400", "QT_CLM_BLOCKING": "true", "QT_CLM_BUDGET": "quick"}
+LEARNING_ON = {
+    "QT_LEARNING": "true",
+    "QT_RL_V3_UPDATE_INTERVAL": "6",
+    "QT_CLM_RETRAIN_HOURS": "24",
+    "QT_CLM_DRIFT_HOURS": "6",
+    "QT_CLM_SHADOW_MIN": "50",
+    "QT_CLM_SHADOW_MAX": "400",
+    "QT_CLM_BLOCKING": "true",
+    "QT_CLM_BUDGET": "quick",
+}
 QUERIES = ("trades", "rl_updates", "promotions", "supervisor_blocks")
 
 # The outcome of a run, read in a process of its own (the run's embedded store is its own).
@@ -48,21 +55,33 @@ def _registry_state(registry: Path) -> dict:
     for versions in stages.values():
         for entry in versions.values():
             entry.pop("promoted_at", None)  # wall clock
-    return {"versions": sorted(str(p.relative_to(registry)) for p in registry.glob("*/v*")),
-            "stages": stages}
+    return {
+        "versions": sorted(str(p.relative_to(registry)) for p in registry.glob("*/v*")),
+        "stages": stages,
+    }
 
 
 def _addresses(n: int) -> str:
     return ";".join(f"127.0.0.1:{_free_port()}" for _ in range(n))
 
 
-def _start_cluster(args: list[str], env: dict[str, str], processes: int,
-                   ) -> list[subprocess.Popen]:
+def _start_cluster(
+    args: list[str],
+    env: dict[str, str],
+    processes: int,
+) -> list[subprocess.Popen]:
     addresses = _addresses(processes)
-    return [subprocess.Popen([sys.executable, "-m", "bytewax.run", *args, "-i", str(i),
-                              "-a", addresses], cwd=PROJECT_ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(processes)]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", *args, "-i", str(i), "-a", addresses],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[str, str]]:
@@ -80,27 +99,44 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[s
     return outs
 
 
-def test_two_processes_decide_and_learn_like_one(settings: Settings, trained_registry: Path,
-                                                 sample_ticks: Path, tmp_path: Path) -> None:
+def test_two_processes_decide_and_learn_like_one(
+    settings: Settings, trained_registry: Path, sample_ticks: Path, tmp_path: Path
+) -> None:
     # two processes, with their own QT_HOME, started first: they import while this process
     # runs the reference
     home = tmp_path / "two"
     two = home / "registry"
     shutil.copytree(trained_registry, two)
-    env = {**os.environ, **LEARNING_ON, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(two),
-           "QT_TICKS": str(sample_ticks)}
+    env = {
+        **os.environ,
+        **LEARNING_ON,
+        "QT_HOME": str(home),
+        "QT_REGISTRY_DIR": str(two),
+        "QT_TICKS": str(sample_ticks),
+    }
     recovery = home / "recovery"  # with recovery on, a snapshot every second: it must not
-    recovery.mkdir()              # change what is decided (kill -9 + resume: see the README)
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "2"], check=True,
-                   cwd=PROJECT_ROOT, env=env, capture_output=True)
-    cluster_procs = _start_cluster(["dataflows.live", "-r", str(recovery), "-s", "1", "-b", "0"],
-                                   env, 2)
+    recovery.mkdir()  # change what is decided (kill -9 + resume: see the README)
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), "2"],
+        check=True,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+    )
+    cluster_procs = _start_cluster(
+        ["dataflows.live", "-r", str(recovery), "-s", "1", "-b", "0"], env, 2
+    )
 
     # one process, in this one (the session's store), from the same registry
     one = tmp_path / "one_registry"
     shutil.copytree(trained_registry, one)
-    s = Settings.from_env(LEARNING_ON, home=settings.home, database=settings.database,
-                          registry_path=one, ticks=str(sample_ticks))
+    s = Settings.from_env(
+        LEARNING_ON,
+        home=settings.home,
+        database=settings.database,
+        registry_path=one,
+        ticks=str(sample_ticks),
+    )
     try:
         run_main(build_live_flow(s))
     except BaseException:
@@ -113,8 +149,15 @@ def test_two_processes_decide_and_learn_like_one(settings: Settings, trained_reg
     outs = _finish(cluster_procs)
     printed = [out for out, _ in outs if "qt live run summary" in out]
     assert len(printed) == 1, "one summary, printed by one process"
-    proc = subprocess.run([sys.executable, "-c", _OUTCOME, *QUERIES], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _OUTCOME, *QUERIES],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout)
     got.update(_registry_state(two))
@@ -142,8 +185,9 @@ op.output("out", op.map("who", blocks, lambda b: f"read {os.getpid()} {b.partiti
 
 
 @pytest.mark.kafka
-def test_two_processes_share_a_topics_partitions(topic_url: str, sample_ticks: Path,
-                                                 tmp_path: Path) -> None:
+def test_two_processes_share_a_topics_partitions(
+    topic_url: str, sample_ticks: Path, tmp_path: Path
+) -> None:
     """A topic of two partitions read by two processes: each reads one partition, all of it."""
     from cli.produce import produce
     from connectors.kafka import KafkaUrl
@@ -154,8 +198,12 @@ def test_two_processes_share_a_topics_partitions(topic_url: str, sample_ticks: P
     stats = produce([head], KafkaUrl.parse(topic_url), partitions=2)
     flow_file = tmp_path / "partitions_flow.py"
     flow_file.write_text(KAFKA_FLOW)
-    env = {**os.environ, "QT_TICKS": f"{topic_url}?tail=false", "QT_HOME": str(tmp_path),
-           "PYTHONPATH": str(PROJECT_ROOT)}
+    env = {
+        **os.environ,
+        "QT_TICKS": f"{topic_url}?tail=false",
+        "QT_HOME": str(tmp_path),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
     started = time.monotonic()
     outs = _finish(_start_cluster([str(flow_file)], env, 2), timeout=120)
     read: dict[str, dict[str, int]] = {}
@@ -175,19 +223,31 @@ def test_two_processes_share_a_topics_partitions(topic_url: str, sample_ticks: P
     assert len({pid for by_pid in read.values() for pid in by_pid}) == 2, read  # both read
 
 
-@pytest.mark.parametrize(("argv", "env", "expected"), [
-    (["x"], {}, ClusterPosition(0, 1)),
-    (["/v/bytewax/run.py", "dataflows.live", "-i", "1", "-a", "h:1;h:2"], {},
-     ClusterPosition(1, 2)),
-    (["/v/bytewax/run.py", "dataflows.live", "--process-id=2", "--addresses", "a:1;b:1;c:1"],
-     {}, ClusterPosition(2, 3)),
-    (["/v/bytewax/run.py", "dataflows.live"],
-     {"BYTEWAX_PROCESS_ID": "1", "BYTEWAX_ADDRESSES": "h:1;h:2"}, ClusterPosition(1, 2)),
-    (["/v/bytewax/run.py", "dataflows.live", "-w", "2"], {}, ClusterPosition(0, 1)),
-])
-def test_cluster_position_from_bytewax_run_arguments(monkeypatch: pytest.MonkeyPatch,
-                                                     argv: list[str], env: dict[str, str],
-                                                     expected: ClusterPosition) -> None:
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["x"], {}, ClusterPosition(0, 1)),
+        (
+            ["/v/bytewax/run.py", "dataflows.live", "-i", "1", "-a", "h:1;h:2"],
+            {},
+            ClusterPosition(1, 2),
+        ),
+        (
+            ["/v/bytewax/run.py", "dataflows.live", "--process-id=2", "--addresses", "a:1;b:1;c:1"],
+            {},
+            ClusterPosition(2, 3),
+        ),
+        (
+            ["/v/bytewax/run.py", "dataflows.live"],
+            {"BYTEWAX_PROCESS_ID": "1", "BYTEWAX_ADDRESSES": "h:1;h:2"},
+            ClusterPosition(1, 2),
+        ),
+        (["/v/bytewax/run.py", "dataflows.live", "-w", "2"], {}, ClusterPosition(0, 1)),
+    ],
+)
+def test_cluster_position_from_bytewax_run_arguments(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], expected: ClusterPosition
+) -> None:
     for k in ("BYTEWAX_PROCESS_ID", "BYTEWAX_ADDRESSES", "BYTEWAX_HOSTFILE_PATH"):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
@@ -198,8 +258,9 @@ def test_cluster_position_from_bytewax_run_arguments(monkeypatch: pytest.MonkeyP
     assert cluster().first == (expected.process_id == 0)
 
 
-def test_the_other_processes_wait_for_the_first_ones_models(tmp_path: Path,
-                                                            trained_registry: Path) -> None:
+def test_the_other_processes_wait_for_the_first_ones_models(
+    tmp_path: Path, trained_registry: Path
+) -> None:
     """Only the first process bootstraps an empty registry (it alone may use the embedded
     store meanwhile); the others wait for every production model, and say why they stop."""
     from dataflows.live import RegistryIncomplete, wait_for_models

@@ -80,8 +80,8 @@ def _by_stage(dead: list[dict[str, Any]]) -> Counter[str]:
 
 
 def test_kafka_replay_stores_the_same_bars_as_the_file_replay(
-        live_settings: Settings, shared_data: Path, sample_ticks: Path, topic_url: str,
-        tmp_path: Path) -> None:
+    live_settings: Settings, shared_data: Path, sample_ticks: Path, topic_url: str, tmp_path: Path
+) -> None:
     quotes = _quotes_with_broken_lines(sample_ticks, tmp_path / "fxcm_prefix_quotes.csv.gz")
     files = [shared_data / TRADES, quotes]
     rows = sum(_data_rows(p) for p in files)
@@ -95,20 +95,27 @@ def test_kafka_replay_stores_the_same_bars_as_the_file_replay(
     assert len(stats.per_partition) == 2  # four symbols keyed over two partitions
 
     from_file = live_settings.replace(ticks=",".join(str(p) for p in files))
-    from_kafka = live_settings.replace(ticks=f"{topic_url}?tail=false",
-                                  database=f"{live_settings.database}_kafka")
+    from_kafka = live_settings.replace(
+        ticks=f"{topic_url}?tail=false", database=f"{live_settings.database}_kafka"
+    )
     _run_live(from_file)
     _run_live(from_kafka)
     file_bars, file_dead = _stored(from_file)
     kafka_bars, kafka_dead = _stored(from_kafka)
 
     assert {b["symbol"] for b in file_bars} == {
-        "BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "FXCM:EURUSD", "FXCM:NZDUSD"}
+        "BINANCE:BTCUSDT",
+        "BINANCE:ETHUSDT",
+        "FXCM:EURUSD",
+        "FXCM:NZDUSD",
+    }
     assert len(file_bars) > 700
     # A Kafka poll cuts blocks elsewhere than a file chunk; bars do not depend on where
     # blocks are cut (sums are sequential across blocks), so they are bit-identical.
-    pd.testing.assert_frame_equal(pd.DataFrame(kafka_bars), pd.DataFrame(file_bars),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(kafka_bars), pd.DataFrame(file_bars), check_exact=True
+    )
+
     # Validation rejects the same rows with the same reasons; undecodable input is "not a
     # row of the layout" from a file but "not JSON" from Kafka, so only its count must match.
     def judged(dead: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -123,14 +130,19 @@ def test_kafka_replay_stores_the_same_bars_as_the_file_replay(
 
 
 def test_non_tick_messages_become_dead_letters_and_the_flow_keeps_going(
-        live_settings: Settings, shared_data: Path, topic_url: str, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    live_settings: Settings,
+    shared_data: Path,
+    topic_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # A real file split in two halves, with bad messages published between them.
     halves = [tmp_path / "first.csv.gz", tmp_path / "second.csv.gz"]
     with gzip.open(shared_data / SMALL_TRADES, "rt") as f:
         header, *lines = f.readlines()
-    for path, part in zip(halves, (lines[:len(lines) // 2], lines[len(lines) // 2:]),
-                          strict=True):
+    for path, part in zip(
+        halves, (lines[: len(lines) // 2], lines[len(lines) // 2 :]), strict=True
+    ):
         with gzip.open(path, "wt") as out:
             out.write(header + "".join(part))
 

@@ -40,8 +40,15 @@ SUMMARY_LINE = re.compile(r"^\s+(input rows|ticks|dead letters)\s+([\d,]+)$", re
 
 
 # --- input -------------------------------------------------------------------------------------
-def publish(bootstrap: str, topic: str, sample: Path, rows: range, tmp: Path,
-            partitions: int = 1, partition: int = 0) -> int:
+def publish(
+    bootstrap: str,
+    topic: str,
+    sample: Path,
+    rows: range,
+    tmp: Path,
+    partitions: int = 1,
+    partition: int = 0,
+) -> int:
     """Rows ``rows`` of the sample, decoded as ``cli.produce`` does (a tick as JSON, a row that
     does not decode as its raw text), all to one ``partition``; returns the messages sent."""
     ensure_topic(bootstrap, topic, partitions)
@@ -63,8 +70,9 @@ def publish(bootstrap: str, topic: str, sample: Path, rows: range, tmp: Path,
                 raw = dict(zip(block.errors, block.raw(list(block.errors)), strict=True))
                 for i in range(len(block)):
                     value = raw[i].encode() if i in raw else block.tick(i).to_json()
-                    producer.produce(topic, value, str(block.symbol[i]).encode(),
-                                     partition=partition)
+                    producer.produce(
+                        topic, value, str(block.symbol[i]).encode(), partition=partition
+                    )
                     sent += 1
                 producer.poll(0)
     assert producer.flush(30) == 0
@@ -90,10 +98,20 @@ class Broker:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [self.binary, "broker", "--listener-url", f"tcp://{self.bootstrap}",
-                 "--advertised-listener-url", f"tcp://{self.bootstrap}",
-                 "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    self.binary,
+                    "broker",
+                    "--listener-url",
+                    f"tcp://{self.bootstrap}",
+                    "--advertised-listener-url",
+                    f"tcp://{self.bootstrap}",
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         _wait_ready(self.proc, self.bootstrap, self.log)
 
     def kill(self) -> None:
@@ -123,9 +141,13 @@ class Flow:
         self.out, self.err = home / "flow.out", home / "flow.err"
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bytewax.run", "dataflows.live"], cwd=PROJECT_ROOT,
-                env=_env(home, registry, **SINK, **env), stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL)
+                [sys.executable, "-m", "bytewax.run", "dataflows.live"],
+                cwd=PROJECT_ROOT,
+                env=_env(home, registry, **SINK, **env),
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
         self.started = time.monotonic()
 
     def stderr(self) -> str:
@@ -138,8 +160,9 @@ class Flow:
             if what():
                 return time.monotonic() - t0
             if self.proc.poll() is not None:
-                pytest.fail(f"the flow ended ({self.proc.returncode}) {doing}:\n"
-                            f"{self.stderr()[-3000:]}")
+                pytest.fail(
+                    f"the flow ended ({self.proc.returncode}) {doing}:\n{self.stderr()[-3000:]}"
+                )
             time.sleep(0.1)
         pytest.fail(f"nothing after {timeout:.0f} s {doing}:\n{self.stderr()[-3000:]}")
 
@@ -178,11 +201,18 @@ class Flow:
 
 def sql(home: Path, query: str) -> list[list]:
     """A query on a stopped flow's store, in a process of its own (one chDB path per process)."""
-    code = ("import json, sys, clickhouse_connect\n"
-            "c = clickhouse_connect.get_client(interface='chdb', path=sys.argv[1])\n"
-            "print(json.dumps(c.query(sys.argv[2]).result_rows, default=str))\n")
-    out = subprocess.run([sys.executable, "-c", code, str(home / "clickhouse"), query],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    code = (
+        "import json, sys, clickhouse_connect\n"
+        "c = clickhouse_connect.get_client(interface='chdb', path=sys.argv[1])\n"
+        "print(json.dumps(c.query(sys.argv[2]).result_rows, default=str))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(home / "clickhouse"), query],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -191,22 +221,32 @@ IDLE_MS = 2000
 
 
 def test_an_idle_partition_does_not_hold_back_the_decisions(
-        kafka_broker: str, trained_registry: Path, sample_ticks: Path, tmp_path: Path) -> None:
+    kafka_broker: str, trained_registry: Path, sample_ticks: Path, tmp_path: Path
+) -> None:
     """Two partitions, all the ticks in partition 0, partition 1 never gets any. Before the
     source emitted idle markers, the engine waited for partition 1 forever: 0 signals, 0
     verdicts, every bar "waiting for a decision". Now partition 1 says it is idle after
     QT_IDLE_PARTITION_MS and the decisions for partition 0's ticks follow at once."""
     topic = f"idle_{uuid.uuid4().hex[:10]}"
     sent = publish(kafka_broker, topic, sample_ticks, range(40_000), tmp_path, partitions=2)
-    flow = Flow(tmp_path / "home", trained_registry, QT_TICKS=f"kafka://{kafka_broker}/{topic}",
-                QT_IDLE_PARTITION_MS=str(IDLE_MS))
+    flow = Flow(
+        tmp_path / "home",
+        trained_registry,
+        QT_TICKS=f"kafka://{kafka_broker}/{topic}",
+        QT_IDLE_PARTITION_MS=str(IDLE_MS),
+    )
     try:
         flow.wait_for(lambda: flow.inserts("bars"), 120, "before storing a bar")
         data_at = time.monotonic()  # both partitions started about now: partition 1 is quiet
-        waited = flow.wait_for(lambda: flow.inserts("supervisor_verdicts"), 180,
-                               "before storing a supervisor verdict (is partition 1 idle?)")
-        print(f"first verdicts stored {waited:.1f} s after the first bars "
-              f"(QT_IDLE_PARTITION_MS={IDLE_MS})")
+        waited = flow.wait_for(
+            lambda: flow.inserts("supervisor_verdicts"),
+            180,
+            "before storing a supervisor verdict (is partition 1 idle?)",
+        )
+        print(
+            f"first verdicts stored {waited:.1f} s after the first bars "
+            f"(QT_IDLE_PARTITION_MS={IDLE_MS})"
+        )
         assert time.monotonic() - data_at < 3 * 60  # within a few bar lengths of wall time
         flow.settle("signals")
         counts = flow.stop()
@@ -220,7 +260,8 @@ def test_an_idle_partition_does_not_hold_back_the_decisions(
 
 
 def test_the_flow_reads_on_after_a_broker_restart(
-        own_broker: Broker, trained_registry: Path, sample_ticks: Path, tmp_path: Path) -> None:
+    own_broker: Broker, trained_registry: Path, sample_ticks: Path, tmp_path: Path
+) -> None:
     """The broker is killed once the flow has read the first part of the input, and restarted
     on the same port; the rest is produced after the restart. Tansu keeps topics in memory:
     it comes back EMPTY, the producer recreates the topic, and its offsets start again at 0.
@@ -231,15 +272,24 @@ def test_the_flow_reads_on_after_a_broker_restart(
     topic = f"restart_{uuid.uuid4().hex[:10]}"
     bootstrap = own_broker.bootstrap
     before = publish(bootstrap, topic, sample_ticks, range(20_000), tmp_path)
-    flow = Flow(tmp_path / "home", trained_registry, QT_TICKS=f"kafka://{bootstrap}/{topic}",
-                QT_KAFKA_OUTAGE_S="60")
+    flow = Flow(
+        tmp_path / "home",
+        trained_registry,
+        QT_TICKS=f"kafka://{bootstrap}/{topic}",
+        QT_KAFKA_OUTAGE_S="60",
+    )
     try:
         flow.settle("dead_letters")
         own_broker.kill()
-        flow.wait_for(lambda: flow.line(r"unreachable .*waiting up to 60 s"), 30,
-                      "before saying the broker is lost")
-        lost = flow.line(rf"^Kafka broker {bootstrap} unreachable \(.*topic {topic}, "
-                         r"partition 0 at offset (\d+)\): waiting up to 60 s for it")
+        flow.wait_for(
+            lambda: flow.line(r"unreachable .*waiting up to 60 s"),
+            30,
+            "before saying the broker is lost",
+        )
+        lost = flow.line(
+            rf"^Kafka broker {bootstrap} unreachable \(.*topic {topic}, "
+            r"partition 0 at offset (\d+)\): waiting up to 60 s for it"
+        )
         assert lost is not None, flow.stderr()
         read_before = int(lost.group(1))
         time.sleep(2.0)
@@ -248,8 +298,10 @@ def test_the_flow_reads_on_after_a_broker_restart(
         after = publish(bootstrap, topic, sample_ticks, range(20_000, 40_000), tmp_path)
         flow.wait_for(lambda: flow.line("readable again"), 60, "before reading on")
         resumed = time.monotonic() - restarted
-        print(f"read {read_before} messages before the kill; reading on {resumed:.1f} s after "
-              f"the restart ({after} messages produced meanwhile)")
+        print(
+            f"read {read_before} messages before the kill; reading on {resumed:.1f} s after "
+            f"the restart ({after} messages produced meanwhile)"
+        )
         flow.settle("dead_letters")
         counts = flow.stop()
     finally:
@@ -260,20 +312,26 @@ def test_the_flow_reads_on_after_a_broker_restart(
     assert len(re.findall(r"unreachable", err)) == 1  # one warning, however long it waited
     assert counts["input rows"] == counts["ticks"] + counts["dead letters"] == read_before + after
     # the recreated topic's dead letters have ids of their own: none replaced an old one
-    by_source = dict(sql(flow.home, "SELECT source, count() FROM qt.dead_letters FINAL "
-                                    "GROUP BY source"))
+    by_source = dict(
+        sql(flow.home, "SELECT source, count() FROM qt.dead_letters FINAL GROUP BY source")
+    )
     old, new = sorted(by_source)
     assert old == f"kafka:{topic}/0" and new.startswith(f"kafka:{topic}/0@")
     assert sum(by_source.values()) == counts["dead letters"]
 
 
 def test_a_broker_that_stays_down_stops_the_flow_with_one_clear_line(
-        own_broker: Broker, trained_registry: Path, sample_ticks: Path, tmp_path: Path) -> None:
+    own_broker: Broker, trained_registry: Path, sample_ticks: Path, tmp_path: Path
+) -> None:
     topic = f"down_{uuid.uuid4().hex[:10]}"
     bootstrap = own_broker.bootstrap
     publish(bootstrap, topic, sample_ticks, range(5_000), tmp_path)
-    flow = Flow(tmp_path / "home", trained_registry, QT_TICKS=f"kafka://{bootstrap}/{topic}",
-                QT_KAFKA_OUTAGE_S="4")
+    flow = Flow(
+        tmp_path / "home",
+        trained_registry,
+        QT_TICKS=f"kafka://{bootstrap}/{topic}",
+        QT_KAFKA_OUTAGE_S="4",
+    )
     try:
         flow.settle("bars", quiet_s=1.0)  # (5,000 rows: 72 bars, but only 32 dead letters)
         own_broker.kill()
@@ -284,11 +342,12 @@ def test_a_broker_that_stays_down_stops_the_flow_with_one_clear_line(
         flow.kill()
     err = flow.stderr()
     assert rc != 0
-    stopped = (rf"^Kafka broker {re.escape(bootstrap)} unreachable for 4 s \(topic {topic}; "
-               r".+\); the flow stopped; resume with the same command and -r to continue from "
-               r"the last snapshot$")
+    stopped = (
+        rf"^Kafka broker {re.escape(bootstrap)} unreachable for 4 s \(topic {topic}; "
+        r".+\); the flow stopped; resume with the same command and -r to continue from "
+        r"the last snapshot$"
+    )
     assert len(re.findall(stopped, err, re.M)) == 1, err[-3000:]
     assert len(re.findall(r"^Kafka broker .* waiting up to 4 s for it", err, re.M)) == 1
     print(f"the flow stopped {took:.1f} s after the broker was killed (QT_KAFKA_OUTAGE_S=4)")
     assert took < 30
-

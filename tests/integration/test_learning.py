@@ -41,12 +41,18 @@ def _split_sample(sample: Path, tmp: Path) -> tuple[Path, Path]:
     return days[0], days[1]
 
 
-def test_policy_updates_occur_after_trades_close(live_settings, registry_copy: Path,
-                                                 sample_ticks: Path) -> None:
+def test_policy_updates_occur_after_trades_close(
+    live_settings, registry_copy: Path, sample_ticks: Path
+) -> None:
     """(a): rl_updates rows, the registry's policy advanced, parameters moved, and the trades
     after an update record the new policy version."""
-    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy, learning=True,
-                              clm_enabled=False, rl_update_interval=6)
+    s = live_settings.replace(
+        ticks=str(sample_ticks),
+        registry_path=registry_copy,
+        learning=True,
+        clm_enabled=False,
+        rl_update_interval=6,
+    )
     before = ModelRegistry(registry_copy).production_version("ppo")
     run_main(build_live_flow(s))
     store = open_store(s)
@@ -71,15 +77,22 @@ def test_policy_updates_occur_after_trades_close(live_settings, registry_copy: P
     assert all(math.isfinite(o["reward"]) and o["joined_from"] == "stream" for o in outcomes)
 
 
-def test_manual_retrain_is_trained_shadowed_and_decided(live_settings, registry_copy: Path,
-                                                        sample_ticks: Path,
-                                                        tmp_path: Path) -> None:
+def test_manual_retrain_is_trained_shadowed_and_decided(
+    live_settings, registry_copy: Path, sample_ticks: Path, tmp_path: Path
+) -> None:
     """(b): a manual request -> a clm_cycles row, shadow predictions, and a decision per model
     that follows the promotion rule."""
     day1, day2 = _split_sample(sample_ticks, tmp_path)
-    s = live_settings.replace(ticks=str(day1), registry_path=registry_copy, learning=True,
-                              rl_update_interval=10**9, clm_blocking=True, clm_budget="quick",
-                              clm_shadow_min=100, clm_shadow_max=400)
+    s = live_settings.replace(
+        ticks=str(day1),
+        registry_path=registry_copy,
+        learning=True,
+        rl_update_interval=10**9,
+        clm_blocking=True,
+        clm_budget="quick",
+        clm_shadow_min=100,
+        clm_shadow_max=400,
+    )
     run_main(build_live_flow(s.replace(clm_enabled=False)))  # day 1 fills the store
     RetrainRequests(s.clm_dir).submit("test: manual retrain", request_id=s.database)
     run_main(build_live_flow(s.replace(ticks=str(day2))))
@@ -118,7 +131,8 @@ def test_manual_retrain_is_trained_shadowed_and_decided(live_settings, registry_
 
 
 def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
-        settings, registry_copy: Path, sample_ticks: Path) -> None:
+    settings, registry_copy: Path, sample_ticks: Path
+) -> None:
     """(b): challengers whose shadow votes are the realised labels (better) or always wrong
     (worse), judged by the continuous learner on the sample's bars in event order."""
     from learning.cycles import ClmDeps, Cycle, CycleRunner
@@ -133,34 +147,60 @@ def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
     label_cfg = LabelConfig.from_settings(s)
     registry = ModelRegistry(registry_copy)
     versions = {name: f"v{2:04d}" for name in MODEL_NAMES}  # published below
-    forced = {"xgboost": "better", "lightgbm": "worse", "nhits": "better",
-              "patchtst": "worse"}
+    forced = {"xgboost": "better", "lightgbm": "worse", "nhits": "better", "patchtst": "worse"}
     scorer = Scorer(RegistryModels(registry), EnsembleConfig())
     bars = []
     for symbol in history.symbols:
         warm = [v for v in history.vectors[symbol] if v.warm]
         labels, _, _ = label_symbol(warm, label_cfg)
         for v, y, sig in zip(warm, labels, scorer.score(warm), strict=True):
-            shadow = tuple(ShadowPrediction(
-                name, versions[name], symbol, v.ts,
-                ACTION_OF[int(y) if how == "better" else (int(y) + 1) % 3], 0.9, False)
-                for name, how in forced.items()) if y >= 0 else ()
+            shadow = (
+                tuple(
+                    ShadowPrediction(
+                        name,
+                        versions[name],
+                        symbol,
+                        v.ts,
+                        ACTION_OF[int(y) if how == "better" else (int(y) + 1) % 3],
+                        0.9,
+                        False,
+                    )
+                    for name, how in forced.items()
+                )
+                if y >= 0
+                else ()
+            )
             bars.append(ScoredBar(symbol, to_ms(v.ts), v, sig, shadow))
     bars.sort(key=lambda b: (b.ts_ms, b.symbol))
     store = open_store(s)
     try:
         models = ActiveModels(registry, owned=True)
-        runner = CycleRunner(ClmDeps(registry, store, None, RetrainRequests(s.clm_dir),
-                                     s.clm_dir, None), label_cfg, 0)
-        learner = ContinuousLearner(ClmConfig(triggers=TriggerConfig(-1, -1, -1)), label_cfg,
-                                    runner, models)
+        runner = CycleRunner(
+            ClmDeps(registry, store, None, RetrainRequests(s.clm_dir), s.clm_dir, None),
+            label_cfg,
+            0,
+        )
+        learner = ContinuousLearner(
+            ClmConfig(triggers=TriggerConfig(-1, -1, -1)), label_cfg, runner, models
+        )
         for name in MODEL_NAMES:  # challengers: copies of production, judged by their votes
-            published = registry.publish(name, registry.load(name).save, stage=Stage.SHADOW,
-                                         feature_set="fs", params={"cycle": "forced"})
+            published = registry.publish(
+                name,
+                registry.load(name).save,
+                stage=Stage.SHADOW,
+                feature_set="fs",
+                params={"cycle": "forced"},
+            )
             assert published.version == versions[name]
             models.add_shadow(name, published.version)
-        learner.cycle = Cycle("forced", "manual", "forced challengers", bars[0].ts_ms,
-                              CycleStatus.SHADOW, versions=dict(versions))
+        learner.cycle = Cycle(
+            "forced",
+            "manual",
+            "forced challengers",
+            bars[0].ts_ms,
+            CycleStatus.SHADOW,
+            versions=dict(versions),
+        )
         for key in models.shadows:
             learner.judge.watch(key)
         records = [r for b in bars for r in learner.on_bar(b)]
@@ -168,8 +208,11 @@ def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
         store.close()
     (final,) = [r for r in records if r.status == CycleStatus.DECIDED]
     assert final.decisions == {
-        name: ChallengerDecision.PROMOTED if how == "better"
-        else ChallengerDecision.RETIRED_NOT_BETTER for name, how in forced.items()}
+        name: ChallengerDecision.PROMOTED
+        if how == "better"
+        else ChallengerDecision.RETIRED_NOT_BETTER
+        for name, how in forced.items()
+    }
     for name, how in forced.items():
         stage = registry.get(name, versions[name]).stage
         assert stage is (Stage.PRODUCTION if how == "better" else Stage.RETIRED)
@@ -178,21 +221,45 @@ def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("trigger", "overrides", "period_h"), [
-    ("drift", {"clm_drift_hours": 6.0, "clm_drift_threshold": -1e9,  # every check fires
-               "clm_retrain_hours": 10_000.0}, 6.0),
-    ("time", {"clm_retrain_hours": 12.0, "clm_drift_threshold": 1e9}, 12.0),
-])
+@pytest.mark.parametrize(
+    ("trigger", "overrides", "period_h"),
+    [
+        (
+            "drift",
+            {
+                "clm_drift_hours": 6.0,
+                "clm_drift_threshold": -1e9,  # every check fires
+                "clm_retrain_hours": 10_000.0,
+            },
+            6.0,
+        ),
+        ("time", {"clm_retrain_hours": 12.0, "clm_drift_threshold": 1e9}, 12.0),
+    ],
+)
 def test_time_and_drift_triggers_fire_at_the_right_event_times(
-        live_settings, registry_copy: Path, sample_ticks: Path, trigger: str,
-        overrides: dict, period_h: float) -> None:
+    live_settings,
+    registry_copy: Path,
+    sample_ticks: Path,
+    trigger: str,
+    overrides: dict,
+    period_h: float,
+) -> None:
     """(c): in a two-day replay, the first cycle starts at the first bar close at or after
     one period past the first event time, and later ones a period after (time) or on the
     drift-check grid (drift)."""
-    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy, learning=True,
-                              rl_update_interval=10**9, clm_blocking=True, clm_budget="quick",
-                              clm_shadow_min=50, clm_shadow_max=200, replay_block_bytes=16_384,
-                              clm_perf_hours=10_000.0, **overrides)
+    s = live_settings.replace(
+        ticks=str(sample_ticks),
+        registry_path=registry_copy,
+        learning=True,
+        rl_update_interval=10**9,
+        clm_blocking=True,
+        clm_budget="quick",
+        clm_shadow_min=50,
+        clm_shadow_max=200,
+        replay_block_bytes=16_384,
+        clm_perf_hours=10_000.0,
+        **overrides,
+    )
     run_main(build_live_flow(s))
     store = open_store(s)
     try:
@@ -204,8 +271,13 @@ def test_time_and_drift_triggers_fire_at_the_right_event_times(
     assert len(cycles) >= 2, cycles
     if trigger == "drift":  # every check is recorded, raw and beyond its noise level
         assert {to_ms(c["started_ts"]) for c in cycles} <= {to_ms(c["ts"]) for c in checks}
-        assert all(c["fired"] and math.isfinite(c["noise"]) and c["rows"] >= 100
-                   and c["method"] == "seasonal" for c in checks)
+        assert all(
+            c["fired"]
+            and math.isfinite(c["noise"])
+            and c["rows"] >= 100
+            and c["method"] == "seasonal"
+            for c in checks
+        )
     period = period_h * 3_600_000
     starts = [to_ms(c["started_ts"]) for c in cycles]
     t0 = to_ms(first_bar)

@@ -24,12 +24,15 @@ FXCM_ROWS = 2_084_012
 
 
 def summary_counts(text: str) -> dict[str, int]:
-    return {m[1].strip(): int(m[2].replace(",", ""))
-            for m in re.finditer(r"^\s+([a-z /]+?)\s{2,}([\d,]+)$", text, re.M)}
+    return {
+        m[1].strip(): int(m[2].replace(",", ""))
+        for m in re.finditer(r"^\s+([a-z /]+?)\s{2,}([\d,]+)$", text, re.M)
+    }
 
 
-def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks, capsys,
-                                                        trained_registry) -> None:
+def test_sample_run_accounts_for_every_row_and_stores_it(
+    settings, sample_ticks, capsys, trained_registry
+) -> None:
     s = settings.replace(ticks=str(sample_ticks), registry_path=trained_registry, learning=False)
     run_main(build_live_flow(s))
     counts = summary_counts(capsys.readouterr().out)
@@ -38,9 +41,12 @@ def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks,
     store = open_store(s)
     try:
         stored = store.query("queries/table_counts")[0]
-        assert stored == {"bars": counts["bars"], "features": counts["feature vectors"],
-                          "dead_letters": counts["dead letters"],
-                          "signals": counts["signals"]}
+        assert stored == {
+            "bars": counts["bars"],
+            "features": counts["feature vectors"],
+            "dead_letters": counts["dead letters"],
+            "signals": counts["signals"],
+        }
         # a second replay of the same input rewrites the same keys: nothing duplicated
         run_main(build_live_flow(s))
         assert store.query("queries/table_counts")[0] == stored
@@ -49,18 +55,30 @@ def test_sample_run_accounts_for_every_row_and_stores_it(settings, sample_ticks,
 
 
 def _run_cli(tmp_path: Path, ticks: Path, registry: Path) -> str:
-    env = {**os.environ, "QT_HOME": str(tmp_path / ".qt"), "QT_TICKS": str(ticks),
-           "QT_REGISTRY_DIR": str(registry), "QT_LEARNING": "false"}
-    proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.live"],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    env = {
+        **os.environ,
+        "QT_HOME": str(tmp_path / ".qt"),
+        "QT_TICKS": str(ticks),
+        "QT_REGISTRY_DIR": str(registry),
+        "QT_LEARNING": "false",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.live"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
 @pytest.mark.slow
-def test_fxcm_month_through_the_cli(tmp_path: Path, fxcm_quotes: Path,
-                                    trained_registry: Path) -> None:
+def test_fxcm_month_through_the_cli(
+    tmp_path: Path, fxcm_quotes: Path, trained_registry: Path
+) -> None:
     """The issue's acceptance run: all 2.08M quotes, ticks + dead letters = data rows, and a
     signal for every bar."""
     counts = summary_counts(_run_cli(tmp_path, fxcm_quotes, trained_registry))
@@ -80,22 +98,39 @@ def _scrape(port: int) -> dict[str, float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
     except OSError:
         return {}
-    return {name: float(value) for name, value in
-            (line.rsplit(" ", 1) for line in text.decode().splitlines()
-             if line and not line.startswith("#"))}
+    return {
+        name: float(value)
+        for name, value in (
+            line.rsplit(" ", 1)
+            for line in text.decode().splitlines()
+            if line and not line.startswith("#")
+        )
+    }
 
 
-def test_metrics_are_scraped_during_a_paced_run(tmp_path: Path, sample_ticks: Path,
-                                               trained_registry: Path) -> None:
+def test_metrics_are_scraped_during_a_paced_run(
+    tmp_path: Path, sample_ticks: Path, trained_registry: Path
+) -> None:
     """QT_METRICS_PORT serves the run's metrics while it runs; QT_PROGRESS draws progress."""
     port = _free_port()
-    env = {**os.environ, "QT_HOME": str(tmp_path / ".qt"), "QT_TICKS": str(sample_ticks),
-           "QT_REGISTRY_DIR": str(trained_registry), "QT_LEARNING": "false",
-           "QT_METRICS_PORT": str(port), "QT_PROGRESS": "always",
-           "QT_REPLAY_SPEED": "5000"}  # the sample's 2 days in about 35 s: time to scrape
-    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.live"],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "QT_HOME": str(tmp_path / ".qt"),
+        "QT_TICKS": str(sample_ticks),
+        "QT_REGISTRY_DIR": str(trained_registry),
+        "QT_LEARNING": "false",
+        "QT_METRICS_PORT": str(port),
+        "QT_PROGRESS": "always",
+        "QT_REPLAY_SPEED": "5000",
+    }  # the sample's 2 days in about 35 s: time to scrape
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "dataflows.live"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, seen = time.monotonic() + 120, {}
         while time.monotonic() < deadline and proc.poll() is None:

@@ -32,8 +32,16 @@ from storage.store import open_store
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # Without the background-networking flags Chromium's own requests fail on a closed network.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 WIDTH = 1280
 
 # Per chart: what each mark class should count, from the rows of the chart's query.
@@ -88,10 +96,13 @@ def _chromium_available() -> str:
     if not shutil.which("apt-get") or os.geteuid() != 0:
         return f"{CHROMIUM} or {CHROMEDRIVER} missing, and apt-get is not usable by this user"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                              check=False)
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+    ):
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=900, check=False
+        )
         if proc.returncode:
             return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-300:]}"
     return "" if CHROMIUM.exists() and CHROMEDRIVER.exists() else "apt-get did not install it"
@@ -129,12 +140,14 @@ def _expected(s: Settings) -> dict[str, tuple[int, dict[str, int]]]:
     from the analytics queries independently of the report's code."""
     store = open_store(s)
     try:
+
         def q(name: str, **params: Any) -> list[dict[str, Any]]:
             return store.query(f"analytics/{name}", **params)
 
         equity = q("equity_curve", start_equity=s.start_equity)
-        lines = (sum(_capped(n) for n in Counter(r["symbol"] for r in equity).values())
-                 + _capped(len(equity)))
+        lines = sum(_capped(n) for n in Counter(r["symbol"] for r in equity).values()) + _capped(
+            len(equity)
+        )
         trades = q("trades")
         traded = Counter(t["symbol"] for t in trades)
         symbol = min(traded, key=lambda x: (-traded[x], x))
@@ -146,29 +159,44 @@ def _expected(s: Settings) -> dict[str, tuple[int, dict[str, int]]]:
         actions = q("rl_actions")
         drift = q("drift_checks")
         by_reason, by_source = q("dead_letters_by_reason"), q("dead_letters_by_source")
-        categories = {n: min(n, MAX_CATEGORIES) + (n > MAX_CATEGORIES)
-                      for n in (len(by_reason), len(by_source))}
+        categories = {
+            n: min(n, MAX_CATEGORIES) + (n > MAX_CATEGORIES)
+            for n in (len(by_reason), len(by_source))
+        }
         return {
             "equity": (len(equity), {"pt": lines}),
             "drawdown": (len(equity), {"pt": lines}),
             "pnl_by_symbol": (len(q("pnl_by_symbol")), {"bar": len(q("pnl_by_symbol"))}),
             "pnl_by_day": (len(q("pnl_by_day")), {"bar": len(q("pnl_by_day"))}),
-            "price": (len(prices), {"pt": _capped(len(prices)), "entry": len(mine),
-                                    "exit": sum(t["exit_ts"] is not None for t in mine)}),
-            "hit_rate": (len(hits), {"pt": sum(_capped(n) for n in
-                                               Counter(r["model"] for r in hits).values())}),
-            "supervisor_verdicts": (len(supervisor), {
-                "bar": len(supervisor), "blk": sum(r["blocked"] > 0 for r in supervisor)}),
+            "price": (
+                len(prices),
+                {
+                    "pt": _capped(len(prices)),
+                    "entry": len(mine),
+                    "exit": sum(t["exit_ts"] is not None for t in mine),
+                },
+            ),
+            "hit_rate": (
+                len(hits),
+                {"pt": sum(_capped(n) for n in Counter(r["model"] for r in hits).values())},
+            ),
+            "supervisor_verdicts": (
+                len(supervisor),
+                {"bar": len(supervisor), "blk": sum(r["blocked"] > 0 for r in supervisor)},
+            ),
             "supervisor_shares": (len(supervisor), {"pt": 2 * _capped(len(supervisor))}),
             "rl_reward": (len(rewards), {"pt": _capped(len(rewards))}),
-            "policy_versions": (len(actions), {"pt": _capped(len(actions)),
-                                               "upd": len(q("rl_updates"))}),
-            **{c: (len(actions), {"binned": len(actions)}) for c in ("rl_size", "rl_tp",
-                                                                      "rl_sl")},
+            "policy_versions": (
+                len(actions),
+                {"pt": _capped(len(actions)), "upd": len(q("rl_updates"))},
+            ),
+            **{c: (len(actions), {"binned": len(actions)}) for c in ("rl_size", "rl_tp", "rl_sl")},
             "clm_timeline": (len(q("clm_cycles")), {"pt": len(q("clm_cycles"))}),
             "shadow_scores": (len(q("promotions")), {"pt": len(q("promotions"))}),
-            "drift": (len(drift), {"pt": _capped(len(drift)),
-                                   "fired": sum(bool(r["fired"]) for r in drift)}),
+            "drift": (
+                len(drift),
+                {"pt": _capped(len(drift)), "fired": sum(bool(r["fired"]) for r in drift)},
+            ),
             "dead_letters_reason": (len(by_reason), {"bar": categories[len(by_reason)]}),
             "dead_letters_source": (len(by_source), {"bar": categories[len(by_source)]}),
         }
@@ -176,13 +204,25 @@ def _expected(s: Settings) -> dict[str, tuple[int, dict[str, int]]]:
         store.close()
 
 
-def test_report_of_a_learning_replay_in_chromium(browser: Any, live_settings: Settings,
-                                                registry_copy: Path, sample_ticks: Path,
-                                                tmp_path: Path, capsys) -> None:
+def test_report_of_a_learning_replay_in_chromium(
+    browser: Any,
+    live_settings: Settings,
+    registry_copy: Path,
+    sample_ticks: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
     s = live_settings.replace(
-        ticks=str(sample_ticks), registry_path=registry_copy, learning=True,
-        rl_update_interval=4, clm_retrain_hours=12.0, clm_shadow_max=800, clm_blocking=True,
-        clm_budget="quick", clm_drift_hours=6.0)
+        ticks=str(sample_ticks),
+        registry_path=registry_copy,
+        learning=True,
+        rl_update_interval=4,
+        clm_retrain_hours=12.0,
+        clm_shadow_max=800,
+        clm_blocking=True,
+        clm_budget="quick",
+        clm_drift_hours=6.0,
+    )
     run_main(build_live_flow(s))
     capsys.readouterr()  # the run's summary
     page = tmp_path / "report.html"
@@ -205,15 +245,23 @@ def test_report_of_a_learning_replay_in_chromium(browser: Any, live_settings: Se
         else:
             assert got["empty"] and "no data: " in got["text"], chart
     # learning happened, so these charts are not just "no data"
-    for chart in ("equity", "price", "rl_reward", "policy_versions", "clm_timeline",
-                  "shadow_scores", "dead_letters_reason"):
+    for chart in (
+        "equity",
+        "price",
+        "rl_reward",
+        "policy_versions",
+        "clm_timeline",
+        "shadow_scores",
+        "dead_letters_reason",
+    ):
         assert expected[chart][0] > 0, chart
     assert expected["policy_versions"][1]["upd"] > 0  # a PPO update is drawn
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
     assert browser.execute_script(
-        "return document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
+        "return document.documentElement.scrollWidth <= window.innerWidth"
+    )  # no sideways scroll
 
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(WIDTH, height + 150)
@@ -230,4 +278,5 @@ def test_report_of_a_learning_replay_in_chromium(browser: Any, live_settings: Se
 
     browser.set_window_size(420, 900)  # a phone: the grid becomes one column, nothing overflows
     assert browser.execute_script(
-        "return document.documentElement.scrollWidth <= window.innerWidth")
+        "return document.documentElement.scrollWidth <= window.innerWidth"
+    )

@@ -22,9 +22,15 @@ from storage.store import open_store
 
 
 def test_env_and_live_sizing_see_identical_states_and_rewards(
-        live_settings, registry_copy: Path, sample_ticks: Path) -> None:
-    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy,
-                              learning=True, clm_enabled=False, rl_update_interval=10**9)
+    live_settings, registry_copy: Path, sample_ticks: Path
+) -> None:
+    s = live_settings.replace(
+        ticks=str(sample_ticks),
+        registry_path=registry_copy,
+        learning=True,
+        clm_enabled=False,
+        rl_update_interval=10**9,
+    )
     run_main(build_live_flow(s))  # learning on (rewards recorded), no update changes the policy
     store = open_store(s)
     try:
@@ -36,10 +42,19 @@ def test_env_and_live_sizing_see_identical_states_and_rewards(
     assert len(trades) > 20 and rewards.keys() == trades.keys()
 
     history = history_from_ticks(str(sample_ticks), s, keep_ticks=True)
-    index = {sym: {to_ms(b.end): i for i, b in enumerate(bars)}
-             for sym, bars in history.bars.items()}
-    signals = [SignalEvent(r["symbol"], index[r["symbol"]][to_ms(r["ts"])],
-                           Action(r["action"]), r["confidence"], 0.0) for r in tradable]
+    index = {
+        sym: {to_ms(b.end): i for i, b in enumerate(bars)} for sym, bars in history.bars.items()
+    }
+    signals = [
+        SignalEvent(
+            r["symbol"],
+            index[r["symbol"]][to_ms(r["ts"])],
+            Action(r["action"]),
+            r["confidence"],
+            0.0,
+        )
+        for r in tradable
+    ]
     env = SizingEnv(history, signals, EnvConfig.from_settings(s))
     obs, _ = env.reset()
     seen, done = 0, False

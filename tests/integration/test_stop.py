@@ -18,8 +18,9 @@ from tests.integration.test_trading import _env, _live, _query
 
 
 @pytest.mark.slow
-def test_stop_with_sigint_then_sigterm_and_resume(tmp_path: Path, sample_ticks: Path,
-                                                  trained_registry: Path) -> None:
+def test_stop_with_sigint_then_sigterm_and_resume(
+    tmp_path: Path, sample_ticks: Path, trained_registry: Path
+) -> None:
     ticks = {"QT_TICKS": str(sample_ticks)}
     reference = tmp_path / "reference"
     _live(reference, trained_registry, **ticks)
@@ -28,18 +29,40 @@ def test_stop_with_sigint_then_sigterm_and_resume(tmp_path: Path, sample_ticks: 
     home = tmp_path / "stopped"
     recovery = home / "recovery"
     recovery.mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True,
-                   cwd=PROJECT_ROOT, env=_env(home, trained_registry))
-    args = [sys.executable, "-m", "bytewax.run", "dataflows.live", "-r", str(recovery),
-            "-s", "1", "-b", "0"]
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
+        check=True,
+        cwd=PROJECT_ROOT,
+        env=_env(home, trained_registry),
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "bytewax.run",
+        "dataflows.live",
+        "-r",
+        str(recovery),
+        "-s",
+        "1",
+        "-b",
+        "0",
+    ]
     # ~30 s of replay; the first progress line says the flow runs (its handlers are set)
     paced = _env(home, trained_registry, **ticks, QT_REPLAY_SPEED="6000", QT_PROGRESS="always")
     seen = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=paced, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            args,
+            cwd=PROJECT_ROOT,
+            env=paced,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         lines: list[str] = []
-        reader = threading.Thread(target=lambda p=proc: lines.extend(p.stderr), daemon=True)
+        reader = threading.Thread(
+            target=lambda p=proc, out=lines: out.extend(p.stderr), daemon=True
+        )
         reader.start()
         deadline = time.monotonic() + 120
         while proc.poll() is None and not any(" rows" in ln for ln in lines):

@@ -25,8 +25,9 @@ from settings import PROJECT_ROOT
 from storage.store import open_store
 
 
-def test_every_trade_of_a_replay_has_its_complete_entry_state(live_settings, sample_ticks,
-                                                              capsys) -> None:
+def test_every_trade_of_a_replay_has_its_complete_entry_state(
+    live_settings, sample_ticks, capsys
+) -> None:
     s = live_settings.replace(ticks=str(sample_ticks))
     run_main(build_live_flow(s))
     out = capsys.readouterr().out
@@ -41,34 +42,56 @@ def test_every_trade_of_a_replay_has_its_complete_entry_state(live_settings, sam
     finally:
         store.close()
     assert check["closed"] == check["trades"] > 0  # end of input closes what is open
-    for gap in ("no_features", "no_rl_state", "no_rl_action", "no_log_prob",
-                "no_policy_version", "not_four_votes"):
+    for gap in (
+        "no_features",
+        "no_rl_state",
+        "no_rl_action",
+        "no_log_prob",
+        "no_policy_version",
+        "not_four_votes",
+    ):
         assert check[gap] == 0, gap
-    assert all(t["policy_version"].startswith("ppo-") and len(t["rl_action"]) == 3
-               for t in trades)
+    assert all(t["policy_version"].startswith("ppo-") and len(t["rl_action"]) == 3 for t in trades)
     assert sum(v["verdicts"] for v in verdicts) > 0
 
 
 def _env(home: Path, registry: Path, **extra: str) -> dict[str, str]:
     # learning off: its updates change the policy mid-run (and the shared registry), which is
     # not what these checks are about
-    return {**os.environ, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(registry),
-            "QT_LEARNING": "false", **extra}
+    return {
+        **os.environ,
+        "QT_HOME": str(home),
+        "QT_REGISTRY_DIR": str(registry),
+        "QT_LEARNING": "false",
+        **extra,
+    }
 
 
 def _live(home: Path, registry: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.live", *args],
-                          cwd=PROJECT_ROOT, env=_env(home, registry, **extra),
-                          capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.live", *args],
+        cwd=PROJECT_ROOT,
+        env=_env(home, registry, **extra),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def _query(home: Path, registry: Path, name: str, *params: str) -> list[dict]:
     args = [a for p in params for a in ("--param", p)]
-    proc = subprocess.run([sys.executable, "-m", "cli.analytics", name, "--json", *args],
-                          cwd=PROJECT_ROOT, env=_env(home, registry), capture_output=True,
-                          text=True, timeout=300, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.analytics", name, "--json", *args],
+        cwd=PROJECT_ROOT,
+        env=_env(home, registry),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
@@ -86,26 +109,44 @@ json.dump({n: [_jsonable(r) for r in run(n, dict(p), settings)] for n, p in aske
 
 def _queries(home: Path, registry: Path, asked: dict[str, dict[str, str]]) -> dict[str, list]:
     """``{name: rows}`` of ``cli.analytics`` for each ``{name: params}``, in one process."""
-    proc = subprocess.run([sys.executable, "-c", _MANY_QUERIES], input=json.dumps(asked),
-                          cwd=PROJECT_ROOT, env=_env(home, registry), capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MANY_QUERIES],
+        input=json.dumps(asked),
+        cwd=PROJECT_ROOT,
+        env=_env(home, registry),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
 
-LEARNING_ON = {"QT_LEARNING": "true", "QT_RL_V3_UPDATE_INTERVAL": "6",
-               "QT_CLM_RETRAIN_HOURS": "24", "QT_CLM_DRIFT_HOURS": "6", "QT_CLM_SHADOW_MIN": "50",
-               "QT_CLM_SHADOW_MAX": "400", "QT_CLM_BLOCKING": "true", "QT_CLM_BUDGET": "quick"}
+LEARNING_ON = {
+    "QT_LEARNING": "true",
+    "QT_RL_V3_UPDATE_INTERVAL": "6",
+    "QT_CLM_RETRAIN_HOURS": "24",
+    "QT_CLM_DRIFT_HOURS": "6",
+    "QT_CLM_SHADOW_MIN": "50",
+    "QT_CLM_SHADOW_MAX": "400",
+    "QT_CLM_BLOCKING": "true",
+    "QT_CLM_BUDGET": "quick",
+}
 
 
 def _outcome(home: Path, registry: Path) -> dict:
     """What a learning-on replay decided: trades, verdicts, PPO updates, CLM decisions, and
     the registry's versions and stages (wall-clock fields left out)."""
-    out: dict = _queries(home, registry, {name: {} for name in (
-        "trades", "rl_updates", "promotions", "supervisor_blocks")})
+    out: dict = _queries(
+        home,
+        registry,
+        {name: {} for name in ("trades", "rl_updates", "promotions", "supervisor_blocks")},
+    )
     out["versions"] = sorted(str(p.relative_to(registry)) for p in registry.glob("*/v*"))
-    out["stages"] = {p.parent.name: json.loads(p.read_text())
-                     for p in registry.glob("*/stages.json")}
+    out["stages"] = {
+        p.parent.name: json.loads(p.read_text()) for p in registry.glob("*/stages.json")
+    }
     for stages in out["stages"].values():
         for entry in stages.values():
             entry.pop("promoted_at", None)
@@ -113,8 +154,9 @@ def _outcome(home: Path, registry: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def learning_reference(tmp_path_factory: pytest.TempPathFactory, sample_ticks: Path,
-                       trained_registry: Path) -> tuple[Path, Path, dict]:
+def learning_reference(
+    tmp_path_factory: pytest.TempPathFactory, sample_ticks: Path, trained_registry: Path
+) -> tuple[Path, Path, dict]:
     """One uninterrupted learning-on replay, one worker: ``(home, registry, outcome)``, the
     reference of the determinism and the crash tests."""
     home = tmp_path_factory.mktemp("learning_reference")
@@ -126,8 +168,11 @@ def learning_reference(tmp_path_factory: pytest.TempPathFactory, sample_ticks: P
 
 @pytest.mark.slow
 def test_a_learning_replay_is_the_same_twice_and_with_two_workers(
-        tmp_path: Path, sample_ticks: Path, trained_registry: Path,
-        learning_reference: tuple[Path, Path, dict]) -> None:
+    tmp_path: Path,
+    sample_ticks: Path,
+    trained_registry: Path,
+    learning_reference: tuple[Path, Path, dict],
+) -> None:
     """Determinism with learning on: the same replay gives identical trades, verdicts, PPO
     updates, CLM decisions and registry versions, twice with 1 worker and once with 2 (the
     learners act inside the engine's event order)."""
@@ -141,8 +186,10 @@ def test_a_learning_replay_is_the_same_twice_and_with_two_workers(
     # and every analytics query answers on the result (no ablation was run here:
     # tests/learning/test_ablation.py covers that one)
     trade = first["trades"][0]
-    given = {"why_trade": {"trade_id": trade["trade_id"]},
-             "price_bars": {"symbol": trade["symbol"]}}
+    given = {
+        "why_trade": {"trade_id": trade["trade_id"]},
+        "price_bars": {"symbol": trade["symbol"]},
+    }
     answers = _queries(home, registry, {name: given.get(name, {}) for name in available()})
     assert set(answers) == set(available())
     assert not [name for name, rows in answers.items() if not rows and name != "evaluations"]
@@ -158,8 +205,11 @@ def _cycle_training(home: Path) -> bool:
 
 @pytest.mark.slow
 def test_kill_and_resume_with_learning_on_loses_and_repeats_nothing(
-        tmp_path: Path, sample_ticks: Path, trained_registry: Path,
-        learning_reference: tuple[Path, Path, dict]) -> None:
+    tmp_path: Path,
+    sample_ticks: Path,
+    trained_registry: Path,
+    learning_reference: tuple[Path, Path, dict],
+) -> None:
     """kill -9 a recoverable learning-on replay at five points (early, right after a PPO
     update, while a CLM cycle trains, and twice more), resuming each time: the same trades,
     verdicts, PPO updates, CLM decisions and registry versions as an uninterrupted run; no
@@ -172,21 +222,42 @@ def test_kill_and_resume_with_learning_on_loses_and_repeats_nothing(
 
     registry, recovery = crashed / "registry", crashed / "recovery"
     recovery.mkdir(parents=True)
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True,
-                   cwd=PROJECT_ROOT, env=_env(crashed, registry))
-    args = [sys.executable, "-m", "bytewax.run", "dataflows.live", "-r", str(recovery),
-            "-s", "1", "-b", "0"]
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
+        check=True,
+        cwd=PROJECT_ROOT,
+        env=_env(crashed, registry),
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "bytewax.run",
+        "dataflows.live",
+        "-r",
+        str(recovery),
+        "-s",
+        "1",
+        "-b",
+        "0",
+    ]
     paced = {**ticks, **LEARNING_ON, "QT_REPLAY_SPEED": "6000"}  # two days in ~30 s
     kills: list[str] = []
-    points = [("early", lambda t, ppo: t > 4.0),
-              ("after a PPO update", lambda t, ppo: _new_ppo_version(registry, ppo)),
-              ("during a CLM cycle", lambda t, ppo: _cycle_training(crashed)),
-              ("later", lambda t, ppo: t > 6.0),
-              ("later again", lambda t, ppo: t > 6.0)]
+    points = [
+        ("early", lambda t, ppo: t > 4.0),
+        ("after a PPO update", lambda t, ppo: _new_ppo_version(registry, ppo)),
+        ("during a CLM cycle", lambda t, ppo: _cycle_training(crashed)),
+        ("later", lambda t, ppo: t > 6.0),
+        ("later again", lambda t, ppo: t > 6.0),
+    ]
     for name, due in points:
         ppo = {p.name for p in (registry / "ppo").glob("v*")}
-        proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=_env(crashed, registry, **paced),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args,
+            cwd=PROJECT_ROOT,
+            env=_env(crashed, registry, **paced),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         t0 = time.monotonic()
         while proc.poll() is None and not due(time.monotonic() - t0, ppo):
             time.sleep(0.02)

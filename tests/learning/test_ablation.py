@@ -28,8 +28,7 @@ LEARNED = {"rl_updates": 3, "clm_cycles": 1, "promotions": 1, "retirements": 7}
 
 def panel(pnl: list[float], n: list[int] | None = None) -> DailyPanel:
     trades = np.array(n if n is not None else [1] * len(pnl))
-    return DailyPanel(np.array(pnl, dtype=np.float64), trades,
-                      np.array([int(p > 0) for p in pnl]))
+    return DailyPanel(np.array(pnl, dtype=np.float64), trades, np.array([int(p > 0) for p in pnl]))
 
 
 def test_a_consistent_gain_is_significant_and_noise_is_not() -> None:
@@ -41,19 +40,20 @@ def test_a_consistent_gain_is_significant_and_noise_is_not() -> None:
     assert pnl.diff == pytest.approx(gain.pnl.sum() - off.pnl.sum())
     assert pnl.low > 0 and pnl.significant == 1  # +5 a day, every day
     assert verdict(list(rows.values()), LEARNED, 0.95).startswith(
-        "Learning on earned more than learning off, significant at 95%")
+        "Learning on earned more than learning off, significant at 95%"
+    )
     noise = panel(list(off.pnl + rng.normal(0, 10, 20)))
     rows = {r.metric: r for r in compare(off, noise, 100_000.0)}
     assert rows["net_pnl"].low < 0 < rows["net_pnl"].high
     assert verdict(list(rows.values()), LEARNED, 0.95).startswith(
-        "No significant difference in net PnL at 95%")
+        "No significant difference in net PnL at 95%"
+    )
 
 
 def test_intervals_are_paired_by_day() -> None:
     """A common daily swing cancels: the same gain on wildly different days is significant."""
     swing = [300.0, -250.0, 120.0, -400.0, 90.0, 220.0, -180.0, 60.0]
-    rows = {r.metric: r for r in compare(panel(swing), panel([x + 2 for x in swing]),
-                                         100_000.0)}
+    rows = {r.metric: r for r in compare(panel(swing), panel([x + 2 for x in swing]), 100_000.0)}
     assert rows["net_pnl"].low == pytest.approx(16.0) == rows["net_pnl"].high
 
 
@@ -88,14 +88,15 @@ def test_split_keeps_the_header_and_cuts_at_the_time(sample_ticks: Path, tmp_pat
 
 
 def test_the_report_names_the_settings_that_shape_both_arms() -> None:
-    s = Settings.from_env({"QT_RL_V3_UPDATE_INTERVAL": "20", "QT_HOME": "/elsewhere",
-                           "QT_LEARNING": "false"})
+    s = Settings.from_env(
+        {"QT_RL_V3_UPDATE_INTERVAL": "20", "QT_HOME": "/elsewhere", "QT_LEARNING": "false"}
+    )
     assert changed_settings(s) == {"QT_RL_V3_UPDATE_INTERVAL": "20"}
 
 
-def test_a_whole_evaluation_of_the_sample(settings: Settings, sample_ticks: Path,
-                                          monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path) -> None:
+def test_a_whole_evaluation_of_the_sample(
+    settings: Settings, sample_ticks: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Day one trains, day two is replayed with learning off and on: both arms trade the
     same ticks, only the learning arm learns, and the result is stored."""
     for k, v in {"QT_RL_V3_UPDATE_INTERVAL": "6", "QT_CLM_ENABLED": "false"}.items():
@@ -103,8 +104,9 @@ def test_a_whole_evaluation_of_the_sample(settings: Settings, sample_ticks: Path
     s = Settings.from_env(home=tmp_path)
     log = tmp_path / "log.txt"
     with log.open("w") as out:
-        e = run_evaluation(str(sample_ticks), datetime(2014, 5, 7, tzinfo=UTC), s, quick=True,
-                           log=out)
+        e = run_evaluation(
+            str(sample_ticks), datetime(2014, 5, 7, tzinfo=UTC), s, quick=True, log=out
+        )
     text = e.render()
     assert "learning ablation" in text and e.verdict in text
     assert e.settings == {"QT_RL_V3_UPDATE_INTERVAL": "6", "QT_CLM_ENABLED": "False"}

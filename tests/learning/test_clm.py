@@ -25,30 +25,54 @@ H = 3_600_000
 
 def learner(registry: ModelRegistry, store, settings) -> ContinuousLearner:
     label_cfg = LabelConfig.from_settings(settings)
-    runner = CycleRunner(ClmDeps(registry, store, None, RetrainRequests(settings.clm_dir),
-                                 settings.clm_dir, None), label_cfg, 0)
-    return ContinuousLearner(ClmConfig(triggers=TriggerConfig(-1, -1, 6.0)), label_cfg,
-                             runner, ActiveModels(registry, owned=True))
+    runner = CycleRunner(
+        ClmDeps(registry, store, None, RetrainRequests(settings.clm_dir), settings.clm_dir, None),
+        label_cfg,
+        0,
+    )
+    return ContinuousLearner(
+        ClmConfig(triggers=TriggerConfig(-1, -1, 6.0)),
+        label_cfg,
+        runner,
+        ActiveModels(registry, owned=True),
+    )
 
 
 def shadow_copies(registry: ModelRegistry, cycle_id: str) -> dict[str, str]:
-    return {m: registry.publish(m, registry.load(m).save, stage=Stage.SHADOW, feature_set="fs",
-                                params={"cycle": cycle_id}).version for m in MODEL_NAMES}
+    return {
+        m: registry.publish(
+            m,
+            registry.load(m).save,
+            stage=Stage.SHADOW,
+            feature_set="fs",
+            params={"cycle": cycle_id},
+        ).version
+        for m in MODEL_NAMES
+    }
 
 
-def test_an_interrupted_shadow_test_is_resumed_by_the_next_run(registry_copy: Path, store,
-                                                               settings) -> None:
+def test_an_interrupted_shadow_test_is_resumed_by_the_next_run(
+    registry_copy: Path, store, settings
+) -> None:
     registry = ModelRegistry(registry_copy, store)
     versions = shadow_copies(registry, "clm-0007-x")
-    cycle = Cycle("clm-0007-x", "manual", "test", 1_000, CycleStatus.SHADOW,
-                  versions=dict(versions), decisions={"xgboost": ChallengerDecision.PROMOTED})
+    cycle = Cycle(
+        "clm-0007-x",
+        "manual",
+        "test",
+        1_000,
+        CycleStatus.SHADOW,
+        versions=dict(versions),
+        decisions={"xgboost": ChallengerDecision.PROMOTED},
+    )
     block = event_rows(CLM_CYCLES, [cycle.record(2_000)])
     store.insert(block.table, block.columns, block.data)
     registry.set_stage("xgboost", versions["xgboost"], Stage.PRODUCTION)  # decided before
     clm = learner(registry, store, settings)
     assert clm.cycle is not None and clm.cycle.cycle_id == "clm-0007-x"
     assert sorted(clm.cycle.challengers()) == sorted(
-        (m, v) for m, v in versions.items() if m != "xgboost")
+        (m, v) for m, v in versions.items() if m != "xgboost"
+    )
     assert set(clm.judge.rows) == set(clm.cycle.challengers())  # judged from now on
     assert "resumed" in clm.cycle.reason
 
@@ -62,7 +86,8 @@ def test_an_orphan_without_its_cycle_is_retired(registry_copy: Path, store, sett
 
 
 def test_performance_compares_the_ensembles_hit_rate_with_its_own_reference(
-        registry_copy: Path, store, settings) -> None:
+    registry_copy: Path, store, settings
+) -> None:
     registry = ModelRegistry(registry_copy, store)
     clm = learner(registry, store, settings)
     reference = registry.get(REFERENCE, registry.production_version(REFERENCE)).metrics
@@ -81,8 +106,9 @@ def test_performance_compares_the_ensembles_hit_rate_with_its_own_reference(
     assert clm._performance(now + 10 * H) is None
 
 
-def test_after_a_promotion_the_ensemble_earns_a_new_reference(registry_copy: Path, store,
-                                                              settings) -> None:
+def test_after_a_promotion_the_ensemble_earns_a_new_reference(
+    registry_copy: Path, store, settings
+) -> None:
     registry = ModelRegistry(registry_copy, store)
     clm = learner(registry, store, settings)
     cycle = Cycle("c", "manual", "test", 0, CycleStatus.SHADOW, reference_version="")

@@ -42,10 +42,15 @@ def sample_rows(sample_ticks: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Warm feature rows of both symbols of the bundled sample (2014-05-06/07), in time order,
     with their bar close times (ms) and symbols: what the CLM holds at a check."""
     history = history_from_ticks(str(sample_ticks), Settings.from_env({}))
-    vectors = sorted((v for s in history.symbols for v in history.vectors[s] if v.warm),
-                     key=lambda v: (to_ms(v.ts), v.symbol))
-    return (feature_matrix(vectors), np.array([to_ms(v.ts) for v in vectors]),
-            np.array([v.symbol for v in vectors]))
+    vectors = sorted(
+        (v for s in history.symbols for v in history.vectors[s] if v.warm),
+        key=lambda v: (to_ms(v.ts), v.symbol),
+    )
+    return (
+        feature_matrix(vectors),
+        np.array([to_ms(v.ts) for v in vectors]),
+        np.array([v.symbol for v in vectors]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +82,14 @@ def test_shifted_or_scaled_feature_gives_large_psi_on_that_feature_only() -> Non
     ref = FeatureReference.fit(_normal(0))
     recent = _normal(1)
     j, k = FEATURE_NAMES.index("rsi_14"), FEATURE_NAMES.index("atr_14")
-    recent[:, j] += 1.0   # mean shift of one standard deviation
-    recent[:, k] *= 3.0   # same mean, three times the spread
+    recent[:, j] += 1.0  # mean shift of one standard deviation
+    recent[:, k] *= 3.0  # same mean, three times the spread
     psi = ref.psi(recent)
     assert psi["rsi_14"] > 0.5
     assert psi["atr_14"] > 0.5
     assert max(v for n, v in psi.items() if n not in ("rsi_14", "atr_14")) < 0.005
     assert ref.drift_score(recent) > THRESHOLD
-    assert ref.drift_score(recent) == pytest.approx(
-        np.mean([psi[n] for n in ref.scored]))
+    assert ref.drift_score(recent) == pytest.approx(np.mean([psi[n] for n in ref.scored]))
 
 
 @pytest.mark.parametrize("new_value", [2.0, 4.0])
@@ -120,8 +124,9 @@ def test_nan_has_its_own_bin() -> None:
     assert ref.psi(np.column_stack([more_nan, all_nan]))["f"] > 0.5
     assert ref.psi(np.column_stack([same, all_nan]))["all_nan"] == 0.0
     # infinities are not NaN: they land in the end bins
-    assert ref.features[0].counts(np.array([-np.inf, np.inf, np.nan])).tolist() == \
-        [1.0] + [0.0] * 8 + [1.0, 1.0]
+    assert ref.features[0].counts(np.array([-np.inf, np.inf, np.nan])).tolist() == [1.0] + [
+        0.0
+    ] * 8 + [1.0, 1.0]
 
 
 def test_calendar_features_are_binned_but_not_scored() -> None:
@@ -172,8 +177,7 @@ def test_json_round_trip_is_exact(sample_days) -> None:
 def test_registry_publish_and_load(tmp_path: Path, sample_days) -> None:
     ref = FeatureReference.fit(sample_days[0])
     reg = ModelRegistry(tmp_path)
-    mv = reg.publish(MODEL_NAME, ref.save, stage=Stage.PRODUCTION,
-                     feature_set=FEATURE_SET_VERSION)
+    mv = reg.publish(MODEL_NAME, ref.save, stage=Stage.PRODUCTION, feature_set=FEATURE_SET_VERSION)
     directory = reg.verified_path(MODEL_NAME, mv.version)
     assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "reference.json"]
     assert FeatureReference.load(directory) == ref
@@ -190,6 +194,7 @@ def test_from_json_refuses_other_documents() -> None:
 
 # --- the noise correction ------------------------------------------------------------------
 
+
 def _wander(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
     """AR(1) with unit variance: a slowly moving feature (a new value every ~2/(1-phi) rows)."""
     x, e = np.zeros(n), rng.normal(size=n) * math.sqrt(1 - phi**2)
@@ -201,12 +206,13 @@ def _wander(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
 def test_null_of_independent_rows_is_the_textbook_expectation() -> None:
     rng = np.random.default_rng(0)
     n_ref = 20_000
-    ref = FeatureReference.fit(rng.normal(size=(n_ref, 3)), names=("a", "b", "c"),
-                               ts_ms=np.arange(n_ref) * MINUTE)
+    ref = FeatureReference.fit(
+        rng.normal(size=(n_ref, 3)), names=("a", "b", "c"), ts_ms=np.arange(n_ref) * MINUTE
+    )
     assert ref.null_pooled is not None and ref.null_seasonal is not None
     points = ref.null_pooled.points
     assert [p.rows for p in points] == sorted({p.rows for p in points})
-    assert points[0].rows == 15 and points[-1].rows <= n_ref / 2   # 15-minute chunks
+    assert points[0].rows == 15 and points[-1].rows <= n_ref / 2  # 15-minute chunks
     for p in points:
         assert p.windows == 96 and p.level >= p.mean > 0
         if p.rows >= 200:  # PSI of n vs the other n_ref - n independent rows: 9 (1/n + 1/m)
@@ -224,17 +230,20 @@ def test_autocorrelated_rows_fire_raw_but_not_corrected() -> None:
     n = 11 * 1440
     X = np.column_stack([_wander(rng, n, 0.99), _wander(rng, n, 0.9), rng.normal(size=n)])
     ts = np.arange(n) * MINUTE
-    ref = FeatureReference.fit(X[:7 * 1440], names=("slow", "mid", "fast"),
-                               ts_ms=ts[:7 * 1440])
-    days = [ref.drift_check(X[d * 1440:(d + 1) * 1440], ts[d * 1440:(d + 1) * 1440])
-            for d in range(7, 11)]
+    ref = FeatureReference.fit(X[: 7 * 1440], names=("slow", "mid", "fast"), ts_ms=ts[: 7 * 1440])
+    days = [
+        ref.drift_check(X[d * 1440 : (d + 1) * 1440], ts[d * 1440 : (d + 1) * 1440])
+        for d in range(7, 11)
+    ]
     assert sum(d.raw > THRESHOLD for d in days) >= 3
     assert not any(d.drifted(THRESHOLD) for d in days)
     assert all(d.corrected == pytest.approx(d.score - d.null) for d in days)
     # the same days with the fast feature shifted by one standard deviation: drift
     step = np.array([0.0, 0.0, 1.0])
-    shifted = [ref.drift_check(X[d * 1440:(d + 1) * 1440] + step, ts[d * 1440:(d + 1) * 1440])
-               for d in range(7, 11)]
+    shifted = [
+        ref.drift_check(X[d * 1440 : (d + 1) * 1440] + step, ts[d * 1440 : (d + 1) * 1440])
+        for d in range(7, 11)
+    ]
     assert all(s.drifted(THRESHOLD) for s in shifted)
 
 
@@ -246,12 +255,12 @@ def test_seasonal_score_compares_a_window_with_the_same_hours() -> None:
     hour = ts // HOUR % 24
     loud = np.where((hour >= 7) & (hour < 17), 3.0, 1.0)  # the trading day is louder
     X = np.column_stack([np.abs(rng.normal(size=n)) * loud, rng.normal(size=n)])
-    ref = FeatureReference.fit(X[:8 * 1440], names=("vol", "ret"), ts_ms=ts[:8 * 1440])
-    night = (ts >= 8 * DAY) & (ts < 8 * DAY + 6 * HOUR)       # 00:00-06:00, the quiet hours
+    ref = FeatureReference.fit(X[: 8 * 1440], names=("vol", "ret"), ts_ms=ts[: 8 * 1440])
+    night = (ts >= 8 * DAY) & (ts < 8 * DAY + 6 * HOUR)  # 00:00-06:00, the quiet hours
     check = ref.drift_check(X[night], ts[night])
-    assert check.raw > 0.1                                     # the pooled view: "drift"
+    assert check.raw > 0.1  # the pooled view: "drift"
     assert check.score < check.raw / 5 and not check.drifted(THRESHOLD)
-    pooled = ref.drift_check(X[night])                         # no times: pooled score + null
+    pooled = ref.drift_check(X[night])  # no times: pooled score + null
     assert pooled.method == "pooled" and pooled.score == check.raw
     louder = X[night] * [3.0, 1.0]
     assert ref.drift_check(louder, ts[night]).drifted(THRESHOLD)
@@ -269,24 +278,31 @@ def test_iid_fallback_without_times_and_the_threshold_on_corrected() -> None:
     check = ref.drift_check(_normal(1, 1000), np.arange(1000) * MINUTE)
     assert check.method == "iid"
     assert check.null == pytest.approx(iid_expected_psi(ref, 1000))
-    assert check.null == pytest.approx(np.mean([
-        (sum(s > 0 for s in f.shares) - 1) * (1 / 5000 + 1 / 1000)
-        for f in ref.features if f.name in ref.scored]))
+    assert check.null == pytest.approx(
+        np.mean(
+            [
+                (sum(s > 0 for s in f.shares) - 1) * (1 / 5000 + 1 / 1000)
+                for f in ref.features
+                if f.name in ref.scored
+            ]
+        )
+    )
     assert check.raw == ref.drift_score(_normal(1, 1000))
     assert DriftScore(0.2, 0.2, 0.1, 0.14, 0.06, 100, "pooled").drifted(THRESHOLD)
     assert not DriftScore(0.2, 0.2, 0.1, 0.16, 0.04, 100, "pooled").drifted(THRESHOLD)
 
 
 def test_null_table_reads_any_window_size() -> None:
-    table = NullTable((NullPoint(100, 96, 0.4, 0.8), NullPoint(400, 96, 0.1, 0.2),
-                       NullPoint(1600, 96, 0.05, 0.1)))
+    table = NullTable(
+        (NullPoint(100, 96, 0.4, 0.8), NullPoint(400, 96, 0.1, 0.2), NullPoint(1600, 96, 0.05, 0.1))
+    )
     levels = [table.at(n)[1] for n in (10, 100, 150, 400, 800, 1600, 6400)]
     assert levels == sorted(levels, reverse=True)
-    assert table.at(200) == pytest.approx((0.2, 0.4))          # log-log between points
-    assert table.at(50) == pytest.approx((0.8, 1.6))           # 1/n below the smallest
-    assert table.at(6400) == pytest.approx((0.025, 0.05))      # last slope above the largest
+    assert table.at(200) == pytest.approx((0.2, 0.4))  # log-log between points
+    assert table.at(50) == pytest.approx((0.8, 1.6))  # 1/n below the smallest
+    assert table.at(6400) == pytest.approx((0.025, 0.05))  # last slope above the largest
     rising = NullTable((NullPoint(100, 96, 0.1, 0.2), NullPoint(200, 96, 0.2, 0.4)))
-    assert rising.at(800) == (0.2, 0.4)                        # never grows with the size
+    assert rising.at(800) == (0.2, 0.4)  # never grows with the size
 
 
 def test_fit_refuses_bad_times_and_quantiles() -> None:

@@ -34,8 +34,14 @@ from settings import Settings
 
 SETTINGS = Settings.from_env({})
 LABELS = LabelConfig.from_settings(SETTINGS)
-CFG = EvidenceConfig(margin=0.02, confidence=0.95, min_bars=100, max_bars=3200,
-                     horizon=LABELS.horizon, bar_ms=SETTINGS.bar_seconds * 1000)
+CFG = EvidenceConfig(
+    margin=0.02,
+    confidence=0.95,
+    min_bars=100,
+    max_bars=3200,
+    horizon=LABELS.horizon,
+    bar_ms=SETTINGS.bar_seconds * 1000,
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,17 @@ class Bars:
 
     def judge(self, chal: np.ndarray, n: int | None = None, **kw: object) -> PromotionEvidence:
         s = slice(0, n)
-        return judge(self.ts[s], self.symbol[s], self.y[s], self.prod[s], chal[s], self.fwd[s],
-                     self.cost[s], CFG, **kw)  # type: ignore[arg-type]
+        return judge(
+            self.ts[s],
+            self.symbol[s],
+            self.y[s],
+            self.prod[s],
+            chal[s],
+            self.fwd[s],
+            self.cost[s],
+            CFG,
+            **kw,
+        )  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +93,8 @@ def same(a: PromotionEvidence, b: PromotionEvidence) -> bool:
     da, db = a.to_dict(), b.to_dict()
     return da.keys() == db.keys() and all(
         da[k] == db[k] or (isinstance(da[k], float) and math.isnan(da[k]) and math.isnan(db[k]))
-        for k in da)
+        for k in da
+    )
 
 
 def test_doctests() -> None:
@@ -94,7 +110,7 @@ def test_forced_better_challenger_is_promoted_at_the_first_look(bars: Bars) -> N
     assert (r.look, r.n_symbols, r.block_closes, r.n_blocks) == (2, 2, 10, 10)
     assert 200 <= r.n < 202 and r.n_available == len(bars.y)
     assert r.challenger_f1 == 1.0
-    assert r.production_f1 == pytest.approx(macro_f1(bars.y[:r.n], bars.prod[:r.n]))
+    assert r.production_f1 == pytest.approx(macro_f1(bars.y[: r.n], bars.prod[: r.n]))
     assert r.improvement_low > CFG.margin and r.improvement_low < r.improvement
     assert r.econ_diff > 0 and r.challenger_econ > r.production_econ
     assert r.reason.startswith("promoted: macro-F1 +") and "at 95%, earns +" in r.reason
@@ -150,11 +166,15 @@ def test_interval_and_decision_agree(bars: Bars) -> None:
 def _synthetic(n: int, seed: int = 7) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.choice(3, size=n, p=[0.8, 0.1, 0.1])
-    return {"ts_ms": np.repeat(np.arange(n // 2, dtype=np.int64) * 60_000, 2),
-            "symbol": np.tile(np.array(["A", "B"], dtype=object), n // 2), "y": y,
-            "prod": np.where(rng.random(n) < 0.5, y, rng.choice(3, size=n)),
-            "chal": y.copy(), "fwd": np.where(y == 1, 0.003, np.where(y == 2, -0.003, 0.0)),
-            "cost": np.full(n, 0.001)}
+    return {
+        "ts_ms": np.repeat(np.arange(n // 2, dtype=np.int64) * 60_000, 2),
+        "symbol": np.tile(np.array(["A", "B"], dtype=object), n // 2),
+        "y": y,
+        "prod": np.where(rng.random(n) < 0.5, y, rng.choice(3, size=n)),
+        "chal": y.copy(),
+        "fwd": np.where(y == 1, 0.003, np.where(y == 2, -0.003, 0.0)),
+        "cost": np.full(n, 0.001),
+    }
 
 
 def test_better_f1_that_earns_less_is_never_promoted() -> None:
@@ -193,9 +213,16 @@ def test_too_few_blocks_at_max_bars_is_unproven() -> None:
     n = 400
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, n)
-    r = judge(np.repeat(np.arange(n // 10, dtype=np.int64) * 60_000, 10),
-              np.tile(np.array([f"S{i}" for i in range(10)]), n // 10), y, y, y, np.zeros(n),
-              0.0, replace(CFG, max_bars=400))
+    r = judge(
+        np.repeat(np.arange(n // 10, dtype=np.int64) * 60_000, 10),
+        np.tile(np.array([f"S{i}" for i in range(10)]), n // 10),
+        y,
+        y,
+        y,
+        np.zeros(n),
+        0.0,
+        replace(CFG, max_bars=400),
+    )
     assert r.decision is Decision.RETIRE_UNPROVEN and r.n_blocks == 4
     assert "only 4 blocks" in r.reason
 
@@ -214,8 +241,16 @@ def test_same_inputs_and_seed_same_result_whatever_the_row_order(bars: Bars) -> 
     a = bars.judge(chal, 2000)
     assert same(a, bars.judge(chal, 2000))
     order = np.random.default_rng(1).permutation(2000)
-    shuffled = judge(bars.ts[order], bars.symbol[order], bars.y[order], bars.prod[order],
-                     chal[order], bars.fwd[order], bars.cost[order], CFG)
+    shuffled = judge(
+        bars.ts[order],
+        bars.symbol[order],
+        bars.y[order],
+        bars.prod[order],
+        chal[order],
+        bars.fwd[order],
+        bars.cost[order],
+        CFG,
+    )
     assert same(a, shuffled)
     other = bars.judge(chal, 2000, seed="cycle-7/xgboost")
     assert other.production_f1 == a.production_f1 and other.z != a.z  # other resamples
@@ -237,8 +272,16 @@ def test_unrealised_bars_count_for_nothing(bars: Bars) -> None:
     y[1000:] = UNLABELLED
     fwd = bars.fwd[:1200].copy()
     fwd[1000:] = np.nan
-    r = judge(bars.ts[:1200], bars.symbol[:1200], y, bars.prod[:1200], chal[:1200], fwd,
-              bars.cost[:1200], CFG)
+    r = judge(
+        bars.ts[:1200],
+        bars.symbol[:1200],
+        y,
+        bars.prod[:1200],
+        chal[:1200],
+        fwd,
+        bars.cost[:1200],
+        CFG,
+    )
     assert same(base, r)
 
 
@@ -248,26 +291,43 @@ def test_incremental_form_matches_and_keeps_a_final_decision(bars: Bars) -> None
     assert ev.result().decision is Decision.WAIT and ev.result().n == 0
     for lo in range(0, 1000, 250):
         s = slice(lo, lo + 250)
-        ev.add(bars.ts[s], bars.symbol[s], bars.y[s], bars.prod[s], chal[s], bars.fwd[s],
-               bars.cost[s])
+        ev.add(
+            bars.ts[s], bars.symbol[s], bars.y[s], bars.prod[s], chal[s], bars.fwd[s], bars.cost[s]
+        )
     assert len(ev) == 1000 and same(ev.result(), bars.judge(chal, 1000))
     better = ShadowEvidence(CFG)
-    better.add(bars.ts[:300], bars.symbol[:300], bars.y[:300], bars.prod[:300],
-               bars.y[:300], bars.fwd[:300], bars.cost[:300])
+    better.add(
+        bars.ts[:300],
+        bars.symbol[:300],
+        bars.y[:300],
+        bars.prod[:300],
+        bars.y[:300],
+        bars.fwd[:300],
+        bars.cost[:300],
+    )
     decided = better.result()
     assert decided.decision is Decision.PROMOTE
-    better.add(bars.ts[300:400], bars.symbol[300:400], bars.y[300:400], bars.y[300:400],
-               (bars.y[300:400] + 1) % 3, bars.fwd[300:400], bars.cost[300:400])
+    better.add(
+        bars.ts[300:400],
+        bars.symbol[300:400],
+        bars.y[300:400],
+        bars.y[300:400],
+        (bars.y[300:400] + 1) % 3,
+        bars.fwd[300:400],
+        bars.cost[300:400],
+    )
     assert better.result() is decided
 
 
 # --- serial correlation and repeated looks: the error rate ------------------------------------
-def _correlated_pair(rng: np.random.Generator, closes: int, symbols: int,
-                     horizon: int) -> tuple[np.ndarray, ...]:
+def _correlated_pair(
+    rng: np.random.Generator, closes: int, symbols: int, horizon: int
+) -> tuple[np.ndarray, ...]:
     """Labels that persist over the horizon and move together across symbols, and two models
     of equal skill whose mistakes persist too: what makes an i.i.d. test over-confident."""
-    shared = np.repeat(rng.choice(3, size=closes // horizon + 1, p=[0.6, 0.2, 0.2]),
-                       horizon)[:closes]
+    shared = np.repeat(rng.choice(3, size=closes // horizon + 1, p=[0.6, 0.2, 0.2]), horizon)[
+        :closes
+    ]
     own = rng.choice(3, size=(closes, symbols), p=[0.6, 0.2, 0.2])
     y = np.where(rng.random((closes, symbols)) < 0.7, shared[:, None], own).ravel()
 
@@ -323,8 +383,12 @@ def test_boundaries_spend_exactly_alpha() -> None:
 
 
 def test_t_quantiles() -> None:
-    for p, df, expected in ((0.975, 9, 2.262157), (0.995, 20, 2.845340), (0.95, 10, 1.812461),
-                            (0.9995, 30, 3.645959)):
+    for p, df, expected in (
+        (0.975, 9, 2.262157),
+        (0.995, 20, 2.845340),
+        (0.95, 10, 1.812461),
+        (0.9995, 30, 3.645959),
+    ):
         assert t_quantile(p, df) == pytest.approx(expected, abs=2e-3)
     assert t_quantile(0.975, 1e6) == pytest.approx(1.959964, abs=1e-5)
 
@@ -336,26 +400,57 @@ def test_config_from_settings_and_schedule() -> None:
     assert cfg.confidence == 0.95 and cfg.schedule == (100, 200, 400, 800, 1600, 3200)
     assert EvidenceConfig(min_bars=100, max_bars=100).schedule == (100,)
     assert EvidenceConfig(max_bars=900).schedule == (100, 200, 400, 900)
-    for bad in ({"margin": -0.1}, {"confidence": 1.0}, {"min_bars": 300, "max_bars": 200},
-                {"horizon": 0}, {"resamples": 10}, {"seed": -1}, {"spending": 0.0}):
+    for bad in (
+        {"margin": -0.1},
+        {"confidence": 1.0},
+        {"min_bars": 300, "max_bars": 200},
+        {"horizon": 0},
+        {"resamples": 10},
+        {"seed": -1},
+        {"spending": 0.0},
+    ):
         with pytest.raises(ValueError):
             EvidenceConfig(**bad)  # type: ignore[arg-type]
 
 
 def test_result_records_and_api_forms(bars: Bars) -> None:
-    rows = {"ts_ms": bars.ts[:600], "symbol": bars.symbol[:600], "y": bars.y[:600],
-            "prod": bars.prod[:600], "chal": bars.y[:600], "fwd": bars.fwd[:600],
-            "cost": bars.cost[:600]}
+    rows = {
+        "ts_ms": bars.ts[:600],
+        "symbol": bars.symbol[:600],
+        "y": bars.y[:600],
+        "prod": bars.prod[:600],
+        "chal": bars.y[:600],
+        "fwd": bars.fwd[:600],
+        "cost": bars.cost[:600],
+    }
     r = judge_challenger(rows, CFG, seed="c1/xgboost")
     m = r.metrics()
     assert all(isinstance(v, float) for v in m.values())
-    assert {"n", "n_blocks", "look", "production_f1", "challenger_f1", "improvement_low",
-            "improvement_high", "econ_diff_low", "econ_diff_high", "z", "critical"} <= set(m)
+    assert {
+        "n",
+        "n_blocks",
+        "look",
+        "production_f1",
+        "challenger_f1",
+        "improvement_low",
+        "improvement_high",
+        "econ_diff_low",
+        "econ_diff_high",
+        "z",
+        "critical",
+    } <= set(m)
     assert r.to_dict()["decision"] == "promote" and str(r.decision) == "promote"
-    actions = judge(bars.ts[:600], bars.symbol[:600], bars.y[:600],
-                    [ACTION_OF[int(c)] for c in bars.prod[:600]],
-                    [ACTION_OF[int(c)] for c in bars.y[:600]], bars.fwd[:600],
-                    bars.cost[:600], CFG, seed="c1/xgboost")
+    actions = judge(
+        bars.ts[:600],
+        bars.symbol[:600],
+        bars.y[:600],
+        [ACTION_OF[int(c)] for c in bars.prod[:600]],
+        [ACTION_OF[int(c)] for c in bars.y[:600]],
+        bars.fwd[:600],
+        bars.cost[:600],
+        CFG,
+        seed="c1/xgboost",
+    )
     assert same(actions, r)
     assert seed_value("c1/xgboost") == 2632668339787873847
 
@@ -379,4 +474,5 @@ def test_econ_scores() -> None:
     calls = np.array([0, 1, 2, 1, 2])
     fwd = np.array([0.01, 0.004, 0.004, -0.002, -0.002])
     assert econ_scores(calls, fwd, np.full(5, 0.001)).tolist() == pytest.approx(
-        [0.0, 0.003, -0.005, -0.003, 0.001])
+        [0.0, 0.003, -0.005, -0.003, 0.001]
+    )

@@ -52,8 +52,9 @@ def joined(trained_registry: Path, sample_ticks: Path) -> list[JoinedTrade]:
 
 
 def learner(registry: ModelRegistry, state=None) -> PolicyLearner:
-    return PolicyLearner(LearnerConfig(update_interval=INTERVAL), registry,
-                         PolicySource(registry), state)
+    return PolicyLearner(
+        LearnerConfig(update_interval=INTERVAL), registry, PolicySource(registry), state
+    )
 
 
 def weights(registry: ModelRegistry, version: str) -> torch.Tensor:
@@ -61,23 +62,28 @@ def weights(registry: ModelRegistry, version: str) -> torch.Tensor:
     return torch.nn.utils.parameters_to_vector(rt.model.policy.parameters()).detach()
 
 
-def test_an_update_every_interval_is_published_and_used(registry_copy: Path,
-                                                        joined: list[JoinedTrade]) -> None:
+def test_an_update_every_interval_is_published_and_used(
+    registry_copy: Path, joined: list[JoinedTrade]
+) -> None:
     registry = ModelRegistry(registry_copy)
     start = registry.production_version(POLICY_NAME)
     lr = learner(registry)
-    updates = [u for j in joined[:2 * INTERVAL] for u in lr.push(j)]
+    updates = [u for j in joined[: 2 * INTERVAL] for u in lr.push(j)]
     assert len(updates) == 2
     assert [u.transitions for u in updates] == [INTERVAL, INTERVAL]
     assert updates[0].policy_before.endswith("-v0") and updates[1].policy_after.endswith("-v2")
-    assert lr.policy.pinned == updates[-1].registry_version == \
-        registry.production_version(POLICY_NAME) != start
+    assert (
+        lr.policy.pinned
+        == updates[-1].registry_version
+        == registry.production_version(POLICY_NAME)
+        != start
+    )
     assert not torch.equal(weights(registry, start), weights(registry, lr.policy.pinned))
 
 
-def test_a_replayed_update_reuses_its_version_bit_for_bit(registry_copy: Path,
-                                                          joined: list[JoinedTrade],
-                                                          tmp_path: Path) -> None:
+def test_a_replayed_update_reuses_its_version_bit_for_bit(
+    registry_copy: Path, joined: list[JoinedTrade], tmp_path: Path
+) -> None:
     """A resume replays the trades after its snapshot: the update must not apply twice."""
     registry = ModelRegistry(registry_copy)
     start = registry.production_version(POLICY_NAME)
@@ -93,15 +99,18 @@ def test_a_replayed_update_reuses_its_version_bit_for_bit(registry_copy: Path,
     other = tmp_path / "other"
     shutil.copytree(registry_copy, other)
     shutil.rmtree(other / POLICY_NAME / u1.registry_version)
-    again = learner(ModelRegistry(other), {"buffer": [], "newest_ms": 0, "counts": {},
-                                           "pinned": start})
+    again = learner(
+        ModelRegistry(other), {"buffer": [], "newest_ms": 0, "counts": {}, "pinned": start}
+    )
     (u3,) = [u for j in joined[:INTERVAL] for u in again.push(j)]
-    assert torch.equal(weights(ModelRegistry(other), u3.registry_version),
-                       weights(registry, u1.registry_version))
+    assert torch.equal(
+        weights(ModelRegistry(other), u3.registry_version), weights(registry, u1.registry_version)
+    )
 
 
 def test_a_partial_batch_waits_for_the_next_run_and_is_used_once(
-        registry_copy: Path, joined: list[JoinedTrade]) -> None:
+    registry_copy: Path, joined: list[JoinedTrade]
+) -> None:
     registry = ModelRegistry(registry_copy)
     run1 = learner(registry)
     assert [u for j in joined[:4] for u in run1.push(j)] == []

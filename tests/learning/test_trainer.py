@@ -76,10 +76,12 @@ def extra_rows(history: History) -> TrainingSet:
 
 
 @pytest.fixture(scope="module")
-def local_cycle(history: History, extra_rows: TrainingSet,
-                tmp_path_factory: pytest.TempPathFactory) -> CycleResult:
-    return train_all(history, extra_rows, LABELS, CycleConfig.quick(),
-                     tmp_path_factory.mktemp("local"))
+def local_cycle(
+    history: History, extra_rows: TrainingSet, tmp_path_factory: pytest.TempPathFactory
+) -> CycleResult:
+    return train_all(
+        history, extra_rows, LABELS, CycleConfig.quick(), tmp_path_factory.mktemp("local")
+    )
 
 
 def clm_style_rows(history: History, n: int) -> TrainingSet:
@@ -87,11 +89,15 @@ def clm_style_rows(history: History, n: int) -> TrainingSet:
     no ``label_end_ms`` (so the cycle assumes ``trade_label_ms``)."""
     vectors = [v for s in history.symbols for v in history.vectors[s] if v.warm]
     vectors = [vectors[i] for i in np.linspace(0, len(vectors) - 1, n).astype(int)]
-    return TrainingSet(X=feature_matrix(vectors), y=np.arange(n, dtype=np.int64) % 3,
-                       ts_ms=np.array([to_ms(v.ts) for v in vectors], dtype=np.int64),
-                       symbols=np.array([v.symbol for v in vectors], dtype=object),
-                       forward_return=np.full(n, np.nan), threshold=np.full(n, np.nan),
-                       vectors=vectors)
+    return TrainingSet(
+        X=feature_matrix(vectors),
+        y=np.arange(n, dtype=np.int64) % 3,
+        ts_ms=np.array([to_ms(v.ts) for v in vectors], dtype=np.int64),
+        symbols=np.array([v.symbol for v in vectors], dtype=object),
+        forward_return=np.full(n, np.nan),
+        threshold=np.full(n, np.nan),
+        vectors=vectors,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,34 +105,48 @@ def production(history: History, tmp_path_factory: pytest.TempPathFactory) -> Cy
     """A cycle on the first day of the sample: the models a later cycle warm-starts from."""
     first = to_ms(history.vectors[history.symbols[0]][0].ts)
     day_one = history_before(history, first + 86_400_000, None)
-    return train_all(day_one, None, LABELS, CycleConfig.quick(),
-                     tmp_path_factory.mktemp("production"))
+    return train_all(
+        day_one, None, LABELS, CycleConfig.quick(), tmp_path_factory.mktemp("production")
+    )
 
 
 def warm_args(history: History, production: CycleResult) -> dict:
-    return {"extra_rows": clm_style_rows(history, 40), "label_cfg": LABELS,
-            "config": CycleConfig.quick(), "warm_from": production.paths,
-            "since_ms": production.train_to_ms}
+    return {
+        "extra_rows": clm_style_rows(history, 40),
+        "label_cfg": LABELS,
+        "config": CycleConfig.quick(),
+        "warm_from": production.paths,
+        "since_ms": production.train_to_ms,
+    }
 
 
 @pytest.fixture(scope="module")
-def warm_cycle(history: History, production: CycleResult,
-               tmp_path_factory: pytest.TempPathFactory) -> CycleResult:
+def warm_cycle(
+    history: History, production: CycleResult, tmp_path_factory: pytest.TempPathFactory
+) -> CycleResult:
     """Both days, from scratch and warm-started from ``production``."""
-    return train_all(history, out_dir=tmp_path_factory.mktemp("warm"),
-                     **warm_args(history, production))
+    return train_all(
+        history, out_dir=tmp_path_factory.mktemp("warm"), **warm_args(history, production)
+    )
 
 
 @pytest.fixture(scope="module")
-def child_cycle(history: History, production: CycleResult,
-                tmp_path_factory: pytest.TempPathFactory) -> tuple[CycleResult, float]:
+def child_cycle(
+    history: History, production: CycleResult, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[CycleResult, float]:
     """``warm_cycle`` again through a TrainingJob; also how long start() took to return."""
     job = TrainingJob()
     try:
         t0 = time.perf_counter()
         args = warm_args(history, production)
-        job.start(history, args.pop("extra_rows"), args.pop("label_cfg"), args.pop("config"),
-                  tmp_path_factory.mktemp("child"), **args)
+        job.start(
+            history,
+            args.pop("extra_rows"),
+            args.pop("label_cfg"),
+            args.pop("config"),
+            tmp_path_factory.mktemp("child"),
+            **args,
+        )
         start_seconds = time.perf_counter() - t0
         assert job.running
         return poll_until(job, timeout=180), start_seconds
@@ -149,13 +169,15 @@ def poll_until(job: TrainingJob, timeout: float) -> CycleResult:
 def validation_split(history: History) -> tuple[TrainingSet, np.ndarray, np.ndarray]:
     """The cycle's training set and its train and validation slices (as train_all cuts)."""
     data = build_training_set(history, LABELS)
-    train, _, val = cycle_split(data, CycleConfig.quick(),
-                                embargo_ms(history, LABELS, CycleConfig.quick()))
+    train, _, val = cycle_split(
+        data, CycleConfig.quick(), embargo_ms(history, LABELS, CycleConfig.quick())
+    )
     return data, train, val
 
 
 def test_train_all_writes_loadable_artifacts_that_reproduce_the_metrics(
-        local_cycle: CycleResult, history: History) -> None:
+    local_cycle: CycleResult, history: History
+) -> None:
     data, _, val = validation_split(history)
     vectors = [data.vectors[i] for i in val]
     assert local_cycle.pid == os.getpid()
@@ -168,11 +190,17 @@ def test_train_all_writes_loadable_artifacts_that_reproduce_the_metrics(
         assert len(preds) == len(vectors)
         assert all(isinstance(a, Action) and 0.0 <= c <= 1.0 for a, c in preds)
         pred = np.array([CLASS_OF[a] for a, _ in preds])
-        report = classification_report(data.y[val], pred, data.forward_return[val],
-                                       data.threshold[val])
+        report = classification_report(
+            data.y[val], pred, data.forward_return[val], data.threshold[val]
+        )
         recorded = local_cycle.metrics[name]
-        assert set(recorded) == {"val_accuracy", "val_macro_f1", "val_calls",
-                                 "val_call_hit_rate", "val_n"}
+        assert set(recorded) == {
+            "val_accuracy",
+            "val_macro_f1",
+            "val_calls",
+            "val_call_hit_rate",
+            "val_n",
+        }
         for key, value in report.items():
             assert recorded[f"val_{key}"] == pytest.approx(value), (name, key)
         assert local_cycle.seconds[name] > 0
@@ -180,14 +208,16 @@ def test_train_all_writes_loadable_artifacts_that_reproduce_the_metrics(
     ensemble = local_cycle.metrics["ensemble"]  # the four from-scratch models, audit rules
     assert ensemble["val_n"] == local_cycle.rows["val"]
     # an ensemble call needs three models calling it: 3 x its calls <= all the models' calls
-    assert 3 * ensemble["val_calls"] <= sum(local_cycle.metrics[n]["val_calls"]
-                                            for n in MODEL_NAMES)
+    assert 3 * ensemble["val_calls"] <= sum(
+        local_cycle.metrics[n]["val_calls"] for n in MODEL_NAMES
+    )
     assert 0 < ensemble["val_macro_f1"] < 1
     assert local_cycle.seconds["total"] >= sum(local_cycle.seconds[n] for n in MODEL_NAMES)
 
 
-def test_train_all_reports_rows_and_the_data_range(local_cycle: CycleResult,
-                                                   history: History) -> None:
+def test_train_all_reports_rows_and_the_data_range(
+    local_cycle: CycleResult, history: History
+) -> None:
     data, train, val = validation_split(history)
     rows = local_cycle.rows
     assert (rows["train"], rows["val"], rows["symbols"]) == (len(train), len(val), 2)
@@ -207,14 +237,16 @@ def test_train_all_reports_rows_and_the_data_range(local_cycle: CycleResult,
     assert doc["last_train_ts_ms"] < local_cycle.val_from_ms
 
 
-def test_train_all_refuses_a_directory_with_artifacts(history: History,
-                                                      local_cycle: CycleResult) -> None:
+def test_train_all_refuses_a_directory_with_artifacts(
+    history: History, local_cycle: CycleResult
+) -> None:
     with pytest.raises(FileExistsError, match="fresh out_dir"):
         train_all(history, None, LABELS, CycleConfig.quick(), local_cycle.out_dir)
 
 
 def test_job_trains_in_a_child_process_and_returns_the_same_models(
-        child_cycle: tuple[CycleResult, float], warm_cycle: CycleResult) -> None:
+    child_cycle: tuple[CycleResult, float], warm_cycle: CycleResult
+) -> None:
     result, start_seconds = child_cycle
     assert start_seconds < 2.0, "start() must return at once"
     assert result.pid != os.getpid()
@@ -225,8 +257,9 @@ def test_job_trains_in_a_child_process_and_returns_the_same_models(
     assert result.metrics == warm_cycle.metrics
     assert set(result.paths) == set(warm_cycle.paths)
     for name, path in result.paths.items():
-        assert sorted(p.name for p in path.iterdir()) == \
-            sorted(p.name for p in warm_cycle.paths[name].iterdir())
+        assert sorted(p.name for p in path.iterdir()) == sorted(
+            p.name for p in warm_cycle.paths[name].iterdir()
+        )
 
 
 def test_child_error_surfaces_from_poll(tmp_path: Path) -> None:
@@ -253,10 +286,12 @@ def test_inline_training_reports_like_the_child(tmp_path: Path) -> None:
         job.wait()
 
 
-def test_one_cycle_at_a_time_niced_child_and_shutdown_stops_it(history: History,
-                                                          tmp_path: Path) -> None:
-    slow = CycleConfig(nhits=NHITSParams(max_steps=100_000),
-                                         patchtst=PatchTSTParams(max_steps=100_000))
+def test_one_cycle_at_a_time_niced_child_and_shutdown_stops_it(
+    history: History, tmp_path: Path
+) -> None:
+    slow = CycleConfig(
+        nhits=NHITSParams(max_steps=100_000), patchtst=PatchTSTParams(max_steps=100_000)
+    )
     before = set(multiprocessing.active_children())
     job = TrainingJob()
     try:
@@ -303,8 +338,9 @@ def test_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         child = int(parent.stdout.readline())
         assert _alive(child)
@@ -326,8 +362,8 @@ def test_concat_rows_appends_only_rows_before_the_cut(history: History) -> None:
     extra = data.subset(np.r_[train[:5], val[:3]])
     merged, idx, held_out = concat_rows(data, train, cut, extra)
     assert held_out == 3 and len(merged) == len(data) + 5
-    assert np.array_equal(idx[:len(train)], train)
-    assert np.array_equal(merged.X[idx[len(train):]], data.X[train[:5]], equal_nan=True)
+    assert np.array_equal(idx[: len(train)], train)
+    assert np.array_equal(merged.X[idx[len(train) :]], data.X[train[:5]], equal_nan=True)
     assert np.array_equal(merged.y[val], data.y[val])  # validation rows keep their indices
     assert concat_rows(data, train, cut, None) == (data, train, 0)
     wrong = data.subset(train[:2])
@@ -357,20 +393,24 @@ def test_history_before_keeps_the_last_bars_before_the_cut(history: History) -> 
     assert history_before(history, cut, None).vectors[symbol] == vectors[:500]
 
 
-def test_cycle_artifacts_publish_to_the_registry(local_cycle: CycleResult,
-                                                 tmp_path: Path) -> None:
+def test_cycle_artifacts_publish_to_the_registry(local_cycle: CycleResult, tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path)
-    mv = reg.publish("xgboost", copy_writer(local_cycle.paths["xgboost"]), stage=Stage.SHADOW,
-                     feature_set=FEATURE_SET_VERSION, data_from=local_cycle.data_from,
-                     data_to=local_cycle.data_to, metrics=local_cycle.metrics["xgboost"])
+    mv = reg.publish(
+        "xgboost",
+        copy_writer(local_cycle.paths["xgboost"]),
+        stage=Stage.SHADOW,
+        feature_set=FEATURE_SET_VERSION,
+        data_from=local_cycle.data_from,
+        data_to=local_cycle.data_to,
+        metrics=local_cycle.metrics["xgboost"],
+    )
     assert mv.stage is Stage.SHADOW and mv.data_to == local_cycle.data_to
     loaded = reg.load("xgboost", mv.version)  # checksums verified
     assert loaded.meta["train_rows"] == local_cycle.rows["train"] + EXTRA_EARLY
 
 
 # --- purge, embargo and the three slices ---------------------------------------------------
-def test_cycle_slices_are_purged_by_event_time(local_cycle: CycleResult,
-                                               history: History) -> None:
+def test_cycle_slices_are_purged_by_event_time(local_cycle: CycleResult, history: History) -> None:
     """train | early stopping | validation: no label used by a slice ends at or after the next
     slice's start less the embargo (a horizon of bars by default)."""
     data = build_training_set(history, LABELS)
@@ -398,7 +438,8 @@ def test_cycle_slices_are_purged_by_event_time(local_cycle: CycleResult,
 
 
 def test_trees_stop_early_on_their_own_slice_not_on_the_reported_one(
-        local_cycle: CycleResult, history: History, extra_rows: TrainingSet) -> None:
+    local_cycle: CycleResult, history: History, extra_rows: TrainingSet
+) -> None:
     data = build_training_set(history, LABELS)
     config = CycleConfig.quick()
     embargo = embargo_ms(history, LABELS, config)
@@ -422,7 +463,7 @@ def test_trade_rows_are_purged_by_exit_time(history: History) -> None:
     rows.label_end_ms = np.array([cut - 1, cut, cut + 3_600_000, LABEL_END_UNKNOWN])
     merged, idx, held_out = concat_rows(data, train, cut, rows)
     assert held_out == 3 and len(merged) == len(data) + 1
-    assert merged.label_end_ms[idx[len(train):]].tolist() == [cut - 1]
+    assert merged.label_end_ms[idx[len(train) :]].tolist() == [cut - 1]
     # A trade row built without exit times (learning/clm.py today): exit assumed later.
     clm_rows = clm_style_rows(history, 10)
     assert (clm_rows.label_end_ms == LABEL_END_UNKNOWN).all()
@@ -432,9 +473,9 @@ def test_trade_rows_are_purged_by_exit_time(history: History) -> None:
 
 
 # --- warm starts -------------------------------------------------------------------------------
-def test_warm_cycle_holds_both_variants_per_model(warm_cycle: CycleResult,
-                                                  production: CycleResult,
-                                                  history: History) -> None:
+def test_warm_cycle_holds_both_variants_per_model(
+    warm_cycle: CycleResult, production: CycleResult, history: History
+) -> None:
     data, train, val = validation_split(history)
     variants = [v for n in MODEL_NAMES for v in (n, warm_name(n))]
     assert list(warm_cycle.paths) == variants
@@ -446,8 +487,9 @@ def test_warm_cycle_holds_both_variants_per_model(warm_cycle: CycleResult,
         assert warm_cycle.seconds[v] >= warm_cycle.fit_seconds[v] > 0
         model = MODEL_CLASSES[v.removesuffix(".warm")].load(warm_cycle.paths[v])
         pred = np.array([CLASS_OF[a] for a, _ in model.predict(vectors)])
-        report = classification_report(data.y[val], pred, data.forward_return[val],
-                                       data.threshold[val])
+        report = classification_report(
+            data.y[val], pred, data.forward_return[val], data.threshold[val]
+        )
         assert warm_cycle.metrics[v]["val_macro_f1"] == pytest.approx(report["macro_f1"])
     # The trade rows came without exit times: assumed 2 h after entry, purged by that.
     rows = warm_cycle.rows
@@ -469,8 +511,10 @@ def test_warm_cycle_holds_both_variants_per_model(warm_cycle: CycleResult,
         assert doc["warm_start"]["base_rounds"] == info["base_rounds"]
         assert doc["best_iteration"] == info["rounds"] > info["base_rounds"]
     # Sequence models: fine-tuned from production's weights on their bars since it trained.
-    for name, params in (("nhits", CycleConfig.quick().nhits),
-                         ("patchtst", CycleConfig.quick().patchtst)):
+    for name, params in (
+        ("nhits", CycleConfig.quick().nhits),
+        ("patchtst", CycleConfig.quick().patchtst),
+    ):
         info = warm_cycle.warm[warm_name(name)]
         doc = json.loads((production.paths[name] / "params.json").read_text())
         assert info["since_ms"] == doc["last_train_ts_ms"] and info["fallback"] is None
@@ -481,9 +525,9 @@ def test_warm_cycle_holds_both_variants_per_model(warm_cycle: CycleResult,
         assert warm_doc["last_train_ts_ms"] < warm_cycle.val_from_ms - warm_cycle.embargo_ms
 
 
-def test_warm_trees_start_from_production_trees(warm_cycle: CycleResult,
-                                                production: CycleResult,
-                                                history: History) -> None:
+def test_warm_trees_start_from_production_trees(
+    warm_cycle: CycleResult, production: CycleResult, history: History
+) -> None:
     data, _, val = validation_split(history)
     X = data.X[val]
     for name in ("xgboost", "lightgbm"):
@@ -492,31 +536,41 @@ def test_warm_trees_start_from_production_trees(warm_cycle: CycleResult,
         r = base.n_rounds()
         if name == "xgboost":
             head = warm.booster.inplace_predict(X, iteration_range=(0, r))
-            assert warm.booster.get_dump()[:3 * r] == base.booster.get_dump()
+            assert warm.booster.get_dump()[: 3 * r] == base.booster.get_dump()
         else:
             head = warm.booster.predict(X, num_iteration=r)
             trees = warm.booster.dump_model()["tree_info"]
-            assert trees[:3 * r] == base.booster.dump_model()["tree_info"]
+            assert trees[: 3 * r] == base.booster.dump_model()["tree_info"]
         assert np.array_equal(head, base.predict_proba(X))
         assert warm.n_rounds() > r
         assert not np.array_equal(warm.predict_proba(X), base.predict_proba(X))
 
 
 def test_warm_start_falls_back_to_recent_rows_and_skips_unusable_artifacts(
-        history: History, production: CycleResult, warm_cycle: CycleResult,
-        tmp_path: Path) -> None:
+    history: History, production: CycleResult, warm_cycle: CycleResult, tmp_path: Path
+) -> None:
     config = CycleConfig.quick()
     late = warm_cycle.es_from_ms  # nothing of the training slice comes after it
-    result = train_all(history, None, LABELS, config, tmp_path,
-                       warm_from={"xgboost": production.paths["xgboost"],
-                                  "lightgbm": production.paths["xgboost"]},  # wrong model
-                       since_ms=late)
+    result = train_all(
+        history,
+        None,
+        LABELS,
+        config,
+        tmp_path,
+        warm_from={
+            "xgboost": production.paths["xgboost"],
+            "lightgbm": production.paths["xgboost"],
+        },  # wrong model
+        since_ms=late,
+    )
     assert set(result.paths) == {*MODEL_NAMES, "xgboost.warm"}
     info = result.warm["xgboost.warm"]
     assert "only 0 rows after production's data end" in info["fallback"]
     assert info["rows"] >= config.min_rows
-    assert info["rows"] == json.loads(
-        (result.paths["xgboost.warm"] / "params.json").read_text())["train_rows"]
+    assert (
+        info["rows"]
+        == json.loads((result.paths["xgboost.warm"] / "params.json").read_text())["train_rows"]
+    )
     assert "not usable" in result.warm["lightgbm.warm"]["skipped"]
     assert "lightgbm.warm" not in result.metrics and "lightgbm.warm" not in result.seconds
     with pytest.raises(ValueError, match="unknown models"):

@@ -25,8 +25,9 @@ T0 = 1_399_334_400_000  # 2014-05-06T00:00Z, the bundled sample's first day
 BAR = 60_000
 
 
-def _replay(schedule: TriggerSchedule, start: int, end: int,
-            step: int = BAR) -> dict[Check, list[float]]:
+def _replay(
+    schedule: TriggerSchedule, start: int, end: int, step: int = BAR
+) -> dict[Check, list[float]]:
     """Feed bar-close event times; when each check fired, in hours after ``T0``."""
     fired: dict[Check, list[float]] = {c: [] for c in Check}
     for t in range(start, end + 1, step):
@@ -187,10 +188,10 @@ def test_bad_request_ids_are_refused(tmp_path: Path) -> None:
 # --- performance rule -----------------------------------------------------------------------
 def test_performance_rule() -> None:
     # validation hit rate 0.55, tolerance 0.05: fires below a 0.50 win rate
-    assert performance_degraded(9, 20, 0.55) is True       # 0.45
-    assert performance_degraded(10, 20, 0.55) is False     # 0.50: not below
+    assert performance_degraded(9, 20, 0.55) is True  # 0.45
+    assert performance_degraded(10, 20, 0.55) is False  # 0.50: not below
     assert performance_degraded(14, 20, 0.55) is False
-    assert performance_degraded(0, 9, 0.55) is False       # fewer than min_trades
+    assert performance_degraded(0, 9, 0.55) is False  # fewer than min_trades
     assert performance_degraded(0, 10, 0.55) is True
     assert performance_degraded(0, 3, 0.55, min_trades=3) is True
     assert performance_degraded(5, 10, 0.55, tolerance=0.0) is True

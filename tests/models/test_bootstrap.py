@@ -28,8 +28,14 @@ def test_bootstrap_on_ten_symbols_of_candles(shared_data: Path, tmp_path: Path, 
     ticks.write_bytes(gzip.compress("\n".join([header, *first, ""]).encode()))
     reg = ModelRegistry(tmp_path / "registry", store)
     out = io.StringIO()
-    report = bootstrap(Settings.from_env({}), reg, ticks=str(ticks),
-                       config=BootstrapConfig.quick(), out=out, progress=False)
+    report = bootstrap(
+        Settings.from_env({}),
+        reg,
+        ticks=str(ticks),
+        config=BootstrapConfig.quick(),
+        out=out,
+        progress=False,
+    )
     table = out.getvalue()
     print(table)
     for name in (*MODEL_NAMES, POLICY_NAME):

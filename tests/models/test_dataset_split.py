@@ -26,8 +26,7 @@ MINUTE = 60_000
 
 @pytest.fixture(scope="module")
 def data() -> TrainingSet:
-    return build_training_set(history_from_ticks(str(SAMPLE_TICKS), Settings.from_env({})),
-                              LABELS)
+    return build_training_set(history_from_ticks(str(SAMPLE_TICKS), Settings.from_env({})), LABELS)
 
 
 def test_label_end_is_the_close_a_horizon_later(data: TrainingSet) -> None:
@@ -106,12 +105,26 @@ def test_unknown_label_ends_are_purged_and_bad_input_refused() -> None:
 def test_training_sets_built_without_label_ends_still_work(data: TrainingSet) -> None:
     """Old constructions (learning/clm.py builds trade rows by keyword) keep working; their
     label time is unknown until the caller gives it, and subsets carry it along."""
-    old = TrainingSet(X=data.X[:5], y=data.y[:5], ts_ms=data.ts_ms[:5],
-                      symbols=data.symbols[:5], forward_return=data.forward_return[:5],
-                      threshold=data.threshold[:5], vectors=data.vectors[:5])
+    old = TrainingSet(
+        X=data.X[:5],
+        y=data.y[:5],
+        ts_ms=data.ts_ms[:5],
+        symbols=data.symbols[:5],
+        forward_return=data.forward_return[:5],
+        threshold=data.threshold[:5],
+        vectors=data.vectors[:5],
+    )
     assert (old.label_end_ms == LABEL_END_UNKNOWN).all()
     sub = data.subset(np.array([3, 1]))
     assert sub.label_end_ms.tolist() == data.label_end_ms[[3, 1]].tolist()
     with pytest.raises(ValueError, match="label_end_ms"):
-        TrainingSet(old.X, old.y, old.ts_ms, old.symbols, old.forward_return, old.threshold,
-                    old.vectors, label_end_ms=np.zeros(2, dtype=np.int64))
+        TrainingSet(
+            old.X,
+            old.y,
+            old.ts_ms,
+            old.symbols,
+            old.forward_return,
+            old.threshold,
+            old.vectors,
+            label_end_ms=np.zeros(2, dtype=np.int64),
+        )

@@ -27,12 +27,15 @@ from settings import Settings
 @pytest.fixture(scope="module")
 def trained(sample_ticks: Path):
     s = Settings.from_env({})
-    data = build_training_set(history_from_ticks(str(sample_ticks), s),
-                              LabelConfig.from_settings(s))
+    data = build_training_set(
+        history_from_ticks(str(sample_ticks), s), LabelConfig.from_settings(s)
+    )
     train, val, test = time_split(data.ts_ms, gap=20)
     params = TreeParams(max_rounds=40)
-    models = {"xgboost": XGBoostModel.train(data, train, val, params),
-              "lightgbm": LightGBMModel.train(data, train, val, params)}
+    models = {
+        "xgboost": XGBoostModel.train(data, train, val, params),
+        "lightgbm": LightGBMModel.train(data, train, val, params),
+    }
     return models, [data.vectors[i] for i in test]
 
 
@@ -40,8 +43,13 @@ def trained(sample_ticks: Path):
 def test_round_trip_gives_identical_predictions(tmp_path, trained, name) -> None:
     models, vectors = trained
     reg = ModelRegistry(tmp_path)
-    mv = reg.publish(name, models[name].save, stage=Stage.PRODUCTION,
-                     feature_set=FEATURE_SET_VERSION, metrics={"macro_f1": 0.4})
+    mv = reg.publish(
+        name,
+        models[name].save,
+        stage=Stage.PRODUCTION,
+        feature_set=FEATURE_SET_VERSION,
+        metrics={"macro_f1": 0.4},
+    )
     assert (mv.version, mv.stage) == ("v0001", Stage.PRODUCTION)
     loaded = reg.load(name)
     assert loaded.predict(vectors) == models[name].predict(vectors)
@@ -49,8 +57,12 @@ def test_round_trip_gives_identical_predictions(tmp_path, trained, name) -> None
 
 def test_tampered_artifact_is_refused(tmp_path, trained) -> None:
     reg = ModelRegistry(tmp_path)
-    mv = reg.publish("xgboost", trained[0]["xgboost"].save, stage=Stage.PRODUCTION,
-                     feature_set=FEATURE_SET_VERSION)
+    mv = reg.publish(
+        "xgboost",
+        trained[0]["xgboost"].save,
+        stage=Stage.PRODUCTION,
+        feature_set=FEATURE_SET_VERSION,
+    )
     artifact = tmp_path / "xgboost" / mv.version / "model.ubj"
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -75,8 +87,9 @@ def test_failed_publish_leaves_no_version(tmp_path) -> None:
     assert [p.name for p in (tmp_path / "xgboost").iterdir()] == []
 
 
-def test_promotion_retires_the_previous_production_and_is_recorded(tmp_path, trained,
-                                                                    store) -> None:
+def test_promotion_retires_the_previous_production_and_is_recorded(
+    tmp_path, trained, store
+) -> None:
     reg = ModelRegistry(tmp_path, store)
     model = trained[0]["lightgbm"]
     v1 = reg.publish("lightgbm", model.save, stage=Stage.PRODUCTION, feature_set="fs")
@@ -97,8 +110,10 @@ def _tiny(directory: Path) -> list[Path]:
     return [directory / "model.bin"]
 
 
-REPAIR = ("restore it from a backup, or rebuild it from the model_registry table with: "
-          "python -m cli.registry repair")
+REPAIR = (
+    "restore it from a backup, or rebuild it from the model_registry table with: "
+    "python -m cli.registry repair"
+)
 
 
 def test_versions_without_readable_stages_are_an_error_not_an_empty_registry(tmp_path) -> None:
@@ -110,14 +125,19 @@ def test_versions_without_readable_stages_are_an_error_not_an_empty_registry(tmp
     fresh = ModelRegistry(tmp_path)
     with pytest.raises(StagesMissing) as missing:
         fresh.production_version("xgboost")
-    assert str(missing.value) == (f"model registry {tmp_path / 'xgboost'}: stages.json is "
-                                  f"missing but versions v0001..v0002 exist; {REPAIR}")
+    assert str(missing.value) == (
+        f"model registry {tmp_path / 'xgboost'}: stages.json is "
+        f"missing but versions v0001..v0002 exist; {REPAIR}"
+    )
     with pytest.raises(StagesMissing):  # nothing is written over it either
         fresh.publish("xgboost", _tiny, stage=Stage.PRODUCTION, feature_set="fs")
     assert fresh.version_names("xgboost") == ["v0001", "v0002"]
     (tmp_path / "xgboost" / "stages.json").write_text('{"v0001": {"stage"')
-    with pytest.raises(StagesMissing, match=r"stages\.json is corrupt \(.*\) but versions "
-                       r"v0001\.\.v0002 exist; restore it from a backup"):
+    with pytest.raises(
+        StagesMissing,
+        match=r"stages\.json is corrupt \(.*\) but versions "
+        r"v0001\.\.v0002 exist; restore it from a backup",
+    ):
         ModelRegistry(tmp_path).versions("xgboost")
     assert ModelRegistry(tmp_path).production_version("lightgbm") is None  # no versions: fine
 
@@ -130,18 +150,25 @@ def test_the_live_flow_bootstraps_only_an_empty_registry(settings, registry_copy
     s = settings.replace(registry_path=registry_copy)
     ensure_models(s)  # complete: nothing to do
     stages = registry_copy / "nhits" / "stages.json"
-    stages.write_text(json.dumps({v: {**e, "stage": "retired"}
-                                  for v, e in json.loads(stages.read_text()).items()}))
+    stages.write_text(
+        json.dumps(
+            {v: {**e, "stage": "retired"} for v, e in json.loads(stages.read_text()).items()}
+        )
+    )
     before = {p: p.read_text() for p in registry_copy.glob("*/stages.json")}
     with pytest.raises(RegistryIncomplete) as incomplete:
         ensure_models(s)
     assert str(incomplete.value).startswith(
         f"model registry {registry_copy}: nhits has no production version (v0001 on disk); "
-        "nothing was retrained")
+        "nothing was retrained"
+    )
     assert "python -m cli.registry repair" in str(incomplete.value)
     (registry_copy / "xgboost" / "stages.json").unlink()
-    with pytest.raises(StagesMissing, match=r"xgboost: stages\.json is missing but version "
-                       r"v0001 exists"):
+    with pytest.raises(
+        StagesMissing,
+        match=r"xgboost: stages\.json is missing but version "
+        r"v0001 exists",
+    ):
         ensure_models(s)
     before.pop(registry_copy / "xgboost" / "stages.json")
     assert {p: p.read_text() for p in registry_copy.glob("*/stages.json")} == before
@@ -165,11 +192,16 @@ def test_rollback_goes_back_one_production_version_at_a_time(tmp_path) -> None:
     assert reg.previous_production("xgboost") == "v0001"  # v0002 was rolled back from
     history = reg.history("xgboost", "v0003")
     assert [(h["stage"], h["by"]) for h in history] == [
-        ("production", "published"), ("retired", "manual: test"),
-        ("production", "manual: test")]
+        ("production", "published"),
+        ("retired", "manual: test"),
+        ("production", "manual: test"),
+    ]
     assert [(h["stage"], h["by"]) for h in reg.history("xgboost", "v0001")] == [
-        ("production", "published"), ("retired", "published"),  # v0002 was published
-        ("production", "manual: test"), ("retired", "manual: test")]
+        ("production", "published"),
+        ("retired", "published"),  # v0002 was published
+        ("production", "manual: test"),
+        ("retired", "manual: test"),
+    ]
 
 
 def test_a_rolled_back_version_answers_for_its_publish_key_no_more(tmp_path) -> None:
@@ -208,10 +240,10 @@ def test_changes_made_without_a_store_are_recorded_later(tmp_path, store) -> Non
     assert store.query("queries/model_registry") == []
     online = ModelRegistry(tmp_path, store)
     assert online.flush_records() == 2 and online.flush_records() == 0
-    rows = {r["version"]: r for r in store.query("queries/model_registry_versions",
-                                                 model="xgboost")}
-    assert {v: r["stage"] for v, r in rows.items()} == {"v0001": "retired",
-                                                         "v0002": "production"}
+    rows = {
+        r["version"]: r for r in store.query("queries/model_registry_versions", model="xgboost")
+    }
+    assert {v: r["stage"] for v, r in rows.items()} == {"v0001": "retired", "v0002": "production"}
     assert rows["v0002"]["promoted_at"] == online.get("xgboost", "v0002").promoted_at
     assert not (tmp_path / "unrecorded.jsonl").exists()
 
@@ -222,19 +254,24 @@ def test_stages_from_records_keeps_what_the_table_says_and_notes_the_rest() -> N
     from models.registry import stages_from_records
 
     t1, t2 = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC)
-    rows = [{"version": "v0001", "stage": "production", "promoted_at": t1},
-            {"version": "v0002", "stage": "production", "promoted_at": t2},
-            {"version": "v0003", "stage": "shadow", "promoted_at": None},
-            {"version": "v0009", "stage": "retired", "promoted_at": t1}]
+    rows = [
+        {"version": "v0001", "stage": "production", "promoted_at": t1},
+        {"version": "v0002", "stage": "production", "promoted_at": t2},
+        {"version": "v0003", "stage": "shadow", "promoted_at": None},
+        {"version": "v0009", "stage": "retired", "promoted_at": t1},
+    ]
     stages, notes = stages_from_records(["v0001", "v0002", "v0003", "v0004"], rows)
-    assert stages == {"v0001": {"stage": "retired", "promoted_at": "2024-01-01T00:00:00.000Z"},
-                      "v0002": {"stage": "production",
-                                "promoted_at": "2024-02-01T00:00:00.000Z"},
-                      "v0003": {"stage": "shadow"}, "v0004": {"stage": "candidate"}}
-    assert notes == ["v0004: no model_registry row; kept as a candidate",
-                     "v0009: recorded as retired but not on disk; left out",
-                     "v0001: recorded as production too; retired (promoted earlier than "
-                     "v0002)"]
+    assert stages == {
+        "v0001": {"stage": "retired", "promoted_at": "2024-01-01T00:00:00.000Z"},
+        "v0002": {"stage": "production", "promoted_at": "2024-02-01T00:00:00.000Z"},
+        "v0003": {"stage": "shadow"},
+        "v0004": {"stage": "candidate"},
+    }
+    assert notes == [
+        "v0004: no model_registry row; kept as a candidate",
+        "v0009: recorded as retired but not on disk; left out",
+        "v0001: recorded as production too; retired (promoted earlier than v0002)",
+    ]
 
 
 def test_the_engine_adopts_a_manual_change_at_its_next_poll(tmp_path) -> None:

@@ -63,15 +63,15 @@ def seq_trained(seq_data) -> dict[str, Model]:
     history, cfg, cut = seq_data
     return {
         "nhits": NHITSModel.train(history, cut, cfg, NHITSParams(max_steps=TEST_STEPS), seed=0),
-        "patchtst": PatchTSTModel.train(history, cut, cfg,
-                                        PatchTSTParams(max_steps=TEST_STEPS), seed=0),
+        "patchtst": PatchTSTModel.train(
+            history, cut, cfg, PatchTSTParams(max_steps=TEST_STEPS), seed=0
+        ),
     }
 
 
 def _after_cut(history: History, cut: int) -> list[FeatureVector]:
     """Warm vectors of every symbol from the validation period on."""
-    return [v for s in history.symbols for v in history.vectors[s]
-            if v.warm and to_ms(v.ts) >= cut]
+    return [v for s in history.symbols for v in history.vectors[s] if v.warm and to_ms(v.ts) >= cut]
 
 
 def _spread(vectors: list[FeatureVector], n: int) -> list[FeatureVector]:
@@ -95,7 +95,7 @@ def test_training_frame_is_the_feature_window_before_the_cut(seq_data) -> None:
         assert part["ds"].tolist() == list(range(len(part)))
         # the last window before the cut is exactly the tail of the training series
         last = np.asarray(before[-1].window) * TARGET_SCALE
-        np.testing.assert_array_equal(part["y"].to_numpy()[-len(last):], last)
+        np.testing.assert_array_equal(part["y"].to_numpy()[-len(last) :], last)
     full = training_frame(history, None)
     assert len(full) > len(df)
 
@@ -112,8 +112,9 @@ def test_trained_on_data_before_the_cut_only(cls, seq_trained, seq_data) -> None
     assert d["n_parameters"] == sum(p.numel() for p in model.module.parameters())
     assert 10_000 < d["n_parameters"] < 200_000  # shrunk, not neuralforecast's 2.5M default
     assert d["params"]["max_steps"] == TEST_STEPS
-    assert d["train_bars"] == {s: int((training_frame(history, cut)["unique_id"] == s).sum())
-                               for s in history.symbols}
+    assert d["train_bars"] == {
+        s: int((training_frame(history, cut)["unique_id"] == s).sum()) for s in history.symbols
+    }
 
 
 @pytest.mark.filterwarnings("ignore:.*LeafSpec")
@@ -123,9 +124,16 @@ def test_direct_forward_equals_neuralforecast_predict(cls, seq_trained, seq_data
     history, _, cut = seq_data
     model = seq_trained[cls.name]
     vectors = _spread(_after_cut(history, cut), 5)
-    frames = [pd.DataFrame({"unique_id": f"w{i}", "ds": np.arange(model.input_size),
-                            "y": np.asarray(v.window) * TARGET_SCALE})
-              for i, v in enumerate(vectors)]
+    frames = [
+        pd.DataFrame(
+            {
+                "unique_id": f"w{i}",
+                "ds": np.arange(model.input_size),
+                "y": np.asarray(v.window) * TARGET_SCALE,
+            }
+        )
+        for i, v in enumerate(vectors)
+    ]
     expected = model.nf.predict(df=pd.concat(frames, ignore_index=True))
     got = model.forecast(vectors) * TARGET_SCALE
     # one window at a time takes the traced fast path: it must agree too
@@ -133,8 +141,9 @@ def test_direct_forward_equals_neuralforecast_predict(cls, seq_trained, seq_data
     assert got.shape == (len(vectors), model.horizon)
     for i in range(len(vectors)):
         rows = expected[expected["unique_id"] == f"w{i}"].sort_values("ds")
-        assert rows["ds"].tolist() == list(range(model.input_size,
-                                                 model.input_size + model.horizon))
+        assert rows["ds"].tolist() == list(
+            range(model.input_size, model.input_size + model.horizon)
+        )
         want = rows[model.nf_class].to_numpy()
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5)
         np.testing.assert_allclose(one_by_one[i], want, rtol=0, atol=1e-5)
@@ -185,8 +194,10 @@ def test_plain_module_is_neuralforecasts_function(cls, seq_trained, seq_data) ->
     net = build_net(cls.nf_class, model.params.arch_kwargs(), model.input_size, model.horizon)
     net.load_state_dict(model.module.state_dict(), strict=True)
     assert set(net.state_dict()) == set(model.module.state_dict())
-    x = torch.as_tensor(np.array([v.window for v in _spread(_after_cut(history, cut), 64)])
-                        * TARGET_SCALE, dtype=torch.float64)
+    x = torch.as_tensor(
+        np.array([v.window for v in _spread(_after_cut(history, cut), 64)]) * TARGET_SCALE,
+        dtype=torch.float64,
+    )
     nf = model._build(model.params, model.input_size, model.horizon, 0)
     nf.load_state_dict(model.module.state_dict())
     nf = nf.double().eval()
@@ -207,9 +218,12 @@ def test_votes_agree_with_the_previous_float64_path(cls, seq_trained, seq_data) 
     new = model.forecast_windows(windows)
     old = model.reference_forecast_windows(windows)
     np.testing.assert_allclose(new * TARGET_SCALE, old * TARGET_SCALE, rtol=0, atol=1e-5)
-    old_votes = [signal_from_forecast(float(r), label_threshold(
-        v.values["vol_ewma"], v.values["spread_bps"], cfg))
-        for v, r in zip(vectors, old.sum(axis=1), strict=True)]
+    old_votes = [
+        signal_from_forecast(
+            float(r), label_threshold(v.values["vol_ewma"], v.values["spread_bps"], cfg)
+        )
+        for v, r in zip(vectors, old.sum(axis=1), strict=True)
+    ]
     new_votes = model.predict(vectors)
     assert [a for a, _ in new_votes] == [a for a, _ in old_votes]
     assert max(abs(a[1] - b[1]) for a, b in zip(new_votes, old_votes, strict=True)) < 1e-4
@@ -325,14 +339,18 @@ def _weights(model: Model) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("cls", MODELS, ids=_ids)
-def test_fine_tune_starts_from_the_base_weights(cls, seq_trained, seq_data,
-                                                tmp_path: Path) -> None:
+def test_fine_tune_starts_from_the_base_weights(cls, seq_trained, seq_data, tmp_path: Path) -> None:
     history, cfg, cut = seq_data
     base = seq_trained[cls.name]
     # Learning rate 0: the optimiser steps, the weights stay the base's, exactly.
-    frozen = cls.train(history, None, cfg,
-                       dataclasses.replace(base.params, max_steps=2, learning_rate=0.0),
-                       seed=1, base=base)
+    frozen = cls.train(
+        history,
+        None,
+        cfg,
+        dataclasses.replace(base.params, max_steps=2, learning_rate=0.0),
+        seed=1,
+        base=base,
+    )
     want = _weights(base)
     got = _weights(frozen)
     assert got.keys() == want.keys()
@@ -343,8 +361,9 @@ def test_fine_tune_starts_from_the_base_weights(cls, seq_trained, seq_data,
     fresh = cls.train(history, None, cfg, params, seed=1)
     moved = {k: (_weights(tuned)[k] - want[k]).abs().max().item() for k in want}
     assert max(moved.values()) > 0
-    assert sum(moved.values()) < sum((_weights(fresh)[k] - want[k]).abs().max().item()
-                                     for k in want)
+    assert sum(moved.values()) < sum(
+        (_weights(fresh)[k] - want[k]).abs().max().item() for k in want
+    )
     d = tuned.describe()
     assert d["warm_start"]["base_last_train_ts_ms"] == base.meta["last_train_ts_ms"] < cut
     assert d["total_steps"] == TEST_STEPS + 3 and d["params"]["max_steps"] == 3
@@ -361,10 +380,16 @@ def test_fine_tune_needs_the_base_architecture(seq_trained, seq_data) -> None:
     history, cfg, _ = seq_data
     base = seq_trained["nhits"]
     with pytest.raises(ValueError, match="architecture"):
-        NHITSModel.train(history, None, cfg, NHITSParams(max_steps=1, mlp_units=((8, 8),)),
-                         base=base)
+        NHITSModel.train(
+            history, None, cfg, NHITSParams(max_steps=1, mlp_units=((8, 8),)), base=base
+        )
     with pytest.raises(ValueError, match="horizon"):
-        NHITSModel.train(history, None, dataclasses.replace(cfg, horizon=5),
-                         dataclasses.replace(base.params, max_steps=1), base=base)
+        NHITSModel.train(
+            history,
+            None,
+            dataclasses.replace(cfg, horizon=5),
+            dataclasses.replace(base.params, max_steps=1),
+            base=base,
+        )
     with pytest.raises(TypeError, match="fine-tune only"):
         PatchTSTModel.train(history, None, cfg, PatchTSTParams(max_steps=1), base=base)

@@ -15,8 +15,18 @@ from pathlib import Path
 
 from settings import PROJECT_ROOT
 
-HEAVY = ("neuralforecast", "lightning", "pytorch_lightning", "ray", "optuna", "sklearn",
-         "scipy", "xgboost", "lightgbm", "torch._dynamo")
+HEAVY = (
+    "neuralforecast",
+    "lightning",
+    "pytorch_lightning",
+    "ray",
+    "optuna",
+    "sklearn",
+    "scipy",
+    "xgboost",
+    "lightgbm",
+    "torch._dynamo",
+)
 
 SCRIPT = r"""
 import json, sys
@@ -39,9 +49,14 @@ print(json.dumps({"votes": [v.failed for v in signal.votes],
 
 
 def test_loading_and_scoring_import_no_training_stack(trained_registry: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + SCRIPT,
-                          str(trained_registry)], cwd=PROJECT_ROOT, check=True,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + SCRIPT, str(trained_registry)],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["votes"] == [False] * 4  # every model voted
     assert result["modules"] == []

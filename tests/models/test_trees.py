@@ -106,15 +106,17 @@ def test_save_load_round_trip_is_exact(cls, trained, tree_split: Split, tmp_path
 def test_beats_constant_baseline_on_test_split(cls, trained, tree_split: Split) -> None:
     data, train, _, test = tree_split
     pred = trained[cls.name].predict_proba(data.X[test]).argmax(axis=1)
-    report = classification_report(data.y[test], pred, data.forward_return[test],
-                                   data.threshold[test])
+    report = classification_report(
+        data.y[test], pred, data.forward_return[test], data.threshold[test]
+    )
     baseline = constant_baseline(data.y[train], data.y[test])
     # the same calls in a random order: what the model's call mix scores by chance
     rng = np.random.default_rng(0)
-    shuffled = float(np.mean([macro_f1(data.y[test], rng.permutation(pred))
-                              for _ in range(20)]))
-    print(f"\n{cls.name}: test {report}, constant baseline {baseline}, "
-          f"shuffled calls macro_f1 {shuffled:.3f}")
+    shuffled = float(np.mean([macro_f1(data.y[test], rng.permutation(pred)) for _ in range(20)]))
+    print(
+        f"\n{cls.name}: test {report}, constant baseline {baseline}, "
+        f"shuffled calls macro_f1 {shuffled:.3f}"
+    )
     assert report["macro_f1"] > baseline["macro_f1"] + 0.02
     assert report["macro_f1"] > shuffled
 
@@ -189,14 +191,16 @@ def warm(trained, tree_split: Split) -> dict[str, XGBoostModel | LightGBMModel]:
     """Each trained model continued on the later (validation) rows, stopped on the test rows."""
     data, _, val, test = tree_split
     params = TreeParams(max_rounds=40, early_stopping_rounds=10)
-    return {cls.name: cls.train(data, val, test, params, seed=0, base=trained[cls.name])
-            for cls in MODELS}
+    return {
+        cls.name: cls.train(data, val, test, params, seed=0, base=trained[cls.name])
+        for cls in MODELS
+    }
 
 
 @pytest.mark.parametrize("cls", MODELS, ids=_ids)
-def test_warm_start_keeps_the_base_trees_and_adds_rounds(cls, trained, warm,
-                                                         tree_split: Split,
-                                                         tmp_path: Path) -> None:
+def test_warm_start_keeps_the_base_trees_and_adds_rounds(
+    cls, trained, warm, tree_split: Split, tmp_path: Path
+) -> None:
     data, train, val, test = tree_split
     base, model = trained[cls.name], warm[cls.name]
     X = data.X[np.r_[train[:200], test]]
@@ -209,8 +213,11 @@ def test_warm_start_keeps_the_base_trees_and_adds_rounds(cls, trained, warm,
     d = model.describe()
     assert d["best_iteration"] == model.n_rounds() <= r + 40
     assert d["warm_start"]["base_rounds"] == r
-    assert d["warm_start"]["base_last_train_ts_ms"] == base.meta["last_train_ts_ms"] == \
-        int(data.ts_ms[train].max())
+    assert (
+        d["warm_start"]["base_last_train_ts_ms"]
+        == base.meta["last_train_ts_ms"]
+        == int(data.ts_ms[train].max())
+    )
     assert d["train_rows"] == len(val) and d["last_train_ts_ms"] == int(data.ts_ms[val].max())
     # What is saved is what is served.
     model.save(tmp_path)
@@ -218,8 +225,9 @@ def test_warm_start_keeps_the_base_trees_and_adds_rounds(cls, trained, warm,
     assert loaded.describe() == d
     assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
     # Same base, data and seed: the same model.
-    again = cls.train(data, val, test, TreeParams(max_rounds=40, early_stopping_rounds=10),
-                      seed=0, base=base)
+    again = cls.train(
+        data, val, test, TreeParams(max_rounds=40, early_stopping_rounds=10), seed=0, base=base
+    )
     assert np.array_equal(again.predict_proba(X), model.predict_proba(X))
 
 
@@ -269,9 +277,9 @@ def test_numpy_forest_equals_the_library_bit_for_bit(cls, trained, tree_split: S
 
 
 @pytest.mark.parametrize("cls", MODELS, ids=_ids)
-def test_a_loaded_model_serves_from_the_artifact_without_its_booster(cls, trained,
-                                                                     tree_split: Split,
-                                                                     tmp_path: Path) -> None:
+def test_a_loaded_model_serves_from_the_artifact_without_its_booster(
+    cls, trained, tree_split: Split, tmp_path: Path
+) -> None:
     data, _, _, test = tree_split
     model = trained[cls.name]
     model.save(tmp_path)
@@ -279,8 +287,11 @@ def test_a_loaded_model_serves_from_the_artifact_without_its_booster(cls, traine
     X = data.X[test]
     np.testing.assert_array_equal(loaded.forest.predict_proba(X), model.reference_proba(X))
     assert loaded._booster is None  # served without building the library's booster
-    assert loaded.n_rounds() == model.booster.num_boosted_rounds() if cls is XGBoostModel \
+    assert (
+        loaded.n_rounds() == model.booster.num_boosted_rounds()
+        if cls is XGBoostModel
         else loaded.n_rounds() == model.booster.current_iteration()
+    )
     again = tmp_path / "again"
     loaded.save(again)  # a loaded model re-saves its artifact unchanged
     assert (again / cls.model_file).read_bytes() == (tmp_path / cls.model_file).read_bytes()

@@ -17,12 +17,27 @@ from schemas.timeutil import to_ms
 
 
 def bars_frame(bars) -> pd.DataFrame:
-    df = pd.DataFrame([{
-        "symbol": b.symbol, "start": to_ms(b.start), "open": b.open, "high": b.high,
-        "low": b.low, "close": b.close, "volume": b.volume, "tick_count": b.tick_count,
-        "vwap": b.vwap, "buy_volume": b.buy_volume, "sell_volume": b.sell_volume,
-        "quote_count": b.quote_count, "spread_mean": b.spread_mean, "spread_max": b.spread_max,
-    } for b in bars])
+    df = pd.DataFrame(
+        [
+            {
+                "symbol": b.symbol,
+                "start": to_ms(b.start),
+                "open": b.open,
+                "high": b.high,
+                "low": b.low,
+                "close": b.close,
+                "volume": b.volume,
+                "tick_count": b.tick_count,
+                "vwap": b.vwap,
+                "buy_volume": b.buy_volume,
+                "sell_volume": b.sell_volume,
+                "quote_count": b.quote_count,
+                "spread_mean": b.spread_mean,
+                "spread_max": b.spread_max,
+            }
+            for b in bars
+        ]
+    )
     return df.sort_values(["symbol", "start"]).reset_index(drop=True)
 
 
@@ -38,22 +53,34 @@ def pandas_bars(df: pd.DataFrame, seconds: int) -> pd.DataFrame:
     df["quoted"] = df["bid"].notna() & df["ask"].notna()
     df["spread"] = (df["ask"] - df["bid"]).where(df["quoted"])
     g = df.groupby(["symbol", "start"], sort=True)
-    out = pd.DataFrame({
-        "open": g["price"].first(), "high": g["price"].max(), "low": g["price"].min(),
-        "close": g["price"].last(), "volume": g["sz"].sum(), "tick_count": g.size(),
-        "buy_volume": g["buy"].sum(), "sell_volume": g["sell"].sum(),
-        "quote_count": g["quoted"].sum(), "spread_mean": g["spread"].mean(),
-        "spread_max": g["spread"].max(),
-        "vwap": g["pv"].sum() / g["sz"].sum(),
-    }).reset_index()
+    out = pd.DataFrame(
+        {
+            "open": g["price"].first(),
+            "high": g["price"].max(),
+            "low": g["price"].min(),
+            "close": g["price"].last(),
+            "volume": g["sz"].sum(),
+            "tick_count": g.size(),
+            "buy_volume": g["buy"].sum(),
+            "sell_volume": g["sell"].sum(),
+            "quote_count": g["quoted"].sum(),
+            "spread_mean": g["spread"].mean(),
+            "spread_max": g["spread"].max(),
+            "vwap": g["pv"].sum() / g["sz"].sum(),
+        }
+    ).reset_index()
     unsized_mean = g["price"].mean().reset_index(drop=True)
     out["vwap"] = out["vwap"].where(out["volume"] > 0, unsized_mean)
     return out
 
 
 def read_ticks(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"side": "string"}, keep_default_na=False,
-                     na_values={c: [""] for c in ("price", "size", "bid", "ask")})
+    df = pd.read_csv(
+        path,
+        dtype={"side": "string"},
+        keep_default_na=False,
+        na_values={c: [""] for c in ("price", "size", "bid", "ask")},
+    )
     df["ms"] = pd.to_datetime(df["ts"], utc=True).dt.as_unit("ms").astype("int64")
     if "bid" in df:
         df["price"] = (df["bid"] + df["ask"]) / 2
@@ -69,16 +96,37 @@ def assert_frames_close(ours: pd.DataFrame, ref: pd.DataFrame) -> None:
     assert len(ours) == len(ref)
     assert ours["symbol"].tolist() == ref["symbol"].tolist()
     assert ours["start"].tolist() == ref["start"].tolist()
-    for col in ("open", "high", "low", "close", "volume", "tick_count", "vwap", "buy_volume",
-                "sell_volume", "quote_count", "spread_mean", "spread_max"):
-        np.testing.assert_allclose(ours[col].to_numpy(float), ref[col].to_numpy(float),
-                                   rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=col)
+    for col in (
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "tick_count",
+        "vwap",
+        "buy_volume",
+        "sell_volume",
+        "quote_count",
+        "spread_mean",
+        "spread_max",
+    ):
+        np.testing.assert_allclose(
+            ours[col].to_numpy(float),
+            ref[col].to_numpy(float),
+            rtol=1e-9,
+            atol=1e-12,
+            equal_nan=True,
+            err_msg=col,
+        )
 
 
-@pytest.mark.parametrize("relpath", [
-    "trades/binance_spot_BTCUSDT-ETHUSDT_2024-08-08_trades.csv.gz",
-    "quotes/binance_usdm_BTCUSDT_2023-04-04_quotes.csv.gz",
-])
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        "trades/binance_spot_BTCUSDT-ETHUSDT_2024-08-08_trades.csv.gz",
+        "quotes/binance_usdm_BTCUSDT_2023-04-04_quotes.csv.gz",
+    ],
+)
 def test_bars_equal_pandas_on_real_ticks(shared_data: Path, run_market, relpath: str) -> None:
     path = shared_data / relpath
     bars, _, validated = run_market(str(path), bar_seconds=10, max_backwards_ms=0)
@@ -87,7 +135,8 @@ def test_bars_equal_pandas_on_real_ticks(shared_data: Path, run_market, relpath:
 
 
 def test_trades_and_quotes_of_the_same_symbols_merge_into_one_bar_series(
-        shared_data: Path, run_market) -> None:
+    shared_data: Path, run_market
+) -> None:
     trades = shared_data / "trades/binance_spot_BTCUSDT-ETHUSDT_2024-08-08_trades.csv.gz"
     quotes = shared_data / "quotes/binance_spot_BTCUSDT-ETHUSDT_2024-08-08_quotes.csv.gz"
     bars, _, validated = run_market(f"{trades},{quotes}", bar_seconds=30, max_backwards_ms=0)
@@ -102,8 +151,10 @@ def test_one_minute_candles_become_the_same_bars(shared_data: Path, run_market) 
     ref = pd.read_csv(path)
     ours = bars_frame(bars)
     assert len(ours) == len(ref) == 1440
-    assert ours["start"].tolist() == (
-        pd.to_datetime(ref["ts"], utc=True).dt.as_unit("ms").astype("int64")).tolist()
+    assert (
+        ours["start"].tolist()
+        == (pd.to_datetime(ref["ts"], utc=True).dt.as_unit("ms").astype("int64")).tolist()
+    )
     for col in ("open", "high", "low", "close", "volume"):
         np.testing.assert_allclose(ours[col], ref[col], rtol=1e-12, err_msg=col)
 
@@ -115,8 +166,10 @@ def _batch(ts: np.ndarray, px: np.ndarray, size: np.ndarray) -> TickBatch:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(0, 5_000), min_size=1, max_size=200),
-       st.lists(st.integers(1, 199), max_size=6))
+@given(
+    st.lists(st.integers(0, 5_000), min_size=1, max_size=200),
+    st.lists(st.integers(1, 199), max_size=6),
+)
 def test_bars_do_not_depend_on_batch_boundaries(gaps: list[int], cuts: list[int]) -> None:
     ts = np.cumsum(np.array(gaps, dtype=np.int64)) + 1_700_000_000_000
     rng = np.random.default_rng(len(gaps))

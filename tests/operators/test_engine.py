@@ -30,8 +30,9 @@ CFG = EngineConfig()
 
 
 @pytest.fixture(scope="module")
-def partitions(sample_ticks: Path, trained_registry: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+def partitions(
+    sample_ticks: Path, trained_registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list]:
     """Per input partition, the engine's items in the order that partition produces them."""
     tmp = tmp_path_factory.mktemp("partitions")
     with gzip.open(sample_ticks, "rt") as f:
@@ -63,8 +64,11 @@ def partitions(sample_ticks: Path, trained_registry: Path,
                     for symbol, ticks in sorted(v.batches.items()):
                         builder = bars.setdefault(symbol, BarBuilder(symbol, 60))
                         items.append(score(builder.push(SymbolTicks(v.tag, ticks))[0]))
-                    items.append(Progress(v.tag.partition, v.tag.seq, v.tag.parts,
-                                          v.tag.clock_ms, v.tag.final))
+                    items.append(
+                        Progress(
+                            v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final
+                        )
+                    )
         except StopIteration:
             pass
         items += [score(step) for b in bars.values() for step in b.finish()]
@@ -78,9 +82,11 @@ def run(engine: DecisionEngine, items: list) -> list[EngineOutput]:
 
 
 def flat(outputs: list[EngineOutput]) -> tuple:
-    return (tuple(s for o in outputs for s in o.signals),
-            tuple(v for o in outputs for v in o.verdicts),
-            tuple(e.event for o in outputs for e in o.trades))
+    return (
+        tuple(s for o in outputs for s in o.signals),
+        tuple(v for o in outputs for v in o.verdicts),
+        tuple(e.event for o in outputs for e in o.trades),
+    )
 
 
 def interleave(partitions: dict[str, list], rng: random.Random) -> list:
@@ -104,18 +110,21 @@ def engine(registry: Path, names: list[str]) -> DecisionEngine:
 
 def test_decisions_do_not_depend_on_arrival_order(partitions, trained_registry: Path) -> None:
     names = list(partitions)
-    reference = flat(run(engine(trained_registry, names),
-                         [x for p in names for x in partitions[p]]))
+    reference = flat(
+        run(engine(trained_registry, names), [x for p in names for x in partitions[p]])
+    )
     signals, verdicts, trades = reference
     assert len(signals) > 5_000 and len(verdicts) > 20 and len(trades) > 10
     for seed in (1, 2):
-        got = flat(run(engine(trained_registry, names),
-                       interleave(partitions, random.Random(seed))))
+        got = flat(
+            run(engine(trained_registry, names), interleave(partitions, random.Random(seed)))
+        )
         assert got == reference
 
 
-def test_snapshot_is_frozen_and_a_resume_continues_exactly(partitions,
-                                                           trained_registry: Path) -> None:
+def test_snapshot_is_frozen_and_a_resume_continues_exactly(
+    partitions, trained_registry: Path
+) -> None:
     names = list(partitions)
     items = interleave(partitions, random.Random(7))
     reference = flat(run(engine(trained_registry, names), items))
@@ -126,8 +135,9 @@ def test_snapshot_is_frozen_and_a_resume_continues_exactly(partitions,
     frozen = pickle.dumps(snap)
     first.push(items[cut])  # later processing must not change the snapshot
     assert pickle.dumps(snap) == frozen
-    resumed = DecisionEngine(CFG, EngineDeps(ModelRegistry(trained_registry), names),
-                             pickle.loads(frozen))
+    resumed = DecisionEngine(
+        CFG, EngineDeps(ModelRegistry(trained_registry), names), pickle.loads(frozen)
+    )
     after = run(resumed, items[cut:])
     # repr, not ==: a NaN feature (no quote sizes: imbalance) that went through pickle is
     # another float object, and NaN equals only itself; repr shows every field exactly.

@@ -17,7 +17,8 @@ from storage.store import open_store
 
 
 def test_live_flow_writes_a_signal_for_every_bar_with_four_votes(
-        settings, sample_ticks: Path, trained_registry: Path, capsys) -> None:
+    settings, sample_ticks: Path, trained_registry: Path, capsys
+) -> None:
     s = settings.replace(ticks=str(sample_ticks), registry_path=trained_registry, learning=False)
     run_main(build_live_flow(s))
     assert "signals" in capsys.readouterr().out
@@ -34,20 +35,22 @@ def test_live_flow_writes_a_signal_for_every_bar_with_four_votes(
         assert all(v == "v0001" for v in r["versions"])
         assert len(r["actions"]) == len(r["confidences"]) == 4
     assert {r["action"] for r in rows} <= {"BUY", "SELL", "HOLD"}
-    assert all(r["action"] == "HOLD" and r["consensus"] == "warmup"
-               for r in rows if not r["warm"])
+    assert all(r["action"] == "HOLD" and r["consensus"] == "warmup" for r in rows if not r["warm"])
 
 
-def test_a_promoted_version_votes_from_the_next_bar(registry_copy: Path,
-                                                   sample_ticks: Path) -> None:
+def test_a_promoted_version_votes_from_the_next_bar(
+    registry_copy: Path, sample_ticks: Path
+) -> None:
     reg = ModelRegistry(registry_copy)
-    vectors = [v for v in history_from_ticks(str(sample_ticks), Settings.from_env({}))
-               .vectors["FXCM:EURUSD"] if v.warm][:3]
+    vectors = [
+        v
+        for v in history_from_ticks(str(sample_ticks), Settings.from_env({})).vectors["FXCM:EURUSD"]
+        if v.warm
+    ][:3]
     scorer = Scorer(RegistryModels(reg), EnsembleConfig())
     before = scorer.score(vectors[:1])[0]
     assert before.vote("lightgbm").version == "v0001"
-    new = reg.publish("lightgbm", reg.load("lightgbm").save, stage=Stage.SHADOW,
-                      feature_set="fs")
+    new = reg.publish("lightgbm", reg.load("lightgbm").save, stage=Stage.SHADOW, feature_set="fs")
     assert scorer.score(vectors[1:2])[0].vote("lightgbm").version == "v0001"  # shadow: no
     reg.set_stage("lightgbm", new.version, Stage.PRODUCTION)
     after = scorer.score(vectors[2:3])[0]

@@ -18,10 +18,23 @@ from schemas.timeutil import to_ms
 
 def pandas_features(bars, bar_seconds: int) -> pd.DataFrame:
     """The documented definitions, written independently with pandas."""
-    df = pd.DataFrame([{
-        "c": b.close, "h": b.high, "l": b.low, "v": b.volume, "n": float(b.tick_count),
-        "vwap": b.vwap, "spread": b.spread_mean, "buy": b.buy_volume, "sell": b.sell_volume,
-        "end": to_ms(b.end)} for b in bars])
+    df = pd.DataFrame(
+        [
+            {
+                "c": b.close,
+                "h": b.high,
+                "l": b.low,
+                "v": b.volume,
+                "n": float(b.tick_count),
+                "vwap": b.vwap,
+                "spread": b.spread_mean,
+                "buy": b.buy_volume,
+                "sell": b.sell_volume,
+                "end": to_ms(b.end),
+            }
+            for b in bars
+        ]
+    )
     c = df["c"]
     r = np.log(c / c.shift(1))
     out = pd.DataFrame(index=df.index)
@@ -44,8 +57,9 @@ def pandas_features(bars, bar_seconds: int) -> pd.DataFrame:
     s = c.rolling(20, min_periods=1).apply(np.std, raw=True)
     out["bb_pctb"] = ((c - (m - 2 * s)) / (4 * s)).where(s > 0, 0.5)
     prev = c.shift(1)
-    tr = pd.concat([df["h"] - df["l"], (df["h"] - prev).abs(), (df["l"] - prev).abs()],
-                   axis=1).max(axis=1)
+    tr = pd.concat([df["h"] - df["l"], (df["h"] - prev).abs(), (df["l"] - prev).abs()], axis=1).max(
+        axis=1
+    )
     out["atr_14"] = tr.ewm(alpha=1 / 14, adjust=False).mean() / c
     for name, col in (("volume_z", "v"), ("activity_z", "n")):
         hist = df[col].shift(1).rolling(20, min_periods=2)
@@ -64,12 +78,16 @@ def pandas_features(bars, bar_seconds: int) -> pd.DataFrame:
     return out
 
 
-@pytest.mark.parametrize(("ticks", "seconds"), [
-    ("sample", 60),
-    ("trades/binance_spot_BTCUSDT-ETHUSDT_2024-08-08_trades.csv.gz", 5),
-])
-def test_features_equal_pandas(shared_data: Path, sample_ticks: Path, run_market,
-                               ticks: str, seconds: int) -> None:
+@pytest.mark.parametrize(
+    ("ticks", "seconds"),
+    [
+        ("sample", 60),
+        ("trades/binance_spot_BTCUSDT-ETHUSDT_2024-08-08_trades.csv.gz", 5),
+    ],
+)
+def test_features_equal_pandas(
+    shared_data: Path, sample_ticks: Path, run_market, ticks: str, seconds: int
+) -> None:
     path = sample_ticks if ticks == "sample" else shared_data / ticks
     bars, vectors, _ = run_market(str(path), bar_seconds=seconds)
     assert len(vectors) == len(bars) > 100
@@ -81,14 +99,19 @@ def test_features_equal_pandas(shared_data: Path, sample_ticks: Path, run_market
         ours = pd.DataFrame([v.values for v in sv])
         assert list(ours.columns) == list(FEATURE_NAMES)
         for name in FEATURE_NAMES:
-            np.testing.assert_allclose(ours[name], ref[name], rtol=1e-7, atol=1e-10,
-                                       equal_nan=True, err_msg=f"{symbol} {name}")
+            np.testing.assert_allclose(
+                ours[name],
+                ref[name],
+                rtol=1e-7,
+                atol=1e-10,
+                equal_nan=True,
+                err_msg=f"{symbol} {name}",
+            )
         # the sequence window is the last 64 one-bar returns, oldest first
         r = np.log(np.array([b.close for b in sb[1:]]) / np.array([b.close for b in sb[:-1]]))
         np.testing.assert_allclose(sv[-1].window, r[-64:], rtol=1e-12)
         warm = [v.warm for v in sv]
-        assert warm == [i + 1 >= FeatureEngine(symbol, seconds).warmup_bars
-                        for i in range(len(sv))]
+        assert warm == [i + 1 >= FeatureEngine(symbol, seconds).warmup_bars for i in range(len(sv))]
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +121,13 @@ def trade_lines(shared_data: Path) -> list[str]:
         return f.read().splitlines()
 
 
-@settings(max_examples=8, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(cut=st.integers(2_000, 34_000))
 def test_no_lookahead_features_are_the_same_when_the_input_is_cut(
-        tmp_path_factory, run_market, trade_lines: list[str], cut: int) -> None:
+    tmp_path_factory, run_market, trade_lines: list[str], cut: int
+) -> None:
     """Features of every bar that ended by the cut are identical to the uncut run's."""
     full = tmp_path_factory.getbasetemp() / "full_trades.csv"
     if not full.exists():
@@ -125,8 +150,9 @@ def _same_nan(a, b):
         x, y = a.values[name], b.values[name]
         if not (x == y or (math.isnan(x) and math.isnan(y))):
             return a
-    if not all(x == y or (math.isnan(x) and math.isnan(y))
-               for x, y in zip(a.window, b.window, strict=True)):
+    if not all(
+        x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a.window, b.window, strict=True)
+    ):
         return a
     return b
 

@@ -31,8 +31,7 @@ from schemas.timeutil import from_ms, to_ms
 from schemas.trades import ExitReason, Side, TradeClosed, TradeOpened
 
 SIZE, TP, SL = 1_000.0, 0.2, 0.1  # USD, percent, percent
-VOTES = tuple(Vote(n, "v1", Action.HOLD, 0.5) for n in ("xgboost", "lightgbm", "nhits",
-                                                        "patchtst"))
+VOTES = tuple(Vote(n, "v1", Action.HOLD, 0.5) for n in ("xgboost", "lightgbm", "nhits", "patchtst"))
 
 
 class FixedPolicy:
@@ -44,8 +43,18 @@ class FixedPolicy:
         return self
 
     def act(self, state: RLState, stochastic: bool, noise=None) -> SizingDecision:
-        return SizingDecision(tuple(float(x) for x in state.to_array()), (0.1, 0.2, 0.3), -1.5,
-                              0.25, "ppo-test-v0", SIZE, TP, SL, False, stochastic)
+        return SizingDecision(
+            tuple(float(x) for x in state.to_array()),
+            (0.1, 0.2, 0.3),
+            -1.5,
+            0.25,
+            "ppo-test-v0",
+            SIZE,
+            TP,
+            SL,
+            False,
+            stochastic,
+        )
 
 
 SIZER = Sizer(SizingConfig(training=False), FixedPolicy())
@@ -54,17 +63,45 @@ SIZER = Sizer(SizingConfig(training=False), FixedPolicy())
 def quotes(ts: list[int], mid: list[float], spread: float, symbol: str = "X") -> TickBatch:
     n = len(ts)
     m = np.array(mid)
-    return TickBatch(symbol, np.array(ts, dtype=np.int64), m, m - spread / 2, m + spread / 2,
-                     np.full(n, np.nan), np.zeros(n, np.int8),
-                     np.full(n, ORIGIN_CODE[TickOrigin.QUOTE], np.int8))
+    return TickBatch(
+        symbol,
+        np.array(ts, dtype=np.int64),
+        m,
+        m - spread / 2,
+        m + spread / 2,
+        np.full(n, np.nan),
+        np.zeros(n, np.int8),
+        np.full(n, ORIGIN_CODE[TickOrigin.QUOTE], np.int8),
+    )
 
 
 def decision(end_ms: int, action: Action, symbol: str = "X", verdict=None) -> BarDecision:
-    sig = Signal(symbol, from_ms(end_ms), from_ms(end_ms - 60_000), action, 0.9,
-                 Consensus.UNANIMOUS, 0.0, 0.0, 0.01, False, True, "fs", VOTES,
-                 (0.25, 0.25, 0.3, 0.2))
-    vec = FeatureVector(symbol, from_ms(end_ms), from_ms(end_ms - 60_000), "fs", True, 1.0,
-                        {"vol_daily": 0.01, "ret_1": 0.0}, (0.0,) * 4)
+    sig = Signal(
+        symbol,
+        from_ms(end_ms),
+        from_ms(end_ms - 60_000),
+        action,
+        0.9,
+        Consensus.UNANIMOUS,
+        0.0,
+        0.0,
+        0.01,
+        False,
+        True,
+        "fs",
+        VOTES,
+        (0.25, 0.25, 0.3, 0.2),
+    )
+    vec = FeatureVector(
+        symbol,
+        from_ms(end_ms),
+        from_ms(end_ms - 60_000),
+        "fs",
+        True,
+        1.0,
+        {"vol_daily": 0.01, "ret_1": 0.0},
+        (0.0,) * 4,
+    )
     return BarDecision(symbol, end_ms, end_ms, sig, vec, verdict)
 
 
@@ -78,8 +115,10 @@ class Driver:
         self.states: list[tuple[str, tuple[float, ...]]] = []
 
     def add(self, step) -> None:
-        bars = [(ci, clock, to_ms(b.end), None)
-                for ci, clock, b in zip(step.close_index, step.clocks, step.bars, strict=True)]
+        bars = [
+            (ci, clock, to_ms(b.end), None)
+            for ci, clock, b in zip(step.close_index, step.clocks, step.bars, strict=True)
+        ]
         self.portfolio.add(step.symbol, step.ticks, bars)
 
     def run(self, horizon: float) -> None:
@@ -165,8 +204,14 @@ def reference(path: Path, steps: list, cfg: ExecConfig) -> list[tuple]:
             base = t.ask[g] if side > 0 else t.bid[g]
             entry = base * (1 + side * slip)
             qty = SIZE / entry
-            pos = (side, qty, entry, int(t.ts_ms[g]), entry * (1 + side * TP / 100),
-                   entry * (1 - side * SL / 100))
+            pos = (
+                side,
+                qty,
+                entry,
+                int(t.ts_ms[g]),
+                entry * (1 + side * TP / 100),
+                entry * (1 - side * SL / 100),
+            )
             out.append(("open", int(t.ts_ms[g]), side, float(entry)))
             continue
         if pos is not None:
@@ -219,12 +264,19 @@ def same(ours: list[tuple], ref: list[tuple]) -> bool:
 
 PATHS = st.builds(
     lambda n, seed, spread: (n, seed, spread),
-    st.integers(20, 400), st.integers(0, 10**6), st.sampled_from([0.0, 0.0002, 0.001]))
+    st.integers(20, 400),
+    st.integers(0, 10**6),
+    st.sampled_from([0.0, 0.0002, 0.001]),
+)
 
 
 @settings(max_examples=120, deadline=None)
-@given(PATHS, st.lists(st.integers(1, 399), max_size=5),
-       st.sampled_from([0, 2_500]), st.sampled_from([300_000, 3_600_000]))
+@given(
+    PATHS,
+    st.lists(st.integers(1, 399), max_size=5),
+    st.sampled_from([0, 2_500]),
+    st.sampled_from([300_000, 3_600_000]),
+)
 def test_broker_matches_the_tick_by_tick_rules(spec, cuts, latency, max_hold) -> None:
     n, seed, spread = spec
     rng = random.Random(seed)
@@ -235,8 +287,9 @@ def test_broker_matches_the_tick_by_tick_rules(spec, cuts, latency, max_hold) ->
     bars_end = sorted({(int(x) // 60_000 + 1) * 60_000 for x in ts})
     actions = {e: rng.choice([Action.BUY, Action.SELL, Action.HOLD]) for e in bars_end}
     path = Path(ticks, actions)
-    cfg = ExecConfig(fee_bps=0.5, slippage_bps=0.7, max_holding_ms=max_hold, latency_ms=latency,
-                     equity=10_000.0)
+    cfg = ExecConfig(
+        fee_bps=0.5, slippage_bps=0.7, max_holding_ms=max_hold, latency_ms=latency, equity=10_000.0
+    )
     steps = bar_steps(path, cuts)
     events = run_broker(path, steps, cfg, rng)
     ours, ref = as_tuples(events), reference(path, steps, cfg)
@@ -269,15 +322,23 @@ def test_broker_matches_the_tick_by_tick_rules(spec, cuts, latency, max_hold) ->
 
 def test_opposite_signal_closes_then_opens_at_the_same_tick() -> None:
     ts = [0, 30_000, 61_000, 90_000, 121_000, 150_000]
-    path = Path(quotes(ts, [1.0, 1.0, 1.0001, 1.0001, 1.0, 1.0], 0.0), {
-        60_000: Action.BUY, 120_000: Action.SELL})
+    path = Path(
+        quotes(ts, [1.0, 1.0, 1.0001, 1.0001, 1.0, 1.0], 0.0),
+        {60_000: Action.BUY, 120_000: Action.SELL},
+    )
     cfg = ExecConfig(equity=10_000.0)
     steps = bar_steps(path, [])
     events = run_broker(path, steps, cfg, random.Random(0))
-    kinds = [(type(e).__name__, to_ms(e.entry_ts if isinstance(e, TradeOpened) else e.exit_ts))
-             for e in events]
-    assert kinds == [("TradeOpened", 61_000), ("TradeClosed", 121_000),
-                     ("TradeOpened", 121_000), ("TradeClosed", 150_000)]
+    kinds = [
+        (type(e).__name__, to_ms(e.entry_ts if isinstance(e, TradeOpened) else e.exit_ts))
+        for e in events
+    ]
+    assert kinds == [
+        ("TradeOpened", 61_000),
+        ("TradeClosed", 121_000),
+        ("TradeOpened", 121_000),
+        ("TradeClosed", 150_000),
+    ]
     assert events[1].exit_reason is ExitReason.OPPOSITE_SIGNAL
     assert events[2].side is Side.SHORT
     assert events[3].exit_reason is ExitReason.END_OF_INPUT
@@ -292,8 +353,20 @@ def test_blocked_and_hold_decisions_do_not_trade() -> None:
     ts = [0, 61_000, 121_000]
     path = Path(quotes(ts, [1.0, 1.0, 1.0], 0.0), {})
     steps = bar_steps(path, [])
-    blocked = Verdict("X", from_ms(60_000), Action.BUY, SupervisorMode.ENFORCED, "global",
-                      False, True, "blocked", 1.0, 0.0, 20, 0)
+    blocked = Verdict(
+        "X",
+        from_ms(60_000),
+        Action.BUY,
+        SupervisorMode.ENFORCED,
+        "global",
+        False,
+        True,
+        "blocked",
+        1.0,
+        0.0,
+        20,
+        0,
+    )
 
     def decide(symbol: str, end: int) -> BarDecision:
         if end == 60_000:
@@ -315,8 +388,7 @@ def test_portfolio_state_survives_a_snapshot() -> None:
     ts = (np.cumsum([rng.randint(1, 20_000) for _ in range(n)]) + 1_700_000_000_000).tolist()
     mid = (1.0 + np.cumsum([rng.gauss(0, 0.0008) for _ in range(n)])).tolist()
     path = Path(quotes(ts, mid, 0.0002), {})
-    path.actions = {(t // 60_000 + 1) * 60_000: rng.choice([Action.BUY, Action.SELL])
-                    for t in ts}
+    path.actions = {(t // 60_000 + 1) * 60_000: rng.choice([Action.BUY, Action.SELL]) for t in ts}
     cfg = ExecConfig()
     steps = bar_steps(path, [100, 200])
 
@@ -355,8 +427,9 @@ def two_symbol_steps(seed: int) -> tuple[dict[str, list], dict[tuple[str, int], 
         steps[sym] = bar_steps(path, sorted(rng.sample(range(1, 399), 4)))
         for step in steps[sym]:
             for b in step.bars:
-                actions[(sym, to_ms(b.end))] = rng.choice([Action.BUY, Action.SELL,
-                                                           Action.HOLD, Action.HOLD])
+                actions[(sym, to_ms(b.end))] = rng.choice(
+                    [Action.BUY, Action.SELL, Action.HOLD, Action.HOLD]
+                )
     return steps, actions
 
 

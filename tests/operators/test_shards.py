@@ -45,8 +45,16 @@ def ticks_of(seed: int, n: int, symbols: tuple[str, ...] = SHARED) -> list[Tick]
         t = ms - rng.choice((400, 3_000)) if late else ms
         px = 100.0 + rng.random()
         if rng.random() < 0.5:
-            out.append(Tick(from_ms(t), sym, TickOrigin.TRADE, px, size=rng.choice((0.0, 1.5)),
-                            side=rng.choice(tuple(Aggressor))))
+            out.append(
+                Tick(
+                    from_ms(t),
+                    sym,
+                    TickOrigin.TRADE,
+                    px,
+                    size=rng.choice((0.0, 1.5)),
+                    side=rng.choice(tuple(Aggressor)),
+                )
+            )
         else:
             out.append(Tick(from_ms(t), sym, TickOrigin.QUOTE, px, bid=px - 0.01, ask=px + 0.01))
     return out
@@ -55,8 +63,9 @@ def ticks_of(seed: int, n: int, symbols: tuple[str, ...] = SHARED) -> list[Tick]
 def validated_blocks(ticks: list[Tick], cuts: list[int]) -> list[Validated]:
     validator = TickValidator(max_backwards_ms=1_000)
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(ticks)}), len(ticks)]
-    return [validator.validate(tick_rows_from_ticks(ticks[a:b]))
-            for a, b in itertools.pairwise(bounds)]
+    return [
+        validator.validate(tick_rows_from_ticks(ticks[a:b])) for a, b in itertools.pairwise(bounds)
+    ]
 
 
 def test_symbols_share_shards_in_these_inputs() -> None:
@@ -67,8 +76,9 @@ def test_symbols_share_shards_in_these_inputs() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 10_000), st.lists(st.integers(1, 399), max_size=5))
-def test_shard_pieces_bars_and_features_equal_the_per_symbol_code(seed: int,
-                                                                   cuts: list[int]) -> None:
+def test_shard_pieces_bars_and_features_equal_the_per_symbol_code(
+    seed: int, cuts: list[int]
+) -> None:
     blocks = validated_blocks(ticks_of(seed, 400), cuts)
     # per symbol, as before: one BarBuilder and one FeatureEngine each
     builders: dict[str, BarBuilder] = {}
@@ -80,9 +90,14 @@ def test_shard_pieces_bars_and_features_equal_the_per_symbol_code(seed: int,
             ref_steps.setdefault(sym, []).extend(b.push(SymbolTicks(v.tag, batch)))
     for sym, b in builders.items():
         ref_steps[sym] += b.finish()
-    ref_vectors = {sym: [engines.setdefault(sym, FeatureEngine(sym, 60, 8)).update(bar)
-                         for step in steps for bar in step.bars]
-                   for sym, steps in ref_steps.items()}
+    ref_vectors = {
+        sym: [
+            engines.setdefault(sym, FeatureEngine(sym, 60, 8)).update(bar)
+            for step in steps
+            for bar in step.bars
+        ]
+        for sym, steps in ref_steps.items()
+    }
     # per shard
     shards: dict[str, ShardBars] = {}
     feats: dict[str, ShardFeatures] = {}
@@ -91,8 +106,11 @@ def test_shard_pieces_bars_and_features_equal_the_per_symbol_code(seed: int,
     for v in blocks:
         pieces = v.pieces()
         assert all(isinstance(p, ShardTicks) for _, p in pieces)
-        assert sorted(sym for _, p in pieces for sym, _, _ in p.symbols  # type: ignore[attr-defined]
-                      ) == sorted(v.batches)
+        assert sorted(
+            sym
+            for _, p in pieces
+            for sym, _, _ in p.symbols  # type: ignore[attr-defined]
+        ) == sorted(v.batches)
         for key, piece in pieces:
             assert isinstance(piece, ShardTicks)
             for sym, lo, hi in piece.symbols:
@@ -104,8 +122,11 @@ def test_shard_pieces_bars_and_features_equal_the_per_symbol_code(seed: int,
         for step in stage.finish():
             _collect(step, got, feats[key], got_vectors)
     for sym, steps in ref_steps.items():
-        ref = [(bar, ci, clock) for s in steps
-               for bar, ci, clock in zip(s.bars, s.close_index, s.clocks, strict=True)]
+        ref = [
+            (bar, ci, clock)
+            for s in steps
+            for bar, ci, clock in zip(s.bars, s.close_index, s.clocks, strict=True)
+        ]
         assert got.get(sym, []) == ref, sym
         assert repr(got_vectors.get(sym, [])) == repr(ref_vectors[sym]), sym
 
@@ -117,7 +138,8 @@ def _collect(step: ShardBarStep, got: dict, feats: ShardFeatures, vectors: dict)
     for part in step.symbols:
         for k in range(part.bars_from, part.bars_to):
             got.setdefault(part.symbol, []).append(
-                (step.bars[k], step.close_index[k] - part.offset, step.clocks[k]))
+                (step.bars[k], step.close_index[k] - part.offset, step.clocks[k])
+            )
             vectors.setdefault(part.symbol, []).append(fs.vectors[k])
 
 
@@ -131,8 +153,7 @@ def test_a_shard_resumes_from_its_snapshot_exactly() -> None:
     whole, whole_f = ShardBars(60), ShardFeatures(60, 8)
     ref = [fs.vectors for p in pieces(blocks) for s in whole.push(p) for fs in whole_f.push(s)]
     first, first_f = ShardBars(60), ShardFeatures(60, 8)
-    head = [fs.vectors for p in pieces(blocks[:1]) for s in first.push(p)
-            for fs in first_f.push(s)]
+    head = [fs.vectors for p in pieces(blocks[:1]) for s in first.push(p) for fs in first_f.push(s)]
     bars, feats = ShardBars.restore(first.snapshot()), ShardFeatures.restore(first_f.snapshot())
     tail = [fs.vectors for p in pieces(blocks[1:]) for s in bars.push(p) for fs in feats.push(s)]
     assert repr(head + tail) == repr(ref)
@@ -141,7 +162,8 @@ def test_a_shard_resumes_from_its_snapshot_exactly() -> None:
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 10_000), st.lists(st.integers(1, 299), max_size=4))
 def test_time_going_backwards_for_all_symbols_at_once_equals_one_at_a_time(
-        seed: int, cuts: list[int]) -> None:
+    seed: int, cuts: list[int]
+) -> None:
     """The vectorised rule against the plain per-symbol loop it replaced."""
     ticks = ticks_of(seed, 300)
     newest: dict[str, int] = {}
@@ -156,13 +178,11 @@ def test_time_going_backwards_for_all_symbols_at_once_equals_one_at_a_time(
             expected_kept.append((t.symbol, ms))
     blocks = validated_blocks(ticks, cuts)
     assert [d.reason for v in blocks for d in v.dead] == expected_dead
-    kept = sorted((sym, int(ms)) for v in blocks for sym, b in v.batches.items()
-                  for ms in b.ts_ms)
+    kept = sorted((sym, int(ms)) for v in blocks for sym, b in v.batches.items() for ms in b.ts_ms)
     assert kept == sorted(expected_kept)
 
 
-def test_the_engine_takes_a_shard_piece_like_its_symbols_one_by_one(
-        trained_registry: Path) -> None:
+def test_the_engine_takes_a_shard_piece_like_its_symbols_one_by_one(trained_registry: Path) -> None:
     """Signals, verdicts and trades from shard pieces equal those from per-symbol items."""
     registry = ModelRegistry(trained_registry)
     versions = {m: str(registry.production_version(m)) for m in MODEL_NAMES}
@@ -186,8 +206,7 @@ def test_the_engine_takes_a_shard_piece_like_its_symbols_one_by_one(
     for v in blocks:
         progress = Progress(v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final)
         for sym, batch in v.batches.items():
-            (step,) = builders.setdefault(sym, BarBuilder(sym, 60)).push(SymbolTicks(v.tag,
-                                                                                      batch))
+            (step,) = builders.setdefault(sym, BarBuilder(sym, 60)).push(SymbolTicks(v.tag, batch))
             (fs,) = engines.setdefault(sym, FeatureEngine(sym, 60, 8)).push(step)
             per_symbol.append(ScoredStep(sym, fs, [votes(x) for x in fs.vectors]))
         per_symbol.append(progress)
@@ -208,8 +227,11 @@ def test_the_engine_takes_a_shard_piece_like_its_symbols_one_by_one(
     def run(items: list) -> tuple:
         engine = DecisionEngine(EngineConfig(), EngineDeps(registry, [""]))
         out = [o for item in items for o in engine.push(item)] + engine.finish()
-        return (tuple(s for o in out for s in o.signals), tuple(v for o in out for v in o.verdicts),
-                tuple(e.event for o in out for e in o.trades))
+        return (
+            tuple(s for o in out for s in o.signals),
+            tuple(v for o in out for v in o.verdicts),
+            tuple(e.event for o in out for e in o.trades),
+        )
 
     reference = run(per_symbol)
     assert len(reference[0]) > 300 and len(reference[2]) > 4
@@ -218,8 +240,10 @@ def test_the_engine_takes_a_shard_piece_like_its_symbols_one_by_one(
 
 @pytest.mark.parametrize("price", [0.1, 1e-9, 123456.789])
 def test_a_shard_of_one_symbol_is_its_builder(price: float) -> None:
-    ticks = [Tick(from_ms(T0 + i * 7_000), "T:S029", TickOrigin.TRADE, price * (1 + i / 100),
-                  size=1.0) for i in range(40)]
+    ticks = [
+        Tick(from_ms(T0 + i * 7_000), "T:S029", TickOrigin.TRADE, price * (1 + i / 100), size=1.0)
+        for i in range(40)
+    ]
     (v,) = validated_blocks(ticks, [])
     ((_, piece),) = v.pieces()
     (step,) = ShardBars(60).push(piece)

@@ -16,8 +16,22 @@ B, S, H = Action.BUY, Action.SELL, Action.HOLD
 
 def signal(i: int, action: Action, symbol: str = "X") -> tuple[Signal, FeatureVector]:
     ts = from_ms((i + 1) * 60_000)
-    sig = Signal(symbol, ts, from_ms(i * 60_000), action, 0.8, Consensus.STRONG, 0.8, 0.0,
-                 0.01, False, True, "fs", (), ())
+    sig = Signal(
+        symbol,
+        ts,
+        from_ms(i * 60_000),
+        action,
+        0.8,
+        Consensus.STRONG,
+        0.8,
+        0.0,
+        0.01,
+        False,
+        True,
+        "fs",
+        (),
+        (),
+    )
     return sig, FeatureVector(symbol, ts, from_ms(i * 60_000), "fs", True, 1.0, {}, ())
 
 

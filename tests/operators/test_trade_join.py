@@ -57,34 +57,76 @@ MODELS = ("xgboost", "lightgbm", "nhits", "patchtst")
 # Values are exact in float32, so an entry state read back from the trades table (window and
 # RL arrays are Float32 there) compares equal to the event it was written from.
 
+
 def opened(tid: str, at_ms: int, symbol: str = "EURUSD", side: Side = Side.LONG) -> TradeOpened:
-    votes = tuple(Vote(m, f"{m}-v3", a, c) for m, a, c in zip(
-        MODELS, (Action.BUY, Action.BUY, Action.BUY, Action.HOLD), (0.75, 0.625, 0.875, 0.5),
-        strict=True))
-    rl = SizingDecision(state=(1.0, 0.0625, 0.5, -0.25, 0.0, 0.0, 0.8125, 1.0),
-                        raw_action=(0.125, -0.5, 0.25), log_prob=-2.3125, value=0.375,
-                        policy_version="ppo-v7", position_size_usd=1_000.0, tp_pct=0.25,
-                        sl_pct=0.125, degenerate=False, stochastic=True)
+    votes = tuple(
+        Vote(m, f"{m}-v3", a, c)
+        for m, a, c in zip(
+            MODELS,
+            (Action.BUY, Action.BUY, Action.BUY, Action.HOLD),
+            (0.75, 0.625, 0.875, 0.5),
+            strict=True,
+        )
+    )
+    rl = SizingDecision(
+        state=(1.0, 0.0625, 0.5, -0.25, 0.0, 0.0, 0.8125, 1.0),
+        raw_action=(0.125, -0.5, 0.25),
+        log_prob=-2.3125,
+        value=0.375,
+        policy_version="ppo-v7",
+        position_size_usd=1_000.0,
+        tp_pct=0.25,
+        sl_pct=0.125,
+        degenerate=False,
+        stochastic=True,
+    )
     entry = EntryState(
         features={"ret_1": 0.00012, "ret_5": -0.0004, "vol_daily": 0.0061, "rsi_14": 55.2},
-        feature_set="fs-2", window=(1.375, 1.5, 1.25, 1.375), votes=votes, confidence=0.82,
-        consensus=Consensus.STRONG, volatility=0.0061,
-        supervisor=SupervisorAtEntry(SupervisorMode.ENFORCED, 0.55, 0.45, 40,
-                                     "no bias detected"),
-        rl=rl, sizing=Sizing.RL)
+        feature_set="fs-2",
+        window=(1.375, 1.5, 1.25, 1.375),
+        votes=votes,
+        confidence=0.82,
+        consensus=Consensus.STRONG,
+        volatility=0.0061,
+        supervisor=SupervisorAtEntry(SupervisorMode.ENFORCED, 0.55, 0.45, 40, "no bias detected"),
+        rl=rl,
+        sizing=Sizing.RL,
+    )
     price = 1.3875
     sign = side.sign
-    return TradeOpened(tid, symbol, side, 1_000.0 / price, from_ms(at_ms), price,
-                       price * (1 + sign * 0.0025), price * (1 - sign * 0.00125), 1_000.0, 0.05,
-                       entry)
+    return TradeOpened(
+        tid,
+        symbol,
+        side,
+        1_000.0 / price,
+        from_ms(at_ms),
+        price,
+        price * (1 + sign * 0.0025),
+        price * (1 - sign * 0.00125),
+        1_000.0,
+        0.05,
+        entry,
+    )
 
 
-def closed(tid: str, at_ms: int, symbol: str = "EURUSD", side: Side = Side.LONG,
-           held_ms: int = 5 * MIN) -> TradeClosed:
-    return TradeClosed(tid, symbol, side, from_ms(at_ms), 1.3910, ExitReason.TAKE_PROFIT,
-                       2.52, 0.1, 2.42, 0.242, held_ms / 1000,
-                       (1.0, 0.0625, 0.5, 0.25, 0.0, 0.0, 0.8125, 1.0),
-                       10_002.42)
+def closed(
+    tid: str, at_ms: int, symbol: str = "EURUSD", side: Side = Side.LONG, held_ms: int = 5 * MIN
+) -> TradeClosed:
+    return TradeClosed(
+        tid,
+        symbol,
+        side,
+        from_ms(at_ms),
+        1.3910,
+        ExitReason.TAKE_PROFIT,
+        2.52,
+        0.1,
+        2.42,
+        0.242,
+        held_ms / 1000,
+        (1.0, 0.0625, 0.5, 0.25, 0.0, 0.0, 0.8125, 1.0),
+        10_002.42,
+    )
 
 
 def pair(tid: str, at_ms: int, **kw: Any) -> tuple[TradeOpened, TradeClosed]:
@@ -116,6 +158,7 @@ def joins(out: Iterable[Any]) -> list[JoinedTrade]:
 
 # --- the plain class -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["opened-first", "closed-first"])
 def test_joins_either_order_once(reverse: bool) -> None:
     o, c = pair("T1", T0)
@@ -134,8 +177,14 @@ def test_duplicates_before_and_after_the_join_join_nothing_twice() -> None:
     o, c = pair("T1", T0)
     j = TradeJoiner("T1", TTL, Lookups())
     out = []
-    for e, now in [(o, T0), (o, T0), (c, T0 + 5 * MIN), (c, T0 + 5 * MIN), (o, T0 + 6 * MIN),
-                   (c, T0 + 30 * MIN)]:
+    for e, now in [
+        (o, T0),
+        (o, T0),
+        (c, T0 + 5 * MIN),
+        (c, T0 + 5 * MIN),
+        (o, T0 + 6 * MIN),
+        (c, T0 + 30 * MIN),
+    ]:
         out += j.push(e, now)
     assert out == [JoinedTrade(o, c, JoinSource.STREAM)]
     assert j.duplicates == 4
@@ -240,8 +289,9 @@ def test_halves_that_disagree_are_dead_letters_not_a_join() -> None:
     assert joins(out) == []
     ds = letters(out)
     assert [d.row for d in ds] == [0, 1]
-    assert all("symbol EURUSD vs NZDUSD" in d.reason and "side long vs short" in d.reason
-               for d in ds)
+    assert all(
+        "symbol EURUSD vs NZDUSD" in d.reason and "side long vs short" in d.reason for d in ds
+    )
     assert j.push(c, T0 + MIN) == []  # a replay of either half is still a duplicate
 
 
@@ -269,6 +319,7 @@ def test_snapshot_pickles_and_restores() -> None:
 
 
 # --- all trades on one event clock ---------------------------------------------------------
+
 
 def test_joins_expire_a_trade_when_other_trades_advance_the_clock() -> None:
     lookup = Lookups()
@@ -326,7 +377,10 @@ def test_joins_finish_resolves_in_trade_id_order() -> None:
     for tid in ("Z", "M", "A"):
         joins.push(opened(tid, T0))
     assert [d.id for d in letters(joins.finish())] == [
-        "trade-join:A#0", "trade-join:M#0", "trade-join:Z#0"]
+        "trade-join:A#0",
+        "trade-join:M#0",
+        "trade-join:Z#0",
+    ]
 
 
 def test_joins_reject_a_non_positive_ttl() -> None:
@@ -336,14 +390,15 @@ def test_joins_reject_a_non_positive_ttl() -> None:
 
 # --- through the learning flow's ordered learner -------------------------------------------
 
+
 def numbered(events: Iterable[TradeEvent], start: int = 0) -> list[Sequenced]:
     """Events as the learning flow decodes them from the topic: numbered in publish order."""
     return [Sequenced(start + i, e) for i, e in enumerate(events)]
 
 
-def run_learner(items: list[Any], lookup: Any, registry: Path, ttl_ms: int = TTL,
-                workers: int = 1) -> tuple[list[tuple[str, str]], list[DeadLetter],
-                                           dict[str, int]]:
+def run_learner(
+    items: list[Any], lookup: Any, registry: Path, ttl_ms: int = TTL, workers: int = 1
+) -> tuple[list[tuple[str, str]], list[DeadLetter], dict[str, int]]:
     """The ordered learner with learning off: the joins, the dead letters and the counts."""
     flow = Dataflow("trade_join_test")
     events = op.input("events", flow, TestingSource(items))
@@ -369,16 +424,18 @@ def test_flow_any_order_with_duplicates_joins_each_trade_once(trained_registry: 
     items = numbered([o1, c2, c1, o2, o3, c3])
     replayed = items[2:4]  # a resumed live flow republishes its last epoch
     lookup = Lookups()
-    joined, dead, counts = run_learner(items + replayed + numbered([c1, o2], 6), lookup,
-                                       trained_registry)
+    joined, dead, counts = run_learner(
+        items + replayed + numbered([c1, o2], 6), lookup, trained_registry
+    )
     assert dead == []
     assert joined == [("T1", "stream"), ("T2", "stream"), ("T3", "stream")]
     assert counts["learning.duplicates"] == 2  # the same numbers again: dropped unread
     assert lookup.calls == ["T2"]  # the one close that arrived before its opened half
 
 
-def test_flow_orphan_close_resolved_from_the_trades_table(store: Any,
-                                                          trained_registry: Path) -> None:
+def test_flow_orphan_close_resolved_from_the_trades_table(
+    store: Any, trained_registry: Path
+) -> None:
     o, c = pair("T-STORED", T0)
     rows = trade_rows([TradeRecord(o)])
     store.insert(rows.table, rows.columns, rows.data)
@@ -400,15 +457,23 @@ def test_flow_expiry_and_end_of_input(trained_registry: Path) -> None:
     _, still = pair("STILL", T0 + 30 * MIN)
     later = pair("LATER", T0 + 5 * MIN + TTL)  # its close moves the clock past OPEN, ORPHAN
     lookup = Lookups()
-    joined, dead, counts = run_learner(numbered([o, orphan, still, *later]), lookup,
-                                       trained_registry)
+    joined, dead, counts = run_learner(
+        numbered([o, orphan, still, *later]), lookup, trained_registry
+    )
     assert joined == [("LATER", "stream")]
     assert [(d.id, d.reason) for d in dead] == [
         ("trade-join:OPEN#0", f"trade.opened never closed within TTL ({TTL} ms of event time)"),
-        ("trade-join:ORPHAN#1", "trade.closed without its trade.opened (not in the stream nor "
-                                f"the trades table): TTL ({TTL} ms of event time) expired"),
-        ("trade-join:STILL#1", "trade.closed without its trade.opened (not in the stream nor "
-                               "the trades table): end of input")]
+        (
+            "trade-join:ORPHAN#1",
+            "trade.closed without its trade.opened (not in the stream nor "
+            f"the trades table): TTL ({TTL} ms of event time) expired",
+        ),
+        (
+            "trade-join:STILL#1",
+            "trade.closed without its trade.opened (not in the stream nor "
+            "the trades table): end of input",
+        ),
+    ]
     assert decode_event(dead[1].raw) == orphan
     assert counts["dead_letters.join"] == 3
 
@@ -431,7 +496,8 @@ def test_flow_two_workers_learn_in_the_same_order(trained_registry: Path) -> Non
     two = run_learner(numbered(events), Lookups(), trained_registry, workers=2)
     assert one == two
     assert len(one[0]) == 7 and [d.id for d in one[1]] == [
-        f"trade-join:ORPHAN-{i}#1" for i in range(6)]
+        f"trade-join:ORPHAN-{i}#1" for i in range(6)
+    ]
 
 
 def test_flow_undecodable_message_is_a_dead_letter(trained_registry: Path) -> None:
@@ -456,8 +522,9 @@ def test_flow_lookup_failure_stops_the_flow_naming_the_trade(trained_registry: P
     while exc is not None:
         chain.append(str(exc))
         exc = exc.__cause__
-    assert any("looking up the entry state of trade T1 failed: store unreachable" in m
-               for m in chain), chain
+    assert any(
+        "looking up the entry state of trade T1 failed: store unreachable" in m for m in chain
+    ), chain
     assert any("trade_join_test.learn" in m for m in chain), chain  # the step is named
 
 

@@ -9,10 +9,26 @@ from pathlib import Path
 from report.build import build_report, report_command
 from settings import Settings
 
-CHARTS = {"equity", "drawdown", "pnl_by_symbol", "pnl_by_day", "price", "hit_rate",
-          "supervisor_verdicts", "supervisor_shares", "rl_reward", "policy_versions", "rl_size",
-          "rl_tp", "rl_sl", "clm_timeline", "drift", "shadow_scores", "dead_letters_reason",
-          "dead_letters_source"}
+CHARTS = {
+    "equity",
+    "drawdown",
+    "pnl_by_symbol",
+    "pnl_by_day",
+    "price",
+    "hit_rate",
+    "supervisor_verdicts",
+    "supervisor_shares",
+    "rl_reward",
+    "policy_versions",
+    "rl_size",
+    "rl_tp",
+    "rl_sl",
+    "clm_timeline",
+    "drift",
+    "shadow_scores",
+    "dead_letters_reason",
+    "dead_letters_source",
+}
 
 
 def test_an_empty_store_gives_every_chart_saying_why(settings: Settings) -> None:
@@ -35,8 +51,7 @@ def test_report_command_names_the_store_and_opens_the_file(tmp_path: Path) -> No
     words = shlex.split(cmd)
     assert words[:2] == [f"QT_HOME={home.resolve()}", "QT_CLICKHOUSE_DATABASE=demo"]
     assert words[2:7] == ["python", "-m", "cli.report", "--out", str(home / "report.html")]
-    assert words[7:] == ["&&", "python", "-m", "webbrowser", "-t",
-                         (home / "report.html").as_uri()]
+    assert words[7:] == ["&&", "python", "-m", "webbrowser", "-t", (home / "report.html").as_uri()]
     assert "QT_CLICKHOUSE_DATABASE" not in report_command(Settings.from_env({}, home=home))
 
 
@@ -50,9 +65,12 @@ def test_report_command_never_prints_a_password(tmp_path: Path) -> None:
 
 def test_series_that_are_one_line_are_named_in_the_caption() -> None:
     from report.build import _coinciding
+
     row = {"exit_ts": 1, "hit_rate": 0.5}
     rows = [{**row, "model": m} for m in ("xgboost", "lightgbm", "ensemble")]
     rows.append({"exit_ts": 1, "hit_rate": 1.0, "model": "nhits"})
-    assert _coinciding(rows) == " Drawn over each other (the same trades): ensemble = lightgbm " \
-                                "= xgboost."
+    assert (
+        _coinciding(rows) == " Drawn over each other (the same trades): ensemble = lightgbm "
+        "= xgboost."
+    )
     assert _coinciding(rows[2:]) == ""

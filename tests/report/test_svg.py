@@ -26,14 +26,18 @@ def with_class(root: ET.Element, cls: str) -> list[ET.Element]:
 
 
 def test_text_is_escaped_everywhere() -> None:
-    evil = '<script>alert("x")</script> & \'q\''
+    evil = "<script>alert(\"x\")</script> & 'q'"
     fig = Figure("c<&>", 1)
     fig.line([T0, T0 + 60], [1.0, 2.0], evil, titles=[evil, evil])
     fig.markers([T0], [1.5], evil, titles=[evil], labels=[evil])
     fig.hline(1.0, evil)
     fig.vlines([T0], titles=[evil], labels=[evil])
-    for text in (fig.svg(), svg.empty("c", evil), svg.hbars("c", 1, [evil], [3.0]),
-                 svg.histogram("c", 1, [1.0], evil)):
+    for text in (
+        fig.svg(),
+        svg.empty("c", evil),
+        svg.hbars("c", 1, [evil], [3.0]),
+        svg.histogram("c", 1, [1.0], evil),
+    ):
         assert "<script" not in text
         root = parse(text)
         assert evil in "".join(root.itertext())  # shown as text, intact
@@ -112,16 +116,25 @@ def test_downsampling_is_deterministic_exact_and_keeps_extremes() -> None:
 
 def test_time_ticks_within_a_day_and_over_a_month() -> None:
     day = svg.time_ticks(T0 + 3600, T0 + 23 * 3600, 8)
-    assert [label for _, label in day] == ["03:00", "06:00", "09:00", "12:00", "15:00",
-                                           "18:00", "21:00"]
+    assert [label for _, label in day] == [
+        "03:00",
+        "06:00",
+        "09:00",
+        "12:00",
+        "15:00",
+        "18:00",
+        "21:00",
+    ]
     two_days = svg.time_ticks(T0, T0 + 2 * 86400, 8)
     assert ("May 07" in [label for _, label in two_days]) and two_days[0][1] == "May 06"
     month = svg.time_ticks(T0 - 5 * 86400, T0 + 25 * 86400, 7)
     assert len(month) <= 7
     assert all(datetime.fromtimestamp(t, UTC).weekday() == 0 for t, _ in month)  # Mondays
     assert all(re.fullmatch(r"[A-Z][a-z]{2} \d\d", label) for _, label in month)
-    for ticks, lo, hi in ((day, T0 + 3600, T0 + 23 * 3600), (month, T0 - 5 * 86400,
-                                                              T0 + 25 * 86400)):
+    for ticks, lo, hi in (
+        (day, T0 + 3600, T0 + 23 * 3600),
+        (month, T0 - 5 * 86400, T0 + 25 * 86400),
+    ):
         times = [t for t, _ in ticks]
         assert times == sorted(times) and lo <= times[0] and times[-1] <= hi
 
@@ -130,8 +143,7 @@ def test_time_axis_labels_do_not_overlap() -> None:
     fig = Figure("t", 2)
     fig.line([T0, T0 + 30 * 86400], [1.0, 2.0])
     root = parse(fig.svg())
-    labels = [e for e in root.find(f"{NS}g").iter(f"{NS}text") if e.get("text-anchor") ==
-              "middle"]
+    labels = [e for e in root.find(f"{NS}g").iter(f"{NS}text") if e.get("text-anchor") == "middle"]
     xs = sorted(float(e.get("x")) for e in labels)
     widest = max(len(e.text) for e in labels) * svg.CHAR_PX
     assert len(xs) >= 3 and all(b - a >= widest for a, b in pairwise(xs))

@@ -62,8 +62,9 @@ def test_momentum_signals_follow_documented_rule(sample_history: History) -> Non
         assert s.confidence == pytest.approx(abs(z) / (1 + abs(z)))
 
 
-def test_real_sample_episode_books_consistently(sample_history: History,
-                                                signals: list[SignalEvent]) -> None:
+def test_real_sample_episode_books_consistently(
+    sample_history: History, signals: list[SignalEvent]
+) -> None:
     cfg = EnvConfig.from_settings(SETTINGS)
     assert cfg.execution.equity == SETTINGS.subaccount_equity  # the live flow's split
     env = SizingEnv(sample_history, signals, cfg)
@@ -95,8 +96,9 @@ def test_real_sample_episode_books_consistently(sample_history: History,
     assert {c.exit_reason for _, c in env.trades} <= set(ExitReason)
 
 
-def test_previewed_close_is_the_close_that_happens(sample_history: History,
-                                                   signals: list[SignalEvent]) -> None:
+def test_previewed_close_is_the_close_that_happens(
+    sample_history: History, signals: list[SignalEvent]
+) -> None:
     """The reward's close, found ahead on a copy, is the one the replay then books."""
     env = SizingEnv(sample_history, signals, EnvConfig.from_settings(SETTINGS))
     env.reset(seed=0)
@@ -134,8 +136,10 @@ def test_previewed_close_is_the_close_that_happens(sample_history: History,
         # all of it, except the exit state's exposure: that is the whole portfolio's at the
         # close, which a preview of one symbol's future cannot know (the reward does not use it)
         seen = previewed[trade_id]
-        assert seen.exit_state[:5] + seen.exit_state[6:] == \
-            closed.exit_state[:5] + closed.exit_state[6:]
+        assert (
+            seen.exit_state[:5] + seen.exit_state[6:]
+            == closed.exit_state[:5] + closed.exit_state[6:]
+        )
         assert replace(seen, exit_state=()) == replace(closed, exit_state=())
 
 
@@ -148,14 +152,15 @@ def _sized(env: SizingEnv, request):
     return sized_from(d, env.config.sizing, env.bounds, state.equity_usd)
 
 
-def test_env_passes_sb3_env_checker(sample_history: History,
-                                    signals: list[SignalEvent]) -> None:
-    check_env(SizingEnv(sample_history, signals[:40], EnvConfig.from_settings(SETTINGS)),
-              warn=False)
+def test_env_passes_sb3_env_checker(sample_history: History, signals: list[SignalEvent]) -> None:
+    check_env(
+        SizingEnv(sample_history, signals[:40], EnvConfig.from_settings(SETTINGS)), warn=False
+    )
 
 
-def test_a_non_finite_action_places_no_order(sample_history: History,
-                                            signals: list[SignalEvent]) -> None:
+def test_a_non_finite_action_places_no_order(
+    sample_history: History, signals: list[SignalEvent]
+) -> None:
     """As live: an order the policy cannot size finitely is skipped and counted."""
     env = SizingEnv(sample_history, signals, EnvConfig.from_settings(SETTINGS))
     env.reset()

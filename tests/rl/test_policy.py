@@ -66,8 +66,9 @@ def _copy(rt: PolicyRuntime, tmp: Path) -> PolicyRuntime:
     return PolicyRuntime.load(tmp, seed=7)
 
 
-def test_deterministic_act_equals_mapped_predict(runtime: PolicyRuntime,
-                                                 states: list[RLState]) -> None:
+def test_deterministic_act_equals_mapped_predict(
+    runtime: PolicyRuntime, states: list[RLState]
+) -> None:
     batch = runtime.act_batch(states, stochastic=False)
     for s, d in zip(states, batch, strict=True):
         pred, _ = runtime.model.predict(s.to_array(), deterministic=True)
@@ -80,8 +81,9 @@ def test_deterministic_act_equals_mapped_predict(runtime: PolicyRuntime,
         assert single.raw_action == pytest.approx(d.raw_action, abs=1e-6)
 
 
-def test_recorded_log_prob_and_value_are_sb3s(runtime: PolicyRuntime,
-                                              states: list[RLState]) -> None:
+def test_recorded_log_prob_and_value_are_sb3s(
+    runtime: PolicyRuntime, states: list[RLState]
+) -> None:
     decisions = runtime.act_batch(states, stochastic=True)
     obs = torch.tensor([d.state for d in decisions])
     actions = torch.tensor([d.raw_action for d in decisions])
@@ -97,27 +99,29 @@ def test_recorded_log_prob_and_value_are_sb3s(runtime: PolicyRuntime,
     assert 0.3 * std < float(np.std(sampled - modes)) < 3 * std
 
 
-def test_explicit_noise_makes_the_sample_reproducible(runtime: PolicyRuntime,
-                                                      states: list[RLState]) -> None:
+def test_explicit_noise_makes_the_sample_reproducible(
+    runtime: PolicyRuntime, states: list[RLState]
+) -> None:
     noise = np.array([0.5, -1.0, 2.0])
     a = runtime.act(states[0], stochastic=True, noise=noise)
     b = runtime.act(states[0], stochastic=True, noise=noise)
     mode = runtime.act(states[0], stochastic=False)
     std = runtime.model.policy.log_std.exp().detach().numpy()
     assert a == b
-    assert np.allclose(np.array(a.raw_action) - np.array(mode.raw_action), std * noise,
-                       atol=1e-5)
+    assert np.allclose(np.array(a.raw_action) - np.array(mode.raw_action), std * noise, atol=1e-5)
 
 
-def test_update_learns_in_the_rewarded_direction(runtime: PolicyRuntime,
-                                                 states: list[RLState], tmp_path: Path) -> None:
+def test_update_learns_in_the_rewarded_direction(
+    runtime: PolicyRuntime, states: list[RLState], tmp_path: Path
+) -> None:
     """Reward the size coordinate: the mode's size rises; reward its opposite: it falls."""
     for sign, sub in ((1.0, "up"), (-1.0, "down")):
         rt = _copy(runtime, tmp_path / sub)
         s = states[0]
         before_mode = rt.act(s, stochastic=False).raw_action[0]
-        before_params = torch.nn.utils.parameters_to_vector(
-            rt.model.policy.parameters()).detach().clone()
+        before_params = (
+            torch.nn.utils.parameters_to_vector(rt.model.policy.parameters()).detach().clone()
+        )
         decisions = rt.act_batch([s] * 64, stochastic=True)
         trs = [Transition.from_decision(d, sign * d.raw_action[0], d.state) for d in decisions]
         m = rt.update(trs)
@@ -125,9 +129,16 @@ def test_update_learns_in_the_rewarded_direction(runtime: PolicyRuntime,
         assert m.transitions == 64 and m.dropped == 0
         assert m.param_change_norm > 0
         assert m.param_change_norm == pytest.approx(
-            float(torch.linalg.vector_norm(after_params - before_params)), rel=1e-5)
-        for x in (m.policy_loss, m.value_loss, m.entropy_loss, m.approx_kl, m.clip_fraction,
-                  m.mean_reward):
+            float(torch.linalg.vector_norm(after_params - before_params)), rel=1e-5
+        )
+        for x in (
+            m.policy_loss,
+            m.value_loss,
+            m.entropy_loss,
+            m.approx_kl,
+            m.clip_fraction,
+            m.mean_reward,
+        ):
             assert math.isfinite(x)
         assert 0 <= m.clip_fraction <= 1 and m.approx_kl >= 0
         assert m.version_before == runtime.version and rt.version == m.version_after
@@ -145,16 +156,18 @@ def test_update_learns_in_the_rewarded_direction(runtime: PolicyRuntime,
 
 @pytest.mark.parametrize("gamma", [0.0, 0.99])
 def test_rollout_buffer_makes_each_trade_a_one_step_episode(
-        runtime: PolicyRuntime, states: list[RLState], gamma: float,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime: PolicyRuntime, states: list[RLState], gamma: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PPO.train() reads these arrays: advantage must be reward - recorded value, whatever
     gamma, and the recorded log-probs and actions must be kept unclipped."""
     monkeypatch.setattr(runtime.model, "gamma", gamma)
     monkeypatch.setattr(runtime.model, "gae_lambda", 0.95)
     decisions = runtime.act_batch(states[:16], stochastic=True, noise=np.full((16, 3), 3.0))
     rewards = np.linspace(-1.0, 2.0, 16)
-    trs = [Transition.from_decision(d, float(r), d.state)
-           for d, r in zip(decisions, rewards, strict=True)]
+    trs = [
+        Transition.from_decision(d, float(r), d.state)
+        for d, r in zip(decisions, rewards, strict=True)
+    ]
     buf = rollout_buffer(runtime.model, trs)
     values = np.array([d.value for d in decisions], dtype=np.float32)
     assert buf.full and buf.buffer_size == 16
@@ -165,16 +178,27 @@ def test_rollout_buffer_makes_each_trade_a_one_step_episode(
     assert buf.actions.max() > 1.0  # a 3-sigma sample lies outside the box, stored as sampled
 
 
-def test_update_drops_unusable_transitions(runtime: PolicyRuntime, states: list[RLState],
-                                           tmp_path: Path) -> None:
+def test_update_drops_unusable_transitions(
+    runtime: PolicyRuntime, states: list[RLState], tmp_path: Path
+) -> None:
     rt = _copy(runtime, tmp_path)
-    good = [Transition.from_decision(d, 0.1, d.state)
-            for d in rt.act_batch(states[:10], stochastic=True)]
+    good = [
+        Transition.from_decision(d, 0.1, d.state)
+        for d in rt.act_batch(states[:10], stochastic=True)
+    ]
     det = Transition.from_decision(rt.act(states[0], stochastic=False), 0.1, states[0].to_array())
-    nan = Transition.from_decision(rt.act(states[0], stochastic=True), math.nan,
-                                   states[0].to_array())
-    other = Transition(good[0].state, good[0].raw_action, good[0].log_prob, good[0].value, 0.1,
-                       good[0].state, "ppo-ffff-v0")
+    nan = Transition.from_decision(
+        rt.act(states[0], stochastic=True), math.nan, states[0].to_array()
+    )
+    other = Transition(
+        good[0].state,
+        good[0].raw_action,
+        good[0].log_prob,
+        good[0].value,
+        0.1,
+        good[0].state,
+        "ppo-ffff-v0",
+    )
     empty = rt.update([det, nan])
     assert empty.transitions == 0 and empty.dropped == 2 and rt.updates == 0
     m = rt.update([*good, det, nan, other], max_lag=2)
@@ -185,9 +209,9 @@ def test_update_drops_unusable_transitions(runtime: PolicyRuntime, states: list[
     assert (m.transitions, rt.updates) == (10, 2)
 
 
-def test_save_load_round_trip_without_unpickling(runtime: PolicyRuntime,
-                                                 states: list[RLState], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_load_round_trip_without_unpickling(
+    runtime: PolicyRuntime, states: list[RLState], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import cloudpickle
 
     paths = runtime.save(tmp_path)
@@ -219,9 +243,15 @@ def test_load_refuses_another_state_definition(runtime: PolicyRuntime, tmp_path:
 
 def test_bounds_come_from_the_env_and_version_helpers(env: SizingEnv) -> None:
     bounds = ActionBounds(min_frac=0.02, max_frac=0.05)
-    env = SizingEnv(env.history, [SignalEvent(s, i, Action.BUY, 0.5, 0.01)
-                                  for s in env.history.symbols for i in range(100, 900, 50)],
-                    replace(env.config, bounds=bounds))
+    env = SizingEnv(
+        env.history,
+        [
+            SignalEvent(s, i, Action.BUY, 0.5, 0.01)
+            for s in env.history.symbols
+            for i in range(100, 900, 50)
+        ],
+        replace(env.config, bounds=bounds),
+    )
     rt = pretrain(env, timesteps=64, seed=1, params=PPOParams(n_epochs=1))
     assert rt.bounds == bounds
     d = rt.act(RLState(1, 0, 0.5, 0, 0, 0, 0.5, 1, equity_usd=1_000.0), stochastic=True)

@@ -32,7 +32,8 @@ def test_state_array_follows_names_and_is_float32() -> None:
     arr = s.to_array()
     assert arr.dtype == np.float32 and arr.shape == (len(NAMES),) == (8,)
     assert [float(arr[i]) for i in range(8)] == pytest.approx(
-        [getattr(s, n) for n in NAMES], rel=1e-6)
+        [getattr(s, n) for n in NAMES], rel=1e-6
+    )
     back = RLState.from_array(arr, 11_000.0)
     assert np.array_equal(back.to_array(), arr)
 
@@ -66,8 +67,9 @@ def test_action_extremes_and_middle_hit_the_bounds() -> None:
     assert map_action((7.0, -3.0, 1.5), 10_000.0, B) == map_action((1.0, -1.0, 1.0), 10_000.0, B)
 
 
-@pytest.mark.parametrize("raw", [(math.nan, 0.0, 0.0), (0.0, math.inf, 0.0),
-                                 (0.0, 0.0, -math.inf), (0.0, 0.0)])
+@pytest.mark.parametrize(
+    "raw", [(math.nan, 0.0, 0.0), (0.0, math.inf, 0.0), (0.0, 0.0, -math.inf), (0.0, 0.0)]
+)
 def test_degenerate_action_gives_safe_default(raw: tuple[float, ...]) -> None:
     size, tp, sl, deg = map_action(raw, 10_000.0, B)
     assert deg and size == pytest.approx(100.0)
@@ -106,8 +108,9 @@ def test_bounds_validation_and_round_trip() -> None:
 
 
 def test_decision_fractions_are_percent_over_100() -> None:
-    d = SizingDecision((0.0,) * 8, (0.0,) * 3, -1.0, 0.0, "ppo-ab-v0", 100.0, 0.5, 0.25,
-                       False, True)
+    d = SizingDecision(
+        (0.0,) * 8, (0.0,) * 3, -1.0, 0.0, "ppo-ab-v0", 100.0, 0.5, 0.25, False, True
+    )
     assert d.tp_frac == pytest.approx(0.005) and d.sl_frac == pytest.approx(0.0025)
 
 
@@ -116,11 +119,11 @@ def test_sub_account_tracks_equity_peak_drawdown_and_recent_trades() -> None:
     s0 = acct.state(vol_daily=0.01, confidence=0.9, direction=Action.SELL, exposure=0.2)
     assert (s0.equity_ratio, s0.win_rate, s0.mean_pnl_pct, s0.drawdown) == (1.0, 0.5, 0.0, 0.0)
     assert s0.direction == -1.0 and s0.equity_usd == 1_000.0
-    acct.close_trade(100.0, 200.0)   # +50% of notional, new peak 1100
+    acct.close_trade(100.0, 200.0)  # +50% of notional, new peak 1100
     acct.close_trade(-110.0, 100.0)  # -110%, equity 990, drawdown 10%
     assert acct.peak == 1_100.0 and acct.drawdown == pytest.approx(0.1)
-    acct.close_trade(-10.0, 100.0)   # -10%
-    acct.close_trade(20.0, 100.0)    # +20%; the first trade leaves the window of 3
+    acct.close_trade(-10.0, 100.0)  # -10%
+    acct.close_trade(20.0, 100.0)  # +20%; the first trade leaves the window of 3
     s = acct.state(vol_daily=0.01, confidence=0.9, direction=Action.BUY, exposure=0.0)
     assert s.equity_ratio == pytest.approx(1.0)
     assert s.win_rate == pytest.approx(1 / 3)
@@ -133,16 +136,29 @@ def test_sub_account_tracks_equity_peak_drawdown_and_recent_trades() -> None:
 
 # --------------------------------------------------------------------------------- reward
 def _r(**kw: float) -> float:
-    args = {"net_pnl": 0.0, "equity_at_entry": 10_000.0, "size_frac": 0.1, "vol_daily": 0.005,
-            "drawdown_before": 0.0, "drawdown_after": 0.0}
+    args = {
+        "net_pnl": 0.0,
+        "equity_at_entry": 10_000.0,
+        "size_frac": 0.1,
+        "vol_daily": 0.005,
+        "drawdown_before": 0.0,
+        "drawdown_after": 0.0,
+    }
     args.update(kw)
     return reward(weights=RewardWeights(), **args)
 
 
 def test_reward_formula_exact() -> None:
     w = RewardWeights(risk=0.2, drawdown=3.0, scale=10.0)
-    t = reward_terms(net_pnl=-50.0, equity_at_entry=10_000.0, size_frac=0.2, vol_daily=0.01,
-                     drawdown_before=0.01, drawdown_after=0.015, weights=w)
+    t = reward_terms(
+        net_pnl=-50.0,
+        equity_at_entry=10_000.0,
+        size_frac=0.2,
+        vol_daily=0.01,
+        drawdown_before=0.01,
+        drawdown_after=0.015,
+        weights=w,
+    )
     assert t.pnl == pytest.approx(-0.005) and t.risk == pytest.approx(0.002)
     assert t.drawdown == pytest.approx(0.005)
     assert t.total == pytest.approx(10.0 * (-0.005 - 0.2 * 0.002 - 3.0 * 0.005))
@@ -150,12 +166,26 @@ def test_reward_formula_exact() -> None:
 
 def test_actions_beyond_the_box_cost_their_squared_excess() -> None:
     w = RewardWeights()
-    inside = reward_terms(net_pnl=5.0, equity_at_entry=10_000.0, size_frac=0.1, vol_daily=0.01,
-                          drawdown_before=0.0, drawdown_after=0.0, weights=w,
-                          raw_action=(1.0, -0.3, 0.9))
-    outside = reward_terms(net_pnl=5.0, equity_at_entry=10_000.0, size_frac=0.1,
-                           vol_daily=0.01, drawdown_before=0.0, drawdown_after=0.0, weights=w,
-                           raw_action=(-2.5, 1.5, 0.0))
+    inside = reward_terms(
+        net_pnl=5.0,
+        equity_at_entry=10_000.0,
+        size_frac=0.1,
+        vol_daily=0.01,
+        drawdown_before=0.0,
+        drawdown_after=0.0,
+        weights=w,
+        raw_action=(1.0, -0.3, 0.9),
+    )
+    outside = reward_terms(
+        net_pnl=5.0,
+        equity_at_entry=10_000.0,
+        size_frac=0.1,
+        vol_daily=0.01,
+        drawdown_before=0.0,
+        drawdown_after=0.0,
+        weights=w,
+        raw_action=(-2.5, 1.5, 0.0),
+    )
     assert inside.bound == 0.0 and outside.bound == pytest.approx(1.5**2 + 0.5**2)
     assert inside.total - outside.total == pytest.approx(w.bound * (2.25 + 0.25))
 
@@ -188,9 +218,16 @@ def test_drawdown_term_only_charges_new_drawdown() -> None:
     assert _r(net_pnl=20.0, drawdown_before=0.05, drawdown_after=0.04) == _r(net_pnl=20.0)
 
 
-@pytest.mark.parametrize("bad", [{"net_pnl": math.nan}, {"equity_at_entry": 0.0},
-                                 {"vol_daily": math.inf}, {"size_frac": -0.1},
-                                 {"drawdown_after": math.nan}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"net_pnl": math.nan},
+        {"equity_at_entry": 0.0},
+        {"vol_daily": math.inf},
+        {"size_frac": -0.1},
+        {"drawdown_after": math.nan},
+    ],
+)
 def test_reward_refuses_bad_inputs(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         _r(**bad)

@@ -11,7 +11,8 @@ from runtime import GC_THRESHOLDS, run_by_bytewax, tune_gc
 
 
 def test_only_a_bytewax_run_process_tunes_its_garbage_collector(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     before = gc.get_threshold()
     assert not run_by_bytewax()  # pytest
     tune_gc()  # a test process runs many flows: left alone

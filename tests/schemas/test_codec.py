@@ -27,8 +27,14 @@ class Sample:
     until: datetime | None = None
 
 
-SAMPLE = Sample(datetime(2014, 5, 6, 10, 31, 0, 379_999, tzinfo=UTC), Action.BUY, 1.5,
-                (1.0, math.nan), {"a": 2.0}, until=None)
+SAMPLE = Sample(
+    datetime(2014, 5, 6, 10, 31, 0, 379_999, tzinfo=UTC),
+    Action.BUY,
+    1.5,
+    (1.0, math.nan),
+    {"a": 2.0},
+    until=None,
+)
 
 
 def test_a_trade_event_survives_the_wire_exactly() -> None:
@@ -54,31 +60,45 @@ def test_a_time_with_another_offset_is_the_same_instant_in_utc() -> None:
     assert b'"at":"2014-05-06T10:31:00.379Z"' in text
 
 
-@pytest.mark.parametrize(("payload", "reason"), [
-    (b"{not json", "Sample: not JSON"),
-    (b"[1, 2]", "Sample: expected a JSON object, got list"),
-    (b'{"at": "2014-05-06T10:31:00Z", "action": "BUY"}',
-     "Sample: missing field(s) ['path', 'tags', 'value']"),
-    (b'{"at": "2014-05-06T10:31:00", "action": "BUY", "value": 1, "path": [], "tags": {}}',
-     "Sample.at: timestamp '2014-05-06T10:31:00' has no UTC offset"),
-    (b'{"at": "2014-05-06T10:31:00Z", "action": "HODL", "value": 1, "path": [], "tags": {}}',
-     "Sample.action: 'HODL' is not a valid Action"),
-    (b'{"at": "2014-05-06T10:31:00Z", "action": "BUY", "value": "x", "path": [], "tags": {}}',
-     "Sample.value: could not convert string to float"),
-])
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "Sample: not JSON"),
+        (b"[1, 2]", "Sample: expected a JSON object, got list"),
+        (
+            b'{"at": "2014-05-06T10:31:00Z", "action": "BUY"}',
+            "Sample: missing field(s) ['path', 'tags', 'value']",
+        ),
+        (
+            b'{"at": "2014-05-06T10:31:00", "action": "BUY", "value": 1, "path": [], "tags": {}}',
+            "Sample.at: timestamp '2014-05-06T10:31:00' has no UTC offset",
+        ),
+        (
+            b'{"at": "2014-05-06T10:31:00Z", "action": "HODL", "value": 1, "path": [], "tags": {}}',
+            "Sample.action: 'HODL' is not a valid Action",
+        ),
+        (
+            b'{"at": "2014-05-06T10:31:00Z", "action": "BUY", "value": "x", "path": [], '
+            b'"tags": {}}',
+            "Sample.value: could not convert string to float",
+        ),
+    ],
+)
 def test_bad_payloads_name_the_event_and_the_field(payload: bytes, reason: str) -> None:
     with pytest.raises(codec.SchemaError, match="^" + re.escape(reason)):
         codec.loads(Sample, payload)
 
 
 def test_rows_in_column_order_and_back_by_name_or_position() -> None:
-    assert codec.row_columns(Sample) == ("at", "action", "value", "path", "tags", "note",
-                                         "until")
+    assert codec.row_columns(Sample) == ("at", "action", "value", "path", "tags", "note", "until")
     row = codec.to_row(SAMPLE)
     assert row[1] == "BUY" and row[3] == [1.0, SAMPLE.path[1]] and row[6] is None
     naive = (SAMPLE.at.replace(tzinfo=None), *row[1:6], None)  # a store may return naive UTC
-    for back in (codec.from_row(Sample, row), codec.from_row(Sample, naive),
-                 codec.from_row(Sample, dict(zip(codec.row_columns(Sample), row, strict=True)))):
+    for back in (
+        codec.from_row(Sample, row),
+        codec.from_row(Sample, naive),
+        codec.from_row(Sample, dict(zip(codec.row_columns(Sample), row, strict=True))),
+    ):
         assert back.at == SAMPLE.at.replace(microsecond=379_000) and back.action is Action.BUY
         assert back.path[0] == 1.0 and math.isnan(back.path[1]) and back.tags == {"a": 2.0}
 

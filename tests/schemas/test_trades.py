@@ -32,7 +32,13 @@ def test_an_open_then_closed_trade_reads_back_as_written(store: Any) -> None:
     back = opened_from_row(row)
     # Float32 columns (window, RL state and action) come back rounded to float32
     assert repr(back.entry.features) == repr(opened.entry.features)
-    assert back.entry.votes == opened.entry.votes and back.entry.rl.policy_version == \
-        opened.entry.rl.policy_version
+    assert (
+        back.entry.votes == opened.entry.votes
+        and back.entry.rl.policy_version == opened.entry.rl.policy_version
+    )
     assert (back.trade_id, back.side, back.entry_ts, back.quantity) == (
-        opened.trade_id, opened.side, opened.entry_ts, opened.quantity)
+        opened.trade_id,
+        opened.side,
+        opened.entry_ts,
+        opened.quantity,
+    )

@@ -17,21 +17,31 @@ from storage.store import StoreUnavailable, check_embedded_store, ddl_files, ope
 def _bar(minute: int, close: float) -> Bar:
     start = datetime(2024, 1, 1, 0, minute, tzinfo=UTC)
     end = datetime(2024, 1, 1, 0, minute + 1, tzinfo=UTC)
-    return Bar("X:Y", 60, start, end, 1.0, 2.0, 0.5, close, 3.0, 7, 1.2, 1.0, 2.0, 0,
-               math.nan, math.nan)
+    return Bar(
+        "X:Y", 60, start, end, 1.0, 2.0, 0.5, close, 3.0, 7, 1.2, 1.0, 2.0, 0, math.nan, math.nan
+    )
 
 
 def test_every_ddl_file_is_one_statement() -> None:
     for path in ddl_files():
-        text = "\n".join(line for line in path.read_text().splitlines()
-                         if not line.strip().startswith("--"))
+        text = "\n".join(
+            line for line in path.read_text().splitlines() if not line.strip().startswith("--")
+        )
         assert text.strip().count(";") == 0, f"{path.name}: one statement, no ';'"
 
 
 def test_writing_the_same_batch_twice_leaves_one_copy(store) -> None:
     bars = [_bar(i, 1.0 + i) for i in range(5)]
-    vec = FeatureVector("X:Y", bars[0].end, bars[0].start, "fs-test", True, 1.0,
-                        {"a": 1.0, "b": math.nan}, (0.1, math.nan))
+    vec = FeatureVector(
+        "X:Y",
+        bars[0].end,
+        bars[0].start,
+        "fs-test",
+        True,
+        1.0,
+        {"a": 1.0, "b": math.nan},
+        (0.1, math.nan),
+    )
     dead = DeadLetters()
     dead.add("file.csv", 3, None, "", Stage.DECODE, "missing ts", ",,,,")
     dead.add("file.csv", 4, 1_704_067_200_000, "X:Y", Stage.VALIDATE, "negative size", "x")
@@ -79,7 +89,8 @@ def test_a_store_held_by_another_process_is_one_clear_error(settings, tmp_path) 
     assert str(busy.value) == (
         f"QT_HOME={s.home}: the embedded store {s.store_path.resolve()} is in use by another "
         "process (pid 4242, started 2026-01-01 00:00:00); chDB allows one process per store: "
-        "wait for that run to end (or stop it), or give this run its own QT_HOME")
+        "wait for that run to end (or stop it), or give this run its own QT_HOME"
+    )
     check_embedded_store(s)  # released: fine
 
 
@@ -94,13 +105,17 @@ def test_a_home_that_cannot_be_written_is_one_clear_error(settings, tmp_path) ->
         read_only.mkdir(mode=0o555)
         homes.append(read_only)
     for home in homes:
-        with pytest.raises(StoreUnavailable, match=rf"^QT_HOME={home}: the embedded store .* "
-                           r"cannot be written \(.+\); set QT_HOME to a writable directory"):
+        with pytest.raises(
+            StoreUnavailable,
+            match=rf"^QT_HOME={home}: the embedded store .* "
+            r"cannot be written \(.+\); set QT_HOME to a writable directory",
+        ):
             check_embedded_store(settings.replace(home=home))
 
 
-@pytest.mark.parametrize("url", ["ftp://user:s3cret@db:8123/qt",
-                                 "http://user:s3cret@127.0.0.1:1/qt"])
+@pytest.mark.parametrize(
+    "url", ["ftp://user:s3cret@db:8123/qt", "http://user:s3cret@127.0.0.1:1/qt"]
+)
 def test_a_server_url_is_never_shown_with_its_password(settings, url: str) -> None:
     with pytest.raises(StoreUnavailable) as bad:
         open_store(settings.replace(clickhouse_url=url))
