@@ -1,6 +1,6 @@
 """The ensemble: four models vote, the audit's rules decide.
 
-Semantics (the audit's, kept exactly; see ``../shared/DESIGN.md`` section 2):
+Semantics (the audit's, kept exactly):
 
 - Weights: XGBoost 0.25, LightGBM 0.25, N-HiTS 0.30, PatchTST 0.20. Each model says BUY, SELL
   or HOLD with a confidence in [0, 1]; a model that raises or returns a NaN/out-of-range

@@ -1,4 +1,4 @@
-"""The learning loop on replayed real data: the audit's three checks (seed 7.1-7.2).
+"""The learning loop on replayed real data: the audit's three checks of it.
 
 (a) policy updates occur after trades close, and later trades use the new policy;
 (b) a manual retrain trains, shadow-tests and promotes or rejects by the rule; a forced-better

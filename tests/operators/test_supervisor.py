@@ -1,4 +1,4 @@
-"""The bias window: the audit's own check (seed 7.2.5), modes and bounds (its order across
+"""The bias window: the audit's own check of it, modes and bounds (its order across
 symbols and workers is the decision engine's: tests/operators/test_engine.py)."""
 
 from __future__ import annotations
