@@ -149,18 +149,18 @@ def market_data(
     return MarketData(validated, bars, features, partitions)
 
 
-def market_data_rows(md: MarketData, features: bool = True) -> list[Stream[TableRows]]:
+def market_data_rows(market: MarketData, features: bool = True) -> list[Stream[TableRows]]:
     """Table blocks of the market-data streams (bars, dead letters, and features unless the
     engine's continuous learner archives them itself)."""
     rows = [
         op.filter_map(
             "dead_letter_rows",
-            md.validated,
+            market.validated,
             lambda v: dead_letter_rows(v.dead) if len(v.dead) else None,
         ),
         op.filter_map(
             "bar_rows",
-            op.key_rm("bars_unkeyed", md.bars),
+            op.key_rm("bars_unkeyed", market.bars),
             lambda s: bar_rows(s.bars) if s.bars else None,
         ),
     ]
@@ -168,7 +168,7 @@ def market_data_rows(md: MarketData, features: bool = True) -> list[Stream[Table
         rows.append(
             op.filter_map(
                 "feature_rows",
-                op.key_rm("features_unkeyed", md.features),
+                op.key_rm("features_unkeyed", market.features),
                 lambda s: feature_rows(s.vectors) if s.vectors else None,
             )
         )
@@ -176,17 +176,17 @@ def market_data_rows(md: MarketData, features: bool = True) -> list[Stream[Table
 
 
 def market_data_counts(
-    md: MarketData,
+    market: MarketData,
     training: tuple[datetime, datetime] | None = None,
 ) -> list[Stream[Any]]:
     """The summary's market-data counters; with the production models' ``training`` span,
     also how many bars fall inside it (the summary says whether the run is out-of-sample)."""
     return [
-        op.map("count_validated", md.validated, validated_counts),
-        op.flat_map("count_bars", md.bars, lambda kv: _bar_counts(kv[1].bars, training)),
+        op.map("count_validated", market.validated, validated_counts),
+        op.flat_map("count_bars", market.bars, lambda kv: _bar_counts(kv[1].bars, training)),
         op.map(
             "count_features",
-            md.features,
+            market.features,
             lambda kv: {
                 "features": len(kv[1].vectors),
                 "features.warm": sum(1 for v in kv[1].vectors if v.warm),
@@ -231,13 +231,13 @@ def _bar_counts(
     return [counts, EventTime(max(to_ms(b.end) for b in bars))]
 
 
-def scoring(md: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
+def scoring(market: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
     """features -> every production and shadow model version's votes (per symbol, parallel;
     models loaded now so the flow does not pay for imports and loading at its first bar)."""
     models = RegistryModels(open_registry(settings))
     models.current()
     return score_votes(
-        "ensemble", md.features, Scorer(models, EnsembleConfig.from_settings(settings))
+        "ensemble", market.features, Scorer(models, EnsembleConfig.from_settings(settings))
     )
 
 
@@ -247,12 +247,12 @@ def inline_learning(settings: Settings) -> bool:
 
 
 def engine(
-    md: MarketData, scored: KeyedStream[ScoredStep], settings: Settings
+    market: MarketData, scored: KeyedStream[ScoredStep], settings: Settings
 ) -> Stream[EngineOutput]:
     """scored bars + input progress -> the decision engine (decisions, trades, learning)."""
     progress = op.map(
         "progress",
-        md.validated,
+        market.validated,
         lambda v: Progress(
             v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final, v.tag.idle
         ),
@@ -266,7 +266,7 @@ def engine(
     publish = settings.trade_events.startswith("kafka://")
     deps = EngineDeps(
         registry,
-        md.partitions,
+        market.partitions,
         learning=inline_learning(settings),
         publish=publish,
         dynamic_weights=settings.dynamic_weights,
