@@ -22,10 +22,11 @@ The machine is shared: compare figures of one invocation only. ``--compare DIR``
 case also with the code of another checkout (``git archive REV | tar -x -C DIR``), interleaved,
 and prints the ratios. ``--workers 2`` runs ``-w 2``; ``--processes 2`` runs two processes of
 one cluster (``python -m bytewax.testing dataflows.live -p 2``). ``--profile DIR`` records each
-case with py-spy (speedscope) and prints where the time goes.
+case with py-spy (speedscope) and prints where the time goes, per dataflow step (``--gil``:
+only the thread holding the GIL, what one process is bounded by).
 
     python bench/bench_scale.py [--symbols 10 100 1000] [--learning off on] [--hours H]
-        [--workers 1] [--processes 1] [--registry DIR] [--compare DIR] [--profile DIR]
+        [--workers 1] [--processes 1] [--registry DIR] [--compare DIR] [--profile DIR [--gil]]
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ class Case:
 SUMMARY_LINE = re.compile(r"^\s+([a-zA-Z][a-zA-Z /()]+?)\s{2,}([\d,.]+)(?: s)?$", re.M)
 
 
-def run_case(case: Case, ticks: Path, registry: Path, profile: Path | None) -> dict:
+def run_case(
+    case: Case, ticks: Path, registry: Path, profile: Path | None, gil: bool = False
+) -> dict:
     """One child process: the live flow over ``ticks``; its summary, wall time, peak RSS."""
     with tempfile.TemporaryDirectory() as home:
         reg = Path(home) / "registry"
@@ -160,6 +163,7 @@ def run_case(case: Case, ticks: Path, registry: Path, profile: Path | None) -> d
                     "-r",
                     "50",
                     "--subprocesses",
+                    *(["--gil"] if gil else []),
                     "-o",
                     str(profile),
                     "--",
@@ -191,62 +195,57 @@ def run_case(case: Case, ticks: Path, registry: Path, profile: Path | None) -> d
 
 
 # --- profile summary ------------------------------------------------------------------------
-BUCKETS = (  # first match wins, innermost project frame first
-    ("models/", "inference (models/)"),
-    ("operators/ensemble.py", "ensemble step"),
-    ("operators/bars.py", "bars"),
-    ("operators/features.py", "features"),
-    ("operators/validate.py", "validate"),
-    ("operators/supervisor.py", "supervisor"),
-    ("operators/sizing.py", "sizing"),
-    ("operators/portfolio.py", "portfolio"),
-    ("operators/clocks.py", "engine"),
-    ("operators/engine.py", "engine"),
-    ("operators/summary.py", "summary"),
-    ("learning/", "learning"),
-    ("rl/", "rl"),
-    ("connectors/clickhouse", "store inserts"),
-    ("storage/", "store inserts"),
-    ("connectors/", "source (read/decode)"),
-    ("schemas/tables", "table rows"),
-    ("schemas/", "schemas"),
-    ("dataflows/", "graph glue"),
-    ("metrics.py", "metrics"),
+# Each sample is charged to the dataflow step it belongs to: the outermost function of the
+# project on its stack (the step's logic that Bytewax called), so a model's forward counts
+# for the ensemble step and a ClickHouse insert for the store. Frames of glue that only
+# dispatches (the stage adapter, lambdas) are skipped.
+GLUE = (
+    "<module>",
+    "on_item",
+    "on_eof",
+    "module_getattr",
+    "build_live_flow",
+    "<lambda>",
+    "shim_mapper",
+    "_locate_dataflow",
+    "<listcomp>",
+    "<genexpr>",
 )
 
 
-def bucket_of(frames: list[str]) -> str:
-    """The bucket of one sample: its innermost project frame's file (``frames`` leaf last)."""
-    for f in reversed(frames):
-        if "site-packages" in f or "/lib/python3" in f:
+def step_of(frames: list[tuple[str, str]]) -> str:
+    """The step of one sample (``frames``: (function, file), root first)."""
+    files = [f for _, f in frames]
+    if any("importlib" in f for f in files):
+        return "imports (start-up)"
+    for name, f in frames:
+        if "site-packages" in f or "/lib/python3" in f or not f.endswith(".py"):
             continue
-        for prefix, name in BUCKETS:
-            if prefix in f:
-                return name
-    if any("importlib" in f or "<frozen" in f for f in frames):
-        return "imports"
-    if any("bytewax" in f for f in frames):
-        return "bytewax"
-    return "other"
+        if name.rsplit(".", 1)[-1] in GLUE:
+            continue
+        return f"{name} ({f.rsplit('/', 2)[-2]}/{f.rsplit('/', 1)[-1]})"
+    if any("bytewax" in f for f in files):
+        return "bytewax (runtime)"
+    return "native threads (no Python frame)"
 
 
 def profile_breakdown(path: Path) -> Counter:
-    """Samples per bucket of a py-spy speedscope file (all threads and processes)."""
+    """Seconds of samples per step in a py-spy speedscope file (every thread and process)."""
     data = json.loads(path.read_text())
-    files = [fr.get("file", "") or fr.get("name", "") for fr in data["shared"]["frames"]]
+    frames = [(fr.get("name", ""), fr.get("file", "") or "") for fr in data["shared"]["frames"]]
     out: Counter = Counter()
     for prof in data["profiles"]:
         for stack, weight in zip(prof["samples"], prof["weights"], strict=True):
-            out[bucket_of([files[i] for i in stack])] += weight
+            out[step_of([frames[i] for i in stack])] += weight
     return out
 
 
-def print_breakdown(label: str, counts: Counter) -> None:
-    total = sum(counts.values()) or 1
-    print(
-        f"  profile {label}: "
-        + ", ".join(f"{name} {n / total:.1%}" for name, n in counts.most_common())
-    )
+def print_breakdown(label: str, counts: Counter, bars: float, top: int = 14) -> None:
+    """Each step's share of the samples and its cost per bar."""
+    total = sum(counts.values()) or 1.0
+    print(f"  profile [{label}]: {total:.1f} s of samples, {total / bars * 1e6:.0f} us per bar")
+    for name, n in counts.most_common(top):
+        print(f"    {n / total:6.1%} {n / bars * 1e6:7.1f} us/bar  {name}")
 
 
 def main() -> None:
@@ -260,6 +259,11 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "qt_bench_scale")
     ap.add_argument("--compare", type=Path, help="another checkout to run the same cases with")
     ap.add_argument("--profile", type=Path, help="record each case with py-spy into DIR")
+    ap.add_argument(
+        "--gil",
+        action="store_true",
+        help="profile only the thread holding the GIL (what bounds one process)",
+    )
     ap.add_argument("--json", type=Path, help="write every figure to this file")
     args = ap.parse_args()
 
@@ -280,7 +284,7 @@ def main() -> None:
                                 f"{'base' if code != ROOT else 'head'}_{n}sym_"
                                 f"{'on' if case.learning else 'off'}_w{w}_p{p}.speedscope.json"
                             )
-                        r = run_case(case, ticks, registry, prof)
+                        r = run_case(case, ticks, registry, prof, args.gil)
                         r["profile"] = None if prof is None else str(prof)
                         results.append((case, r))
                         print(
@@ -322,7 +326,11 @@ def report(results: list[tuple[Case, dict]], codes: list[Path], args: argparse.N
             f"{marginal:>11.2f}"
         )
         if r["profile"]:
-            print_breakdown(c.code.name, profile_breakdown(Path(r["profile"])))
+            print_breakdown(
+                f"{c.label.strip()}, {c.code.name}{', GIL' if args.gil else ''}",
+                profile_breakdown(Path(r["profile"])),
+                r["bars"],
+            )
     if len(codes) == 2:
         print("ratios (this checkout / --compare), bars/s and peak RSS:")
         for (c, r), (_, r2) in zip(results[::2], results[1::2], strict=True):
