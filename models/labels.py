@@ -28,23 +28,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.features import FeatureVector
-from settings import Settings
+from settings import DEFAULTS, Settings
 
 UNLABELLED = -1
 
 
+def _round_trip_cost(s: Settings) -> float:
+    """Fees and slippage of both fills, as a fraction of notional."""
+    return 2 * (s.fee_bps + s.slippage_bps) / 1e4
+
+
 @dataclass(frozen=True)
 class LabelConfig:
-    horizon: int = 10
-    vol_mult: float = 1.0
-    round_trip_cost: float = 0.002  # fraction of notional, both fills
+    """How bars are labelled (defaults: :data:`settings.DEFAULTS`; the cost was 0.002 here
+    against 0.0002 from the settings before both came from one place)."""
+
+    horizon: int = DEFAULTS.label_horizon_bars
+    vol_mult: float = DEFAULTS.label_vol_mult
+    round_trip_cost: float = _round_trip_cost(DEFAULTS)  # fraction of notional, both fills
 
     @classmethod
     def from_settings(cls, s: Settings) -> LabelConfig:
         return cls(
             horizon=s.label_horizon_bars,
             vol_mult=s.label_vol_mult,
-            round_trip_cost=2 * (s.fee_bps + s.slippage_bps) / 1e4,
+            round_trip_cost=_round_trip_cost(s),
         )
 
 

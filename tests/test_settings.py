@@ -12,9 +12,10 @@ from learning.clm import ClmConfig
 from learning.evidence import EvidenceConfig
 from learning.rl_learner import LearnerConfig
 from learning.triggers import TriggerConfig
+from models.labels import LabelConfig
 from settings import DEFAULTS, Settings
 
-CONFIGS = [ClmConfig, EvidenceConfig, LearnerConfig, TriggerConfig]
+CONFIGS = [ClmConfig, EvidenceConfig, LabelConfig, LearnerConfig, TriggerConfig]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.__name__)
