@@ -15,7 +15,8 @@ Each case is ``python -m bytewax.run dataflows.live`` in a fresh child process w
 - **bars/s**: bars / the flow's own elapsed time (from the built dataflow, models loaded, to
   its end: the summary's ``elapsed``), so interpreter start-up and imports are excluded;
   the child's wall time is printed too;
-- **peak RSS** of the child (``/usr/bin/time``), **RSS/symbol** = peak RSS / N, and the
+- **peak RSS** of the child (``/usr/bin/time``; of a cluster, its largest process),
+  **RSS/symbol** = peak RSS / N, and the
   **marginal** MB per symbol against the smallest N of the run (what one more symbol costs).
 
 The machine is shared: compare figures of one invocation only. ``--compare DIR`` runs every
@@ -115,7 +116,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        par = f"-p {self.processes}" if self.processes > 1 else f"-w {self.workers}"
+        par = f"-w {self.workers}" + (f" -p {self.processes}" if self.processes > 1 else "")
         return f"{self.symbols:>5} symbols, learning {'on ' if self.learning else 'off'}, {par}"
 
 
