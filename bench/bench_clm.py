@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_live_flow import run_live  # noqa: E402
+from bench_live_flow import bootstrap_registry, run_flow  # noqa: E402
 
 from learning.trainer import CycleConfig, CycleResult, TrainingJob  # noqa: E402
 from models.base import MODEL_NAMES  # noqa: E402
@@ -197,15 +197,7 @@ def main() -> None:
 
         registry = args.registry
         if registry is None:
-            registry = tmp / "registry"
-            env = {**os.environ, "QT_HOME": str(tmp / "boot"), "QT_REGISTRY_DIR": str(registry)}
-            subprocess.run(
-                [sys.executable, "-m", "cli.bootstrap"],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            registry = bootstrap_registry(tmp / "registry", tmp / "boot")
         with LiveLoad(args.live_ticks, registry, tmp), TrainingJob() as job:
             loaded = run_cycle(job, history, label_cfg, config, tmp / "cycle-under-load")
         print(
@@ -216,24 +208,24 @@ def main() -> None:
         alone: list[float] = []
         during: list[float] = []
         for i in range(args.repeat):
-            alone.append(run_live(args.live_ticks, 1, registry)["ticks_per_s"])
+            alone.append(run_flow("live", args.live_ticks, registry, 1, 1, True).ticks_per_s)
             trainer = Trainer(history, label_cfg, config, tmp)
             trainer.start()
             delay = (i % 3) * 10.0  # runs 2 and 3 meet the later phases of a cycle
             time.sleep(delay)
             try:
-                run = run_live(args.live_ticks, 1, registry)
+                run = run_flow("live", args.live_ticks, registry, 1, 1, True)
             finally:
                 overlapped = trainer.job.running
                 trainer.stop.set()
                 trainer.join()
             if not overlapped:
                 print("  warning: no cycle was running when the flow ended")
-            during.append(run["ticks_per_s"])
+            during.append(run.ticks_per_s)
             print(
                 f"live flow on {args.live_ticks.name}: alone {alone[-1]:,.0f} ticks/s, while "
                 f"training {during[-1]:,.0f} ticks/s (ratio {during[-1] / alone[-1]:.2f}; "
-                f"flow {run['elapsed_s']:.1f} s, process {run['process_wall_s']:.1f} s, "
+                f"flow {run.elapsed_s:.1f} s, process {run.wall_s:.1f} s, "
                 f"started {delay:.0f} s after the job; "
                 f"{len(trainer.cycles)} cycle(s) finished meanwhile)"
             )

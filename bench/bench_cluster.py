@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_live_flow import bootstrap_registry  # bench/ is the script's path
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TICKS = (
     ROOT.parent / "shared" / "data" / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"
@@ -253,15 +255,7 @@ def main() -> None:
         work = Path(tmp)
         registry = args.registry
         if registry is None:
-            registry = work / "registry"
-            env = {**os.environ, "QT_HOME": tmp, "QT_REGISTRY_DIR": str(registry)}
-            subprocess.run(
-                [sys.executable, "-m", "cli.bootstrap"],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            registry = bootstrap_registry(work / "registry", tmp)
         for learning in args.learning:
             runs = [
                 run_cluster(

@@ -120,6 +120,10 @@ class Run:
     def rows_per_s(self) -> float:
         return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def ticks_per_s(self) -> float:
+        return self.ticks / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
 
 def run_flow(
     name: str, ticks: Path, registry: Path, workers: int, processes: int, learning: bool
@@ -172,6 +176,16 @@ def run_flow(
     )
 
 
+def bootstrap_registry(registry: Path, home: Path | str) -> Path:
+    """Train every model into ``registry`` on the bundled sample (``python -m cli.bootstrap``
+    in a child with its own ``QT_HOME``)."""
+    env = {**os.environ, "QT_HOME": str(home), "QT_REGISTRY_DIR": str(registry)}
+    subprocess.run(
+        [sys.executable, "-m", "cli.bootstrap"], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    return registry
+
+
 def ensure_registry(path: Path | None, cache: Path) -> Path:
     """A trained registry: ``path``, or one bootstrapped once on the bundled sample."""
     if path is not None:
@@ -180,15 +194,8 @@ def ensure_registry(path: Path | None, cache: Path) -> Path:
     if not all((registry / m / "stages.json").exists() for m in TRAINED):
         shutil.rmtree(registry, ignore_errors=True)
         with tempfile.TemporaryDirectory() as home:
-            env = {**os.environ, "QT_HOME": home, "QT_REGISTRY_DIR": str(registry)}
             print(f"bootstrapping a registry in {registry} (once)", file=sys.stderr)
-            subprocess.run(
-                [sys.executable, "-m", "cli.bootstrap"],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            bootstrap_registry(registry, home)
     return registry
 
 

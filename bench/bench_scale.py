@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "data" / "candles" / "bittrex_10altBTC_1m_2018-01-20.csv.gz"
 DAY = "2018-01-21"
 COPIES_BASE = 10  # symbols in the source file
-TRAINED = ("xgboost", "lightgbm", "nhits", "patchtst", "ppo")  # a bootstrap made them all
+
+from bench_live_flow import ensure_registry  # noqa: E402  (bench/ is the script's path)
 
 
 def build_input(symbols: int, hours: float | None, cache: Path) -> Path:
@@ -84,26 +85,6 @@ def build_input(symbols: int, hours: float | None, cache: Path) -> Path:
                 )
     tmp.rename(out)
     return out
-
-
-def ensure_registry(path: Path | None, cache: Path) -> Path:
-    """A trained registry: ``path``, or one bootstrapped once on the bundled sample."""
-    if path is not None:
-        return path
-    registry = cache / "registry"
-    if not all((registry / m / "stages.json").exists() for m in TRAINED):
-        shutil.rmtree(registry, ignore_errors=True)
-        with tempfile.TemporaryDirectory() as home:
-            env = {**os.environ, "QT_HOME": home, "QT_REGISTRY_DIR": str(registry)}
-            print(f"bootstrapping a registry in {registry} (once)", file=sys.stderr)
-            subprocess.run(
-                [sys.executable, "-m", "cli.bootstrap"],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-    return registry
 
 
 @dataclass

@@ -474,47 +474,23 @@ def store_evaluation(e: Evaluation, settings: Settings) -> None:
     """One ``evaluations`` row per metric in the user's store."""
     from storage.store import open_store
 
-    created = datetime.now().astimezone()
+    # what every metric's row shares: the evaluation itself
+    shared = (
+        e.confidence,
+        ",".join(e.ticks),
+        e.train_until,
+        e.replay_from,
+        e.replay_to,
+        json.dumps(e.settings, sort_keys=True),
+        e.verdict,
+        datetime.now().astimezone(),
+    )
     rows = [
-        (
-            e.evaluation_id,
-            r.metric,
-            r.off,
-            r.on,
-            r.diff,
-            r.low,
-            r.high,
-            e.confidence,
-            ",".join(e.ticks),
-            e.train_until,
-            e.replay_from,
-            e.replay_to,
-            json.dumps(e.settings, sort_keys=True),
-            e.verdict,
-            created,
-        )
-        for r in e.rows
+        (e.evaluation_id, r.metric, r.off, r.on, r.diff, r.low, r.high, *shared) for r in e.rows
     ]
-    rows += [
-        (
-            e.evaluation_id,
-            m,
-            float(e.learned["off"][m]),
-            float(e.learned["on"][m]),
-            float(e.learned["on"][m] - e.learned["off"][m]),
-            math.nan,
-            math.nan,
-            e.confidence,
-            ",".join(e.ticks),
-            e.train_until,
-            e.replay_from,
-            e.replay_to,
-            json.dumps(e.settings, sort_keys=True),
-            e.verdict,
-            created,
-        )
-        for m in LEARNING
-    ]
+    for m in LEARNING:
+        off, on = float(e.learned["off"][m]), float(e.learned["on"][m])
+        rows.append((e.evaluation_id, m, off, on, on - off, math.nan, math.nan, *shared))
     store = open_store(settings)
     try:
         store.insert("evaluations", EVALUATION_COLUMNS, rows)

@@ -28,6 +28,20 @@ if TYPE_CHECKING:
     import numpy as np
 
 MODEL_NAMES = ("xgboost", "lightgbm", "nhits", "patchtst")
+# The training stack: the live flow serves the models without importing any of it (start-up
+# time; tests/models/test_serving.py checks it, bench/bench_startup.py reports it).
+TRAINING_STACK = (
+    "neuralforecast",
+    "lightning",
+    "pytorch_lightning",
+    "ray",
+    "optuna",
+    "sklearn",
+    "scipy",
+    "xgboost",
+    "lightgbm",
+    "torch._dynamo",
+)
 
 # Bytewax runs ``-w N`` workers as threads of one process. Building neuralforecast modules
 # (which seed and flip torch's global state) or tracing them while another thread runs a

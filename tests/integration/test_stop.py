@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from settings import PROJECT_ROOT
-from tests.integration.test_trading import _env, _live, _query
+from tests.integration.test_trading import _env, _live, _query, _recovery
 
 
 @pytest.mark.slow
@@ -27,26 +27,8 @@ def test_stop_with_sigint_then_sigterm_and_resume(
     expected = _query(reference, trained_registry, "trades")
 
     home = tmp_path / "stopped"
-    recovery = home / "recovery"
-    recovery.mkdir(parents=True)
-    subprocess.run(
-        [sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
-        check=True,
-        cwd=PROJECT_ROOT,
-        env=_env(home, trained_registry),
-    )
-    args = [
-        sys.executable,
-        "-m",
-        "bytewax.run",
-        "dataflows.live",
-        "-r",
-        str(recovery),
-        "-s",
-        "1",
-        "-b",
-        "0",
-    ]
+    recovery = _recovery(home, trained_registry)
+    args = [sys.executable, "-m", "bytewax.run", "dataflows.live", *recovery]
     # ~30 s of replay; the first progress line says the flow runs (its handlers are set)
     paced = _env(home, trained_registry, **ticks, QT_REPLAY_SPEED="6000", QT_PROGRESS="always")
     seen = []
@@ -83,5 +65,5 @@ def test_stop_with_sigint_then_sigterm_and_resume(
         assert "Traceback" not in err
         seen.append(len(_query(home, trained_registry, "trades")))  # flushed before exit
     assert 0 < seen[0] <= seen[1] < len(expected)
-    _live(home, trained_registry, "-r", str(recovery), "-s", "1", "-b", "0", **ticks)
+    _live(home, trained_registry, *recovery, **ticks)
     assert _query(home, trained_registry, "trades") == expected

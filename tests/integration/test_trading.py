@@ -123,6 +123,20 @@ def _queries(home: Path, registry: Path, asked: dict[str, dict[str, str]]) -> di
     return json.loads(proc.stdout)
 
 
+def _recovery(home: Path, registry: Path) -> list[str]:
+    """Set up ``home/recovery`` (one partition) and return the flow's arguments that snapshot
+    into it every second and resume from it."""
+    recovery = home / "recovery"
+    recovery.mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
+        check=True,
+        cwd=PROJECT_ROOT,
+        env=_env(home, registry),
+    )
+    return ["-r", str(recovery), "-s", "1", "-b", "0"]
+
+
 LEARNING_ON = {
     "QT_LEARNING": "true",
     "QT_RL_V3_UPDATE_INTERVAL": "6",
@@ -220,26 +234,9 @@ def test_kill_and_resume_with_learning_on_loses_and_repeats_nothing(
     crashed = tmp_path / "crashed"
     shutil.copytree(trained_registry, crashed / "registry")
 
-    registry, recovery = crashed / "registry", crashed / "recovery"
-    recovery.mkdir(parents=True)
-    subprocess.run(
-        [sys.executable, "-m", "bytewax.recovery", str(recovery), "1"],
-        check=True,
-        cwd=PROJECT_ROOT,
-        env=_env(crashed, registry),
-    )
-    args = [
-        sys.executable,
-        "-m",
-        "bytewax.run",
-        "dataflows.live",
-        "-r",
-        str(recovery),
-        "-s",
-        "1",
-        "-b",
-        "0",
-    ]
+    registry = crashed / "registry"
+    recovery = _recovery(crashed, registry)
+    args = [sys.executable, "-m", "bytewax.run", "dataflows.live", *recovery]
     paced = {**ticks, **LEARNING_ON, "QT_REPLAY_SPEED": "6000"}  # two days in ~30 s
     kills: list[str] = []
     points = [
@@ -268,7 +265,7 @@ def test_kill_and_resume_with_learning_on_loses_and_repeats_nothing(
         kills.append(name)
     assert kills[:3] == ["early", "after a PPO update", "during a CLM cycle"], kills
     assert len(kills) == 5, kills
-    _live(crashed, registry, "-r", str(recovery), "-s", "1", "-b", "0", **ticks, **LEARNING_ON)
+    _live(crashed, registry, *recovery, **ticks, **LEARNING_ON)
     got = _outcome(crashed, registry)
     assert got == expected  # trades, verdicts, updates, decisions, versions and stages
     policies = [u["policy_after"] for u in got["rl_updates"]]

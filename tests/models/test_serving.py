@@ -13,20 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from models.base import TRAINING_STACK
 from settings import PROJECT_ROOT
 
-HEAVY = (
-    "neuralforecast",
-    "lightning",
-    "pytorch_lightning",
-    "ray",
-    "optuna",
-    "sklearn",
-    "scipy",
-    "xgboost",
-    "lightgbm",
-    "torch._dynamo",
-)
+HEAVY = TRAINING_STACK
 
 SCRIPT = r"""
 import json, sys
