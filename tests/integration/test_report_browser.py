@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -226,13 +227,29 @@ def test_report_of_a_learning_replay_in_chromium(
     run_main(build_live_flow(s))
     capsys.readouterr()  # the run's summary
     page = tmp_path / "report.html"
-    page.write_text(build_report(s), encoding="utf-8")
-    assert "http://" not in page.read_text().replace('"http://www.w3.org/2000/svg"', "")
+    html = build_report(s)
+    page.write_text(html, encoding="utf-8")
+    assert "http://" not in html.replace('"http://www.w3.org/2000/svg"', "")
+    expected = _expected(s)
+    assert set(re.findall(r'<svg[^>]* data-chart="([^"]+)"', html)) == set(expected)
+
+    from selenium.webdriver.support.wait import WebDriverWait  # there: `browser` imported it
 
     browser.set_window_size(WIDTH, 1000)
     browser.get(page.as_uri())
+    # get() can return before a large page is parsed: wait for every chart to be in the DOM
+    # (a chart the parser never reaches, e.g. after broken markup, fails here by timing out).
+    WebDriverWait(browser, 30).until(
+        lambda d: (
+            d.execute_script(
+                "return document.readyState === 'complete' && "
+                "document.querySelectorAll('svg[data-chart]').length"
+            )
+            == len(expected)
+        ),
+        f"the browser did not show all {len(expected)} charts of {page}",
+    )
     drawn = {c["chart"]: c for c in browser.execute_script(COUNTS_JS)}
-    expected = _expected(s)
     assert set(drawn) == set(expected)
     for chart, (rows, marks) in expected.items():
         got = drawn[chart]
