@@ -1,4 +1,5 @@
-"""Process-wide runtime state that several layers share: the stop request, the cluster position.
+"""Process-wide runtime state that several layers share: the stop request, the cluster position,
+the model lock and the thread caps.
 
 A live flow is stopped with SIGINT (Ctrl-C) or SIGTERM. :func:`install_stop_handlers` makes the
 first such signal a *request*: the sources end their partitions at their next poll, every stage
@@ -153,3 +154,52 @@ def tune_gc(force: bool = False) -> None:
         return
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+# Bytewax runs ``-w N`` workers as threads of one process. Building neuralforecast modules
+# (which seed and flip torch's global state) or tracing them while another thread runs a
+# forward crashed the process (SIGSEGV, seen with ``-w 2``), so every model load, trace and
+# inference in the process holds this lock. Inference is a small part of a worker's time.
+MODEL_LOCK = threading.RLock()
+
+
+def cap_threads(n: int = 1) -> None:
+    """Cap BLAS/OpenMP/torch threads so models do not oversubscribe the workers' cores."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def skip_dynamo_import() -> None:
+    """Let torch's optimizers run without importing ``torch._dynamo`` (1-2 s of start-up).
+
+    ``torch.optim.Optimizer`` methods (``add_param_group``, ``load_state_dict``, ...) are
+    wrapped by ``torch._compile._disable_dynamo``, whose first call imports ``torch._dynamo``
+    to build a "run this without TorchDynamo" wrapper, and caches it on the function as
+    ``__dynamo_disable``. Loading the PPO policy (SB3 builds its Adam optimizer and loads its
+    state) was the only reason the live flow imported TorchDynamo. Nothing in this project
+    compiles with TorchDynamo, and without an active compile the wrapper runs the function
+    as it is: so the cache is filled with the function itself, which skips the import and
+    changes no result. A torch whose wrapper looks otherwise is left alone (it just imports).
+    Idempotent; call before the first optimizer is built.
+    """
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        return
+    from torch.optim.optimizer import Optimizer
+
+    for name in dir(Optimizer):
+        method = getattr(Optimizer, name, None)
+        wrapped = getattr(method, "__wrapped__", None)
+        code = getattr(method, "__code__", None)
+        if (
+            wrapped is not None
+            and code is not None
+            and code.co_filename.replace("\\", "/").endswith("torch/_compile.py")
+            and getattr(wrapped, "__dynamo_disable", None) is None
+        ):
+            wrapped.__dynamo_disable = wrapped

@@ -45,9 +45,10 @@ from bench_live_flow import bootstrap_registry, run_flow  # noqa: E402
 
 from learning.trainer import CycleConfig, CycleResult, TrainingJob  # noqa: E402
 from models.base import MODEL_NAMES  # noqa: E402
-from models.dataset import History, history_from_ticks  # noqa: E402
+from models.dataset import History  # noqa: E402
 from models.labels import LabelConfig  # noqa: E402
 from settings import Settings  # noqa: E402
+from training.history import history_from_ticks  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TRAIN_TICKS = DATA / "candles" / "bittrex_10altBTC_1m_2018-01-20.csv.gz"

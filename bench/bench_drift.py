@@ -1,6 +1,6 @@
 """Benchmark: does the drift trigger fire on real drift and stay quiet on sampling noise?
 
-Feature rows come from the project's own replay (``models.dataset.history_from_ticks``: the
+Feature rows come from the project's own replay (``training.history.history_from_ticks``: the
 live flow's validation, bars and features) of two real files: the FXCM month of EURUSD and
 NZDUSD quotes (2014-05-01..16) and ten Bittrex altcoins' 1-minute candles (2018-01-20..30).
 Every check fits a :class:`learning.drift.FeatureReference` on a reference period's warm rows
@@ -65,11 +65,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from learning.drift import FeatureReference, iid_expected_psi  # noqa: E402
-from models.dataset import History, feature_matrix, history_from_ticks  # noqa: E402
-from operators.features import FEATURE_NAMES, features_for_bars  # noqa: E402
+from models.dataset import History, feature_matrix  # noqa: E402
+from operators.features import features_for_bars  # noqa: E402
 from schemas.bars import Bar  # noqa: E402
+from schemas.features import FEATURE_NAMES  # noqa: E402
 from schemas.timeutil import to_ms  # noqa: E402
 from settings import Settings  # noqa: E402
+from training.history import history_from_ticks  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 FXCM = DATA / "quotes" / "fxcm_EURUSD-NZDUSD_2014-05_quotes.csv.gz"

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from models.base import MODEL_NAMES, VectorBatch, cap_threads
-from models.dataset import build_training_set, feature_matrix, history_from_ticks, time_split
+from models.base import MODEL_NAMES, VectorBatch
+from models.dataset import build_training_set, feature_matrix, time_split
 from models.labels import LabelConfig, label_threshold
 from models.sequence import (
     NHITSModel,
@@ -52,9 +52,11 @@ from models.sequence import (
 )
 from models.trees import LightGBMModel, TreeParams, XGBoostModel
 from operators.ensemble import EnsembleConfig, LoadedModel, ModelSource, Scorer
+from runtime import cap_threads
 from schemas.features import FeatureVector
 from schemas.signals import ACTION_OF, Action
 from settings import SAMPLE_TICKS, Settings
+from training.history import history_from_ticks
 
 SIZES = (1, 64, 1000)
 

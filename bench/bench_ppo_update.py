@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 
-from models.base import cap_threads
-from models.dataset import history_from_ticks
-from rl.env import EnvConfig, SizingEnv, momentum_signals
 from rl.policy import Transition, pretrain
 from rl.state import RLState
+from runtime import cap_threads
 from settings import SAMPLE_TICKS, Settings
+from training.env import EnvConfig, SizingEnv, momentum_signals
+from training.history import history_from_ticks
 
 
 def main() -> None:

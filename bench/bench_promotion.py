@@ -55,13 +55,14 @@ from learning.evidence import (  # noqa: E402
     judge,
     t_quantile,
 )
-from models.base import cap_threads  # noqa: E402
-from models.dataset import build_training_set, history_from_ticks, time_split  # noqa: E402
+from models.dataset import build_training_set, time_split  # noqa: E402
 from models.labels import LabelConfig  # noqa: E402
 from models.metrics import macro_f1  # noqa: E402
 from models.trees import TreeParams, XGBoostModel  # noqa: E402
+from runtime import cap_threads  # noqa: E402
 from schemas.timeutil import from_ms, iso  # noqa: E402
 from settings import Settings  # noqa: E402
+from training.history import history_from_ticks  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 FRACTIONS = (0.5, 0.1, 0.4)

@@ -19,11 +19,11 @@ import sys
 from datetime import date, datetime
 from typing import Any
 
-from cli import errors
+import errors
 from settings import Settings
 from storage.store import SQL_DIR, open_store
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 
 def available() -> list[str]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from cli import errors
-from models.bootstrap import BootstrapConfig, bootstrap, store_features
+import errors
 from models.registry import open_registry
 from settings import Settings
 from storage.store import open_store
+from training.bootstrap import BootstrapConfig, bootstrap, store_features
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,12 +19,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cli import errors
-from learning.ablation import run_evaluation, store_evaluation
+import errors
+from cli.ablation import run_evaluation, store_evaluation
 from schemas.timeutil import parse_iso
 from settings import Settings
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 
 def _when(text: str) -> datetime:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import errors
+import errors
 from connectors.layouts.base import FileLayout, LayoutOptions
 from connectors.replay import ReplaySource, expand_paths, file_layout
 from operators.validate import TickValidator
@@ -35,7 +35,7 @@ from schemas.ticks import TickRows
 from schemas.timeutil import from_ms, iso
 from settings import Settings
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T[\d:.]+Z")
 _QUOTED = re.compile(r"'[^']*'")

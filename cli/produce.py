@@ -29,13 +29,13 @@ from pathlib import Path
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cli import errors
+import errors
 from connectors.kafka import KafkaUrl
 from connectors.replay import ReplayPartition, ReplaySource, expand_paths
 from schemas.ticks import TickRows
 from settings import Settings
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 PRODUCER_CONFIG: dict[str, str | int | float] = {
     # Throughput: let librdkafka build large batches instead of one request per message.

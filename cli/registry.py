@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from cli import errors
+import errors
 from cli.analytics import _jsonable, render
 from models.registry import (
     HISTORY,
@@ -58,7 +58,7 @@ from schemas.timeutil import iso, parse_iso
 from settings import Settings
 from storage.store import Store, StoreUnavailable, open_store
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 MODELS = tuple(LOADERS)  # xgboost, lightgbm, nhits, patchtst, ppo, feature_reference
 KEY_METRICS = (

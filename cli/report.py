@@ -13,11 +13,11 @@ import argparse
 import time
 from pathlib import Path
 
-from cli import errors
+import errors
 from report.build import build_report
 from settings import Settings
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 
 def main(argv: list[str] | None = None) -> None:

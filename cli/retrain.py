@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from cli import errors
+import errors
 from learning.triggers import RetrainRequests
 from settings import Settings
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from cli import errors
+import errors
 from settings import PROJECT_ROOT, Settings
 
-errors.install()  # a user error is one line, not a traceback (cli/errors.py)
+errors.install()  # a user error is one line, not a traceback (errors.py)
 
 
 def markdown() -> str:

@@ -4,43 +4,19 @@ Messages on the ``ticks`` topic are JSON :class:`~schemas.ticks.Tick` objects ke
 (so a symbol lives in one Kafka partition, in order). Each poll of a partition (up to
 ``batch_size`` messages) becomes one :class:`TickRows` block, the same item the file replay
 emits, so everything downstream is the same graph. Each Kafka partition is one input
-partition, read by a confluent-kafka consumer of its own with a manual assignment, as in
-Bytewax's ``KafkaSource``, and its recovery snapshot is ``(offset, seq)``: the next Kafka offset
-to read (``OFFSET_BEGINNING`` before the first message: Bytewax's own snapshot) and the next
-block number.
+partition with a consumer of its own (manual assignment); its recovery snapshot is
+``(offset, seq)``: the next Kafka offset to read and the next block number.
 
-**Bad messages never stop the flow.** A message that is not a valid tick, or one librdkafka
-reports as corrupt, stays a row with a decode error and becomes a dead letter (source
-``kafka:topic/partition``, row = offset), like Bytewax's ``raise_on_errors=False``.
+- Bad messages never stop the flow: they become dead letters (source
+  ``kafka:topic/partition``, row = offset).
+- A partition idle for ``QT_IDLE_PARTITION_MS`` emits one :meth:`TickRows.idle_marker`, so
+  the decision engine stops waiting for it (:mod:`operators.clocks`).
+- A lost broker or partition is noticed from the consumer's errors and a health probe, and
+  read on from its last offset when it comes back; one lost for ``QT_KAFKA_OUTAGE_S`` stops
+  the flow with an error.
+- A resume (``-r``) reads on from the last snapshot's offsets.
 
-**Idle partitions** (tail mode). A partition that has had no message for ``QT_IDLE_PARTITION_MS``
-of wall time emits one :meth:`TickRows.idle_marker` (with its next ``seq``), so the decision
-engine stops waiting for it (:mod:`operators.clocks`). It emits the next one only after it has
-had data again and then gone quiet again. A partition that never had data says so
-``QT_IDLE_PARTITION_MS`` after it started.
-
-**Outages.** A lost broker or partition is noticed from the consumer's errors and from a health
-probe (topic metadata and id, partition leader, offsets) that also runs every few seconds on a
-quiet partition, because a lost partition can be silent: after a broker restart librdkafka only
-logged ``partition count changed from 1 to 0`` and never read again. Probes run on a thread of
-their own, so the dataflow goes on meanwhile (and SIGINT still stops it). One warning line
-names the broker, the topic and the offset the partition waits to resume from; librdkafka's own
-lines (a refused connection every second) go to DEBUG. The partition's consumer is closed while
-it is lost; when the probe finds the partition readable again, a new consumer reads on from the
-last offset, and a line says so. If the topic came back as a new topic (another topic id:
-Tansu's memory storage loses its topics on a restart, a real Redpanda keeps them) or the offset
-is beyond the end of what is there now, a warning says so and reading goes on from the first
-offset there is (what the broker lost is lost, said rather than hidden); the dead letters of a
-recreated topic get the source ``kafka:topic/partition@<topic id>``, so their ids do not
-collide with the old topic's offsets. A partition lost for ``QT_KAFKA_OUTAGE_S`` stops the flow
-with an error naming the broker(s) and the topic. :meth:`KafkaTickSource.list_parts` waits for
-an unreachable broker or a missing topic the same way, with the same warning and error.
-
-**Resume.** A resume from recovery (the same command with ``-r``) reads on from the offsets of
-the last snapshot: nothing is lost or read twice as long as the broker still has those
-messages. A resumed offset is checked against the log first (an offset past its end is treated
-as above; Tansu understates the end of a log, so that is confirmed by reading the message
-before the offset back).
+Design notes: docs/kafka.md.
 """
 
 from __future__ import annotations
@@ -68,9 +44,10 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from cli.errors import UserError, redact
+from connectors.decode import decode_messages
+from errors import UserError, redact
 from metrics import METRICS
-from schemas.ticks import TickRows, decode_messages
+from schemas.ticks import TickRows
 
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger(f"{__name__}.librdkafka")

@@ -58,11 +58,12 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from cli.errors import UserError
+from connectors.decode import decode_table
 from connectors.layouts import detect
 from connectors.layouts.base import DamagedFile, FileLayout, InputFileError, LayoutOptions
 from connectors.layouts.detect import LAYOUT_HINT
-from schemas.ticks import LAYOUTS, TS_MISSING, TickRows, decode_table
+from errors import UserError
+from schemas.ticks import LAYOUTS, TS_MISSING, TickRows
 
 __all__ = [
     "InputFileError",

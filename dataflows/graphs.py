@@ -7,9 +7,7 @@ graph is fed in-process or from a topic.
 
 from __future__ import annotations
 
-import atexit
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,34 +20,28 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.operators import KeyedStream
 
-from connectors.clickhouse import ClickHouseSink, StoreOwner, TableWriter, flush_seconds
+from connectors.clickhouse import ClickHouseSink, StoreOwner, flush_seconds
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.layouts import LayoutOptions
 from connectors.replay import ReplaySource, expand_paths
 from connectors.stoppable import Stoppable
-from learning.clm import ClmConfig, ContinuousLearner
-from learning.cycles import ClmDeps, CycleRunner
-from learning.learner import LearnedOutput, LearnerDeps, Sequenced, learn_in_order
-from learning.rl_learner import LearnerConfig, PolicyLearner
-from learning.trainer import CycleConfig, InlineTraining, TrainingJob
-from learning.triggers import RetrainRequests
-from metrics import DEAD_LETTER_REASON, METRICS, reason_kind
-from models.labels import LabelConfig
-from models.registry import ModelRegistry, open_registry
-from operators.bars import build_bars
+from learning.clm import clm_factory
+from learning.learner import LearnedOutput, LearnerDeps, Sequenced, learn_in_order, stored_entries
+from metrics import METRICS
+from models.registry import open_registry
+from operators.bars import bar_counts, build_bars
 from operators.engine import ENGINE_KEY, EngineConfig, EngineDeps, EngineOutput, decide_and_trade
 from operators.ensemble import EnsembleConfig, RegistryModels, ScoredStep, Scorer, score_votes
 from operators.features import compute_features
+from operators.policy_learner import LearnerConfig, PolicyLearner
 from operators.sizing import PolicySource
-from operators.summary import Counts, EventTime, PnlPoint, ProgressLine, run_summary
+from operators.summary import Counts, PnlPoint, ProgressLine, run_summary
 from operators.validate import Validated, validate_ticks
-from operators.versions import ActiveModels
 from runtime import cluster
-from schemas.bars import Bar, BarStep
+from schemas.bars import BarStep
 from schemas.dead_letters import DeadLetters
 from schemas.decisions import Progress
 from schemas.features import FeatureStep
-from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus
 from schemas.tables import (
     BARS,
     CLM_CYCLES,
@@ -65,23 +57,14 @@ from schemas.tables import (
     TableRows,
     bar_rows,
     dead_letter_rows,
-    event_rows,
     feature_rows,
-    outcome_rows,
-    signal_rows,
-    trade_rows,
-    verdict_rows,
 )
 from schemas.ticks import TickRows
-from schemas.timeutil import to_ms
 from schemas.trades import (
-    TradeClosed,
-    TradeOpened,
     encode_event,
-    opened_from_row,
 )
 from settings import Settings
-from storage.store import DeferredStore, Store
+from storage.store import DeferredStore
 
 log = logging.getLogger(__name__)
 KAFKA_PRODUCER = {"linger.ms": "5"}
@@ -182,8 +165,8 @@ def market_data_counts(
     """The summary's market-data counters; with the production models' ``training`` span,
     also how many bars fall inside it (the summary says whether the run is out-of-sample)."""
     return [
-        op.map("count_validated", market.validated, validated_counts),
-        op.flat_map("count_bars", market.bars, lambda kv: _bar_counts(kv[1].bars, training)),
+        op.map("count_validated", market.validated, Validated.summary_counts),
+        op.flat_map("count_bars", market.bars, lambda kv: bar_counts(kv[1].bars, training)),
         op.map(
             "count_features",
             market.features,
@@ -193,42 +176,6 @@ def market_data_counts(
             },
         ),
     ]
-
-
-def validated_counts(v: Validated) -> Counts:
-    """Rows, ticks and dead letters of a validated block, by stage and by reason kind."""
-    c = {
-        "rows_in": v.rows_in,
-        "ticks": v.ticks,
-        "dead_letters": len(v.dead),
-        "input.bytes": v.input_bytes,
-    }
-    # counted by distinct (stage, reason) first: a month of quotes has 136k dead letters of
-    # one reason, and a Python loop per row was 6% of the flow's CPU
-    for (stage, reason), n in Counter(zip(v.dead.stage, v.dead.reason, strict=True)).items():
-        for key in (
-            f"dead_letters.{stage.value}",
-            f"{DEAD_LETTER_REASON}{stage.value}.{reason_kind(reason)}",
-        ):
-            c[key] = c.get(key, 0) + n
-    return {k: n for k, n in c.items() if n}
-
-
-def _bar_counts(
-    bars: list[Bar],
-    training: tuple[datetime, datetime] | None,
-) -> list[Counts | EventTime]:
-    """Bars closed (and how many fall in the models' training span), and the event time
-    they reached, for the progress line."""
-    if not bars:
-        return []
-    inside = (
-        0
-        if training is None
-        else sum(training[0] <= b.start and b.end <= training[1] for b in bars)
-    )
-    counts = {"bars": len(bars), **({"bars.in_training": inside} if inside else {})}
-    return [counts, EventTime(max(to_ms(b.end) for b in bars))]
 
 
 def scoring(market: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
@@ -260,7 +207,6 @@ def engine(
     # the registry's records, the CLM's data: opened where the engine runs, when it first
     # needs them (in a cluster, the other processes never open the embedded store)
     store = DeferredStore(settings)
-    atexit.register(store.close)
     registry = open_registry(settings, store)
     cfg = EngineConfig.from_settings(settings)
     publish = settings.trade_events.startswith("kafka://")
@@ -276,113 +222,19 @@ def engine(
         if learner_cfg.enabled:
             deps.rl = lambda policy, state: PolicyLearner(learner_cfg, registry, policy, state)
         if settings.clm_enabled:
-            deps.clm = _clm_factory(settings, registry, store)
+            deps.clm = clm_factory(settings, registry, store)
     PolicySource(registry).current()  # load now, not at the first order
     return decide_and_trade("engine", op.key_rm("scored_unkeyed", scored), progress, cfg, deps)
 
 
-def _clm_factory(
-    settings: Settings, registry: ModelRegistry, store: Store
-) -> Callable[[ActiveModels, Any], ContinuousLearner]:
-    trainer = InlineTraining() if settings.clm_blocking else TrainingJob()
-    atexit.register(trainer.shutdown)
-    cfg = ClmConfig.from_settings(settings)
-    label_cfg = LabelConfig.from_settings(settings)
-    archive = TableWriter(store, settings.sink_batch_rows, flush_seconds(settings))
-    clm_deps = ClmDeps(
-        registry,
-        store,
-        trainer,
-        RetrainRequests(settings.clm_dir),
-        settings.clm_dir,
-        CycleConfig.quick() if settings.clm_budget == "quick" else CycleConfig(),
-        archive,
-    )
-
-    def build(models: ActiveModels, state: Any) -> ContinuousLearner:
-        runner = CycleRunner(
-            clm_deps, label_cfg, cfg.lookback_ms, None if state is None else state["runner"]
-        )
-        return ContinuousLearner(cfg, label_cfg, runner, models, state)
-
-    return build
-
-
 def engine_rows(out: Stream[EngineOutput]) -> Stream[TableRows]:
     """Table blocks of everything the engine decided and learned."""
-
-    def rows(o: EngineOutput) -> list[TableRows]:
-        blocks = []
-        if o.signals:
-            blocks.append(signal_rows(o.signals))
-        if o.verdicts:
-            blocks.append(verdict_rows(o.verdicts))
-        if o.shadow:
-            blocks.append(event_rows(SHADOW_PREDICTIONS, o.shadow))
-        if o.trades:
-            blocks.append(trade_rows([e.record for e in o.trades]))
-        if o.outcomes:
-            blocks.append(outcome_rows(o.outcomes))
-        if o.updates:
-            blocks.append(event_rows(RL_UPDATES, o.updates))
-        if o.cycles:
-            blocks.append(event_rows(CLM_CYCLES, o.cycles))
-        if o.drift:
-            blocks.append(event_rows(DRIFT_CHECKS, o.drift))
-        return blocks
-
-    return op.flat_map("engine_rows", out, rows)
+    return op.flat_map("engine_rows", out, EngineOutput.table_rows)
 
 
 def engine_counts(out: Stream[EngineOutput]) -> Stream[Counts | PnlPoint]:
     """The summary's counters of the engine's outputs, and the closed trades' PnL."""
-
-    def counts(o: EngineOutput) -> list[Counts | PnlPoint]:
-        c: Counts = dict(o.counts)
-
-        def bump(key: str, n: int = 1) -> None:
-            c[key] = c.get(key, 0) + n
-
-        for sig in o.signals:
-            bump("signals")
-            bump(f"signals.{sig.action.value.lower()}")
-            for v in sig.votes:
-                if v.failed:
-                    bump(f"model_failures.{v.model}")
-        bump("signals.blocked", sum(not v.allowed for v in o.verdicts))
-        pnl: list[Counts | PnlPoint] = []
-        for e in o.trades:
-            ev = e.event
-            if isinstance(ev, TradeClosed):
-                pnl.append(PnlPoint(to_ms(ev.exit_ts), ev.trade_id, ev.net_pnl))
-            else:
-                bump("trades.opened")
-        for outcome in o.outcomes:
-            bump(f"trades.joined.{outcome.joined_from}")
-        bump("rl.updates", len(o.updates))
-        bump("clm.drift_checks", len(o.drift))
-        bump("clm.drift_fired", sum(d.fired for d in o.drift))
-        for cycle in o.cycles:
-            for key, n in cycle_counts(cycle).items():
-                bump(key, n)
-        return [{k: v for k, v in c.items() if v}, *pnl]
-
-    return op.flat_map("engine_counts", out, counts)
-
-
-def cycle_counts(c: ClmCycle) -> Counts:
-    """How a ``clm_cycles`` record moves the summary's CLM counters."""
-    if c.status in (CycleStatus.TRAINING, CycleStatus.FAILED) and not c.versions:
-        return {"clm.cycles": 1, "clm.failed_at_start": int(c.status is CycleStatus.FAILED)}
-    if c.status is CycleStatus.SHADOW and not c.shadow_metrics:  # entered shadow
-        return {"clm.shadow": 1}
-    if c.status is not CycleStatus.DECIDED:
-        return {}
-    out: Counts = {"clm.decided": 1}
-    for decision in c.decisions.values():
-        key = "clm.promoted" if decision == ChallengerDecision.PROMOTED else "clm.retired"
-        out[key] = out.get(key, 0) + 1
-    return out
+    return op.flat_map("engine_counts", out, EngineOutput.summary_counts)
 
 
 def publish_learning_events(out: Stream[EngineOutput], url: str) -> None:
@@ -409,52 +261,27 @@ def learning(events: Stream[Sequenced | DeadLetters], settings: Settings) -> Str
     Kafka deployment; the embedded live flow runs the same learners inside its engine)."""
     # the join's fallback, the CLM's data, the registry's records: opened where the learner runs
     store = DeferredStore(settings)
-    atexit.register(store.close)
-
-    def stored_entry(trade_id: str) -> TradeOpened | None:
-        rows = store.query("queries/trade_by_id", trade_id=trade_id)
-        return opened_from_row(rows[0]) if rows else None
-
     registry = open_registry(settings, store)
     learner_cfg = LearnerConfig.from_settings(settings)
     deps = LearnerDeps(
-        registry, int(settings.join_ttl_hours * 3_600_000), stored_entry, learner_cfg.weights
+        registry,
+        int(settings.join_ttl_hours * 3_600_000),
+        stored_entries(store),
+        learner_cfg.weights,
     )
     if learner_cfg.enabled:
         deps.rl = lambda policy, state: PolicyLearner(learner_cfg, registry, policy, state)
     if settings.clm_enabled:
-        deps.clm = _clm_factory(settings, registry, store)
+        deps.clm = clm_factory(settings, registry, store)
     return learn_in_order("learner", events, deps)
 
 
 def learned_rows(out: Stream[LearnedOutput]) -> Stream[TableRows]:
-    def rows(o: LearnedOutput) -> list[TableRows]:
-        blocks = [dead_letter_rows(d) for d in o.dead]
-        if o.outcomes:
-            blocks.append(outcome_rows(o.outcomes))
-        if o.updates:
-            blocks.append(event_rows(RL_UPDATES, o.updates))
-        if o.cycles:
-            blocks.append(event_rows(CLM_CYCLES, o.cycles))
-        if o.drift:
-            blocks.append(event_rows(DRIFT_CHECKS, o.drift))
-        return blocks
-
-    return op.flat_map("learned_rows", out, rows)
+    return op.flat_map("learned_rows", out, LearnedOutput.table_rows)
 
 
 def learned_counts(out: Stream[LearnedOutput]) -> Stream[Counts]:
-    def counts(o: LearnedOutput) -> Counts:
-        c: Counts = dict(o.counts)
-        c["rl.updates"] = len(o.updates)
-        c["clm.drift_checks"] = len(o.drift)
-        c["clm.drift_fired"] = sum(d.fired for d in o.drift)
-        for cycle in o.cycles:
-            for key, n in cycle_counts(cycle).items():
-                c[key] = c.get(key, 0) + n
-        return {k: v for k, v in c.items() if v}
-
-    return op.map("learned_counts", out, counts)
+    return op.map("learned_counts", out, LearnedOutput.summary_counts)
 
 
 def store(

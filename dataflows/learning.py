@@ -21,11 +21,11 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 
-from cli import errors
-from cli.errors import UserError
+import errors
 from connectors.kafka import KafkaUrl
 from connectors.stoppable import Stoppable
 from dataflows import graphs
+from errors import UserError
 from learning.learner import LEARNER_KEY, Sequenced
 from runtime import install_stop_handlers, tune_gc
 from schemas import codec
@@ -100,5 +100,5 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     return flow
 
 
-errors.install()  # a user error ends the run in one line (cli/errors.py)
+errors.install()  # a user error ends the run in one line (errors.py)
 __getattr__ = graphs.lazy_flow(build_learning_flow)

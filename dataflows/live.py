@@ -31,11 +31,11 @@ from collections.abc import Callable
 
 from bytewax.dataflow import Dataflow
 
-from cli import errors
-from cli.errors import UserError
+import errors
 from connectors.layouts import LayoutOptions
 from connectors.replay import check_tick_files
 from dataflows import graphs
+from errors import UserError
 from models.base import MODEL_NAMES, POLICY_NAME
 from models.registry import REPAIR_COMMAND, open_registry, version_span
 from report.build import report_command
@@ -124,7 +124,7 @@ def ensure_models(settings: Settings) -> None:
         f"on {settings.bootstrap_ticks} first",
         file=sys.stderr,
     )
-    from models.bootstrap import bootstrap, store_features
+    from training.bootstrap import bootstrap, store_features
 
     store = open_store(settings)
     try:
@@ -165,5 +165,5 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     return flow
 
 
-errors.install()  # a user error ends the run in one line (cli/errors.py)
+errors.install()  # a user error ends the run in one line (errors.py)
 __getattr__ = graphs.lazy_flow(build_live_flow)

@@ -39,27 +39,40 @@ judged on new bars; if it cannot be found they are retired, with the reason reco
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from learning.cycles import MIN_TRAIN_ROWS, Cycle, CycleRunner
+from connectors.clickhouse import TableWriter, flush_seconds
+from learning.cycles import MIN_TRAIN_ROWS, ClmDeps, Cycle, CycleRunner
 from learning.drift import MODEL_NAME as REFERENCE
 from learning.drift import FeatureReference
 from learning.evidence import EvidenceConfig, judge_challenger
 from learning.judge import ShadowJudge
-from learning.triggers import Check, Trigger, TriggerConfig, TriggerSchedule, performance_degraded
+from learning.trainer import CycleConfig, InlineTraining, TrainingJob
+from learning.triggers import (
+    Check,
+    RetrainRequests,
+    Trigger,
+    TriggerConfig,
+    TriggerSchedule,
+    performance_degraded,
+)
 from models.labels import LabelConfig
-from operators.features import FEATURE_NAMES
+from models.registry import ModelRegistry
 from operators.versions import ActiveModels
+from schemas.features import FEATURE_NAMES
 from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus, DriftCheck, ScoredBar
 from schemas.timeutil import from_ms
 from schemas.trades import JoinedTrade
 from settings import DEFAULTS, ClmBudget, Settings
+from storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -441,3 +454,33 @@ class ContinuousLearner:
 
 
 __all__ = ["MIN_TRAIN_ROWS", "ClmConfig", "ContinuousLearner"]
+
+
+def clm_factory(
+    settings: Settings, registry: ModelRegistry, store: Store
+) -> Callable[[ActiveModels, Any], ContinuousLearner]:
+    """How the engine (or the learning flow) builds its continuous learner from ``settings``:
+    a training job (a child process, or inline with ``QT_CLM_BLOCKING``; shut down at exit),
+    the retrain requests' directory and an archive writer for the cycles' data."""
+    trainer = InlineTraining() if settings.clm_blocking else TrainingJob()
+    atexit.register(trainer.shutdown)
+    cfg = ClmConfig.from_settings(settings)
+    label_cfg = LabelConfig.from_settings(settings)
+    archive = TableWriter(store, settings.sink_batch_rows, flush_seconds(settings))
+    clm_deps = ClmDeps(
+        registry,
+        store,
+        trainer,
+        RetrainRequests(settings.clm_dir),
+        settings.clm_dir,
+        CycleConfig.from_settings(settings),
+        archive,
+    )
+
+    def build(models: ActiveModels, state: Any) -> ContinuousLearner:
+        runner = CycleRunner(
+            clm_deps, label_cfg, cfg.lookback_ms, None if state is None else state["runner"]
+        )
+        return ContinuousLearner(cfg, label_cfg, runner, models, state)
+
+    return build

@@ -47,9 +47,8 @@ from models.base import MODEL_NAMES
 from models.dataset import History, TrainingSet, feature_matrix
 from models.labels import LabelConfig
 from models.registry import ModelRegistry
-from operators.features import FEATURE_SET_VERSION
 from schemas import codec
-from schemas.features import FeatureVector
+from schemas.features import FEATURE_SET_VERSION, FeatureVector
 from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus
 from schemas.registry import Stage
 from schemas.signals import CLASS_OF, Action

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from operators.features import FEATURE_NAMES
+from schemas.features import FEATURE_NAMES
 
 MODEL_NAME = "feature_reference"
 REFERENCE_FILE = "reference.json"

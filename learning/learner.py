@@ -33,18 +33,29 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
-from learning.rl_learner import PolicyLearner, transition_of
 from operators.ensemble import VoteBook, shadow_votes
+from operators.policy_learner import PolicyLearner, transition_of
 from operators.sizing import PolicySource
 from operators.stage import stage_builder
+from operators.summary import Counts, cycle_counts
 from operators.trade_join import TradeJoins
 from operators.versions import ActiveModels
 from rl.reward import RewardWeights, trade_reward
 from schemas.dead_letters import DeadLetters
 from schemas.learning import ClmCycle, DriftCheck, RLUpdate, ScoredBar, TradeOutcome
 from schemas.signals import Vote
-from schemas.tables import trade_outcome
-from schemas.trades import JoinedTrade, LearningEvent
+from schemas.tables import (
+    CLM_CYCLES,
+    DRIFT_CHECKS,
+    RL_UPDATES,
+    TableRows,
+    dead_letter_rows,
+    event_rows,
+    outcome_rows,
+    trade_outcome,
+)
+from schemas.trades import JoinedTrade, LearningEvent, TradeOpened, opened_from_row
+from storage.store import Store
 
 log = logging.getLogger(__name__)
 # The learning flow's one key: the learners see events in one order on one worker.
@@ -81,6 +92,39 @@ class LearnedOutput:
                 self.drift.append(r)
             else:
                 self.cycles.append(r)
+
+    def table_rows(self) -> list[TableRows]:
+        blocks = [dead_letter_rows(d) for d in self.dead]
+        if self.outcomes:
+            blocks.append(outcome_rows(self.outcomes))
+        if self.updates:
+            blocks.append(event_rows(RL_UPDATES, self.updates))
+        if self.cycles:
+            blocks.append(event_rows(CLM_CYCLES, self.cycles))
+        if self.drift:
+            blocks.append(event_rows(DRIFT_CHECKS, self.drift))
+        return blocks
+
+    def summary_counts(self) -> Counts:
+        c: Counts = dict(self.counts)
+        c["rl.updates"] = len(self.updates)
+        c["clm.drift_checks"] = len(self.drift)
+        c["clm.drift_fired"] = sum(d.fired for d in self.drift)
+        for cycle in self.cycles:
+            for key, n in cycle_counts(cycle).items():
+                c[key] = c.get(key, 0) + n
+        return {k: v for k, v in c.items() if v}
+
+
+def stored_entries(store: Store) -> Callable[[str], TradeOpened | None]:
+    """The join's fallback: a trade's entry as the store recorded it (a trade opened before
+    this process started, or whose entry event was lost)."""
+
+    def stored_entry(trade_id: str) -> TradeOpened | None:
+        rows = store.query("queries/trade_by_id", trade_id=trade_id)
+        return opened_from_row(rows[0]) if rows else None
+
+    return stored_entry
 
 
 @dataclass

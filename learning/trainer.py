@@ -5,56 +5,16 @@ off the hot path, from scratch and (optionally) warm-started from production.
 any process; :class:`TrainingJob` runs it in a child process so that a cycle never blocks a
 Bytewax worker or holds its GIL.
 
-The cycle, with the project's own code (the recipe of :mod:`models.bootstrap`):
+The cycle splits the labelled bars by time into train | early stopping | validation
+(:func:`~models.dataset.purged_split`), each cut purged by event time less an embargo, so the
+reported validation is untouched by any training decision, early stopping included (the
+shadow test beside production is the out-of-sample test). Entry features of closed trades
+(``extra_rows``) train the trees only if the trade's exit is known before the early-stopping
+slice starts. Each model is saved into ``out_dir/<model>/`` (with ``warm_from``, also a
+warm-started challenger into ``out_dir/<model>.warm/``) and scored on the validation slice
+with its own ``predict`` (``val_*`` keys).
 
-1. keep each symbol's most recent bars, ``max_rows`` in all (an equal share per symbol);
-2. label the warm bars (:func:`~models.dataset.build_training_set`, which records when each
-   label is known) and split by time into **train | early stopping | validation**
-   (:func:`~models.dataset.purged_split`: the last ``val_fraction`` of the rows validate, the
-   ``es_fraction`` before them stop the trees early, the rest train). Each cut is purged by
-   event time: a row stays in its slice only if its label is known before the next slice
-   starts, less an embargo of ``embargo_bars`` bars (default: the label horizon). So the
-   reported validation is untouched by any training decision, early stopping included. There
-   is no test split: the shadow test beside production is the out-of-sample test;
-3. append ``extra_rows`` (entry features of closed trades labelled by their outcome) to the
-   training rows of the tree models, purged by the trade's **exit** (``label_end_ms``): only
-   trades whose label is known before the early-stopping slice starts, less the embargo, train;
-   later ones are counted and held out. Rows given without ``label_end_ms`` are assumed to exit
-   ``trade_label_ms`` after entry. N-HiTS and PatchTST train on the return series, which those
-   rows do not extend;
-4. train XGBoost and LightGBM (early stopping on the early-stopping slice) and N-HiTS and
-   PatchTST (no training decision is taken on the early-stopping slice, so they train on the
-   last bars before the validation cut less the embargo, ``seq_max_bars`` in all), save each
-   into ``out_dir/<model>/`` with its own ``save`` (native files + ``params.json``, no
-   pickles);
-5. with ``warm_from`` (model -> production artifact directory), also a **warm-started**
-   challenger per model into ``out_dir/<model>.warm/`` (see below);
-6. score every model on the validation slice with its own ``predict`` (the serving path) and
-   :func:`models.metrics.classification_report` (``val_*`` keys, as the bootstrap records).
-
-Warm starts. The production model is loaded with its class's ``load`` and trained further on
-the data since it was trained: the rows of the training slice after ``since_ms`` (or after the
-artifact's own ``last_train_ts_ms`` when that is later, or when ``since_ms`` is None). The trees
-continue boosting from production's booster (its trees first, unchanged; new rounds stopped
-early on the same early-stopping slice and cut at the best round, so the saved artifact is what
-is served); N-HiTS and PatchTST fine-tune production's weights with ``warm_seq_step_fraction``
-of the from-scratch steps at ``warm_seq_lr_scale`` x the learning rate, on their bars after
-``since`` (plus one input window of context before it). Fallbacks, recorded in
-``CycleResult.warm``: fewer than ``min_rows`` rows (bars, for the sequence models) since
-production's data end, or no known data end: the most recent ``min_rows`` of the training
-slice instead (production has seen some of them; a few more rounds or steps on them are what
-a warm start can do with little new data). A production artifact that cannot be loaded or does
-not fit the data (feature columns, window, horizon) gives no warm variant, with the reason.
-Validation is the same slice for both variants, so their ``val_*`` figures compare; if
-production's own data reaches into it, the warm figures are optimistic and ``warm`` says so.
-
-Why the sequence models see only the last bars: neuralforecast builds every window of every
-series on each optimiser step, so a step costs time in proportion to the series' length, not
-to the 32 windows it samples (measured on the Bittrex file: 100 steps of N-HiTS took 5.4 s on
-~9k bars per symbol, 1.3 s on 3k). 40,000 bars (4,000 per symbol there, ~2.8 days of minutes)
-are far more than the ~10k windows 300 steps sample, so a longer series buys nothing but time.
-Both caps are totals over the symbols, so that a cycle's cost does not grow with the number of
-symbols or the lookback (``QT_CLM_LOOKBACK_DAYS`` is 90 days; the Bittrex file has 10).
+Design notes: docs/training.md.
 """
 
 from __future__ import annotations
@@ -78,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import MODEL_NAMES, cap_threads
+from models.base import MODEL_NAMES
 from models.dataset import (
     LABEL_END_UNKNOWN,
     History,
@@ -92,8 +52,10 @@ from models.metrics import classification_report, constant_baseline
 from models.sequence import NHITSModel, NHITSParams, PatchTSTModel, PatchTSTParams, SeqParams
 from models.trees import LightGBMModel, TreeParams, XGBoostModel
 from operators.ensemble import EnsembleConfig, signal_of
+from runtime import cap_threads
 from schemas.signals import CLASS_OF, Vote
 from schemas.timeutil import from_ms, iso, to_ms
+from settings import ClmBudget, Settings
 
 WARM = ".warm"
 """Suffix of a warm-started variant's key in :class:`CycleResult` (``"xgboost.warm"``)."""
@@ -198,6 +160,11 @@ class CycleConfig:
                 f"> 0, got {self.warm_seq_step_fraction}, "
                 f"{self.warm_seq_lr_scale}"
             )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CycleConfig:
+        """``QT_CLM_BUDGET``: the full training budget, or :meth:`quick`."""
+        return cls.quick() if settings.clm_budget == ClmBudget.QUICK else cls()
 
     @classmethod
     def quick(cls) -> CycleConfig:
@@ -515,7 +482,7 @@ def train_all(
     exist yet, or be empty, so a result never mixes two cycles' files). Runs with one thread.
     In a process that also serves the models from other threads use :class:`TrainingJob`:
     building neuralforecast modules beside a live forward is not thread-safe
-    (:data:`models.base.MODEL_LOCK`).
+    (:data:`runtime.MODEL_LOCK`).
     """
     started = time.perf_counter()
     cap_threads()
@@ -786,7 +753,7 @@ def _set_priority(pid: int, priority: int) -> None:
 class InlineTraining:
     """Runs :func:`train_all` in this process, at :meth:`start` (``QT_CLM_BLOCKING``): the
     flow waits for the cycle anyway, so the ~5 s of a child's start-up and imports buy
-    nothing. Holds :data:`models.base.MODEL_LOCK` while it trains (building neuralforecast
+    nothing. Holds :data:`runtime.MODEL_LOCK` while it trains (building neuralforecast
     modules beside another worker's forward is not thread-safe). The interface of
     :class:`TrainingJob`."""
 
@@ -811,7 +778,7 @@ class InlineTraining:
     ) -> None:
         if self._result is not None or self._error is not None:
             raise RuntimeError("a training cycle's result was not collected with poll()")
-        from models.base import MODEL_LOCK
+        from runtime import MODEL_LOCK
 
         self._out_dir = Path(out_dir)
         started = time.perf_counter()

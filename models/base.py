@@ -9,14 +9,12 @@ Artifacts are native formats only (XGBoost UBJ, LightGBM text, torch state dicts
 ``weights_only=True``, SB3 zip) plus a JSON of hyper-parameters: no pickles.
 
 Threads: Bytewax workers already use the two cores, so every model runs its inference with
-one thread (:func:`cap_threads`).
+one thread (:func:`runtime.cap_threads`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -43,11 +41,6 @@ TRAINING_STACK = (
     "torch._dynamo",
 )
 
-# Bytewax runs ``-w N`` workers as threads of one process. Building neuralforecast modules
-# (which seed and flip torch's global state) or tracing them while another thread runs a
-# forward crashed the process (SIGSEGV, seen with ``-w 2``), so every model load, trace and
-# inference in the process holds this lock. Inference is a small part of a worker's time.
-MODEL_LOCK = threading.RLock()
 POLICY_NAME = "ppo"
 Prediction = tuple[Action, float]
 
@@ -118,7 +111,7 @@ class VectorBatch:
 
     def column(self, name: str) -> np.ndarray:
         """One feature for every vector (a view of :attr:`features`)."""
-        from operators.features import FEATURE_NAMES
+        from schemas.features import FEATURE_NAMES
 
         return self.features[:, FEATURE_NAMES.index(name)]
 
@@ -142,45 +135,3 @@ def check_fields(cls: type, d: dict[str, Any]) -> None:
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}")
-
-
-def cap_threads(n: int = 1) -> None:
-    """Cap BLAS/OpenMP/torch threads so models do not oversubscribe the workers' cores."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, str(n))
-    import torch
-
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
-def skip_dynamo_import() -> None:
-    """Let torch's optimizers run without importing ``torch._dynamo`` (1-2 s of start-up).
-
-    ``torch.optim.Optimizer`` methods (``add_param_group``, ``load_state_dict``, ...) are
-    wrapped by ``torch._compile._disable_dynamo``, whose first call imports ``torch._dynamo``
-    to build a "run this without TorchDynamo" wrapper, and caches it on the function as
-    ``__dynamo_disable``. Loading the PPO policy (SB3 builds its Adam optimizer and loads its
-    state) was the only reason the live flow imported TorchDynamo. Nothing in this project
-    compiles with TorchDynamo, and without an active compile the wrapper runs the function
-    as it is: so the cache is filled with the function itself, which skips the import and
-    changes no result. A torch whose wrapper looks otherwise is left alone (it just imports).
-    Idempotent; call before the first optimizer is built.
-    """
-    import sys
-
-    if "torch._dynamo" in sys.modules:
-        return
-    from torch.optim.optimizer import Optimizer
-
-    for name in dir(Optimizer):
-        method = getattr(Optimizer, name, None)
-        wrapped = getattr(method, "__wrapped__", None)
-        code = getattr(method, "__code__", None)
-        if (
-            wrapped is not None
-            and code is not None
-            and code.co_filename.replace("\\", "/").endswith("torch/_compile.py")
-            and getattr(wrapped, "__dynamo_disable", None) is None
-        ):
-            wrapped.__dynamo_disable = wrapped

@@ -1,11 +1,8 @@
-"""Training data from history, built by the live flow's own stage code.
-
-:func:`history_from_ticks` replays tick files through exactly the classes the live dataflow
-runs (:class:`~connectors.replay.ReplaySource`, :class:`~operators.validate.TickValidator`,
-:class:`~operators.bars.BarBuilder`, :class:`~operators.features.FeatureEngine`), in plain
-Python: there is no second feature implementation to drift from the first.
-:func:`build_training_set` labels the warm vectors (see :mod:`models.labels`) and records when
-each label became known; :func:`purged_split` splits by time, never shuffled, without leaks.
+"""Training data: the bars and feature vectors of a history (:class:`History`, filled by
+:func:`training.history.history_from_ticks` with the live flow's own stage code), labelled and
+split. :func:`build_training_set` labels the warm vectors (see :mod:`models.labels`) and
+records when each label became known; :func:`purged_split` splits by time, never shuffled,
+without leaks.
 
 Splitting rules (why):
 
@@ -39,22 +36,15 @@ A :class:`TrainingSet` built by hand without ``label_end_ms`` gets :data:`LABEL_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from connectors.layouts import LayoutOptions
-from connectors.replay import ReplaySource, expand_paths
 from models.labels import LabelConfig, label_symbol
-from operators.bars import BarBuilder
-from operators.features import FEATURE_NAMES, FeatureEngine
-from operators.validate import TickValidator
 from schemas.bars import Bar, BarStep
-from schemas.features import FeatureVector
-from schemas.ticks import SymbolTicks
+from schemas.features import FEATURE_NAMES, FeatureVector
 from schemas.timeutil import to_ms
-from settings import Settings
 
 LABEL_END_UNKNOWN = np.iinfo(np.int64).max
 """``label_end_ms`` of a row whose label time nobody supplied: after every cut (purged)."""
@@ -63,7 +53,7 @@ LABEL_END_UNKNOWN = np.iinfo(np.int64).max
 @dataclass
 class History:
     """Bars and feature vectors per symbol, in event-time order; with ``keep_ticks``, also the
-    bar steps (ticks and where each bar closed) that execution replays (:mod:`rl.env`)."""
+    bar steps (ticks and where each bar closed) that execution replays (:mod:`training.env`)."""
 
     bars: dict[str, list[Bar]] = field(default_factory=dict)
     vectors: dict[str, list[FeatureVector]] = field(default_factory=dict)
@@ -87,69 +77,6 @@ def bar_ms(history: History) -> int:
         if vectors:
             return to_ms(vectors[0].ts) - to_ms(vectors[0].bar_start)
     return 0
-
-
-def history_from_ticks(
-    spec: str, settings: Settings, progress: bool = False, keep_ticks: bool = False
-) -> History:
-    """Replay ``spec`` (the ``QT_TICKS`` file forms) through validation, bars and features
-    (and keep the bar steps with their ticks when ``keep_ticks``)."""
-    source = ReplaySource(
-        expand_paths(spec),
-        settings.candle_seconds,
-        settings.replay_block_bytes,
-        layouts=LayoutOptions.from_settings(settings),
-    )
-    history = History()
-    bar_progress = None
-    if progress:
-        from tqdm import tqdm
-
-        bar_progress = tqdm(desc="replaying history", unit=" rows", unit_scale=True)
-    engines: dict[str, FeatureEngine] = {}  # partitions own disjoint symbols
-
-    def emit(bars: Iterable[Bar]) -> None:
-        for bar in bars:
-            eng = engines.get(bar.symbol)
-            if eng is None:
-                eng = engines[bar.symbol] = FeatureEngine(
-                    bar.symbol, settings.bar_seconds, settings.seq_window
-                )
-            history.add(bar, eng.update(bar))
-
-    for part in source.list_parts():
-        partition = source.build_part("history", part, None)
-        validator = TickValidator(settings.max_backwards_ms, frozenset(settings.symbols))
-        builders: dict[str, BarBuilder] = {}
-        try:
-            while True:
-                for rows in partition.next_batch():
-                    validated = validator.validate(rows)
-                    history.rows_in += validated.rows_in
-                    history.ticks += validated.ticks
-                    history.dead_letters += len(validated.dead)
-                    if bar_progress is not None:
-                        bar_progress.update(validated.rows_in)
-                    for symbol, ticks in sorted(validated.batches.items()):
-                        builder = builders.get(symbol)
-                        if builder is None:
-                            builder = builders[symbol] = BarBuilder(symbol, settings.bar_seconds)
-                        step = builder.push(SymbolTicks(validated.tag, ticks))[0]
-                        emit(step.bars)
-                        if keep_ticks:
-                            history.steps.setdefault(symbol, []).append(step)
-        except StopIteration:
-            pass
-        finally:
-            partition.close()
-        for symbol in sorted(builders):
-            for step in builders[symbol].finish():
-                emit(step.bars)
-                if keep_ticks:
-                    history.steps.setdefault(symbol, []).append(step)
-    if bar_progress is not None:
-        bar_progress.close()
-    return history
 
 
 @dataclass

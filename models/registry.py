@@ -1,54 +1,19 @@
 """The model registry: versioned artifacts on disk, stages, checksums, and a ClickHouse record.
 
-Layout under ``QT_REGISTRY_DIR`` (default ``$QT_HOME/registry``)::
+Layout under ``QT_REGISTRY_DIR`` (default ``$QT_HOME/registry``): ``<model>/<version>/``
+(immutable once published: native artifact files and ``manifest.json``) and
+``<model>/stages.json``, the stage authority. Publishes and stage changes are atomic (a
+temporary directory renamed into place; ``os.replace`` under a thread lock and an ``flock``),
+loading refuses an artifact whose SHA-256 does not match (:class:`IntegrityError`), artifacts
+are native formats (no pickles), and every publish and stage change is also upserted into the
+``model_registry`` table (or spooled until a store records it). Publishing the same ``key``
+again returns the version already published, so a replay after a crash never applies a
+learning step twice.
 
-    <model>/<version>/            immutable once published: native artifact files
-    <model>/<version>/manifest.json   file digests, feature set, data range, metrics, params
-    <model>/stages.json           {version: {stage, promoted_at}} - the stage authority
-    <model>/history.jsonl         every stage change of the model's versions, with who made it
-    generation.json               a counter of every stage change, and of the manual ones
-    unrecorded.jsonl              changes made without a store, until a store records them
-    .lock                         held (flock) while a stage changes
+A model directory that has versions but no readable ``stages.json`` is an error
+(:class:`StagesMissing`), never "no versions"; ``python -m cli.registry repair`` rebuilds it.
 
-- **Atomic publish**: files are written into a hidden temporary directory and renamed into
-  place, so a reader never sees a half-written version.
-- **Atomic stage changes**: ``stages.json`` is replaced with ``os.replace``; promoting a version
-  to production retires the previous production version in the same write. Every change
-  (learners, bootstrap, ``python -m cli.registry``) goes through one locked path: a thread lock
-  and an ``flock`` on ``.lock``, so two processes never lose each other's change, and the
-  change is appended to ``history.jsonl`` with who made it (``by``: ``published``, ``clm:
-  promoted``, ``manual: cli.registry rollback by <user>``). ``stages.json`` itself holds no
-  wall-clock history, so two replays that make the same changes leave the same file (only
-  ``promoted_at`` differs); a rollback marks the version it retires ``rolled_back``.
-- **Integrity**: loading recomputes every file's SHA-256 and refuses a mismatch
-  (:class:`IntegrityError`), so a tampered or truncated artifact never runs.
-- **No pickles**: artifacts are native formats (XGBoost UBJ, LightGBM text, torch state dicts
-  loaded with ``weights_only=True``, SB3 zip); the manifest is JSON.
-- Every publish and stage change is also upserted into the ``model_registry`` table. A registry
-  opened without a store but with ``spool=True`` (the registry CLI while the live flow holds
-  the embedded store) appends the rows to ``unrecorded.jsonl`` instead; the next registry with
-  a store records them with their original times (:meth:`ModelRegistry.flush_records`: at its
-  next stage change, and the live engine at the first bar it decides after one).
-- **Idempotent publish**: a publish may carry a ``key`` (for example PPO update n of a policy
-  lineage, or a CLM cycle's challenger); publishing the same key again returns the version
-  already published instead of writing another, so a replay after a crash never applies a
-  learning step twice. A version a rollback retired no longer answers for its key: a learner
-  that continues from the rolled-back-to version publishes its next step anew.
-
-Readers (the live ensemble step) call :meth:`ModelRegistry.production_version` on every bar;
-it re-reads ``stages.json`` only when the file changed (its inode, modification time or
-size). The decision engine checks even less per bar: :meth:`ModelRegistry.generation` is one
-``stat`` of ``generation.json``, which every stage change replaces; ``manual`` in it counts the
-changes made by hand, which an engine that owns its versions adopts
-(:mod:`operators.versions`).
-
-``stages.json`` is the only record of which version is in production, so a model directory
-that has versions but no readable ``stages.json`` (deleted, or not valid JSON) is an error
-(:class:`StagesMissing`) that says how to repair it, never "no versions" (which would make
-the live flow retrain everything and retire the other models' production versions). The first
-publish of a model writes an empty ``stages.json`` before its version appears, so a model
-directory with versions always has one. ``python -m cli.registry repair`` rebuilds it from the
-``model_registry`` table (:func:`stages_from_records`).
+Design notes: docs/registry.md.
 """
 
 from __future__ import annotations
@@ -70,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cli.errors import UserError
+from errors import UserError
 from schemas.registry import ModelVersion, Stage
 from schemas.timeutil import iso, parse_iso
 from storage.store import Store
@@ -685,7 +650,7 @@ class ModelRegistry:
 
     def load(self, model: str, version: str | None = None) -> Any:
         """Load a verified version (default: production) with its model class."""
-        from models.base import MODEL_LOCK
+        from runtime import MODEL_LOCK
 
         version = version or self.production_version(model)
         if version is None:

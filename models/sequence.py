@@ -1,95 +1,18 @@
 """Sequence forecasters: the ensemble's N-HiTS and PatchTST voters (neuralforecast, torch).
 
 Both forecast the next ``h`` one-bar log returns of a symbol from its last ``L`` ones and turn
-that forecast into a vote. They share every rule below, so the two votes differ by
-architecture, not by recipe.
+that forecast into a vote. They share every rule, so the two votes differ by architecture, not
+by recipe. The series is the feature step's own one-bar log returns, in basis points
+(:data:`TARGET_SCALE`); training uses only bars that close strictly before ``cut_ms``.
 
-Data (why):
+Inference never calls neuralforecast (imported lazily, by training only): the trained weights
+run in the plain torch modules of :mod:`models.nets`, per fixed-shape float32 chunk, so a
+window's forecast depends only on the window, never on which windows shared its batch.
 
-- **Series**: per symbol, the one-bar log returns ``r_t = ln(c_t / c_{t-1})`` exactly as the
-  feature step computes them: ``y`` at bar t is ``FeatureVector.window[-1]`` of that bar, so the
-  training series and the serving windows are the same numbers (no second feature code).
-- **Time index**: ``ds`` is the bar ordinal per symbol (``freq=1``). Bars have weekend and
-  no-tick gaps; returns are between consecutive bars that exist, like the feature window.
-- **Units**: the target is the return in basis points, ``y = r * 1e4`` (:data:`TARGET_SCALE`),
-  a fixed transform: raw returns are ~1e-4, too small for default initialisations and learning
-  rates. ``scaler_type="identity"`` (no per-window neuralforecast scaler), so direct inference
-  needs no scaler either. (PatchTST's RevIN normalisation is inside its torch module, so the
-  direct forward applies it too.)
-- **Time split**: :meth:`train` uses only bars that close strictly before ``cut_ms`` (the first
-  validation time, less any embargo): the last forecast target of training is before the cut
-  as well, so no training target is a return a validation label contains.
-- ``L = len(FeatureVector.window)`` (``QT_SEQ_WINDOW``, 64), ``h = LabelConfig.horizon``
-  (``QT_LABEL_HORIZON_BARS``, 10): the models forecast what the labels judge.
-
-Fine-tuning (``base=``, the production model): the new module is built with ``base``'s
-architecture and starts from ``base``'s weights (its ``state_dict``), then neuralforecast trains
-it on the bars given, usually the data since ``base`` was trained, with a smaller budget
-(fewer steps, a lower learning rate: the caller's ``params``, whose architecture fields must
-equal ``base``'s). A fresh Adam state; neuralforecast never re-initialises the weights of a
-model it fits. ``params.json`` records the base's data end and the cumulative steps under
-``warm_start``.
-
-Training is small and CPU-friendly (:class:`NHITSParams`, :class:`PatchTSTParams`): a few
-hundred steps, 32 windows per step (neuralforecast's default 1024 made ``fit`` 7x slower),
-N-HiTS shrunk from its 2.5M default to ~47k parameters, PatchTST ~74k. Quiet (no progress bar,
-logger, checkpoints or model summary), ``accelerator="cpu"``, one thread, seeded and
-deterministic; the process's global RNG and deterministic-algorithms flag are restored after.
-
-Inference never calls ``NeuralForecast.predict()`` (25-300 ms a call), nor neuralforecast at
-all: the trained weights run in the plain torch modules of :mod:`models.nets` (same
-``state_dict`` keys, same function; neuralforecast pulls in Lightning and Ray, seconds of
-start-up). How a batch is computed, and why:
-
-- **Fixed-shape float32 chunks.** The finite windows of a call are cut into chunks of exactly
-  ``chunk`` windows (N-HiTS 8, PatchTST 4), the last one padded with zero windows, and every
-  matrix product of the forward is computed per chunk: a batched product over the chunks
-  (:func:`models.nets._linear`, ``baddbmm`` with the weight expanded), never one product
-  over all rows. A forward's last bits depend on the shapes of its products: BLAS picks other
-  kernels and summation orders for other row counts (measured here, float64 as well:
-  neuralforecast's N-HiTS gave other bits for 45 of 72 batch sizes/offsets tried, PatchTST
-  for one window against many). With every product of one shape per chunk, a window's
-  forecast depends only on the window, never on which windows shared its batch or how many
-  there were, so a replay decides the same however its input was cut into items (pacing, a
-  resume after a crash, ``-w 1`` or ``-w 2``). tests/models/test_nets.py checks it: a
-  window's forecast has the same bits alone, in batches of 2 to 300 windows, at any
-  position, beside any other windows. Forwards take ``block`` chunks at a time (the same
-  bits; intermediates that fit the cache).
-- **float32, not float64.** The previous path ran float64 for that invariance (its batch
-  effects were ~1e-16 instead of ~1e-7). Per-chunk products make float64 unnecessary, and
-  float32 runs PatchTST's products (most of its time) about twice as fast. The forecasts
-  differ from float64 by ~2e-6 bps: a vote changes only if a forecast is that close to its
-  threshold. On the bundled sample's replay days every vote's action was the same on both
-  paths, confidences within 2e-6 (bench/bench_ensemble.py prints this agreement).
-- Small chunks keep one symbol's decision cheap (one chunk of 4 or 8 windows); batching the
-  chunks keeps a thousand symbols' cheap (one call). Eager torch, no TorchScript: tracing
-  saved ~15% on one chunk and cost start-up time.
-- ONNX Runtime was not taken: another dependency and an export step for models whose cost is
-  matrix products that MKL already runs well; its fused kernels raise the same shape question.
-
-:meth:`~_SequenceModel.reference_forecast_windows` keeps the previous path (neuralforecast's
-module in float64, the TorchScript trace for one window) for the tests and the benchmark.
-
-Forecast -> vote, per vector:
-
-- ``R = sum(forecast) / 1e4``: the forecast cumulative log return over the next ``h`` bars;
-- ``thr = label_threshold(vol_ewma, spread_bps, cfg)``: the very threshold the labels use
-  (floored at 1e-12 so that the rule is defined with zero costs and volatility);
-- BUY if ``R > thr``, SELL if ``R < -thr``, else HOLD;
-- confidence: BUY/SELL ``min(1, |R| / (2 thr))`` (0.5 at the threshold, 1 at twice it);
-  HOLD ``max(0, 1 - |R| / thr)`` (1 for a flat forecast, 0 at the threshold). Both are monotone
-  in ``|R| / thr`` and in [0, 1].
-- A window containing NaN (warm-up: fewer than L returns seen) or inf is not forecast: its
-  forecast row is NaN and its vote HOLD with confidence 0. A window of the wrong length raises
-  (the ensemble counts the failure).
-
-Artifacts (no pickles): ``model.pt``, the module's ``state_dict`` (``torch.save``; read back
-with ``torch.load(..., weights_only=True)``), and ``params.json`` with everything needed to
-rebuild the module (neuralforecast class, hyper-parameters, input size, horizon, loss, scaler,
-the bps transform), the label config of the vote rule, the seed, the feature-set version and
-training facts. :meth:`load` refuses another model's directory or a different transform.
-
-``neuralforecast`` takes ~9 s to import, so it is imported lazily, by training only.
+Forecast -> vote (:func:`signal_from_forecast`): ``R`` the forecast cumulative log return over
+the next ``h`` bars, ``thr`` the labels' threshold: BUY if ``R > thr``, SELL if ``R < -thr``,
+else HOLD; confidence ``min(1, |R| / (2 thr))`` for BUY/SELL, ``max(0, 1 - |R| / thr)`` for
+HOLD. A window containing NaN or inf votes HOLD with confidence 0.
 
 >>> signal_from_forecast(0.003, 0.002)
 (<Action.BUY: 'BUY'>, 0.75)
@@ -97,6 +20,8 @@ training facts. :meth:`load` refuses another model's directory or a different tr
 (<Action.HOLD: 'HOLD'>, 0.5)
 >>> NHITSParams().max_steps, PatchTSTParams().hidden_size
 (300, 64)
+
+Design notes: docs/models.md.
 """
 
 from __future__ import annotations
@@ -117,12 +42,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 import torch
 
-from models.base import Prediction, VectorBatch, cap_threads, check_fields
+from models.base import Prediction, VectorBatch, check_fields
 from models.dataset import History
 from models.labels import LabelConfig
 from models.nets import build_net
-from operators.features import FEATURE_SET_VERSION
-from schemas.features import FeatureVector
+from runtime import cap_threads
+from schemas.features import FEATURE_SET_VERSION, FeatureVector
 from schemas.signals import ACTION_OF, Action
 from schemas.timeutil import to_ms
 

@@ -2,55 +2,26 @@
 
 Both are 3-class classifiers over one feature vector (columns
 :data:`~operators.features.FEATURE_NAMES`, NaN handled natively by the trees; class ids 0 HOLD,
-1 BUY, 2 SELL). They share :class:`TreeParams` and every rule below, so the two votes differ by
-library, not by recipe.
+1 BUY, 2 SELL). They share :class:`TreeParams` and every training rule, so the two votes differ
+by library, not by recipe:
 
-Training rules (why):
+- class-balanced sample weights (:func:`balanced_weights`): confidences are calibrated to a
+  balanced prior, not to the raw HOLD share;
+- early stopping on ``val_idx`` (pass an early-stopping slice of its own, not the split whose
+  metrics are reported), then the model is cut at the best round;
+- single thread and a fixed seed: same data + same seed -> same model.
 
-- **Native APIs** (``xgboost.train`` / ``lightgbm.train``): the artifact is a plain Booster, and
-  inference uses the fast raw paths (``Booster.inplace_predict``; LightGBM's raw
-  ``Booster.predict``, about 10x faster than its sklearn wrapper).
-- **Class-balanced sample weights** ``w_c = n / (k * n_c)`` over the k classes present: HOLD is
-  80-90% of labels, and unweighted trees learn to say HOLD always. The validation rows are
-  weighted the same way by their own counts, so early stopping watches a class-balanced log loss.
-  A consequence worth knowing: probabilities (and so confidences) are calibrated to a balanced
-  prior, not to the raw HOLD share.
-- **Early stopping** on the rows passed as ``val_idx``, then the model is **cut at the best
-  round**: the trained booster and the saved artifact hold exactly the same trees, so prediction
-  never needs an iteration range and a save -> load round trip predicts bit-identically. Pass an
-  early-stopping slice of its own (:func:`models.dataset.purged_split`), not the split whose
-  metrics are reported: the round count is a training decision.
-- **Warm start** (``base=``, the production model): boosting continues from ``base``'s booster
-  on new rows (``xgb.train(xgb_model=...)``, ``lgb.train(init_model=...)``). The new model's
-  first trees are ``base``'s, unchanged (its predictions over ``base``'s rounds are
-  ``base``'s, bit for bit); early stopping counts from there and the cut keeps ``base``'s
-  rounds plus at least one new one. Later rounds use this call's ``params`` (learning rate,
-  depth); ``params.json`` records the base's rounds and data end under ``warm_start``.
-- **Single thread**, training and inference (Bytewax workers own the cores; see
-  :func:`models.base.cap_threads`), and a fixed seed: same data + same seed -> same model.
-
-Prediction: ``action = ACTION_OF[argmax p]``, ``confidence = max p`` (in [1/3, 1]).
-
-Inference without the libraries (start-up, small batches): a model keeps its artifact's trees
-as a :class:`models.forest.Forest`, which computes the library's probabilities bit for bit
-in NumPy; the library is imported only to train, or when a batch is big enough that its
-native predictor is faster (``rows x trees >= NATIVE_MIN_WORK``: measured crossover, about 64
-rows of a 100-round model). Both paths give identical bits (tests/models/test_forest.py), so
-which one ran never changes a vote. ``import xgboost`` / ``lightgbm`` import scikit-learn and
-SciPy (~1-1.5 s), which a live flow's start no longer pays.
-
-Artifacts (no pickles): ``model.ubj`` (XGBoost UBJSON) or ``model.txt`` (LightGBM text) plus
-``params.json`` (hyper-parameters, seed, feature names, feature-set version, rounds kept,
-class weights, scores, ``last_train_ts_ms``: the last training row's time, where a warm start
-from this model picks up). :meth:`load` refuses a ``params.json`` whose feature names differ from
-the running code's :data:`FEATURE_NAMES` (or that a newer format wrote). A different
-``feature_set`` version with the same names still loads: it is recorded in :meth:`describe`
-for the registry to judge.
+Prediction: ``action = ACTION_OF[argmax p]``, ``confidence = max p`` (in [1/3, 1]), computed in
+NumPy by :class:`models.forest.Forest` or by the library, with identical bits. Artifacts are
+native files plus ``params.json`` (no pickles); :meth:`load` refuses one whose feature names
+differ from the running code's :data:`FEATURE_NAMES`.
 
 >>> TreeParams().max_rounds, TreeParams().max_depth
 (300, 4)
 >>> balanced_weights(np.array([0, 0, 0, 1])).tolist()
 [0.6666666666666666, 0.6666666666666666, 0.6666666666666666, 2.0]
+
+Design notes: docs/models.md.
 """
 
 from __future__ import annotations
@@ -64,11 +35,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
-from models.base import Prediction, VectorBatch, cap_threads, check_fields
+from models.base import Prediction, VectorBatch, check_fields
 from models.dataset import TrainingSet, feature_matrix
 from models.forest import Forest, lightgbm_forest, xgboost_forest
-from operators.features import FEATURE_NAMES, FEATURE_SET_VERSION
-from schemas.features import FeatureVector
+from runtime import cap_threads
+from schemas.features import FEATURE_NAMES, FEATURE_SET_VERSION, FeatureVector
 from schemas.signals import ACTION_OF
 
 if TYPE_CHECKING:

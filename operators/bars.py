@@ -41,11 +41,12 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
 from operators.stage import stage_builder
+from operators.summary import Counts, EventTime
 from operators.validate import ShardTicks
 from schemas.bars import Bar, BarStep
 from schemas.decisions import NO_CLOCK
 from schemas.ticks import SymbolTicks, TickBatch
-from schemas.timeutil import from_ms
+from schemas.timeutil import from_ms, to_ms
 
 
 @dataclass(slots=True)
@@ -584,3 +585,20 @@ def _aggregate(
         sums.tolist(),
         spread_max.tolist(),
     )
+
+
+def bar_counts(
+    bars: list[Bar],
+    training: tuple[datetime, datetime] | None,
+) -> list[Counts | EventTime]:
+    """Bars closed (and how many fall in the models' training span), and the event time
+    they reached, for the progress line."""
+    if not bars:
+        return []
+    inside = (
+        0
+        if training is None
+        else sum(training[0] <= b.start and b.end <= training[1] for b in bars)
+    )
+    counts = {"bars": len(bars), **({"bars.in_training": inside} if inside else {})}
+    return [counts, EventTime(max(to_ms(b.end) for b in bars))]

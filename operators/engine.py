@@ -16,7 +16,7 @@ passed an event (:mod:`operators.clocks`):
   (:mod:`operators.sizing`), the position opens;
 - **exit**: a stop, target or holding limit closes a position;
 - **learn**, inline, from each closed trade (both halves are here, so the join is exact):
-  the PPO learner (:mod:`learning.rl_learner`) and the continuous learner (:mod:`learning.clm`)
+  the PPO learner (:mod:`operators.policy_learner`) and the continuous learner (:mod:`learning.clm`)
   see trades and bars in this same order, and their changes (a new policy version, a promoted
   model) apply from the next event.
 
@@ -40,14 +40,15 @@ from typing import Any, Protocol
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
-from learning.rl_learner import LearnerConfig, PolicyLearner, transition_of
 from models.base import MODEL_NAMES
 from operators.bars import ShardBarStep
 from operators.clocks import PartitionClocks
 from operators.ensemble import EnsembleConfig, ScoredStep, VoteBook, shadow_votes, signal_of
+from operators.policy_learner import LearnerConfig, PolicyLearner, transition_of
 from operators.portfolio import EventKind, ExecConfig, ExecEvent, Portfolio
 from operators.sizing import PolicySource, Sizer, SizingConfig
 from operators.stage import stage_builder
+from operators.summary import Counts, PnlPoint, cycle_counts
 from operators.supervisor import Supervisor, SupervisorConfig
 from operators.versions import ActiveModels
 from operators.weights import DynamicWeights
@@ -62,9 +63,22 @@ from schemas.learning import (
     TradeOutcome,
 )
 from schemas.signals import Signal, Vote
-from schemas.tables import trade_outcome
+from schemas.tables import (
+    CLM_CYCLES,
+    DRIFT_CHECKS,
+    RL_UPDATES,
+    SHADOW_PREDICTIONS,
+    TableRows,
+    event_rows,
+    outcome_rows,
+    signal_rows,
+    trade_outcome,
+    trade_rows,
+    verdict_rows,
+)
 from schemas.timeutil import to_ms
 from schemas.trades import JoinedTrade, JoinSource, LearningEvent, TradeClosed
+from settings import DEFAULTS, Settings, SupervisorScope
 
 log = logging.getLogger(__name__)
 _MODEL_VERSION = attrgetter("model", "version")
@@ -92,10 +106,10 @@ class EngineConfig:
     execution: ExecConfig = field(default_factory=ExecConfig)
     sizing: SizingConfig = field(default_factory=SizingConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
-    max_queue: int = 200_000  # QT_MAX_DECISION_QUEUE
+    max_queue: int = DEFAULTS.max_decision_queue
 
     @classmethod
-    def from_settings(cls, s: Any) -> EngineConfig:
+    def from_settings(cls, s: Settings) -> EngineConfig:
         return cls(
             EnsembleConfig.from_settings(s),
             SupervisorConfig.from_settings(s),
@@ -162,6 +176,58 @@ class EngineOutput:
             else:
                 self.cycles.append(r)
 
+    def table_rows(self) -> list[TableRows]:
+        """Table blocks of everything decided and learned."""
+        blocks = []
+        if self.signals:
+            blocks.append(signal_rows(self.signals))
+        if self.verdicts:
+            blocks.append(verdict_rows(self.verdicts))
+        if self.shadow:
+            blocks.append(event_rows(SHADOW_PREDICTIONS, self.shadow))
+        if self.trades:
+            blocks.append(trade_rows([e.record for e in self.trades]))
+        if self.outcomes:
+            blocks.append(outcome_rows(self.outcomes))
+        if self.updates:
+            blocks.append(event_rows(RL_UPDATES, self.updates))
+        if self.cycles:
+            blocks.append(event_rows(CLM_CYCLES, self.cycles))
+        if self.drift:
+            blocks.append(event_rows(DRIFT_CHECKS, self.drift))
+        return blocks
+
+    def summary_counts(self) -> list[Counts | PnlPoint]:
+        """The run summary's counters of this output, and the closed trades' PnL."""
+        c: Counts = dict(self.counts)
+
+        def bump(key: str, n: int = 1) -> None:
+            c[key] = c.get(key, 0) + n
+
+        for signal in self.signals:
+            bump("signals")
+            bump(f"signals.{signal.action.value.lower()}")
+            for v in signal.votes:
+                if v.failed:
+                    bump(f"model_failures.{v.model}")
+        bump("signals.blocked", sum(not v.allowed for v in self.verdicts))
+        pnl: list[Counts | PnlPoint] = []
+        for e in self.trades:
+            ev = e.event
+            if isinstance(ev, TradeClosed):
+                pnl.append(PnlPoint(to_ms(ev.exit_ts), ev.trade_id, ev.net_pnl))
+            else:
+                bump("trades.opened")
+        for outcome in self.outcomes:
+            bump(f"trades.joined.{outcome.joined_from}")
+        bump("rl.updates", len(self.updates))
+        bump("clm.drift_checks", len(self.drift))
+        bump("clm.drift_fired", sum(d.fired for d in self.drift))
+        for cycle in self.cycles:
+            for key, n in cycle_counts(cycle).items():
+                bump(key, n)
+        return [{k: v for k, v in c.items() if v}, *pnl]
+
 
 class DecisionEngine:
     """The engine's state and event loop (plain Python; see the module docstring)."""
@@ -196,7 +262,7 @@ class DecisionEngine:
             k: Supervisor.restore(cfg.supervisor, v)
             for k, v in state.get("supervisors", {}).items()
         }
-        self._global = scope == "global"
+        self._global = scope == SupervisorScope.GLOBAL
         self.rl = None if deps.rl is None else deps.rl(self.policy, state.get("rl"))
         if self.rl is not None and self.policy.pinned is None:
             version = self.policy.version  # the learner acts on what it started with

@@ -1,40 +1,16 @@
 """The ensemble: four models vote, the audit's rules decide.
 
-Semantics (the audit's, kept exactly):
+Weights XGBoost 0.25, LightGBM 0.25, N-HiTS 0.30, PatchTST 0.20; a model that fails votes HOLD
+with confidence 0 (counted and logged). BUY if ``buy > sell and buy >= 0.6`` (the summed
+weights of the BUY / SELL voters), SELL likewise, else HOLD; a 2-2 split is HOLD. Confidence:
+the weight-averaged confidence of the decided action's voters, x1.2 unanimous, x1.1 all but
+one, x0.8 split, capped at 1. When ``vol_daily`` exceeds 5% a BUY/SELL needs confidence > 0.70.
+Every bar of every symbol gets exactly one signal.
 
-- Weights: XGBoost 0.25, LightGBM 0.25, N-HiTS 0.30, PatchTST 0.20. Each model says BUY, SELL
-  or HOLD with a confidence in [0, 1]; a model that raises or returns a NaN/out-of-range
-  confidence votes HOLD with confidence 0 and the failure is counted and logged with its name.
-- ``buy_votes`` / ``sell_votes`` are the summed weights of the BUY / SELL voters. BUY if
-  ``buy > sell and buy >= 0.6``; SELL if ``sell > buy and sell >= 0.6``; else HOLD. A 2-2
-  split is HOLD whatever the weights (explicitly, so dynamic weights cannot break it). With
-  these weights no two models reach 0.6: a trade needs three (dynamic weights keep that,
-  :mod:`operators.weights`).
-- Confidence: the weight-averaged confidence of the models that voted for the decided action
-  (0 if none did), times the consensus multiplier, capped at 1: unanimous (every model agrees)
-  x1.2, strong (all but one) x1.1, split (anything less) x0.8.
-- Volatility: when the daily-scaled EWMA volatility (feature ``vol_daily``: one-bar EWMA
-  volatility x sqrt(bars per day), so "5%" means a 5% daily move whatever the bar length)
-  exceeds 5%, a BUY/SELL needs confidence > 0.70, else it becomes HOLD (``vol_blocked``).
-- Warm-up bars (features not warm) get a HOLD signal with consensus ``warmup``, with the four
-  votes recorded (the sequence models vote HOLD 0 until their window is full). Every bar of
-  every symbol gets exactly one signal.
-
-Two halves. :func:`score_votes` runs per symbol, in parallel: it scores all vectors that reach
-a worker together in one call per model (batched across symbols and bars) with every version
-the registry holds as production or shadow. The decision engine (:mod:`operators.engine`)
-then takes, bar by bar in event-time order, the votes of the versions *it* holds as
-production (:class:`VoteBook`) and decides with :func:`signal_of`; so a promotion takes effect
-at a defined bar, whatever the workers were doing. Every vote records its version.
-
-Many symbols at once (issue 11): the vectors of a call form one :class:`models.base.VectorBatch`
-whose feature and window matrices every model shares (``vote_arrays``), and the vote checks run
-on arrays. A vote must not depend on which other vectors shared its call (the batches depend on
-pacing, resume points and worker count): the trees are exact per row, and N-HiTS / PatchTST
-compute every product per fixed-size chunk of windows (:mod:`models.sequence` says how, and
-why float32 is enough). So a vote is the same bits whether the scoring step or the
-:class:`VoteBook` (one vector at a time) computed it. bench/bench_ensemble.py: per decision
-at 1 / 64 / 1,000 symbols about 1x / 1.9x / 2.6x cheaper than before (CPU time, one run).
+Two halves: :func:`score_votes` scores vectors in batches, in parallel, with every production
+or shadow version; the decision engine (:mod:`operators.engine`) then decides bar by bar, in
+event-time order, with the votes of the versions it holds as production (:class:`VoteBook`,
+:func:`signal_of`). A vote never depends on which other vectors shared its call.
 
 >>> from schemas.signals import Vote
 >>> cfg = EnsembleConfig()
@@ -43,6 +19,8 @@ at 1 / 64 / 1,000 symbols about 1x / 1.9x / 2.6x cheaper than before (CPU time, 
 >>> d = decide(votes, volatility=0.01, cfg=cfg)
 >>> d.action, d.consensus, round(d.buy_votes, 2), round(d.confidence, 4)
 (<Action.BUY: 'BUY'>, <Consensus.STRONG: 'strong'>, 0.8, 0.77)
+
+Design notes: docs/ensemble.md.
 """
 
 from __future__ import annotations
@@ -61,10 +39,12 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream
 
 from metrics import METRICS
-from models.base import MODEL_LOCK, MODEL_NAMES, VectorBatch
+from models.base import MODEL_NAMES, VectorBatch
+from runtime import MODEL_LOCK
 from schemas.features import FeatureStep, FeatureVector
 from schemas.learning import ShadowPrediction
 from schemas.signals import Action, Consensus, Signal, Vote
+from settings import DEFAULTS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +62,12 @@ class EnsembleConfig:
     """The audit's constants (defaults) and the two the volatility rule uses."""
 
     weights: Mapping[str, float] = field(default_factory=lambda: dict(AUDIT_WEIGHTS))
-    vote_threshold: float = 0.6
-    high_vol: float = 0.05
-    high_vol_min_confidence: float = 0.70
+    vote_threshold: float = DEFAULTS.vote_threshold
+    high_vol: float = DEFAULTS.high_vol_threshold
+    high_vol_min_confidence: float = DEFAULTS.high_vol_min_confidence
 
     @classmethod
-    def from_settings(cls, s: Any) -> EnsembleConfig:
+    def from_settings(cls, s: Settings) -> EnsembleConfig:
         return cls(
             vote_threshold=s.vote_threshold,
             high_vol=s.high_vol_threshold,
@@ -461,7 +441,7 @@ def score_votes(
     batch per model (the parallel, expensive half of the ensemble; the engine decides).
 
     One :class:`Scorer` serves all the worker threads of the process; its model calls hold
-    :data:`models.base.MODEL_LOCK`.
+    :data:`runtime.MODEL_LOCK`.
     """
 
     def score_batch(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, ScoredStep]]:

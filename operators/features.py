@@ -47,7 +47,6 @@ consecutive bars that exist.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -61,52 +60,23 @@ from bytewax.operators import KeyedStream
 from operators.bars import ShardBarStep
 from operators.stage import stage_builder
 from schemas.bars import Bar, BarStep
-from schemas.features import FeatureStep, FeatureVector
-from schemas.timeutil import to_ms
-
-RETURN_HORIZONS = (1, 5, 15, 60)
-EWMA_VOL_ALPHA = 0.06
-RSI_PERIOD = 14
-ATR_PERIOD = 14
-MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
-BB_PERIOD, BB_SIGMA = 20, 2.0
-Z_PERIOD = 20
-
-FEATURE_NAMES: tuple[str, ...] = (
-    *(f"ret_{k}" for k in RETURN_HORIZONS),
-    "vol_ewma",
-    "vol_daily",
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "bb_pctb",
-    "atr_14",
-    "volume_z",
-    "activity_z",
-    "range_hl",
-    "vwap_dist",
-    "spread_bps",
-    "imbalance",
-    "tod_sin",
-    "tod_cos",
-    "dow_sin",
-    "dow_cos",
-)
-_PARAMS = (
-    RETURN_HORIZONS,
-    EWMA_VOL_ALPHA,
-    RSI_PERIOD,
+from schemas.features import (
     ATR_PERIOD,
-    MACD_FAST,
-    MACD_SLOW,
-    MACD_SIGNAL,
     BB_PERIOD,
     BB_SIGMA,
+    EWMA_VOL_ALPHA,
+    FEATURE_NAMES,
+    FEATURE_SET_VERSION,
+    MACD_FAST,
+    MACD_SIGNAL,
+    MACD_SLOW,
+    RETURN_HORIZONS,
+    RSI_PERIOD,
     Z_PERIOD,
+    FeatureStep,
+    FeatureVector,
 )
-_DIGEST = hashlib.sha256(repr((FEATURE_NAMES, _PARAMS)).encode()).hexdigest()
-FEATURE_SET_VERSION = f"fs1-{_DIGEST[:8]}"
+from schemas.timeutil import to_ms
 
 NAN = math.nan
 DAY_MS = 86_400_000

@@ -37,7 +37,7 @@ symbol's sub-account (equity split ``QT_START_EQUITY / N``), the decision's conf
 direction, the latest ``vol_daily``, and ``exposure`` = notional of **all** open positions at
 that moment (the reversed one already closed) / total equity (``QT_START_EQUITY`` + realised
 PnL of every sub-account). The gymnasium environment replays history through this same class
-(:mod:`rl.env`), so pretraining and live sizing see identical states.
+(:mod:`training.env`), so pretraining and live sizing see identical states.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from schemas.trades import (
     TradeOpened,
     TradeRecord,
 )
+from settings import DEFAULTS, Settings
 
 QUOTE = ORIGIN_CODE[TickOrigin.QUOTE]
 EOF_CLOCK = NO_CLOCK  # the clock of bars closed at end of input: after every tick
@@ -81,16 +82,16 @@ class ExecConfig:
     whole account (``QT_START_EQUITY``), against which exposure is measured.
     """
 
-    fee_bps: float = 0.5
-    slippage_bps: float = 0.5
-    max_holding_ms: int = 3_600_000
-    latency_ms: int = 0
-    equity: float = 10_000.0
-    start_equity: float = 100_000.0
-    perf_window: int = 20
+    fee_bps: float = DEFAULTS.fee_bps
+    slippage_bps: float = DEFAULTS.slippage_bps
+    max_holding_ms: int = DEFAULTS.max_holding_seconds * 1000
+    latency_ms: int = DEFAULTS.exec_latency_ms
+    equity: float = DEFAULTS.subaccount_equity
+    start_equity: float = DEFAULTS.start_equity
+    perf_window: int = 20  # closed trades in the recent win rate (not a setting)
 
     @classmethod
-    def from_settings(cls, s: Any) -> ExecConfig:
+    def from_settings(cls, s: Settings) -> ExecConfig:
         return cls(
             s.fee_bps,
             s.slippage_bps,

@@ -30,21 +30,23 @@ from typing import Any
 
 import numpy as np
 
-from models.base import MODEL_LOCK, POLICY_NAME
+from models.base import POLICY_NAME
 from rl.state import ActionBounds, RLState
+from runtime import MODEL_LOCK
 from schemas.rl import SizingDecision
 from schemas.trades import Sizing
+from settings import DEFAULTS, Settings
 
 
 @dataclass(frozen=True)
 class SizingConfig:
-    enabled: bool = True
-    shadow: bool = False
-    training: bool = True
-    fixed_size_usd: float = 1_000.0
+    enabled: bool = DEFAULTS.rl_enabled
+    shadow: bool = DEFAULTS.rl_shadow_mode
+    training: bool = DEFAULTS.rl_training_enabled
+    fixed_size_usd: float = DEFAULTS.fixed_position_usd
 
     @classmethod
-    def from_settings(cls, s: Any) -> SizingConfig:
+    def from_settings(cls, s: Settings) -> SizingConfig:
         return cls(s.rl_enabled, s.rl_shadow_mode, s.rl_training_enabled, s.fixed_position_usd)
 
     @property

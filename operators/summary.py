@@ -27,6 +27,7 @@ from bytewax.dataflow import Stream, operator
 from metrics import METRICS
 from operators.stage import stage_builder
 from runtime import STOP
+from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus
 
 Counts = dict[str, int]
 
@@ -320,3 +321,18 @@ def run_summary(
         ),
     )
     return op.key_rm("unkey", out)
+
+
+def cycle_counts(c: ClmCycle) -> Counts:
+    """How a ``clm_cycles`` record moves the summary's CLM counters."""
+    if c.status in (CycleStatus.TRAINING, CycleStatus.FAILED) and not c.versions:
+        return {"clm.cycles": 1, "clm.failed_at_start": int(c.status is CycleStatus.FAILED)}
+    if c.status is CycleStatus.SHADOW and not c.shadow_metrics:  # entered shadow
+        return {"clm.shadow": 1}
+    if c.status is not CycleStatus.DECIDED:
+        return {}
+    out: Counts = {"clm.decided": 1}
+    for decision in c.decisions.values():
+        key = "clm.promoted" if decision == ChallengerDecision.PROMOTED else "clm.retired"
+        out[key] = out.get(key, 0) + 1
+    return out

@@ -33,21 +33,19 @@ from typing import Any
 from schemas.decisions import BarDecision, SupervisorMode, Verdict
 from schemas.signals import Action
 from schemas.timeutil import to_ms
-
-SCOPES = ("global", "symbol")
+from settings import DEFAULTS, Settings, SupervisorScope
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    mode: SupervisorMode = SupervisorMode.ENFORCED
-    threshold: float = 0.70
-    min_samples: int = 20
-    window: int = 100
-    scope: str = "global"
+    mode: SupervisorMode = DEFAULTS.supervisor_mode
+    threshold: float = DEFAULTS.supervisor_bias_threshold
+    min_samples: int = DEFAULTS.supervisor_min_samples
+    window: int = DEFAULTS.supervisor_window
+    scope: SupervisorScope = DEFAULTS.supervisor_scope
 
     def __post_init__(self) -> None:
-        if self.scope not in SCOPES:
-            raise ValueError(f"QT_MODEL_SUPERVISOR_SCOPE={self.scope!r}: expected one of {SCOPES}")
+        object.__setattr__(self, "scope", SupervisorScope(self.scope))  # a plain string too
         if self.window < 1 or self.min_samples < 1 or not 0 < self.threshold <= 1:
             raise ValueError(
                 f"supervisor window {self.window}, min samples "
@@ -55,13 +53,13 @@ class SupervisorConfig:
             )
 
     @classmethod
-    def from_settings(cls, s: Any) -> SupervisorConfig:
+    def from_settings(cls, s: Settings) -> SupervisorConfig:
         return cls(
             SupervisorMode.parse(s.supervisor_mode),
             s.supervisor_bias_threshold,
             s.supervisor_min_samples,
             s.supervisor_window,
-            s.supervisor_scope.lower(),
+            s.supervisor_scope,
         )
 
 

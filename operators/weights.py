@@ -1,4 +1,4 @@
-"""Dynamic ensemble weights (the audit's long-term item 7.3.6), off by default.
+"""Dynamic ensemble weights (a long-term item of the audit, docs/audit.md), off by default.
 
 With ``QT_DYNAMIC_WEIGHTS=true`` each model's weight follows its recent realised accuracy on
 closed trades: a model is right on a trade when its vote agreed with the trade's side and the

@@ -1,7 +1,8 @@
 """The PPO sizing policy at run time: act fast, learn from closed trades, save without pickles.
 
-:func:`pretrain` trains a small stable-baselines3 PPO (``MlpPolicy``) on :class:`rl.env.SizingEnv`
-and wraps it in a :class:`PolicyRuntime`, which the live flow uses to
+:func:`pretrain` trains a small stable-baselines3 PPO (``MlpPolicy``) on
+:class:`training.env.SizingEnv` and wraps it in a :class:`PolicyRuntime`, which the live flow
+uses to
 
 * :meth:`~PolicyRuntime.act`: a direct torch forward of the policy's modules, skipping
   ``model.predict``'s checks and distribution objects (forward ~0.085 ms against ~0.17 ms for
@@ -23,7 +24,7 @@ and wraps it in a :class:`PolicyRuntime`, which the live flow uses to
 Versions are ``ppo-<lineage>-v<updates>``: ``lineage`` is a hash of the pretrained weights,
 ``updates`` counts PPO updates since; :func:`policy_lag` compares two versions.
 
-Threads: inference and updates run single-threaded (:func:`models.base.cap_threads`).
+Threads: inference and updates run single-threaded (:func:`runtime.cap_threads`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule
 
-from models.base import cap_threads, skip_dynamo_import
 from rl.state import (
     ACTION_DIM,
     ACTION_LIMIT,
@@ -63,6 +63,7 @@ from rl.state import (
     SizingDecision,
     map_action,
 )
+from runtime import cap_threads, skip_dynamo_import
 
 ZIP_NAME = "ppo.zip"
 JSON_NAME = "policy.json"
@@ -523,7 +524,7 @@ def _custom_objects(zip_path: Path, params: PPOParams) -> dict[str, Any]:
 def pretrain(
     env: gym.Env, timesteps: int, seed: int, params: PPOParams | None = None
 ) -> PolicyRuntime:
-    """Train a fresh PPO on ``env`` (usually :class:`rl.env.SizingEnv`) for ``timesteps``."""
+    """Train a fresh PPO on ``env`` (usually :class:`training.env.SizingEnv`) for ``timesteps``."""
     cap_threads(1)
     params = params or PPOParams()
     arch = list(params.net_arch)

@@ -1,7 +1,7 @@
 """The PPO sizing reward: profit, minus the risk taken in volatile markets, minus new drawdown.
 
-The audit's recommendation 7.3.7 ("profit + risk + drawdown") and the design brief ("PnL, risk
-taken, volatility, drawdown") as one pure function of a closed trade::
+The audit's recommendation ("profit + risk + drawdown") and the project's requirement ("PnL, risk
+taken, volatility, drawdown"), both in docs/audit.md, as one pure function of a closed trade::
 
     pnl      = net_pnl / equity_at_entry                      (fees and slippage included)
     risk     = size_frac * vol_daily                          (expected daily equity swing)

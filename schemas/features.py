@@ -1,12 +1,60 @@
-"""Feature vectors: what the models see for one symbol at one bar close."""
+"""The feature schema: the features' names, the parameters that define them, the version id
+that names both (a model trained on one feature set refuses vectors of another), and the vectors
+the models see for one symbol at one bar close. The code that computes them is
+:mod:`operators.features`."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.bars import BarStep
 from schemas.ticks import BlockTag
+
+RETURN_HORIZONS = (1, 5, 15, 60)
+EWMA_VOL_ALPHA = 0.06
+RSI_PERIOD = 14
+ATR_PERIOD = 14
+MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
+BB_PERIOD, BB_SIGMA = 20, 2.0
+Z_PERIOD = 20
+
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"ret_{k}" for k in RETURN_HORIZONS),
+    "vol_ewma",
+    "vol_daily",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_pctb",
+    "atr_14",
+    "volume_z",
+    "activity_z",
+    "range_hl",
+    "vwap_dist",
+    "spread_bps",
+    "imbalance",
+    "tod_sin",
+    "tod_cos",
+    "dow_sin",
+    "dow_cos",
+)
+_PARAMS = (
+    RETURN_HORIZONS,
+    EWMA_VOL_ALPHA,
+    RSI_PERIOD,
+    ATR_PERIOD,
+    MACD_FAST,
+    MACD_SLOW,
+    MACD_SIGNAL,
+    BB_PERIOD,
+    BB_SIGMA,
+    Z_PERIOD,
+)
+_DIGEST = hashlib.sha256(repr((FEATURE_NAMES, _PARAMS)).encode()).hexdigest()
+FEATURE_SET_VERSION = f"fs1-{_DIGEST[:8]}"
 
 
 @dataclass(frozen=True, slots=True)

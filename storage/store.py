@@ -12,11 +12,12 @@ Before chDB is started on a path, :func:`check_embedded_store` makes sure ``QT_H
 writable and that no other process holds the store (chDB locks ``<path>/status``; a second
 process would fail deep inside the engine): either problem is a :class:`StoreUnavailable`
 that says what to do. Server URLs are shown with their password redacted
-(:func:`cli.errors.redact`), in descriptions and in errors.
+(:func:`errors.redact`), in descriptions and in errors.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import logging
@@ -33,7 +34,7 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from cli.errors import UserError, redact
+from errors import UserError, redact
 from settings import PROJECT_ROOT, Settings
 
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -138,6 +139,7 @@ class DeferredStore(Store):
         self._settings = settings
         self._store: Store | None = None
         self._lock = threading.Lock()
+        atexit.register(self.close)  # a flow has no end hook: closed when the process ends
 
     def _get(self) -> Store:
         with self._lock:

@@ -106,8 +106,8 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory, sample_ticks: Pat
 
     Shared by the session: tests that change stages must work on a copy (``registry_copy``).
     """
-    from models.bootstrap import BootstrapConfig, bootstrap
     from models.registry import ModelRegistry
+    from training.bootstrap import BootstrapConfig, bootstrap
 
     root = tmp_path_factory.mktemp("registry")
     s = Settings.from_env({}, registry_path=root)

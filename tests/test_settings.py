@@ -5,17 +5,38 @@ every stage (one shared check over every config, as River checks every estimator
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import pytest
 
 from learning.clm import ClmConfig
 from learning.evidence import EvidenceConfig
-from learning.rl_learner import LearnerConfig
+from learning.trainer import CycleConfig
 from learning.triggers import TriggerConfig
 from models.labels import LabelConfig
+from operators.engine import EngineConfig
+from operators.ensemble import EnsembleConfig
+from operators.policy_learner import LearnerConfig
+from operators.portfolio import ExecConfig
+from operators.sizing import SizingConfig
+from operators.supervisor import SupervisorConfig
 from settings import DEFAULTS, Settings
+from training.env import EnvConfig
 
-CONFIGS = [ClmConfig, EvidenceConfig, LabelConfig, LearnerConfig, TriggerConfig]
+CONFIGS = [
+    ClmConfig,
+    CycleConfig,
+    EngineConfig,
+    EnsembleConfig,
+    EnvConfig,
+    EvidenceConfig,
+    ExecConfig,
+    LabelConfig,
+    LearnerConfig,
+    SizingConfig,
+    SupervisorConfig,
+    TriggerConfig,
+]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.__name__)
@@ -34,6 +55,8 @@ def test_a_config_follows_a_changed_setting(config: type) -> None:
             other = not value
         elif isinstance(value, int | float):
             other = value * 2 + 1
+        elif isinstance(value, enum.Enum):
+            other = next(m for m in type(value) if m != value)
         else:
             continue
         try:

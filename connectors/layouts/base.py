@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.feather as pa_feather
 import pyarrow.parquet as pq
 
-from cli.errors import UserError
+from errors import UserError
 from schemas.ticks import LAYOUTS, TickOrigin
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from bytewax.testing import run_main
 
-from cli.errors import UserError
 from cli.registry import main
 from dataflows.live import build_live_flow
+from errors import UserError
 from models.registry import GENERATION, UNRECORDED, ModelRegistry, StagesMissing
 from operators.engine import DecisionEngine
 from operators.versions import ActiveModels

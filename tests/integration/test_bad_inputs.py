@@ -210,7 +210,7 @@ def test_settings_never_print_a_password(tmp_path: Path, trained_registry: Path)
     ],
 )
 def test_one_redaction_helper(text: str, shown: str) -> None:
-    from cli.errors import redact
+    from errors import redact
 
     assert redact(f"QT_X={text} failed") == f"QT_X={shown} failed"
 
@@ -221,7 +221,7 @@ def test_a_user_error_inside_a_bytewax_step_is_found_in_the_chain(tmp_path: Path
         "import bytewax.operators as op\n"
         "from bytewax.dataflow import Dataflow\n"
         "from bytewax.testing import TestingSink, TestingSource\n"
-        "from cli import errors\n"
+        "import errors\n"
         "errors.install()\n"
         "def step(x):\n"
         "    raise errors.UserError(f'{x}: cannot be used; do this instead')\n"
@@ -238,7 +238,7 @@ def test_a_user_error_inside_a_bytewax_step_is_found_in_the_chain(tmp_path: Path
 
 def test_a_bug_keeps_its_traceback_with_credentials_redacted() -> None:
     code = (
-        "import logging\nfrom cli import errors\nerrors.install()\n"
+        "import logging\nimport errors\nerrors.install()\n"
         "logging.getLogger('x').warning('to %s', 'http://u:pw1@h/db')\n"
         "raise RuntimeError('http://u:pw2@h/db')\n"
     )

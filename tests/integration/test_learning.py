@@ -136,11 +136,11 @@ def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
     """(b): challengers whose shadow votes are the realised labels (better) or always wrong
     (worse), judged by the continuous learner on the sample's bars in event order."""
     from learning.cycles import ClmDeps, Cycle, CycleRunner
-    from models.dataset import history_from_ticks
     from models.labels import label_symbol
     from operators.ensemble import EnsembleConfig, RegistryModels, Scorer
     from operators.versions import ActiveModels
     from schemas.learning import ChallengerDecision, CycleStatus, ScoredBar
+    from training.history import history_from_ticks
 
     s = settings.replace(registry_path=registry_copy)
     history = history_from_ticks(str(sample_ticks), s)

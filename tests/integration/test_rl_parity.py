@@ -14,11 +14,11 @@ import numpy as np
 from bytewax.testing import run_main
 
 from dataflows.live import build_live_flow
-from models.dataset import history_from_ticks
-from rl.env import EnvConfig, SignalEvent, SizingEnv
 from schemas.signals import Action
 from schemas.timeutil import from_ms, iso, to_ms
 from storage.store import open_store
+from training.env import EnvConfig, SignalEvent, SizingEnv
+from training.history import history_from_ticks
 
 
 def test_env_and_live_sizing_see_identical_states_and_rewards(

@@ -22,12 +22,13 @@ from learning.drift import (
     NullTable,
     iid_expected_psi,
 )
-from models.dataset import feature_matrix, history_from_ticks
+from models.dataset import feature_matrix
 from models.registry import ModelRegistry
-from operators.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from schemas.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from schemas.registry import Stage
 from schemas.timeutil import to_ms
 from settings import Settings
+from training.history import history_from_ticks
 
 THRESHOLD = Settings.from_env({}).clm_drift_threshold  # 0.05, QT_CLM_DRIFT_THRESHOLD
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000

@@ -25,12 +25,13 @@ from learning.evidence import (
     spending_bounds,
     t_quantile,
 )
-from models.dataset import build_training_set, history_from_ticks
+from models.dataset import build_training_set
 from models.labels import UNLABELLED, LabelConfig
 from models.metrics import macro_f1
-from operators.features import FEATURE_NAMES
+from schemas.features import FEATURE_NAMES
 from schemas.signals import ACTION_OF
 from settings import Settings
+from training.history import history_from_ticks
 
 SETTINGS = Settings.from_env({})
 LABELS = LabelConfig.from_settings(SETTINGS)

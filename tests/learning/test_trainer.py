@@ -44,18 +44,18 @@ from models.dataset import (
     TrainingSet,
     build_training_set,
     feature_matrix,
-    history_from_ticks,
 )
 from models.labels import LabelConfig
 from models.metrics import classification_report
 from models.registry import ModelRegistry, loader
 from models.sequence import NHITSParams, PatchTSTParams
 from models.trees import XGBoostModel
-from operators.features import FEATURE_SET_VERSION
+from schemas.features import FEATURE_SET_VERSION
 from schemas.registry import Stage
 from schemas.signals import CLASS_OF, Action
 from schemas.timeutil import to_ms
 from settings import SAMPLE_TICKS, Settings
+from training.history import history_from_ticks
 
 LABELS = LabelConfig.from_settings(Settings.from_env({}))
 EXTRA_EARLY, EXTRA_LATE = 30, 20

@@ -9,16 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.dataset import (
-    LABEL_END_UNKNOWN,
-    TrainingSet,
-    build_training_set,
-    history_from_ticks,
-    purged_split,
-)
+from models.dataset import LABEL_END_UNKNOWN, TrainingSet, build_training_set, purged_split
 from models.labels import LabelConfig
 from schemas.timeutil import to_ms
 from settings import SAMPLE_TICKS, Settings
+from training.history import history_from_ticks
 
 LABELS = LabelConfig.from_settings(Settings.from_env({}))
 MINUTE = 60_000

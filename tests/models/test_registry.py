@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.dataset import build_training_set, history_from_ticks, time_split
+from models.dataset import build_training_set, time_split
 from models.labels import LabelConfig
 from models.registry import (
     IntegrityError,
@@ -17,11 +17,12 @@ from models.registry import (
     StagesMissing,
 )
 from models.trees import LightGBMModel, TreeParams, XGBoostModel
-from operators.features import FEATURE_SET_VERSION
 from operators.sizing import PolicySource
 from operators.versions import ActiveModels
+from schemas.features import FEATURE_SET_VERSION
 from schemas.registry import Stage
 from settings import Settings
+from training.history import history_from_ticks
 
 
 @pytest.fixture(scope="module")

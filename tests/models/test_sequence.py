@@ -1,7 +1,7 @@
 """N-HiTS and PatchTST voters, trained briefly on the bundled FXCM sample (real quotes, 2 days).
 
 History is replayed once per session through the live flow's own stage code
-(:func:`models.dataset.history_from_ticks`); the validation cut comes from
+(:func:`training.history.history_from_ticks`); the validation cut comes from
 :func:`models.dataset.time_split` over the labelled set. Each model trains once per session
 with 30 steps (well under a second each; ``import neuralforecast`` costs ~9 s once). The
 models are barely trained: these tests check plumbing and rules, not forecasting skill.
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from models.base import SignalModel
-from models.dataset import History, build_training_set, history_from_ticks, time_split
+from models.dataset import History, build_training_set, time_split
 from models.labels import LabelConfig, label_threshold
 from models.sequence import (
     TARGET_SCALE,
@@ -32,11 +32,11 @@ from models.sequence import (
     signal_from_forecast,
     training_frame,
 )
-from operators.features import FEATURE_SET_VERSION
-from schemas.features import FeatureVector
+from schemas.features import FEATURE_SET_VERSION, FeatureVector
 from schemas.signals import Action
 from schemas.timeutil import to_ms
 from settings import SAMPLE_TICKS, Settings
+from training.history import history_from_ticks
 
 MODELS = [NHITSModel, PatchTSTModel]
 TEST_STEPS = 30

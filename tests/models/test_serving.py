@@ -25,7 +25,7 @@ from models.registry import ModelRegistry
 from operators.ensemble import EnsembleConfig, RegistryModels, Scorer
 from schemas.features import FeatureVector
 from schemas.timeutil import from_ms
-from operators.features import FEATURE_NAMES
+from schemas.features import FEATURE_NAMES
 
 registry = ModelRegistry(sys.argv[1])
 policy = registry.load(POLICY_NAME)

@@ -1,7 +1,7 @@
 """XGBoost and LightGBM voters, trained on the bundled FXCM sample (real quotes, 2 days).
 
 The training set is built once per session through the live flow's own stage code
-(:func:`models.dataset.history_from_ticks`), split by time with a gap of one label horizon per
+(:func:`training.history.history_from_ticks`), split by time with a gap of one label horizon per
 symbol, and each model is trained once per module with seed 0 (about a second each). Warm
 starts continue those models on the later rows: the base's trees must stay first, unchanged.
 """
@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 
 from models.base import SignalModel
-from models.dataset import TrainingSet, build_training_set, history_from_ticks, time_split
+from models.dataset import TrainingSet, build_training_set, time_split
 from models.labels import LabelConfig
 from models.metrics import classification_report, constant_baseline, macro_f1
 from models.trees import LightGBMModel, TreeParams, XGBoostModel, balanced_weights
-from operators.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from schemas.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from schemas.signals import Action
 from settings import SAMPLE_TICKS, Settings
+from training.history import history_from_ticks
 
 MODELS = [XGBoostModel, LightGBMModel]
 Split = tuple[TrainingSet, np.ndarray, np.ndarray, np.ndarray]

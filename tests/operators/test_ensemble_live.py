@@ -8,12 +8,12 @@ from bytewax.testing import run_main
 
 from dataflows.live import build_live_flow
 from models.base import MODEL_NAMES
-from models.dataset import history_from_ticks
 from models.registry import ModelRegistry
 from operators.ensemble import EnsembleConfig, RegistryModels, Scorer
 from schemas.registry import Stage
 from settings import Settings
 from storage.store import open_store
+from training.history import history_from_ticks
 
 
 def test_live_flow_writes_a_signal_for_every_bar_with_four_votes(

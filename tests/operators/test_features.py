@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.features import FEATURE_NAMES, FeatureEngine
+from operators.features import FeatureEngine
+from schemas.features import FEATURE_NAMES
 from schemas.timeutil import to_ms
 
 

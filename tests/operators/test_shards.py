@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.decode import tick_rows_from_ticks
 from models.base import MODEL_NAMES
 from models.registry import ModelRegistry
 from operators.bars import BarBuilder, ShardBars, ShardBarStep
@@ -26,7 +27,7 @@ from operators.features import FeatureEngine, ShardFeatures
 from operators.validate import NEVER, ShardTicks, TickValidator, Validated, shard_of
 from schemas.decisions import Progress
 from schemas.signals import Action, Vote
-from schemas.ticks import Aggressor, SymbolTicks, Tick, TickOrigin, tick_rows_from_ticks
+from schemas.ticks import Aggressor, SymbolTicks, Tick, TickOrigin
 from schemas.timeutil import from_ms
 
 T0 = 1_700_000_000_000

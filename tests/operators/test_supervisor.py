@@ -41,7 +41,7 @@ def run(mode: SupervisorMode, actions: list[Action]) -> list:
 
 
 def test_audit_check_biased_signals_are_blocked_after_20_samples_over_70_percent() -> None:
-    """Seed 7.2.5: generate intentionally biased signals, verify blocking at > 70% bias."""
+    """The audit's check (docs/audit.md): biased signals are blocked at > 70% bias."""
     actions = [B] * 30  # every signal a BUY: 100% long bias
     decisions = run(SupervisorMode.ENFORCED, actions)
     allowed = [d.verdict.allowed for d in decisions]

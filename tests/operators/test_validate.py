@@ -13,10 +13,11 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors.decode import decode_messages, tick_rows_from_ticks
 from connectors.replay import ReplaySource
 from operators.validate import PRICE_RANGE, SIZE_RANGE, TickValidator, validate_ticks
 from schemas.dead_letters import Stage
-from schemas.ticks import Tick, TickOrigin, TickRows, decode_messages, tick_rows_from_ticks
+from schemas.ticks import Tick, TickOrigin, TickRows
 from schemas.timeutil import from_ms, iso, parse_iso
 
 T0 = 1_700_000_000_000

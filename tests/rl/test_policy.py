@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.dataset import history_from_ticks
-from rl.env import EnvConfig, SignalEvent, SizingEnv, momentum_signals
 from rl.policy import (
     JSON_NAME,
     PolicyRuntime,
@@ -27,6 +25,8 @@ from rl.policy import (
 from rl.state import NAMES, ActionBounds, RLState, map_action
 from schemas.signals import Action
 from settings import SAMPLE_TICKS, Settings
+from training.env import EnvConfig, SignalEvent, SizingEnv, momentum_signals
+from training.history import history_from_ticks
 
 PARAMS = PPOParams(n_steps=64, batch_size=64, n_epochs=4)
 

@@ -38,12 +38,13 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 
-from models.base import MODEL_LOCK, POLICY_NAME
-from operators.features import FEATURE_SET_VERSION
+from models.base import POLICY_NAME
 from operators.sizing import PolicySource
 from operators.stage import stage_builder
 from rl.policy import Transition
 from rl.reward import RewardWeights, trade_reward
+from runtime import MODEL_LOCK
+from schemas.features import FEATURE_SET_VERSION
 from schemas.learning import RLUpdate
 from schemas.registry import Stage
 from schemas.timeutil import from_ms, to_ms

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from models.base import MODEL_NAMES, POLICY_NAME
-from models.bootstrap import BootstrapConfig, bootstrap
 from models.registry import ModelRegistry
 from schemas.registry import Stage
 from settings import Settings
+from training.bootstrap import BootstrapConfig, bootstrap
 
 BITTREX = "candles/bittrex_10altBTC_1m_2018-01-20.csv.gz"
 

@@ -4,7 +4,7 @@ One call (``python -m cli.bootstrap``, or automatically when the live flow start
 empty registry) does the whole cycle:
 
 1. replay the ticks through the live flow's own validation, bar and feature code
-   (:func:`models.dataset.history_from_ticks`);
+   (:func:`training.history.history_from_ticks`);
 2. label the warm bars (:mod:`models.labels`) and split by time: 60% train, 10% early
    stopping, 15% validation, 15% test, purged at every cut (a row whose label ends within a
    horizon of the next slice is dropped, :func:`models.dataset.purged_split`), so no label
@@ -12,7 +12,7 @@ empty registry) does the whole cycle:
 3. train XGBoost and LightGBM (early stopping on its own slice) and N-HiTS and PatchTST (on the
    return series before the validation cut, less the embargo);
 4. score the validation and test splits with each model and with the ensemble's rules;
-5. pretrain the PPO sizing policy in :class:`rl.env.SizingEnv`, which replays the history's
+5. pretrain the PPO sizing policy in :class:`training.env.SizingEnv`, which replays the history's
    ticks through the live execution code, sized on the ensemble's own BUY/SELL signals (topped
    up with the documented momentum rule when the ensemble calls too few trades to learn from);
 6. publish all five to the registry as production, with the training data range and metrics,
@@ -33,30 +33,23 @@ import numpy as np
 from learning.drift import MODEL_NAME as REFERENCE
 from learning.drift import FeatureReference
 from models.base import MODEL_NAMES, POLICY_NAME, SignalModel
-from models.dataset import (
-    History,
-    TrainingSet,
-    bar_ms,
-    build_training_set,
-    history_from_ticks,
-    purged_split,
-)
+from models.dataset import History, TrainingSet, bar_ms, build_training_set, purged_split
 from models.labels import LabelConfig
 from models.metrics import classification_report, constant_baseline
 from models.registry import ModelRegistry
 from models.sequence import NHITSModel, NHITSParams, PatchTSTModel, PatchTSTParams
 from models.trees import LightGBMModel, TreeParams, XGBoostModel
 from operators.ensemble import Decision, EnsembleConfig, decide
-from operators.features import FEATURE_SET_VERSION
-from rl.env import EnvConfig, SignalEvent, SizingEnv, momentum_signals
 from rl.policy import PolicyRuntime, pretrain
-from schemas.features import FeatureVector
+from schemas.features import FEATURE_SET_VERSION, FeatureVector
 from schemas.registry import ModelVersion, Stage
 from schemas.signals import CLASS_OF, Action, Vote
 from schemas.tables import feature_rows
 from schemas.timeutil import from_ms, to_ms
 from settings import Settings
 from storage.store import Store
+from training.env import EnvConfig, SignalEvent, SizingEnv, momentum_signals
+from training.history import history_from_ticks
 
 SPLIT = (0.6, 0.1, 0.15, 0.15)  # train, early stopping, validation, test
 

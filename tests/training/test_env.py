@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 from stable_baselines3.common.env_checker import check_env
 
-from models.dataset import History, history_from_ticks
-from rl.env import EnvConfig, SignalEvent, SizingEnv, momentum_signals
+from models.dataset import History
 from rl.reward import trade_reward
 from rl.state import map_action
 from schemas.signals import Action
 from schemas.timeutil import to_ms
 from schemas.trades import ExitReason, Sizing
 from settings import SAMPLE_TICKS, Settings
+from training.env import EnvConfig, SignalEvent, SizingEnv, momentum_signals
+from training.history import history_from_ticks
 
 SETTINGS = Settings.from_env({})
 
@@ -145,7 +146,7 @@ def test_previewed_close_is_the_close_that_happens(
 
 def _sized(env: SizingEnv, request):
     from operators.sizing import sized_from
-    from rl.env import env_decision
+    from training.env import env_decision
 
     state = request.state
     d = env_decision(state.to_array(), np.zeros(3), env.bounds, state.equity_usd)

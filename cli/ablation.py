@@ -322,7 +322,7 @@ def run_arm(
     print(f"evaluate: replaying with learning {arm} ...", file=log, flush=True)
     result = home / "result.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "learning.ablation", str(result), *(str(p) for p in train)],
+        [sys.executable, "-m", "cli.ablation", str(result), *(str(p) for p in train)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -350,9 +350,9 @@ def arm_main(result: Path, train: Sequence[Path]) -> None:
     from bytewax.testing import run_main
 
     from dataflows.live import build_live_flow
-    from models.bootstrap import store_features
-    from models.dataset import history_from_ticks
     from storage.store import open_store
+    from training.bootstrap import store_features
+    from training.history import history_from_ticks
 
     settings = Settings.from_env()
     history = history_from_ticks(",".join(str(p) for p in train), settings)
@@ -395,8 +395,8 @@ def bootstrap_registry(
     settings: Settings, directory: Path, train: Sequence[Path], quick: bool, log: TextIO
 ) -> None:
     """Train all five models on ``train`` into a registry at ``directory`` (seeded)."""
-    from models.bootstrap import BootstrapConfig, bootstrap
     from models.registry import ModelRegistry
+    from training.bootstrap import BootstrapConfig, bootstrap
 
     print(f"evaluate: training on {', '.join(p.name for p in train)} ...", file=log, flush=True)
     bootstrap(

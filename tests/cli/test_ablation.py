@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learning.ablation import (
+from cli.ablation import (
     MIN_DAYS,
     DailyPanel,
     changed_settings,

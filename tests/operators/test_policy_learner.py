@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from learning.rl_learner import PENDING_FILE, LearnerConfig, PolicyLearner, transition_of
 from models.base import POLICY_NAME
-from models.dataset import history_from_ticks
 from models.registry import ModelRegistry
+from operators.policy_learner import PENDING_FILE, LearnerConfig, PolicyLearner, transition_of
 from operators.sizing import PolicySource, decision_noise
-from rl.env import EnvConfig, SizingEnv, momentum_signals
 from schemas.trades import JoinedTrade, JoinSource
 from settings import Settings
+from training.env import EnvConfig, SizingEnv, momentum_signals
+from training.history import history_from_ticks
 
 INTERVAL = 6
 
