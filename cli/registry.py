@@ -53,7 +53,7 @@ from models.registry import (
     stages_from_records,
     version_span,
 )
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from schemas.timeutil import iso, parse_iso
 from settings import Settings
 from storage.store import Store, StoreUnavailable, open_store
@@ -166,7 +166,7 @@ def describe(
     except ValueError:  # not JSON: the file check says so
         manifest = {}
     stages = registry.stages(model) if stages is None else stages
-    entry = stages.get(version, {"stage": Stage.CANDIDATE.value})
+    entry = stages.get(version, {"stage": ModelStage.CANDIDATE.value})
     check = registry.check_files(model, version)
     return {
         "model": model,
@@ -380,7 +380,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
             return f"{model} {version} is production already; nothing changed"
         _checked(registry, model, version, "promote")
         _same_features(registry, model, version, current, "promote")
-        registry.set_stage(model, version, Stage.PRODUCTION, who("promote"), manual=True)
+        registry.set_stage(model, version, ModelStage.PRODUCTION, who("promote"), manual=True)
         was = f" ({current} retired)" if current else ""
         return (
             f"{model}: {version} is production{was}; the live flow decides with it from "
@@ -421,16 +421,16 @@ def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
     def retire(registry: ModelRegistry) -> str:
         version = _version(registry, model, args.version)
         stage = registry.get(model, version).stage
-        if stage is Stage.PRODUCTION:
+        if stage is ModelStage.PRODUCTION:
             raise errors.UserError(
                 f"{model} {version} is the production version and a model keeps one: roll back "
                 f"(python -m cli.registry rollback {model}) or promote another version "
                 f"(python -m cli.registry promote {model} VERSION), which retires it"
             )
-        if stage is Stage.RETIRED:
+        if stage is ModelStage.RETIRED:
             return f"{model} {version} is retired already; nothing changed"
-        registry.set_stage(model, version, Stage.RETIRED, who("retire"), manual=True)
-        ended = " (its shadow test ends)" if stage is Stage.SHADOW else ""
+        registry.set_stage(model, version, ModelStage.RETIRED, who("retire"), manual=True)
+        ended = " (its shadow test ends)" if stage is ModelStage.SHADOW else ""
         return f"{model}: {version} retired, was {stage.value}{ended}"
 
     return _change(settings, retire)

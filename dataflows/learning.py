@@ -29,7 +29,7 @@ from errors import UserError
 from learning.learner import LEARNER_KEY, Sequenced
 from runtime import install_stop_handlers, tune_gc
 from schemas import codec
-from schemas.dead_letters import DeadLetters, Stage
+from schemas.dead_letters import DeadLetters, RejectedAt
 from schemas.trades import decode_sequenced
 from settings import Settings
 
@@ -53,7 +53,9 @@ def decode(msg: object) -> Sequenced | DeadLetters:
         except (codec.SchemaError, ValueError) as exc:
             reason = str(exc)[:300]
     dead = DeadLetters()
-    dead.add(source, m.offset if m.offset is not None else -1, None, "", Stage.DECODE, reason, raw)
+    dead.add(
+        source, m.offset if m.offset is not None else -1, None, "", RejectedAt.DECODE, reason, raw
+    )
     return dead
 
 

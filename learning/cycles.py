@@ -50,7 +50,7 @@ from models.registry import ModelRegistry
 from schemas import codec
 from schemas.features import FEATURE_SET_VERSION, FeatureVector
 from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from schemas.signals import CLASS_OF, Action
 from schemas.tables import feature_rows
 from schemas.timeutil import from_ms, iso, to_ms
@@ -357,7 +357,7 @@ class CycleRunner:
             mv = registry.publish(
                 model,
                 copy_writer(Path(result.paths[name])),
-                stage=Stage.SHADOW,
+                stage=ModelStage.SHADOW,
                 feature_set=FEATURE_SET_VERSION,
                 data_from=from_ms(result.train_from_ms),
                 data_to=from_ms(result.val_from_ms),
@@ -373,7 +373,7 @@ class CycleRunner:
         cycle.reference_version = registry.publish(
             REFERENCE,
             reference.save,
-            stage=Stage.SHADOW,
+            stage=ModelStage.SHADOW,
             feature_set=FEATURE_SET_VERSION,
             data_from=from_ms(result.train_from_ms),
             data_to=from_ms(result.val_from_ms),
@@ -388,11 +388,11 @@ class CycleRunner:
         return [cycle.record(now)]
 
     def promote_reference(self, cycle: Cycle) -> None:
-        self.registry.set_stage(REFERENCE, cycle.reference_version, Stage.PRODUCTION)
+        self.registry.set_stage(REFERENCE, cycle.reference_version, ModelStage.PRODUCTION)
         cycle.reference_promoted = True
 
     def retire_reference(self, cycle: Cycle) -> None:
-        self.registry.set_stage(REFERENCE, cycle.reference_version, Stage.RETIRED)
+        self.registry.set_stage(REFERENCE, cycle.reference_version, ModelStage.RETIRED)
 
     # --- challengers an earlier run left in shadow --------------------------------------------
     def resume_orphans(

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from errors import UserError
-from schemas.registry import ModelVersion, Stage
+from schemas.registry import ModelStage, ModelVersion
 from schemas.timeutil import iso, parse_iso
 from storage.store import Store
 
@@ -124,7 +124,7 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
 
 def rolled_back(entry: Mapping[str, Any]) -> bool:
     """Whether a rollback retired this version (and nothing promoted it since)."""
-    return entry["stage"] == Stage.RETIRED and bool(entry.get("rolled_back"))
+    return entry["stage"] == ModelStage.RETIRED and bool(entry.get("rolled_back"))
 
 
 @dataclass
@@ -199,7 +199,7 @@ class ModelRegistry:
         model: str,
         write: Callable[[Path], list[Path]],
         *,
-        stage: Stage,
+        stage: ModelStage,
         feature_set: str,
         data_from: datetime | None = None,
         data_to: datetime | None = None,
@@ -220,7 +220,7 @@ class ModelRegistry:
                     existing = None  # rolled back: the learner's next step is a new version
             if existing is not None:
                 mv = self.get(model, existing)
-                if mv.stage is Stage.CANDIDATE:  # a crash came between publish and stage
+                if mv.stage is ModelStage.CANDIDATE:  # a crash came between publish and stage
                     mv = self.set_stage(model, existing, stage, PUBLISHED)
                 return mv
         model_dir = self.model_dir(model)
@@ -293,7 +293,7 @@ class ModelRegistry:
         return f"v{max(existing, default=0) + 1:04d}"
 
     def set_stage(
-        self, model: str, version: str, stage: Stage, reason: str = "", manual: bool = False
+        self, model: str, version: str, stage: ModelStage, reason: str = "", manual: bool = False
     ) -> ModelVersion:
         """Move a version to ``stage``; a new production version retires the previous one.
         ``reason`` says who made the change (the history's ``by``); ``manual``: a person did,
@@ -317,14 +317,16 @@ class ModelRegistry:
                     f"version instead: python -m cli.registry promote {model} VERSION"
                 )
             self.verified_path(model, previous)
-            self._set_stage_locked(model, previous, Stage.PRODUCTION, reason, True, rollback=True)
+            self._set_stage_locked(
+                model, previous, ModelStage.PRODUCTION, reason, True, rollback=True
+            )
         return self.get(model, previous)
 
     def _set_stage_locked(
         self,
         model: str,
         version: str,
-        stage: Stage,
+        stage: ModelStage,
         reason: str,
         manual: bool = False,
         rollback: bool = False,
@@ -335,16 +337,16 @@ class ModelRegistry:
         stages = dict(self._read_stages(model, fresh=True))
         now = iso(_now())
         changed = {version: stage}
-        if stage is Stage.PRODUCTION:
+        if stage is ModelStage.PRODUCTION:
             changed |= {
-                v: Stage.RETIRED
+                v: ModelStage.RETIRED
                 for v, e in stages.items()
-                if v != version and e["stage"] == Stage.PRODUCTION
+                if v != version and e["stage"] == ModelStage.PRODUCTION
             }
         for v, new in changed.items():
             entry = dict(stages.get(v, {}))
             entry.pop("rolled_back", None)
-            if v == version and new is Stage.PRODUCTION:
+            if v == version and new is ModelStage.PRODUCTION:
                 entry["promoted_at"] = now
             elif rollback:
                 entry["rolled_back"] = True
@@ -500,7 +502,7 @@ class ModelRegistry:
             ):
                 raise ValueError("not a {version: {stage: ...}} object")
             for e in stages.values():
-                Stage(e["stage"])
+                ModelStage(e["stage"])
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise self._stages_missing(
                 model, f"is corrupt ({exc})", self.version_names(model)
@@ -554,11 +556,11 @@ class ModelRegistry:
 
     def get(self, model: str, version: str) -> ModelVersion:
         m = self.manifest(model, version)
-        entry = self._read_stages(model).get(version, {"stage": Stage.CANDIDATE.value})
+        entry = self._read_stages(model).get(version, {"stage": ModelStage.CANDIDATE.value})
         return ModelVersion(
             model=model,
             version=version,
-            stage=Stage(entry["stage"]),
+            stage=ModelStage(entry["stage"]),
             sha256=m["sha256"],
             feature_set=m["feature_set"],
             data_from=_dt(m["data_from"]),
@@ -568,7 +570,7 @@ class ModelRegistry:
             promoted_at=_dt(entry.get("promoted_at")),
         )
 
-    def versions(self, model: str, stage: Stage | None = None) -> list[ModelVersion]:
+    def versions(self, model: str, stage: ModelStage | None = None) -> list[ModelVersion]:
         with self._lock:
             stages = self._read_stages(model)
         out = [self.get(model, v) for v in sorted(stages)]
@@ -584,7 +586,7 @@ class ModelRegistry:
         with self._lock:
             return previous_production(self._read_stages(model))
 
-    def versions_in(self, model: str, stage: Stage) -> list[str]:
+    def versions_in(self, model: str, stage: ModelStage) -> list[str]:
         """Versions of ``model`` in ``stage`` (cheap, like :meth:`production_version`)."""
         with self._lock:
             return sorted(v for v, e in self._read_stages(model).items() if e["stage"] == stage)
@@ -662,7 +664,7 @@ class ModelRegistry:
 def production_of(stages: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The production version in a ``stages.json`` mapping."""
     for version, entry in stages.items():
-        if entry["stage"] == Stage.PRODUCTION:
+        if entry["stage"] == ModelStage.PRODUCTION:
             return version
     return None
 
@@ -676,7 +678,7 @@ def previous_production(stages: Mapping[str, Mapping[str, Any]]) -> str | None:
         (e["promoted_at"], v)
         for v, e in stages.items()
         if v != current
-        and e["stage"] == Stage.RETIRED
+        and e["stage"] == ModelStage.RETIRED
         and e.get("promoted_at")
         and not rolled_back(e)
     ]
@@ -697,10 +699,10 @@ def stages_from_records(
     for version in sorted(on_disk):
         row = by_version.get(version)
         if row is None:
-            stages[version] = {"stage": Stage.CANDIDATE.value}
+            stages[version] = {"stage": ModelStage.CANDIDATE.value}
             notes.append(f"{version}: no model_registry row; kept as a candidate")
             continue
-        entry: dict[str, Any] = {"stage": Stage(row["stage"]).value}
+        entry: dict[str, Any] = {"stage": ModelStage(row["stage"]).value}
         if row.get("promoted_at") is not None:
             entry["promoted_at"] = iso(row["promoted_at"])
         stages[version] = entry
@@ -709,10 +711,12 @@ def stages_from_records(
             f"{version}: recorded as {by_version[version]['stage']} but not on disk; left out"
         )
     producing = sorted(
-        (e.get("promoted_at", ""), v) for v, e in stages.items() if e["stage"] == Stage.PRODUCTION
+        (e.get("promoted_at", ""), v)
+        for v, e in stages.items()
+        if e["stage"] == ModelStage.PRODUCTION
     )
     for _, version in producing[:-1]:
-        stages[version]["stage"] = Stage.RETIRED.value
+        stages[version]["stage"] = ModelStage.RETIRED.value
         notes.append(
             f"{version}: recorded as production too; retired (promoted earlier than "
             f"{producing[-1][1]})"

@@ -172,9 +172,11 @@ class RegistryModels(ModelSource):
         self._shadows: dict[tuple[str, str], LoadedModel] = {}
 
     def shadows(self) -> list[LoadedModel]:
-        from schemas.registry import Stage
+        from schemas.registry import ModelStage
 
-        wanted = {(n, v) for n in self.names for v in self.registry.versions_in(n, Stage.SHADOW)}
+        wanted = {
+            (n, v) for n in self.names for v in self.registry.versions_in(n, ModelStage.SHADOW)
+        }
         for key in set(self._shadows) - wanted:
             del self._shadows[key]
         for name, version in sorted(wanted - set(self._shadows)):

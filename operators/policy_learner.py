@@ -46,7 +46,7 @@ from rl.reward import RewardWeights, trade_reward
 from runtime import MODEL_LOCK
 from schemas.features import FEATURE_SET_VERSION
 from schemas.learning import RLUpdate
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from schemas.timeutil import from_ms, to_ms
 from schemas.trades import JoinedTrade, Sizing
 from settings import DEFAULTS, Settings
@@ -140,7 +140,7 @@ class PolicyLearner:
                 version = self.registry.publish(
                     POLICY_NAME,
                     runtime.save,
-                    stage=Stage.PRODUCTION,
+                    stage=ModelStage.PRODUCTION,
                     feature_set=FEATURE_SET_VERSION,
                     data_from=from_ms(self.oldest_ms),
                     data_to=from_ms(self.newest_ms),

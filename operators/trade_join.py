@@ -45,7 +45,7 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
-from schemas.dead_letters import DeadLetters, Stage
+from schemas.dead_letters import DeadLetters, RejectedAt
 from schemas.timeutil import to_ms
 from schemas.trades import (
     IncompleteEntryState,
@@ -222,7 +222,7 @@ class TradeJoiner:
             OPENED_ROW if isinstance(event, TradeOpened) else CLOSED_ROW,
             event_ms(event),
             event.symbol,
-            Stage.JOIN,
+            RejectedAt.JOIN,
             reason,
             encode_event(event).decode(),
         )

@@ -47,7 +47,7 @@ from bytewax.dataflow import Stream, operator
 from metrics import DEAD_LETTER_REASON, reason_kind
 from operators.stage import stage_builder
 from operators.summary import Counts
-from schemas.dead_letters import TS_UNKNOWN, DeadLetters, Stage
+from schemas.dead_letters import TS_UNKNOWN, DeadLetters, RejectedAt
 from schemas.ticks import (
     MS_MAX,
     MS_MIN,
@@ -173,7 +173,7 @@ class TickValidator:
         stage = np.full(n, None, dtype=object)
         free = np.ones(n, dtype=bool)  # no reason yet (cheaper than comparing the objects)
 
-        def reject(mask: np.ndarray, why: str | Iterable[str], at: Stage) -> None:
+        def reject(mask: np.ndarray, why: str | Iterable[str], at: RejectedAt) -> None:
             fresh = mask & free
             if fresh.any():
                 idx = np.flatnonzero(fresh)
@@ -182,26 +182,30 @@ class TickValidator:
                 free[idx] = False
 
         for i, why in rows.errors.items():
-            reason[i], stage[i], free[i] = why, Stage.DECODE, False
+            reason[i], stage[i], free[i] = why, RejectedAt.DECODE, False
         if self.universe:
             known = np.isin(rows.symbol, list(self.universe))
-            reject(~known, "unknown symbol", Stage.VALIDATE)
+            reject(~known, "unknown symbol", RejectedAt.VALIDATE)
         with np.errstate(invalid="ignore", over="ignore"):
             is_quote = rows.origin == QUOTE
             # a quote's mid can overflow where its bid and ask do not: judge the quoted sides
-            reject(~is_quote & ~np.isfinite(rows.price), "non-finite price", Stage.VALIDATE)
+            reject(~is_quote & ~np.isfinite(rows.price), "non-finite price", RejectedAt.VALIDATE)
             reject(
                 is_quote & ~(np.isfinite(rows.bid) & np.isfinite(rows.ask)),
                 "non-finite price",
-                Stage.VALIDATE,
+                RejectedAt.VALIDATE,
             )
-            reject(~is_quote & (rows.price <= 0), "non-positive price", Stage.VALIDATE)
+            reject(~is_quote & (rows.price <= 0), "non-positive price", RejectedAt.VALIDATE)
             reject(
-                is_quote & ((rows.bid <= 0) | (rows.ask <= 0)), "non-positive price", Stage.VALIDATE
+                is_quote & ((rows.bid <= 0) | (rows.ask <= 0)),
+                "non-positive price",
+                RejectedAt.VALIDATE,
             )
-            reject(~is_quote & _outside(rows.price), PRICE_RANGE, Stage.VALIDATE)
+            reject(~is_quote & _outside(rows.price), PRICE_RANGE, RejectedAt.VALIDATE)
             reject(
-                is_quote & (_outside(rows.bid) | _outside(rows.ask)), PRICE_RANGE, Stage.VALIDATE
+                is_quote & (_outside(rows.bid) | _outside(rows.ask)),
+                PRICE_RANGE,
+                RejectedAt.VALIDATE,
             )
             if rows.candle is not None:
                 o, h, lo = rows.candle
@@ -209,23 +213,27 @@ class TickValidator:
                 reject(
                     is_candle & ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo)),
                     "non-finite price",
-                    Stage.VALIDATE,
+                    RejectedAt.VALIDATE,
                 )
-                reject(is_candle & ((o <= 0) | (lo <= 0)), "non-positive price", Stage.VALIDATE)
+                reject(
+                    is_candle & ((o <= 0) | (lo <= 0)), "non-positive price", RejectedAt.VALIDATE
+                )
                 reject(
                     is_candle & (_outside(o) | _outside(h) | _outside(lo)),
                     PRICE_RANGE,
-                    Stage.VALIDATE,
+                    RejectedAt.VALIDATE,
                 )
-            reject(rows.size < 0, "negative size", Stage.VALIDATE)
-            reject(rows.size > SIZE_MAX, SIZE_RANGE, Stage.VALIDATE)
-            reject(is_quote & (rows.bid > rows.ask), "crossed quote (bid > ask)", Stage.VALIDATE)
+            reject(rows.size < 0, "negative size", RejectedAt.VALIDATE)
+            reject(rows.size > SIZE_MAX, SIZE_RANGE, RejectedAt.VALIDATE)
+            reject(
+                is_quote & (rows.bid > rows.ask), "crossed quote (bid > ask)", RejectedAt.VALIDATE
+            )
             if rows.candle is not None:
                 c = rows.price
                 reject(
                     is_candle & ((h < lo) | (o > h) | (o < lo) | (c > h) | (c < lo)),
                     "inconsistent candle",
-                    Stage.VALIDATE,
+                    RejectedAt.VALIDATE,
                 )
         latest = self.now_ms() + FUTURE_MS
         early = rows.ts_ms < EARLIEST_MS
@@ -242,7 +250,7 @@ class TickValidator:
                         early.tolist(), late.tolist(), rows.ts_ms.tolist(), strict=True
                     )
                 ],
-                Stage.VALIDATE,
+                RejectedAt.VALIDATE,
             )
 
         # time jumping ahead of the partition (module docstring); may hold back a tail
@@ -255,7 +263,7 @@ class TickValidator:
                 f"past the newest tick of its feed, {_when(ref)}, and the rows after "
                 "it are not"
             )
-            stage[i] = Stage.ORDER
+            stage[i] = RejectedAt.ORDER
             free[i] = False
         if hold_at is not None:
             cut = int(cand[hold_at])
@@ -278,12 +286,12 @@ class TickValidator:
 
         dead = DeadLetters()
         for src, row, raw, why in rows.extra_dead:
-            dead.add(src, row, None, "", Stage.DECODE, why, raw)
+            dead.add(src, row, None, "", RejectedAt.DECODE, why, raw)
         bad = np.flatnonzero(reason != None)  # noqa: E711
         if len(bad):
             ts = rows.ts_ms
             ts = np.where((ts < STORABLE_MS[0]) | (ts > STORABLE_MS[1]), TS_UNKNOWN, ts)
-            for at in (Stage.DECODE, Stage.VALIDATE, Stage.ORDER):
+            for at in (RejectedAt.DECODE, RejectedAt.VALIDATE, RejectedAt.ORDER):
                 idx = bad[stage[bad] == at]
                 if len(idx) == 0:
                     continue
@@ -345,7 +353,7 @@ class TickValidator:
             reason[bad] = [
                 f"time went backwards by {int(d)} ms" for d in (newest_before[late] - ts[late])
             ]
-            stage[bad] = Stage.ORDER
+            stage[bad] = RejectedAt.ORDER
         keep = ~late
         kept, gk = idx[keep], g[keep]
         kept_counts = np.bincount(gk, minlength=len(names))

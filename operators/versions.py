@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from models.base import MODEL_NAMES
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class ActiveModels:
                 )
             self.production[name] = version
         self.shadows = [
-            (n, v) for n in self.names for v in self.registry.versions_in(n, Stage.SHADOW)
+            (n, v) for n in self.names for v in self.registry.versions_in(n, ModelStage.SHADOW)
         ]
 
     def refresh(self) -> None:
@@ -111,7 +111,7 @@ class ActiveModels:
             if version is not None:
                 self.production[name] = version
         self.shadows = [
-            (m, v) for m, v in self.shadows if v in self.registry.versions_in(m, Stage.SHADOW)
+            (m, v) for m, v in self.shadows if v in self.registry.versions_in(m, ModelStage.SHADOW)
         ]
 
     def keys(self) -> set[tuple[str, str]]:
@@ -124,18 +124,18 @@ class ActiveModels:
 
     def promote(self, model: str, version: str) -> None:
         """``version`` decides from now on; the previous production version is retired."""
-        self.registry.set_stage(model, version, Stage.PRODUCTION, "clm: promoted")
+        self.registry.set_stage(model, version, ModelStage.PRODUCTION, "clm: promoted")
         self.production[model] = version
         self._drop(model, version)
 
     def park(self, model: str, version: str) -> None:
         """A challenger proven better while auto-promotion is off: out of shadow, kept as a
         candidate for a person to promote."""
-        self.registry.set_stage(model, version, Stage.CANDIDATE, "clm: parked")
+        self.registry.set_stage(model, version, ModelStage.CANDIDATE, "clm: parked")
         self._drop(model, version)
 
     def retire(self, model: str, version: str) -> None:
-        self.registry.set_stage(model, version, Stage.RETIRED, "clm: retired")
+        self.registry.set_stage(model, version, ModelStage.RETIRED, "clm: retired")
         self._drop(model, version)
 
     def _drop(self, model: str, version: str) -> None:

@@ -22,7 +22,7 @@ from schemas.timeutil import from_ms
 TS_UNKNOWN = np.iinfo(np.int64).min
 
 
-class Stage(StrEnum):
+class RejectedAt(StrEnum):
     """Where a record was rejected."""
 
     DECODE = "decode"  # not a row of the expected layout / not a valid JSON tick
@@ -42,7 +42,7 @@ class DeadLetter:
     row: int
     ts: datetime | None
     symbol: str
-    stage: Stage
+    stage: RejectedAt
     reason: str
     raw: str
 
@@ -55,7 +55,7 @@ class DeadLetters:
     row: list[int] = field(default_factory=list)
     ts_ms: list[int] = field(default_factory=list)
     symbol: list[str] = field(default_factory=list)
-    stage: list[Stage] = field(default_factory=list)
+    stage: list[RejectedAt] = field(default_factory=list)
     reason: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
 
@@ -68,7 +68,7 @@ class DeadLetters:
         row: int,
         ts_ms: int | None,
         symbol: str,
-        stage: Stage,
+        stage: RejectedAt,
         reason: str,
         raw: str,
     ) -> None:
@@ -86,7 +86,7 @@ class DeadLetters:
         row: Sequence[int],
         ts_ms: Sequence[int],
         symbol: Sequence[str],
-        stage: Stage,
+        stage: RejectedAt,
         reason: Sequence[str],
         raw: Sequence[str],
     ) -> None:

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 
-class Stage(StrEnum):
+class ModelStage(StrEnum):
     CANDIDATE = "candidate"
     SHADOW = "shadow"
     PRODUCTION = "production"
@@ -20,7 +20,7 @@ class ModelVersion:
 
     model: str
     version: str
-    stage: Stage
+    stage: ModelStage
     sha256: str
     feature_set: str
     data_from: datetime | None

@@ -42,7 +42,7 @@ from models.trees import LightGBMModel, TreeParams, XGBoostModel
 from operators.ensemble import Decision, EnsembleConfig, decide
 from rl.policy import PolicyRuntime, pretrain
 from schemas.features import FEATURE_SET_VERSION, FeatureVector
-from schemas.registry import ModelVersion, Stage
+from schemas.registry import ModelStage, ModelVersion
 from schemas.signals import CLASS_OF, Action, Vote
 from schemas.tables import feature_rows
 from schemas.timeutil import from_ms, to_ms
@@ -243,7 +243,7 @@ def bootstrap(
     registry.publish(
         REFERENCE,
         FeatureReference.fit(data.X[train], ts_ms=data.ts_ms[train]).save,
-        stage=Stage.PRODUCTION,
+        stage=ModelStage.PRODUCTION,
         feature_set=FEATURE_SET_VERSION,
         data_from=data_from,
         data_to=data_to,
@@ -256,7 +256,7 @@ def bootstrap(
         versions[name] = registry.publish(
             name,
             model.save,
-            stage=Stage.PRODUCTION,
+            stage=ModelStage.PRODUCTION,
             feature_set=FEATURE_SET_VERSION,
             data_from=data_from,
             data_to=data_to,

@@ -23,7 +23,7 @@ from errors import UserError
 from models.registry import GENERATION, UNRECORDED, ModelRegistry, StagesMissing
 from operators.engine import DecisionEngine
 from operators.versions import ActiveModels
-from schemas.registry import ModelVersion, Stage
+from schemas.registry import ModelStage, ModelVersion
 from schemas.timeutil import to_ms
 from settings import PROJECT_ROOT, Settings
 from storage.store import open_store
@@ -32,7 +32,7 @@ from storage.store import open_store
 def copy_version(
     reg: ModelRegistry,
     model: str,
-    stage: Stage,
+    stage: ModelStage,
     version: str = "v0001",
     params: dict[str, str] | None = None,
 ) -> ModelVersion:
@@ -117,7 +117,7 @@ def recorded(store, model: str) -> dict[str, str]:
 def test_promote_rollback_and_retire(capsys, reg_settings: Settings, store) -> None:
     root = reg_settings.registry_dir
     reg = ModelRegistry(root, store)
-    v2 = copy_version(reg, "xgboost", Stage.SHADOW).version
+    v2 = copy_version(reg, "xgboost", ModelStage.SHADOW).version
     assert recorded(store, "xgboost") == {"v0002": "shadow"}
     with pytest.raises(
         UserError,
@@ -132,7 +132,7 @@ def test_promote_rollback_and_retire(capsys, reg_settings: Settings, store) -> N
     )
     fresh = ModelRegistry(root)
     assert fresh.production_version("xgboost") == "v0002"
-    assert fresh.get("xgboost", "v0001").stage is Stage.RETIRED
+    assert fresh.get("xgboost", "v0001").stage is ModelStage.RETIRED
     history = fresh.history("xgboost", "v0002")
     assert [h["stage"] for h in history] == ["shadow", "production"]
     assert history[0]["by"] == "published"
@@ -159,7 +159,7 @@ def test_promote_rollback_and_retire(capsys, reg_settings: Settings, store) -> N
         r"keeps one: roll back",
     ):
         main(["retire", "xgboost", "v0001"], reg_settings)
-    v3 = copy_version(reg, "xgboost", Stage.SHADOW).version
+    v3 = copy_version(reg, "xgboost", ModelStage.SHADOW).version
     out = run(capsys, "retire", "xgboost", v3, settings=reg_settings)
     assert out == "xgboost: v0003 retired, was shadow (its shadow test ends)\n"
     assert recorded(store, "xgboost") == {
@@ -179,7 +179,7 @@ def test_promote_rollback_and_retire(capsys, reg_settings: Settings, store) -> N
 
 def test_promote_refuses_a_damaged_version(reg_settings: Settings) -> None:
     reg = ModelRegistry(reg_settings.registry_dir)
-    v2 = copy_version(reg, "lightgbm", Stage.CANDIDATE).version
+    v2 = copy_version(reg, "lightgbm", ModelStage.CANDIDATE).version
     (reg.model_dir("lightgbm") / v2 / "model.txt").write_text("tampered")
     with pytest.raises(
         UserError,
@@ -235,8 +235,8 @@ def test_repair_rebuilds_stages_from_the_table(
     root = reg_settings.registry_dir
     reg = ModelRegistry(root, store)
     for model in ("xgboost", "lightgbm"):
-        copy_version(reg, model, Stage.PRODUCTION)  # recorded: v0002 production, v0001 retired
-    copy_version(reg, "xgboost", Stage.SHADOW)
+        copy_version(reg, model, ModelStage.PRODUCTION)  # recorded: v0002 production, v0001 retired
+    copy_version(reg, "xgboost", ModelStage.SHADOW)
     run(capsys, "rollback", "lightgbm", settings=reg_settings)
     expected = {
         m: {v: (e["stage"], e.get("promoted_at")) for v, e in reg.stages(m).items()}
@@ -293,7 +293,7 @@ class Terminal(io.StringIO):
 
 def test_repair_asks_at_a_terminal(capsys, monkeypatch, reg_settings: Settings, store) -> None:
     root = reg_settings.registry_dir
-    copy_version(ModelRegistry(root, store), "ppo", Stage.PRODUCTION)
+    copy_version(ModelRegistry(root, store), "ppo", ModelStage.PRODUCTION)
     stages = root / "ppo" / "stages.json"
     expected = stages.read_text()
     stages.unlink()
@@ -324,7 +324,7 @@ def test_the_learner_closes_a_challenger_taken_out_of_shadow_by_hand(
 
     reg = ModelRegistry(reg_settings.registry_dir, store)
     versions = {
-        m: copy_version(reg, m, Stage.SHADOW, params={"cycle": "clm-0001-x"}).version
+        m: copy_version(reg, m, ModelStage.SHADOW, params={"cycle": "clm-0001-x"}).version
         for m in ("xgboost", "lightgbm")
     }
     cycle = Cycle(
@@ -360,7 +360,7 @@ def test_the_learner_closes_a_challenger_taken_out_of_shadow_by_hand(
     assert "moved to production by hand" in decided.reasons["lightgbm"]
     assert "moved to retired by hand" in decided.reasons["xgboost"]
     assert reg.production_version("lightgbm") == "v0002"  # untouched by the learner
-    assert reg.get("xgboost", "v0002").stage is Stage.RETIRED
+    assert reg.get("xgboost", "v0002").stage is ModelStage.RETIRED
     resumed = ActiveModels(
         reg, owned=True, state={"production": {"lightgbm": "v0001"}, "shadows": [], "manual": 0}
     )
@@ -381,7 +381,7 @@ def test_the_live_flow_decides_with_a_rollback_from_the_next_bar(
     The CLI takes longer than the engine's polling interval, so the very next bar sees it."""
     reg = ModelRegistry(registry_copy)
     for model in ("xgboost", "ppo"):
-        copy_version(reg, model, Stage.PRODUCTION)
+        copy_version(reg, model, ModelStage.PRODUCTION)
     s = settings.replace(
         ticks=str(sample_ticks),
         registry_path=registry_copy,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from connectors.clickhouse import TableWriter
-from schemas.dead_letters import DeadLetters, Stage
+from schemas.dead_letters import DeadLetters, RejectedAt
 from schemas.tables import dead_letter_rows
 
 T0 = 1_399_334_400_000
@@ -17,7 +17,7 @@ T0 = 1_399_334_400_000
 def block(n: int, start: int = 0) -> Any:
     dead = DeadLetters()
     for i in range(start, start + n):
-        dead.add("test.csv", i, T0 + i, "EURUSD", Stage.VALIDATE, "crossed quote", f"row {i}")
+        dead.add("test.csv", i, T0 + i, "EURUSD", RejectedAt.VALIDATE, "crossed quote", f"row {i}")
     return dead_letter_rows(dead)
 
 

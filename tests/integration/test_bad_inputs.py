@@ -25,7 +25,7 @@ import pytest
 
 from connectors.replay import ReplaySource
 from operators.validate import PRICE_RANGE, TickValidator
-from schemas.dead_letters import Stage
+from schemas.dead_letters import RejectedAt
 from settings import PROJECT_ROOT
 
 QUOTES = "quotes/truefx_USDJPY_2013-01-01_quotes.csv.gz"  # 1,000 TRUEFX:USDJPY quotes
@@ -260,48 +260,48 @@ def test_a_bug_keeps_its_traceback_with_credentials_redacted() -> None:
 
 # --- row-level problems: dead letters with a reason, every clock unmoved ---------------------
 
-ROWS: list[tuple[str, str, Stage, str]] = [
+ROWS: list[tuple[str, str, RejectedAt, str]] = [
     (
         "time at the end of the calendar",
         "9999-12-31T23:59:59.999Z,{sym},86.7,86.8,,",
-        Stage.VALIDATE,
+        RejectedAt.VALIDATE,
         "time outside the sane range: 9999-12-31T23:59:59.999Z is more than 1 day "
         "after the wall clock",
     ),
     (
         "time far in the future",
         "9999-06-01T00:00:00.000Z,{sym},86.7,86.8,,",
-        Stage.VALIDATE,
+        RejectedAt.VALIDATE,
         "time outside the sane range: 9999-06-01T00:00:00.000Z is more than 1 day after the wall "
         "clock",
     ),
     (
         "time before 1990",
         "1989-12-31T23:59:59.000Z,{sym},86.7,86.8,,",
-        Stage.VALIDATE,
+        RejectedAt.VALIDATE,
         "time outside the sane range: 1989-12-31T23:59:59.000Z is before 1990-01-01",
     ),
     (
         "time jumping years ahead",
         "2020-01-01T00:00:00.000Z,{sym},86.7,86.8,,",
-        Stage.ORDER,
+        RejectedAt.ORDER,
         "time jumped ahead: 2020-01-01T00:00:00.000Z is more than 1 day past the newest tick of "
         "its feed, {prev}, and the rows after it are not",
     ),
     (
         "bid overflowing a float",
         "{ts},{sym},1e309,86.8,,",
-        Stage.DECODE,
+        RejectedAt.DECODE,
         "numeric overflow in bid: '1e309'",
     ),
-    ("prices whose mid overflows", "{ts},{sym},1e308,1e308,,", Stage.VALIDATE, PRICE_RANGE),
-    ("price of 1e-308", "{ts},{sym},1e-308,86.8,,", Stage.VALIDATE, PRICE_RANGE),
-    ("inf literal", "{ts},{sym},inf,86.8,,", Stage.VALIDATE, "non-finite price"),
-    ("nan literal", "{ts},{sym},86.7,nan,,", Stage.VALIDATE, "non-finite price"),
+    ("prices whose mid overflows", "{ts},{sym},1e308,1e308,,", RejectedAt.VALIDATE, PRICE_RANGE),
+    ("price of 1e-308", "{ts},{sym},1e-308,86.8,,", RejectedAt.VALIDATE, PRICE_RANGE),
+    ("inf literal", "{ts},{sym},inf,86.8,,", RejectedAt.VALIDATE, "non-finite price"),
+    ("nan literal", "{ts},{sym},86.7,nan,,", RejectedAt.VALIDATE, "non-finite price"),
     (
         "size of 1e16",
         "{ts},{sym},86.7,86.8,1e16,",
-        Stage.DECODE,
+        RejectedAt.DECODE,
         "bid_size outside the sane range (above 1e+15)",
     ),
 ]
@@ -318,7 +318,7 @@ def _with_bad_row(real_rows: list[str], template: str) -> tuple[list[str], str]:
 
 @pytest.mark.parametrize(("case", "template", "stage", "reason"), ROWS, ids=[r[0] for r in ROWS])
 def test_bad_row_is_a_dead_letter_and_moves_no_clock(
-    case: str, template: str, stage: Stage, reason: str, real_rows: list[str], tmp_path: Path
+    case: str, template: str, stage: RejectedAt, reason: str, real_rows: list[str], tmp_path: Path
 ) -> None:
     lines, prev = _with_bad_row(real_rows, template)
     path = tmp_path / "quotes.csv"

@@ -23,7 +23,7 @@ from models.base import MODEL_NAMES
 from models.labels import LabelConfig
 from models.registry import ModelRegistry
 from schemas.learning import ShadowPrediction
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from schemas.signals import ACTION_OF
 from schemas.timeutil import from_ms, to_ms
 from storage.store import open_store
@@ -127,7 +127,9 @@ def test_manual_retrain_is_trained_shadowed_and_decided(
         else:
             assert p["decision"] == "superseded", p
         stage = registry.get(model, p["challenger_version"]).stage
-        assert stage is (Stage.PRODUCTION if p["decision"] == "promoted" else Stage.RETIRED)
+        assert stage is (
+            ModelStage.PRODUCTION if p["decision"] == "promoted" else ModelStage.RETIRED
+        )
 
 
 def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
@@ -187,7 +189,7 @@ def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
             published = registry.publish(
                 name,
                 registry.load(name).save,
-                stage=Stage.SHADOW,
+                stage=ModelStage.SHADOW,
                 feature_set="fs",
                 params={"cycle": "forced"},
             )
@@ -215,7 +217,7 @@ def test_forced_better_challenger_is_promoted_and_forced_worse_is_not(
     }
     for name, how in forced.items():
         stage = registry.get(name, versions[name]).stage
-        assert stage is (Stage.PRODUCTION if how == "better" else Stage.RETIRED)
+        assert stage is (ModelStage.PRODUCTION if how == "better" else ModelStage.RETIRED)
         assert models.production[name] == (versions[name] if how == "better" else "v0001")
     assert all(final.reasons[name] for name in forced)
 

@@ -17,7 +17,7 @@ from models.labels import LabelConfig
 from models.registry import ModelRegistry
 from operators.versions import ActiveModels
 from schemas.learning import ChallengerDecision, CycleStatus
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from schemas.tables import CLM_CYCLES, event_rows
 
 H = 3_600_000
@@ -43,7 +43,7 @@ def shadow_copies(registry: ModelRegistry, cycle_id: str) -> dict[str, str]:
         m: registry.publish(
             m,
             registry.load(m).save,
-            stage=Stage.SHADOW,
+            stage=ModelStage.SHADOW,
             feature_set="fs",
             params={"cycle": cycle_id},
         ).version
@@ -67,7 +67,7 @@ def test_an_interrupted_shadow_test_is_resumed_by_the_next_run(
     )
     block = event_rows(CLM_CYCLES, [cycle.record(2_000)])
     store.insert(block.table, block.columns, block.data)
-    registry.set_stage("xgboost", versions["xgboost"], Stage.PRODUCTION)  # decided before
+    registry.set_stage("xgboost", versions["xgboost"], ModelStage.PRODUCTION)  # decided before
     clm = learner(registry, store, settings)
     assert clm.cycle is not None and clm.cycle.cycle_id == "clm-0007-x"
     assert sorted(clm.cycle.challengers()) == sorted(
@@ -82,7 +82,7 @@ def test_an_orphan_without_its_cycle_is_retired(registry_copy: Path, store, sett
     versions = shadow_copies(registry, "clm-9999-unknown")
     clm = learner(registry, store, settings)
     assert clm.cycle is None and clm.models.shadows == []
-    assert all(registry.get(m, v).stage is Stage.RETIRED for m, v in versions.items())
+    assert all(registry.get(m, v).stage is ModelStage.RETIRED for m, v in versions.items())
 
 
 def test_performance_compares_the_ensembles_hit_rate_with_its_own_reference(

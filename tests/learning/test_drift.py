@@ -25,7 +25,7 @@ from learning.drift import (
 from models.dataset import feature_matrix
 from models.registry import ModelRegistry
 from schemas.features import FEATURE_NAMES, FEATURE_SET_VERSION
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from schemas.timeutil import to_ms
 from settings import Settings
 from training.history import history_from_ticks
@@ -178,7 +178,9 @@ def test_json_round_trip_is_exact(sample_days) -> None:
 def test_registry_publish_and_load(tmp_path: Path, sample_days) -> None:
     ref = FeatureReference.fit(sample_days[0])
     reg = ModelRegistry(tmp_path)
-    mv = reg.publish(MODEL_NAME, ref.save, stage=Stage.PRODUCTION, feature_set=FEATURE_SET_VERSION)
+    mv = reg.publish(
+        MODEL_NAME, ref.save, stage=ModelStage.PRODUCTION, feature_set=FEATURE_SET_VERSION
+    )
     directory = reg.verified_path(MODEL_NAME, mv.version)
     assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "reference.json"]
     assert FeatureReference.load(directory) == ref

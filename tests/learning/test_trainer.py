@@ -51,7 +51,7 @@ from models.registry import ModelRegistry, loader
 from models.sequence import NHITSParams, PatchTSTParams
 from models.trees import XGBoostModel
 from schemas.features import FEATURE_SET_VERSION
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from schemas.signals import CLASS_OF, Action
 from schemas.timeutil import to_ms
 from settings import SAMPLE_TICKS, Settings
@@ -398,13 +398,13 @@ def test_cycle_artifacts_publish_to_the_registry(local_cycle: CycleResult, tmp_p
     mv = reg.publish(
         "xgboost",
         copy_writer(local_cycle.paths["xgboost"]),
-        stage=Stage.SHADOW,
+        stage=ModelStage.SHADOW,
         feature_set=FEATURE_SET_VERSION,
         data_from=local_cycle.data_from,
         data_to=local_cycle.data_to,
         metrics=local_cycle.metrics["xgboost"],
     )
-    assert mv.stage is Stage.SHADOW and mv.data_to == local_cycle.data_to
+    assert mv.stage is ModelStage.SHADOW and mv.data_to == local_cycle.data_to
     loaded = reg.load("xgboost", mv.version)  # checksums verified
     assert loaded.meta["train_rows"] == local_cycle.rows["train"] + EXTRA_EARLY
 

@@ -20,7 +20,7 @@ from models.trees import LightGBMModel, TreeParams, XGBoostModel
 from operators.sizing import PolicySource
 from operators.versions import ActiveModels
 from schemas.features import FEATURE_SET_VERSION
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from settings import Settings
 from training.history import history_from_ticks
 
@@ -47,11 +47,11 @@ def test_round_trip_gives_identical_predictions(tmp_path, trained, name) -> None
     mv = reg.publish(
         name,
         models[name].save,
-        stage=Stage.PRODUCTION,
+        stage=ModelStage.PRODUCTION,
         feature_set=FEATURE_SET_VERSION,
         metrics={"macro_f1": 0.4},
     )
-    assert (mv.version, mv.stage) == ("v0001", Stage.PRODUCTION)
+    assert (mv.version, mv.stage) == ("v0001", ModelStage.PRODUCTION)
     loaded = reg.load(name)
     assert loaded.predict(vectors) == models[name].predict(vectors)
 
@@ -61,7 +61,7 @@ def test_tampered_artifact_is_refused(tmp_path, trained) -> None:
     mv = reg.publish(
         "xgboost",
         trained[0]["xgboost"].save,
-        stage=Stage.PRODUCTION,
+        stage=ModelStage.PRODUCTION,
         feature_set=FEATURE_SET_VERSION,
     )
     artifact = tmp_path / "xgboost" / mv.version / "model.ubj"
@@ -83,7 +83,7 @@ def test_failed_publish_leaves_no_version(tmp_path) -> None:
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        reg.publish("xgboost", broken_writer, stage=Stage.PRODUCTION, feature_set="fs")
+        reg.publish("xgboost", broken_writer, stage=ModelStage.PRODUCTION, feature_set="fs")
     assert reg.versions("xgboost") == []
     assert [p.name for p in (tmp_path / "xgboost").iterdir()] == []
 
@@ -93,17 +93,17 @@ def test_promotion_retires_the_previous_production_and_is_recorded(
 ) -> None:
     reg = ModelRegistry(tmp_path, store)
     model = trained[0]["lightgbm"]
-    v1 = reg.publish("lightgbm", model.save, stage=Stage.PRODUCTION, feature_set="fs")
-    v2 = reg.publish("lightgbm", model.save, stage=Stage.SHADOW, feature_set="fs")
+    v1 = reg.publish("lightgbm", model.save, stage=ModelStage.PRODUCTION, feature_set="fs")
+    v2 = reg.publish("lightgbm", model.save, stage=ModelStage.SHADOW, feature_set="fs")
     assert reg.production_version("lightgbm") == v1.version
-    reg.set_stage("lightgbm", v2.version, Stage.PRODUCTION)
+    reg.set_stage("lightgbm", v2.version, ModelStage.PRODUCTION)
     assert reg.production_version("lightgbm") == v2.version
-    assert reg.get("lightgbm", v1.version).stage is Stage.RETIRED
+    assert reg.get("lightgbm", v1.version).stage is ModelStage.RETIRED
     assert reg.get("lightgbm", v2.version).promoted_at is not None
     rows = {(r["version"], r["stage"]) for r in store.query("queries/model_registry")}
     assert rows == {(v1.version, "retired"), (v2.version, "production")}
     with pytest.raises(RegistryError):
-        reg.set_stage("lightgbm", "v0099", Stage.PRODUCTION)
+        reg.set_stage("lightgbm", "v0099", ModelStage.PRODUCTION)
 
 
 def _tiny(directory: Path) -> list[Path]:
@@ -119,9 +119,9 @@ REPAIR = (
 
 def test_versions_without_readable_stages_are_an_error_not_an_empty_registry(tmp_path) -> None:
     reg = ModelRegistry(tmp_path)
-    reg.publish("xgboost", _tiny, stage=Stage.PRODUCTION, feature_set="fs")
+    reg.publish("xgboost", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs")
     assert (tmp_path / "xgboost" / "stages.json").is_file()
-    reg.publish("xgboost", _tiny, stage=Stage.SHADOW, feature_set="fs")
+    reg.publish("xgboost", _tiny, stage=ModelStage.SHADOW, feature_set="fs")
     (tmp_path / "xgboost" / "stages.json").unlink()
     fresh = ModelRegistry(tmp_path)
     with pytest.raises(StagesMissing) as missing:
@@ -131,7 +131,7 @@ def test_versions_without_readable_stages_are_an_error_not_an_empty_registry(tmp
         f"missing but versions v0001..v0002 exist; {REPAIR}"
     )
     with pytest.raises(StagesMissing):  # nothing is written over it either
-        fresh.publish("xgboost", _tiny, stage=Stage.PRODUCTION, feature_set="fs")
+        fresh.publish("xgboost", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs")
     assert fresh.version_names("xgboost") == ["v0001", "v0002"]
     (tmp_path / "xgboost" / "stages.json").write_text('{"v0001": {"stage"')
     with pytest.raises(
@@ -178,17 +178,17 @@ def test_the_live_flow_bootstraps_only_an_empty_registry(settings, registry_copy
 def test_rollback_goes_back_one_production_version_at_a_time(tmp_path) -> None:
     reg = ModelRegistry(tmp_path)
     for _ in range(3):  # v0001, v0002, v0003 production in turn
-        reg.publish("xgboost", _tiny, stage=Stage.PRODUCTION, feature_set="fs")
-    reg.publish("xgboost", _tiny, stage=Stage.SHADOW, feature_set="fs")  # never production
+        reg.publish("xgboost", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs")
+    reg.publish("xgboost", _tiny, stage=ModelStage.SHADOW, feature_set="fs")  # never production
     before = reg.manual_changes()
     assert reg.roll_back("xgboost", "manual: test").version == "v0002"
-    assert reg.get("xgboost", "v0003").stage is Stage.RETIRED
+    assert reg.get("xgboost", "v0003").stage is ModelStage.RETIRED
     assert reg.stages("xgboost")["v0003"]["rolled_back"] is True
     assert reg.roll_back("xgboost", "manual: test").version == "v0001"  # not forth to v0003
     with pytest.raises(NoPreviousProduction, match="no earlier production version"):
         reg.roll_back("xgboost", "manual: test")
     assert reg.manual_changes() == before + 2
-    reg.set_stage("xgboost", "v0003", Stage.PRODUCTION, "manual: test", manual=True)
+    reg.set_stage("xgboost", "v0003", ModelStage.PRODUCTION, "manual: test", manual=True)
     assert "rolled_back" not in reg.stages("xgboost")["v0003"]
     assert reg.previous_production("xgboost") == "v0001"  # v0002 was rolled back from
     history = reg.history("xgboost", "v0003")
@@ -207,36 +207,36 @@ def test_rollback_goes_back_one_production_version_at_a_time(tmp_path) -> None:
 
 def test_a_rolled_back_version_answers_for_its_publish_key_no_more(tmp_path) -> None:
     reg = ModelRegistry(tmp_path)
-    reg.publish("ppo", _tiny, stage=Stage.PRODUCTION, feature_set="fs", key="ppo-L-v0")
-    v2 = reg.publish("ppo", _tiny, stage=Stage.PRODUCTION, feature_set="fs", key="ppo-L-v1")
-    again = reg.publish("ppo", _tiny, stage=Stage.PRODUCTION, feature_set="fs", key="ppo-L-v1")
+    reg.publish("ppo", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs", key="ppo-L-v0")
+    v2 = reg.publish("ppo", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs", key="ppo-L-v1")
+    again = reg.publish("ppo", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs", key="ppo-L-v1")
     assert again.version == v2.version  # a replay reuses the version
     ModelRegistry(tmp_path).roll_back("ppo", "manual: test")  # another registry (process)
     # the learner continues from v0001: its next update is a new version, not the retired one
-    v3 = reg.publish("ppo", _tiny, stage=Stage.PRODUCTION, feature_set="fs", key="ppo-L-v1")
-    assert (v3.version, v3.stage) == ("v0003", Stage.PRODUCTION)
+    v3 = reg.publish("ppo", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs", key="ppo-L-v1")
+    assert (v3.version, v3.stage) == ("v0003", ModelStage.PRODUCTION)
     assert ModelRegistry(tmp_path).keyed("ppo")["ppo-L-v1"] == "v0003"  # a replay finds it
 
 
 def test_every_change_moves_the_generation_and_manual_ones_the_count(tmp_path) -> None:
     reg = ModelRegistry(tmp_path)
     assert reg.generation() is None and reg.manual_changes() == 0
-    reg.publish("xgboost", _tiny, stage=Stage.PRODUCTION, feature_set="fs")
+    reg.publish("xgboost", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs")
     first = reg.generation()
     assert first is not None and reg.manual_changes() == 0
-    reg.publish("xgboost", _tiny, stage=Stage.SHADOW, feature_set="fs")
+    reg.publish("xgboost", _tiny, stage=ModelStage.SHADOW, feature_set="fs")
     second = reg.generation()
     assert second != first and reg.manual_changes() == 0
     other = ModelRegistry(tmp_path)
-    other.set_stage("xgboost", "v0002", Stage.RETIRED, "manual: test", manual=True)
+    other.set_stage("xgboost", "v0002", ModelStage.RETIRED, "manual: test", manual=True)
     assert reg.generation() not in (first, second) and reg.manual_changes() == 1
     assert reg.last_manual_change().startswith("xgboost: manual: test at ")
 
 
 def test_changes_made_without_a_store_are_recorded_later(tmp_path, store) -> None:
-    ModelRegistry(tmp_path).publish("xgboost", _tiny, stage=Stage.PRODUCTION, feature_set="fs")
+    ModelRegistry(tmp_path).publish("xgboost", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs")
     offline = ModelRegistry(tmp_path, spool=True)
-    offline.publish("xgboost", _tiny, stage=Stage.PRODUCTION, feature_set="fs")
+    offline.publish("xgboost", _tiny, stage=ModelStage.PRODUCTION, feature_set="fs")
     assert (tmp_path / "unrecorded.jsonl").read_text().count("\n") == 2  # v0002, v0001
     assert store.query("queries/model_registry") == []
     online = ModelRegistry(tmp_path, store)
@@ -282,13 +282,13 @@ def test_the_engine_adopts_a_manual_change_at_its_next_poll(tmp_path) -> None:
     reg = ModelRegistry(tmp_path)
     for model in ("xgboost", "ppo"):
         for _ in range(2):  # v0002 production, v0001 retired
-            reg.publish(model, _tiny, stage=Stage.PRODUCTION, feature_set="fs")
+            reg.publish(model, _tiny, stage=ModelStage.PRODUCTION, feature_set="fs")
     following = ActiveModels(reg, owned=False, names=("xgboost",))
     owned = ActiveModels(reg, owned=True, names=("xgboost",))
     pinned, unpinned = PolicySource(reg, "v0002"), PolicySource(reg)
     assert following.poll() is False and owned.poll() is False  # nothing changed
     other = ModelRegistry(tmp_path)  # another process: a learner, then the registry CLI
-    other.publish("xgboost", _tiny, stage=Stage.SHADOW, feature_set="fs")
+    other.publish("xgboost", _tiny, stage=ModelStage.SHADOW, feature_set="fs")
     assert following.poll() is False and following.shadows == [("xgboost", "v0003")]
     assert owned.poll() is False and owned.shadows == []  # owned: only its learner's changes
     for model in ("xgboost", "ppo"):

@@ -10,7 +10,7 @@ from dataflows.live import build_live_flow
 from models.base import MODEL_NAMES
 from models.registry import ModelRegistry
 from operators.ensemble import EnsembleConfig, RegistryModels, Scorer
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from settings import Settings
 from storage.store import open_store
 from training.history import history_from_ticks
@@ -50,9 +50,11 @@ def test_a_promoted_version_votes_from_the_next_bar(
     scorer = Scorer(RegistryModels(reg), EnsembleConfig())
     before = scorer.score(vectors[:1])[0]
     assert before.vote("lightgbm").version == "v0001"
-    new = reg.publish("lightgbm", reg.load("lightgbm").save, stage=Stage.SHADOW, feature_set="fs")
+    new = reg.publish(
+        "lightgbm", reg.load("lightgbm").save, stage=ModelStage.SHADOW, feature_set="fs"
+    )
     assert scorer.score(vectors[1:2])[0].vote("lightgbm").version == "v0001"  # shadow: no
-    reg.set_stage("lightgbm", new.version, Stage.PRODUCTION)
+    reg.set_stage("lightgbm", new.version, ModelStage.PRODUCTION)
     after = scorer.score(vectors[2:3])[0]
     assert after.vote("lightgbm").version == new.version == "v0002"
     assert after.vote("xgboost").version == "v0001"

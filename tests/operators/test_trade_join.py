@@ -23,7 +23,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from learning.learner import LearnedOutput, LearnerDeps, Sequenced, learn_in_order
 from models.registry import ModelRegistry
 from operators.trade_join import TradeJoiner, TradeJoins
-from schemas.dead_letters import DeadLetter, DeadLetters, Stage
+from schemas.dead_letters import DeadLetter, DeadLetters, RejectedAt
 from schemas.decisions import SupervisorMode
 from schemas.rl import SizingDecision
 from schemas.signals import Action, Consensus, Vote
@@ -202,7 +202,7 @@ def test_marker_expires_after_ttl_and_a_later_duplicate_is_not_rejoined() -> Non
     out = fresh.push(c, exit_ms + TTL + 1)
     assert joins(out) == [] and lookup.calls == []
     [d] = letters(out)
-    assert (d.id, d.stage) == ("trade-join:T1#1", Stage.JOIN)
+    assert (d.id, d.stage) == ("trade-join:T1#1", RejectedAt.JOIN)
     assert "past the TTL" in d.reason and fresh.done
 
 
@@ -227,7 +227,7 @@ def test_orphan_close_waits_then_retries_lookup_once_then_dead_letter() -> None:
     assert lookup.calls == ["T1", "T1"]
     [d] = letters(out)
     assert d.id == "trade-join:T1#1" and d.row == 1 and d.symbol == "EURUSD"
-    assert d.ts == c.exit_ts and d.stage is Stage.JOIN
+    assert d.ts == c.exit_ts and d.stage is RejectedAt.JOIN
     assert "trade.closed without its trade.opened" in d.reason and "TTL" in d.reason
     assert decode_event(d.raw) == c
     assert j.done
@@ -502,11 +502,11 @@ def test_flow_two_workers_learn_in_the_same_order(trained_registry: Path) -> Non
 
 def test_flow_undecodable_message_is_a_dead_letter(trained_registry: Path) -> None:
     bad = DeadLetters()
-    bad.add("trade-events:0:17", 0, T0, "", Stage.DECODE, "not JSON", "{oops")
+    bad.add("trade-events:0:17", 0, T0, "", RejectedAt.DECODE, "not JSON", "{oops")
     o, c = pair("T1", T0)
     joined, dead, _ = run_learner([bad, *numbered([o, c])], Lookups(), trained_registry)
     assert joined == [("T1", "stream")]
-    assert [(d.stage, d.reason) for d in dead] == [(Stage.DECODE, "not JSON")]
+    assert [(d.stage, d.reason) for d in dead] == [(RejectedAt.DECODE, "not JSON")]
 
 
 def test_flow_lookup_failure_stops_the_flow_naming_the_trade(trained_registry: Path) -> None:

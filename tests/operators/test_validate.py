@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from connectors.decode import decode_messages, tick_rows_from_ticks
 from connectors.replay import ReplaySource
 from operators.validate import PRICE_RANGE, SIZE_RANGE, TickValidator, validate_ticks
-from schemas.dead_letters import Stage
+from schemas.dead_letters import RejectedAt
 from schemas.ticks import Tick, TickOrigin, TickRows
 from schemas.timeutil import from_ms, iso, parse_iso
 
@@ -79,7 +79,7 @@ def test_unknown_symbol_only_when_a_universe_is_set() -> None:
     out = TickValidator(universe=frozenset({"A"})).validate(rows)
     assert list(out.batches) == ["A"]
     assert [(d.symbol, d.reason, d.stage) for d in out.dead] == [
-        ("B", "unknown symbol", Stage.VALIDATE)
+        ("B", "unknown symbol", RejectedAt.VALIDATE)
     ]
 
 
@@ -92,7 +92,7 @@ def test_time_going_backwards_beyond_tolerance_across_blocks() -> None:
     # 400 ms late is tolerated, 1000 ms is not; the newest time is remembered across blocks
     assert out.batches["X"].ts_ms.tolist() == [T0 + 9_600, T0 + 10_001]
     assert [(d.stage, d.reason) for d in out.dead] == [
-        (Stage.ORDER, "time went backwards by 1000 ms")
+        (RejectedAt.ORDER, "time went backwards by 1000 ms")
     ]
 
 
@@ -104,7 +104,7 @@ def test_undecodable_message_keeps_raw_text() -> None:
     assert out.ticks == 1
     dead = sorted(out.dead, key=lambda d: d.row)
     assert [d.id for d in dead] == ["kafka:ticks/0#7", "kafka:ticks/0#8"]
-    assert all(d.stage is Stage.DECODE for d in dead)
+    assert all(d.stage is RejectedAt.DECODE for d in dead)
     assert dead[0].raw == '{"ts": "nope"}'
     assert "not JSON" in dead[1].reason
 
@@ -156,12 +156,12 @@ def test_numeric_overflow_is_named_and_an_inf_literal_stays_non_finite(tmp_path:
     )
     assert ticks == 1
     assert [(d.row, d.stage, d.reason) for d in sorted(dead, key=lambda d: d.row)] == [
-        (2, Stage.DECODE, "numeric overflow in price: '1e309'"),
-        (3, Stage.DECODE, "numeric overflow in price: '-1e309'"),
-        (4, Stage.VALIDATE, "non-finite price"),
-        (5, Stage.DECODE, "numeric overflow in size: '1e999'"),
-        (6, Stage.VALIDATE, PRICE_RANGE),
-        (7, Stage.VALIDATE, PRICE_RANGE),
+        (2, RejectedAt.DECODE, "numeric overflow in price: '1e309'"),
+        (3, RejectedAt.DECODE, "numeric overflow in price: '-1e309'"),
+        (4, RejectedAt.VALIDATE, "non-finite price"),
+        (5, RejectedAt.DECODE, "numeric overflow in size: '1e999'"),
+        (6, RejectedAt.VALIDATE, PRICE_RANGE),
+        (7, RejectedAt.VALIDATE, PRICE_RANGE),
     ]
     q = _csv_rows(
         tmp_path, [f"{ts},A,1,2,1e400,", f"{ts},A,1,2,1e16,"], "ts,symbol,bid,ask,bid_size,ask_size"
@@ -193,7 +193,7 @@ def at(text: str, price: float = 10.0, symbol: str = "X") -> Tick:
 
 def _run(
     v: TickValidator, *blocks: list[Tick], final: bool = True
-) -> tuple[list[int], list[tuple[Stage, str]], int]:
+) -> tuple[list[int], list[tuple[RejectedAt, str]], int]:
     """Validate blocks in order (the last one final); accepted times, dead letters, rows_in."""
     times, dead, rows_in = [], [], 0
     for i, ticks in enumerate(blocks):
@@ -223,21 +223,21 @@ def test_times_outside_the_sane_range_do_not_move_any_clock() -> None:
     assert len(times) == 2 and rows_in == 6  # the real rows after the absurd ones are ticks
     assert dead == [
         (
-            Stage.VALIDATE,
+            RejectedAt.VALIDATE,
             "time outside the sane range: 9999-12-31T23:59:59.999Z is more than "
             "1 day after the wall clock",
         ),
         (
-            Stage.VALIDATE,
+            RejectedAt.VALIDATE,
             "time outside the sane range: 9999-06-01T00:00:00.000Z is more than "
             "1 day after the wall clock",
         ),
         (
-            Stage.VALIDATE,
+            RejectedAt.VALIDATE,
             "time outside the sane range: 1989-12-31T23:59:59.000Z is before 1990-01-01",
         ),
         (
-            Stage.VALIDATE,
+            RejectedAt.VALIDATE,
             "time outside the sane range: 2026-01-02T00:00:01.000Z is more than "
             "1 day after the wall clock",
         ),
@@ -250,7 +250,7 @@ def test_an_absurd_first_row_cannot_set_the_reference() -> None:
         TickValidator(),
         [at("9999-06-01T00:00:00Z"), at("2013-01-01T22:00:00Z"), at("2013-01-01T22:00:01Z")],
     )
-    assert len(times) == 2 and [s for s, _ in dead] == [Stage.VALIDATE]
+    assert len(times) == 2 and [s for s, _ in dead] == [RejectedAt.VALIDATE]
 
 
 def test_a_time_jump_is_a_dead_letter_unless_the_rows_after_it_follow() -> None:
@@ -267,7 +267,7 @@ def test_a_time_jump_is_a_dead_letter_unless_the_rows_after_it_follow() -> None:
     assert len(times) == 3
     assert dead == [
         (
-            Stage.ORDER,
+            RejectedAt.ORDER,
             "time jumped ahead: 2020-01-01T00:00:00.000Z is more than 1 "
             "day past the newest tick of its feed, "
             "2013-01-01T22:00:00.000Z, and the rows after it are not",
@@ -302,7 +302,7 @@ def test_a_jump_at_the_end_of_a_block_waits_for_the_next(tmp_path: Path) -> None
     v = TickValidator()
     _run(v, [at("2014-05-02T20:59:59Z"), at("2014-05-04T21:00:00Z")], final=False)
     times, dead, rows_in = _run(v, [])
-    assert (times, rows_in) == ([], 1) and [s for s, _ in dead] == [Stage.ORDER]
+    assert (times, rows_in) == ([], 1) and [s for s, _ in dead] == [RejectedAt.ORDER]
 
 
 # --- the accounting property over files with hypothesis-generated broken rows --------------

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas.bars import Bar
-from schemas.dead_letters import DeadLetters, Stage
+from schemas.dead_letters import DeadLetters, RejectedAt
 from schemas.features import FeatureVector
 from schemas.tables import bar_rows, dead_letter_rows, feature_rows
 from storage.store import StoreUnavailable, check_embedded_store, ddl_files, open_store
@@ -43,8 +43,8 @@ def test_writing_the_same_batch_twice_leaves_one_copy(store) -> None:
         (0.1, math.nan),
     )
     dead = DeadLetters()
-    dead.add("file.csv", 3, None, "", Stage.DECODE, "missing ts", ",,,,")
-    dead.add("file.csv", 4, 1_704_067_200_000, "X:Y", Stage.VALIDATE, "negative size", "x")
+    dead.add("file.csv", 3, None, "", RejectedAt.DECODE, "missing ts", ",,,,")
+    dead.add("file.csv", 4, 1_704_067_200_000, "X:Y", RejectedAt.VALIDATE, "negative size", "x")
     for _ in range(2):
         for block in (bar_rows(bars), feature_rows([vec]), dead_letter_rows(dead)):
             store.insert(block.table, block.columns, block.data, block.column_oriented)

@@ -10,7 +10,7 @@ import pytest
 
 from models.base import MODEL_NAMES, POLICY_NAME
 from models.registry import ModelRegistry
-from schemas.registry import Stage
+from schemas.registry import ModelStage
 from settings import Settings
 from training.bootstrap import BootstrapConfig, bootstrap
 
@@ -40,7 +40,7 @@ def test_bootstrap_on_ten_symbols_of_candles(shared_data: Path, tmp_path: Path, 
     print(table)
     for name in (*MODEL_NAMES, POLICY_NAME):
         assert reg.production_version(name) == "v0001", name
-        assert report.versions[name].stage is Stage.PRODUCTION
+        assert report.versions[name].stage is ModelStage.PRODUCTION
         assert name in table
     for name in ("xgboost", "lightgbm"):  # the trees beat a constant-class guess
         assert report.metrics[name]["test_macro_f1"] > report.metrics["baseline"]["test_macro_f1"]
