@@ -1,5 +1,8 @@
 """Adapter from a plain per-key Python object to Bytewax's ``StatefulLogic``.
 
+``snapshot()`` returns an independent copy: later pushes must not change it
+(tests/operators/test_snapshots.py checks every stage but the decision engine and the learners).
+
 Stage logic in this package is written as small classes that know nothing about Bytewax, so
 they can be tested as plain Python. A stage has ``push(value) -> list`` for each item,
 ``finish() -> list`` at end of input, and ``snapshot()`` for recovery. :class:`StageLogic`
