@@ -105,21 +105,7 @@ def cluster() -> ClusterPosition:
     process_id: str | None = os.environ.get("BYTEWAX_PROCESS_ID")
     addresses: str | None = os.environ.get("BYTEWAX_ADDRESSES")
     if run_by_bytewax():
-        args = sys.argv[1:]
-        for i, arg in enumerate(args):
-            for flag, long in (("-i", "--process-id"), ("-a", "--addresses")):
-                value = None
-                if arg in (flag, long) and i + 1 < len(args):
-                    value = args[i + 1]
-                elif arg.startswith(long + "="):
-                    value = arg.split("=", 1)[1]
-                elif arg.startswith(flag) and len(arg) > 2 and not arg.startswith("--"):
-                    value = arg[2:]
-                if value is not None:
-                    if flag == "-i":
-                        process_id = value
-                    else:
-                        addresses = value
+        process_id, addresses = _bytewax_args(sys.argv[1:], process_id, addresses)
     hostfile = os.environ.get("BYTEWAX_HOSTFILE_PATH")
     if process_id is not None and addresses is None and hostfile:
         with open(hostfile) as f:
@@ -128,6 +114,34 @@ def cluster() -> ClusterPosition:
         return ClusterPosition()
     count = len([a for a in (addresses or "").split(";") if a.strip()])
     return ClusterPosition(int(process_id), max(count, 1))
+
+
+def _bytewax_args(
+    args: list[str], process_id: str | None, addresses: str | None
+) -> tuple[str | None, str | None]:
+    """``bytewax.run``'s ``-i/--process-id`` and ``-a/--addresses`` in ``args``, over the
+    environment's values (the last one given wins)."""
+    for i, arg in enumerate(args):
+        for flag, long in (("-i", "--process-id"), ("-a", "--addresses")):
+            value = _flag_value(args, i, arg, flag, long)
+            if value is not None:
+                if flag == "-i":
+                    process_id = value
+                else:
+                    addresses = value
+    return process_id, addresses
+
+
+def _flag_value(args: list[str], i: int, arg: str, flag: str, long: str) -> str | None:
+    """The value ``arg`` (``args[i]``) gives the option, in any of the forms argparse takes
+    (``-i 1``, ``--process-id 1``, ``--process-id=1``, ``-i1``); None if it is another."""
+    if arg in (flag, long) and i + 1 < len(args):
+        return args[i + 1]
+    if arg.startswith(long + "="):
+        return arg.split("=", 1)[1]
+    if arg.startswith(flag) and len(arg) > 2 and not arg.startswith("--"):
+        return arg[2:]
+    return None
 
 
 def run_by_bytewax() -> bool:

@@ -459,31 +459,48 @@ def _parse(name: str, raw: str, hint: Any) -> Any:
             return None
         return _parse(name, raw, inner[0])
     if isinstance(hint, type) and issubclass(hint, StrEnum):  # in any case: "observe"
-        by_value = {m.value.lower(): m for m in hint}
-        if raw.strip().lower() in by_value:
-            return by_value[raw.strip().lower()]
-        raise ValueError(f"{name}={raw!r}: expected " + " or ".join(m.value for m in hint))
+        return _parse_enum(name, raw, hint)
     try:
-        if hint is bool:
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if hint is int:
-            return int(raw.strip().replace("_", ""))
-        if hint is float:
-            return float(raw)
-        if hint is Path:
-            return Path(raw)
-        if origin is tuple:
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
-        if hint is str:
-            return raw
+        value = _parse_plain(name, raw, hint, origin)
     except ValueError:
         pass
     else:
-        raise TypeError(f"{name}: unsupported settings type {hint!r}")
+        return value
     type_name = getattr(hint, "__name__", str(hint))
     raise ValueError(f"{name}={raw!r}: expected {type_name}")
+
+
+def _parse_enum(name: str, raw: str, hint: type[StrEnum]) -> StrEnum:
+    """A member by its value in any case; the error lists the values."""
+    by_value = {m.value.lower(): m for m in hint}
+    if raw.strip().lower() in by_value:
+        return by_value[raw.strip().lower()]
+    raise ValueError(f"{name}={raw!r}: expected " + " or ".join(m.value for m in hint))
+
+
+def _parse_plain(name: str, raw: str, hint: Any, origin: Any) -> Any:
+    """A bool, number, path, string tuple or string; ValueError when ``raw`` is not one
+    (:func:`_parse` words the message), TypeError for a type settings cannot hold."""
+    if hint is bool:
+        return _parse_bool(raw)
+    if hint is int:
+        return int(raw.strip().replace("_", ""))
+    if hint is float:
+        return float(raw)
+    if hint is Path:
+        return Path(raw)
+    if origin is tuple:
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+    if hint is str:
+        return raw
+    raise TypeError(f"{name}: unsupported settings type {hint!r}")
+
+
+def _parse_bool(raw: str) -> bool:
+    """The usual words for on and off, in any case; ValueError for any other."""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError

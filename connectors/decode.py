@@ -38,79 +38,119 @@ def _overflow(text: str) -> bool:
     return "inf" not in text.lower()
 
 
-def _floats(col: pa.Array, name: str, errors: dict[int, str], required: bool) -> np.ndarray:
-    """Column -> float64 with NaN for empty; unparseable (or missing required) cells are
-    recorded in ``errors``, and so is a number too large for a float (``1e309``: "numeric
-    overflow"; an ``inf`` literal stays a value, for validation to call non-finite)."""
-    if required and col.null_count:
-        for missing in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)).tolist():
-            errors.setdefault(missing, f"missing {name}")
-    if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
-        return pc.fill_null(col.cast(pa.float64()), NAN).to_numpy(zero_copy_only=False)
-    try:
-        out = pc.cast(col, pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values = col.to_pylist()
-        arr = np.full(len(values), NAN)
-        for i, v in enumerate(values):
-            if v is None:
-                continue
-            try:
-                arr[i] = float(v)
-            except ValueError:
-                errors.setdefault(i, f"unparseable {name}: {v[:40]!r}")
-                continue
-            if math.isinf(arr[i]) and _overflow(v):
-                errors.setdefault(i, f"numeric overflow in {name}: {v.strip()[:40]!r}")
-        return arr
-    arr = pc.fill_null(out, NAN).to_numpy(zero_copy_only=False)
+def _record_missing(col: pa.Array, name: str, errors: dict[int, str]) -> None:
+    """Record ``missing <name>`` for each null cell of a required column."""
+    for missing in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)).tolist():
+        errors.setdefault(missing, f"missing {name}")
+
+
+def _floats_by_value(col: pa.Array, name: str, errors: dict[int, str]) -> np.ndarray:
+    """Fallback when Arrow cannot cast the whole column: parse cell by cell, so each bad
+    cell gets its own reason instead of failing the batch."""
+    values = col.to_pylist()
+    arr = np.full(len(values), NAN)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        try:
+            arr[i] = float(v)
+        except ValueError:
+            errors.setdefault(i, f"unparseable {name}: {v[:40]!r}")
+            continue
+        if math.isinf(arr[i]) and _overflow(v):
+            errors.setdefault(i, f"numeric overflow in {name}: {v.strip()[:40]!r}")
+    return arr
+
+
+def _record_overflow(col: pa.Array, arr: np.ndarray, name: str, errors: dict[int, str]) -> None:
+    """Tell ``1e309`` (overflow, an error) from an ``inf`` literal (a value) among the
+    infinities of ``arr``; only the (rare) infinite cells' texts are looked at."""
     inf = np.flatnonzero(np.isinf(arr))
     if len(inf):
         texts = col.take(pa.array(inf)).to_pylist()
         for i, v in zip(inf.tolist(), texts, strict=True):
             if v is not None and _overflow(v):
                 errors.setdefault(i, f"numeric overflow in {name}: {v.strip()[:40]!r}")
+
+
+def _floats(col: pa.Array, name: str, errors: dict[int, str], required: bool) -> np.ndarray:
+    """Column -> float64 with NaN for empty; unparseable (or missing required) cells are
+    recorded in ``errors``, and so is a number too large for a float (``1e309``: "numeric
+    overflow"; an ``inf`` literal stays a value, for validation to call non-finite)."""
+    if required and col.null_count:
+        _record_missing(col, name, errors)
+    if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
+        return pc.fill_null(col.cast(pa.float64()), NAN).to_numpy(zero_copy_only=False)
+    try:
+        out = pc.cast(col, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _floats_by_value(col, name, errors)
+    arr = pc.fill_null(out, NAN).to_numpy(zero_copy_only=False)
+    _record_overflow(col, arr, name, errors)
     return arr
+
+
+def _epoch_ms(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
+    """Integer epoch milliseconds; values no datetime can hold are recorded and blanked."""
+    out = pc.fill_null(col.cast(pa.int64()), TS_MISSING).to_numpy(zero_copy_only=False)
+    far = np.flatnonzero((out != TS_MISSING) & ((out < MS_MIN) | (out > MS_MAX)))
+    for i in far.tolist():
+        errors.setdefault(i, f"ts out of range (cannot be represented): {int(out[i])} ms")
+    if len(far):
+        out = out.copy()
+        out[far] = TS_MISSING
+    return out
+
+
+def _arrow_ts_ms(col: pa.Array) -> np.ndarray:
+    """Arrow timestamps -> epoch ms; a naive column is refused (event times must be UTC)."""
+    if col.type.tz is None:
+        raise ValueError("timestamp column has no time zone; event times must be UTC")
+    ms = pc.cast(col, pa.timestamp("ms", tz="UTC"), safe=False).cast(pa.int64())
+    return pc.fill_null(ms, TS_MISSING).to_numpy(zero_copy_only=False)
+
+
+def _iso_ms_by_value(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
+    """Fallback when Arrow cannot cast the whole column: parse cell by cell, so each bad
+    cell gets its own reason instead of failing the batch."""
+    out = np.full(len(col), TS_MISSING, dtype=np.int64)
+    for i, v in enumerate(col.to_pylist()):
+        if v is None:
+            continue
+        try:
+            dt = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+        except ValueError:
+            errors.setdefault(i, f"unparseable ts: {v[:40]!r}")
+            continue
+        if dt.tzinfo is None:
+            errors.setdefault(i, f"ts without UTC offset: {v[:40]!r}")
+            continue
+        try:
+            out[i] = to_ms(dt)
+        except OverflowError:
+            errors.setdefault(i, f"ts out of range (cannot be represented): {v[:40]!r}")
+    return out
+
+
+def _iso_ms(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
+    """ISO-8601 strings -> epoch ms, vectorised in Arrow when the whole column parses."""
+    try:
+        ns = pc.cast(col, pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+        return pc.fill_null(
+            pc.floor(pc.divide(ns, 1_000_000)).cast(pa.int64()), TS_MISSING
+        ).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _iso_ms_by_value(col, errors)
 
 
 def _timestamps(col: pa.Array, errors: dict[int, str]) -> np.ndarray:
     """ISO-8601 with a UTC offset (or Arrow timestamps) -> epoch ms; others recorded."""
     if pa.types.is_integer(col.type):  # epoch milliseconds
-        out = pc.fill_null(col.cast(pa.int64()), TS_MISSING).to_numpy(zero_copy_only=False)
-        far = np.flatnonzero((out != TS_MISSING) & ((out < MS_MIN) | (out > MS_MAX)))
-        for i in far.tolist():
-            errors.setdefault(i, f"ts out of range (cannot be represented): {int(out[i])} ms")
-        if len(far):
-            out = out.copy()
-            out[far] = TS_MISSING
+        out = _epoch_ms(col, errors)
     elif pa.types.is_timestamp(col.type):
-        if col.type.tz is None:
-            raise ValueError("timestamp column has no time zone; event times must be UTC")
-        ms = pc.cast(col, pa.timestamp("ms", tz="UTC"), safe=False).cast(pa.int64())
-        out = pc.fill_null(ms, TS_MISSING).to_numpy(zero_copy_only=False)
+        out = _arrow_ts_ms(col)
     else:
-        try:
-            ns = pc.cast(col, pa.timestamp("ns", tz="UTC")).cast(pa.int64())
-            out = pc.fill_null(
-                pc.floor(pc.divide(ns, 1_000_000)).cast(pa.int64()), TS_MISSING
-            ).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            out = np.full(len(col), TS_MISSING, dtype=np.int64)
-            for i, v in enumerate(col.to_pylist()):
-                if v is None:
-                    continue
-                try:
-                    dt = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
-                except ValueError:
-                    errors.setdefault(i, f"unparseable ts: {v[:40]!r}")
-                    continue
-                if dt.tzinfo is None:
-                    errors.setdefault(i, f"ts without UTC offset: {v[:40]!r}")
-                    continue
-                try:
-                    out[i] = to_ms(dt)
-                except OverflowError:
-                    errors.setdefault(i, f"ts out of range (cannot be represented): {v[:40]!r}")
+        out = _iso_ms(col, errors)
     for missing in np.flatnonzero(out == TS_MISSING).tolist():
         errors.setdefault(missing, "missing ts")
     return out

@@ -556,48 +556,58 @@ class _KafkaTickPartition(StatefulSourcePartition[TickRows, Snapshot]):
             return
         recreated = bool(self._topic_id and probe.topic_id and probe.topic_id != self._topic_id)
         if stale:
-            if recreated:
-                log.warning(
-                    "Kafka topic %s partition %d was recreated (topic id %s -> %s) while "
-                    "it was read; reading on at offset %d",
-                    self.url.topic,
-                    self.idx,
-                    self._topic_id,
-                    probe.topic_id,
-                    self._offset,
-                )
-            if self._lost is not None:
-                self._back(now, None)
+            self._apply_stale(probe, now, recreated)
         else:
-            offset, note = resume_point(self._offset, probe, self._topic_id)
-            if note is not None:
-                log.warning("Kafka topic %s partition %d: %s", self.url.topic, self.idx, note)
-            if probe.reaches is not None:
-                self._verify = False
-            if self._lost is not None:  # librdkafka may never fetch again by itself
-                self._reassign(offset, now, fresh=True)
-                self._back(now, offset)
-            elif offset != self._offset:
-                self._reassign(offset, now, fresh=recreated)
-            elif (
-                probe.high > self._offset >= 0
-                and probe.started - max(self._last_data, self._assigned_at)
-                >= self._timing.quiet_probe_s
-            ):
-                log.warning(
-                    "Kafka topic %s partition %d: nothing read for %.0f s at offset %d "
-                    "though the log goes on to %d: re-assigned the consumer",
-                    self.url.topic,
-                    self.idx,
-                    now - self._last_data,
-                    self._offset,
-                    probe.high,
-                )
-                self._reassign(self._offset, now)
+            self._apply_fresh(probe, now, recreated)
         if recreated:  # new offsets: dead-letter ids must not collide with the old topic's
             self._source = f"kafka:{self.name}@{probe.topic_id}"
         self._topic_id = probe.topic_id or self._topic_id
         self._trouble = None
+
+    def _apply_stale(self, probe: Probe, now: float, recreated: bool) -> None:
+        """A probe overtaken by data: its offsets are old, but the data shows the partition
+        is back, and a new topic id is still worth telling."""
+        if recreated:
+            log.warning(
+                "Kafka topic %s partition %d was recreated (topic id %s -> %s) while "
+                "it was read; reading on at offset %d",
+                self.url.topic,
+                self.idx,
+                self._topic_id,
+                probe.topic_id,
+                self._offset,
+            )
+        if self._lost is not None:
+            self._back(now, None)
+
+    def _apply_fresh(self, probe: Probe, now: float, recreated: bool) -> None:
+        """A current probe: move the consumer where the log says to resume, or wake it when
+        it has read nothing for long though the log goes on."""
+        offset, note = resume_point(self._offset, probe, self._topic_id)
+        if note is not None:
+            log.warning("Kafka topic %s partition %d: %s", self.url.topic, self.idx, note)
+        if probe.reaches is not None:
+            self._verify = False
+        if self._lost is not None:  # librdkafka may never fetch again by itself
+            self._reassign(offset, now, fresh=True)
+            self._back(now, offset)
+        elif offset != self._offset:
+            self._reassign(offset, now, fresh=recreated)
+        elif (
+            probe.high > self._offset >= 0
+            and probe.started - max(self._last_data, self._assigned_at)
+            >= self._timing.quiet_probe_s
+        ):
+            log.warning(
+                "Kafka topic %s partition %d: nothing read for %.0f s at offset %d "
+                "though the log goes on to %d: re-assigned the consumer",
+                self.url.topic,
+                self.idx,
+                now - self._last_data,
+                self._offset,
+                probe.high,
+            )
+            self._reassign(self._offset, now)
 
     def _lose(self, probe: Probe, now: float) -> None:
         if self._lost is None:

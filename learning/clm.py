@@ -53,7 +53,7 @@ from connectors.clickhouse import TableWriter, flush_seconds
 from learning.cycles import MIN_TRAIN_ROWS, ClmDeps, Cycle, CycleRunner
 from learning.drift import MODEL_NAME as REFERENCE
 from learning.drift import FeatureReference
-from learning.evidence import EvidenceConfig, judge_challenger
+from learning.evidence import EvidenceConfig, PromotionEvidence, judge_challenger
 from learning.judge import ShadowJudge
 from learning.trainer import CycleConfig, InlineTraining, TrainingJob
 from learning.triggers import (
@@ -195,12 +195,7 @@ class ContinuousLearner:
         if self.cycle is not None:
             return [*self._progress(now)]
         checks: list[ClmCycle | DriftCheck] = []
-        trigger = self.runner.manual(now)
-        if trigger is None and self.cfg.auto_retrain:
-            for check in due:
-                trigger = self._check(check, now, checks)
-                if trigger is not None:
-                    break
+        trigger = self._trigger(due, now, checks)
         if trigger is None:
             return checks
         out: list[ClmCycle | DriftCheck] = [*checks, *self.runner.start(*trigger, now)]
@@ -213,6 +208,19 @@ class ContinuousLearner:
             if self.cfg.blocking:
                 out += self._trained(self.runner.wait(cycle, now))
         return out
+
+    def _trigger(
+        self, due: list[Check], now: int, checks: list[ClmCycle | DriftCheck]
+    ) -> tuple[Trigger, str] | None:
+        """What starts a cycle now: a manual request first, else (with auto-retrain on) the
+        first due check that fires; the checks run are recorded in ``checks``."""
+        trigger = self.runner.manual(now)
+        if trigger is None and self.cfg.auto_retrain:
+            for check in due:
+                trigger = self._check(check, now, checks)
+                if trigger is not None:
+                    break
+        return trigger
 
     def _progress(self, now: int) -> list[ClmCycle]:
         cycle = self.cycle
@@ -331,66 +339,8 @@ class ContinuousLearner:
         for name, version in cycle.versions.items():
             if name in cycle.decisions:
                 continue
-            model = name.split(".")[0]
-            key = (model, version)
-            if key not in self.models.shadows:  # taken out of shadow by hand: its stage stays
-                stage = self.runner.registry.get(model, version).stage.value
-                self._decide(
-                    cycle,
-                    name,
-                    key,
-                    ChallengerDecision.ABANDONED,
-                    f"moved to {stage} by hand (python -m cli.registry) during the shadow test",
-                    retire=False,
-                )
+            if self._judge_challenger(cycle, name, version, promoted_models, now):
                 changed = True
-                continue
-            if model in promoted_models:
-                self._decide(
-                    cycle,
-                    name,
-                    key,
-                    ChallengerDecision.SUPERSEDED,
-                    "another variant of this model was promoted first",
-                )
-                changed = True
-                continue
-            rows = self.judge.rows.get(key)
-            if rows is None or len(rows) == 0:
-                continue
-            evidence = judge_challenger(
-                rows.arrays(), self.cfg.evidence, seed=f"{cycle.cycle_id}/{name}"
-            )
-            cycle.shadow_metrics.update({f"{name}.{k}": v for k, v in evidence.metrics().items()})
-            changed = True
-            decision = evidence.decision
-            if decision.value == "wait":
-                continue
-            if decision.value == "promote":
-                if self.cfg.auto_promote:
-                    self.models.promote(model, version)
-                    promoted_models.add(model)
-                    self._on_promotion(cycle, now)
-                    self._decide(
-                        cycle, name, key, ChallengerDecision.PROMOTED, evidence.reason, retire=False
-                    )
-                else:
-                    self._decide(
-                        cycle,
-                        name,
-                        key,
-                        ChallengerDecision.QUALIFIED,
-                        evidence.reason + " (QT_CLM_AUTO_PROMOTE is off: kept as a "
-                        "candidate to promote by hand)",
-                        retire=False,
-                    )
-                    self.models.park(model, version)
-            elif decision.value == "retire_not_better":
-                self._decide(
-                    cycle, name, key, ChallengerDecision.RETIRED_NOT_BETTER, evidence.reason
-                )
-            else:
-                self._decide(cycle, name, key, ChallengerDecision.RETIRED_UNPROVEN, evidence.reason)
         if len(cycle.decisions) == len(cycle.versions):
             if cycle.reference_version and not cycle.reference_promoted:
                 self.runner.retire_reference(cycle)
@@ -398,6 +348,82 @@ class ContinuousLearner:
             self.cycle = None
             return [cycle.record(now)]
         return [cycle.record(now)] if changed else []
+
+    def _judge_challenger(
+        self, cycle: Cycle, name: str, version: str, promoted_models: set[str], now: int
+    ) -> bool:
+        """Decide one undecided challenger if its shadow rows (or a hand-made change) say
+        enough; whether the cycle's record changed."""
+        model = name.split(".")[0]
+        key = (model, version)
+        if key not in self.models.shadows:  # taken out of shadow by hand: its stage stays
+            stage = self.runner.registry.get(model, version).stage.value
+            self._decide(
+                cycle,
+                name,
+                key,
+                ChallengerDecision.ABANDONED,
+                f"moved to {stage} by hand (python -m cli.registry) during the shadow test",
+                retire=False,
+            )
+            return True
+        if model in promoted_models:
+            self._decide(
+                cycle,
+                name,
+                key,
+                ChallengerDecision.SUPERSEDED,
+                "another variant of this model was promoted first",
+            )
+            return True
+        rows = self.judge.rows.get(key)
+        if rows is None or len(rows) == 0:
+            return False
+        evidence = judge_challenger(
+            rows.arrays(), self.cfg.evidence, seed=f"{cycle.cycle_id}/{name}"
+        )
+        cycle.shadow_metrics.update({f"{name}.{k}": v for k, v in evidence.metrics().items()})
+        self._act_on(cycle, name, key, evidence, promoted_models, now)
+        return True
+
+    def _act_on(
+        self,
+        cycle: Cycle,
+        name: str,
+        key: tuple[str, str],
+        evidence: PromotionEvidence,
+        promoted_models: set[str],
+        now: int,
+    ) -> None:
+        """Carry out the evidence's decision: promote (or, with auto-promote off, keep as a
+        candidate), retire, or nothing yet ("wait")."""
+        model, version = key
+        decision = evidence.decision
+        if decision.value == "wait":
+            return
+        if decision.value == "promote":
+            if self.cfg.auto_promote:
+                self.models.promote(model, version)
+                promoted_models.add(model)
+                self._on_promotion(cycle, now)
+                self._decide(
+                    cycle, name, key, ChallengerDecision.PROMOTED, evidence.reason, retire=False
+                )
+            else:
+                self._decide(
+                    cycle,
+                    name,
+                    key,
+                    ChallengerDecision.QUALIFIED,
+                    evidence.reason + " (QT_CLM_AUTO_PROMOTE is off: kept as a "
+                    "candidate to promote by hand)",
+                    retire=False,
+                )
+                self.models.park(model, version)
+        elif decision.value == "retire_not_better":
+            self._decide(cycle, name, key, ChallengerDecision.RETIRED_NOT_BETTER, evidence.reason)
+        else:
+            self._decide(cycle, name, key, ChallengerDecision.RETIRED_UNPROVEN, evidence.reason)
 
     def _decide(
         self,

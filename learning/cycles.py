@@ -414,27 +414,10 @@ class CycleRunner:
             )
             members = by_cycle[cycle_id]
             if rows and resumed is None and rows[0]["status"] == CycleStatus.SHADOW:
-                resumed = Cycle.from_row(rows[0])
-                live = set(members)
-                for name, version in list(resumed.versions.items()):
-                    if name not in resumed.decisions and (name.split(".")[0], version) not in live:
-                        resumed.decisions[name] = ChallengerDecision.ABANDONED
-                        resumed.reasons[name] = "no longer in shadow in the registry"
-                resumed.note(
-                    "shadow test resumed by a new run (earlier paired bars are not "
-                    "kept: the test starts again)"
-                )
+                resumed = _resumed_cycle(rows[0], members)
                 self.cycle = resumed
                 continue
-            record = None
-            if rows:
-                cycle = Cycle.from_row(rows[0])
-                cycle.status = CycleStatus.ABANDONED
-                for name, version in cycle.versions.items():
-                    if (name.split(".")[0], version) in set(members):
-                        cycle.decisions[name] = ChallengerDecision.ABANDONED
-                        cycle.reasons[name] = "left in shadow by an earlier run; retired"
-                record = cycle.record(now if now > 0 else cycle.started_ms)
+            record = _abandoned_record(rows[0], members, now) if rows else None
             for model, version in members:
                 log.warning(
                     "retiring orphan shadow challenger %s %s (cycle %r)", model, version, cycle_id
@@ -451,6 +434,33 @@ class CycleRunner:
             "waiting_manual": self.waiting_manual,
             "retry_ms": self.retry_ms,
         }
+
+
+def _resumed_cycle(row: dict[str, Any], members: list[tuple[str, str]]) -> Cycle:
+    """The shadow cycle read back from ``row``, its challengers no longer in shadow
+    (``members`` are those still there) marked abandoned."""
+    resumed = Cycle.from_row(row)
+    live = set(members)
+    for name, version in list(resumed.versions.items()):
+        if name not in resumed.decisions and (name.split(".")[0], version) not in live:
+            resumed.decisions[name] = ChallengerDecision.ABANDONED
+            resumed.reasons[name] = "no longer in shadow in the registry"
+    resumed.note(
+        "shadow test resumed by a new run (earlier paired bars are not kept: the test starts again)"
+    )
+    return resumed
+
+
+def _abandoned_record(row: dict[str, Any], members: list[tuple[str, str]], now: int) -> ClmCycle:
+    """The final record of a cycle that cannot be resumed: abandoned, with its orphan
+    challengers (``members``) retired."""
+    cycle = Cycle.from_row(row)
+    cycle.status = CycleStatus.ABANDONED
+    for name, version in cycle.versions.items():
+        if (name.split(".")[0], version) in set(members):
+            cycle.decisions[name] = ChallengerDecision.ABANDONED
+            cycle.reasons[name] = "left in shadow by an earlier run; retired"
+    return cycle.record(now if now > 0 else cycle.started_ms)
 
 
 def _challenger_order(name: str) -> tuple[int, str]:

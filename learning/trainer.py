@@ -464,6 +464,21 @@ class _Prepared:
         )
 
 
+def _variant_dirs(out_dir: Path, warm_from: Mapping[str, Path]) -> dict[str, Path]:
+    """Each variant's (model's, and warm-started model's) output directory, checked before
+    any training: known models only, and no directory already holding files (a result must
+    never mix two cycles' files)."""
+    unknown = sorted(set(warm_from) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"warm_from names unknown models {unknown}; known: {MODEL_NAMES}")
+    dirs = {name: out_dir / name for name in MODEL_NAMES}
+    dirs.update({warm_name(name): out_dir / warm_name(name) for name in warm_from})
+    for p in dirs.values():
+        if p.exists() and any(p.iterdir()):
+            raise FileExistsError(f"{p} already holds files: give each cycle a fresh out_dir")
+    return dirs
+
+
 def train_all(
     history: History,
     extra_rows: TrainingSet | None,
@@ -488,14 +503,7 @@ def train_all(
     cap_threads()
     out_dir = Path(out_dir)
     warm_from = {name: Path(p) for name, p in (warm_from or {}).items()}
-    unknown = sorted(set(warm_from) - set(MODEL_NAMES))
-    if unknown:
-        raise ValueError(f"warm_from names unknown models {unknown}; known: {MODEL_NAMES}")
-    dirs = {name: out_dir / name for name in MODEL_NAMES}
-    dirs.update({warm_name(name): out_dir / warm_name(name) for name in warm_from})
-    for p in dirs.values():
-        if p.exists() and any(p.iterdir()):
-            raise FileExistsError(f"{p} already holds files: give each cycle a fresh out_dir")
+    dirs = _variant_dirs(out_dir, warm_from)
 
     c = _prepare(history, extra_rows, label_cfg, config)
     data, val = c.data, c.val

@@ -255,92 +255,96 @@ def _complete(
 _UBJ_SCALARS = {b"i": ">b", b"U": ">B", b"I": ">h", b"l": ">i", b"L": ">q", b"d": ">f", b"D": ">d"}
 
 
+_UBJ_CONSTANTS = {b"T": True, b"F": False, b"Z": None}
+
+
+class _UbjReader:
+    """A cursor over one UBJSON document: each read advances ``pos`` past what it read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.view = memoryview(data)
+        self.pos = 0
+
+    def next_marker(self) -> bytes:
+        m = bytes(self.view[self.pos : self.pos + 1])
+        self.pos += 1
+        return m
+
+    def skip(self, marker: bytes) -> bool:
+        """Step past the next byte if it is ``marker`` (an optional part of a container)."""
+        if bytes(self.view[self.pos : self.pos + 1]) == marker:
+            self.pos += 1
+            return True
+        return False
+
+    def scalar(self, marker: bytes) -> Any:
+        fmt = _UBJ_SCALARS[marker]
+        size = struct.calcsize(fmt)
+        (value,) = struct.unpack_from(fmt, self.view, self.pos)
+        self.pos += size
+        return value
+
+    def length(self) -> int:
+        return int(self.scalar(self.next_marker()))
+
+    def string(self) -> str:
+        n = self.length()
+        text = bytes(self.view[self.pos : self.pos + n]).decode("utf-8")
+        self.pos += n
+        return text
+
+    def value(self, marker: bytes) -> Any:
+        if marker in _UBJ_SCALARS:
+            return self.scalar(marker)
+        if marker == b"S":
+            return self.string()
+        if marker in _UBJ_CONSTANTS:
+            return _UBJ_CONSTANTS[marker]
+        if marker == b"{":
+            return self.obj()
+        if marker == b"[":
+            return self.arr()
+        raise ValueError(f"UBJSON: unsupported marker {marker!r} at {self.pos - 1}")
+
+    def obj(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        while not self.skip(b"}"):
+            key = self.string()
+            out[key] = self.value(self.next_marker())
+        return out
+
+    def arr(self) -> Any:
+        typ = self.next_marker() if self.skip(b"$") else None
+        if self.skip(b"#"):
+            count = self.length()
+            if typ is not None and typ in _UBJ_SCALARS:
+                return self.numbers(typ, count)
+            return [
+                self.value(typ if typ is not None else self.next_marker()) for _ in range(count)
+            ]
+        items: list[Any] = []
+        while True:
+            m = self.next_marker()
+            if m == b"]":
+                return items
+            items.append(self.value(m))
+
+    def numbers(self, typ: bytes, count: int) -> np.ndarray:
+        """A typed, counted array of numbers (XGBoost's tree arrays) as one numpy view:
+        no per-element decoding."""
+        fmt = _UBJ_SCALARS[typ]
+        size = struct.calcsize(fmt)
+        values = np.frombuffer(self.data, dtype=np.dtype(fmt), count=count, offset=self.pos)
+        self.pos += size * count
+        return values.astype(values.dtype.newbyteorder("="))
+
+
 def read_ubjson(data: bytes) -> Any:
     """Decode the Universal Binary JSON that XGBoost's ``save_model("*.ubj")`` writes
     (objects, arrays with or without a type and count, strings, numbers, booleans, null)."""
-    view = memoryview(data)
-    pos = 0
-
-    def scalar(marker: bytes) -> Any:
-        nonlocal pos
-        fmt = _UBJ_SCALARS[marker]
-        size = struct.calcsize(fmt)
-        (value,) = struct.unpack_from(fmt, view, pos)
-        pos += size
-        return value
-
-    def length() -> int:
-        nonlocal pos
-        marker = bytes(view[pos : pos + 1])
-        pos += 1
-        return int(scalar(marker))
-
-    def string() -> str:
-        nonlocal pos
-        n = length()
-        text = bytes(view[pos : pos + n]).decode("utf-8")
-        pos += n
-        return text
-
-    def value(marker: bytes) -> Any:
-        nonlocal pos
-        if marker in _UBJ_SCALARS:
-            return scalar(marker)
-        if marker == b"S":
-            return string()
-        if marker == b"T":
-            return True
-        if marker == b"F":
-            return False
-        if marker == b"Z":
-            return None
-        if marker == b"{":
-            return obj()
-        if marker == b"[":
-            return arr()
-        raise ValueError(f"UBJSON: unsupported marker {marker!r} at {pos - 1}")
-
-    def next_marker() -> bytes:
-        nonlocal pos
-        m = bytes(view[pos : pos + 1])
-        pos += 1
-        return m
-
-    def obj() -> dict[str, Any]:
-        nonlocal pos
-        out: dict[str, Any] = {}
-        while True:
-            if bytes(view[pos : pos + 1]) == b"}":
-                pos += 1
-                return out
-            key = string()
-            out[key] = value(next_marker())
-
-    def arr() -> Any:
-        nonlocal pos
-        typ = None
-        if bytes(view[pos : pos + 1]) == b"$":
-            pos += 1
-            typ = next_marker()
-        if bytes(view[pos : pos + 1]) == b"#":
-            pos += 1
-            count = length()
-            if typ in _UBJ_SCALARS:
-                fmt = _UBJ_SCALARS[typ]
-                size = struct.calcsize(fmt)
-                values = np.frombuffer(data, dtype=np.dtype(fmt), count=count, offset=pos)
-                pos += size * count
-                return values.astype(values.dtype.newbyteorder("="))
-            return [value(typ if typ is not None else next_marker()) for _ in range(count)]
-        items: list[Any] = []
-        while True:
-            m = next_marker()
-            if m == b"]":
-                return items
-            items.append(value(m))
-
-    first = next_marker()
-    return value(first)
+    reader = _UbjReader(data)
+    return reader.value(reader.next_marker())
 
 
 def _floats(text: Any) -> list[float]:
@@ -399,8 +403,9 @@ def xgboost_forest(model_bytes: bytes) -> Forest:
 
 
 # --- LightGBM: text artifact -------------------------------------------------------------------
-def lightgbm_forest(model_text: str) -> Forest:
-    """The forest of a LightGBM ``multiclass`` model in its text format."""
+def _lightgbm_sections(model_text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The text format's ``key=value`` lines: the header's, and each ``Tree=`` block's
+    (the first value of a key wins; what follows "end of trees" is ignored)."""
     header: dict[str, str] = {}
     blocks: list[dict[str, str]] = []
     current = header
@@ -416,6 +421,38 @@ def lightgbm_forest(model_text: str) -> Forest:
         if "=" in line:
             k, v = line.split("=", 1)
             current.setdefault(k, v)
+    return header, blocks
+
+
+def _lightgbm_tree(b: dict[str, str]) -> _Tree:
+    """One ``Tree=`` block as a :class:`_Tree`, with LightGBM's leaf numbering made node ids."""
+    leaf_value = [float(v) for v in b["leaf_value"].split()]
+    n_leaves = int(b["num_leaves"])
+    if n_leaves == 1:
+        return _Tree([], [], [], [], [], [], leaves={0: leaf_value[0]})
+    # internal nodes 0..n-2; a child < 0 is leaf ~child. Leaves get ids n_internal + rank.
+    n_int = n_leaves - 1
+    raw_left = [int(v) for v in b["left_child"].split()]
+    raw_right = [int(v) for v in b["right_child"].split()]
+    decision = [int(v) for v in b["decision_type"].split()]
+
+    def node_id(child: int, n_int: int = n_int) -> int:
+        return child if child >= 0 else n_int + ~child
+
+    return _Tree(
+        left=[node_id(c) for c in raw_left],
+        right=[node_id(c) for c in raw_right],
+        feature=[int(v) for v in b["split_feature"].split()],
+        threshold=[float(v) for v in b["threshold"].split()],
+        default_left=[bool(d & 2) for d in decision],
+        missing=[(d >> 2) & 3 for d in decision],
+        leaves={n_int + i: v for i, v in enumerate(leaf_value)},
+    )
+
+
+def lightgbm_forest(model_text: str) -> Forest:
+    """The forest of a LightGBM ``multiclass`` model in its text format."""
+    header, blocks = _lightgbm_sections(model_text)
     objective = header.get("objective", "").split()
     if not objective or objective[0] not in ("multiclass", "softmax"):
         raise ValueError(
@@ -432,30 +469,6 @@ def lightgbm_forest(model_text: str) -> Forest:
             raise ValueError(
                 "lightgbm forest: linear trees and categorical splits are not supported"
             )
-        leaf_value = [float(v) for v in b["leaf_value"].split()]
-        n_leaves = int(b["num_leaves"])
-        if n_leaves == 1:
-            trees.append(_Tree([], [], [], [], [], [], leaves={0: leaf_value[0]}))
-            continue
-        # internal nodes 0..n-2; a child < 0 is leaf ~child. Leaves get ids n_internal + rank.
-        n_int = n_leaves - 1
-        raw_left = [int(v) for v in b["left_child"].split()]
-        raw_right = [int(v) for v in b["right_child"].split()]
-        decision = [int(v) for v in b["decision_type"].split()]
-
-        def node_id(child: int, n_int: int = n_int) -> int:
-            return child if child >= 0 else n_int + ~child
-
-        trees.append(
-            _Tree(
-                left=[node_id(c) for c in raw_left],
-                right=[node_id(c) for c in raw_right],
-                feature=[int(v) for v in b["split_feature"].split()],
-                threshold=[float(v) for v in b["threshold"].split()],
-                default_left=[bool(d & 2) for d in decision],
-                missing=[(d >> 2) & 3 for d in decision],
-                leaves={n_int + i: v for i, v in enumerate(leaf_value)},
-            )
-        )
+        trees.append(_lightgbm_tree(b))
     tree_class = [i % n_classes for i in range(len(trees))]
     return _complete(trees, LIGHTGBM, n_features, n_classes, tree_class, [0.0] * n_classes)

@@ -280,29 +280,47 @@ def model_votes(
             )
 
     if m.vote_arrays is not None:
-        try:
-            ids, conf = m.vote_arrays(batch)
-            ids, conf = np.asarray(ids), np.asarray(conf, dtype=np.float64)
-            if ids.shape != (n,) or conf.shape != (n,):
-                raise ValueError(f"returned {ids.shape}/{conf.shape} votes for {n}")
-        except Exception as exc:  # a model failure must not stop trading decisions
-            failed(n, repr(exc))
-            return [Vote(m.name, m.version, Action.HOLD, 0.0, True)] * n
-        bad = ~((conf >= 0.0) & (conf <= 1.0) & (ids >= 0) & (ids <= 2))
-        name, version = m.name, m.version
-        out = [
-            Vote(name, version, _ACTIONS[a], c)
-            for a, c in zip(np.where(bad, 0, ids).tolist(), conf.tolist(), strict=True)
-        ]
-        for i in np.flatnonzero(bad).tolist():
-            failed(
-                1,
-                _vote_problem(_ACTIONS[ids[i]] if ids[i] in (0, 1, 2) else ids[i], float(conf[i]))
-                or "bad vote",
-            )
-            out[i] = Vote(name, version, Action.HOLD, 0.0, True)
-        return out
+        return _array_votes(m, m.vote_arrays, batch, n, failed)
+    return _predicted_votes(m, batch, n, failed)
 
+
+def _array_votes(
+    m: LoadedModel,
+    vote_arrays: VoteArrays,
+    batch: VectorBatch,
+    n: int,
+    failed: Callable[[int, str], None],
+) -> list[Vote]:
+    """:func:`model_votes` through ``m.vote_arrays``: the checks run on whole arrays, and
+    only the (rare) bad votes are looked at one by one."""
+    try:
+        ids, conf = vote_arrays(batch)
+        ids, conf = np.asarray(ids), np.asarray(conf, dtype=np.float64)
+        if ids.shape != (n,) or conf.shape != (n,):
+            raise ValueError(f"returned {ids.shape}/{conf.shape} votes for {n}")
+    except Exception as exc:  # a model failure must not stop trading decisions
+        failed(n, repr(exc))
+        return [Vote(m.name, m.version, Action.HOLD, 0.0, True)] * n
+    bad = ~((conf >= 0.0) & (conf <= 1.0) & (ids >= 0) & (ids <= 2))
+    name, version = m.name, m.version
+    out = [
+        Vote(name, version, _ACTIONS[a], c)
+        for a, c in zip(np.where(bad, 0, ids).tolist(), conf.tolist(), strict=True)
+    ]
+    for i in np.flatnonzero(bad).tolist():
+        failed(
+            1,
+            _vote_problem(_ACTIONS[ids[i]] if ids[i] in (0, 1, 2) else ids[i], float(conf[i]))
+            or "bad vote",
+        )
+        out[i] = Vote(name, version, Action.HOLD, 0.0, True)
+    return out
+
+
+def _predicted_votes(
+    m: LoadedModel, batch: VectorBatch, n: int, failed: Callable[[int, str], None]
+) -> list[Vote]:
+    """:func:`model_votes` through ``m.predict``, checking each (action, confidence)."""
     try:
         preds = m.predict(batch.vectors)
         if len(preds) != n:

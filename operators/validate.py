@@ -186,74 +186,34 @@ class TickValidator:
         if self.universe:
             known = np.isin(rows.symbol, list(self.universe))
             reject(~known, "unknown symbol", RejectedAt.VALIDATE)
-        with np.errstate(invalid="ignore", over="ignore"):
-            is_quote = rows.origin == QUOTE
-            # a quote's mid can overflow where its bid and ask do not: judge the quoted sides
-            reject(~is_quote & ~np.isfinite(rows.price), "non-finite price", RejectedAt.VALIDATE)
-            reject(
-                is_quote & ~(np.isfinite(rows.bid) & np.isfinite(rows.ask)),
-                "non-finite price",
-                RejectedAt.VALIDATE,
-            )
-            reject(~is_quote & (rows.price <= 0), "non-positive price", RejectedAt.VALIDATE)
-            reject(
-                is_quote & ((rows.bid <= 0) | (rows.ask <= 0)),
-                "non-positive price",
-                RejectedAt.VALIDATE,
-            )
-            reject(~is_quote & _outside(rows.price), PRICE_RANGE, RejectedAt.VALIDATE)
-            reject(
-                is_quote & (_outside(rows.bid) | _outside(rows.ask)),
-                PRICE_RANGE,
-                RejectedAt.VALIDATE,
-            )
-            if rows.candle is not None:
-                o, h, lo = rows.candle
-                is_candle = ~np.isnan(h)
-                reject(
-                    is_candle & ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo)),
-                    "non-finite price",
-                    RejectedAt.VALIDATE,
-                )
-                reject(
-                    is_candle & ((o <= 0) | (lo <= 0)), "non-positive price", RejectedAt.VALIDATE
-                )
-                reject(
-                    is_candle & (_outside(o) | _outside(h) | _outside(lo)),
-                    PRICE_RANGE,
-                    RejectedAt.VALIDATE,
-                )
-            reject(rows.size < 0, "negative size", RejectedAt.VALIDATE)
-            reject(rows.size > SIZE_MAX, SIZE_RANGE, RejectedAt.VALIDATE)
-            reject(
-                is_quote & (rows.bid > rows.ask), "crossed quote (bid > ask)", RejectedAt.VALIDATE
-            )
-            if rows.candle is not None:
-                c = rows.price
-                reject(
-                    is_candle & ((h < lo) | (o > h) | (o < lo) | (c > h) | (c < lo)),
-                    "inconsistent candle",
-                    RejectedAt.VALIDATE,
-                )
-        latest = self.now_ms() + FUTURE_MS
-        early = rows.ts_ms < EARLIEST_MS
-        late = rows.ts_ms > latest
-        if early.any() or late.any():
-            reject(
-                early | late,
-                [
-                    ""
-                    if not (e or f)
-                    else f"time outside the sane range: {_when(t)} is "
-                    + ("before 1990-01-01" if e else "more than 1 day after the wall clock")
-                    for e, f, t in zip(
-                        early.tolist(), late.tolist(), rows.ts_ms.tolist(), strict=True
-                    )
-                ],
-                RejectedAt.VALIDATE,
-            )
+        _check_values(rows, reject)
+        _check_times(rows, self.now_ms() + FUTURE_MS, reject)
 
         # time jumping ahead of the partition (module docstring); may hold back a tail
+        cut = self._reject_jumps(rows, reason, stage, free)
+        if cut is not None:
+            self.held = rows.slice(cut, n)
+            self.held.extra_dead = []  # undecodable lines go out with this block
+            rows = rows.slice(0, cut)  # (rows_in then counts the held rows when they go out)
+            reason, stage, free, n = reason[:cut], stage[:cut], free[:cut], cut
+
+        batches, shards = self._accept(rows, free, reason, stage, n)
+        dead = _dead_letters(rows, reason, stage)
+
+        tag = BlockTag(
+            rows.partition, self.blocks, len(batches), self.clock_ms, rows.final, rows.idle
+        )
+        self.blocks += 1
+        pieces = [
+            (key, ShardTicks(tag, ticks, members, views)) for key, ticks, members, views in shards
+        ]
+        return Validated(rows.partition, rows.rows_in, batches, dead, tag, rows.input_bytes, pieces)
+
+    def _reject_jumps(
+        self, rows: TickRows, reason: np.ndarray, stage: np.ndarray, free: np.ndarray
+    ) -> int | None:
+        """Reject the rows still free that jump ahead of the partition (module docstring);
+        the row from which a tail is to be held back for confirmation, if any."""
         cand = np.flatnonzero(free)
         jumped, hold_at = self._jumps(rows.ts_ms[cand], rows.final)
         for k, ref in jumped:
@@ -265,13 +225,13 @@ class TickValidator:
             )
             stage[i] = RejectedAt.ORDER
             free[i] = False
-        if hold_at is not None:
-            cut = int(cand[hold_at])
-            self.held = rows.slice(cut, n)
-            self.held.extra_dead = []  # undecodable lines go out with this block
-            rows = rows.slice(0, cut)  # (rows_in then counts the held rows when they go out)
-            reason, stage, free, n = reason[:cut], stage[:cut], free[:cut], cut
+        return None if hold_at is None else int(cand[hold_at])
 
+    def _accept(
+        self, rows: TickRows, free: np.ndarray, reason: np.ndarray, stage: np.ndarray, n: int
+    ) -> tuple[dict[str, TickBatch], list[ShardSpans]]:
+        """The rows still free, in order (:meth:`_order`), as batches and shard pieces; moves
+        the partition clock to the block's last row."""
         batches: dict[str, TickBatch] = {}
         shards: list[ShardSpans] = []
         clock = np.empty(0, dtype=np.int64)
@@ -283,36 +243,7 @@ class TickValidator:
             clock = np.full(n, self.clock_ms, dtype=np.int64)
         if n:
             self.clock_ms = int(clock[-1])
-
-        dead = DeadLetters()
-        for src, row, raw, why in rows.extra_dead:
-            dead.add(src, row, None, "", RejectedAt.DECODE, why, raw)
-        bad = np.flatnonzero(reason != None)  # noqa: E711
-        if len(bad):
-            ts = rows.ts_ms
-            ts = np.where((ts < STORABLE_MS[0]) | (ts > STORABLE_MS[1]), TS_UNKNOWN, ts)
-            for at in (RejectedAt.DECODE, RejectedAt.VALIDATE, RejectedAt.ORDER):
-                idx = bad[stage[bad] == at]
-                if len(idx) == 0:
-                    continue
-                dead.extend(
-                    [rows.sources[s] for s in rows.src[idx]],
-                    rows.row_no[idx],
-                    ts[idx],
-                    rows.symbol[idx].tolist(),
-                    at,
-                    reason[idx].tolist(),
-                    rows.raw(idx),
-                )
-
-        tag = BlockTag(
-            rows.partition, self.blocks, len(batches), self.clock_ms, rows.final, rows.idle
-        )
-        self.blocks += 1
-        pieces = [
-            (key, ShardTicks(tag, ticks, members, views)) for key, ticks, members, views in shards
-        ]
-        return Validated(rows.partition, rows.rows_in, batches, dead, tag, rows.input_bytes, pieces)
+        return batches, shards
 
     def _order(
         self, rows: TickRows, good: np.ndarray, reason: np.ndarray, stage: np.ndarray
@@ -440,6 +371,104 @@ def validate_ticks(
 
 PRICE_RANGE = f"price outside the sane range ({PRICE_MIN:g} to {PRICE_MAX:g})"
 SIZE_RANGE = f"size outside the sane range (above {SIZE_MAX:g})"
+
+
+_Reject = Callable[[np.ndarray, str | Iterable[str], RejectedAt], None]
+
+
+def _check_values(rows: TickRows, reject: _Reject) -> None:
+    """The per-value rules (finite, positive, in range; quotes not crossed; candles
+    consistent), each one vectorised over the whole block."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        is_quote = rows.origin == QUOTE
+        # a quote's mid can overflow where its bid and ask do not: judge the quoted sides
+        reject(~is_quote & ~np.isfinite(rows.price), "non-finite price", RejectedAt.VALIDATE)
+        reject(
+            is_quote & ~(np.isfinite(rows.bid) & np.isfinite(rows.ask)),
+            "non-finite price",
+            RejectedAt.VALIDATE,
+        )
+        reject(~is_quote & (rows.price <= 0), "non-positive price", RejectedAt.VALIDATE)
+        reject(
+            is_quote & ((rows.bid <= 0) | (rows.ask <= 0)),
+            "non-positive price",
+            RejectedAt.VALIDATE,
+        )
+        reject(~is_quote & _outside(rows.price), PRICE_RANGE, RejectedAt.VALIDATE)
+        reject(
+            is_quote & (_outside(rows.bid) | _outside(rows.ask)),
+            PRICE_RANGE,
+            RejectedAt.VALIDATE,
+        )
+        if rows.candle is not None:
+            o, h, lo = rows.candle
+            is_candle = ~np.isnan(h)
+            reject(
+                is_candle & ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo)),
+                "non-finite price",
+                RejectedAt.VALIDATE,
+            )
+            reject(is_candle & ((o <= 0) | (lo <= 0)), "non-positive price", RejectedAt.VALIDATE)
+            reject(
+                is_candle & (_outside(o) | _outside(h) | _outside(lo)),
+                PRICE_RANGE,
+                RejectedAt.VALIDATE,
+            )
+        reject(rows.size < 0, "negative size", RejectedAt.VALIDATE)
+        reject(rows.size > SIZE_MAX, SIZE_RANGE, RejectedAt.VALIDATE)
+        reject(is_quote & (rows.bid > rows.ask), "crossed quote (bid > ask)", RejectedAt.VALIDATE)
+        if rows.candle is not None:
+            c = rows.price
+            reject(
+                is_candle & ((h < lo) | (o > h) | (o < lo) | (c > h) | (c < lo)),
+                "inconsistent candle",
+                RejectedAt.VALIDATE,
+            )
+
+
+def _check_times(rows: TickRows, latest: int, reject: _Reject) -> None:
+    """Event times before 1990 or after ``latest`` (the wall clock's tolerance) are no
+    sane tick times; the reasons are only built when a row is outside."""
+    early = rows.ts_ms < EARLIEST_MS
+    late = rows.ts_ms > latest
+    if early.any() or late.any():
+        reject(
+            early | late,
+            [
+                ""
+                if not (e or f)
+                else f"time outside the sane range: {_when(t)} is "
+                + ("before 1990-01-01" if e else "more than 1 day after the wall clock")
+                for e, f, t in zip(early.tolist(), late.tolist(), rows.ts_ms.tolist(), strict=True)
+            ],
+            RejectedAt.VALIDATE,
+        )
+
+
+def _dead_letters(rows: TickRows, reason: np.ndarray, stage: np.ndarray) -> DeadLetters:
+    """The block's dead letters: undecodable lines, then the rejected rows grouped by stage
+    (one vectorised extend per stage)."""
+    dead = DeadLetters()
+    for src, row, raw, why in rows.extra_dead:
+        dead.add(src, row, None, "", RejectedAt.DECODE, why, raw)
+    bad = np.flatnonzero(reason != None)  # noqa: E711
+    if len(bad):
+        ts = rows.ts_ms
+        ts = np.where((ts < STORABLE_MS[0]) | (ts > STORABLE_MS[1]), TS_UNKNOWN, ts)
+        for at in (RejectedAt.DECODE, RejectedAt.VALIDATE, RejectedAt.ORDER):
+            idx = bad[stage[bad] == at]
+            if len(idx) == 0:
+                continue
+            dead.extend(
+                [rows.sources[s] for s in rows.src[idx]],
+                rows.row_no[idx],
+                ts[idx],
+                rows.symbol[idx].tolist(),
+                at,
+                reason[idx].tolist(),
+                rows.raw(idx),
+            )
+    return dead
 
 
 def _outside(x: np.ndarray) -> np.ndarray:

@@ -9,14 +9,16 @@ Python: there is no second feature implementation to drift from the first.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from connectors.layouts import LayoutOptions
-from connectors.replay import ReplaySource, expand_paths
+from connectors.replay import ReplayPartition, ReplaySource, expand_paths
 from models.dataset import History
 from operators.bars import BarBuilder
 from operators.features import FeatureEngine
-from operators.validate import TickValidator
-from schemas.bars import Bar
+from operators.validate import TickValidator, Validated
+from schemas.bars import Bar, BarStep
 from schemas.ticks import SymbolTicks
 from settings import Settings
 
@@ -32,53 +34,74 @@ def history_from_ticks(
         settings.replay_block_bytes,
         layouts=LayoutOptions.from_settings(settings),
     )
-    history = History()
     bar_progress = None
     if progress:
         from tqdm import tqdm
 
         bar_progress = tqdm(desc="replaying history", unit=" rows", unit_scale=True)
-    engines: dict[str, FeatureEngine] = {}  # partitions own disjoint symbols
-
-    def emit(bars: Iterable[Bar]) -> None:
-        for bar in bars:
-            eng = engines.get(bar.symbol)
-            if eng is None:
-                eng = engines[bar.symbol] = FeatureEngine(
-                    bar.symbol, settings.bar_seconds, settings.seq_window
-                )
-            history.add(bar, eng.update(bar))
-
+    replay = _Replay(settings, keep_ticks, bar_progress)
     for part in source.list_parts():
-        partition = source.build_part("history", part, None)
+        replay.part(source.build_part("history", part, None))
+    if bar_progress is not None:
+        bar_progress.close()
+    return replay.history
+
+
+@dataclass
+class _Replay:
+    """What a replay carries across partitions: the history it fills and one feature engine
+    a symbol (partitions own disjoint symbols)."""
+
+    settings: Settings
+    keep_ticks: bool
+    bar_progress: Any = None  # a tqdm bar, when asked for progress
+    history: History = field(default_factory=History)
+    engines: dict[str, FeatureEngine] = field(default_factory=dict)
+
+    def part(self, partition: ReplayPartition) -> None:
+        """One partition to its end: validation, then bars, a builder per symbol."""
+        settings = self.settings
         validator = TickValidator(settings.max_backwards_ms, frozenset(settings.symbols))
         builders: dict[str, BarBuilder] = {}
         try:
             while True:
                 for rows in partition.next_batch():
-                    validated = validator.validate(rows)
-                    history.rows_in += validated.rows_in
-                    history.ticks += validated.ticks
-                    history.dead_letters += len(validated.dead)
-                    if bar_progress is not None:
-                        bar_progress.update(validated.rows_in)
-                    for symbol, ticks in sorted(validated.batches.items()):
-                        builder = builders.get(symbol)
-                        if builder is None:
-                            builder = builders[symbol] = BarBuilder(symbol, settings.bar_seconds)
-                        step = builder.push(SymbolTicks(validated.tag, ticks))[0]
-                        emit(step.bars)
-                        if keep_ticks:
-                            history.steps.setdefault(symbol, []).append(step)
+                    self.block(validator.validate(rows), builders)
         except StopIteration:
             pass
         finally:
             partition.close()
         for symbol in sorted(builders):
             for step in builders[symbol].finish():
-                emit(step.bars)
-                if keep_ticks:
-                    history.steps.setdefault(symbol, []).append(step)
-    if bar_progress is not None:
-        bar_progress.close()
-    return history
+                self.step(symbol, step)
+
+    def block(self, validated: Validated, builders: dict[str, BarBuilder]) -> None:
+        """Count one validated block into the history and push its symbols' ticks to bars
+        (in symbol order)."""
+        history = self.history
+        history.rows_in += validated.rows_in
+        history.ticks += validated.ticks
+        history.dead_letters += len(validated.dead)
+        if self.bar_progress is not None:
+            self.bar_progress.update(validated.rows_in)
+        for symbol, ticks in sorted(validated.batches.items()):
+            builder = builders.get(symbol)
+            if builder is None:
+                builder = builders[symbol] = BarBuilder(symbol, self.settings.bar_seconds)
+            self.step(symbol, builder.push(SymbolTicks(validated.tag, ticks))[0])
+
+    def step(self, symbol: str, step: BarStep) -> None:
+        """The step's bars to features; the step itself too when ticks are kept."""
+        self.emit(step.bars)
+        if self.keep_ticks:
+            self.history.steps.setdefault(symbol, []).append(step)
+
+    def emit(self, bars: Iterable[Bar]) -> None:
+        """Each bar with its feature vector into the history."""
+        for bar in bars:
+            eng = self.engines.get(bar.symbol)
+            if eng is None:
+                eng = self.engines[bar.symbol] = FeatureEngine(
+                    bar.symbol, self.settings.bar_seconds, self.settings.seq_window
+                )
+            self.history.add(bar, eng.update(bar))

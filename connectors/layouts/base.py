@@ -212,18 +212,30 @@ def guess_unit(
         return None
     numbers = [(s, v) for s in texts if (v := number(s)) is not None]
     if not numbers:
-        if not iso:
-            raise UnitUnknown(f"{str(texts[0])[:40]!r} is not a number")
-        for text in texts:
-            dt = _iso(str(text))
-            if dt is None:
-                raise UnitUnknown(f"{str(text)[:40]!r} is neither a number nor an ISO-8601 time")
-            if dt.tzinfo is None:
-                raise UnitUnknown(
-                    f"ISO-8601 time {str(text)[:40]!r} has no UTC offset (event "
-                    "times must be UTC: add 'Z' or '+00:00')"
-                )
-        return "iso"
+        return _iso_unit(texts, iso)
+    return _number_unit(numbers, units)
+
+
+def _iso_unit(texts: Sequence[object], iso: bool) -> str:
+    """The unit "iso" when every (non-numeric) sample is ISO-8601 with a UTC offset; otherwise
+    :class:`UnitUnknown` naming the first sample that is not."""
+    if not iso:
+        raise UnitUnknown(f"{str(texts[0])[:40]!r} is not a number")
+    for text in texts:
+        dt = _iso(str(text))
+        if dt is None:
+            raise UnitUnknown(f"{str(text)[:40]!r} is neither a number nor an ISO-8601 time")
+        if dt.tzinfo is None:
+            raise UnitUnknown(
+                f"ISO-8601 time {str(text)[:40]!r} has no UTC offset (event "
+                "times must be UTC: add 'Z' or '+00:00')"
+            )
+    return "iso"
+
+
+def _number_unit(numbers: Sequence[tuple[object, float]], units: Sequence[str]) -> str:
+    """The one unit in ``units`` the numbers fit, tolerating a minority that fits none;
+    :class:`UnitUnknown` when they fit several or too few fit any."""
     fits: dict[str, str] = {}
     misfits: list[str] = []
     for text, value in numbers:

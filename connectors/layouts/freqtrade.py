@@ -202,7 +202,19 @@ def _candles(text: bytes) -> tuple[list, DamagedFile | None]:
         if not isinstance(data, list):
             return [], DamagedFile("corrupt", "not a JSON list")
         return data, None
-    s = text.decode("utf-8", errors="replace")
+    return _salvage(text.decode("utf-8", errors="replace"))
+
+
+def _skip_space(s: str, i: int) -> int:
+    """The index of the first non-whitespace character of ``s`` at or after ``i``."""
+    while i < len(s) and s[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _salvage(s: str) -> tuple[list, DamagedFile | None]:
+    """A damaged JSON list read entry by entry: the entries before the damage, and what
+    the damage is."""
     decoder = json.JSONDecoder()
     items: list = []
     i = len(s) - len(s.lstrip())
@@ -210,8 +222,7 @@ def _candles(text: bytes) -> tuple[list, DamagedFile | None]:
         return [], DamagedFile("corrupt", "not a JSON list")
     i += 1
     while True:
-        while i < len(s) and s[i] in " \t\r\n":
-            i += 1
+        i = _skip_space(s, i)
         if s[i : i + 1] == "]":
             return items, DamagedFile("corrupt", "unexpected data after the list")
         try:
@@ -220,8 +231,7 @@ def _candles(text: bytes) -> tuple[list, DamagedFile | None]:
             what = "truncated" if exc.pos >= len(s.rstrip()) else "corrupt"
             return items, DamagedFile(what, f"json: {exc.msg}")
         items.append(item)
-        while i < len(s) and s[i] in " \t\r\n":
-            i += 1
+        i = _skip_space(s, i)
         if s[i : i + 1] == ",":
             i += 1
         elif i >= len(s):

@@ -53,6 +53,44 @@ REQUIRED = {
 SNIFF_ROWS = 20
 
 
+def _field_pairs(spec: str) -> dict[str, str]:
+    """``field=column,...`` -> {field: column}, in order; a malformed or repeated field is
+    a setting error."""
+    pairs: dict[str, str] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        field_name, eq, column = (x.strip() for x in part.partition("="))
+        field_name = field_name.lower()
+        if not eq or not field_name or not column:
+            raise LayoutSettingError(
+                f"{SETTING}: {part!r} is not field=column (e.g. "
+                "ts=open_time,price=close,symbol=@BTCUSDT)"
+            )
+        if field_name in pairs:
+            raise LayoutSettingError(f"{SETTING}: {field_name} is mapped twice")
+        pairs[field_name] = column
+    return pairs
+
+
+def _layout_of(fields: set[str]) -> TickOrigin:
+    """The layout the mapped fields make: candles or quotes by their own fields (never
+    both), else trades."""
+    if fields & CANDLE_ONLY and fields & QUOTE_ONLY:
+        raise LayoutSettingError(
+            f"{SETTING}: {', '.join(sorted(fields & CANDLE_ONLY))} (candles) and "
+            f"{', '.join(sorted(fields & QUOTE_ONLY))} (quotes) cannot be mapped together;"
+            " map the fields of one layout"
+        )
+    return (
+        TickOrigin.CANDLE
+        if fields & CANDLE_ONLY
+        else TickOrigin.QUOTE
+        if fields & QUOTE_ONLY
+        else TickOrigin.TRADE
+    )
+
+
 @dataclass(frozen=True)
 class ColumnMap:
     """A parsed ``QT_TICKS_COLUMNS``: the internal layout, field -> file column, and the
@@ -64,34 +102,8 @@ class ColumnMap:
 
     @classmethod
     def parse(cls, spec: str) -> ColumnMap:
-        pairs: dict[str, str] = {}
-        for part in (p.strip() for p in spec.split(",")):
-            if not part:
-                continue
-            field_name, eq, column = (x.strip() for x in part.partition("="))
-            field_name = field_name.lower()
-            if not eq or not field_name or not column:
-                raise LayoutSettingError(
-                    f"{SETTING}: {part!r} is not field=column (e.g. "
-                    "ts=open_time,price=close,symbol=@BTCUSDT)"
-                )
-            if field_name in pairs:
-                raise LayoutSettingError(f"{SETTING}: {field_name} is mapped twice")
-            pairs[field_name] = column
-        fields = set(pairs)
-        if fields & CANDLE_ONLY and fields & QUOTE_ONLY:
-            raise LayoutSettingError(
-                f"{SETTING}: {', '.join(sorted(fields & CANDLE_ONLY))} (candles) and "
-                f"{', '.join(sorted(fields & QUOTE_ONLY))} (quotes) cannot be mapped together;"
-                " map the fields of one layout"
-            )
-        origin = (
-            TickOrigin.CANDLE
-            if fields & CANDLE_ONLY
-            else TickOrigin.QUOTE
-            if fields & QUOTE_ONLY
-            else TickOrigin.TRADE
-        )
+        pairs = _field_pairs(spec)
+        origin = _layout_of(set(pairs))
         if origin is TickOrigin.CANDLE and "price" in pairs:
             if "close" in pairs:
                 raise LayoutSettingError(f"{SETTING}: price and close both name the candle close")

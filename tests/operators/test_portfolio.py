@@ -163,15 +163,65 @@ def bar_steps(path: Path, cuts: list[int]) -> list:
     return steps
 
 
-def reference(path: Path, steps: list, cfg: ExecConfig) -> list[tuple]:
-    """Tick by tick, straight from the documented rules."""
-    t = path.ticks
+def _bar_closes(steps: list) -> dict[int, list[int]]:
+    """Tick index (over all steps) -> the end times of the bars that close at that tick."""
     closes: dict[int, list[int]] = {}
     offset = 0
     for step in steps:
         for bar, ci in zip(step.bars, step.close_index, strict=True):
             closes.setdefault(offset + ci, []).append(to_ms(bar.end))
         offset += len(step.ticks)
+    return closes
+
+
+def _signal(
+    path: Path, ends: list[int], pos: tuple | None, pending: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The entry pending after the bars ending at ``ends`` close: the last BUY/SELL that
+    is not the open position's side (HOLD changes nothing)."""
+    for end in ends:
+        a = path.actions.get(end, Action.HOLD)
+        if a is Action.HOLD:
+            continue
+        side = 1 if a is Action.BUY else -1
+        if pos is not None and pos[0] == side:
+            continue
+        pending = (end, side)
+    return pending
+
+
+def _entry(t: TickBatch, g: int, side: int, slip: float) -> tuple:
+    """The position opened at tick ``g``: (side, qty, entry, entry ms, take-profit, stop)."""
+    base = t.ask[g] if side > 0 else t.bid[g]
+    entry = base * (1 + side * slip)
+    qty = SIZE / entry
+    return (
+        side,
+        qty,
+        entry,
+        int(t.ts_ms[g]),
+        entry * (1 + side * TP / 100),
+        entry * (1 - side * SL / 100),
+    )
+
+
+def _exit_reason(pos: tuple, px: float, ts_ms: int, cfg: ExecConfig) -> ExitReason | None:
+    """Why the position closes at a tick quoting ``px`` (stop first, then take-profit, then
+    holding time), or None."""
+    side, _, _, entry_ms, tp, sl = pos
+    if (px <= sl) if side > 0 else (px >= sl):
+        return ExitReason.STOP_LOSS
+    if (px >= tp) if side > 0 else (px <= tp):
+        return ExitReason.TAKE_PROFIT
+    if ts_ms >= entry_ms + cfg.max_holding_ms:
+        return ExitReason.MAX_HOLDING
+    return None
+
+
+def reference(path: Path, steps: list, cfg: ExecConfig) -> list[tuple]:
+    """Tick by tick, straight from the documented rules."""
+    t = path.ticks
+    closes = _bar_closes(steps)
     out: list[tuple] = []
     pos = pending = None
     slip, fee = cfg.slippage_bps / 1e4, cfg.fee_bps / 1e4
@@ -186,43 +236,22 @@ def reference(path: Path, steps: list, cfg: ExecConfig) -> list[tuple]:
         pos = None
 
     for g in range(len(t) + 1):
-        for end in closes.get(g, []):
-            a = path.actions.get(end, Action.HOLD)
-            if a is Action.HOLD:
-                continue
-            side = 1 if a is Action.BUY else -1
-            if pos is not None and pos[0] == side:
-                continue
-            pending = (end, side)
+        pending = _signal(path, closes.get(g, []), pos, pending)
         if g == len(t):
             break
         if pending is not None and t.ts_ms[g] >= pending[0] + cfg.latency_ms:
-            end, side = pending
+            _, side = pending
             pending = None
             if pos is not None:
                 close(g, ExitReason.OPPOSITE_SIGNAL)
-            base = t.ask[g] if side > 0 else t.bid[g]
-            entry = base * (1 + side * slip)
-            qty = SIZE / entry
-            pos = (
-                side,
-                qty,
-                entry,
-                int(t.ts_ms[g]),
-                entry * (1 + side * TP / 100),
-                entry * (1 - side * SL / 100),
-            )
-            out.append(("open", int(t.ts_ms[g]), side, float(entry)))
+            pos = _entry(t, g, side, slip)
+            out.append(("open", int(t.ts_ms[g]), side, float(pos[2])))
             continue
         if pos is not None:
-            side, _, _, entry_ms, tp, sl = pos
-            px = t.bid[g] if side > 0 else t.ask[g]
-            if (px <= sl) if side > 0 else (px >= sl):
-                close(g, ExitReason.STOP_LOSS)
-            elif (px >= tp) if side > 0 else (px <= tp):
-                close(g, ExitReason.TAKE_PROFIT)
-            elif t.ts_ms[g] >= entry_ms + cfg.max_holding_ms:
-                close(g, ExitReason.MAX_HOLDING)
+            px = t.bid[g] if pos[0] > 0 else t.ask[g]
+            reason = _exit_reason(pos, px, t.ts_ms[g], cfg)
+            if reason is not None:
+                close(g, reason)
     if pos is not None:
         close(len(t) - 1, ExitReason.END_OF_INPUT)
     return out

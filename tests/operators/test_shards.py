@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -183,6 +185,63 @@ def test_time_going_backwards_for_all_symbols_at_once_equals_one_at_a_time(
     assert kept == sorted(expected_kept)
 
 
+Votes = Callable[[Any], tuple[Vote, ...]]
+
+
+def _symbol_steps(
+    v: Validated,
+    builders: dict[str, BarBuilder],
+    engines: dict[str, FeatureEngine],
+    votes: Votes,
+) -> list[ScoredStep]:
+    """The block's scored steps the per-symbol way: one bar builder and engine a symbol."""
+    out = []
+    for sym, batch in v.batches.items():
+        (step,) = builders.setdefault(sym, BarBuilder(sym, 60)).push(SymbolTicks(v.tag, batch))
+        (fs,) = engines.setdefault(sym, FeatureEngine(sym, 60, 8)).push(step)
+        out.append(ScoredStep(sym, fs, [votes(x) for x in fs.vectors]))
+    return out
+
+
+def _shard_steps(
+    v: Validated,
+    shards: dict[str, ShardBars],
+    feats: dict[str, ShardFeatures],
+    votes: Votes,
+) -> list[ScoredStep]:
+    """The block's scored steps the sharded way: one stage a shard piece."""
+    out = []
+    for key, piece in v.pieces():
+        (step,) = shards.setdefault(key, ShardBars(60)).push(piece)
+        (fs,) = feats.setdefault(key, ShardFeatures(60, 8)).push(step)
+        out.append(ScoredStep(key, fs, [votes(x) for x in fs.vectors]))
+    return out
+
+
+def _finish_symbols(
+    builders: dict[str, BarBuilder], engines: dict[str, FeatureEngine], votes: Votes
+) -> list[ScoredStep]:
+    """The per-symbol stages' last steps at the end of input."""
+    out = []
+    for sym, b in builders.items():
+        for step in b.finish():
+            (fs,) = engines[sym].push(step)
+            out.append(ScoredStep(sym, fs, [votes(x) for x in fs.vectors]))
+    return out
+
+
+def _finish_shards(
+    shards: dict[str, ShardBars], feats: dict[str, ShardFeatures], votes: Votes
+) -> list[ScoredStep]:
+    """The shard stages' last steps at the end of input."""
+    out = []
+    for key, stage in shards.items():
+        for step in stage.finish():
+            (fs,) = feats[key].push(step)
+            out.append(ScoredStep(key, fs, [votes(x) for x in fs.vectors]))
+    return out
+
+
 def test_the_engine_takes_a_shard_piece_like_its_symbols_one_by_one(trained_registry: Path) -> None:
     """Signals, verdicts and trades from shard pieces equal those from per-symbol items."""
     registry = ModelRegistry(trained_registry)
@@ -206,24 +265,12 @@ def test_the_engine_takes_a_shard_piece_like_its_symbols_one_by_one(trained_regi
     feats: dict[str, ShardFeatures] = {}
     for v in blocks:
         progress = Progress(v.tag.partition, v.tag.seq, v.tag.parts, v.tag.clock_ms, v.tag.final)
-        for sym, batch in v.batches.items():
-            (step,) = builders.setdefault(sym, BarBuilder(sym, 60)).push(SymbolTicks(v.tag, batch))
-            (fs,) = engines.setdefault(sym, FeatureEngine(sym, 60, 8)).push(step)
-            per_symbol.append(ScoredStep(sym, fs, [votes(x) for x in fs.vectors]))
+        per_symbol += _symbol_steps(v, builders, engines, votes)
         per_symbol.append(progress)
-        for key, piece in v.pieces():
-            (step,) = shards.setdefault(key, ShardBars(60)).push(piece)
-            (fs,) = feats.setdefault(key, ShardFeatures(60, 8)).push(step)
-            sharded.append(ScoredStep(key, fs, [votes(x) for x in fs.vectors]))
+        sharded += _shard_steps(v, shards, feats, votes)
         sharded.insert(len(sharded) - 1, progress)  # a progress message may overtake a piece
-    for sym, b in builders.items():
-        for step in b.finish():
-            (fs,) = engines[sym].push(step)
-            per_symbol.append(ScoredStep(sym, fs, [votes(x) for x in fs.vectors]))
-    for key, stage in shards.items():
-        for step in stage.finish():
-            (fs,) = feats[key].push(step)
-            sharded.append(ScoredStep(key, fs, [votes(x) for x in fs.vectors]))
+    per_symbol += _finish_symbols(builders, engines, votes)
+    sharded += _finish_shards(shards, feats, votes)
 
     def run(items: list) -> tuple:
         engine = DecisionEngine(EngineConfig(), EngineDeps(registry, [""]))
