@@ -103,6 +103,35 @@ def test_rows_in_column_order_and_back_by_name_or_position() -> None:
         assert back.path[0] == 1.0 and math.isnan(back.path[1]) and back.tags == {"a": 2.0}
 
 
+@dataclass(frozen=True)
+class Prices:
+    symbol: str
+    last: float
+    bid: float | None
+    ask: float
+    side: Action
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        SAMPLE,
+        Sample(SAMPLE.at, Action.SELL, math.nan, (), {}, "x", SAMPLE.at),
+        Prices("X", 1.0, 0.5, 1.5, Action.HOLD),
+        Prices("X", None, None, math.inf, Action.BUY),  # type: ignore[arg-type]
+    ],
+)
+def test_a_row_is_what_converting_field_by_field_gives(event: object) -> None:
+    """to_row reads all fields at once and converts only where needed (a hot path): the
+    same values and types as each field's conversion, a float field's None as NaN."""
+    by_field = tuple(out(getattr(event, name)) for name, _, _, out, _ in codec._plan(type(event)))
+    row = codec.to_row(event)
+    assert [type(v) for v in row] == [type(v) for v in by_field]
+    assert all(a == b or (a != a and b != b) for a, b in zip(row, by_field, strict=True))
+    if isinstance(event, Prices) and event.last is None:
+        assert math.isnan(row[1]) and math.isnan(row[2]) and row[4] == "BUY"
+
+
 def test_only_dataclasses_have_a_codec() -> None:
     with pytest.raises(TypeError, match="is not an event dataclass"):
         codec.row_columns(dict)
