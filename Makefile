@@ -2,7 +2,7 @@
 # `make check` is what CI runs after installing (.ci/run).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PACKAGES := settings.py errors.py metrics.py runtime.py schemas operators models rl learning \
+PACKAGES := settings.py errors.py metrics.py runtime.py schemas operators models rl learning training \
 	connectors storage dataflows cli report deploy
 
 .PHONY: install run test lint format typecheck check report bench clean
