@@ -60,9 +60,7 @@ from schemas.tables import (
     feature_rows,
 )
 from schemas.ticks import TickRows
-from schemas.trades import (
-    encode_event,
-)
+from schemas.trades import encode_event
 from settings import Settings
 from storage.store import DeferredStore
 
