@@ -37,23 +37,14 @@ from operators.ensemble import VoteBook, shadow_votes
 from operators.policy_learner import PolicyLearner, transition_of
 from operators.sizing import PolicySource
 from operators.stage import stage_builder
-from operators.summary import Counts, cycle_counts
+from operators.summary import Counts, learning_counts
 from operators.trade_join import TradeJoins
 from operators.versions import ActiveModels
 from rl.reward import RewardWeights, trade_reward
 from schemas.dead_letters import DeadLetters
 from schemas.learning import ClmCycle, DriftCheck, RLUpdate, ScoredBar, TradeOutcome
 from schemas.signals import Vote
-from schemas.tables import (
-    CLM_CYCLES,
-    DRIFT_CHECKS,
-    RL_UPDATES,
-    TableRows,
-    dead_letter_rows,
-    event_rows,
-    outcome_rows,
-    trade_outcome,
-)
+from schemas.tables import TableRows, dead_letter_rows, learning_rows, trade_outcome
 from schemas.trades import JoinedTrade, LearningEvent, TradeOpened, opened_from_row
 from storage.store import Store
 
@@ -95,24 +86,12 @@ class LearnedOutput:
 
     def table_rows(self) -> list[TableRows]:
         blocks = [dead_letter_rows(d) for d in self.dead]
-        if self.outcomes:
-            blocks.append(outcome_rows(self.outcomes))
-        if self.updates:
-            blocks.append(event_rows(RL_UPDATES, self.updates))
-        if self.cycles:
-            blocks.append(event_rows(CLM_CYCLES, self.cycles))
-        if self.drift:
-            blocks.append(event_rows(DRIFT_CHECKS, self.drift))
-        return blocks
+        return blocks + learning_rows(self.outcomes, self.updates, self.cycles, self.drift)
 
     def summary_counts(self) -> Counts:
         c: Counts = dict(self.counts)
-        c["rl.updates"] = len(self.updates)
-        c["clm.drift_checks"] = len(self.drift)
-        c["clm.drift_fired"] = sum(d.fired for d in self.drift)
-        for cycle in self.cycles:
-            for key, n in cycle_counts(cycle).items():
-                c[key] = c.get(key, 0) + n
+        for key, n in learning_counts(self.updates, self.drift, self.cycles).items():
+            c[key] = c.get(key, 0) + n
         return {k: v for k, v in c.items() if v}
 
 

@@ -48,7 +48,7 @@ from operators.policy_learner import LearnerConfig, PolicyLearner, transition_of
 from operators.portfolio import EventKind, ExecConfig, ExecEvent, Portfolio
 from operators.sizing import PolicySource, Sizer, SizingConfig
 from operators.stage import stage_builder
-from operators.summary import Counts, PnlPoint, cycle_counts
+from operators.summary import Counts, PnlPoint, learning_counts
 from operators.supervisor import Supervisor, SupervisorConfig
 from operators.versions import ActiveModels
 from operators.weights import DynamicWeights
@@ -64,13 +64,10 @@ from schemas.learning import (
 )
 from schemas.signals import Signal, Vote
 from schemas.tables import (
-    CLM_CYCLES,
-    DRIFT_CHECKS,
-    RL_UPDATES,
     SHADOW_PREDICTIONS,
     TableRows,
     event_rows,
-    outcome_rows,
+    learning_rows,
     signal_rows,
     trade_outcome,
     trade_rows,
@@ -187,15 +184,7 @@ class EngineOutput:
             blocks.append(event_rows(SHADOW_PREDICTIONS, self.shadow))
         if self.trades:
             blocks.append(trade_rows([e.record for e in self.trades]))
-        if self.outcomes:
-            blocks.append(outcome_rows(self.outcomes))
-        if self.updates:
-            blocks.append(event_rows(RL_UPDATES, self.updates))
-        if self.cycles:
-            blocks.append(event_rows(CLM_CYCLES, self.cycles))
-        if self.drift:
-            blocks.append(event_rows(DRIFT_CHECKS, self.drift))
-        return blocks
+        return blocks + learning_rows(self.outcomes, self.updates, self.cycles, self.drift)
 
     def summary_counts(self) -> list[Counts | PnlPoint]:
         """The run summary's counters of this output, and the closed trades' PnL."""
@@ -220,12 +209,8 @@ class EngineOutput:
                 bump("trades.opened")
         for outcome in self.outcomes:
             bump(f"trades.joined.{outcome.joined_from}")
-        bump("rl.updates", len(self.updates))
-        bump("clm.drift_checks", len(self.drift))
-        bump("clm.drift_fired", sum(d.fired for d in self.drift))
-        for cycle in self.cycles:
-            for key, n in cycle_counts(cycle).items():
-                bump(key, n)
+        for key, n in learning_counts(self.updates, self.drift, self.cycles).items():
+            bump(key, n)
         return [{k: v for k, v in c.items() if v}, *pnl]
 
 

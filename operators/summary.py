@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
@@ -27,7 +27,7 @@ from bytewax.dataflow import Stream, operator
 from metrics import METRICS
 from operators.stage import stage_builder
 from runtime import STOP
-from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus
+from schemas.learning import ChallengerDecision, ClmCycle, CycleStatus, DriftCheck
 
 Counts = dict[str, int]
 
@@ -321,6 +321,21 @@ def run_summary(
         ),
     )
     return op.key_rm("unkey", out)
+
+
+def learning_counts(
+    updates: Sequence[object], drift: Sequence[DriftCheck], cycles: Sequence[ClmCycle]
+) -> Counts:
+    """The summary's counters of what the learners recorded (engine and learning flow)."""
+    c: Counts = {
+        "rl.updates": len(updates),
+        "clm.drift_checks": len(drift),
+        "clm.drift_fired": sum(d.fired for d in drift),
+    }
+    for cycle in cycles:
+        for key, n in cycle_counts(cycle).items():
+            c[key] = c.get(key, 0) + n
+    return c
 
 
 def cycle_counts(c: ClmCycle) -> Counts:

@@ -146,5 +146,22 @@ def trade_outcome(j: JoinedTrade, reward: float) -> TradeOutcome:
     )
 
 
+def learning_rows(
+    outcomes: Sequence[TradeOutcome],
+    updates: Sequence[Any],
+    cycles: Sequence[Any],
+    drift: Sequence[Any],
+) -> list[TableRows]:
+    """Table blocks of what the learners recorded (the engine's inline learners and the
+    learning flow's write the same four tables)."""
+    blocks = []
+    if outcomes:
+        blocks.append(outcome_rows(outcomes))
+    for table, events in ((RL_UPDATES, updates), (CLM_CYCLES, cycles), (DRIFT_CHECKS, drift)):
+        if events:
+            blocks.append(event_rows(table, events))
+    return blocks
+
+
 def outcome_rows(outcomes: Sequence[TradeOutcome]) -> TableRows:
     return event_rows(TRADE_OUTCOMES, outcomes)
