@@ -62,30 +62,30 @@ def timed_lazy_flow(build):
 graphs.lazy_flow = timed_lazy_flow  # before dataflows.live is imported by bytewax.run
 counts, rows, busy = collections.Counter(), collections.Counter(), collections.Counter()
 first, last = [], []
-orig = st.Store.insert_async
-def counted(self, table, columns, data, column_oriented=False):
-    n = len(data[0]) if column_oriented and data else len(data)
+orig = st.Store.insert_block_async
+def counted(self, block):
+    n = len(block)
     run = orig.__get__(self)
     if not n:
-        return run(table, columns, data, column_oriented)
+        return run(block)
     client = self._client
     if not getattr(client, "_bench_timed", False):
-        insert = client.insert
-        def timed(tbl, *a, **k):
-            t = time.perf_counter()
-            try:
-                return insert(tbl, *a, **k)
-            finally:
-                busy[tbl] += time.perf_counter() - t
-                last[:] = [time.monotonic()]
-        client.insert = timed
+        for name in ("insert", "insert_arrow"):
+            def timed(tbl, *a, _insert=getattr(client, name), **k):
+                t = time.perf_counter()
+                try:
+                    return _insert(tbl, *a, **k)
+                finally:
+                    busy[tbl] += time.perf_counter() - t
+                    last[:] = [time.monotonic()]
+            setattr(client, name, timed)
         client._bench_timed = True
-    counts[table] += 1
-    rows[table] += n
+    counts[block.table] += 1
+    rows[block.table] += n
     if not first:
         first.append(time.monotonic())
-    return run(table, columns, data, column_oriented)
-st.Store.insert_async = counted
+    return run(block)
+st.Store.insert_block_async = counted
 def dump():
     span = (last[0] - first[0]) if first and last else 0.0
     cpu = time.process_time()  # every thread of this process (not its children)

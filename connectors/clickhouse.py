@@ -39,7 +39,7 @@ from concurrent.futures import Future
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from schemas.tables import TableRows
+from schemas.tables import TableRows, merge_blocks
 from settings import Settings
 from storage.store import Store, open_store
 
@@ -155,17 +155,8 @@ class TableWriter:
             self._flush_due(time.monotonic())
 
     def _flush(self, table: str, buf: _TableBuffer) -> None:
-        groups: dict[tuple[tuple[str, ...], bool], list[TableRows]] = {}
-        for block in buf.blocks:
-            groups.setdefault((block.columns, block.column_oriented), []).append(block)
-        for (columns, col_oriented), blocks in groups.items():
-            if col_oriented:
-                data = [[v for b in blocks for v in b.data[i]] for i in range(len(columns))]
-            else:
-                data = [row for b in blocks for row in b.data]
-            self.pending.append(
-                (table, self.store.insert_async(table, columns, data, col_oriented))
-            )
+        for block in merge_blocks(buf.blocks):
+            self.pending.append((table, self.store.insert_block_async(block)))
         buf.blocks, buf.rows = [], 0
 
     def _reap(self, wait: bool) -> None:

@@ -35,6 +35,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from errors import UserError, redact
+from schemas.tables import TableRows
 from settings import PROJECT_ROOT, Settings
 
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -95,6 +96,24 @@ class Store:
     ) -> int:
         """Insert rows (or columns) into ``table``; returns the number of rows written."""
         return self.insert_async(table, columns, data, column_oriented).result()
+
+    def insert_block_async(self, block: TableRows) -> Future[int]:
+        """Queue the insert of a table block in whatever form it holds (rows, columns, or
+        events encoded here as an Arrow table, which ClickHouse reads as ``FORMAT Arrow``)."""
+        if block.encode is None:
+            return self.insert_async(block.table, block.columns, block.data, block.column_oriented)
+        n = len(block)
+
+        def run() -> int:
+            if n:
+                self._client.insert_arrow(block.table, block.to_arrow())
+            return n
+
+        return self._thread.submit(run)
+
+    def insert_block(self, block: TableRows) -> int:
+        """:meth:`insert_block_async`, waiting; returns the number of rows written."""
+        return self.insert_block_async(block).result()
 
     # --- reads -------------------------------------------------------------------------------
     def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
@@ -168,6 +187,9 @@ class DeferredStore(Store):
         self, table: str, columns: Sequence[str], data: Sequence[Any], column_oriented: bool = False
     ) -> int:
         return self._get().insert(table, columns, data, column_oriented)
+
+    def insert_block_async(self, block: TableRows) -> Future[int]:
+        return self._get().insert_block_async(block)
 
     def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
         return self._get().query(name, **params)

@@ -280,7 +280,7 @@ def store_features(store: Store) -> Callable[[list[FeatureVector]], None]:
     def archive(vectors: list[FeatureVector]) -> None:
         for i in range(0, len(vectors), 50_000):
             block = feature_rows(vectors[i : i + 50_000])
-            store.insert(block.table, block.columns, block.data)
+            store.insert_block(block)
 
     return archive
 

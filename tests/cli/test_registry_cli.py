@@ -331,7 +331,7 @@ def test_the_learner_closes_a_challenger_taken_out_of_shadow_by_hand(
         "clm-0001-x", "manual", "test", 1_000, CycleStatus.SHADOW, versions=dict(versions)
     )
     block = event_rows(CLM_CYCLES, [cycle.record(2_000)])
-    store.insert(block.table, block.columns, block.data)
+    store.insert_block(block)
     label_cfg = LabelConfig.from_settings(reg_settings)
     runner = CycleRunner(
         ClmDeps(

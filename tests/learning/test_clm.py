@@ -66,7 +66,7 @@ def test_an_interrupted_shadow_test_is_resumed_by_the_next_run(
         decisions={"xgboost": ChallengerDecision.PROMOTED},
     )
     block = event_rows(CLM_CYCLES, [cycle.record(2_000)])
-    store.insert(block.table, block.columns, block.data)
+    store.insert_block(block)
     registry.set_stage("xgboost", versions["xgboost"], ModelStage.PRODUCTION)  # decided before
     clm = learner(registry, store, settings)
     assert clm.cycle is not None and clm.cycle.cycle_id == "clm-0007-x"

@@ -438,7 +438,7 @@ def test_flow_orphan_close_resolved_from_the_trades_table(
 ) -> None:
     o, c = pair("T-STORED", T0)
     rows = trade_rows([TradeRecord(o)])
-    store.insert(rows.table, rows.columns, rows.data)
+    store.insert_block(rows)
 
     def lookup(trade_id: str) -> TradeOpened | None:
         found = store.query("queries/trade_by_id", trade_id=trade_id)

@@ -24,7 +24,7 @@ def test_an_open_then_closed_trade_reads_back_as_written(store: Any) -> None:
     assert math.isnan(open_row["net_pnl"]) and open_row["fees"] == opened.entry_fee
     for record in (TradeRecord(opened), TradeRecord(opened, closed)):
         rows = trade_rows([record])
-        store.insert(rows.table, rows.columns, rows.data)
+        store.insert_block(rows)
     (row,) = store.query("queries/trade_by_id", trade_id="T-ROUND-TRIP")  # FINAL: version 2
     assert (row["status"], row["version"]) == ("closed", 2)
     assert row["exit_ts"] == closed.exit_ts and row["exit_reason"] == closed.exit_reason.value

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
+from schemas import codec
 from schemas.bars import Bar
 from schemas.dead_letters import DeadLetters, RejectedAt
 from schemas.features import FeatureVector
-from schemas.tables import bar_rows, dead_letter_rows, feature_rows
+from schemas.tables import bar_rows, dead_letter_rows, feature_rows, merge_blocks
 from storage.store import StoreUnavailable, check_embedded_store, ddl_files, open_store
 
 
@@ -47,7 +49,7 @@ def test_writing_the_same_batch_twice_leaves_one_copy(store) -> None:
     dead.add("file.csv", 4, 1_704_067_200_000, "X:Y", RejectedAt.VALIDATE, "negative size", "x")
     for _ in range(2):
         for block in (bar_rows(bars), feature_rows([vec]), dead_letter_rows(dead)):
-            store.insert(block.table, block.columns, block.data, block.column_oriented)
+            store.insert_block(block)
     counts = store.query("queries/table_counts")[0]
     assert counts == {"bars": 5, "features": 1, "dead_letters": 2, "signals": 0}
     rows = store.query("queries/bars_for_symbol", symbol="X:Y", seconds=60)
@@ -55,9 +57,40 @@ def test_writing_the_same_batch_twice_leaves_one_copy(store) -> None:
     assert rows[0]["start"] == datetime(2024, 1, 1, tzinfo=UTC)  # aware UTC comes back
 
 
+def test_feature_vectors_come_back_as_written(store) -> None:
+    """Feature blocks go in as Arrow: every field comes back, the window as the Float32 column
+    stores it, NaN as NaN, times as aware UTC, and merged blocks insert as one."""
+    bars = [_bar(i, 1.0 + i) for i in range(3)]
+    vectors = [
+        FeatureVector(
+            "X:Y",
+            b.end,
+            b.start,
+            "fs-test",
+            i > 0,
+            b.close,
+            {"ret_1": 0.1 * i, "spread_bps": math.nan},
+            (math.nan, 1 / 3, -2.5e-5 * i),
+        )
+        for i, b in enumerate(bars)
+    ]
+    blocks = merge_blocks([feature_rows(vectors[:1]), feature_rows(vectors[1:])])
+    assert len(blocks) == 1 and len(blocks[0]) == 3 and blocks[0].to_arrow().num_rows == 3
+    store.insert_block(blocks[0])
+    rows = store.query("queries/features_for_symbol", symbol="X:Y", feature_set="fs-test")
+    back = [codec.from_row(FeatureVector, r) for r in rows]
+    assert [(v.ts, v.bar_start, v.warm, v.close) for v in back] == [
+        (v.ts, v.bar_start, v.warm, v.close) for v in vectors
+    ]
+    for got, want in zip(back, vectors, strict=True):
+        assert got.values["ret_1"] == want.values["ret_1"] and math.isnan(got.values["spread_bps"])
+        assert math.isnan(got.window[0])
+        assert list(got.window[1:]) == [float(np.float32(x)) for x in want.window[1:]]
+
+
 def test_parameters_are_bound_not_spliced(store) -> None:
     block = bar_rows([_bar(0, 1.0)])
-    store.insert(block.table, block.columns, block.data)
+    store.insert_block(block)
     assert store.query("queries/bars_for_symbol", symbol="X:Y' OR 1=1 --", seconds=60) == []
     assert len(store.query("queries/bars_for_symbol", symbol="X:Y", seconds=60)) == 1
 
