@@ -284,12 +284,11 @@ class TickTape:
         view of its block's arrays): a symbol that goes quiet must not keep a whole block of
         every symbol's ticks alive."""
         for k, t in enumerate(self.blocks):
-            base = t.ts_ms.base
-            if base is not None and base.size > len(t):
+            if _views_larger_block(t):
                 self.blocks[k] = t.take(np.arange(len(t)))
 
     def holds_views(self) -> bool:
-        return any(t.ts_ms.base is not None for t in self.blocks)
+        return any(_views_larger_block(t) for t in self.blocks)
 
     def copy(self) -> TickTape:
         """A tape sharing the (never modified) blocks."""
@@ -297,6 +296,13 @@ class TickTape:
         tape.blocks, tape.starts = list(self.blocks), list(self.starts)
         tape.end, tape.last = self.end, self.last
         return tape
+
+
+def _views_larger_block(t: TickBatch) -> bool:
+    """Whether ``t``'s arrays are views of a larger array. An array restored from a snapshot
+    has a base too, the ``bytes`` it was unpickled from, but that holds only its own ticks."""
+    base = t.ts_ms.base
+    return isinstance(base, np.ndarray) and base.size > len(t)
 
 
 def _first_exit(t: TickBatch, a: int, p: Position, max_holding_ms: int) -> ExitHit | None:

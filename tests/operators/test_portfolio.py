@@ -523,3 +523,31 @@ def test_exposure_is_every_open_position_over_total_equity() -> None:
             realised += e.net_pnl
             open_notional.pop(e.symbol)
     assert checked > 0, "some order was sized while the other symbol held a position"
+
+
+def test_a_tape_restored_from_a_snapshot_is_not_a_view() -> None:
+    """Validation hands each symbol views of its block's arrays, which the tape copies once
+    the symbol goes quiet. Arrays restored from a snapshot have the unpickled ``bytes`` as
+    their base: they are not views to copy (that read ``bytes.size`` and stopped the engine
+    on the first trim after a kill -9 and resume)."""
+    import pickle
+
+    from operators.portfolio import TickTape
+
+    n = 50
+    ts = (np.arange(n, dtype=np.int64) * 1_000 + 1_700_000_000_000).tolist()
+    block = quotes(ts, [1.0 + i * 1e-4 for i in range(n)], 0.0002)
+    fields = ("ts_ms", "price", "bid", "ask", "size", "side", "origin")
+    view = TickBatch(block.symbol, *(getattr(block, f)[:10] for f in fields))
+    tape = TickTape()
+    tape.append(view)
+    assert tape.holds_views()
+    restored = pickle.loads(pickle.dumps(tape, protocol=5))  # as Bytewax snapshots
+    assert all(t.ts_ms.base is not None for t in restored.blocks)  # the case fixed here
+    assert not restored.holds_views()
+    restored.compact()  # nothing to copy, no error
+    tape.compact()  # the view is copied
+    assert not tape.holds_views()
+    assert [t.ts_ms.tolist() for t in restored.blocks] == [ts[:10]] == [
+        t.ts_ms.tolist() for t in tape.blocks
+    ]
