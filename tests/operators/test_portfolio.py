@@ -548,6 +548,8 @@ def test_a_tape_restored_from_a_snapshot_is_not_a_view() -> None:
     restored.compact()  # nothing to copy, no error
     tape.compact()  # the view is copied
     assert not tape.holds_views()
-    assert [t.ts_ms.tolist() for t in restored.blocks] == [ts[:10]] == [
-        t.ts_ms.tolist() for t in tape.blocks
-    ]
+    assert (
+        [t.ts_ms.tolist() for t in restored.blocks]
+        == [ts[:10]]
+        == [t.ts_ms.tolist() for t in tape.blocks]
+    )
