@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -105,9 +106,9 @@ class VectorBatch:
         lengths = {len(v.window) for v in self.vectors}
         if len(lengths) > 1:
             raise ValueError(f"windows of lengths {sorted(lengths)} in one batch")
-        return np.array([v.window for v in self.vectors], dtype=np.float64).reshape(
-            len(self.vectors), lengths.pop() if lengths else 0
-        )
+        n, width = len(self.vectors), lengths.pop() if lengths else 0
+        flat = chain.from_iterable([v.window for v in self.vectors])
+        return np.fromiter(flat, np.float64, n * width).reshape(n, width)
 
     def column(self, name: str) -> np.ndarray:
         """One feature for every vector (a view of :attr:`features`)."""
