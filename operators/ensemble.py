@@ -43,6 +43,7 @@ from models.base import MODEL_NAMES, VectorBatch
 from runtime import MODEL_LOCK
 from schemas.features import FeatureStep, FeatureVector
 from schemas.learning import ShadowPrediction
+from schemas.records import quick_init
 from schemas.signals import Action, Consensus, Signal, Vote
 from settings import DEFAULTS, Settings
 
@@ -75,6 +76,7 @@ class EnsembleConfig:
         )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: Action

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from schemas.records import quick_init
 from schemas.ticks import BlockTag, TickBatch
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Bar:
     """One closed bar ``[start, end)`` of ``seconds`` length.

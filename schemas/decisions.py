@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from schemas.features import FeatureVector
+from schemas.records import quick_init
 from schemas.signals import Action, Signal
 
 NO_CLOCK = 2**62  # the decision clock of bars closed at end of input (after everything)
@@ -27,6 +28,7 @@ class SupervisorMode(StrEnum):
             ) from None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The bias window's judgement of one BUY/SELL signal.
@@ -51,6 +53,7 @@ class Verdict:
     order: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BarDecision:
     """Everything execution needs about one closed bar of one symbol.

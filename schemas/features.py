@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.bars import BarStep
+from schemas.records import quick_init
 from schemas.ticks import BlockTag
 
 RETURN_HORIZONS = (1, 5, 15, 60)
@@ -57,6 +58,7 @@ _DIGEST = hashlib.sha256(repr((FEATURE_NAMES, _PARAMS)).encode()).hexdigest()
 FEATURE_SET_VERSION = f"fs1-{_DIGEST[:8]}"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class FeatureVector:
     """Features of ``symbol`` known at ``ts`` (the close of the bar that starts at ``bar_start``).

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from schemas.records import quick_init
+
 
 class Action(StrEnum):
     """What a model (or the ensemble) says to do. Class ids: 0 HOLD, 1 BUY, 2 SELL."""
@@ -19,6 +21,7 @@ CLASS_OF: dict[Action, int] = {Action.HOLD: 0, Action.BUY: 1, Action.SELL: 2}
 ACTION_OF: dict[int, Action] = {v: k for k, v in CLASS_OF.items()}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Vote:
     """One model's verdict on one symbol at one bar: the audit's (action, confidence, name),
@@ -41,6 +44,7 @@ class Consensus(StrEnum):
     WARMUP = "warmup"  # features not warm yet: no model was asked
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Signal:
     """The ensemble's decision for one symbol at one bar close (``ts``), with every vote.
