@@ -158,7 +158,9 @@ def feature_arrow(vectors: Sequence[FeatureVector]) -> pa.Table:
     return _arrow_table(FEATURE_ARROW, columns)
 
 
-_NAME_KEYS: list[pa.Array] = [pa.array(FEATURE_NAMES, pa.string())]
+# the feature names repeated, sliced per block; built at the first block (converting Python
+# objects imports pandas into pyarrow, ~0.2 s that start-up does not need to pay)
+_NAME_KEYS: list[pa.Array] = []
 
 
 def _values_map(values: list[dict[str, float]]) -> pa.Array | list[dict[str, float]]:
@@ -168,6 +170,8 @@ def _values_map(values: list[dict[str, float]]) -> pa.Array | list[dict[str, flo
     if not values or any(tuple(d) != FEATURE_NAMES for d in values):
         return values
     n, width = len(values), len(FEATURE_NAMES)
+    if not _NAME_KEYS:
+        _NAME_KEYS.append(pa.array(FEATURE_NAMES, pa.string()))
     while len(_NAME_KEYS[0]) < n * width:  # grown by doubling, shared by every block
         _NAME_KEYS[0] = pa.concat_arrays([_NAME_KEYS[0], _NAME_KEYS[0]])
     floats = pa.array([x for d in values for x in d.values()], pa.float64())

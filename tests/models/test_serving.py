@@ -50,3 +50,22 @@ def test_loading_and_scoring_import_no_training_stack(trained_registry: Path) ->
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["votes"] == [False] * 4  # every model voted
     assert result["modules"] == []
+
+
+def test_importing_the_live_flow_imports_no_training_stack_nor_pandas() -> None:
+    """What ``python -m bytewax.run dataflows.live`` imports before its first tick: not the
+    training stack, and not pandas (pyarrow imports it at its first conversion of Python
+    objects, which the store's first block makes later, off the start-up path)."""
+    script = (
+        "import json, sys\nimport dataflows.live\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m in {(*HEAVY, 'pandas')!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
