@@ -1,13 +1,15 @@
 """Events -> ClickHouse table blocks: the one mapping from event types to table rows.
 
 A :class:`TableRows` is one stream item for the ClickHouse sink: a table name, its column
-names and the data: row tuples, columns (bulk blocks), or an Arrow table. Column names are
-the event's field names (see :func:`schemas.codec.row_columns`) and match ``sql/ddl``.
+names and the data: row tuples, columns (bulk blocks), or events with the function that
+encodes them as an Arrow table where they are inserted. Column names are the event's field
+names (see :func:`schemas.codec.row_columns`) and match ``sql/ddl``.
 
-Feature vectors, one per bar of every symbol, are the widest rows the flow writes (a Map of 22
-values and a 64-value window): as row tuples, clickhouse-connect serialises every key and
-value in Python (~12 us per vector, under the GIL the flow needs); as an Arrow table, the
-conversion runs in pyarrow's C++ and ClickHouse reads the Arrow block itself (~5 us in all).
+Bars, feature vectors and signals, one each per bar of every symbol, go as Arrow. The widest
+are feature vectors (a Map of 22 values and a 64-value window): as row tuples,
+clickhouse-connect serialises every key and value in Python (~16 us of GIL per vector); as
+Arrow, pyarrow converts the columns in C++ and ClickHouse reads the block with the GIL
+released (~5 us of GIL in all).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ DRIFT_CHECKS = "drift_checks"
 @dataclass(slots=True)
 class TableRows:
     """Rows for ``table``: row tuples, columns when ``column_oriented``, or events that
-    ``encode`` turns into a ``pa.Table`` (on the store's insert thread, see :meth:`arrow`)."""
+    ``encode`` turns into a ``pa.Table`` (on the store's insert thread: :meth:`to_arrow`)."""
 
     table: str
     columns: tuple[str, ...]
