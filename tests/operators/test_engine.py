@@ -132,9 +132,9 @@ def test_snapshot_is_frozen_and_a_resume_continues_exactly(
     cut = len(items) // 2
     before = [o for item in items[:cut] for o in first.push(item)]
     snap = first.snapshot()
-    frozen = pickle.dumps(snap)
+    frozen = pickle.dumps(snap, protocol=5)  # as Bytewax pickles
     first.push(items[cut])  # later processing must not change the snapshot
-    assert pickle.dumps(snap) == frozen
+    assert pickle.dumps(snap, protocol=5) == frozen
     resumed = DecisionEngine(
         CFG, EngineDeps(ModelRegistry(trained_registry), names), pickle.loads(frozen)
     )
