@@ -235,8 +235,8 @@ _ROW_MAKERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 def _row_maker(cls: type) -> Callable[[Any], tuple[Any, ...]]:
     """``to_row`` for one class, built once: every field read in one ``attrgetter`` call;
     only enum and tuple fields are converted, and a float field's None becomes NaN after a
-    single check over the float fields (rows of bars and features are on the hot path).
-    The same values as converting field by field (tests/schemas/test_codec.py)."""
+    single check over the float fields (shadow predictions are rows of every bar with
+    learning on). The same values as converting field by field (tests/schemas/test_codec.py)."""
     plan = _plan(cls)
     names = [name for name, *_ in plan]
     if len(names) < 2:  # attrgetter of one name returns the value, not a tuple

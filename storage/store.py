@@ -81,12 +81,20 @@ class Store:
     ) -> Future[int]:
         """Queue an insert on the store's thread; the future gives the row count."""
         n = len(data[0]) if column_oriented and data else len(data)
+        return self._write(
+            n,
+            lambda: self._client.insert(
+                table, data, column_names=list(columns), column_oriented=column_oriented
+            ),
+        )
+
+    def _write(self, n: int, write: Callable[[], Any]) -> Future[int]:
+        """Run ``write`` on the store's thread unless there are no rows; the future gives
+        ``n``."""
 
         def run() -> int:
             if n:
-                self._client.insert(
-                    table, data, column_names=list(columns), column_oriented=column_oriented
-                )
+                write()
             return n
 
         return self._thread.submit(run)
@@ -102,14 +110,9 @@ class Store:
         events encoded here as an Arrow table, which ClickHouse reads as ``FORMAT Arrow``)."""
         if block.encode is None:
             return self.insert_async(block.table, block.columns, block.data, block.column_oriented)
-        n = len(block)
-
-        def run() -> int:
-            if n:
-                self._client.insert_arrow(block.table, block.to_arrow())
-            return n
-
-        return self._thread.submit(run)
+        return self._write(
+            len(block), lambda: self._client.insert_arrow(block.table, block.to_arrow())
+        )
 
     def insert_block(self, block: TableRows) -> int:
         """:meth:`insert_block_async`, waiting; returns the number of rows written."""

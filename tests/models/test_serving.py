@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from models.base import TRAINING_STACK
 from settings import PROJECT_ROOT
@@ -38,16 +39,21 @@ print(json.dumps({"votes": [v.failed for v in signal.votes],
 """
 
 
-def test_loading_and_scoring_import_no_training_stack(trained_registry: Path) -> None:
+def _fresh(code: str, *args: str) -> Any:
+    """Run ``code`` in a fresh interpreter; the JSON of its last line of output."""
     out = subprocess.run(
-        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + SCRIPT, str(trained_registry)],
+        [sys.executable, "-c", code, *args],
         cwd=PROJECT_ROOT,
         check=True,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_loading_and_scoring_import_no_training_stack(trained_registry: Path) -> None:
+    result = _fresh(f"HEAVY = {HEAVY!r}\n" + SCRIPT, str(trained_registry))
     assert result["votes"] == [False] * 4  # every model voted
     assert result["modules"] == []
 
@@ -60,12 +66,4 @@ def test_importing_the_live_flow_imports_no_training_stack_nor_pandas() -> None:
         "import json, sys\nimport dataflows.live\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m in {(*HEAVY, 'pandas')!r})))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert _fresh(script) == []

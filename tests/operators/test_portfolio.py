@@ -39,6 +39,9 @@ class FixedPolicy:
 
     bounds = ActionBounds()
 
+    def __init__(self, size: float = SIZE, tp: float = TP, sl: float = SL) -> None:
+        self.size, self.tp, self.sl = size, tp, sl
+
     def current(self) -> FixedPolicy:
         return self
 
@@ -49,9 +52,9 @@ class FixedPolicy:
             -1.5,
             0.25,
             "ppo-test-v0",
-            SIZE,
-            TP,
-            SL,
+            self.size,
+            self.tp,
+            self.sl,
             False,
             stochastic,
         )

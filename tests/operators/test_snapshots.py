@@ -55,17 +55,17 @@ from operators.trade_join import TradeJoiner, TradeJoins
 from operators.validate import TickValidator, Validated
 from operators.versions import ActiveModels
 from operators.weights import DynamicWeights
-from rl.state import ActionBounds, RLState, SubAccount
+from rl.state import SubAccount
 from schemas.bars import Bar
 from schemas.decisions import BarDecision, Progress, SupervisorMode
 from schemas.features import FeatureVector
 from schemas.learning import ScoredBar, ShadowPrediction
 from schemas.registry import ModelStage
-from schemas.rl import SizingDecision
 from schemas.signals import Action, Consensus, Signal, Vote
 from schemas.ticks import Aggressor, SymbolTicks, Tick, TickOrigin, TickRows
 from schemas.timeutil import from_ms, parse_iso, to_ms
 from schemas.trades import TradeClosed, TradeOpened
+from tests.operators.test_portfolio import FixedPolicy
 
 BLOCKS = 12  # replayed blocks of the sample (64 KiB each: ~1,200 quotes, ~15 minutes)
 MODELS = ("xgboost", "lightgbm", "nhits", "patchtst")
@@ -192,30 +192,7 @@ def signal_of(v: FeatureVector) -> Signal:
     )
 
 
-class FixedPolicy:
-    """Stands in for the PPO runtime (tests/operators/test_portfolio.py): fixed size, TP, SL."""
-
-    bounds = ActionBounds()
-
-    def current(self) -> FixedPolicy:
-        return self
-
-    def act(self, state: RLState, stochastic: bool, noise: Any = None) -> SizingDecision:
-        return SizingDecision(
-            tuple(float(x) for x in state.to_array()),
-            (0.1, 0.2, 0.3),
-            -1.5,
-            0.25,
-            "ppo-test-v0",
-            1_000.0,
-            0.02,
-            0.01,
-            False,
-            stochastic,
-        )
-
-
-SIZER = Sizer(SizingConfig(training=False), FixedPolicy())
+SIZER = Sizer(SizingConfig(training=False), FixedPolicy(1_000.0, 0.02, 0.01))
 
 
 class Broker:
