@@ -225,6 +225,12 @@ class Settings:
         "Confidence a signal needs when volatility is high (audit: 0.70).",
         0.70,
     )
+    forward_process: bool = _env(
+        "QT_FORWARD_PROCESS",
+        "Run the sequence nets' forwards (N-HiTS, PatchTST) in a child process, beside the "
+        "flow's work on the next block (the same forecasts). Off: in the flow's process.",
+        True,
+    )
     bootstrap_ticks: str = _env(
         "QT_BOOTSTRAP_TICKS",
         "Ticks the first run trains on when the registry is empty. Default: the bundled FXCM "

@@ -28,6 +28,7 @@ from connectors.stoppable import Stoppable
 from learning.clm import clm_factory
 from learning.learner import LearnedOutput, LearnerDeps, Sequenced, learn_in_order, stored_entries
 from metrics import METRICS
+from models.forward_process import ForwardProcess
 from models.registry import open_registry
 from operators.bars import bar_counts, build_bars
 from operators.engine import ENGINE_KEY, EngineConfig, EngineDeps, EngineOutput, decide_and_trade
@@ -180,10 +181,15 @@ def scoring(market: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
     """features -> every production and shadow model version's votes (per symbol, parallel;
     models loaded now so the flow does not pay for imports and loading at its first bar)."""
     models = RegistryModels(open_registry(settings))
-    models.current()
-    return score_votes(
-        "ensemble", market.features, Scorer(models, EnsembleConfig.from_settings(settings))
-    )
+    loaded = models.current()
+    forwards = None
+    if settings.forward_process:
+        forwards = ForwardProcess()
+        for m in loaded:  # the child loads the nets while this process goes on
+            if m.begin_vote_arrays is not None:
+                forwards.preload(m.model)
+    scorer = Scorer(models, EnsembleConfig.from_settings(settings))
+    return score_votes("ensemble", market.features, scorer, forwards)
 
 
 def inline_learning(settings: Settings) -> bool:

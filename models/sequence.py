@@ -34,7 +34,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -44,6 +44,8 @@ import torch
 
 from models.base import Prediction, VectorBatch, check_fields
 from models.dataset import History
+from models.forward_process import ForwardProcess as Forwards
+from models.forward_process import ForwardProcessLost
 from models.labels import LabelConfig
 from models.nets import build_net
 from runtime import cap_threads
@@ -54,6 +56,8 @@ from schemas.timeutil import to_ms
 if TYPE_CHECKING:
     import pandas as pd
     from neuralforecast import NeuralForecast
+
+log = logging.getLogger(__name__)
 
 TARGET_SCALE = 1e4  # model units are basis points of log return: y = r * 1e4
 TARGET_DOC = "one-bar log return x 1e4 (basis points)"
@@ -311,6 +315,7 @@ class _SequenceModel:
         net.load_state_dict(module.state_dict(), strict=True)
         self._net = net.inference_copy(torch.float32)
         self._reference: _Reference | None = None
+        self.directory: Path | None = None  # where :meth:`load` read it (a forward process can)
 
     def _forward_chunks(self, y: np.ndarray) -> np.ndarray:
         """(m, L) windows in bps -> (m, h) forecasts in bps: padded with zero windows to
@@ -434,13 +439,42 @@ class _SequenceModel:
     def forecast_windows(self, windows: np.ndarray) -> np.ndarray:
         """(n, L) one-bar log returns -> (n, h) forecast log returns; NaN rows where a window
         is not all finite. Fixed-shape float32 chunks (module docstring)."""
+        return self.begin_forecast(windows)()
+
+    def begin_forecast(
+        self, windows: np.ndarray, forwards: Forwards | None = None
+    ) -> Callable[[], np.ndarray]:
+        """:meth:`forecast_windows` in two halves: the forward is handed to ``forwards`` (a
+        :class:`models.forward_process.ForwardProcess`: it runs there while the caller goes
+        on) or run now; the returned call waits for it and gives the forecasts."""
         x = self._checked(windows)
         out = np.full((len(x), self.horizon), np.nan)
         ok = np.isfinite(x).all(axis=1)
-        if ok.any():
-            cap_threads()
-            out[ok] = self._forward_chunks(x[ok] * TARGET_SCALE) / TARGET_SCALE
-        return out
+        if not ok.any():
+            return lambda: out
+        y = x[ok] * TARGET_SCALE
+        rid = -1
+        if forwards is not None and self.directory is not None and forwards.ready():
+            try:
+                rid = forwards.submit(self, y)
+            except ForwardProcessLost as exc:
+                log.warning("%s: %s; forecasting in this process", self.name, exc)
+
+        def finish() -> np.ndarray:
+            forecast = None
+            if rid >= 0:
+                assert forwards is not None
+                try:
+                    forecast = forwards.result(rid)
+                except ForwardProcessLost as exc:
+                    log.warning("%s: %s; forecasting in this process", self.name, exc)
+            if forecast is None:
+                cap_threads()
+                forecast = self._forward_chunks(y)
+            out[ok] = forecast / TARGET_SCALE
+            return out
+
+        return finish
 
     def reference_forecast_windows(self, windows: np.ndarray) -> np.ndarray:
         """:meth:`forecast_windows` by the previous path: neuralforecast's module in float64,
@@ -474,13 +508,18 @@ class _SequenceModel:
         return self._forecast_batch(VectorBatch(vectors))
 
     def _forecast_batch(self, batch: VectorBatch) -> np.ndarray:
+        return self._begin_batch(batch)()
+
+    def _begin_batch(
+        self, batch: VectorBatch, forwards: Forwards | None = None
+    ) -> Callable[[], np.ndarray]:
         lengths = {len(v.window) for v in batch.vectors}
         if lengths != {self.input_size}:
             raise ValueError(
                 f"{self.name}: windows of length {sorted(lengths)}, the model "
                 f"was trained on {self.input_size}"
             )
-        return self.forecast_windows(batch.windows)
+        return self.begin_forecast(batch.windows, forwards)
 
     def predict(self, vectors: Sequence[FeatureVector]) -> list[Prediction]:
         """One (action, confidence) per vector by the module docstring's rule."""
@@ -492,13 +531,19 @@ class _SequenceModel:
     def vote_arrays(self, batch: VectorBatch) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict` as (class ids, confidences): the rule of
         :func:`signal_from_forecast` on arrays, the same floating-point operations."""
-        if not len(batch):
-            return np.empty(0, dtype=np.int64), np.empty(0)
-        cum = self._forecast_batch(batch).sum(axis=1)  # NaN rows stay NaN -> HOLD, 0
-        thr = label_thresholds(batch.column("vol_ewma"), batch.column("spread_bps"), self.cfg)
-        return votes_from_forecasts(cum, thr)
+        return self.begin_vote_arrays(batch)()
 
-    # --- artifacts --------------------------------------------------------------------------------
+    def begin_vote_arrays(
+        self, batch: VectorBatch, forwards: Forwards | None = None
+    ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """:meth:`vote_arrays` in two halves, the forward in ``forwards`` (see
+        :meth:`begin_forecast`)."""
+        if not len(batch):
+            return lambda: (np.empty(0, dtype=np.int64), np.empty(0))
+        forecast = self._begin_batch(batch, forwards)
+        thr = label_thresholds(batch.column("vol_ewma"), batch.column("spread_bps"), self.cfg)
+        return lambda: votes_from_forecasts(forecast().sum(axis=1), thr)  # NaN rows: HOLD, 0
+
     def n_parameters(self) -> int:
         return int(sum(p.numel() for p in self.module.parameters()))
 
@@ -564,7 +609,9 @@ class _SequenceModel:
             "n_parameters",
         }
         meta = {k: v for k, v in doc.items() if k not in described}
-        return cls(module, params, cfg, int(doc["input_size"]), meta)
+        model = cls(module, params, cfg, int(doc["input_size"]), meta)
+        model.directory = directory
+        return model
 
 
 def _windows_batch(y: torch.Tensor) -> dict[str, torch.Tensor | None]:

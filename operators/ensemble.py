@@ -31,15 +31,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import operator
-from bytewax.operators import KeyedStream
+from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from metrics import METRICS
 from models.base import MODEL_NAMES, VectorBatch
+from models.forward_process import ForwardProcess
 from runtime import MODEL_LOCK
 from schemas.features import FeatureStep, FeatureVector
 from schemas.learning import ShadowPrediction
@@ -142,6 +144,9 @@ def decide(
 
 Predict = Callable[[Sequence[FeatureVector]], list[tuple[Action, float]]]
 VoteArrays = Callable[[VectorBatch], tuple[np.ndarray, np.ndarray]]
+BeginVotes = Callable[
+    [VectorBatch, "ForwardProcess | None"], Callable[[], tuple[np.ndarray, np.ndarray]]
+]
 _ACTIONS = (Action.HOLD, Action.BUY, Action.SELL)  # by class id
 
 
@@ -149,16 +154,26 @@ _ACTIONS = (Action.HOLD, Action.BUY, Action.SELL)  # by class id
 class LoadedModel:
     """A model version as the scorer calls it: ``predict`` (vectors -> (action, confidence)
     pairs) and, for the project's models, ``vote_arrays`` (a shared :class:`VectorBatch` ->
-    class ids and confidences), the fast path at many symbols."""
+    class ids and confidences), the fast path at many symbols; for the sequence nets also
+    ``begin_vote_arrays``, the same in two halves (the forward in a forward process)."""
 
     name: str
     version: str
     predict: Predict
     vote_arrays: VoteArrays | None = None
+    begin_vote_arrays: BeginVotes | None = None
+    model: Any = None
 
     @classmethod
     def of(cls, name: str, version: str, model: Any) -> LoadedModel:
-        return cls(name, version, model.predict, getattr(model, "vote_arrays", None))
+        return cls(
+            name,
+            version,
+            model.predict,
+            getattr(model, "vote_arrays", None),
+            getattr(model, "begin_vote_arrays", None),
+            model,
+        )
 
 
 class ModelSource:
@@ -275,6 +290,17 @@ def model_votes(
     """``m``'s vote on each vector; a raise, or a bad action or confidence, votes HOLD 0 and
     is counted in ``failures`` (and logged, sparingly). With ``vote_arrays`` the model scores
     a shared :class:`VectorBatch` and the checks run on arrays."""
+    return begin_model_votes(m, vectors, failures)()
+
+
+def begin_model_votes(
+    m: LoadedModel,
+    vectors: Sequence[FeatureVector] | VectorBatch,
+    failures: Counter,
+    forwards: ForwardProcess | None = None,
+) -> Callable[[], list[Vote]]:
+    """:func:`model_votes` in two halves: a sequence net's forward goes to ``forwards`` now
+    and the returned call waits for it; any other model votes now."""
     batch = vectors if isinstance(vectors, VectorBatch) else VectorBatch(vectors)
     n = len(batch)
 
@@ -289,9 +315,25 @@ def model_votes(
                 why,
             )
 
-    if m.vote_arrays is not None:
-        return _array_votes(m, m.vote_arrays, batch, n, failed)
-    return _predicted_votes(m, batch, n, failed)
+    if m.begin_vote_arrays is not None:
+        try:
+            finish = m.begin_vote_arrays(batch, forwards)
+        except Exception as exc:  # raised where the votes are taken, as a failure
+            finish = _raising(exc)
+        return lambda: _array_votes(m, lambda _: finish(), batch, n, failed)
+    votes = (
+        _array_votes(m, m.vote_arrays, batch, n, failed)
+        if m.vote_arrays is not None
+        else _predicted_votes(m, batch, n, failed)
+    )
+    return lambda: votes
+
+
+def _raising(exc: Exception) -> Callable[[], Any]:
+    def again() -> Any:
+        raise exc
+
+    return again
 
 
 def _array_votes(
@@ -362,37 +404,53 @@ class Scorer:
     cfg: EnsembleConfig = field(default_factory=EnsembleConfig)
     failures: Counter = field(default_factory=Counter)
 
-    def votes(
-        self, vectors: Sequence[FeatureVector], batch: VectorBatch | None = None
-    ) -> list[list[Vote]]:
+    def votes(self, vectors: Sequence[FeatureVector]) -> list[list[Vote]]:
         """Per vector, one vote per production model (MODEL_NAMES order)."""
-        per_vector: list[list[Vote]] = [[] for _ in vectors]
-        if not vectors:
-            return per_vector
-        batch = batch if batch is not None else VectorBatch(vectors)
-        with MODEL_LOCK:
-            for m in self.models.current():
-                scored = model_votes(m, batch, self.failures)
-                for out, vote in zip(per_vector, scored, strict=True):
-                    out.append(vote)
-        return per_vector
+        return [list(vs) for vs in self.submit(vectors, shadows=False)()]
 
     def all_votes(self, vectors: Sequence[FeatureVector]) -> list[tuple[Vote, ...]]:
         """Per vector, the votes of every production version and, on warm vectors, of every
         shadow version (a challenger votes beside production, never traded)."""
+        return self.submit(vectors)()
+
+    def submit(
+        self,
+        vectors: Sequence[FeatureVector],
+        forwards: ForwardProcess | None = None,
+        shadows: bool = True,
+    ) -> Callable[[], list[tuple[Vote, ...]]]:
+        """:meth:`all_votes` (:meth:`votes` without ``shadows``) in two halves: the sequence
+        nets' forwards go to ``forwards`` now, the trees vote now, and the returned call
+        waits for the forwards and gives the votes."""
+        if not vectors:
+            return lambda: []
         batch = VectorBatch(vectors)
-        per_vector = self.votes(vectors, batch)
-        warm = [i for i, v in enumerate(vectors) if v.warm]
-        if warm:
-            with MODEL_LOCK:
-                shadows = self.models.shadows()
-                if shadows:
+        warm = [i for i, v in enumerate(vectors) if v.warm] if shadows else []
+        with MODEL_LOCK:
+            production = [
+                begin_model_votes(m, batch, self.failures, forwards) for m in self.models.current()
+            ]
+            challengers = []
+            if warm:
+                versions = self.models.shadows()
+                if versions:
                     warm_batch = batch.subset(warm) if len(warm) < len(vectors) else batch
-                    for m in shadows:
-                        shadow = model_votes(m, warm_batch, self.failures)
-                        for i, vote in zip(warm, shadow, strict=True):
-                            per_vector[i].append(vote)
-        return [tuple(vs) for vs in per_vector]
+                    challengers = [
+                        begin_model_votes(m, warm_batch, self.failures, forwards) for m in versions
+                    ]
+
+        def result() -> list[tuple[Vote, ...]]:
+            per_vector: list[list[Vote]] = [[] for _ in vectors]
+            with MODEL_LOCK:
+                for finish in production:
+                    for out, vote in zip(per_vector, finish(), strict=True):
+                        out.append(vote)
+                for finish in challengers:
+                    for i, vote in zip(warm, finish(), strict=True):
+                        per_vector[i].append(vote)
+            return [tuple(vs) for vs in per_vector]
+
+        return result
 
     def score(self, vectors: Sequence[FeatureVector]) -> list[Signal]:
         """One signal per vector, each with every production model's vote."""
@@ -463,28 +521,100 @@ def shadow_votes(
     return tuple(out)
 
 
+POLL_EVERY = timedelta(milliseconds=1)  # how often a quiet key looks for its forwards
+
+
+class DeferredScoring(StatefulBatchLogic[FeatureStep, ScoredStep, list[FeatureStep]]):
+    """One key's scoring, a batch behind when a forward process runs the nets.
+
+    ``on_batch`` hands the new feature steps' forwards to the forward process and emits the
+    previous batch's scored steps: the child computed them while this process went on with the
+    next block (bars, features, the engine). A batch whose forwards are answered before the
+    next one comes is emitted then (the step looks every :data:`POLL_EVERY`: a quiet live input
+    waits for no next block), and at end of input whatever is left. The snapshot is the
+    feature steps not emitted yet; a resume scores them again (a vote depends only on its
+    vector: the same votes). Without a forward process each batch is emitted at once.
+    """
+
+    def __init__(
+        self,
+        step_id: str,
+        scorer: Scorer,
+        forwards: ForwardProcess | None,
+        resume: list[FeatureStep] | None = None,
+    ) -> None:
+        self.step_id = step_id
+        self.scorer = scorer
+        self.forwards = forwards
+        # per batch not emitted yet: its steps, the call giving its votes, and how many
+        # forward requests had been sent once its own were (answered in order)
+        self._pending: list[tuple[list[FeatureStep], Callable[[], list], int]] = []
+        if resume:
+            self._submit(resume)
+
+    def _submit(self, steps: list[FeatureStep]) -> None:
+        vectors = [v for step in steps for v in step.vectors]
+        try:
+            result = self.scorer.submit(vectors, self.forwards)
+        except Exception as exc:
+            raise RuntimeError(f"{self.step_id}: scoring {len(vectors)} vectors failed") from exc
+        sent = 0 if self.forwards is None else self.forwards.submitted
+        self._pending.append((steps, result, sent))
+
+    def _emit(self, answered: int | None = None) -> list[ScoredStep]:
+        """The pending batches' scored steps, in order: all of them, or those whose forwards
+        are among the first ``answered``."""
+        out: list[ScoredStep] = []
+        while self._pending and (answered is None or self._pending[0][2] <= answered):
+            steps, result, _ = self._pending.pop(0)
+            started = time.perf_counter()
+            try:
+                votes = iter(result())
+            except Exception as exc:
+                raise RuntimeError(f"{self.step_id}: scoring failed") from exc
+            METRICS.inference(time.perf_counter() - started)
+            out += [
+                ScoredStep(step.symbol, step, [next(votes) for _ in step.vectors]) for step in steps
+            ]
+        return out
+
+    def on_batch(self, values: list[FeatureStep]) -> tuple[list[ScoredStep], bool]:
+        self._submit(values)
+        if self.forwards is None:
+            return self._emit(), self.RETAIN
+        current = self._pending.pop()  # the batches before it are emitted now
+        out = self._emit()
+        self._pending = [current]
+        return out, self.RETAIN
+
+    def on_notify(self) -> tuple[list[ScoredStep], bool]:
+        answered = None if self.forwards is None else self.forwards.poll()
+        return self._emit(answered), self.RETAIN
+
+    def on_eof(self) -> tuple[list[ScoredStep], bool]:
+        return self._emit(), self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(UTC) + POLL_EVERY if self._pending else None
+
+    def snapshot(self) -> list[FeatureStep]:
+        return [step for steps, _, _ in self._pending for step in steps]
+
+
 @operator
 def score_votes(
-    step_id: str, up: KeyedStream[FeatureStep], scorer: Scorer
+    step_id: str,
+    up: KeyedStream[FeatureStep],
+    scorer: Scorer,
+    forwards: ForwardProcess | None = None,
 ) -> KeyedStream[ScoredStep]:
-    """Every model version's votes on every feature step that reaches this worker, in one
-    batch per model (the parallel, expensive half of the ensemble; the engine decides).
+    """Every model version's votes on every feature step, in one batch per model and key (the
+    parallel, expensive half of the ensemble; the engine decides). With ``forwards`` the
+    sequence nets run in that child process, a batch behind (:class:`DeferredScoring`).
 
     One :class:`Scorer` serves all the worker threads of the process; its model calls hold
     :data:`runtime.MODEL_LOCK`.
     """
-
-    def score_batch(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, ScoredStep]]:
-        vectors = [v for _, step in items for v in step.vectors]
-        started = time.perf_counter()
-        try:
-            votes = iter(scorer.all_votes(vectors))
-        except Exception as exc:
-            raise RuntimeError(f"{step_id}: scoring {len(vectors)} vectors failed") from exc
-        if vectors:
-            METRICS.inference(time.perf_counter() - started)
-        return [
-            (key, ScoredStep(key, step, [next(votes) for _ in step.vectors])) for key, step in items
-        ]
-
-    return op.flat_map_batch("score", up, score_batch)
+    return op.stateful_batch(
+        "score", up, lambda resume: DeferredScoring(step_id, scorer, forwards, resume)
+    )

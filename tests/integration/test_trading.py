@@ -189,14 +189,23 @@ def test_a_learning_replay_is_the_same_twice_and_with_two_workers(
 ) -> None:
     """Determinism with learning on: the same replay gives identical trades, verdicts, PPO
     updates, CLM decisions and registry versions, twice with 1 worker and once with 2 (the
-    learners act inside the engine's event order)."""
+    learners act inside the engine's event order); the second 1-worker run computes the
+    sequence nets' forwards in the flow's own process instead of a forward process."""
     home, registry, first = learning_reference
     assert len(first["trades"]) > 10 and first["rl_updates"] and first["promotions"]
-    for run, workers in (("b", "2"), ("c", "1")):
+    for run, workers, forward_process in (("b", "2", "true"), ("c", "1", "false")):
         again = tmp_path / run / "registry"
         shutil.copytree(trained_registry, again)
-        _live(tmp_path / run, again, "-w", workers, QT_TICKS=str(sample_ticks), **LEARNING_ON)
-        assert _outcome(tmp_path / run, again) == first, f"-w {workers}"
+        _live(
+            tmp_path / run,
+            again,
+            "-w",
+            workers,
+            QT_TICKS=str(sample_ticks),
+            QT_FORWARD_PROCESS=forward_process,
+            **LEARNING_ON,
+        )
+        assert _outcome(tmp_path / run, again) == first, f"-w {workers} {forward_process}"
     # and every analytics query answers on the result (no ablation was run here:
     # tests/learning/test_ablation.py covers that one)
     trade = first["trades"][0]
