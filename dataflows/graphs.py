@@ -184,7 +184,7 @@ def scoring(market: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
     loaded = models.current()
     forwards = None
     if settings.forward_process:
-        forwards = ForwardProcess()
+        forwards = ForwardProcess.shared()
         for m in loaded:  # the child loads the nets while this process goes on
             if m.begin_vote_arrays is not None:
                 forwards.preload(m.model)

@@ -33,6 +33,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -127,6 +128,16 @@ class ForwardProcess:
         # the child goes when this handle does (a flow built in a test, say), or at exit
         self._finalizer = weakref.finalize(self, _close, self._proc)
 
+    @classmethod
+    def shared(cls) -> ForwardProcess:
+        """This process's forward process, started on first use (and again when the last one
+        was lost): the flows a process builds (tests build many) share one child."""
+        global _shared
+        with _shared_lock:
+            if _shared is None or _shared[0] != os.getpid() or _shared[1].lost is not None:
+                _shared = (os.getpid(), cls())  # (a forked process starts its own)
+            return _shared[1]
+
     @property
     def pid(self) -> int:
         return self._proc.pid
@@ -167,6 +178,13 @@ class ForwardProcess:
         with self._lock:
             return self.lost is None and (self._loading == 0 or self.poll() >= self._loading)
 
+    def wait_ready(self, timeout_s: float = 60.0) -> bool:
+        """Wait until :meth:`ready` (at most ``timeout_s``); whether it is."""
+        deadline = time.monotonic() + timeout_s
+        while not (up := self.ready()) and self.lost is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return up
+
     def poll(self) -> int:
         """How many requests are answered, reading the replies that are there without
         waiting for more (the child answers in order: request ``i`` is answered when
@@ -206,7 +224,7 @@ class ForwardProcess:
 
     def _lose(self, why: str) -> ForwardProcessLost:
         if self.lost is None:
-            self.close()
+            self._finalizer()
             code = self._proc.returncode
             self.lost = f"the forward process (pid {self._proc.pid}) " + (
                 f"exited with code {code}" if code not in (None, 0) else why
@@ -214,8 +232,14 @@ class ForwardProcess:
         return ForwardProcessLost(self.lost)
 
     def close(self) -> None:
-        """Close the pipes (the child exits) and reap the child."""
+        """Close the pipes (the child exits) and reap the child; callers compute in-process
+        from now on."""
+        self.lost = self.lost or f"the forward process (pid {self._proc.pid}) was closed"
         self._finalizer()
+
+
+_shared: tuple[int, ForwardProcess] | None = None
+_shared_lock = threading.Lock()
 
 
 def _close(proc: subprocess.Popen) -> None:

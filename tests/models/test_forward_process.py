@@ -41,16 +41,18 @@ def vectors(sample_ticks: Path) -> list[FeatureVector]:
 
 @pytest.fixture
 def forwards() -> ForwardProcess:
+    """The process's shared child (the flows' one), up."""
+    fp = ForwardProcess.shared()
+    assert fp.wait_ready(), "the forward process did not come up"
+    return fp
+
+
+@pytest.fixture
+def own_forwards() -> ForwardProcess:
+    """A child of the test's own (for the tests that kill or close it)."""
     fp = ForwardProcess()
     yield fp
     fp.close()
-
-
-def _wait_ready(fp: ForwardProcess, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not fp.ready():
-        assert time.monotonic() < deadline, "the forward process did not come up"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -62,8 +64,9 @@ def test_forecasts_in_the_child_have_the_flows_bits(
     windows = VectorBatch(vectors).windows
     assert np.isnan(windows).any(axis=1).sum() > 10 and np.isfinite(windows).all(axis=1).any()
     here = net.forecast_windows(windows)
+    sent = forwards.submitted
     there = net.begin_forecast(windows, forwards)()
-    assert forwards.submitted == 1 and forwards.poll() == 1  # computed there, answered
+    assert forwards.submitted == sent + 1 == forwards.poll()  # computed there, answered
     np.testing.assert_array_equal(there, here)  # NaN rows where here has them, same bits
     ids, conf = net.begin_vote_arrays(VectorBatch(vectors), forwards)()
     want_ids, want_conf = net.vote_arrays(VectorBatch(vectors))
@@ -76,10 +79,11 @@ def test_requests_are_answered_in_order_without_waiting(
 ) -> None:
     """Submitting returns at once; poll() counts answers as they come, in request order."""
     windows = VectorBatch(vectors).windows
+    sent = forwards.submitted
     finishes = [nets[n].begin_forecast(windows[i::3], forwards) for i in range(3) for n in NETS]
-    assert forwards.submitted == 6
+    assert forwards.submitted == sent + 6
     deadline = time.monotonic() + 60
-    while forwards.poll() < 6:
+    while forwards.poll() < sent + 6:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     got = [f() for f in finishes]
@@ -100,49 +104,59 @@ def test_a_failing_forward_raises_where_its_result_is_taken(
 
 
 def test_a_lost_child_is_replaced_by_the_flows_own_forward(
-    nets: dict, vectors: list[FeatureVector], forwards: ForwardProcess, caplog
+    nets: dict, vectors: list[FeatureVector], own_forwards: ForwardProcess, caplog
 ) -> None:
     net = nets["nhits"]
     windows = VectorBatch(vectors).windows
-    _wait_ready(forwards)
-    os.kill(forwards.pid, signal.SIGKILL)
+    assert own_forwards.wait_ready()
+    os.kill(own_forwards.pid, signal.SIGKILL)
     time.sleep(0.2)
     with caplog.at_level(logging.WARNING):
-        pending = net.begin_forecast(windows, forwards)  # sent to a dead child, or refused
+        pending = net.begin_forecast(windows, own_forwards)  # sent to a dead child, or refused
         forecast = pending()
     np.testing.assert_array_equal(forecast, net.forecast_windows(windows))
-    assert forwards.lost is not None and "exited with code -9" in forwards.lost
+    assert own_forwards.lost is not None and "exited with code -9" in own_forwards.lost
     assert "forecasting in this process" in caplog.text
-    assert not forwards.ready() and forwards.poll() == forwards.submitted
+    assert not own_forwards.ready() and own_forwards.poll() == own_forwards.submitted
     with pytest.raises(ForwardProcessLost):
-        forwards.submit(net, windows)
+        own_forwards.submit(net, windows)
 
 
 def test_the_child_leaves_ctrl_c_to_the_parent_and_goes_with_its_pipe(
-    nets: dict, forwards: ForwardProcess
+    nets: dict, own_forwards: ForwardProcess
 ) -> None:
     net = nets["nhits"]
-    up = forwards.submit(net, np.zeros((1, net.input_size)))
-    forwards.result(up)  # it is serving (its handler is set before)
-    os.kill(forwards.pid, signal.SIGINT)
+    up = own_forwards.submit(net, np.zeros((1, net.input_size)))
+    own_forwards.result(up)  # it is serving (its handler is set before)
+    os.kill(own_forwards.pid, signal.SIGINT)
     time.sleep(0.2)
-    rid = forwards.submit(net, np.zeros((1, net.input_size)))
-    assert forwards.result(rid).shape == (1, net.horizon)  # still serving
-    forwards.close()
-    assert forwards._proc.returncode == 0
+    rid = own_forwards.submit(net, np.zeros((1, net.input_size)))
+    assert own_forwards.result(rid).shape == (1, net.horizon)  # still serving
+    own_forwards.close()
+    assert own_forwards._proc.returncode == 0
 
 
 def test_until_the_child_is_up_forecasts_are_computed_here(
-    nets: dict, vectors: list[FeatureVector], forwards: ForwardProcess
+    nets: dict, vectors: list[FeatureVector], own_forwards: ForwardProcess
 ) -> None:
     """The flow never waits for the child's start-up (its imports take about a second):
     until its preloads are answered, requests are not sent."""
     net = nets["patchtst"]
-    forwards.preload(net)
+    own_forwards.preload(net)
     windows = VectorBatch(vectors).windows
-    first = net.begin_forecast(windows, forwards)()  # the child is still importing torch
-    assert forwards.submitted == 1  # only the preload
-    _wait_ready(forwards)
-    second = net.begin_forecast(windows, forwards)()
-    assert forwards.submitted == 2
+    first = net.begin_forecast(windows, own_forwards)()  # the child is still importing torch
+    assert own_forwards.submitted == 1  # only the preload
+    assert own_forwards.wait_ready()
+    second = net.begin_forecast(windows, own_forwards)()
+    assert own_forwards.submitted == 2
     np.testing.assert_array_equal(first, second)
+
+
+def test_the_flows_of_a_process_share_one_child_until_it_is_lost() -> None:
+    first = ForwardProcess.shared()
+    assert ForwardProcess.shared() is first
+    first.close()
+    assert first.lost is not None and not first.ready()
+    second = ForwardProcess.shared()  # a new child once the last one is gone
+    assert second is not first and second.lost is None
+    assert ForwardProcess.shared() is second
