@@ -51,6 +51,12 @@ class ClmBudget(StrEnum):
     QUICK = "quick"  # a small one, for tests and demos
 
 
+class ForwardProcessMode(StrEnum):
+    AUTO = "auto"  # on when the machine has two cores per process of the cluster
+    ON = "on"
+    OFF = "off"
+
+
 class ProgressMode(StrEnum):
     AUTO = "auto"  # redrawn on a terminal, a line every 30 s in a log
     ALWAYS = "always"  # a line every second, terminal or not
@@ -225,11 +231,12 @@ class Settings:
         "Confidence a signal needs when volatility is high (audit: 0.70).",
         0.70,
     )
-    forward_process: bool = _env(
+    forward_process: ForwardProcessMode = _env(
         "QT_FORWARD_PROCESS",
-        "Run the sequence nets' forwards (N-HiTS, PatchTST) in a child process, beside the "
-        "flow's work on the next block (the same forecasts). Off: in the flow's process.",
-        True,
+        "Run the sequence nets' forwards (N-HiTS, PatchTST) in a child process beside the "
+        "flow's work on the next block (the same forecasts): on, off (in the flow's process) "
+        "or auto (on when there are at least two CPU cores per process of the cluster).",
+        ForwardProcessMode.AUTO,
     )
     bootstrap_ticks: str = _env(
         "QT_BOOTSTRAP_TICKS",

@@ -28,7 +28,7 @@ from connectors.stoppable import Stoppable
 from learning.clm import clm_factory
 from learning.learner import LearnedOutput, LearnerDeps, Sequenced, learn_in_order, stored_entries
 from metrics import METRICS
-from models.forward_process import ForwardProcess
+from models.forward_process import ForwardProcess, use_forward_process
 from models.registry import open_registry
 from operators.bars import bar_counts, build_bars
 from operators.engine import ENGINE_KEY, EngineConfig, EngineDeps, EngineOutput, decide_and_trade
@@ -183,7 +183,7 @@ def scoring(market: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
     models = RegistryModels(open_registry(settings))
     loaded = models.current()
     forwards = None
-    if settings.forward_process:
+    if use_forward_process(settings.forward_process, cluster().processes):
         forwards = ForwardProcess.shared()
         for m in loaded:  # the child loads the nets while this process goes on
             if m.begin_vote_arrays is not None:

@@ -193,7 +193,7 @@ def test_a_learning_replay_is_the_same_twice_and_with_two_workers(
     sequence nets' forwards in the flow's own process instead of a forward process."""
     home, registry, first = learning_reference
     assert len(first["trades"]) > 10 and first["rl_updates"] and first["promotions"]
-    for run, workers, forward_process in (("b", "2", "true"), ("c", "1", "false")):
+    for run, workers, forward_process in (("b", "2", "on"), ("c", "1", "off")):
         again = tmp_path / run / "registry"
         shutil.copytree(trained_registry, again)
         _live(
