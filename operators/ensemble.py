@@ -572,7 +572,8 @@ class DeferredScoring(StatefulBatchLogic[FeatureStep, ScoredStep, list[FeatureSt
                 votes = iter(result())
             except Exception as exc:
                 raise RuntimeError(f"{self.step_id}: scoring failed") from exc
-            METRICS.inference(time.perf_counter() - started)
+            if any(step.vectors for step in steps):
+                METRICS.inference(time.perf_counter() - started)
             out += [
                 ScoredStep(step.symbol, step, [next(votes) for _ in step.vectors]) for step in steps
             ]
