@@ -524,14 +524,111 @@ def shadow_votes(
 POLL_EVERY = timedelta(milliseconds=1)  # how often a quiet key looks for its forwards
 
 
-class DeferredScoring(StatefulBatchLogic[FeatureStep, ScoredStep, list[FeatureStep]]):
-    """One key's scoring, a batch behind when a forward process runs the nets.
+class SubmittedVotes:
+    """The votes of one scoring call over the feature steps of every key that reached a
+    worker together (one call per model across keys: at many symbols, per-key calls cost
+    more than the models), taken once, when the first key asks."""
 
-    ``on_batch`` hands the new feature steps' forwards to the forward process and emits the
-    previous batch's scored steps: the child computed them while this process went on with the
-    next block (bars, features, the engine). A batch whose forwards are answered before the
-    next one comes is emitted then (the step looks every :data:`POLL_EVERY`: a quiet live input
-    waits for no next block), and at end of input whatever is left. The snapshot is the
+    def __init__(
+        self,
+        step_id: str,
+        scorer: Scorer,
+        forwards: ForwardProcess | None,
+        steps: Sequence[FeatureStep],
+    ) -> None:
+        self.step_id = step_id
+        vectors = [v for step in steps for v in step.vectors]
+        started = time.perf_counter()
+        try:
+            self._result: Callable[[], list[tuple[Vote, ...]]] | None = scorer.submit(
+                vectors, forwards
+            )
+        except Exception as exc:
+            raise RuntimeError(f"{step_id}: scoring {len(vectors)} vectors failed") from exc
+        self._seconds = time.perf_counter() - started
+        self.has_vectors = bool(vectors)
+        # forward requests sent once this call's were (the child answers in order)
+        self.sent = 0 if forwards is None else forwards.submitted
+        self._votes: list[tuple[Vote, ...]] = []
+
+    def votes(self) -> list[tuple[Vote, ...]]:
+        if self._result is not None:
+            started = time.perf_counter()
+            try:
+                self._votes = self._result()
+            except Exception as exc:
+                raise RuntimeError(f"{self.step_id}: scoring failed") from exc
+            self._result = None
+            if self.has_vectors:
+                METRICS.inference(self._seconds + time.perf_counter() - started)
+        return self._votes
+
+
+@dataclass(slots=True)
+class PendingScore:
+    """One key's feature step and where its votes are in a :class:`SubmittedVotes`."""
+
+    step: FeatureStep
+    call: SubmittedVotes
+    start: int
+
+    @property
+    def sent(self) -> int:
+        return self.call.sent
+
+    def scored(self) -> ScoredStep:
+        votes = self.call.votes()[self.start : self.start + len(self.step.vectors)]
+        return ScoredStep(self.step.symbol, self.step, votes)
+
+    def __reduce__(self) -> tuple:
+        # never expected to leave its worker (the next step is keyed alike); if it does, it
+        # travels scored
+        return (_Scored, (self.scored(),))
+
+
+@dataclass(slots=True)
+class _Scored:
+    """A :class:`PendingScore` after pickling: its votes taken."""
+
+    done: ScoredStep
+    sent = 0  # (answered)
+
+    @property
+    def step(self) -> FeatureStep:
+        return self.done.features
+
+    def scored(self) -> ScoredStep:
+        return self.done
+
+
+Held = PendingScore | _Scored
+
+
+def submit_scoring(
+    step_id: str, scorer: Scorer, forwards: ForwardProcess | None
+) -> Callable[[list[tuple[str, FeatureStep]]], list[tuple[str, Held]]]:
+    """The stateless half of :func:`score_votes`: one scoring call over a worker's items."""
+
+    def submit(items: list[tuple[str, FeatureStep]]) -> list[tuple[str, Held]]:
+        call = SubmittedVotes(step_id, scorer, forwards, [step for _, step in items])
+        out: list[tuple[str, Held]] = []
+        start = 0
+        for key, step in items:
+            out.append((key, PendingScore(step, call, start)))
+            start += len(step.vectors)
+        return out
+
+    return submit
+
+
+class DeferredScoring(StatefulBatchLogic[PendingScore | _Scored, ScoredStep, list[FeatureStep]]):
+    """One key's scored steps, a batch behind when a forward process runs the nets.
+
+    A batch arrives already submitted (:func:`submit_scoring`); ``on_batch`` emits the
+    previous batch's scored steps: the child computed them while this process went on with
+    the next block (bars, features, the engine). A batch whose forwards are answered before
+    the next one comes is emitted then (the step looks every :data:`POLL_EVERY`: a quiet live
+    input waits for no next block), and at end of input whatever is left. The snapshot is the
     feature steps not emitted yet; a resume scores them again (a vote depends only on its
     vector: the same votes). Without a forward process each batch is emitted at once.
     """
@@ -543,49 +640,27 @@ class DeferredScoring(StatefulBatchLogic[FeatureStep, ScoredStep, list[FeatureSt
         forwards: ForwardProcess | None,
         resume: list[FeatureStep] | None = None,
     ) -> None:
-        self.step_id = step_id
-        self.scorer = scorer
         self.forwards = forwards
-        # per batch not emitted yet: its steps, the call giving its votes, and how many
-        # forward requests had been sent once its own were (answered in order)
-        self._pending: list[tuple[list[FeatureStep], Callable[[], list], int]] = []
+        self._held: list[Held] = []
         if resume:
-            self._submit(resume)
-
-    def _submit(self, steps: list[FeatureStep]) -> None:
-        vectors = [v for step in steps for v in step.vectors]
-        try:
-            result = self.scorer.submit(vectors, self.forwards)
-        except Exception as exc:
-            raise RuntimeError(f"{self.step_id}: scoring {len(vectors)} vectors failed") from exc
-        sent = 0 if self.forwards is None else self.forwards.submitted
-        self._pending.append((steps, result, sent))
+            submitted = submit_scoring(step_id, scorer, forwards)([("", s) for s in resume])
+            self._held = [pending for _, pending in submitted]
 
     def _emit(self, answered: int | None = None) -> list[ScoredStep]:
-        """The pending batches' scored steps, in order: all of them, or those whose forwards
-        are among the first ``answered``."""
-        out: list[ScoredStep] = []
-        while self._pending and (answered is None or self._pending[0][2] <= answered):
-            steps, result, _ = self._pending.pop(0)
-            started = time.perf_counter()
-            try:
-                votes = iter(result())
-            except Exception as exc:
-                raise RuntimeError(f"{self.step_id}: scoring failed") from exc
-            if any(step.vectors for step in steps):
-                METRICS.inference(time.perf_counter() - started)
-            out += [
-                ScoredStep(step.symbol, step, [next(votes) for _ in step.vectors]) for step in steps
-            ]
+        """The held steps, scored, in order: all of them, or those whose forwards are among
+        the first ``answered``."""
+        n = 0
+        while n < len(self._held) and (answered is None or self._held[n].sent <= answered):
+            n += 1
+        out = [p.scored() for p in self._held[:n]]
+        del self._held[:n]
         return out
 
-    def on_batch(self, values: list[FeatureStep]) -> tuple[list[ScoredStep], bool]:
-        self._submit(values)
+    def on_batch(self, values: list[Held]) -> tuple[list[ScoredStep], bool]:
         if self.forwards is None:
-            return self._emit(), self.RETAIN
-        current = self._pending.pop()  # the batches before it are emitted now
+            return [p.scored() for p in values], self.RETAIN
         out = self._emit()
-        self._pending = [current]
+        self._held = list(values)
         return out, self.RETAIN
 
     def on_notify(self) -> tuple[list[ScoredStep], bool]:
@@ -596,10 +671,10 @@ class DeferredScoring(StatefulBatchLogic[FeatureStep, ScoredStep, list[FeatureSt
         return self._emit(), self.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return datetime.now(UTC) + POLL_EVERY if self._pending else None
+        return datetime.now(UTC) + POLL_EVERY if self._held else None
 
     def snapshot(self) -> list[FeatureStep]:
-        return [step for steps, _, _ in self._pending for step in steps]
+        return [p.step for p in self._held]
 
 
 @operator
@@ -609,13 +684,15 @@ def score_votes(
     scorer: Scorer,
     forwards: ForwardProcess | None = None,
 ) -> KeyedStream[ScoredStep]:
-    """Every model version's votes on every feature step, in one batch per model and key (the
-    parallel, expensive half of the ensemble; the engine decides). With ``forwards`` the
-    sequence nets run in that child process, a batch behind (:class:`DeferredScoring`).
+    """Every model version's votes on every feature step: one call per model over all the
+    steps that reach a worker together (the parallel, expensive half of the ensemble; the
+    engine decides). With ``forwards`` the sequence nets run in that child process and each
+    key's steps come out a batch behind (:class:`DeferredScoring`).
 
     One :class:`Scorer` serves all the worker threads of the process; its model calls hold
     :data:`runtime.MODEL_LOCK`.
     """
+    submitted = op.flat_map_batch("submit", up, submit_scoring(step_id, scorer, forwards))
     return op.stateful_batch(
-        "score", up, lambda resume: DeferredScoring(step_id, scorer, forwards, resume)
+        "score", submitted, lambda resume: DeferredScoring(step_id, scorer, forwards, resume)
     )

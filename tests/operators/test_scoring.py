@@ -17,7 +17,15 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from models.forward_process import ForwardProcess
 from models.registry import ModelRegistry
-from operators.ensemble import DeferredScoring, EnsembleConfig, RegistryModels, Scorer, score_votes
+from operators.ensemble import (
+    DeferredScoring,
+    EnsembleConfig,
+    Held,
+    RegistryModels,
+    Scorer,
+    score_votes,
+    submit_scoring,
+)
 from schemas.features import FeatureStep
 from settings import Settings
 from training.history import history_from_ticks
@@ -47,6 +55,13 @@ def _votes(scored: list) -> list:
     return [(s.features, s.votes) for s in scored]
 
 
+def _submitted(
+    scorer: Scorer, forwards: ForwardProcess | None, steps: list[FeatureStep]
+) -> list[Held]:
+    """``steps`` as the scoring step's stateless half hands them on: one call for all."""
+    return [p for _, p in submit_scoring("ensemble", scorer, forwards)([("k", s) for s in steps])]
+
+
 def _bars(step: FeatureStep) -> list:
     return [(v.symbol, v.ts) for v in step.vectors]
 
@@ -60,9 +75,9 @@ def test_with_a_forward_process_each_batch_is_emitted_one_behind(
 ) -> None:
     sent = forwards.submitted
     logic = DeferredScoring("ensemble", scorer, forwards)
-    out, _ = logic.on_batch([steps[0]])
+    out, _ = logic.on_batch(_submitted(scorer, forwards, [steps[0]]))
     assert out == [] and logic.notify_at() is not None
-    out, _ = logic.on_batch(steps[1:3])
+    out, _ = logic.on_batch(_submitted(scorer, forwards, steps[1:3]))
     assert _votes(out) == _expected(scorer, steps[:1])
     out, _ = logic.on_eof()
     assert _votes(out) == _expected(scorer, steps[1:3])
@@ -76,7 +91,7 @@ def test_a_quiet_key_emits_its_batch_once_the_forwards_are_answered(
     scorer: Scorer, steps: list[FeatureStep], forwards: ForwardProcess
 ) -> None:
     logic = DeferredScoring("ensemble", scorer, forwards)
-    assert logic.on_batch([steps[0]])[0] == []
+    assert logic.on_batch(_submitted(scorer, forwards, [steps[0]]))[0] == []
     deadline = time.monotonic() + 60
     while not (out := logic.on_notify()[0]):
         assert time.monotonic() < deadline, "the forwards were never answered"
@@ -89,12 +104,12 @@ def test_a_resume_scores_the_pending_steps_again(
     scorer: Scorer, steps: list[FeatureStep], forwards: ForwardProcess
 ) -> None:
     logic = DeferredScoring("ensemble", scorer, forwards)
-    logic.on_batch([steps[0]])
-    logic.on_batch([steps[1]])
+    logic.on_batch(_submitted(scorer, forwards, [steps[0]]))
+    logic.on_batch(_submitted(scorer, forwards, [steps[1]]))
     snapshot = pickle.loads(pickle.dumps(logic.snapshot(), protocol=5))
     assert [_bars(s) for s in snapshot] == [_bars(steps[1])]  # (NaN: not == after a copy)
     resumed = DeferredScoring("ensemble", scorer, forwards, snapshot)
-    out, _ = resumed.on_batch([steps[2]])
+    out, _ = resumed.on_batch(_submitted(scorer, forwards, [steps[2]]))
     assert [(_bars(s.features), s.votes) for s in out] == [
         (_bars(steps[1]), scorer.all_votes(steps[1].vectors))
     ]
@@ -104,7 +119,7 @@ def test_without_a_forward_process_each_batch_is_emitted_at_once(
     scorer: Scorer, steps: list[FeatureStep]
 ) -> None:
     logic = DeferredScoring("ensemble", scorer, None)
-    out, _ = logic.on_batch(steps[:2])
+    out, _ = logic.on_batch(_submitted(scorer, None, steps[:2]))
     assert _votes(out) == _expected(scorer, steps[:2])
     assert logic.notify_at() is None and logic.snapshot() == []
 
@@ -113,11 +128,26 @@ def test_without_a_forward_process_each_batch_is_emitted_at_once(
 def test_in_a_dataflow_every_step_is_scored_once_in_order(
     scorer: Scorer, steps: list[FeatureStep], with_process: bool
 ) -> None:
+    """Two keys (the same steps under each, in turn, so that each call spans both keys):
+    each key's steps come out once, in order, with their own votes."""
     forwards = ForwardProcess.shared() if with_process else None
     flow = Dataflow("scoring")
-    items = op.input("in", flow, TestingSource([("FXCM:EURUSD", s) for s in steps]))
+    items = [(key, s) for s in steps for key in ("shard-a", "shard-b")]
+    keyed = op.input("in", flow, TestingSource(items, batch_size=4))
     out: list = []
-    op.output("out", score_votes("ensemble", items, scorer, forwards), TestingSink(out))
+    op.output("out", score_votes("ensemble", keyed, scorer, forwards), TestingSink(out))
     run_main(flow)
-    assert [key for key, _ in out] == ["FXCM:EURUSD"] * len(steps)
-    assert _votes([s for _, s in out]) == _expected(scorer, steps)
+    for key in ("shard-a", "shard-b"):
+        assert _votes([s for k, s in out if k == key]) == _expected(scorer, steps)
+
+
+def test_a_submitted_step_that_is_pickled_travels_scored(
+    scorer: Scorer, steps: list[FeatureStep], forwards: ForwardProcess
+) -> None:
+    """The steps of one call never leave their worker (the keyed step after it routes them
+    where they are); if one were pickled all the same, it would carry its votes."""
+    held = _submitted(scorer, forwards, steps[1:3])
+    copies = pickle.loads(pickle.dumps(held, protocol=5))
+    assert [(_bars(c.step), c.scored().votes) for c in copies] == [
+        (_bars(s), scorer.all_votes(s.vectors)) for s in steps[1:3]
+    ]
