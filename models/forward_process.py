@@ -8,12 +8,13 @@ rate alone (0.10x traced with TorchScript) while the main thread ran pure Python
 child process they cost the flow only the request and the reply.
 
 The child (``python -m models.forward_process``) loads a net from its registry directory
-the first time a request names it and runs :meth:`SequenceModel._forward_chunks`, the very
-code the flow would run, with one torch thread: the forecasts have the same bits
+the first time a request names it and runs the net's ``_forward_chunks``
+(:mod:`models.sequence`), the very code the flow would run, with one torch thread: the
+forecasts have the same bits
 (tests/models/test_forward_process.py). Requests and replies are length-prefixed pickles on
 two pipes; the child reads requests on a thread of its own, so the parent's writes never wait
-for its forwards. It ignores SIGINT (a Ctrl-C is the flow's to handle) and exits when the
-parent closes its pipe, or dies.
+for its forwards. It runs in a session of its own and ignores SIGINT (a Ctrl-C is the flow's
+to handle), and exits when the parent closes its pipe, or dies.
 
 :class:`ForwardProcess` is the parent's side: :meth:`submit` sends a request and returns at
 once; :meth:`result` waits for its reply. A lost child raises :class:`ForwardProcessLost`;
@@ -23,7 +24,6 @@ the caller computes in-process instead (the same bits).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pickle
 import queue
@@ -39,8 +39,6 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 _LEN = struct.Struct("<Q")
 _PIPE_BYTES = 1 << 20  # replies queued before the child waits for the parent to read them
