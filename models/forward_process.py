@@ -3,8 +3,8 @@
 Why a process: the N-HiTS and PatchTST forwards are most of what scoring costs (about 46 µs
 a bar on the FXCM month), and torch gives the GIL back and takes it again around every
 operator. Run on a thread beside a busy interpreter, each of those takes waits for the
-interpreter's switch interval: measured here, a thread's forwards ran at 0.00-0.02x of their
-rate alone (0.10x traced with TorchScript) while the main thread ran pure Python. In a
+interpreter's switch interval: measured here, forwards ran at 0.00-0.02x of their rate
+alone (0.10x traced with TorchScript) while another thread ran pure Python. In a
 child process they cost the flow only the request and the reply.
 
 The child (``python -m models.forward_process``) loads a net from its registry directory
