@@ -544,6 +544,7 @@ class _SequenceModel:
         thr = label_thresholds(batch.column("vol_ewma"), batch.column("spread_bps"), self.cfg)
         return lambda: votes_from_forecasts(forecast().sum(axis=1), thr)  # NaN rows: HOLD, 0
 
+    # --- artifacts --------------------------------------------------------------------------------
     def n_parameters(self) -> int:
         return int(sum(p.numel() for p in self.module.parameters()))
 
