@@ -88,17 +88,12 @@ def _read(pipe: IO[bytes]) -> Any:
 
 def _exactly(pipe: IO[bytes], size: int) -> bytes:
     """``size`` bytes (a raw pipe may return fewer per read); EOFError at its end."""
-    data = pipe.read(size)
-    if data is None or len(data) < size:
-        parts = [data or b""]
-        got = len(parts[0])
-        while got < size:
-            more = pipe.read(size - got)
-            if not more:
-                raise EOFError
-            parts.append(more)
-            got += len(more)
-        data = b"".join(parts)
+    data = b""
+    while len(data) < size:
+        more = pipe.read(size - len(data))
+        if not more:
+            raise EOFError
+        data += more
     return data
 
 

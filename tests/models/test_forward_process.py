@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def forwards() -> ForwardProcess:
 
 
 @pytest.fixture
-def own_forwards() -> ForwardProcess:
+def own_forwards() -> Iterator[ForwardProcess]:
     """A child of the test's own (for the tests that kill or close it)."""
     fp = ForwardProcess()
     yield fp
