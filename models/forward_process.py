@@ -7,14 +7,17 @@ interpreter's switch interval: measured here, forwards ran at 0.00-0.02x of thei
 alone (0.10x traced with TorchScript) while another thread ran pure Python. In a
 child process they cost the flow only the request and the reply.
 
-The child (``python -m models.forward_process``) loads a net from its registry directory
-the first time a request names it and runs the net's ``_forward_chunks``
-(:mod:`models.sequence`), the very code the flow would run, with one torch thread: the
-forecasts have the same bits
-(tests/models/test_forward_process.py). Requests and replies are length-prefixed pickles on
-two pipes; the child reads requests on a thread of its own, so the parent's writes never wait
-for its forwards. It runs in a session of its own and ignores SIGINT (a Ctrl-C is the flow's
-to handle), and exits when the parent closes its pipe, or dies.
+The child is forked from the flow's process once the flow has imported torch and loaded its
+models (a fresh interpreter spent 1.3 s importing torch on the core the flow needs, and the
+flow computed the forwards itself meanwhile: forked, it answers within a second of the flow's
+start, before the first scoring call). It keeps only its two pipe ends and stderr. It loads a
+net from its registry directory the first time a request names it and runs the net's
+``_forward_chunks`` (:mod:`models.sequence`), the very code the flow would run, with one torch
+thread: the forecasts have the same bits (tests/models/test_forward_process.py). Requests and
+replies are length-prefixed pickles on two pipes; the child reads requests on a thread of its
+own, so the parent's writes never wait for its forwards. It runs in a session of its own and
+ignores SIGINT (a Ctrl-C is the flow's to handle), and exits when the parent closes its pipe,
+or dies.
 
 :class:`ForwardProcess` is the parent's side: :meth:`submit` sends a request and returns at
 once; :meth:`result` waits for its reply. A lost child raises :class:`ForwardProcessLost`;
@@ -24,16 +27,17 @@ the caller computes in-process instead (the same bits).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import queue
 import select
 import signal
 import struct
-import subprocess
 import sys
 import threading
 import time
+import traceback
 import weakref
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -112,21 +116,14 @@ class ForwardProcess:
     threads of a process share one."""
 
     def __init__(self) -> None:
-        root = str(Path(__file__).resolve().parents[1])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "models.forward_process"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            bufsize=0,  # unbuffered: poll() looks at the pipe itself
-            start_new_session=True,  # a terminal's Ctrl-C is the parent's (it ignores SIGINT too)
-        )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._to, self._from = self._proc.stdin, self._proc.stdout
-        _grow(self._to.fileno())
-        _grow(self._from.fileno())
+        requests, replies = os.pipe(), os.pipe()  # (read end, write end) each
+        _grow(requests[1])
+        _grow(replies[1])
+        self._proc = _fork(requests[0], replies[1])
+        os.close(requests[0])
+        os.close(replies[1])
+        self._to = os.fdopen(requests[1], "wb", buffering=0)
+        self._from = os.fdopen(replies[0], "rb", buffering=0)  # poll() looks at the pipe itself
         self._lock = threading.RLock()
         self._next = 0  # requests sent
         self._replied = 0  # replies read (the child answers in order)
@@ -135,7 +132,7 @@ class ForwardProcess:
         self._loading = 0  # requests to answer before the child counts as up
         self.lost: str | None = None
         # the child goes when this handle does (a flow built in a test, say), or at exit
-        self._finalizer = weakref.finalize(self, _close, self._proc)
+        self._finalizer = weakref.finalize(self, _close, self._proc, (self._to, self._from))
 
     @classmethod
     def shared(cls) -> ForwardProcess:
@@ -183,7 +180,7 @@ class ForwardProcess:
 
     def ready(self) -> bool:
         """Whether the child is up (its preloads answered) and not lost: until then, callers
-        compute in-process rather than wait for its start-up (about a second of imports)."""
+        compute in-process rather than wait for its start-up (loading the nets)."""
         with self._lock:
             return self.lost is None and (self._loading == 0 or self.poll() >= self._loading)
 
@@ -251,16 +248,84 @@ _shared: tuple[int, ForwardProcess] | None = None
 _shared_lock = threading.Lock()
 
 
-def _close(proc: subprocess.Popen) -> None:
-    for pipe in (proc.stdin, proc.stdout):
-        if pipe is not None:
-            with contextlib.suppress(OSError):
-                pipe.close()
+def _close(child: _Child, pipes: tuple[IO[bytes], ...]) -> None:
+    for pipe in pipes:
+        with contextlib.suppress(OSError):
+            pipe.close()
+    if child.wait(timeout_s=5) is None:
+        child.kill()
+        child.wait()
+
+
+class _Child:
+    """A forked child: its pid and exit code (what the handle needs of ``subprocess.Popen``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):  # reaped elsewhere: gone
+                got, status = os.waitpid(self.pid, os.WNOHANG)
+                if not got:
+                    return None
+                self.returncode = os.waitstatus_to_exitcode(status)
+            if self.returncode is None:
+                self.returncode = 0
+        return self.returncode
+
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """The exit code, waiting at most ``timeout_s`` (None: still running then)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.005)
+        return code
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _fork(requests: int, replies: int) -> _Child:
+    """Fork the child: it has torch and the flow's modules already imported (a fresh
+    interpreter took 1.3 s of imports on a core the flow needs, and the flow computed the
+    forwards itself meanwhile). The child keeps only its two pipe ends and stderr, leaves the
+    parent's session and signal handlers, and never returns into the parent's code."""
+    for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
+        stream.flush()
+    pid = os.fork()
+    if pid:
+        return _Child(pid)
+    code = 1
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        os.setsid()  # a terminal's Ctrl-C is the parent's to handle
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's stop handler
+        gc.freeze()  # the parent's objects: never walked, so never copied
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(2, 1)  # stray prints must not enter the parent's stdout (its summary)
+        _close_all_but({0, 1, 2, requests, replies})
+        serve(os.fdopen(requests, "rb", buffering=0), os.fdopen(replies, "wb", buffering=0))
+        code = 0
+    except BaseException:  # anything: report it and leave, never return into the parent
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every file descriptor not in ``keep`` (the parent's store files, sockets...)."""
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:  # (an empty range may close more: CPython 3.11 here closed fd 2)
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 # --- the child ----------------------------------------------------------------------------------
@@ -302,15 +367,3 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             _write(replies, (rid, value))
         except (OSError, ValueError):
             return
-
-
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what a Ctrl-C does
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not enter the pipe
-    _grow(replies.fileno())
-    serve(sys.stdin.buffer, replies)
-
-
-if __name__ == "__main__":
-    main()

@@ -140,13 +140,18 @@ def test_the_child_leaves_ctrl_c_to_the_parent_and_goes_with_its_pipe(
 def test_until_the_child_is_up_forecasts_are_computed_here(
     nets: dict, vectors: list[FeatureVector], own_forwards: ForwardProcess
 ) -> None:
-    """The flow never waits for the child's start-up (its imports take about a second):
-    until its preloads are answered, requests are not sent."""
+    """The flow never waits for the child's start-up: until its preloads are answered,
+    requests are not sent (the child is held stopped while it has not answered)."""
     net = nets["patchtst"]
-    own_forwards.preload(net)
-    windows = VectorBatch(vectors).windows
-    first = net.begin_forecast(windows, own_forwards)()  # the child is still importing torch
-    assert own_forwards.submitted == 1  # only the preload
+    os.kill(own_forwards.pid, signal.SIGSTOP)
+    try:
+        own_forwards.preload(net)
+        windows = VectorBatch(vectors).windows
+        first = net.begin_forecast(windows, own_forwards)()
+        assert own_forwards.submitted == 1  # only the preload
+        assert not own_forwards.ready()
+    finally:
+        os.kill(own_forwards.pid, signal.SIGCONT)
     assert own_forwards.wait_ready()
     second = net.begin_forecast(windows, own_forwards)()
     assert own_forwards.submitted == 2
