@@ -440,11 +440,13 @@ class Scorer:
                     ]
 
         def result() -> list[tuple[Vote, ...]]:
-            per_vector: list[list[Vote]] = [[] for _ in vectors]
             with MODEL_LOCK:
-                for finish in production:
-                    for out, vote in zip(per_vector, finish(), strict=True):
-                        out.append(vote)
+                columns = [finish() for finish in production]  # one list of votes per model
+                if not columns:
+                    return [()] * len(vectors)
+                if not challengers:
+                    return list(zip(*columns, strict=True))
+                per_vector = [list(vs) for vs in zip(*columns, strict=True)]
                 for finish in challengers:
                     for i, vote in zip(warm, finish(), strict=True):
                         per_vector[i].append(vote)
@@ -521,7 +523,8 @@ def shadow_votes(
     return tuple(out)
 
 
-POLL_EVERY = timedelta(milliseconds=1)  # how often a quiet key looks for its forwards
+POLL_EVERY = timedelta(milliseconds=1)  # how often a key holding steps looks for its forwards
+HELD_BATCHES = 2  # batches a key may hold unanswered before it waits for the oldest
 
 
 class SubmittedVotes:
@@ -622,15 +625,17 @@ def submit_scoring(
 
 
 class DeferredScoring(StatefulBatchLogic[PendingScore | _Scored, ScoredStep, list[FeatureStep]]):
-    """One key's scored steps, a batch behind when a forward process runs the nets.
+    """One key's scored steps, emitted once the forward process has answered them.
 
-    A batch arrives already submitted (:func:`submit_scoring`); ``on_batch`` emits the
-    previous batch's scored steps: the child computed them while this process went on with
-    the next block (bars, features, the engine). A batch whose forwards are answered before
-    the next one comes is emitted then (the step looks every :data:`POLL_EVERY`: a quiet live
-    input waits for no next block), and at end of input whatever is left. The snapshot is the
-    feature steps not emitted yet; a resume scores them again (a vote depends only on its
-    vector: the same votes). Without a forward process each batch is emitted at once.
+    A batch arrives already submitted (:func:`submit_scoring`): the child computes its
+    forwards while this process goes on with the next block (bars, features, the engine).
+    Each ``on_batch`` and each look (every :data:`POLL_EVERY`, so a quiet live input waits
+    for no next block) emits the held steps whose forwards are answered, in order, without
+    waiting; only a key holding more than :data:`HELD_BATCHES` batches waits for its oldest
+    (the child is behind: the flow must not run away from it). At end of input whatever is
+    left is emitted. The snapshot is the feature steps not emitted yet; a resume scores them
+    again (a vote depends only on its vector: the same votes). Without a forward process each
+    batch is emitted at once.
     """
 
     def __init__(
@@ -641,26 +646,34 @@ class DeferredScoring(StatefulBatchLogic[PendingScore | _Scored, ScoredStep, lis
         resume: list[FeatureStep] | None = None,
     ) -> None:
         self.forwards = forwards
-        self._held: list[Held] = []
+        self._held: list[list[Held]] = []  # batches, oldest first
         if resume:
             submitted = submit_scoring(step_id, scorer, forwards)([("", s) for s in resume])
-            self._held = [pending for _, pending in submitted]
+            self._held = [[pending for _, pending in submitted]]
 
     def _emit(self, answered: int | None = None) -> list[ScoredStep]:
         """The held steps, scored, in order: all of them, or those whose forwards are among
         the first ``answered``."""
-        n = 0
-        while n < len(self._held) and (answered is None or self._held[n].sent <= answered):
-            n += 1
-        out = [p.scored() for p in self._held[:n]]
-        del self._held[:n]
+        out: list[ScoredStep] = []
+        while self._held:
+            batch = self._held[0]
+            n = 0
+            while n < len(batch) and (answered is None or batch[n].sent <= answered):
+                n += 1
+            out += [p.scored() for p in batch[:n]]
+            if n < len(batch):
+                del batch[:n]
+                break
+            del self._held[0]
         return out
 
     def on_batch(self, values: list[Held]) -> tuple[list[ScoredStep], bool]:
         if self.forwards is None:
             return [p.scored() for p in values], self.RETAIN
-        out = self._emit()
-        self._held = list(values)
+        self._held.append(list(values))
+        out = self._emit(self.forwards.poll())
+        while len(self._held) > HELD_BATCHES:  # the child is behind: wait for the oldest
+            out += [p.scored() for p in self._held.pop(0)]
         return out, self.RETAIN
 
     def on_notify(self) -> tuple[list[ScoredStep], bool]:
@@ -674,7 +687,7 @@ class DeferredScoring(StatefulBatchLogic[PendingScore | _Scored, ScoredStep, lis
         return datetime.now(UTC) + POLL_EVERY if self._held else None
 
     def snapshot(self) -> list[FeatureStep]:
-        return [p.step for p in self._held]
+        return [p.step for batch in self._held for p in batch]
 
 
 @operator
@@ -687,7 +700,7 @@ def score_votes(
     """Every model version's votes on every feature step: one call per model over all the
     steps that reach a worker together (the parallel, expensive half of the ensemble; the
     engine decides). With ``forwards`` the sequence nets run in that child process and each
-    key's steps come out a batch behind (:class:`DeferredScoring`).
+    key's steps come out once the child has answered them (:class:`DeferredScoring`).
 
     One :class:`Scorer` serves all the worker threads of the process; its model calls hold
     :data:`runtime.MODEL_LOCK`.

@@ -1,13 +1,17 @@
 """The scoring step (:func:`operators.ensemble.score_votes`): every model version's votes on
-every feature step, a batch behind when a forward process runs the sequence nets.
+every feature step, emitted once a forward process has answered the sequence nets' part.
 
 Models from the session's trained registry; feature vectors from the bundled sample.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import bytewax.operators as op
@@ -70,48 +74,73 @@ def _expected(scorer: Scorer, steps: list[FeatureStep]) -> list:
     return [(s, scorer.all_votes(s.vectors)) for s in steps]
 
 
-def test_with_a_forward_process_each_batch_is_emitted_one_behind(
-    scorer: Scorer, steps: list[FeatureStep], forwards: ForwardProcess
-) -> None:
-    sent = forwards.submitted
-    logic = DeferredScoring("ensemble", scorer, forwards)
-    out, _ = logic.on_batch(_submitted(scorer, forwards, [steps[0]]))
-    assert out == [] and logic.notify_at() is not None
-    out, _ = logic.on_batch(_submitted(scorer, forwards, steps[1:3]))
-    assert _votes(out) == _expected(scorer, steps[:1])
-    out, _ = logic.on_eof()
-    assert _votes(out) == _expected(scorer, steps[1:3])
-    assert logic.notify_at() is None and logic.snapshot() == []
-    # the second batch's forwards (one per net) ran in the child; the first batch is all
-    # warm-up (NaN windows are not forecast)
-    assert forwards.submitted - sent == 2
+@pytest.fixture
+def stopped() -> Iterator[ForwardProcess]:
+    """A child of the test's own, up, then held stopped (SIGSTOP): it answers nothing until
+    the test lets it go on (SIGCONT)."""
+    fp = ForwardProcess()
+    assert fp.wait_ready(), "the forward process did not come up"
+    os.kill(fp.pid, signal.SIGSTOP)
+    try:
+        yield fp
+    finally:
+        os.kill(fp.pid, signal.SIGCONT)
+        fp.close()
 
 
-def test_a_quiet_key_emits_its_batch_once_the_forwards_are_answered(
-    scorer: Scorer, steps: list[FeatureStep], forwards: ForwardProcess
+def test_answered_steps_go_on_at_once_the_others_when_the_child_answers(
+    scorer: Scorer, steps: list[FeatureStep], stopped: ForwardProcess
 ) -> None:
-    logic = DeferredScoring("ensemble", scorer, forwards)
-    assert logic.on_batch(_submitted(scorer, forwards, [steps[0]]))[0] == []
+    logic = DeferredScoring("ensemble", scorer, stopped)
+    # the first step is all warm-up: no forward to wait for (NaN windows are not forecast)
+    out, _ = logic.on_batch(_submitted(scorer, stopped, [steps[0]]))
+    assert _votes(out) == _expected(scorer, steps[:1]) and stopped.submitted == 0
+    out, _ = logic.on_batch(_submitted(scorer, stopped, steps[1:3]))
+    assert out == [] and logic.on_notify()[0] == []  # the child has not answered: held
+    assert stopped.submitted == 2 and logic.notify_at() is not None  # one forward per net
+    assert [_bars(s) for s in logic.snapshot()] == [_bars(s) for s in steps[1:3]]
+    os.kill(stopped.pid, signal.SIGCONT)
     deadline = time.monotonic() + 60
     while not (out := logic.on_notify()[0]):
         assert time.monotonic() < deadline, "the forwards were never answered"
         time.sleep(0.01)
-    assert _votes(out) == _expected(scorer, steps[:1])
-    assert logic.notify_at() is None
+    assert _votes(out) == _expected(scorer, steps[1:3])
+    assert logic.notify_at() is None and logic.snapshot() == []
 
 
-def test_a_resume_scores_the_pending_steps_again(
-    scorer: Scorer, steps: list[FeatureStep], forwards: ForwardProcess
+def test_a_key_waits_for_the_child_only_beyond_two_held_batches(
+    scorer: Scorer, steps: list[FeatureStep], stopped: ForwardProcess
 ) -> None:
-    logic = DeferredScoring("ensemble", scorer, forwards)
-    logic.on_batch(_submitted(scorer, forwards, [steps[0]]))
-    logic.on_batch(_submitted(scorer, forwards, [steps[1]]))
+    logic = DeferredScoring("ensemble", scorer, stopped)
+    assert logic.on_batch(_submitted(scorer, stopped, [steps[1]]))[0] == []
+    assert logic.on_batch(_submitted(scorer, stopped, [steps[2]]))[0] == []
+    third: list = []
+    waiting = threading.Thread(
+        target=lambda: third.extend(logic.on_batch(_submitted(scorer, stopped, [steps[3]]))[0])
+    )
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # a third batch: it waits for the oldest one's forwards
+    os.kill(stopped.pid, signal.SIGCONT)
+    waiting.join(60)
+    assert not waiting.is_alive()
+    assert _votes(third)[:1] == _expected(scorer, steps[1:2])
+    out, _ = logic.on_eof()
+    assert _votes(third + out) == _expected(scorer, steps[1:4])
+
+
+def test_a_resume_scores_the_held_steps_again(
+    scorer: Scorer, steps: list[FeatureStep], stopped: ForwardProcess, forwards: ForwardProcess
+) -> None:
+    logic = DeferredScoring("ensemble", scorer, stopped)
+    logic.on_batch(_submitted(scorer, stopped, [steps[1]]))
+    logic.on_batch(_submitted(scorer, stopped, [steps[2]]))
     snapshot = pickle.loads(pickle.dumps(logic.snapshot(), protocol=5))
-    assert [_bars(s) for s in snapshot] == [_bars(steps[1])]  # (NaN: not == after a copy)
+    assert [_bars(s) for s in snapshot] == [_bars(s) for s in steps[1:3]]  # (NaN: not ==)
     resumed = DeferredScoring("ensemble", scorer, forwards, snapshot)
-    out, _ = resumed.on_batch(_submitted(scorer, forwards, [steps[2]]))
+    out, _ = resumed.on_eof()
     assert [(_bars(s.features), s.votes) for s in out] == [
-        (_bars(steps[1]), scorer.all_votes(steps[1].vectors))
+        (_bars(s), scorer.all_votes(s.vectors)) for s in steps[1:3]
     ]
 
 
