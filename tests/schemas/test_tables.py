@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime
 
@@ -83,9 +84,22 @@ def test_signals_come_back_with_their_votes(store) -> None:
         votes,
         (1.2, 0.9),
     )
-    store.insert_block(signal_rows([signal]))
-    (row,) = store.query("queries/signal_votes")
+    # beside it, a warm-up signal without votes and one with a third (shadow-free) vote: each
+    # row's arrays are its own (the block stores them as flat values with offsets)
+    bare = dataclasses.replace(signal, symbol="A:C", votes=(), weights=())
+    three = dataclasses.replace(
+        signal,
+        symbol="A:D",
+        votes=(*votes, Vote("patchtst", "v0002", Action.SELL, 0.75)),
+        weights=(1.2, 0.9, 1.0),
+    )
+    store.insert_block(signal_rows([signal, bare, three]))
+    rows = {r["symbol"]: r for r in store.query("queries/signal_votes")}
+    row = rows["A:B"]
     assert row["action"] == "BUY" and row["consensus"] == "split"
     assert row["models"] == ["xgboost", "nhits"] and row["versions"] == ["v0003", "v0001"]
     assert row["actions"] == ["BUY", "HOLD"] and row["failed"] == [False, True]
     assert row["confidences"] == [0.61, 0.0] and row["ts"] == T1
+    assert rows["A:C"]["models"] == [] and rows["A:C"]["confidences"] == []
+    assert rows["A:D"]["models"] == ["xgboost", "nhits", "patchtst"]
+    assert rows["A:D"]["actions"] == ["BUY", "HOLD", "SELL"]
