@@ -233,9 +233,10 @@ class Settings:
     )
     forward_process: ForwardProcessMode = _env(
         "QT_FORWARD_PROCESS",
-        "Run the sequence nets' forwards (N-HiTS, PatchTST) in a child process beside the "
-        "flow's work on the next block (the same forecasts): on, off (in the flow's process) "
-        "or auto (on when there are at least two CPU cores per process of the cluster).",
+        "Run the models' arithmetic (the N-HiTS and PatchTST forwards, the trees' "
+        "probabilities) in a child process beside the flow's work on the next block (the "
+        "same votes): on, off (in the flow's process) or auto (on when there are at least "
+        "two CPU cores per process of the cluster).",
         ForwardProcessMode.AUTO,
     )
     bootstrap_ticks: str = _env(

@@ -185,7 +185,7 @@ def scoring(market: MarketData, settings: Settings) -> KeyedStream[ScoredStep]:
     forwards = None
     if use_forward_process(settings.forward_process, cluster().processes):
         forwards = ForwardProcess.shared()
-        for m in loaded:  # the child loads the nets while this process goes on
+        for m in loaded:  # the child loads the models while this process goes on
             if m.begin_vote_arrays is not None:
                 forwards.preload(m.model)
     scorer = Scorer(models, EnsembleConfig.from_settings(settings))

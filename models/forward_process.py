@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import pickle
 import queue
@@ -39,11 +40,13 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar, cast
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 _LEN = struct.Struct("<Q")
 _PIPE_BYTES = 1 << 20  # replies queued before the child waits for the parent to read them
 
@@ -69,7 +72,8 @@ class ForwardProcessLost(RuntimeError):
 
 
 class Forwardable(Protocol):
-    """What the child can run: a sequence model loaded from ``directory``."""
+    """What the child can run: a model loaded from ``directory`` (a sequence net: its
+    forecasts; a tree model: its class probabilities), through ``_forward_chunks``."""
 
     @property
     def name(self) -> str: ...
@@ -77,6 +81,38 @@ class Forwardable(Protocol):
     def directory(self) -> Path | None: ...
 
     def _forward_chunks(self, y: np.ndarray) -> np.ndarray: ...
+
+
+T = TypeVar("T")
+
+
+def offload(
+    model: Forwardable,
+    y: np.ndarray,
+    forwards: ForwardProcess | None,
+    here: Callable[[], T],
+) -> Callable[[], T]:
+    """``model._forward_chunks(y)`` in two halves: sent to ``forwards`` now when the child is
+    up, and the returned call waits for its reply; otherwise (no child, not up yet, a model
+    not loaded from a directory) the returned call computes ``here()``, the same bits. A lost
+    child is said once per call, with its exit code, and ``here()`` computed instead."""
+    rid = -1
+    if forwards is not None and model.directory is not None and forwards.ready():
+        try:
+            rid = forwards.submit(model, y)
+        except ForwardProcessLost as exc:
+            log.warning("%s: %s; computing in this process", model.name, exc)
+
+    def finish() -> T:
+        if rid >= 0:
+            assert forwards is not None
+            try:
+                return cast("T", forwards.result(rid))
+            except ForwardProcessLost as exc:
+                log.warning("%s: %s; computing in this process", model.name, exc)
+        return here()
+
+    return finish
 
 
 def _write(pipe: IO[bytes], obj: Any) -> None:

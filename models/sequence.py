@@ -45,7 +45,7 @@ import torch
 from models.base import Prediction, VectorBatch, check_fields
 from models.dataset import History
 from models.forward_process import ForwardProcess as Forwards
-from models.forward_process import ForwardProcessLost
+from models.forward_process import offload
 from models.labels import LabelConfig
 from models.nets import build_net
 from runtime import cap_threads
@@ -453,25 +453,15 @@ class _SequenceModel:
         if not ok.any():
             return lambda: out
         y = x[ok] * TARGET_SCALE
-        rid = -1
-        if forwards is not None and self.directory is not None and forwards.ready():
-            try:
-                rid = forwards.submit(self, y)
-            except ForwardProcessLost as exc:
-                log.warning("%s: %s; forecasting in this process", self.name, exc)
+
+        def here() -> np.ndarray:
+            cap_threads()
+            return self._forward_chunks(y)
+
+        forecast = offload(self, y, forwards, here)
 
         def finish() -> np.ndarray:
-            forecast = None
-            if rid >= 0:
-                assert forwards is not None
-                try:
-                    forecast = forwards.result(rid)
-                except ForwardProcessLost as exc:
-                    log.warning("%s: %s; forecasting in this process", self.name, exc)
-            if forecast is None:
-                cap_threads()
-                forecast = self._forward_chunks(y)
-            out[ok] = forecast / TARGET_SCALE
+            out[ok] = forecast() / TARGET_SCALE
             return out
 
         return finish

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -38,6 +38,8 @@ import numpy as np
 from models.base import Prediction, VectorBatch, check_fields
 from models.dataset import TrainingSet, feature_matrix
 from models.forest import Forest, lightgbm_forest, xgboost_forest
+from models.forward_process import ForwardProcess as Forwards
+from models.forward_process import offload
 from runtime import cap_threads
 from schemas.features import FEATURE_NAMES, FEATURE_SET_VERSION, FeatureVector
 from schemas.signals import ACTION_OF
@@ -121,6 +123,12 @@ def _weights(y: np.ndarray, params: TreeParams) -> np.ndarray:
     return balanced_weights(y) if params.balance_classes else np.ones(len(y))
 
 
+def _best(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the most probable class and its probability."""
+    best = proba.argmax(axis=1)
+    return best, proba[np.arange(len(best)), best]
+
+
 class _TreeModel:
     """What both tree models share: prediction mapping, params.json, load checks, and the
     two predictors (NumPy forest, native booster) that give the same bits."""
@@ -133,6 +141,7 @@ class _TreeModel:
         self.params = params
         self.meta = meta  # seed, rounds kept, scores, feature set, ... (what params.json holds)
         self._booster: Any = None
+        self.directory: Path | None = None  # where :meth:`load` read it (a forward process can)
 
     @property
     def booster(self) -> Any:
@@ -176,10 +185,24 @@ class _TreeModel:
             return np.empty(0, dtype=np.int64), np.empty(0)
         return self._vote(batch.features)
 
+    def begin_vote_arrays(
+        self, batch: VectorBatch, forwards: Forwards | None = None
+    ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """:meth:`vote_arrays` in two halves: the probabilities are computed by ``forwards``
+        (the flow's forward process, :func:`models.forward_process.offload`) while the
+        caller goes on, or here when the returned call is made."""
+        if not len(batch):
+            return lambda: (np.empty(0, dtype=np.int64), np.empty(0))
+        X = batch.features
+        proba = offload(self, X, forwards, lambda: self.predict_proba(X))
+        return lambda: _best(proba())
+
+    def _forward_chunks(self, X: np.ndarray) -> np.ndarray:
+        """What a forward process runs for this model: :meth:`predict_proba`."""
+        return self.predict_proba(X)
+
     def _vote(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        proba = self.predict_proba(X)
-        best = proba.argmax(axis=1)
-        return best, proba[np.arange(len(best)), best]
+        return _best(self.predict_proba(X))
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -200,6 +223,18 @@ class _TreeModel:
         return [model_path, params_path]
 
     def _save_booster(self, path: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        """The model saved in ``directory`` (checked: its kind, format and feature columns)."""
+        params, meta = cls._read_params(directory)
+        model = cls(cls._read_artifact(Path(directory) / cls.model_file), params, meta)
+        model.directory = Path(directory)
+        return model
+
+    @staticmethod
+    def _read_artifact(path: Path) -> Any:
         raise NotImplementedError
 
     @classmethod
@@ -399,10 +434,9 @@ class XGBoostModel(_TreeModel):
         else:  # the artifact this model was loaded from, unchanged
             path.write_bytes(self._raw)
 
-    @classmethod
-    def load(cls, directory: Path) -> Self:
-        params, meta = cls._read_params(directory)
-        return cls((Path(directory) / cls.model_file).read_bytes(), params, meta)
+    @staticmethod
+    def _read_artifact(path: Path) -> bytes:
+        return path.read_bytes()
 
 
 class LightGBMModel(_TreeModel):
@@ -513,7 +547,6 @@ class LightGBMModel(_TreeModel):
     def _save_booster(self, path: Path) -> None:
         path.write_text(self._text)
 
-    @classmethod
-    def load(cls, directory: Path) -> Self:
-        params, meta = cls._read_params(directory)
-        return cls((Path(directory) / cls.model_file).read_text(), params, meta)
+    @staticmethod
+    def _read_artifact(path: Path) -> str:
+        return path.read_text()

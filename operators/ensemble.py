@@ -154,8 +154,8 @@ _ACTIONS = (Action.HOLD, Action.BUY, Action.SELL)  # by class id
 class LoadedModel:
     """A model version as the scorer calls it: ``predict`` (vectors -> (action, confidence)
     pairs) and, for the project's models, ``vote_arrays`` (a shared :class:`VectorBatch` ->
-    class ids and confidences), the fast path at many symbols; for the sequence nets also
-    ``begin_vote_arrays``, the same in two halves (the forward in a forward process)."""
+    class ids and confidences), the fast path at many symbols; and ``begin_vote_arrays``,
+    the same in two halves (the arithmetic in a forward process)."""
 
     name: str
     version: str
@@ -299,8 +299,9 @@ def begin_model_votes(
     failures: Counter,
     forwards: ForwardProcess | None = None,
 ) -> Callable[[], list[Vote]]:
-    """:func:`model_votes` in two halves: a sequence net's forward goes to ``forwards`` now
-    and the returned call waits for it; any other model votes now."""
+    """:func:`model_votes` in two halves: a model with ``begin_vote_arrays`` (the project's
+    nets and trees) hands its arithmetic to ``forwards`` now and the returned call waits for
+    it; any other model votes now."""
     batch = vectors if isinstance(vectors, VectorBatch) else VectorBatch(vectors)
     n = len(batch)
 

@@ -20,17 +20,25 @@ from models.base import VectorBatch
 from models.forward_process import ForwardProcess, ForwardProcessLost
 from models.registry import ModelRegistry
 from models.sequence import NHITSModel, PatchTSTModel
+from models.trees import LightGBMModel, XGBoostModel
 from schemas.features import FeatureVector
 from settings import Settings
 from training.history import history_from_ticks
 
 NETS = ("nhits", "patchtst")
+TREES = ("xgboost", "lightgbm")
 
 
 @pytest.fixture(scope="module")
 def nets(trained_registry: Path) -> dict[str, NHITSModel | PatchTSTModel]:
     registry = ModelRegistry(trained_registry)
     return {name: registry.load(name) for name in NETS}
+
+
+@pytest.fixture(scope="module")
+def trees(trained_registry: Path) -> dict[str, XGBoostModel | LightGBMModel]:
+    registry = ModelRegistry(trained_registry)
+    return {name: registry.load(name) for name in TREES}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +83,26 @@ def test_forecasts_in_the_child_have_the_flows_bits(
     np.testing.assert_array_equal(conf, want_conf)
 
 
+@pytest.mark.parametrize("name", TREES)
+def test_tree_votes_in_the_child_have_the_flows_bits(
+    name: str, trees: dict, vectors: list[FeatureVector], forwards: ForwardProcess
+) -> None:
+    """The trees' class probabilities come from the child too, with the same bits (warm-up
+    rows with NaN features included: they take each node's default branch)."""
+    model = trees[name]
+    assert model.directory is not None
+    batch = VectorBatch(vectors)
+    assert np.isnan(batch.features).any()
+    sent = forwards.submitted
+    ids, conf = model.begin_vote_arrays(batch, forwards)()
+    assert forwards.submitted == sent + 1 == forwards.poll()  # computed there, answered
+    want_ids, want_conf = model.vote_arrays(batch)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(conf, want_conf)
+    rid = forwards.submit(model, batch.features)
+    np.testing.assert_array_equal(forwards.result(rid), model.predict_proba(batch.features))
+
+
 def test_requests_are_answered_in_order_without_waiting(
     nets: dict, vectors: list[FeatureVector], forwards: ForwardProcess
 ) -> None:
@@ -117,7 +145,7 @@ def test_a_lost_child_is_replaced_by_the_flows_own_forward(
         forecast = pending()
     np.testing.assert_array_equal(forecast, net.forecast_windows(windows))
     assert own_forwards.lost is not None and "exited with code -9" in own_forwards.lost
-    assert "forecasting in this process" in caplog.text
+    assert "computing in this process" in caplog.text
     assert not own_forwards.ready() and own_forwards.poll() == own_forwards.submitted
     with pytest.raises(ForwardProcessLost):
         own_forwards.submit(net, windows)

@@ -88,23 +88,26 @@ def stopped() -> Iterator[ForwardProcess]:
         fp.close()
 
 
-def test_answered_steps_go_on_at_once_the_others_when_the_child_answers(
+def test_steps_are_held_until_the_child_answers_and_the_flow_does_not_wait(
     scorer: Scorer, steps: list[FeatureStep], stopped: ForwardProcess
 ) -> None:
     logic = DeferredScoring("ensemble", scorer, stopped)
-    # the first step is all warm-up: no forward to wait for (NaN windows are not forecast)
     out, _ = logic.on_batch(_submitted(scorer, stopped, [steps[0]]))
-    assert _votes(out) == _expected(scorer, steps[:1]) and stopped.submitted == 0
+    # the two trees' probabilities went to the child (the first step is all warm-up: no
+    # window to forecast, so no net's)
+    assert out == [] and stopped.submitted == 2
     out, _ = logic.on_batch(_submitted(scorer, stopped, steps[1:3]))
     assert out == [] and logic.on_notify()[0] == []  # the child has not answered: held
-    assert stopped.submitted == 2 and logic.notify_at() is not None  # one forward per net
-    assert [_bars(s) for s in logic.snapshot()] == [_bars(s) for s in steps[1:3]]
+    assert stopped.submitted == 6 and logic.notify_at() is not None  # two trees, two nets
+    assert [_bars(s) for s in logic.snapshot()] == [_bars(s) for s in steps[:3]]
     os.kill(stopped.pid, signal.SIGCONT)
+    got: list = []
     deadline = time.monotonic() + 60
-    while not (out := logic.on_notify()[0]):
-        assert time.monotonic() < deadline, "the forwards were never answered"
+    while len(got) < 3:
+        assert time.monotonic() < deadline, "the child never answered"
+        got += logic.on_notify()[0]
         time.sleep(0.01)
-    assert _votes(out) == _expected(scorer, steps[1:3])
+    assert _votes(got) == _expected(scorer, steps[:3])
     assert logic.notify_at() is None and logic.snapshot() == []
 
 
