@@ -57,7 +57,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from neuralforecast import NeuralForecast
 
-log = logging.getLogger(__name__)
 
 TARGET_SCALE = 1e4  # model units are basis points of log return: y = r * 1e4
 TARGET_DOC = "one-bar log return x 1e4 (basis points)"
