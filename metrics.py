@@ -101,8 +101,8 @@ class Metrics:
             self._latency = Histogram(
                 f"{PREFIX}_inference_seconds",
                 "Ensemble inference time per symbol block in the flow's process (sending the "
-                "sequence nets' forwards to the forward process, the trees, and waiting for "
-                "and taking the forecasts).",
+                "models' arithmetic to the forward process, and waiting for and taking the "
+                "answers).",
                 buckets=LATENCY_BUCKETS,
                 registry=r,
             )

@@ -216,7 +216,7 @@ class ForwardProcess:
 
     def ready(self) -> bool:
         """Whether the child is up (its preloads answered) and not lost: until then, callers
-        compute in-process rather than wait for its start-up (loading the nets)."""
+        compute in-process rather than wait for its start-up (loading the models)."""
         with self._lock:
             return self.lost is None and (self._loading == 0 or self.poll() >= self._loading)
 
@@ -302,13 +302,13 @@ class _Child:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            with contextlib.suppress(ChildProcessError):  # reaped elsewhere: gone
+            try:
                 got, status = os.waitpid(self.pid, os.WNOHANG)
-                if not got:
-                    return None
-                self.returncode = os.waitstatus_to_exitcode(status)
-            if self.returncode is None:
+            except ChildProcessError:  # reaped elsewhere: gone
                 self.returncode = 0
+            else:
+                if got:
+                    self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
     def wait(self, timeout_s: float | None = None) -> int | None:

@@ -57,7 +57,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from neuralforecast import NeuralForecast
 
-
 TARGET_SCALE = 1e4  # model units are basis points of log return: y = r * 1e4
 TARGET_DOC = "one-bar log return x 1e4 (basis points)"
 MODEL_FILE = "model.pt"

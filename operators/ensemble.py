@@ -420,9 +420,9 @@ class Scorer:
         forwards: ForwardProcess | None = None,
         shadows: bool = True,
     ) -> Callable[[], list[tuple[Vote, ...]]]:
-        """:meth:`all_votes` (:meth:`votes` without ``shadows``) in two halves: the sequence
-        nets' forwards go to ``forwards`` now, the trees vote now, and the returned call
-        waits for the forwards and gives the votes."""
+        """:meth:`all_votes` (:meth:`votes` without ``shadows``) in two halves: the models'
+        arithmetic goes to ``forwards`` now (:func:`begin_model_votes`), and the returned
+        call waits for it and gives the votes."""
         if not vectors:
             return lambda: []
         batch = VectorBatch(vectors)
@@ -700,8 +700,8 @@ def score_votes(
 ) -> KeyedStream[ScoredStep]:
     """Every model version's votes on every feature step: one call per model over all the
     steps that reach a worker together (the parallel, expensive half of the ensemble; the
-    engine decides). With ``forwards`` the sequence nets run in that child process and each
-    key's steps come out once the child has answered them (:class:`DeferredScoring`).
+    engine decides). With ``forwards`` the models' arithmetic runs in that child process and
+    each key's steps come out once the child has answered them (:class:`DeferredScoring`).
 
     One :class:`Scorer` serves all the worker threads of the process; its model calls hold
     :data:`runtime.MODEL_LOCK`.

@@ -190,7 +190,7 @@ def test_a_learning_replay_is_the_same_twice_and_with_two_workers(
     """Determinism with learning on: the same replay gives identical trades, verdicts, PPO
     updates, CLM decisions and registry versions, twice with 1 worker and once with 2 (the
     learners act inside the engine's event order); the second 1-worker run computes the
-    sequence nets' forwards in the flow's own process instead of a forward process."""
+    models' arithmetic in the flow's own process instead of a forward process."""
     home, registry, first = learning_reference
     assert len(first["trades"]) > 10 and first["rl_updates"] and first["promotions"]
     for run, workers, forward_process in (("b", "2", "on"), ("c", "1", "off")):
