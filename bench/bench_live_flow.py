@@ -11,12 +11,20 @@ Three flows, each ``python -m bytewax.run`` in a fresh child process with a fres
 - ``live``: ``dataflows.live`` (learning off by default: ``--learning on`` turns it on).
 
 Rates are input rows per second of flow time, from the built dataflow (models loaded) to its
-end, read from each flow's own summary, so interpreter start-up, imports and model loading are
-excluded; the child's wall time and peak RSS are printed too. All three read the same rows,
-so their rate ratios are ratios of their times. ``--repeats N`` runs the three flows N times,
-interleaved, and reports each ratio per round (adjacent runs share the machine's load) and
-their median. ``--processes 1 2`` runs each flow as one process and as a cluster of two
-(``python -m bytewax.testing FLOW -p 2``).
+end, read from each flow's own summary (its ticks over its ticks/s: the time to a few
+microseconds, where the elapsed line rounds to 0.1 s), so interpreter start-up, imports and
+model loading are excluded; the child's wall time and peak RSS are printed too. All three
+read the same rows, so their rate ratios are ratios of their times. ``--repeats N`` runs the
+three flows N times, interleaved, and reports each ratio per round (adjacent runs share the
+machine's load) and their median. ``--processes 1 2`` runs each flow as one process and as a
+cluster of two (``python -m bytewax.testing FLOW -p 2``).
+
+Where the CPU went while a flow streamed: every thread of its processes (the forward process
+included) is sampled from ``/proc`` every 20 ms, and the CPU of the busiest thread and of all
+of them within the flow time is printed. A ``-w 1`` worker runs every step on one thread, so
+the busiest thread's CPU is a floor under the flow time; the report turns the live flow's
+extra flow time and extra CPU on that thread into microseconds per bar, beside what a ratio of
+0.80 would allow.
 
 The models come from ``--registry`` or a registry bootstrapped once on the bundled sample
 (cached in ``--cache``).
@@ -35,8 +43,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,11 +93,14 @@ def market_data_flow() -> Dataflow:
     _tune_gc()
     flow = Dataflow("market_data")
     md = graphs.market_data(flow, settings)
-    graphs.store(
+    stored = graphs.store(
         "clickhouse", graphs.market_data_rows(md), settings, list(graphs.MARKET_DATA_TABLES)
     )
     graphs.print_summary(
-        graphs.market_data_counts(md), time.monotonic(), "market data summary", settings
+        [*graphs.market_data_counts(md), *stored],
+        time.monotonic(),
+        "market data summary",
+        settings,
     )
     return flow
 
@@ -107,14 +119,59 @@ SUMMARY_LINE = re.compile(r"^\s+([a-zA-Z][a-zA-Z /()]+?)\s{2,}([\d,.]+)(?: s)?$"
 
 
 @dataclass
+class ThreadCpu:
+    """CPU seconds of a process tree's threads over time, sampled from ``/proc`` (Linux): each
+    thread's ``schedstat`` time on a CPU, for the tree's every process and thread."""
+
+    samples: list[tuple[float, dict[tuple[int, int], float]]] = field(default_factory=list)
+
+    def sample(self, root: int) -> None:
+        now, cpu = time.monotonic(), {}
+        pids, seen = [root], set()
+        while pids:
+            pid = pids.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        cpu[(pid, int(tid))] = int(f.read().split()[0]) / 1e9
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        pids.extend(int(c) for c in f.read().split())
+                except (OSError, ValueError):
+                    continue
+        self.samples.append((now, cpu))
+
+    def window(self, start: float, end: float) -> dict[tuple[int, int], float]:
+        """Each thread's CPU seconds between ``start`` and ``end`` (to a sample period): a
+        thread first seen later started later, one gone earlier keeps its last figure."""
+        before: dict[tuple[int, int], float] = {}
+        after: dict[tuple[int, int], float] = {}
+        for t, cpu in self.samples:
+            if t <= start:
+                before.update(cpu)
+            if t <= end:
+                after.update(cpu)
+        return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+@dataclass
 class Run:
     flow: str
     processes: int
     rows: float
     ticks: float
+    bars: float
     elapsed_s: float
     wall_s: float
     peak_rss_mb: float
+    busiest_cpu_s: float  # the busiest thread's CPU within the flow time
+    total_cpu_s: float  # every thread's, forward process included
 
     @property
     def rows_per_s(self) -> float:
@@ -123,6 +180,16 @@ class Run:
     @property
     def ticks_per_s(self) -> float:
         return self.ticks / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def cpu_line(self) -> str:
+        return (
+            f"CPU while streaming: busiest thread {self.busiest_cpu_s:.2f} s "
+            f"({self.busiest_cpu_s / self.elapsed_s:.0%} of the flow time), all threads "
+            f"{self.total_cpu_s:.2f} s ({self.total_cpu_s / self.elapsed_s:.2f} cores)"
+        )
+
+
+SAMPLE_PERIOD_S = 0.02
 
 
 def run_flow(
@@ -139,6 +206,7 @@ def run_flow(
             "QT_LEARNING": "true" if learning else "false",
             "QT_PROGRESS": "never",
             "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",  # the summary's lines arrive when they are printed
         }
         if processes > 1:
             cmd = [
@@ -153,26 +221,58 @@ def run_flow(
             ]
         else:
             cmd = [sys.executable, "-m", "bytewax.run", FLOWS[name], "-w", str(workers)]
-        with tempfile.NamedTemporaryFile("r") as rss:
+        with tempfile.NamedTemporaryFile("r") as rss, tempfile.TemporaryFile("w+") as err:
             t0 = time.monotonic()
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 ["/usr/bin/time", "-o", rss.name, "-f", "%M", *cmd],
                 cwd=ROOT,
                 env=env,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=err,
                 text=True,
-                check=False,
             )
+            assert proc.stdout is not None
+            out: list[str] = []
+            ended: list[float] = []  # when the summary's elapsed line came: the flow's end
+
+            def read(stream=proc.stdout) -> None:
+                for line in stream:
+                    if not ended and line.strip().startswith("elapsed"):
+                        ended.append(time.monotonic())
+                    out.append(line)
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            cpu = ThreadCpu()
+            while proc.poll() is None:
+                cpu.sample(proc.pid)
+                time.sleep(SAMPLE_PERIOD_S)
+            reader.join()
             wall = time.monotonic() - t0
             lines = rss.read().strip().splitlines()
+            err.seek(0)
+            stderr = err.read()
     if proc.returncode != 0:
-        raise SystemExit(f"{name} flow failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    counts = {
-        m[1].strip(): float(m[2].replace(",", "")) for m in SUMMARY_LINE.finditer(proc.stdout)
-    }
+        raise SystemExit(f"{name} flow failed ({proc.returncode}):\n{stderr[-4000:]}")
+    stdout = "".join(out)
+    counts = {m[1].strip(): float(m[2].replace(",", "")) for m in SUMMARY_LINE.finditer(stdout)}
+    elapsed = counts["elapsed"]
+    if counts.get("ticks/s"):  # the summary rounds its elapsed to 0.1 s, not its rate
+        elapsed = counts["ticks"] / counts["ticks/s"]
+    end = ended[0] if ended else time.monotonic()
+    threads = cpu.window(end - elapsed, end)
     peak = float(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
     return Run(
-        name, processes, counts["input rows"], counts["ticks"], counts["elapsed"], wall, peak
+        name,
+        processes,
+        counts["input rows"],
+        counts["ticks"],
+        counts.get("bars", 0.0),
+        elapsed,
+        wall,
+        peak,
+        max(threads.values(), default=0.0),
+        sum(threads.values()),
     )
 
 
@@ -225,7 +325,7 @@ def main() -> None:
                     f"round {r + 1}: {name:<11} -p {p} -w {args.workers}: {run.rows:,.0f} rows "
                     f"({run.ticks:,.0f} ticks) in {run.elapsed_s:.2f} s -> "
                     f"{run.rows_per_s:,.0f} rows/s (wall {run.wall_s:.1f} s, peak RSS "
-                    f"{run.peak_rss_mb:,.0f} MB)",
+                    f"{run.peak_rss_mb:,.0f} MB); {run.cpu_line()}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -247,6 +347,11 @@ def report(rounds: list[dict[tuple[str, int], Run]], args: argparse.Namespace) -
             f"elapsed {', '.join(f'{x.elapsed_s:.2f}' for x in runs)} s, peak RSS "
             f"{max(x.peak_rss_mb for x in runs):,.0f} MB"
         )
+        print(
+            f"{'':<11}       busiest thread "
+            f"{', '.join(f'{x.busiest_cpu_s:.2f}' for x in runs)} s, all threads "
+            f"{', '.join(f'{x.total_cpu_s:.2f}' for x in runs)} s of CPU while streaming"
+        )
     pairs = [("live", "market data"), ("live", "blocks"), ("market data", "blocks")]
     for p in args.processes:
         for a, b in pairs:
@@ -256,6 +361,8 @@ def report(rounds: list[dict[tuple[str, int], Run]], args: argparse.Namespace) -
                     f"{a} / {b} (-p {p}): median {statistics.median(ratios):.2f} "
                     f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
                 )
+        if ("live", p) in rounds[0] and ("market data", p) in rounds[0]:
+            print(per_bar(rounds, p))
     if len(args.processes) > 1:
         one = args.processes[0]
         for name in args.flows:
@@ -265,6 +372,29 @@ def report(rounds: list[dict[tuple[str, int], Run]], args: argparse.Namespace) -
                     f"{name}: -p {p} / -p {one}: median {statistics.median(ratios):.2f} "
                     f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
                 )
+
+
+TARGET_RATIO = 0.80  # issue 11: the live flow at >= 80% of the market-data flow's rate
+
+
+def per_bar(rounds: list[dict[tuple[str, int], Run]], processes: int) -> str:
+    """What the live half costs per bar over the market-data flow (medians over the rounds):
+    in flow time, on the busiest thread's CPU, and what :data:`TARGET_RATIO` would allow."""
+    live = [r[("live", processes)] for r in rounds]
+    md = [r[("market data", processes)] for r in rounds]
+    bars = statistics.median(x.bars for x in live) or float("nan")
+
+    def us(values: list[float]) -> float:
+        return statistics.median(values) / bars * 1e6
+
+    extra_time = us([a.elapsed_s - b.elapsed_s for a, b in zip(live, md, strict=True)])
+    extra_cpu = us([a.busiest_cpu_s - b.busiest_cpu_s for a, b in zip(live, md, strict=True)])
+    allowed = us([b.elapsed_s * (1 / TARGET_RATIO - 1) for b in md])
+    return (
+        f"live - market data (-p {processes}), per bar ({bars:,.0f} bars), medians: "
+        f"flow time +{extra_time:.1f} us, busiest thread's CPU +{extra_cpu:.1f} us; "
+        f"{TARGET_RATIO:.2f} of market data's rate allows +{allowed:.1f} us"
+    )
 
 
 if __name__ == "__main__":

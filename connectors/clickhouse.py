@@ -197,11 +197,20 @@ class ClickHousePartition(TableWriter, StatefulSinkPartition[TableRows, None]):
         return None
 
 
-class StoreOwner(StatefulBatchLogic[TableRows, None, None]):
+INSERTED = "rows.inserted"  # the summary's counter of the rows a StoreOwner took
+
+
+class StoreOwner(StatefulBatchLogic[TableRows, dict[str, int], None]):
     """Writes every table block of the flow into the embedded store, from the one worker its
     key is routed to (the engine's: see the module docstring). The store opens at its first
     block, in that process only; each snapshot stores what came before it (at-least-once,
-    like the sink), and the end of input closes it."""
+    like the sink), and the end of input closes it.
+
+    Emits ``{INSERTED: rows}`` for each batch it takes, for the run's summary: counted in the
+    epoch the rows arrive in, so a resume neither loses nor repeats them, and the summary,
+    downstream of this step, ends after the store's last insert (its elapsed time and its
+    rates include storing, as the user waits for it). Rows, not keys: a row that replaces
+    an earlier one (a closed trade's, its open row) counts too."""
 
     def __init__(self, settings: Settings, flush_s: float) -> None:
         self.writer = TableWriter(open_store(settings), settings.sink_batch_rows, flush_s)
@@ -212,11 +221,12 @@ class StoreOwner(StatefulBatchLogic[TableRows, None, None]):
             self.writer.store.description,
         )
 
-    def on_batch(self, values: list[TableRows]) -> tuple[list[None], bool]:
+    def on_batch(self, values: list[TableRows]) -> tuple[list[dict[str, int]], bool]:
         self.writer.write_batch(values)
-        return [], StatefulBatchLogic.RETAIN
+        rows = sum(len(block) for block in values)
+        return ([{INSERTED: rows}] if rows else []), StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[None], bool]:
+    def on_eof(self) -> tuple[list[dict[str, int]], bool]:
         self.writer.close()
         return [], StatefulBatchLogic.DISCARD
 

@@ -295,19 +295,22 @@ def store(
     tables: list[str],
     owner_key: str = ENGINE_KEY,
     live: bool | None = None,
-) -> None:
+) -> list[Stream[Counts]]:
     """Write table blocks to ClickHouse. A server: one sink, one partition per table, on any
     worker of any process. The embedded store: every block to the worker of ``owner_key``,
     the key of the step that uses the store itself (the engine's, the learner's), so that
     one process opens it (chDB allows one per data path; see connectors/clickhouse.py).
     ``live``: whether rows must be stored within ``QT_SINK_FLUSH_SECONDS`` (default: Kafka
-    or a paced replay)."""
+    or a paced replay).
+
+    Returns the summary's counters of the rows inserted (the embedded store's; a server's
+    sink has no output: none): a summary fed them ends after the last insert."""
     merged = op.merge(f"{flow_step}_merge", *blocks)
     flush_s = flush_seconds(settings, live)
     if settings.clickhouse_url.strip():
         keyed = op.key_on(f"{flow_step}_by_table", merged, lambda b: b.table)
         op.output(flow_step, keyed, ClickHouseSink(settings, tables, flush_s))
-        return
+        return []
     known = set(tables)
 
     def to_owner(b: TableRows) -> str:
@@ -316,8 +319,13 @@ def store(
         return owner_key
 
     keyed = op.key_on(f"{flow_step}_to_store_owner", merged, to_owner)
-    written = op.stateful_batch(flow_step, keyed, lambda _: StoreOwner(settings, flush_s))
-    op.inspect(f"{flow_step}_end", written, lambda _step, _item: None)  # (emits nothing)
+    stored = op.stateful_batch(flow_step, keyed, lambda _: StoreOwner(settings, flush_s))
+    # an inspect ends the branch, so a flow that only stores is a whole flow to Bytewax
+    return [op.inspect(f"{flow_step}_end", op.key_rm(f"{flow_step}_stored", stored), _ignore)]
+
+
+def _ignore(_step_id: str, _item: object) -> None:
+    pass
 
 
 LEARNING_SUMMARY = ("rl.transitions", "rl.updates", "clm.cycles", "clm.promoted")

@@ -78,7 +78,7 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
     )
     decoded = op.map("decode", messages, decode)
     learned = graphs.learning(decoded, settings)
-    graphs.store(
+    stored = graphs.store(
         "clickhouse",
         [graphs.learned_rows(learned)],
         settings,
@@ -95,6 +95,7 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
             decoded,
             lambda d: {"dead_letters": len(d)} if isinstance(d, DeadLetters) else None,
         ),
+        *stored,
     ]
     graphs.print_summary(
         counts, started, "qt learning run summary", settings, graphs.LEARNING_SUMMARY

@@ -150,7 +150,7 @@ def build_live_flow(settings: Settings | None = None) -> Dataflow:
     if settings.trade_events.startswith("kafka://"):
         # the learning flow runs in its own process: python -m bytewax.run dataflows.learning
         graphs.publish_learning_events(decided, settings.trade_events)
-    graphs.store("clickhouse", rows, settings, list(graphs.LIVE_TABLES))
+    counts += graphs.store("clickhouse", rows, settings, list(graphs.LIVE_TABLES))
     tune_gc()  # start-up's objects frozen, fewer collections (runtime.py says why)
     started = time.monotonic()  # after the models are loaded: the summary measures streaming
     always = graphs.LEARNING_SUMMARY if graphs.inline_learning(settings) else ()

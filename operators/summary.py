@@ -86,6 +86,7 @@ LABELS: dict[str, str] = {
     "ensemble.votes_scored_in_engine": "votes scored late (new versions)",
     "engine.decision_queue_max": "most bars waiting for a decision",
     "engine.partitions_forced_idle": "slow partitions treated as idle",
+    "rows.inserted": "rows written to the store",
 }
 
 

@@ -78,7 +78,7 @@ def test_every_block_is_written_by_the_engine_keys_owner(settings: Any, store: A
     worker reach it, in order, and each snapshot stores what came before it."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
-    from bytewax.testing import TestingSource, run_main
+    from bytewax.testing import TestingSink, TestingSource, run_main
 
     from connectors.clickhouse import STORE_OWNER
     from dataflows import graphs
@@ -86,9 +86,28 @@ def test_every_block_is_written_by_the_engine_keys_owner(settings: Any, store: A
 
     flow = Dataflow("owner")
     blocks = op.input("in", flow, TestingSource([block(3), block(4, 3), block(2, 7)], 1))
-    graphs.store("clickhouse", [blocks], settings, [DEAD_LETTERS])
+    counts: list[dict[str, int]] = []
+    (written,) = graphs.store("clickhouse", [blocks], settings, [DEAD_LETTERS])
+    op.output("counts", written, TestingSink(counts))
     run_main(flow)
     assert stored(store) == 9 and STORE_OWNER.is_set()
+    # the summary's counter: every row, once, and only for blocks with rows
+    assert sum(c["rows.inserted"] for c in counts) == 9
+    assert all(c["rows.inserted"] for c in counts)
+
+
+def test_a_server_sink_gives_the_summary_no_counts(settings: Any) -> None:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource
+
+    from dataflows import graphs
+    from schemas.tables import DEAD_LETTERS
+
+    flow = Dataflow("server")
+    blocks = op.input("in", flow, TestingSource([block(1)]))
+    server = settings.replace(clickhouse_url="http://127.0.0.1:1")
+    assert graphs.store("clickhouse", [blocks], server, [DEAD_LETTERS]) == []
 
 
 def test_a_block_of_a_table_the_flow_does_not_write_is_refused(settings: Any) -> None:

@@ -47,6 +47,11 @@ def test_sample_run_accounts_for_every_row_and_stores_it(
             "dead_letters": counts["dead letters"],
             "signals": counts["signals"],
         }
+        # the summary comes after the last insert and counts every row of every table; a
+        # closed trade's row replaced its open row (same key)
+        kept = store.query("queries/table_rows_total")[0]["rows"]
+        assert counts["rows written to the store"] == kept + counts["trades closed"]
+        assert kept > sum(stored.values())  # verdicts and trades too
         # a second replay of the same input rewrites the same keys: nothing duplicated
         run_main(build_live_flow(s))
         assert store.query("queries/table_counts")[0] == stored
