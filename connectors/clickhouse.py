@@ -39,6 +39,7 @@ from concurrent.futures import Future
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from operators.summary import ROWS_WRITTEN
 from schemas.tables import TableRows, merge_blocks
 from settings import Settings
 from storage.store import Store, open_store
@@ -197,16 +198,13 @@ class ClickHousePartition(TableWriter, StatefulSinkPartition[TableRows, None]):
         return None
 
 
-INSERTED = "rows.inserted"  # the summary's counter of the rows a StoreOwner took
-
-
 class StoreOwner(StatefulBatchLogic[TableRows, dict[str, int], None]):
     """Writes every table block of the flow into the embedded store, from the one worker its
     key is routed to (the engine's: see the module docstring). The store opens at its first
     block, in that process only; each snapshot stores what came before it (at-least-once,
     like the sink), and the end of input closes it.
 
-    Emits ``{INSERTED: rows}`` for each batch it takes, for the run's summary: counted in the
+    Emits ``{ROWS_WRITTEN: rows}`` for each batch it takes, for the run's summary: counted in the
     epoch the rows arrive in, so a resume neither loses nor repeats them, and the summary,
     downstream of this step, ends after the store's last insert (its elapsed time and its
     rates include storing, as the user waits for it). Rows, not keys: a row that replaces
@@ -224,7 +222,7 @@ class StoreOwner(StatefulBatchLogic[TableRows, dict[str, int], None]):
     def on_batch(self, values: list[TableRows]) -> tuple[list[dict[str, int]], bool]:
         self.writer.write_batch(values)
         rows = sum(len(block) for block in values)
-        return ([{INSERTED: rows}] if rows else []), StatefulBatchLogic.RETAIN
+        return ([{ROWS_WRITTEN: rows}] if rows else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[dict[str, int]], bool]:
         self.writer.close()

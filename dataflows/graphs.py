@@ -303,7 +303,7 @@ def store(
     ``live``: whether rows must be stored within ``QT_SINK_FLUSH_SECONDS`` (default: Kafka
     or a paced replay).
 
-    Returns the summary's counters of the rows inserted (the embedded store's; a server's
+    Returns the summary's counters of the rows written (the embedded store's; a server's
     sink has no output: none): a summary fed them ends after the last insert."""
     merged = op.merge(f"{flow_step}_merge", *blocks)
     flush_s = flush_seconds(settings, live)

@@ -167,6 +167,11 @@ class ContinuousLearner:
         self.runner.observe(joined)
         return []
 
+    def take_archived(self) -> int:
+        """Feature vectors taken for the features table since the last call (the run
+        summary's rows written)."""
+        return self.runner.take_archived()
+
     def finish(self) -> list[ClmCycle]:
         """End of input: wait for a training cycle; a shadow test carries over to the next run
         (module docstring)."""

@@ -181,6 +181,7 @@ class CycleRunner:
         self.retry_ms: int = state.get("retry_ms", 0)
         self.cycle: Cycle | None = None
         self._features: list[FeatureVector] = []
+        self._archived = 0  # vectors taken for the archive since :meth:`take_archived`
 
     @property
     def registry(self) -> ModelRegistry:
@@ -192,8 +193,15 @@ class CycleRunner:
         if self.deps.archive is None:
             return
         self._features.append(vector)
+        self._archived += 1
         if len(self._features) >= 5_000:
             self._write()
+
+    def take_archived(self) -> int:
+        """How many vectors were taken for the archive since the last call (the run
+        summary's rows written; all stored once :meth:`flush` returns)."""
+        n, self._archived = self._archived, 0
+        return n
 
     def _write(self) -> None:
         if self._features:

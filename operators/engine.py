@@ -48,7 +48,7 @@ from operators.policy_learner import LearnerConfig, PolicyLearner, transition_of
 from operators.portfolio import EventKind, ExecConfig, ExecEvent, Portfolio
 from operators.sizing import PolicySource, Sizer, SizingConfig
 from operators.stage import stage_builder
-from operators.summary import Counts, PnlPoint, learning_counts
+from operators.summary import ROWS_WRITTEN, Counts, PnlPoint, learning_counts
 from operators.supervisor import Supervisor, SupervisorConfig
 from operators.versions import ActiveModels
 from operators.weights import DynamicWeights
@@ -94,6 +94,7 @@ class BarLearner(Protocol):
     def on_trade(self, joined: JoinedTrade) -> list[ClmCycle]: ...
     def finish(self) -> list[ClmCycle]: ...
     def snapshot(self) -> Any: ...
+    def take_archived(self) -> int: ...  # bars' features it took for the store since asked
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,8 @@ class DecisionEngine:
                 self._trades(pf.exit(ev), out)
             pf.done(ev)
         pf.trim()
+        if self.clm is not None and (archived := self.clm.take_archived()):
+            out.counts[ROWS_WRITTEN] += archived  # the features table, written by the CLM
         return [out] if out else []
 
     def _decide(

@@ -86,8 +86,9 @@ LABELS: dict[str, str] = {
     "ensemble.votes_scored_in_engine": "votes scored late (new versions)",
     "engine.decision_queue_max": "most bars waiting for a decision",
     "engine.partitions_forced_idle": "slow partitions treated as idle",
-    "rows.inserted": "rows written to the store",
+    "rows.written": "rows written to the store",
 }
+ROWS_WRITTEN = "rows.written"  # rows handed to the store's writers (the flow's, the archive's)
 
 
 # Counters for the metrics and the progress line, not the summary screen (its dead letters are

@@ -92,8 +92,8 @@ def test_every_block_is_written_by_the_engine_keys_owner(settings: Any, store: A
     run_main(flow)
     assert stored(store) == 9 and STORE_OWNER.is_set()
     # the summary's counter: every row, once, and only for blocks with rows
-    assert sum(c["rows.inserted"] for c in counts) == 9
-    assert all(c["rows.inserted"] for c in counts)
+    assert sum(c["rows.written"] for c in counts) == 9
+    assert all(c["rows.written"] for c in counts)
 
 
 def test_a_server_sink_gives_the_summary_no_counts(settings: Any) -> None:

@@ -59,6 +59,24 @@ def test_sample_run_accounts_for_every_row_and_stores_it(
         store.close()
 
 
+def test_with_learning_on_rows_written_include_the_features_the_learner_archives(
+    live_settings, sample_ticks, capsys, registry_copy
+) -> None:
+    """With learning on, the continuous learner writes the features table itself: the
+    summary's rows written count those too, and come after their last insert."""
+    s = live_settings.replace(ticks=str(sample_ticks), registry_path=registry_copy, learning=True)
+    run_main(build_live_flow(s))
+    counts = summary_counts(capsys.readouterr().out)
+    store = open_store(s)
+    try:
+        kept = store.query("queries/table_rows_total")[0]["rows"]
+        features = store.query("queries/table_counts")[0]["features"]
+    finally:
+        store.close()
+    assert features == counts["feature vectors"]
+    assert counts["rows written to the store"] == kept + counts["trades closed"]
+
+
 def _run_cli(tmp_path: Path, ticks: Path, registry: Path) -> str:
     env = {
         **os.environ,
