@@ -39,8 +39,7 @@ from concurrent.futures import Future
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from operators.summary import ROWS_WRITTEN
-from schemas.tables import TableRows, merge_blocks
+from schemas.tables import ROWS_WRITTEN, TableRows, merge_blocks
 from settings import Settings
 from storage.store import Store, open_store
 

@@ -48,7 +48,7 @@ from operators.policy_learner import LearnerConfig, PolicyLearner, transition_of
 from operators.portfolio import EventKind, ExecConfig, ExecEvent, Portfolio
 from operators.sizing import PolicySource, Sizer, SizingConfig
 from operators.stage import stage_builder
-from operators.summary import ROWS_WRITTEN, Counts, PnlPoint, learning_counts
+from operators.summary import Counts, PnlPoint, learning_counts
 from operators.supervisor import Supervisor, SupervisorConfig
 from operators.versions import ActiveModels
 from operators.weights import DynamicWeights
@@ -64,6 +64,7 @@ from schemas.learning import (
 )
 from schemas.signals import Signal, Vote
 from schemas.tables import (
+    ROWS_WRITTEN,
     SHADOW_PREDICTIONS,
     TableRows,
     event_rows,

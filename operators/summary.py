@@ -88,7 +88,6 @@ LABELS: dict[str, str] = {
     "engine.partitions_forced_idle": "slow partitions treated as idle",
     "rows.written": "rows written to the store",
 }
-ROWS_WRITTEN = "rows.written"  # rows handed to the store's writers (the flow's, the archive's)
 
 
 # Counters for the metrics and the progress line, not the summary screen (its dead letters are

@@ -42,6 +42,10 @@ CLM_CYCLES = "clm_cycles"
 TRADE_OUTCOMES = "trade_outcomes"
 DRIFT_CHECKS = "drift_checks"
 
+# the run summary's counter of the rows handed to the store (by the flow's writer and by the
+# continuous learner's feature archive); every one is stored when the summary is printed
+ROWS_WRITTEN = "rows.written"
+
 
 @dataclass(slots=True)
 class TableRows:
