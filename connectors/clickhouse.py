@@ -19,11 +19,10 @@ Two ways rows reach the store:
   which is the process that opens the store for the engine's registry records and CLM data; no
   other process of a cluster ever opens it.
 
-How often: a live flow (Kafka, or a paced replay) inserts a table's rows at most
-``QT_SINK_FLUSH_SECONDS`` after they arrive, so dashboards keep up; an unpaced replay has
-nobody waiting for its rows, and each insert costs a fixed ~7 ms of chDB work (a new part to
-write and merge) besides its rows, so it inserts by size, at least every
-:data:`REPLAY_FLUSH_SECONDS` and at every epoch snapshot (:func:`flush_seconds`).
+How often: a table's rows are inserted at most ``QT_SINK_FLUSH_SECONDS`` after they arrive,
+in a replay too. Each insert costs a fixed ~7 ms of chDB work besides its rows, but that work
+runs on the store's thread beside the flow; held back for the end of a replay, it ran after
+the flow instead (docs/capacity.md has the figures).
 """
 
 from __future__ import annotations
@@ -44,21 +43,7 @@ from settings import Settings
 from storage.store import Store, open_store
 
 log = logging.getLogger(__name__)
-REPLAY_FLUSH_SECONDS = 10.0
 STORE_OWNER = threading.Event()  # set in the process whose StoreOwner writes the store
-
-
-def flush_seconds(settings: Settings, live: bool | None = None) -> float:
-    """The longest a row waits in a buffer: ``QT_SINK_FLUSH_SECONDS`` when the input is live
-    (Kafka, or a paced replay; ``live`` to say so), at least :data:`REPLAY_FLUSH_SECONDS` in an
-    unpaced replay, where fewer, larger inserts cost less and nobody watches the rows arrive."""
-    if live is None:
-        live = settings.ticks.startswith("kafka://") or settings.replay_speed > 0
-    return (
-        settings.sink_flush_seconds
-        if live
-        else max(settings.sink_flush_seconds, REPLAY_FLUSH_SECONDS)
-    )
 
 
 class _TableBuffer:
@@ -209,8 +194,10 @@ class StoreOwner(StatefulBatchLogic[TableRows, dict[str, int], None]):
     rates include storing, as the user waits for it). Rows, not keys: a row that replaces
     an earlier one (a closed trade's, its open row) counts too."""
 
-    def __init__(self, settings: Settings, flush_s: float) -> None:
-        self.writer = TableWriter(open_store(settings), settings.sink_batch_rows, flush_s)
+    def __init__(self, settings: Settings) -> None:
+        self.writer = TableWriter(
+            open_store(settings), settings.sink_batch_rows, settings.sink_flush_seconds
+        )
         STORE_OWNER.set()
         log.info(
             "this process (pid %d) owns the embedded store %s",
@@ -235,12 +222,9 @@ class StoreOwner(StatefulBatchLogic[TableRows, dict[str, int], None]):
 class ClickHouseSink(FixedPartitionedSink[TableRows, None]):
     """Sink of ``(table, TableRows)`` items; one partition per table."""
 
-    def __init__(
-        self, settings: Settings, tables: Sequence[str], flush_s: float | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, tables: Sequence[str]) -> None:
         self.settings = settings
         self.tables = list(tables)
-        self.flush_s = settings.sink_flush_seconds if flush_s is None else flush_s
 
     def list_parts(self) -> list[str]:
         return self.tables
@@ -255,5 +239,7 @@ class ClickHouseSink(FixedPartitionedSink[TableRows, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> ClickHousePartition:
         return ClickHousePartition(
-            open_store(self.settings), self.settings.sink_batch_rows, self.flush_s
+            open_store(self.settings),
+            self.settings.sink_batch_rows,
+            self.settings.sink_flush_seconds,
         )

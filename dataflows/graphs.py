@@ -20,7 +20,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.operators import KeyedStream
 
-from connectors.clickhouse import ClickHouseSink, StoreOwner, flush_seconds
+from connectors.clickhouse import ClickHouseSink, StoreOwner
 from connectors.kafka import KafkaTickSource, KafkaUrl
 from connectors.layouts import LayoutOptions
 from connectors.replay import ReplaySource, expand_paths
@@ -294,22 +294,19 @@ def store(
     settings: Settings,
     tables: list[str],
     owner_key: str = ENGINE_KEY,
-    live: bool | None = None,
 ) -> list[Stream[Counts]]:
     """Write table blocks to ClickHouse. A server: one sink, one partition per table, on any
     worker of any process. The embedded store: every block to the worker of ``owner_key``,
     the key of the step that uses the store itself (the engine's, the learner's), so that
     one process opens it (chDB allows one per data path; see connectors/clickhouse.py).
-    ``live``: whether rows must be stored within ``QT_SINK_FLUSH_SECONDS`` (default: Kafka
-    or a paced replay).
+    Rows are stored within ``QT_SINK_FLUSH_SECONDS``.
 
     Returns the summary's counters of the rows written (the embedded store's; a server's
     sink has no output: none): a summary fed them ends after the last insert."""
     merged = op.merge(f"{flow_step}_merge", *blocks)
-    flush_s = flush_seconds(settings, live)
     if settings.clickhouse_url.strip():
         keyed = op.key_on(f"{flow_step}_by_table", merged, lambda b: b.table)
-        op.output(flow_step, keyed, ClickHouseSink(settings, tables, flush_s))
+        op.output(flow_step, keyed, ClickHouseSink(settings, tables))
         return []
     known = set(tables)
 
@@ -319,7 +316,7 @@ def store(
         return owner_key
 
     keyed = op.key_on(f"{flow_step}_to_store_owner", merged, to_owner)
-    stored = op.stateful_batch(flow_step, keyed, lambda _: StoreOwner(settings, flush_s))
+    stored = op.stateful_batch(flow_step, keyed, lambda _: StoreOwner(settings))
     # an inspect ends the branch, so a flow that only stores is a whole flow to Bytewax
     return [op.inspect(f"{flow_step}_end", op.key_rm(f"{flow_step}_stored", stored), _ignore)]
 

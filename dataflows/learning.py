@@ -84,7 +84,6 @@ def build_learning_flow(settings: Settings | None = None) -> Dataflow:
         settings,
         graphs.LEARNING_TABLES,
         owner_key=LEARNER_KEY,
-        live=True,
     )
     tune_gc()  # start-up's objects frozen, fewer collections (runtime.py says why)
     started = time.monotonic()

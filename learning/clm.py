@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from connectors.clickhouse import TableWriter, flush_seconds
+from connectors.clickhouse import TableWriter
 from learning.cycles import MIN_TRAIN_ROWS, ClmDeps, Cycle, CycleRunner
 from learning.drift import MODEL_NAME as REFERENCE
 from learning.drift import FeatureReference
@@ -497,7 +497,7 @@ def clm_factory(
     atexit.register(trainer.shutdown)
     cfg = ClmConfig.from_settings(settings)
     label_cfg = LabelConfig.from_settings(settings)
-    archive = TableWriter(store, settings.sink_batch_rows, flush_seconds(settings))
+    archive = TableWriter(store, settings.sink_batch_rows, settings.sink_flush_seconds)
     clm_deps = ClmDeps(
         registry,
         store,

@@ -62,17 +62,6 @@ def test_an_insert_error_fails_the_next_write(store: Any) -> None:
 
 
 # --- where and how often rows are written ---------------------------------------------------
-def test_replays_insert_by_size_and_live_input_keeps_its_flush_period(settings: Any) -> None:
-    from connectors.clickhouse import REPLAY_FLUSH_SECONDS, flush_seconds
-
-    s = settings.replace(sink_flush_seconds=1.0)
-    assert flush_seconds(s) == REPLAY_FLUSH_SECONDS  # an unpaced file replay
-    assert flush_seconds(s.replace(replay_speed=10.0)) == 1.0  # paced: someone watches
-    assert flush_seconds(s.replace(ticks="kafka://h:9092/ticks")) == 1.0
-    assert flush_seconds(s, live=True) == 1.0
-    assert flush_seconds(s.replace(sink_flush_seconds=30.0)) == 30.0  # never shorter
-
-
 def test_every_block_is_written_by_the_engine_keys_owner(settings: Any, store: Any) -> None:
     """The embedded store's writer is a stateful step on the engine's key: blocks from any
     worker reach it, in order, and each snapshot stores what came before it."""
