@@ -1,4 +1,5 @@
-"""The sequence nets' forwards in a child process, so they run beside the flow's Python work.
+"""The models' arithmetic in a child process, so it runs beside the flow's Python work: the
+sequence nets' forwards, and the trees' class probabilities.
 
 Why a process: the N-HiTS and PatchTST forwards are most of what scoring costs (about 46 µs
 a bar on the FXCM month), and torch gives the GIL back and takes it again around every
@@ -11,9 +12,10 @@ The child is forked from the flow's process once the flow has imported torch and
 models (a fresh interpreter spent 1.3 s importing torch on the core the flow needs, and the
 flow computed the forwards itself meanwhile: forked, it answers within a second of the flow's
 start, before the first scoring call). It keeps only its two pipe ends and stderr. It loads a
-net from its registry directory the first time a request names it and runs the net's
-``_forward_chunks`` (:mod:`models.sequence`), the very code the flow would run, with one torch
-thread: the forecasts have the same bits (tests/models/test_forward_process.py). Requests and
+model from its registry directory the first time a request names it and runs the model's
+``_forward_chunks`` (a net's forecasts, :mod:`models.sequence`; a tree model's
+probabilities, :mod:`models.trees`), the very code the flow would run, with one torch
+thread: the answers have the same bits (tests/models/test_forward_process.py). Requests and
 replies are length-prefixed pickles on two pipes; the child reads requests on a thread of its
 own, so the parent's writes never wait for its forwards. It runs in a session of its own and
 ignores SIGINT (a Ctrl-C is the flow's to handle), and exits when the parent closes its pipe,

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 
 from models.base import Prediction, VectorBatch, check_fields
-from models.dataset import TrainingSet, feature_matrix
+from models.dataset import TrainingSet
 from models.forest import Forest, lightgbm_forest, xgboost_forest
 from models.forward_process import ForwardProcess as Forwards
 from models.forward_process import offload
@@ -176,14 +176,12 @@ class _TreeModel:
         """One (action, confidence) per vector: argmax class and its probability."""
         if not vectors:
             return []
-        best, conf = self._vote(feature_matrix(vectors))
+        best, conf = self.vote_arrays(VectorBatch(vectors))
         return [(ACTION_OF[c], p) for c, p in zip(best.tolist(), conf.tolist(), strict=True)]
 
     def vote_arrays(self, batch: VectorBatch) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict` as (class ids, confidences) on the batch's feature matrix."""
-        if not len(batch):
-            return np.empty(0, dtype=np.int64), np.empty(0)
-        return self._vote(batch.features)
+        return self.begin_vote_arrays(batch)()
 
     def begin_vote_arrays(
         self, batch: VectorBatch, forwards: Forwards | None = None
@@ -200,9 +198,6 @@ class _TreeModel:
     def _forward_chunks(self, X: np.ndarray) -> np.ndarray:
         """What a forward process runs for this model: :meth:`predict_proba`."""
         return self.predict_proba(X)
-
-    def _vote(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return _best(self.predict_proba(X))
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -1,5 +1,5 @@
 """The scoring step (:func:`operators.ensemble.score_votes`): every model version's votes on
-every feature step, emitted once a forward process has answered the sequence nets' part.
+every feature step, emitted once a forward process has answered the models' arithmetic.
 
 Models from the session's trained registry; feature vectors from the bundled sample.
 """
